@@ -1,0 +1,70 @@
+"""Model adapters: one small declaration per model family, and their registry.
+
+Built in: Flux, Wan and HunyuanVideo (see the files beside this one). To use
+DiCache on another DiT, declare its block lists once::
+
+    from dicache.adapters import Adapter, BlockList, register
+
+    register(MyDiT, Adapter(
+        family="my_dit",
+        block_lists=(BlockList("blocks", returns=("hidden",), encoder_arg=None),),
+    ))
+
+Models are matched on their class (or any base class), by class object or by
+class name.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Optional, Type, Union
+
+import torch
+
+from .base import ENCODER, HIDDEN, Adapter, ArgLocator, BlockList, image_of, pack, with_image
+from .flux import FLUX
+from .hunyuan_video import HUNYUAN_VIDEO
+from .wan import WAN
+
+_REGISTRY: Dict[Union[str, type], Adapter] = {
+    "FluxTransformer2DModel": FLUX,
+    "WanTransformer3DModel": WAN,
+    "HunyuanVideoTransformer3DModel": HUNYUAN_VIDEO,
+}
+
+
+def register(model_class: Union[Type[torch.nn.Module], str], adapter: Adapter) -> None:
+    """Declare how DiCache hooks into ``model_class`` (a class or a class name)."""
+    if not isinstance(adapter, Adapter):
+        raise TypeError(f"adapter must be a dicache.adapters.Adapter, got {type(adapter).__name__}")
+    if not isinstance(model_class, (type, str)):
+        raise TypeError(f"model_class must be a class or a class name, got {type(model_class).__name__}")
+    _REGISTRY[model_class] = adapter
+
+
+def find(model: torch.nn.Module) -> Optional[Adapter]:
+    """The adapter of ``model``'s class or nearest base class, or None."""
+    for cls in type(model).__mro__:
+        for key in (cls, cls.__name__):
+            if key in _REGISTRY:
+                return _REGISTRY[key]
+    return None
+
+
+def supported() -> list:
+    """Names of the model classes with an adapter."""
+    return sorted(k if isinstance(k, str) else k.__name__ for k in _REGISTRY)
+
+
+__all__ = [
+    "Adapter",
+    "ArgLocator",
+    "BlockList",
+    "ENCODER",
+    "HIDDEN",
+    "find",
+    "image_of",
+    "pack",
+    "register",
+    "supported",
+    "with_image",
+]

@@ -1,0 +1,199 @@
+"""enable / disable / reset / summary: the public entry points."""
+
+from __future__ import annotations
+
+from typing import Any, List, Optional, Tuple
+
+import torch
+
+from . import adapters
+from .config import DiCacheConfig, resolve, validate
+from .hooks import Session, session_of
+from .ops import BACKENDS, select_backend
+from .summary import Summary, merge, summarize
+
+_PIPELINE_ATTR = "_dicache_pipeline_link"
+
+
+class AlreadyEnabledError(RuntimeError):
+    """DiCache (or another diffusers cache) is already enabled on this model."""
+
+
+class NotEnabledError(RuntimeError):
+    """DiCache is not enabled on this target."""
+
+
+class _PipelineLink:
+    """Wraps the pipeline scheduler's ``set_timesteps``: each pipeline call starts a new trajectory
+    and tells the step count, with no host read and whatever the pipeline passes to ``cache_context``."""
+
+    def __init__(self, pipeline: Any, sessions: List[Session]):
+        self.pipeline = pipeline
+        self.sessions = sessions
+        self.scheduler = getattr(pipeline, "scheduler", None)
+        self._had_attr = self.scheduler is not None and "set_timesteps" in vars(self.scheduler)
+
+    def install(self) -> None:
+        if self.scheduler is None or not hasattr(self.scheduler, "set_timesteps"):
+            return
+        original = self.scheduler.set_timesteps
+
+        def set_timesteps(*args, **kwargs):
+            out = original(*args, **kwargs)
+            timesteps = getattr(self.scheduler, "timesteps", None)
+            n = len(timesteps) if timesteps is not None else kwargs.get("num_inference_steps")
+            for s in self.sessions:
+                s.new_trajectory(n)
+            return out
+
+        set_timesteps.__wrapped__ = original
+        self.scheduler.set_timesteps = set_timesteps
+        setattr(self.pipeline, _PIPELINE_ATTR, self)
+
+    def uninstall(self) -> None:
+        if self.scheduler is not None and "set_timesteps" in vars(self.scheduler):
+            if self._had_attr:
+                self.scheduler.set_timesteps = self.scheduler.set_timesteps.__wrapped__
+            else:
+                del self.scheduler.set_timesteps
+        if vars(self.pipeline).get(_PIPELINE_ATTR) is self:
+            delattr(self.pipeline, _PIPELINE_ATTR)
+
+
+def _transformers_of(target: Any) -> Tuple[List[torch.nn.Module], Optional[Any]]:
+    """The transformer(s) to hook, and the pipeline if ``target`` is one."""
+    if isinstance(target, torch.nn.Module):
+        return [target], None
+    main = getattr(target, "transformer", None)
+    if isinstance(main, torch.nn.Module):
+        models = [main]
+        second = getattr(target, "transformer_2", None)  # Wan 2.2's low-noise expert
+        if isinstance(second, torch.nn.Module):
+            models.append(second)
+        return models, target
+    raise TypeError(
+        f"dicache.enable expects a diffusers pipeline with a .transformer or a transformer model "
+        f"(torch.nn.Module), got {type(target).__name__}. {_supported_text()}"
+    )
+
+
+def _supported_text() -> str:
+    return (
+        f"Supported model classes: {', '.join(adapters.supported())}. For another DiT, declare its block lists "
+        f"with dicache.adapters.register(ModelClass, dicache.adapters.Adapter(...)) (see the README)."
+    )
+
+
+def _device_of(model: torch.nn.Module) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+def enable(target: Any, backend: str = "auto", config: Optional[DiCacheConfig] = None, **options: Any) -> Any:
+    """Enable DiCache on a diffusers pipeline or on its transformer; returns ``target``.
+
+    Args:
+        target: a pipeline (``FluxPipeline``, ``WanPipeline``, ``HunyuanVideoPipeline``, …)
+            or a transformer (``FluxTransformer2DModel``, ``WanTransformer3DModel``,
+            ``HunyuanVideoTransformer3DModel``, or a class with a registered adapter).
+        backend: how the cache arithmetic runs: ``"auto"`` (default), ``"torch"``,
+            ``"triton"``, ``"cuda"`` or ``"cpu"``.
+        config: a :class:`DiCacheConfig`; defaults to the model family's preset.
+        **options: fields of :class:`DiCacheConfig` overriding ``config``/the preset.
+
+    Nothing is changed on ``target`` when an error is raised.
+    """
+    if not isinstance(backend, str) or backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    models, pipeline = _transformers_of(target)
+
+    plans = []
+    for model in models:
+        adapter = adapters.find(model)
+        if adapter is None:
+            raise TypeError(f"DiCache has no adapter for {type(model).__name__}. {_supported_text()}")
+        if session_of(model) is not None:
+            raise AlreadyEnabledError(
+                f"DiCache is already enabled on this {type(model).__name__}; call dicache.disable() first."
+            )
+        if getattr(model, "_cache_config", None) is not None:
+            raise AlreadyEnabledError(
+                f"another diffusers cache is enabled on this {type(model).__name__}; call its disable_cache() first."
+            )
+        num_blocks = 0
+        for spec in adapter.block_lists:
+            blocks = getattr(model, spec.attr, None)
+            if not isinstance(blocks, torch.nn.ModuleList):
+                raise TypeError(
+                    f"adapter {adapter.family!r} expects a ModuleList at {type(model).__name__}.{spec.attr}"
+                )
+            num_blocks += len(blocks)
+        cfg = resolve(adapter.family, config, options)
+        if num_blocks < 2:
+            raise ValueError(f"DiCache needs a model with at least 2 blocks; {type(model).__name__} has {num_blocks}")
+        validate(cfg, num_blocks)
+        select_backend(backend, _device_of(model))  # raises now, with the reason, if it cannot run
+        plans.append((model, adapter, cfg))
+
+    sessions: List[Session] = []
+    link = None
+    try:
+        for model, adapter, cfg in plans:
+            session = Session(model, adapter, cfg, backend)
+            session.install()
+            sessions.append(session)
+        if pipeline is not None:
+            link = _PipelineLink(pipeline, sessions)
+            link.install()
+            for s in sessions:
+                s.pipeline_link = link
+    except BaseException:
+        if link is not None:
+            link.uninstall()
+        for s in sessions:
+            s.uninstall()
+        raise
+    return target
+
+
+def _sessions(target: Any) -> List[Session]:
+    models, _ = _transformers_of(target)
+    sessions = [s for s in (session_of(m) for m in models) if s is not None]
+    if not sessions:
+        raise NotEnabledError(f"DiCache is not enabled on this {type(target).__name__}")
+    return sessions
+
+
+def disable(target: Any) -> Any:
+    """Remove DiCache: the model behaves exactly as if it had never been enabled. Returns ``target``."""
+    for s in _sessions(target):
+        link = getattr(s, "pipeline_link", None)
+        s.uninstall()
+        if link is not None:
+            link.sessions.remove(s)
+            if not link.sessions:
+                link.uninstall()
+    return target
+
+
+def reset(target: Any) -> None:
+    """Forget every cached tensor and record (the next call starts a new trajectory)."""
+    for s in _sessions(target):
+        s.new_trajectory()
+
+
+def summary(target: Any) -> Summary:
+    """What DiCache did since the last reset, per branch (the last generation, after a pipeline call)."""
+    sessions = _sessions(target)
+    prefix = len(sessions) > 1
+    parts = tuple(
+        summarize(s.engine, type(s.model).__name__, prefix=f"{i}:" if prefix and i else "")
+        for i, s in enumerate(sessions)
+    )
+    return merge(parts)
+
+
+def is_enabled(target: Any) -> bool:
+    models, _ = _transformers_of(target)
+    return any(session_of(m) is not None for m in models)

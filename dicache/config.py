@@ -1,0 +1,136 @@
+"""DiCacheConfig and the presets per model family."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional, Tuple, Union
+
+ERRORS = ("probe", "probe_minus_input")
+BATCH_POLICIES = ("global", "max")
+
+
+@dataclass(frozen=True)
+class DiCacheConfig:
+    """Settings of DiCache for one model.
+
+    Attributes:
+        threshold: δ. Deep blocks are skipped while the probe error accumulated
+            since the last full call stays below it. ``0`` never reuses.
+        probe_depth: m, the number of leading blocks run at every call (the
+            probe). At least 1 and fewer than the model's blocks.
+        warmup: calls always computed at the start of each trajectory: a ratio
+            in [0, 1) of the number of steps (``ceil(r·N)`` calls), or an int
+            number of calls.
+        gamma_clip: (lo, hi) bounds of the trajectory-alignment step γ.
+        force_last_step: compute the last denoising step fully.
+        error: ``"probe"`` accumulates the relative L1 change of the probe
+            output; ``"probe_minus_input"`` accumulates
+            ``|rel_l1(probe) − rel_l1(input)|`` (the reference code's Flux variant).
+        batch_policy: ``"global"`` pools the statistics over the batch (the
+            reference code); ``"max"`` decides per sample and reuses only when
+            every sample is under δ, each sample with its own γ.
+        num_inference_steps: the step count of the trajectory when nothing else
+            tells it (a bare transformer without ``cache_context``). Pipelines
+            and ``cache_context(num_inference_steps=…)`` override it. Without
+            it, a ratio warm-up cannot be resolved and the last step cannot be
+            recognised: the first call is then the only one forced.
+    """
+
+    threshold: float = 0.1
+    probe_depth: int = 1
+    warmup: Union[float, int] = 0.2
+    gamma_clip: Tuple[float, float] = (1.0, 1.5)
+    force_last_step: bool = False
+    error: str = "probe"
+    batch_policy: str = "global"
+    num_inference_steps: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        # Normalise gamma_clip to a tuple of floats so the frozen object hashes and compares.
+        if isinstance(self.gamma_clip, list):
+            object.__setattr__(self, "gamma_clip", tuple(self.gamma_clip))
+        validate(self)
+
+    def replace(self, **changes: Any) -> "DiCacheConfig":
+        """A copy with some fields changed (validated)."""
+        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise TypeError(
+                f"unknown DiCache option(s) {sorted(unknown)}; allowed: {sorted(f.name for f in dataclasses.fields(self))}"
+            )
+        return dataclasses.replace(self, **changes)
+
+    def warmup_calls(self, num_steps: Optional[int]) -> int:
+        """How many leading calls of a branch are always computed (at least 1)."""
+        if isinstance(self.warmup, int) and not isinstance(self.warmup, bool):
+            return max(1, self.warmup)
+        if num_steps is None:
+            return 1
+        return max(1, math.ceil(self.warmup * num_steps))
+
+
+def _is_real(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def validate(cfg: DiCacheConfig, num_blocks: Optional[int] = None) -> None:
+    """Raise ValueError/TypeError naming the bad argument and the allowed values."""
+    if not _is_real(cfg.threshold) or not math.isfinite(cfg.threshold) or cfg.threshold < 0:
+        raise ValueError(f"threshold must be a finite number >= 0, got {cfg.threshold!r}")
+    if not isinstance(cfg.probe_depth, int) or isinstance(cfg.probe_depth, bool) or cfg.probe_depth < 1:
+        raise ValueError(f"probe_depth must be an int >= 1, got {cfg.probe_depth!r}")
+    if num_blocks is not None and cfg.probe_depth >= num_blocks:
+        raise ValueError(
+            f"probe_depth must be between 1 and {num_blocks - 1} for this model ({num_blocks} blocks), "
+            f"got {cfg.probe_depth}"
+        )
+    if isinstance(cfg.warmup, bool) or not _is_real(cfg.warmup):
+        raise ValueError(f"warmup must be a ratio in [0, 1) or an int number of calls >= 0, got {cfg.warmup!r}")
+    if isinstance(cfg.warmup, int):
+        if cfg.warmup < 0:
+            raise ValueError(f"warmup as an int number of calls must be >= 0, got {cfg.warmup}")
+    elif not (0.0 <= cfg.warmup < 1.0):
+        raise ValueError(f"warmup as a ratio must be in [0, 1), got {cfg.warmup!r}")
+    gc = cfg.gamma_clip
+    if (
+        not isinstance(gc, tuple)
+        or len(gc) != 2
+        or not all(_is_real(g) and math.isfinite(g) for g in gc)
+    ):
+        raise ValueError(f"gamma_clip must be a pair (lo, hi) of finite numbers, got {gc!r}")
+    if gc[0] > gc[1]:
+        raise ValueError(f"gamma_clip must have lo <= hi, got {gc!r}")
+    if not isinstance(cfg.force_last_step, bool):
+        raise ValueError(f"force_last_step must be True or False, got {cfg.force_last_step!r}")
+    if cfg.error not in ERRORS:
+        raise ValueError(f"error must be one of {ERRORS}, got {cfg.error!r}")
+    if cfg.batch_policy not in BATCH_POLICIES:
+        raise ValueError(f"batch_policy must be one of {BATCH_POLICIES}, got {cfg.batch_policy!r}")
+    n = cfg.num_inference_steps
+    if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
+        raise ValueError(f"num_inference_steps must be None or an int >= 1, got {n!r}")
+
+
+# The authors' settings (see the method doc), per model family. The Wan
+# threshold is the reference code's value (0.08); the paper says 0.2.
+PRESETS: Dict[str, DiCacheConfig] = {
+    "flux": DiCacheConfig(threshold=0.4, probe_depth=1, warmup=0.2, gamma_clip=(1.0, 1.5), force_last_step=True),
+    "hunyuan_video": DiCacheConfig(threshold=0.1, probe_depth=1, warmup=0.2, gamma_clip=(1.0, 1.5)),
+    "wan": DiCacheConfig(threshold=0.08, probe_depth=1, warmup=0.2, gamma_clip=(1.0, 2.0)),
+}
+DEFAULT = DiCacheConfig()
+
+
+def preset(family: Optional[str]) -> DiCacheConfig:
+    """The preset of a model family, or the generic default for unknown families."""
+    return PRESETS.get(family or "", DEFAULT)
+
+
+def resolve(family: Optional[str], config: Optional[DiCacheConfig], options: Dict[str, Any]) -> DiCacheConfig:
+    """Options override ``config``, which overrides the family preset."""
+    if config is not None and not isinstance(config, DiCacheConfig):
+        raise TypeError(f"config must be a dicache.DiCacheConfig, got {type(config).__name__}")
+    base = config if config is not None else preset(family)
+    return base.replace(**options) if options else base

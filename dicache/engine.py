@@ -1,0 +1,217 @@
+"""The DiCache method: per-branch state, decide, reuse, refresh.
+
+The engine knows no model class and no kernel. The hooks hand it, per call of a
+branch, the image tokens entering block 0 (``x``) and leaving the probe
+(``p``); it answers with the reconstructed deep output ``h`` (reuse) or
+``None`` (compute the deep blocks, then call :meth:`DiCacheEngine.after_full`
+with their output). All arithmetic goes through a backend of
+:mod:`dicache.ops`; per decided call the host reads one flag.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Tuple
+
+import torch
+
+from .config import DiCacheConfig
+from .ops import Backend, reference, select_backend
+
+# Why a call was computed or skipped (the ``reason`` of a CallRecord).
+WARMUP = "warmup"  # in the first warm-up calls of the trajectory (or nothing stored yet)
+LAST_STEP = "last_step"  # the last step, forced by the config
+REFRESH = "refresh"  # the accumulated error reached δ
+REUSE = "reuse"  # skipped, reconstructed with trajectory alignment
+REUSE_ONE = "reuse_one"  # skipped with one stored residual: h = x + R[-1]
+
+_POLICY = {"global": reference.POLICY_GLOBAL, "max": reference.POLICY_MAX}
+_ERROR = {"probe": reference.ERROR_PROBE, "probe_minus_input": reference.ERROR_PROBE_MINUS_INPUT}
+
+
+@dataclass
+class CallRecord:
+    """One call of a branch. ``error`` and ``gamma`` stay on the device until read."""
+
+    index: int
+    computed: bool
+    reason: str
+    error: Optional[torch.Tensor] = None  # acc after this call's probe ([B] fp32), None for forced calls
+    gamma: Optional[torch.Tensor] = None  # γ used ([B] fp32), only for REUSE
+
+
+class BranchState:
+    """The cache of one denoising branch ("cond", "uncond", …).
+
+    Buffers are allocated on the first call and reused: a ring of two window
+    slots for ``R`` and ``P``, the previous probe output (and input, for the
+    ``probe_minus_input`` error), the reconstruction output, and the small
+    fp32 state tensors of the ops.
+    """
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.records: List[CallRecord] = []
+        self.shape: Optional[Tuple[torch.Size, torch.dtype, torch.device]] = None
+        self.n_stored = 0
+        self.newest = 1  # slot index of R[-1] (and P[-1]); a refresh writes the other slot
+        self.has_prev = False
+
+    def allocate(self, x: torch.Tensor, with_x_prev: bool) -> None:
+        B = x.shape[0]
+        dev = x.device
+        self.shape = (x.shape, x.dtype, dev)
+        self.R = [torch.empty_like(x), torch.empty_like(x)]
+        self.P = [torch.empty_like(x), torch.empty_like(x)]
+        self.p_prev = torch.empty_like(x)
+        self.x_prev = torch.empty_like(x) if with_x_prev else None
+        self.out = torch.empty_like(x)
+        f32 = dict(dtype=torch.float32, device=dev)
+        self.acc = torch.zeros(B, **f32)
+        self.den = torch.zeros(B, **f32)
+        self.sums = torch.zeros(B, reference.NUM_SUMS, **f32)
+        self.gamma = torch.ones(B, **f32)
+        self.flag = torch.zeros(1, dtype=torch.int32, device=dev)
+        self.n_stored = 0
+        self.newest = 1
+        self.has_prev = False
+
+    def release(self) -> None:
+        for name in ("R", "P", "p_prev", "x_prev", "out", "acc", "den", "sums", "gamma", "flag"):
+            self.__dict__.pop(name, None)
+        self.shape = None
+        self.n_stored = 0
+        self.has_prev = False
+
+    def matches(self, x: torch.Tensor) -> bool:
+        return self.shape == (x.shape, x.dtype, x.device)
+
+
+class DiCacheEngine:
+    """The per-model cache: one :class:`BranchState` per branch name.
+
+    Args:
+        config: the validated settings.
+        num_blocks: M, the number of blocks of the model.
+        backend: a backend name of :data:`dicache.ops.BACKENDS`; resolved per
+            device on first use.
+    """
+
+    def __init__(self, config: DiCacheConfig, num_blocks: int, backend: str = "auto"):
+        self.config = config
+        self.num_blocks = num_blocks
+        self.backend_name = backend
+        self._backends: Dict[str, Backend] = {}
+        self.branches: Dict[str, BranchState] = {}
+        self._cur: Optional[BranchState] = None
+        self._cur_step = 0
+        self._forced: Optional[str] = None
+        self._x: Optional[torch.Tensor] = None
+        self._policy = _POLICY[config.batch_policy]
+        self._error = _ERROR[config.error]
+
+    # -- state -----------------------------------------------------------
+    def reset(self, branch: Optional[str] = None) -> None:
+        """Forget one branch, or all of them."""
+        if branch is None:
+            self.branches.clear()
+        else:
+            self.branches.pop(branch, None)
+        self._cur = None
+
+    def release(self) -> None:
+        """Free every cached tensor but keep the records (for ``summary``); the next call starts afresh."""
+        for state in self.branches.values():
+            state.release()
+        self._cur = None
+        self._x = None
+
+    def backend_for(self, device: torch.device) -> Backend:
+        key = device.type
+        if key not in self._backends:
+            self._backends[key] = select_backend(self.backend_name, device)
+        return self._backends[key]
+
+    # -- one call ---------------------------------------------------------
+    def begin_call(self, branch: str, step_index: Optional[int] = None, num_steps: Optional[int] = None) -> None:
+        """Start a call of ``branch``; ``step_index`` defaults to the branch's call count."""
+        state = self.branches.get(branch)
+        if state is None:
+            state = self.branches[branch] = BranchState()
+        self._cur = state
+        step = state.calls if step_index is None else step_index
+        self._cur_step = step
+        cfg = self.config
+        if step < cfg.warmup_calls(num_steps):
+            self._forced = WARMUP
+        elif cfg.force_last_step and num_steps is not None and step >= num_steps - 1:
+            self._forced = LAST_STEP
+        else:
+            self._forced = None
+
+    def after_probe(self, x: torch.Tensor, p: torch.Tensor) -> Optional[torch.Tensor]:
+        """Decide after the probe. Returns ``h`` to reuse, or None: compute the deep blocks."""
+        state = self._cur
+        if state is None:
+            raise RuntimeError("after_probe() called outside a call (begin_call first)")
+        self._x = x
+        if not state.matches(x):
+            # First call, or the shape/dtype/device changed: nothing stored is usable.
+            state.allocate(x, with_x_prev=self._error == reference.ERROR_PROBE_MINUS_INPUT)
+        forced = self._forced or (WARMUP if state.n_stored == 0 or not state.has_prev else None)
+        if forced is not None:
+            self._forced = forced
+            state.p_prev.copy_(p)
+            if state.x_prev is not None:
+                state.x_prev.copy_(x)
+            state.has_prev = True
+            return None
+
+        ops = self.backend_for(x.device)
+        cfg = self.config
+        two = state.n_stored >= 2
+        p_old = state.P[1 - state.newest] if two else None
+        ops.probe_decide(
+            p, x, state.p_prev, p_old, state.x_prev, state.acc, state.den, state.sums, state.flag,
+            state.gamma, float(cfg.threshold), float(cfg.gamma_clip[0]), float(cfg.gamma_clip[1]),
+            self._policy, self._error,
+        )
+        error = state.acc.clone()
+        if not bool(state.flag.item()):  # the one device-to-host read of the call
+            self._forced = None
+            self._pending_error = error
+            return None
+        r_new = state.R[state.newest]
+        r_old = state.R[1 - state.newest] if two else None
+        ops.reconstruct(x, r_new, r_old, state.gamma, state.out)
+        state.records.append(
+            CallRecord(self._cur_step, False, REUSE if two else REUSE_ONE, error, state.gamma.clone() if two else None)
+        )
+        state.calls += 1
+        self._cur = None
+        return state.out
+
+    def after_full(self, h: torch.Tensor) -> None:
+        """Store the deep output of a computed call."""
+        state = self._cur
+        if state is None or self._x is None:
+            raise RuntimeError("after_full() called outside a computed call")
+        ops = self.backend_for(h.device)
+        slot = 1 - state.newest
+        other = state.P[state.newest] if state.n_stored >= 1 else None
+        # p_prev holds a copy of this call's probe output (written by probe_decide or the forced path).
+        ops.refresh(h, state.p_prev, self._x, state.R[slot], state.P[slot], other, state.den, state.acc)
+        state.newest = slot
+        state.n_stored = min(2, state.n_stored + 1)
+        if self._forced is not None:
+            state.records.append(CallRecord(self._cur_step, True, self._forced))
+        else:
+            state.records.append(CallRecord(self._cur_step, True, REFRESH, self._pending_error))
+        state.calls += 1
+        self._cur = None
+        self._x = None
+
+    def abort_call(self) -> None:
+        """Drop a call that did not finish (an exception inside the model)."""
+        self._cur = None
+        self._x = None

@@ -1,0 +1,235 @@
+"""Binds the engine into a model's own block loop through diffusers' hooks.
+
+No model code is copied: the model's ``forward`` runs as written and DiCache
+sits on its blocks (diffusers ``HookRegistry``/``ModelHook``, as its
+FirstBlockCache does):
+
+* a root hook on the transformer starts each call: it picks the branch (the
+  ``cache_context`` name, or the call's order within a timestep when there is
+  none), the step index and step count, and detects a new trajectory;
+* a hook on every block: block 0 records the image tokens ``x``; the last probe
+  block asks the engine; on a skip the remaining blocks hand their inputs on
+  unchanged, in the order their successor expects; on a full call the last
+  block's output refreshes the cache.
+
+Everything installed here is recorded and removed by :func:`uninstall`, which
+leaves the model as if it had never been enabled.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+from diffusers.hooks import HookRegistry, ModelHook
+from diffusers.hooks.hooks import StateManager
+
+from .adapters import Adapter, ArgLocator, image_of, pack, with_image
+from .config import DiCacheConfig
+from .engine import DiCacheEngine
+
+_ROOT_HOOK = "dicache_root"
+_BLOCK_HOOK = "dicache_block"
+SESSION_ATTR = "_dicache_session"
+
+
+class _ContextSink(StateManager):
+    """Receives diffusers' ``cache_context`` (it is set on every stateful hook's StateManager)."""
+
+    def __init__(self) -> None:
+        super().__init__(object)
+
+    def current(self):
+        return self._context
+
+
+class Session:
+    """DiCache enabled on one transformer: its engine, its hooks, its trajectory tracking."""
+
+    def __init__(self, model: torch.nn.Module, adapter: Adapter, config: DiCacheConfig, backend: str):
+        self.model = model
+        self.adapter = adapter
+        self.config = config
+        self.blocks: List[Tuple[torch.nn.Module, Any]] = []  # (block, BlockList)
+        for spec in adapter.block_lists:
+            for block in getattr(model, spec.attr):
+                self.blocks.append((block, spec))
+        self.engine = DiCacheEngine(config, len(self.blocks), backend)
+        self.sink = _ContextSink()
+        self.timestep = ArgLocator(type(model).forward, adapter.timestep_arg)
+        self.pipeline_steps: Optional[int] = None  # set by the pipeline's scheduler hook
+        self.user_steps: Optional[int] = config.num_inference_steps
+        # per-call state
+        self.active = False
+        self.skipping = False
+        self.x: Optional[torch.Tensor] = None
+        # bare-loop trajectory tracking (no cache_context)
+        self._last_t: Optional[float] = None
+        self._calls_at_t = 0
+        self._branch_t: Dict[str, Optional[float]] = {}  # per named branch, when no step index is given
+        self._installed: List[Tuple[torch.nn.Module, str, bool, bool]] = []
+
+    # -- trajectory -------------------------------------------------------
+    def new_trajectory(self, num_steps: Optional[int] = None) -> None:
+        """Forget all branches (a pipeline call starts, or dicache.reset)."""
+        self.engine.reset()
+        if num_steps is not None:
+            self.pipeline_steps = num_steps
+        self._last_t = None
+        self._calls_at_t = 0
+        self._branch_t.clear()
+
+    def _read_timestep(self, args, kwargs) -> Optional[float]:
+        t = self.timestep.get(args, kwargs)
+        if t is None:
+            return None
+        if isinstance(t, torch.Tensor):
+            return float(t.reshape(-1)[0])  # a host read; only in loops without cache_context
+        return float(t)
+
+    def begin_call(self, args, kwargs) -> None:
+        ctx = self.sink.current()
+        step_index = getattr(ctx, "step_index", None) if ctx is not None else None
+        num_steps = getattr(ctx, "num_inference_steps", None) if ctx is not None else None
+        if num_steps is None:
+            num_steps = self.pipeline_steps if self.pipeline_steps is not None else self.user_steps
+        if ctx is not None:
+            branch = ctx.name
+            state = self.engine.branches.get(branch)
+            if step_index is not None:
+                if step_index == 0 and state is not None and state.calls > 0:
+                    self.engine.reset(branch)
+            elif self.pipeline_steps is None:
+                # A context without step index and no pipeline to tell when a trajectory starts:
+                # the timestep tells (it does not decrease within a trajectory's branch).
+                t = self._read_timestep(args, kwargs)
+                last = self._branch_t.get(branch)
+                if t is not None and last is not None and t >= last:
+                    self.engine.reset(branch)
+                self._branch_t[branch] = t
+        else:
+            # No cache_context: calls at the same timestep are different branches (CFG as two calls);
+            # a timestep above the previous one starts a new trajectory.
+            t = self._read_timestep(args, kwargs)
+            if t is not None and self._last_t is not None and t > self._last_t:
+                self.engine.reset()
+                self._calls_at_t = 0
+            elif t is not None and t == self._last_t:
+                self._calls_at_t += 1
+            else:
+                self._calls_at_t = 0
+            self._last_t = t
+            branch = "default" if self._calls_at_t == 0 else f"default{self._calls_at_t}"
+        self.engine.begin_call(branch, step_index, num_steps)
+        self.active = True
+        self.skipping = False
+        self.x = None
+
+    def end_call(self) -> None:
+        self.active = False
+        self.skipping = False
+        self.x = None
+        self.engine.abort_call()  # no-op after a completed call; drops an unfinished one
+
+    # -- install / uninstall -------------------------------------------
+    def _register(self, module: torch.nn.Module, hook: ModelHook, name: str) -> None:
+        had_registry = "_diffusers_hook" in module.__dict__
+        had_forward = "forward" in module.__dict__
+        registry = HookRegistry.check_if_exists_or_initialize(module)
+        registry.register_hook(hook, name)
+        self._installed.append((module, name, had_registry, had_forward))
+
+    def install(self) -> None:
+        try:
+            self._register(self.model, _RootHook(self), _ROOT_HOOK)
+            m = self.config.probe_depth
+            last = len(self.blocks) - 1
+            for i, (block, spec) in enumerate(self.blocks):
+                self._register(block, _BlockHook(self, i, m, last, spec, block), _BLOCK_HOOK)
+            setattr(self.model, SESSION_ATTR, self)
+        except BaseException:
+            self.uninstall()
+            raise
+        HookRegistry.check_if_exists_or_initialize(self.model).invalidate_child_registries_cache()
+
+    def uninstall(self) -> None:
+        for module, name, had_registry, had_forward in reversed(self._installed):
+            registry = module.__dict__.get("_diffusers_hook")
+            if registry is None:
+                continue
+            registry.remove_hook(name, recurse=False)
+            if not registry.hooks:
+                if not had_forward:
+                    module.__dict__.pop("forward", None)
+                if not had_registry:
+                    del module._diffusers_hook
+        self._installed.clear()
+        registry = self.model.__dict__.get("_diffusers_hook")
+        if registry is not None:
+            registry.invalidate_child_registries_cache()
+        self.model.__dict__.pop(SESSION_ATTR, None)
+
+
+class _RootHook(ModelHook):
+    """On the transformer: starts and ends each call."""
+
+    _is_stateful = True  # so that diffusers hands us the cache_context
+
+    def __init__(self, session: Session):
+        super().__init__()
+        self.session = session
+        self.sink = session.sink  # a StateManager attribute: found by _set_cache_context
+
+    def new_forward(self, module, *args, **kwargs):
+        s = self.session
+        s.begin_call(args, kwargs)
+        try:
+            return self.fn_ref.original_forward(*args, **kwargs)
+        finally:
+            s.end_call()
+
+    def reset_state(self, module):
+        # Pipelines call this at the end of a generation (maybe_free_model_hooks): free the cached
+        # tensors, keep the records for dicache.summary; the next pipeline call starts a new trajectory.
+        self.session.engine.release()
+        return module
+
+
+class _BlockHook(ModelHook):
+    """On each block: record ``x``, decide after the probe, hand inputs on when skipping, refresh."""
+
+    def __init__(self, session: Session, index: int, probe_depth: int, last: int, spec, block):
+        super().__init__()
+        self.session = session
+        self.index = index
+        self.is_probe_end = index == probe_depth - 1
+        self.in_tail = index >= probe_depth
+        self.is_last = index == last
+        self.returns = spec.returns
+        forward = type(block).forward
+        self.hidden = ArgLocator(forward, spec.hidden_arg)
+        self.encoder = ArgLocator(forward, spec.encoder_arg) if spec.encoder_arg else None
+
+    def new_forward(self, module, *args, **kwargs):
+        s = self.session
+        if not s.active:
+            return self.fn_ref.original_forward(*args, **kwargs)
+        if self.index == 0:
+            s.x = self.hidden.get(args, kwargs)
+        if self.in_tail and s.skipping:
+            hidden = self.hidden.get(args, kwargs)
+            encoder = self.encoder.get(args, kwargs) if self.encoder is not None else None
+            return pack(self.returns, hidden, encoder)
+        out = self.fn_ref.original_forward(*args, **kwargs)
+        if self.is_probe_end:
+            h = s.engine.after_probe(s.x, image_of(out, self.returns))
+            if h is not None:
+                s.skipping = True
+                return with_image(out, self.returns, h)
+        if self.is_last:
+            s.engine.after_full(image_of(out, self.returns))
+        return out
+
+
+def session_of(model: torch.nn.Module) -> Optional[Session]:
+    return model.__dict__.get(SESSION_ATTR)

@@ -1,0 +1,142 @@
+"""``dicache.summary``: what the cache did, per branch, as data with a readable ``str``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, Optional, Tuple
+
+from .config import DiCacheConfig
+from .engine import DiCacheEngine
+
+
+@dataclass(frozen=True)
+class CallSummary:
+    """One call of a branch: computed or skipped, why, the accumulated error and γ.
+
+    ``error`` is the probe error accumulated since the last full call, after
+    this call (the max over samples); None for calls forced without a probe
+    decision (warm-up, last step). ``gamma`` is the alignment step used by a
+    skipped call with two stored residuals (the max over samples), else None.
+    """
+
+    index: int
+    computed: bool
+    reason: str
+    error: Optional[float]
+    gamma: Optional[float]
+
+
+@dataclass(frozen=True)
+class BranchSummary:
+    name: str
+    calls: int
+    full_calls: int
+    skipped_calls: int
+    block_evaluations: int
+    block_evaluations_uncached: int
+    steps: Tuple[CallSummary, ...]
+
+    @property
+    def saved_fraction(self) -> float:
+        """Fraction of block evaluations saved against the uncached model."""
+        if self.block_evaluations_uncached == 0:
+            return 0.0
+        return 1.0 - self.block_evaluations / self.block_evaluations_uncached
+
+    @property
+    def pattern(self) -> str:
+        """One character per call: ``F`` computed, ``.`` skipped."""
+        return "".join("F" if c.computed else "." for c in self.steps)
+
+
+@dataclass(frozen=True)
+class Summary:
+    """What DiCache did since the last reset (normally: the last generation)."""
+
+    model: str
+    backend: str
+    config: DiCacheConfig
+    num_blocks: int
+    branches: Dict[str, BranchSummary]
+
+    @property
+    def calls(self) -> int:
+        return sum(b.calls for b in self.branches.values())
+
+    @property
+    def full_calls(self) -> int:
+        return sum(b.full_calls for b in self.branches.values())
+
+    @property
+    def skipped_calls(self) -> int:
+        return sum(b.skipped_calls for b in self.branches.values())
+
+    @property
+    def saved_fraction(self) -> float:
+        total = sum(b.block_evaluations_uncached for b in self.branches.values())
+        done = sum(b.block_evaluations for b in self.branches.values())
+        return 0.0 if total == 0 else 1.0 - done / total
+
+    def __str__(self) -> str:
+        c = self.config
+        lines = [
+            f"DiCache on {self.model} (backend={self.backend}, {self.num_blocks} blocks, probe {c.probe_depth}, "
+            f"δ={c.threshold:g}, γ∈[{c.gamma_clip[0]:g}, {c.gamma_clip[1]:g}])",
+        ]
+        if not self.branches:
+            lines.append("  no calls yet")
+        for b in self.branches.values():
+            lines.append(
+                f"  {b.name}: {b.calls} calls, {b.full_calls} computed, {b.skipped_calls} skipped, "
+                f"{100 * b.saved_fraction:.1f}% of block evaluations saved"
+            )
+            lines.append(f"    pattern  {b.pattern}")
+            errs = " ".join("-" if s.error is None else f"{s.error:.3g}" for s in b.steps)
+            gammas = " ".join("-" if s.gamma is None else f"{s.gamma:.3g}" for s in b.steps)
+            lines.append(f"    error    {errs}")
+            lines.append(f"    gamma    {gammas}")
+        if len(self.branches) > 1:
+            lines.append(f"  total: {100 * self.saved_fraction:.1f}% of block evaluations saved")
+        return "\n".join(lines)
+
+
+def _max(t) -> Optional[float]:
+    return None if t is None else float(t.float().max())
+
+
+def summarize(engine: DiCacheEngine, model: str, prefix: str = "") -> Summary:
+    """Read the engine's records (this is where their device values reach the host)."""
+    M, m = engine.num_blocks, engine.config.probe_depth
+    branches = {}
+    for name, state in engine.branches.items():
+        steps = tuple(CallSummary(r.index, r.computed, r.reason, _max(r.error), _max(r.gamma)) for r in state.records)
+        full = sum(s.computed for s in steps)
+        skipped = len(steps) - full
+        branches[prefix + name] = BranchSummary(
+            name=prefix + name,
+            calls=len(steps),
+            full_calls=full,
+            skipped_calls=skipped,
+            block_evaluations=full * M + skipped * m,
+            block_evaluations_uncached=len(steps) * M,
+            steps=steps,
+        )
+    backend = ",".join(sorted({b.name for b in engine._backends.values()})) or engine.backend_name
+    return Summary(model=model, backend=backend, config=engine.config, num_blocks=M, branches=branches)
+
+
+def merge(parts: Tuple[Summary, ...]) -> Summary:
+    """One summary of several transformers of a pipeline (branch names are prefixed)."""
+    if len(parts) == 1:
+        return parts[0]
+    branches: Dict[str, BranchSummary] = {}
+    for p in parts:
+        branches.update(p.branches)
+    first = parts[0]
+    return Summary(
+        model=" + ".join(p.model for p in parts),
+        backend=",".join(sorted({p.backend for p in parts})),
+        config=first.config,
+        num_blocks=first.num_blocks,
+        branches=branches,
+    )
