@@ -149,6 +149,7 @@ class DiCacheEngine:
         else:
             self._forced = None
 
+    @torch.no_grad()
     def after_probe(self, x: torch.Tensor, p: torch.Tensor) -> Optional[torch.Tensor]:
         """Decide after the probe. Returns ``h`` to reuse, or None: compute the deep blocks."""
         state = self._cur
@@ -191,6 +192,7 @@ class DiCacheEngine:
         self._cur = None
         return state.out
 
+    @torch.no_grad()
     def after_full(self, h: torch.Tensor) -> None:
         """Store the deep output of a computed call."""
         state = self._cur

@@ -1,0 +1,208 @@
+"""DiCache on tiny Flux, Wan and HunyuanVideo models: exactness, restore, branches, repeatability."""
+
+import pytest
+import torch
+
+import dicache
+from dicache.hooks import SESSION_ATTR
+
+import tiny
+
+LOOPS = {
+    "flux": (tiny.flux_transformer, tiny.flux_loop),
+    "wan": (tiny.wan_transformer, tiny.wan_loop),
+    "hunyuan_video": (tiny.hunyuan_transformer, tiny.hunyuan_loop),
+}
+PIPELINES = {
+    "flux": (tiny.flux_pipeline, tiny.flux_pipeline_call),
+    "wan": (tiny.wan_pipeline, tiny.wan_pipeline_call),
+    "hunyuan_video": (tiny.hunyuan_pipeline, tiny.hunyuan_pipeline_call),
+}
+
+
+def _module_state(model):
+    """Everything an enable could leave behind: instance attributes of every submodule, and buffers."""
+    return {
+        name: (sorted(vars(m).keys()), sorted(n for n, _ in m.named_buffers(recurse=False)))
+        for name, m in model.named_modules()
+    }
+
+
+@pytest.mark.parametrize("family", sorted(LOOPS))
+def test_threshold_zero_is_exact_bare_loop(family):
+    make, loop = LOOPS[family]
+    model = make()
+    expected = loop(model)
+    dicache.enable(model, backend="torch", threshold=0.0)
+    got = loop(model)
+    s = dicache.summary(model)
+    dicache.disable(model)
+    assert torch.equal(got, expected)
+    assert s.skipped_calls == 0 and s.full_calls == 8
+
+
+@pytest.mark.parametrize("family", sorted(PIPELINES))
+def test_threshold_zero_is_exact_pipeline(family):
+    make, call = PIPELINES[family]
+    pipe = make()
+    expected = call(pipe)
+    dicache.enable(pipe, backend="torch", threshold=0.0)
+    got = call(pipe)
+    s = dicache.summary(pipe)
+    dicache.disable(pipe)
+    assert torch.equal(got, expected)
+    assert s.skipped_calls == 0 and s.full_calls > 0
+
+
+@pytest.mark.parametrize("family", sorted(LOOPS))
+def test_disable_restores_model_bitwise(family):
+    make, loop = LOOPS[family]
+    never = make()
+    model = make()
+    before = _module_state(model)
+    dicache.enable(model, backend="torch", threshold=10.0, warmup=1)
+    cached = loop(model)
+    assert dicache.summary(model).skipped_calls > 0
+    dicache.disable(model)
+    assert _module_state(model) == before
+    assert SESSION_ATTR not in vars(model)
+    out = loop(model)
+    assert torch.equal(out, loop(never))
+    assert not torch.equal(out, cached)  # the cache really changed something before
+    with pytest.raises(dicache.NotEnabledError):
+        dicache.summary(model)
+
+
+def test_disable_restores_pipeline():
+    pipe = tiny.flux_pipeline()
+    never = tiny.flux_pipeline()
+    tiny.flux_pipeline_call(pipe)  # a call sets scheduler attributes of its own
+    scheduler_attrs = sorted(vars(pipe.scheduler))
+    pipe_attrs = sorted(vars(pipe))
+    dicache.enable(pipe, backend="torch", threshold=10.0)
+    tiny.flux_pipeline_call(pipe)
+    dicache.disable(pipe)
+    assert sorted(vars(pipe.scheduler)) == scheduler_attrs
+    assert sorted(vars(pipe)) == pipe_attrs
+    assert torch.equal(tiny.flux_pipeline_call(pipe), tiny.flux_pipeline_call(never))
+
+
+@pytest.mark.parametrize("family", sorted(PIPELINES))
+def test_same_seed_twice_then_other_step_count(family):
+    make, call = PIPELINES[family]
+    pipe = make()
+    dicache.enable(pipe, backend="torch", threshold=2.0)
+    first = call(pipe, steps=6)
+    s1 = dicache.summary(pipe)
+    second = call(pipe, steps=6)
+    s2 = dicache.summary(pipe)
+    assert torch.equal(first, second)
+    assert [b.pattern for b in s1.branches.values()] == [b.pattern for b in s2.branches.values()]
+    assert s1.skipped_calls > 0
+    third = call(pipe, steps=9)
+    s3 = dicache.summary(pipe)
+    assert torch.isfinite(third).all()
+    assert all(b.calls == 9 for b in s3.branches.values())
+    dicache.disable(pipe)
+
+
+def test_bare_loop_repeats_without_reset():
+    """A bare transformer sees a new trajectory when the timestep goes up: same input, same output."""
+    model = tiny.flux_transformer()
+    dicache.enable(model, backend="torch", threshold=2.0, warmup=1)
+    a = tiny.flux_loop(model)
+    b = tiny.flux_loop(model)
+    assert torch.equal(a, b)
+    assert dicache.summary(model).branches["default"].calls == 8
+    dicache.disable(model)
+
+
+def test_wan_pipeline_cfg_branches_keep_separate_state():
+    """Scaled negative embeddings make the uncond branch move differently: its decisions differ."""
+    pipe = tiny.wan_pipeline()
+    dicache.enable(pipe, backend="torch", threshold=0.25, warmup=1)
+    tiny.wan_pipeline_call(pipe, steps=8, negative_scale=20.0)
+    s = dicache.summary(pipe)
+    engine = dicache.hooks.session_of(pipe.transformer).engine
+    dicache.disable(pipe)
+    cond, uncond = s.branches["cond"], s.branches["uncond"]
+    assert cond.calls == uncond.calls == 8
+    assert cond.pattern != uncond.pattern
+    # each branch's decisions follow its own accumulated error
+    for b in (cond, uncond):
+        for step in b.steps:
+            if step.reason == "refresh":
+                assert step.error >= 0.25
+            elif not step.computed:
+                assert step.error < 0.25
+    assert engine.branches["cond"] is not engine.branches["uncond"]
+
+
+def test_bare_loop_cfg_without_context_gets_two_branches():
+    model = tiny.wan_transformer()
+    dicache.enable(model, backend="torch", threshold=0.0)
+    expected_model = tiny.wan_transformer()
+    got = tiny.wan_loop(model, cfg=4.0, uncond_scale=0.0)
+    s = dicache.summary(model)
+    dicache.disable(model)
+    assert set(s.branches) == {"default", "default1"}
+    assert torch.equal(got, tiny.wan_loop(expected_model, cfg=4.0, uncond_scale=0.0))
+
+
+def test_context_with_step_index_uses_it():
+    model = tiny.flux_transformer()
+    dicache.enable(model, backend="torch", threshold=10.0, warmup=0.5, force_last_step=True)
+    tiny.flux_loop(model, steps=8, context=True)
+    b = dicache.summary(model).branches["cond"]
+    dicache.disable(model)
+    assert [s.reason for s in b.steps[:4]] == ["warmup"] * 4  # ceil(0.5 * 8) from num_inference_steps
+    assert b.steps[-1].reason == "last_step"
+    assert b.pattern == "FFFF...F"
+
+
+def test_batch_policies_run_and_differ_in_gamma_shape():
+    model = tiny.flux_transformer()
+    outs = {}
+    for policy in ("global", "max"):
+        dicache.enable(model, backend="torch", threshold=10.0, warmup=2, batch_policy=policy)
+        outs[policy] = tiny.flux_loop(model, batch=3)
+        assert dicache.summary(model).skipped_calls == 6
+        dicache.disable(model)
+    assert torch.isfinite(outs["max"]).all()
+    assert not torch.equal(outs["global"], outs["max"])
+
+
+def test_probe_minus_input_error_mode():
+    model = tiny.flux_transformer()
+    dicache.enable(model, backend="torch", threshold=0.05, warmup=1, error="probe_minus_input")
+    out = tiny.flux_loop(model)
+    s = dicache.summary(model)
+    dicache.disable(model)
+    assert torch.isfinite(out).all()
+    errors = [c.error for c in s.branches["default"].steps if c.error is not None]
+    assert errors and all(e >= 0 for e in errors)
+
+
+def test_deeper_probe_spanning_block_lists():
+    """Flux tiny has 2 double + 3 single blocks; a probe of 3 crosses into the single blocks."""
+    model = tiny.flux_transformer()
+    expected = tiny.flux_loop(model)
+    dicache.enable(model, backend="torch", threshold=0.0, probe_depth=3)
+    assert torch.equal(tiny.flux_loop(model), expected)
+    dicache.disable(model)
+    dicache.enable(model, backend="torch", threshold=10.0, probe_depth=3, warmup=1)
+    tiny.flux_loop(model)
+    s = dicache.summary(model)
+    dicache.disable(model)
+    b = s.branches["default"]
+    assert b.block_evaluations == b.full_calls * 5 + b.skipped_calls * 3
+
+
+def test_reset_clears_state():
+    model = tiny.flux_transformer()
+    dicache.enable(model, backend="torch", threshold=10.0)
+    tiny.flux_loop(model, steps=4)
+    assert dicache.summary(model).calls == 4
+    dicache.reset(model)
+    assert dicache.summary(model).calls == 0
+    dicache.disable(model)
