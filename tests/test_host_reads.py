@@ -1,0 +1,79 @@
+"""Per decided call, the decision flag is the only value DiCache reads back to the host.
+
+Device-to-host reads of a tensor's value (``.item()``, ``bool(t)``, ``float(t)``)
+all go through ``aten._local_scalar_dense``; a dispatch mode counts them inside
+each transformer call, with and without DiCache.
+"""
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import dicache
+from dicache import ops
+
+import tiny
+
+
+class _CountScalarReads(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten._local_scalar_dense.default:
+            self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def _reads_per_call(pipe, call):
+    counts = []
+    mode = {}
+
+    def pre(module, args, kwargs):
+        mode["m"] = _CountScalarReads()
+        mode["m"].__enter__()
+
+    def post(module, args, kwargs, output):
+        mode["m"].__exit__(None, None, None)
+        counts.append(mode["m"].count)
+
+    h1 = pipe.transformer.register_forward_pre_hook(pre, with_kwargs=True)
+    h2 = pipe.transformer.register_forward_hook(post, with_kwargs=True)
+    try:
+        call(pipe)
+    finally:
+        h1.remove()
+        h2.remove()
+    return counts
+
+
+def _backends():
+    return [n for n in ("torch", "triton", "cpu") if ops.availability("cpu")[n] is None]
+
+
+@pytest.mark.parametrize("backend", _backends())
+@pytest.mark.parametrize("family", ["flux", "wan"])
+def test_only_the_flag_is_read_back(family, backend):
+    make, call = {
+        "flux": (tiny.flux_pipeline, lambda p: tiny.flux_pipeline_call(p, steps=8)),
+        "wan": (tiny.wan_pipeline, lambda p: tiny.wan_pipeline_call(p, steps=8)),
+    }[family]
+    pipe = make()
+    baseline = _reads_per_call(pipe, call)
+    dicache.enable(pipe, backend=backend, threshold=0.3)
+    cached = _reads_per_call(pipe, call)
+    s = dicache.summary(pipe)
+    dicache.disable(pipe)
+    # calls interleave branches in pipeline order; rebuild the per-call decision kind in that order
+    steps = [b.steps for b in s.branches.values()]
+    order = [st for group in zip(*steps) for st in group]
+    assert len(order) == len(cached) == len(baseline)
+    assert s.skipped_calls > 0
+    for base, got, st in zip(baseline, cached, order):
+        decided = st.reason not in ("warmup", "last_step")
+        extra = got - base if st.computed else got - min(baseline)
+        # a skipped call runs fewer blocks, so its own reads can only be fewer than a full call's
+        assert extra <= int(decided), (st, base, got)
+        if st.computed:
+            assert got - base == int(decided), (st, base, got)
