@@ -1,0 +1,240 @@
+"""The fused cache ops as PyTorch custom operators: ``torch.ops.dicache.*``.
+
+Importing this module registers, once per process, in the ``dicache``
+namespace:
+
+* ``dicache::probe_decide(p, x, p_prev, p_old?, x_prev?, acc, den, sums, flag, gamma,
+  threshold, gamma_lo, gamma_hi, policy, error_mode) -> ()``
+  (mutates ``p_prev``, ``x_prev``, ``acc``, ``sums``, ``flag``, ``gamma``);
+* ``dicache::reconstruct(x, r_new, r_old?, gamma, out) -> ()`` (mutates ``out``);
+* ``dicache::refresh(h, p, x, r_slot, p_slot, p_other?, den, acc) -> ()``
+  (mutates ``r_slot``, ``p_slot``, ``den``, ``acc``).
+
+They are defined with :func:`torch.library.custom_op` (so ``torch.compile``
+sees them as opaque in-place ops and does not break the graph) plus
+``register_fake`` implementations that only check shapes (every output is an
+in-place argument, so there is nothing to allocate). The real implementation,
+for every device, calls the best backend for the tensors' device,
+``dicache.ops.select_backend("auto", device)``: on CPU the C++ ``"cpu"``
+backend when it is built, else the PyTorch reference; on CUDA ``"cuda"``, then
+``"triton"``, then the reference. The choice is cached per device; call
+:func:`clear_backend_cache` after a backend becomes (un)available.
+
+The ops are inference ops: no autograd formula is registered (call them
+under ``torch.no_grad()`` / ``torch.inference_mode()``, as the cache does).
+
+The module-level functions :func:`probe_decide`, :func:`reconstruct` and
+:func:`refresh` are thin wrappers with the signatures of
+:mod:`dicache.ops.reference`.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Dict, Optional, Tuple
+
+import torch
+
+from . import Backend, reference, select_backend
+
+NAMESPACE = "dicache"
+
+_backend_cache: Dict[Tuple[str, Optional[int]], Backend] = {}
+_backend_lock = threading.Lock()
+
+
+def backend_for(device: torch.device) -> Backend:
+    """The backend the registered ops use for tensors on ``device`` (``"auto"``, cached)."""
+    key = (device.type, device.index)
+    backend = _backend_cache.get(key)
+    if backend is None:
+        backend = select_backend("auto", device)
+        with _backend_lock:
+            _backend_cache[key] = backend
+    return backend
+
+
+def clear_backend_cache() -> None:
+    """Forget the per-device backend choice (the next call selects again)."""
+    with _backend_lock:
+        _backend_cache.clear()
+
+
+# ---------------------------------------------------------------------------
+# shape checks shared by the fake (meta) implementations
+
+
+def _same_shape(name: str, t: Optional[torch.Tensor], like: torch.Tensor) -> None:
+    if t is not None and t.shape != like.shape:
+        raise ValueError(f"{name} has shape {tuple(t.shape)}, expected {tuple(like.shape)}")
+
+
+def _numel(name: str, t: torch.Tensor, n) -> None:
+    if t.numel() != n:
+        raise ValueError(f"{name} must have {n} elements, got shape {tuple(t.shape)}")
+
+
+def _registered(name: str) -> bool:
+    try:
+        getattr(getattr(torch.ops, NAMESPACE), name)
+    except (AttributeError, RuntimeError):
+        return False
+    return True
+
+
+# ---------------------------------------------------------------------------
+# registration
+
+
+def _register() -> None:
+    """Define the three custom ops unless this process already has them."""
+    if not _registered("probe_decide"):
+
+        @torch.library.custom_op(
+            f"{NAMESPACE}::probe_decide",
+            mutates_args=("p_prev", "x_prev", "acc", "sums", "flag", "gamma"),
+        )
+        def _probe_decide(
+            p: torch.Tensor,
+            x: torch.Tensor,
+            p_prev: torch.Tensor,
+            p_old: Optional[torch.Tensor],
+            x_prev: Optional[torch.Tensor],
+            acc: torch.Tensor,
+            den: torch.Tensor,
+            sums: torch.Tensor,
+            flag: torch.Tensor,
+            gamma: torch.Tensor,
+            threshold: float,
+            gamma_lo: float,
+            gamma_hi: float,
+            policy: int,
+            error_mode: int,
+        ) -> None:
+            backend_for(p.device).probe_decide(
+                p, x, p_prev, p_old, x_prev, acc, den, sums, flag, gamma,
+                threshold, gamma_lo, gamma_hi, policy, error_mode,
+            )
+
+        @_probe_decide.register_fake
+        def _(p, x, p_prev, p_old, x_prev, acc, den, sums, flag, gamma,
+              threshold, gamma_lo, gamma_hi, policy, error_mode) -> None:
+            for name, t in (("x", x), ("p_prev", p_prev), ("p_old", p_old), ("x_prev", x_prev)):
+                _same_shape(name, t, p)
+            B = p.shape[0]
+            _numel("acc", acc, B)
+            _numel("den", den, B)
+            _numel("gamma", gamma, B)
+            _numel("sums", sums, B * reference.NUM_SUMS)
+            _numel("flag", flag, 1)
+            if error_mode == reference.ERROR_PROBE_MINUS_INPUT and x_prev is None:
+                raise ValueError("error_mode=ERROR_PROBE_MINUS_INPUT needs x_prev")
+
+    if not _registered("reconstruct"):
+
+        @torch.library.custom_op(f"{NAMESPACE}::reconstruct", mutates_args=("out",))
+        def _reconstruct(
+            x: torch.Tensor,
+            r_new: torch.Tensor,
+            r_old: Optional[torch.Tensor],
+            gamma: torch.Tensor,
+            out: torch.Tensor,
+        ) -> None:
+            backend_for(x.device).reconstruct(x, r_new, r_old, gamma, out)
+
+        @_reconstruct.register_fake
+        def _(x, r_new, r_old, gamma, out) -> None:
+            for name, t in (("r_new", r_new), ("r_old", r_old), ("out", out)):
+                _same_shape(name, t, x)
+            _numel("gamma", gamma, x.shape[0])
+
+    if not _registered("refresh"):
+
+        @torch.library.custom_op(
+            f"{NAMESPACE}::refresh",
+            mutates_args=("r_slot", "p_slot", "den", "acc"),
+        )
+        def _refresh(
+            h: torch.Tensor,
+            p: torch.Tensor,
+            x: torch.Tensor,
+            r_slot: torch.Tensor,
+            p_slot: torch.Tensor,
+            p_other: Optional[torch.Tensor],
+            den: torch.Tensor,
+            acc: torch.Tensor,
+        ) -> None:
+            backend_for(h.device).refresh(h, p, x, r_slot, p_slot, p_other, den, acc)
+
+        @_refresh.register_fake
+        def _(h, p, x, r_slot, p_slot, p_other, den, acc) -> None:
+            for name, t in (("p", p), ("x", x), ("r_slot", r_slot), ("p_slot", p_slot), ("p_other", p_other)):
+                _same_shape(name, t, h)
+            _numel("den", den, h.shape[0])
+            _numel("acc", acc, h.shape[0])
+
+
+_register()
+
+
+# ---------------------------------------------------------------------------
+# thin wrappers (signatures of dicache.ops.reference)
+
+
+def probe_decide(
+    p: torch.Tensor,
+    x: torch.Tensor,
+    p_prev: torch.Tensor,
+    p_old: Optional[torch.Tensor],
+    x_prev: Optional[torch.Tensor],
+    acc: torch.Tensor,
+    den: torch.Tensor,
+    sums: torch.Tensor,
+    flag: torch.Tensor,
+    gamma: torch.Tensor,
+    threshold: float,
+    gamma_lo: float,
+    gamma_hi: float,
+    policy: int,
+    error_mode: int,
+) -> None:
+    """``torch.ops.dicache.probe_decide``; see :func:`dicache.ops.reference.probe_decide`."""
+    torch.ops.dicache.probe_decide(
+        p, x, p_prev, p_old, x_prev, acc, den, sums, flag, gamma,
+        float(threshold), float(gamma_lo), float(gamma_hi), int(policy), int(error_mode),
+    )
+
+
+def reconstruct(
+    x: torch.Tensor,
+    r_new: torch.Tensor,
+    r_old: Optional[torch.Tensor],
+    gamma: torch.Tensor,
+    out: torch.Tensor,
+) -> None:
+    """``torch.ops.dicache.reconstruct``; see :func:`dicache.ops.reference.reconstruct`."""
+    torch.ops.dicache.reconstruct(x, r_new, r_old, gamma, out)
+
+
+def refresh(
+    h: torch.Tensor,
+    p: torch.Tensor,
+    x: torch.Tensor,
+    r_slot: torch.Tensor,
+    p_slot: torch.Tensor,
+    p_other: Optional[torch.Tensor],
+    den: torch.Tensor,
+    acc: torch.Tensor,
+) -> None:
+    """``torch.ops.dicache.refresh``; see :func:`dicache.ops.reference.refresh`."""
+    torch.ops.dicache.refresh(h, p, x, r_slot, p_slot, p_other, den, acc)
+
+
+__all__ = [
+    "NAMESPACE",
+    "backend_for",
+    "clear_backend_cache",
+    "probe_decide",
+    "reconstruct",
+    "refresh",
+]

@@ -1,0 +1,49 @@
+"""Each fused backend makes the same decisions as the reference end to end, with close outputs."""
+
+import pytest
+import torch
+
+import dicache
+from dicache import ops
+
+import tiny
+
+FUSED = [n for n in ("triton", "cpu") if ops.availability("cpu")[n] is None]
+CASES = {
+    "flux": (tiny.flux_pipeline, lambda p: tiny.flux_pipeline_call(p, steps=10), dict(threshold=0.3)),
+    "wan": (tiny.wan_pipeline, lambda p: tiny.wan_pipeline_call(p, steps=10, negative_scale=20.0),
+            dict(threshold=0.25, warmup=1)),
+    "flux_max_policy": (tiny.flux_pipeline, lambda p: tiny.flux_pipeline_call(p, steps=10, batch=2),
+                        dict(threshold=0.3, batch_policy="max")),
+    "flux_probe_minus_input": (tiny.flux_pipeline, lambda p: tiny.flux_pipeline_call(p, steps=10),
+                               dict(threshold=0.05, error="probe_minus_input")),
+}
+
+
+def _run(make, call, backend, options):
+    pipe = make()
+    dicache.enable(pipe, backend=backend, **options)
+    out = call(pipe)
+    s = dicache.summary(pipe)
+    dicache.disable(pipe)
+    return out, s
+
+
+@pytest.mark.skipif(not FUSED, reason="no fused backend available here")
+@pytest.mark.parametrize("backend", FUSED)
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_same_decisions_as_reference(backend, case):
+    make, call, options = CASES[case]
+    ref_out, ref_s = _run(make, call, "torch", options)
+    out, s = _run(make, call, backend, options)
+    assert s.backend == backend
+    assert ref_s.skipped_calls > 0
+    for name, b in ref_s.branches.items():
+        assert s.branches[name].pattern == b.pattern
+        for got, want in zip(s.branches[name].steps, b.steps):
+            assert got.reason == want.reason
+            if want.error is not None:
+                assert got.error == pytest.approx(want.error, rel=1e-4, abs=1e-6)
+            if want.gamma is not None:
+                assert got.gamma == pytest.approx(want.gamma, rel=1e-4)
+    torch.testing.assert_close(out, ref_out, rtol=1e-4, atol=1e-4)
