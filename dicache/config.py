@@ -9,6 +9,7 @@ from typing import Any, Dict, Optional, Tuple, Union
 
 ERRORS = ("probe", "probe_minus_input")
 BATCH_POLICIES = ("global", "max")
+CFG_DECISIONS = ("separate", "shared")
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,19 @@ class DiCacheConfig:
         batch_policy: ``"global"`` pools the statistics over the batch (the
             reference code); ``"max"`` decides per sample and reuses only when
             every sample is under δ, each sample with its own γ.
+        max_consecutive_reuse: compute after this many skipped calls in a row
+            (None: no cap). SeaCache's default cap is 2.
+        cfg_decision: ``"separate"``: every branch (``"cond"``, ``"uncond"``)
+            decides from its own probe; ``"shared"``: the first branch to reach a
+            step decides for all, the others follow (each still reconstructs
+            from its own cache and keeps its own γ).
+        threshold_end: δ at the last step; δ moves linearly from ``threshold``
+            at the first step (None: constant). Needs the step count.
+        target_speedup: compute-budget mode (> 1): no δ to tune. The number of
+            computed calls is set so that block evaluations fall by this factor,
+            and an online rule spends them where the accumulated probe error
+            grows fastest. Overrides ``threshold``. Needs the step count, and
+            reads the accumulated error back with the flag (one transfer).
         num_inference_steps: the step count of the trajectory when nothing else
             tells it (a bare transformer without ``cache_context``). Pipelines
             and ``cache_context(num_inference_steps=…)`` override it. Without
@@ -45,6 +59,10 @@ class DiCacheConfig:
     force_last_step: bool = False
     error: str = "probe"
     batch_policy: str = "global"
+    max_consecutive_reuse: Optional[int] = None
+    cfg_decision: str = "separate"
+    threshold_end: Optional[float] = None
+    target_speedup: Optional[float] = None
     num_inference_steps: Optional[int] = None
 
     def __post_init__(self) -> None:
@@ -108,6 +126,17 @@ def validate(cfg: DiCacheConfig, num_blocks: Optional[int] = None) -> None:
         raise ValueError(f"error must be one of {ERRORS}, got {cfg.error!r}")
     if cfg.batch_policy not in BATCH_POLICIES:
         raise ValueError(f"batch_policy must be one of {BATCH_POLICIES}, got {cfg.batch_policy!r}")
+    cap = cfg.max_consecutive_reuse
+    if cap is not None and (not isinstance(cap, int) or isinstance(cap, bool) or cap < 1):
+        raise ValueError(f"max_consecutive_reuse must be None or an int >= 1, got {cap!r}")
+    if cfg.cfg_decision not in CFG_DECISIONS:
+        raise ValueError(f"cfg_decision must be one of {CFG_DECISIONS}, got {cfg.cfg_decision!r}")
+    te = cfg.threshold_end
+    if te is not None and (not _is_real(te) or not math.isfinite(te) or te < 0):
+        raise ValueError(f"threshold_end must be None or a finite number >= 0, got {te!r}")
+    ts = cfg.target_speedup
+    if ts is not None and (not _is_real(ts) or not math.isfinite(ts) or ts <= 1):
+        raise ValueError(f"target_speedup must be None or a finite number > 1, got {ts!r}")
     n = cfg.num_inference_steps
     if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
         raise ValueError(f"num_inference_steps must be None or an int >= 1, got {n!r}")

@@ -11,6 +11,7 @@ with their output). All arithmetic goes through a backend of
 from __future__ import annotations
 
 from dataclasses import dataclass
+import math
 from typing import Dict, List, Optional, Tuple
 
 import torch
@@ -24,6 +25,8 @@ LAST_STEP = "last_step"  # the last step, forced by the config
 REFRESH = "refresh"  # the accumulated error reached δ
 REUSE = "reuse"  # skipped, reconstructed with trajectory alignment
 REUSE_ONE = "reuse_one"  # skipped with one stored residual: h = x + R[-1]
+CAP = "cap"  # computed: max_consecutive_reuse skips in a row
+FOLLOW = "follow"  # cfg_decision="shared": did what the step's leading branch decided
 
 _POLICY = {"global": reference.POLICY_GLOBAL, "max": reference.POLICY_MAX}
 _ERROR = {"probe": reference.ERROR_PROBE, "probe_minus_input": reference.ERROR_PROBE_MINUS_INPUT}
@@ -51,6 +54,11 @@ class BranchState:
 
     def __init__(self) -> None:
         self.calls = 0
+        self.full_calls = 0
+        self.run = 0  # consecutive reuses since the last computed call
+        self.acc_host = 0.0  # budget mode: the accumulated error last read back
+        self.err_sum = 0.0  # budget mode: sum and count of per-call probe errors seen
+        self.err_n = 0
         self.records: List[CallRecord] = []
         self.shape: Optional[Tuple[torch.Size, torch.dtype, torch.device]] = None
         self.n_stored = 0
@@ -107,6 +115,9 @@ class DiCacheEngine:
         self._cur_step = 0
         self._forced: Optional[str] = None
         self._x: Optional[torch.Tensor] = None
+        self._num_steps: Optional[int] = None
+        self._leads: Dict[int, bool] = {}  # step -> the leading branch reused it (cfg_decision="shared")
+        self._budget = _Budget(config, num_blocks)
         self._policy = _POLICY[config.batch_policy]
         self._error = _ERROR[config.error]
 
@@ -115,6 +126,7 @@ class DiCacheEngine:
         """Forget one branch, or all of them."""
         if branch is None:
             self.branches.clear()
+            self._leads.clear()
         else:
             self.branches.pop(branch, None)
         self._cur = None
@@ -141,6 +153,7 @@ class DiCacheEngine:
         self._cur = state
         step = state.calls if step_index is None else step_index
         self._cur_step = step
+        self._num_steps = num_steps
         cfg = self.config
         if step < cfg.warmup_calls(num_steps):
             self._forced = WARMUP
@@ -149,6 +162,16 @@ class DiCacheEngine:
         else:
             self._forced = None
 
+    def _threshold(self, state: BranchState) -> float:
+        """δ for the current call: fixed, scheduled over the steps, or set by the compute budget."""
+        cfg, n, k = self.config, self._num_steps, self._cur_step
+        if cfg.target_speedup is not None:
+            return self._budget.threshold(state, k, n)
+        if cfg.threshold_end is not None and n is not None and n > 1:
+            frac = min(max(k / (n - 1), 0.0), 1.0)
+            return float(cfg.threshold + (cfg.threshold_end - cfg.threshold) * frac)
+        return float(cfg.threshold)
+
     @torch.no_grad()
     def after_probe(self, x: torch.Tensor, p: torch.Tensor) -> Optional[torch.Tensor]:
         """Decide after the probe. Returns ``h`` to reuse, or None: compute the deep blocks."""
@@ -156,41 +179,72 @@ class DiCacheEngine:
         if state is None:
             raise RuntimeError("after_probe() called outside a call (begin_call first)")
         self._x = x
+        cfg = self.config
         if not state.matches(x):
             # First call, or the shape/dtype/device changed: nothing stored is usable.
             state.allocate(x, with_x_prev=self._error == reference.ERROR_PROBE_MINUS_INPUT)
         forced = self._forced or (WARMUP if state.n_stored == 0 or not state.has_prev else None)
+        if forced is None and cfg.max_consecutive_reuse is not None and state.run >= cfg.max_consecutive_reuse:
+            forced = CAP
+        # One decision for all branches of a step: the first branch to reach the step leads.
+        leader = self._leads.get(self._cur_step) if cfg.cfg_decision == "shared" else None
+        if forced is None and leader is False:
+            forced = FOLLOW
+        budget = cfg.target_speedup is not None
         if forced is not None:
             self._forced = forced
-            state.p_prev.copy_(p)
-            if state.x_prev is not None:
-                state.x_prev.copy_(x)
+            if budget and state.has_prev and state.n_stored >= 1:
+                self._measure(state, p, x)  # the budget rule learns the error rate on computed calls too
+            else:
+                state.p_prev.copy_(p)
+                if state.x_prev is not None:
+                    state.x_prev.copy_(x)
             state.has_prev = True
+            self._leads.setdefault(self._cur_step, False)
             return None
 
-        ops = self.backend_for(x.device)
-        cfg = self.config
-        two = state.n_stored >= 2
-        p_old = state.P[1 - state.newest] if two else None
-        ops.probe_decide(
-            p, x, state.p_prev, p_old, state.x_prev, state.acc, state.den, state.sums, state.flag,
-            state.gamma, float(cfg.threshold), float(cfg.gamma_clip[0]), float(cfg.gamma_clip[1]),
-            self._policy, self._error,
-        )
-        error = state.acc.clone()
-        if not bool(state.flag.item()):  # the one device-to-host read of the call
+        threshold = math.inf if leader is True else self._threshold(state)
+        error, reuse = self._decide(state, p, x, threshold)
+        self._leads.setdefault(self._cur_step, reuse)
+        if not reuse:
             self._forced = None
             self._pending_error = error
             return None
+        two = state.n_stored >= 2
+        ops = self.backend_for(x.device)
         r_new = state.R[state.newest]
         r_old = state.R[1 - state.newest] if two else None
         ops.reconstruct(x, r_new, r_old, state.gamma, state.out)
-        state.records.append(
-            CallRecord(self._cur_step, False, REUSE if two else REUSE_ONE, error, state.gamma.clone() if two else None)
-        )
+        reason = FOLLOW if leader is True else (REUSE if two else REUSE_ONE)
+        state.records.append(CallRecord(self._cur_step, False, reason, error, state.gamma.clone() if two else None))
         state.calls += 1
+        state.run += 1
         self._cur = None
         return state.out
+
+    def _probe(self, state: BranchState, p: torch.Tensor, x: torch.Tensor, threshold: float) -> None:
+        cfg = self.config
+        p_old = state.P[1 - state.newest] if state.n_stored >= 2 else None
+        self.backend_for(x.device).probe_decide(
+            p, x, state.p_prev, p_old, state.x_prev, state.acc, state.den, state.sums, state.flag,
+            state.gamma, threshold, float(cfg.gamma_clip[0]), float(cfg.gamma_clip[1]), self._policy, self._error,
+        )
+
+    def _decide(self, state: BranchState, p: torch.Tensor, x: torch.Tensor, threshold: float):
+        """Run the fused probe op; returns (acc on the device, reuse?) with one host read."""
+        self._probe(state, p, x, threshold)
+        error = state.acc.clone()
+        if self.config.target_speedup is None:
+            return error, bool(state.flag.item())  # the one device-to-host read of the call
+        # budget mode: the flag and the accumulated error travel together, in one read
+        host = torch.cat([state.flag.to(torch.float32), state.acc]).tolist()
+        self._budget.observe(state, max(host[1:]))
+        return error, bool(host[0])
+
+    def _measure(self, state: BranchState, p: torch.Tensor, x: torch.Tensor) -> None:
+        """Budget mode, computed call: measure the probe error (never reuse) to learn its rate."""
+        self._probe(state, p, x, -math.inf)
+        self._budget.observe(state, float(state.acc.max()))
 
     @torch.no_grad()
     def after_full(self, h: torch.Tensor) -> None:
@@ -205,6 +259,9 @@ class DiCacheEngine:
         ops.refresh(h, state.p_prev, self._x, state.R[slot], state.P[slot], other, state.den, state.acc)
         state.newest = slot
         state.n_stored = min(2, state.n_stored + 1)
+        state.run = 0
+        state.full_calls += 1
+        state.acc_host = 0.0  # refresh zeroed acc on the device
         if self._forced is not None:
             state.records.append(CallRecord(self._cur_step, True, self._forced))
         else:
@@ -217,3 +274,49 @@ class DiCacheEngine:
         """Drop a call that did not finish (an exception inside the model)."""
         self._cur = None
         self._x = None
+
+
+class _Budget:
+    """``target_speedup`` mode: spend a budget of computed calls where the probe error grows fastest.
+
+    With M blocks and a probe of m, a trajectory of N calls runs ``F·M + (N−F)·m``
+    block evaluations for F computed calls; the target ``M·N/s`` gives the budget
+    ``F = N·(M/s − m)/(M − m)``. Before each decided call the rule sets
+    ``δ = ē · S / F_left``: ``ē`` is the mean per-call probe error seen so far,
+    ``S`` the calls left to decide and ``F_left`` the computed calls left in the
+    budget, so that refreshes (one each time the accumulated error reaches δ)
+    spend the budget evenly in *error* rather than in steps: where the error
+    grows fast, refreshes come often.
+    """
+
+    def __init__(self, config: DiCacheConfig, num_blocks: int):
+        self.config = config
+        self.M = num_blocks
+
+    def budget(self, n: int) -> float:
+        s, m = self.config.target_speedup, self.config.probe_depth
+        return max(0.0, n * (self.M / s - m) / (self.M - m))
+
+    def threshold(self, state: BranchState, step: int, n: Optional[int]) -> float:
+        if n is None:
+            raise RuntimeError(
+                "target_speedup needs the number of steps: enable DiCache on the pipeline, pass "
+                "num_inference_steps to cache_context, or set num_inference_steps in the config"
+            )
+        last_reserved = 1 if self.config.force_last_step else 0
+        left = self.budget(n) - state.full_calls - last_reserved
+        steps_left = max(1, n - step - last_reserved)
+        if left <= 0:
+            return math.inf
+        if left >= steps_left or state.err_n == 0:
+            return 0.0
+        mean_err = state.err_sum / state.err_n
+        return mean_err * steps_left / left
+
+    def observe(self, state: BranchState, acc: float) -> None:
+        """Record the per-call error (the growth of the accumulated error since the last read)."""
+        err = acc - state.acc_host
+        if math.isfinite(err) and err >= 0:
+            state.err_sum += err
+            state.err_n += 1
+        state.acc_host = acc
