@@ -1,0 +1,280 @@
+// Torch binding of the CUDA kernels (backend="cuda"): argument checks, dtype
+// and contiguity handling, workspace and stream, then one kernel launch per op.
+// Registered as torch.ops.dicache_cuda.{probe_decide,reconstruct,refresh} for
+// CUDA tensors; dicache/ops/cuda_backend.py wraps them.
+//
+// Light headers: ATen/ATen.h, torch/library.h and c10/cuda/*.h — not
+// ATen/cuda/CUDAContext.h (needs cuBLAS/cuSPARSE headers) nor torch/extension.h.
+//
+// Workspace: reductions write per-block partials into a fresh buffer from the
+// caching allocator (stream-ordered, no initialisation needed) and take an
+// atomic ticket from an int32 counter kept per (device, stream). The kernels
+// leave the counter at zero (atomicInc wraps), so it is zeroed only once, when
+// it is created. Run each op once before capturing a CUDA graph so that the
+// counter of the capture stream exists (the usual warm-up).
+
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <cstdint>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <utility>
+#include <vector>
+
+#include "common.h"
+#include "cuda_kernels.h"
+#include "decide.h"
+
+namespace dicache {
+namespace cuda {
+namespace {
+
+bool cuda_native(at::ScalarType t) {
+  return t == at::kFloat || t == at::kHalf || t == at::kBFloat16;
+}
+
+DType kernel_dtype(at::ScalarType t) {
+  switch (t) {
+    case at::kHalf: return DType::kFloat16;
+    case at::kBFloat16: return DType::kBFloat16;
+    default: return DType::kFloat32;
+  }
+}
+
+void check_cuda(const at::Tensor& t) {
+  TORCH_CHECK_VALUE(t.is_cuda(), "dicache_cuda ops run on CUDA tensors, got ", t.device());
+  TORCH_CHECK_VALUE(t.dim() < 1 || t.size(0) <= 65535, "batch ", t.size(0),
+                    " exceeds the grid's y limit (65535)");
+}
+
+int sm_count(int device) {
+  static std::mutex mu;
+  static std::vector<int> cache;
+  std::lock_guard<std::mutex> lock(mu);
+  if (device >= static_cast<int>(cache.size())) cache.resize(device + 1, 0);
+  if (cache[device] == 0) {
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&cache[device], cudaDevAttrMultiProcessorCount, device));
+  }
+  return cache[device];
+}
+
+// The ticket counter of this (device, stream); created zeroed on first use.
+// The map is leaked on purpose: destroying CUDA tensors from a static
+// destructor at exit can run after the caching allocator is gone.
+unsigned int* ticket(const at::Device& device, cudaStream_t stream) {
+  static std::mutex mu;
+  static auto* counters = new std::map<std::pair<int, cudaStream_t>, at::Tensor>();
+  std::lock_guard<std::mutex> lock(mu);
+  auto key = std::make_pair(static_cast<int>(device.index()), stream);
+  auto it = counters->find(key);
+  if (it == counters->end()) {
+    it = counters->emplace(key, at::zeros({1}, at::TensorOptions().device(device).dtype(at::kInt)))
+             .first;
+  }
+  return reinterpret_cast<unsigned int*>(it->second.data_ptr<int32_t>());
+}
+
+bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % kVectorBytes == 0; }
+
+// True when the 16-byte path applies: all pointers aligned, rows a whole number of vectors.
+bool can_vectorize(DType dt, int64_t L, std::initializer_list<const void*> ptrs) {
+  if (L % vector_width(dt) != 0) return false;
+  for (const void* p : ptrs) {
+    if (p != nullptr && !aligned16(p)) return false;
+  }
+  return true;
+}
+
+template <typename T>
+const void* ptr_or_null(const std::optional<T>& t) {
+  return t.has_value() ? t->data_ptr() : nullptr;
+}
+
+// ---------------------------------------------------------------------------
+
+void probe_decide(const at::Tensor& p, const at::Tensor& x, const at::Tensor& p_prev,
+                  const std::optional<at::Tensor>& p_old, const std::optional<at::Tensor>& x_prev,
+                  const at::Tensor& acc, const at::Tensor& den, const at::Tensor& sums,
+                  const at::Tensor& flag, const at::Tensor& gamma, double threshold,
+                  double gamma_lo, double gamma_hi, int64_t policy, int64_t error_mode) {
+  check_policy(policy, error_mode);
+  const bool xd = error_mode == kErrorProbeMinusInput;
+  TORCH_CHECK_VALUE(!xd || x_prev.has_value(), "error_mode=ERROR_PROBE_MINUS_INPUT needs x_prev");
+  check_cuda(p);
+  const int64_t B = batch_of(p), L = row_of(p);
+  check_big("p", p, p);
+  check_big("x", x, p);
+  check_big("p_prev", p_prev, p);
+  if (p_old) check_big("p_old", *p_old, p);
+  if (x_prev) check_big("x_prev", *x_prev, p);
+  check_state("acc", acc, B, at::kFloat, p.device());
+  check_state("den", den, B, at::kFloat, p.device());
+  check_state("sums", sums, B * kNumSums, at::kFloat, p.device());
+  check_state("flag", flag, 1, at::kInt, p.device());
+  check_state("gamma", gamma, B, at::kFloat, p.device());
+
+  c10::cuda::CUDAGuard guard(p.device());
+  if (B == 0) {  // nothing to reduce; all() over no samples is true, as in the reference
+    flag.fill_(1);
+    return;
+  }
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(p.device().index()).stream();
+  const at::ScalarType st =
+      compute_dtype({&p, &x, &p_prev, opt_ptr(p_old), opt_ptr(x_prev)}, cuda_native);
+  const DType dt = kernel_dtype(st);
+  const at::Tensor cp = as_input(p, st), cx = as_input(x, st);
+  const std::optional<at::Tensor> cpo = as_input(p_old, st);
+  Output pp(p_prev, st, /*kernel_reads=*/true);
+  Output xp = make_output(x_prev, st, /*kernel_reads=*/xd);
+  Output sums_o = state_output(sums, false), acc_o = state_output(acc, true);
+  Output gamma_o = state_output(gamma, false), flag_o = state_output(flag, false);
+  const at::Tensor den_c = den.contiguous();
+
+  ProbeArgs a{};
+  a.p = cp.data_ptr();
+  a.x = cx.data_ptr();
+  a.p_prev = pp.work.data_ptr();
+  a.p_old = ptr_or_null(cpo);
+  a.x_prev = xp.defined() ? xp.work.data_ptr() : nullptr;
+  a.acc = acc_o.work.data_ptr<float>();
+  a.den = den_c.data_ptr<float>();
+  a.sums = sums_o.work.data_ptr<float>();
+  a.flag = flag_o.work.data_ptr<int32_t>();
+  a.gamma = gamma_o.work.data_ptr<float>();
+  a.B = B;
+  a.L = L;
+  a.threshold = static_cast<float>(threshold);
+  a.gamma_lo = static_cast<float>(gamma_lo);
+  a.gamma_hi = static_cast<float>(gamma_hi);
+  a.policy = static_cast<int>(policy);
+  a.error_mode = static_cast<int>(error_mode);
+  a.vectorized = can_vectorize(dt, L, {a.p, a.x, a.p_prev, a.p_old, a.x_prev});
+  a.blocks_per_row =
+      blocks_per_row(a.vectorized ? L / vector_width(dt) : L, B, sm_count(p.device().index()));
+  const at::Tensor partials =
+      at::empty({B * a.blocks_per_row * kNumSums}, p.options().dtype(at::kFloat));
+  a.partials = partials.data_ptr<float>();
+  a.ticket = ticket(p.device(), stream);
+  C10_CUDA_CHECK(launch_probe_decide(dt, a, stream));
+
+  pp.finish();
+  xp.finish();
+  sums_o.finish();
+  acc_o.finish();
+  gamma_o.finish();
+  flag_o.finish();
+}
+
+void reconstruct(const at::Tensor& x, const at::Tensor& r_new,
+                 const std::optional<at::Tensor>& r_old, const at::Tensor& gamma,
+                 const at::Tensor& out) {
+  check_cuda(x);
+  const int64_t B = batch_of(x), L = row_of(x);
+  check_big("r_new", r_new, x);
+  if (r_old) check_big("r_old", *r_old, x);
+  check_big("out", out, x);
+  check_state("gamma", gamma, B, at::kFloat, x.device());
+  if (B == 0 || L == 0) return;
+
+  c10::cuda::CUDAGuard guard(x.device());
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(x.device().index()).stream();
+  const at::ScalarType st = compute_dtype({&x, &r_new, opt_ptr(r_old), &out}, cuda_native);
+  const DType dt = kernel_dtype(st);
+  const at::Tensor cx = as_input(x, st), crn = as_input(r_new, st);
+  const std::optional<at::Tensor> cro = as_input(r_old, st);
+  const at::Tensor g = gamma.contiguous();
+  Output o(out, st, /*kernel_reads=*/false);
+
+  ReconstructArgs a{};
+  a.x = cx.data_ptr();
+  a.r_new = crn.data_ptr();
+  a.r_old = ptr_or_null(cro);
+  a.gamma = g.data_ptr<float>();
+  a.out = o.work.data_ptr();
+  a.B = B;
+  a.L = L;
+  a.vectorized = can_vectorize(dt, L, {a.x, a.r_new, a.r_old, a.out});
+  a.blocks_per_row =
+      blocks_per_row(a.vectorized ? L / vector_width(dt) : L, B, sm_count(x.device().index()));
+  C10_CUDA_CHECK(launch_reconstruct(dt, a, stream));
+  o.finish();
+}
+
+void refresh(const at::Tensor& h, const at::Tensor& p, const at::Tensor& x,
+             const at::Tensor& r_slot, const at::Tensor& p_slot,
+             const std::optional<at::Tensor>& p_other, const at::Tensor& den,
+             const at::Tensor& acc) {
+  check_cuda(h);
+  const int64_t B = batch_of(h), L = row_of(h);
+  check_big("p", p, h);
+  check_big("x", x, h);
+  check_big("r_slot", r_slot, h);
+  check_big("p_slot", p_slot, h);
+  if (p_other) check_big("p_other", *p_other, h);
+  check_state("den", den, B, at::kFloat, h.device());
+  check_state("acc", acc, B, at::kFloat, h.device());
+  if (B == 0) return;
+
+  c10::cuda::CUDAGuard guard(h.device());
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(h.device().index()).stream();
+  const at::ScalarType st =
+      compute_dtype({&h, &p, &x, &r_slot, &p_slot, opt_ptr(p_other)}, cuda_native);
+  const DType dt = kernel_dtype(st);
+  const at::Tensor ch = as_input(h, st), cp = as_input(p, st), cx = as_input(x, st);
+  const std::optional<at::Tensor> cpo = as_input(p_other, st);
+  Output rs(r_slot, st, false), ps(p_slot, st, false);
+  Output den_o = state_output(den, false), acc_o = state_output(acc, false);
+
+  RefreshArgs a{};
+  a.h = ch.data_ptr();
+  a.p = cp.data_ptr();
+  a.x = cx.data_ptr();
+  a.r_slot = rs.work.data_ptr();
+  a.p_slot = ps.work.data_ptr();
+  a.p_other = ptr_or_null(cpo);
+  a.den = den_o.work.data_ptr<float>();
+  a.acc = acc_o.work.data_ptr<float>();
+  a.B = B;
+  a.L = L;
+  // The fp32 path (mixed dtypes) rounds p - x to the slot's own dtype when it is fp16/bf16.
+  a.slot_dtype = dt;
+  if (dt == DType::kFloat32 &&
+      (p_slot.scalar_type() == at::kHalf || p_slot.scalar_type() == at::kBFloat16)) {
+    a.slot_dtype = kernel_dtype(p_slot.scalar_type());
+  }
+  a.vectorized = can_vectorize(dt, L, {a.h, a.p, a.x, a.r_slot, a.p_slot, a.p_other});
+  a.blocks_per_row =
+      blocks_per_row(a.vectorized ? L / vector_width(dt) : L, B, sm_count(h.device().index()));
+  at::Tensor partials;
+  if (p_other) {
+    partials = at::empty({B * a.blocks_per_row}, h.options().dtype(at::kFloat));
+    a.partials = partials.data_ptr<float>();
+    a.ticket = ticket(h.device(), stream);
+  }
+  C10_CUDA_CHECK(launch_refresh(dt, a, stream));
+  rs.finish();
+  ps.finish();
+  den_o.finish();
+  acc_o.finish();
+}
+
+}  // namespace
+}  // namespace cuda
+}  // namespace dicache
+
+TORCH_LIBRARY(dicache_cuda, m) {
+  m.def(dicache::kProbeDecideSchema);
+  m.def(dicache::kReconstructSchema);
+  m.def(dicache::kRefreshSchema);
+}
+
+TORCH_LIBRARY_IMPL(dicache_cuda, CUDA, m) {
+  m.impl("probe_decide", &dicache::cuda::probe_decide);
+  m.impl("reconstruct", &dicache::cuda::reconstruct);
+  m.impl("refresh", &dicache::cuda::refresh);
+}
