@@ -12,7 +12,8 @@ import torch
 from . import api, zoo
 from .metrics import psnr, ssim
 
-LABELS = (0, 1, 2, 3, 4, 5, 6, 7, 8, 9)
+# What the demo samples: every digit as an image, three of them as videos.
+LABELS = {"flux_digits": (0, 1, 2, 3, 4, 5, 6, 7, 8, 9), "wan_digits": (0, 1, 2)}
 
 
 @dataclass(frozen=True)
@@ -41,9 +42,17 @@ def _generate(pipe, name: str, labels: Sequence[int], seed: int, steps: Optional
 
 
 def run_model(name: str, out_dir: str, backend: str = "auto", seed: int = 0, steps: Optional[int] = None,
-              repeats: int = 3, labels: Sequence[int] = LABELS, **options) -> List[DemoRow]:
-    """Uncached and DiCache (the family preset, or ``options``) on one shipped model; writes a PNG."""
+              repeats: int = 3, labels: Optional[Sequence[int]] = None, **options) -> List[DemoRow]:
+    """Uncached and DiCache (the family preset, or ``options``) on one shipped model; writes a PNG.
+
+    The PNG has three rows of samples: uncached, DiCache, and 4× their absolute difference
+    (for videos: three videos per block of rows, frames across).
+    """
+    labels = LABELS[name] if labels is None else labels
     pipe = zoo.pipeline(name, zoo.load(name))
+    from .ops import select_backend
+
+    select_backend(backend, next(pipe.transformer.parameters()).device)  # build/load kernels before timing
     base, t_base = _generate(pipe, name, labels, seed, steps, repeats)
     api.enable(pipe, backend=backend, **options)
     try:
@@ -58,7 +67,7 @@ def run_model(name: str, out_dir: str, backend: str = "auto", seed: int = 0, ste
     ]
     # side by side: uncached | DiCache | 4×|difference|, one row of samples each
     diff = ((cached - base).abs() * 4).clamp(0, 1)
-    grid = torch.cat([base, cached, diff]) if base.dim() == 3 else torch.cat([base[:3], cached[:3], diff[:3]])
+    grid = torch.cat([base, cached, diff])
     nrow = len(labels) if base.dim() == 3 else None
     zoo.save_grid(grid, os.path.join(out_dir, f"{name}_dicache.png"), nrow=nrow)
     print(s)

@@ -1,0 +1,234 @@
+"""What each zoo model is: transformer config, latent format, scheduler, pipeline, training recipe.
+
+Both models work directly on pixels (there is no learned VAE):
+
+* ``flux_digits`` — 16×16 grey digits in [-1, 1] are the latent ``(B, 1, 16, 16)``;
+  ``FluxPipeline`` packs it into 2×2 patches exactly like a real Flux latent:
+  64 image tokens of 4 channels (``in_channels=4``).
+* ``wan_digits`` — 8-frame 16×16 clips in [-1, 1]; the fixed, lossless
+  "VAE" is a 2×2 space-to-depth (``pixel_unshuffle``): latent ``(B, 4, 8, 8, 8)``
+  (channels, frames, height, width), patchified by Wan's own ``(1, 2, 2)``
+  patch embedding into 8 × 4 × 4 = 128 video tokens.
+
+The pipelines are built with ``vae=None``; they then assume a VAE scale factor
+of 8 (spatial) and 4 (temporal, Wan), which is why the pipeline is called with
+``height = 8 × latent height`` and ``num_frames = 4 × (latent frames − 1) + 1``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+NUM_CLASSES = 10
+NULL_CLASS = NUM_CLASSES  # index of the learned "no condition" embedding (classifier-free guidance)
+
+
+@dataclass(frozen=True)
+class TrainRecipe:
+    steps: int
+    batch_size: int
+    lr: float
+    warmup: int
+    ema_decay: float
+    p_uncond: float
+    seed: int
+    weight_dtype: str = "float16"  # dtype of the shipped safetensors
+
+
+@dataclass(frozen=True)
+class ZooSpec:
+    name: str
+    transformer_class: str  # attribute of ``diffusers``
+    config: Dict[str, Any]
+    text_tokens: int  # tokens of the per-class ``encoder_hidden_states``
+    text_dim: int
+    pooled_dim: Optional[int]  # ``pooled_projections`` width (Flux) or None
+    pixel_shape: Tuple[int, ...]  # one sample: (H, W) or (F, H, W)
+    pipeline_kwargs: Dict[str, Any]  # height/width/num_frames passed to the pipeline
+    default_steps: int
+    default_guidance: float
+    train: TrainRecipe
+    scheduler_config: Dict[str, Any] = field(default_factory=dict)
+    scheduler_class: str = "FlowMatchEulerDiscreteScheduler"
+
+
+FLUX_DIGITS = ZooSpec(
+    name="flux_digits",
+    transformer_class="FluxTransformer2DModel",
+    config=dict(
+        patch_size=1,
+        in_channels=4,
+        out_channels=None,
+        num_layers=2,
+        num_single_layers=6,
+        attention_head_dim=32,
+        num_attention_heads=4,
+        joint_attention_dim=64,
+        pooled_projection_dim=32,
+        guidance_embeds=False,
+        axes_dims_rope=(8, 12, 12),
+    ),
+    text_tokens=4,
+    text_dim=64,
+    pooled_dim=32,
+    pixel_shape=(16, 16),
+    pipeline_kwargs=dict(height=128, width=128),  # 16×16 latent with the pipeline's assumed VAE factor 8
+    default_steps=30,
+    default_guidance=3.0,
+    # FLUX.1-dev's scheduler config (dynamic shifting; at 64 tokens mu ≈ 0.47, i.e. a shift of ≈ 1.6)
+    scheduler_config=dict(
+        num_train_timesteps=1000,
+        shift=3.0,
+        use_dynamic_shifting=True,
+        base_shift=0.5,
+        max_shift=1.15,
+        base_image_seq_len=256,
+        max_image_seq_len=4096,
+    ),
+    train=TrainRecipe(
+        steps=1500, batch_size=32, lr=1e-3, warmup=100, ema_decay=0.998, p_uncond=0.1, seed=0
+    ),
+)
+
+WAN_DIGITS = ZooSpec(
+    name="wan_digits",
+    transformer_class="WanTransformer3DModel",
+    config=dict(
+        patch_size=(1, 2, 2),
+        num_attention_heads=4,
+        attention_head_dim=32,
+        in_channels=4,
+        out_channels=4,
+        text_dim=64,
+        freq_dim=256,
+        ffn_dim=512,
+        num_layers=6,
+        cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads",
+        rope_max_seq_len=32,
+    ),
+    text_tokens=4,
+    text_dim=64,
+    pooled_dim=None,
+    pixel_shape=(8, 16, 16),
+    pipeline_kwargs=dict(height=64, width=64, num_frames=29),  # latent 8×8, 8 latent frames
+    default_steps=50,
+    default_guidance=4.0,
+    # Wan 2.1's own scheduler: UniPC on flow sigmas with a flow shift
+    scheduler_class="UniPCMultistepScheduler",
+    scheduler_config=dict(
+        num_train_timesteps=1000,
+        prediction_type="flow_prediction",
+        use_flow_sigmas=True,
+        flow_shift=3.0,
+    ),
+    train=TrainRecipe(
+        steps=2200, batch_size=16, lr=1e-3, warmup=100, ema_decay=0.998, p_uncond=0.1, seed=0
+    ),
+)
+
+SPECS: Dict[str, ZooSpec] = {s.name: s for s in (FLUX_DIGITS, WAN_DIGITS)}
+
+
+def get_spec(name: str) -> ZooSpec:
+    try:
+        return SPECS[name]
+    except KeyError:
+        raise KeyError(f"unknown zoo model {name!r}; available: {sorted(SPECS)}") from None
+
+
+# ---------------------------------------------------------------------------
+# pixels <-> latents (the fixed "VAE")
+# ---------------------------------------------------------------------------
+
+
+def encode(name: str, pixels: torch.Tensor) -> torch.Tensor:
+    """Pixels in [0, 1] to the model's (unpacked) latent in [-1, 1].
+
+    flux_digits: ``(B, H, W) -> (B, 1, H, W)``.
+    wan_digits: ``(B, F, H, W) -> (B, 4, F, H/2, W/2)`` (2×2 space-to-depth).
+    """
+    x = pixels * 2.0 - 1.0
+    if name == "flux_digits":
+        return x[:, None]
+    if name == "wan_digits":
+        b, f, h, w = x.shape
+        z = F.pixel_unshuffle(x.reshape(b * f, 1, h, w), 2)  # (B*F, 4, H/2, W/2)
+        return z.reshape(b, f, 4, h // 2, w // 2).permute(0, 2, 1, 3, 4).contiguous()
+    raise KeyError(name)
+
+
+def decode(name: str, latents: torch.Tensor) -> torch.Tensor:
+    """The inverse of :func:`encode`, clamped to [0, 1]: ``(B, H, W)`` or ``(B, F, H, W)``."""
+    if name == "flux_digits":
+        x = latents[:, 0]
+    elif name == "wan_digits":
+        b, c, f, h, w = latents.shape
+        z = latents.permute(0, 2, 1, 3, 4).reshape(b * f, c, h, w)
+        x = F.pixel_shuffle(z, 2).reshape(b, f, 2 * h, 2 * w)
+    else:
+        raise KeyError(name)
+    return ((x.float() + 1.0) / 2.0).clamp(0.0, 1.0)
+
+
+# ---------------------------------------------------------------------------
+# transformer calls used in training, mirroring what the pipelines pass
+# ---------------------------------------------------------------------------
+
+
+def flux_ids(latent_h: int, latent_w: int, text_tokens: int, device=None, dtype=torch.float32):
+    """``img_ids``/``txt_ids`` exactly as ``FluxPipeline`` builds them."""
+    from diffusers import FluxPipeline
+
+    img_ids = FluxPipeline._prepare_latent_image_ids(1, latent_h // 2, latent_w // 2, device, dtype)
+    txt_ids = torch.zeros(text_tokens, 3, device=device, dtype=dtype)
+    return img_ids, txt_ids
+
+
+def training_forward(
+    name: str,
+    transformer: torch.nn.Module,
+    latents: torch.Tensor,
+    sigma: torch.Tensor,
+    prompt_embeds: torch.Tensor,
+    pooled_prompt_embeds: Optional[torch.Tensor],
+    cache: Dict[str, Any],
+) -> torch.Tensor:
+    """Velocity prediction for unpacked ``latents`` at noise level ``sigma`` (B,), as the pipeline calls it.
+
+    Flux: the pipeline passes ``timestep = t / 1000 = sigma`` and packed latents.
+    Wan: the pipeline passes ``timestep = t = 1000 · sigma``.
+    """
+    if name == "flux_digits":
+        from diffusers import FluxPipeline
+
+        b, c, h, w = latents.shape
+        if "ids" not in cache:
+            cache["ids"] = flux_ids(h, w, prompt_embeds.shape[1], latents.device, latents.dtype)
+        img_ids, txt_ids = cache["ids"]
+        packed = FluxPipeline._pack_latents(latents, b, c, h, w)
+        out = transformer(
+            hidden_states=packed,
+            timestep=sigma,
+            guidance=None,
+            pooled_projections=pooled_prompt_embeds,
+            encoder_hidden_states=prompt_embeds,
+            txt_ids=txt_ids,
+            img_ids=img_ids,
+            return_dict=False,
+        )[0]
+        # unpack (B, HW/4, 4C) -> (B, C, H, W)
+        out = out.view(b, h // 2, w // 2, c, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(b, c, h, w)
+        return out
+    if name == "wan_digits":
+        return transformer(
+            hidden_states=latents,
+            timestep=sigma * 1000.0,
+            encoder_hidden_states=prompt_embeds,
+            return_dict=False,
+        )[0]
+    raise KeyError(name)

@@ -1,0 +1,174 @@
+"""The model zoo: shipped weights load offline, sampling is deterministic, training runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from dicache import zoo
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STEPS = 4  # sampling steps in these tests (the defaults are 30 / 50)
+EXPECTED = {
+    "flux_digits": ("FluxTransformer2DModel", (16, 16)),
+    "wan_digits": ("WanTransformer3DModel", (8, 16, 16)),
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models: one thread is faster (and fair to a shared, loaded machine); restored afterwards."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module", params=zoo.NAMES)
+def name_and_model(request):
+    return request.param, zoo.load(request.param)
+
+
+def _num_blocks(model) -> int:
+    n = 0
+    for attr in ("transformer_blocks", "single_transformer_blocks", "blocks"):
+        n += len(getattr(model, attr, ()))
+    return n
+
+
+def test_names():
+    assert set(zoo.NAMES) == set(EXPECTED)
+
+
+def test_shipped_files_and_size():
+    total = 0
+    for name in zoo.NAMES:
+        d = zoo.weights_dir(name)
+        for f in ("config.json", "diffusion_pytorch_model.safetensors", "class_embeddings.safetensors"):
+            path = os.path.join(d, f)
+            assert os.path.isfile(path), path
+            total += os.path.getsize(path)
+    assert total <= 15 * 1024 * 1024, f"zoo weights are {total / 2**20:.1f} MiB"
+
+
+@pytest.mark.parametrize("name", zoo.NAMES)
+def test_load_offline(name, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import diffusers
+
+    model = zoo.load(name)
+    cls_name, _ = EXPECTED[name]
+    assert type(model) is getattr(diffusers, cls_name)
+    assert _num_blocks(model) >= 6
+    assert not model.training
+    assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in model.parameters())
+    with open(os.path.join(zoo.weights_dir(name), "config.json")) as f:
+        assert json.load(f)["_class_name"] == cls_name
+    emb, pooled = zoo.class_embeddings(name)
+    assert emb.shape[0] == zoo.NUM_CLASSES + 1
+    assert (pooled is not None) == (name == "flux_digits")
+
+
+def test_sample_deterministic(name_and_model):
+    name, model = name_and_model
+    a = zoo.sample(name, [3, 7], seed=1, num_inference_steps=STEPS, transformer=model)
+    b = zoo.sample(name, [3, 7], seed=1, num_inference_steps=STEPS, transformer=model)
+    c = zoo.sample(name, [3, 7], seed=2, num_inference_steps=STEPS, transformer=model)
+    assert a.shape == (2, *EXPECTED[name][1])
+    assert a.dtype == torch.float32 and a.min() >= 0 and a.max() <= 1
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+
+
+def test_pipeline_calls_cache_contexts(name_and_model):
+    """The real pipeline runs every transformer call inside cache_context("cond") / ("uncond")."""
+    name, model = name_and_model
+    seen = []
+    orig = model.cache_context
+
+    def spy(ctx_name, **kw):
+        seen.append(ctx_name)
+        return orig(ctx_name, **kw)
+
+    model.cache_context = spy
+    try:
+        zoo.sample(name, [0], seed=0, num_inference_steps=3, transformer=model)
+        assert seen == ["cond", "uncond"] * 3
+        seen.clear()
+        zoo.sample(name, [0], seed=0, num_inference_steps=3, guidance_scale=1.0, transformer=model)
+        assert seen == ["cond"] * 3
+    finally:
+        del model.cache_context
+
+
+def test_guidance_changes_sample(name_and_model):
+    name, model = name_and_model
+    a = zoo.sample(name, [5], seed=0, num_inference_steps=STEPS, guidance_scale=1.0, transformer=model)
+    b = zoo.sample(name, [5], seed=0, num_inference_steps=STEPS, guidance_scale=4.0, transformer=model)
+    assert not torch.allclose(a, b)
+
+
+def test_samples_are_recognisable(name_and_model):
+    """A k-NN digit classifier fitted on load_digits reads the asked-for class from most samples."""
+    pytest.importorskip("sklearn")
+    name, model = name_and_model
+    labels = list(range(10)) * (2 if name == "flux_digits" else 1)
+    steps = 12 if name == "flux_digits" else 10
+    imgs = zoo.sample(name, labels, seed=0, num_inference_steps=steps, transformer=model)
+    assert zoo.class_accuracy(name, imgs, labels) >= 0.8
+
+
+def test_grid(tmp_path):
+    imgs = torch.rand(6, 16, 16)
+    g = zoo.make_grid(imgs, nrow=3, scale=2, pad=1)
+    assert g.shape == (2 * 33 + 1, 3 * 33 + 1)
+    vids = torch.rand(2, 8, 16, 16)
+    assert zoo.make_grid(vids, scale=1).shape == (2 * 17 + 1, 8 * 17 + 1)
+    path = zoo.save_grid(vids, str(tmp_path / "g.png"))
+    from PIL import Image
+
+    assert Image.open(path).size == (8 * 65 + 1, 2 * 65 + 1)
+
+
+@pytest.mark.parametrize("name", zoo.NAMES)
+def test_encode_decode_roundtrip(name):
+    pix = torch.rand(2, *EXPECTED[name][1])
+    assert torch.allclose(zoo.decode(name, zoo.encode(name, pix)), pix, atol=1e-6)
+
+
+def test_train_script_runs(tmp_path):
+    """scripts/train_zoo.py trains a few steps from scratch and writes loadable weights."""
+    pytest.importorskip("sklearn")
+    out = tmp_path / "flux"
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    r = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "scripts", "train_zoo.py"), "flux_digits", "--steps", "3",
+         "--out", str(out), "--no-progress"],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "training time" in r.stdout
+    info = json.loads((out / "training.json").read_text())
+    assert info["steps"] == 3 and info["threads"] == 1
+    imgs = zoo.sample("flux_digits", [1], seed=0, num_inference_steps=2, path=str(out))
+    assert imgs.shape == (1, 16, 16)
+
+
+def test_train_is_deterministic(tmp_path):
+    """Two runs of the same recipe write bit-identical weights (what makes the shipped ones reproducible)."""
+    pytest.importorskip("sklearn")
+    from safetensors.torch import load_file
+
+    from dicache.zoo.train import train
+
+    for run in ("a", "b"):
+        train("wan_digits", steps=2, batch_size=4, out_dir=str(tmp_path / run), progress=False)
+    for f in ("diffusion_pytorch_model.safetensors", "class_embeddings.safetensors"):
+        a, b = load_file(str(tmp_path / "a" / f)), load_file(str(tmp_path / "b" / f))
+        assert a.keys() == b.keys()
+        assert all(torch.equal(a[k], b[k]) for k in a)
