@@ -46,7 +46,7 @@ def median_ms(fns: Dict[str, Callable[[], None]], repeat: int, warmup: int = 2) 
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def bench_shape(shape: List[int], dtype: torch.dtype, repeat: int, cpu) -> List[Dict]:
+def bench_shape(shape: List[int], dtype: torch.dtype, repeat: int, cpu, compiled: bool = True) -> List[Dict]:
     torch.manual_seed(0)
     B = shape[0]
     mk = lambda: torch.randn(shape, dtype=torch.float32).to(dtype)  # noqa: E731
@@ -71,15 +71,16 @@ def bench_shape(shape: List[int], dtype: torch.dtype, repeat: int, cpu) -> List[
     }
     rows = []
     for name, (factory, passes) in ops.items():
-        ms = median_ms(
-            {
-                "copy": lambda: buf.copy_(p),
-                "reference": factory(getattr(reference, name)),
-                "cpu": factory(getattr(cpu, name)),
-            },
-            repeat,
-        )
+        fns = {
+            "copy": lambda: buf.copy_(p),
+            "reference": factory(getattr(reference, name)),
+            "cpu": factory(getattr(cpu, name)),
+        }
+        if compiled:  # the reference composition fused by inductor (compiled during the warm-up runs)
+            fns["compiled"] = factory(torch.compile(getattr(reference, name), dynamic=False))
+        ms = median_ms(fns, repeat)
         ref_ms, cpu_ms, copy_ms = ms["reference"], ms["cpu"], ms["copy"]
+        comp_ms = ms.get("compiled", float("nan"))
         gbs = passes * tensor_bytes / cpu_ms / 1e6
         copy_gbs = 2 * tensor_bytes / copy_ms / 1e6
         rows.append(
@@ -90,6 +91,8 @@ def bench_shape(shape: List[int], dtype: torch.dtype, repeat: int, cpu) -> List[
                 "reference_ms": round(ref_ms, 2),
                 "cpu_ms": round(cpu_ms, 2),
                 "speedup": round(ref_ms / cpu_ms, 2),
+                "compiled_ms": round(comp_ms, 2),
+                "speedup_vs_compiled": round(comp_ms / cpu_ms, 2),
                 "cpu_GBps": round(gbs, 1),
                 "copy_ms": round(copy_ms, 2),
                 "copy_GBps": round(copy_gbs, 1),
@@ -105,23 +108,27 @@ def main() -> None:
     parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
     parser.add_argument("--repeat", type=int, default=20, help="timed runs per measurement (median)")
     parser.add_argument("--json", help="also write the rows to this file")
+    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile'd reference")
     args = parser.parse_args()
 
     start = time.perf_counter()
     cpu = load_backend("cpu")  # builds the extension on first use
     print(f"C++ CPU kernels ready in {time.perf_counter() - start:.1f} s; torch threads: {torch.get_num_threads()}")
-    header = f"{'op':<13} {'shape':<13} {'dtype':<9} {'ref ms':>8} {'cpu ms':>8} {'speedup':>8} {'GB/s':>6} {'copy GB/s':>9} {'of copy':>7}"
+    header = (f"{'op':<13} {'shape':<13} {'dtype':<9} {'ref ms':>8} {'compiled':>8} {'cpu ms':>8} {'speedup':>8} "
+              f"{'vs comp':>8} {'GB/s':>6} {'copy GB/s':>9} {'of copy':>7}")
     print(header)
     print("-" * len(header))
     rows = []
     for s in args.shapes:
         shape = [int(v) for v in s.split("x")]
         for d in args.dtypes:
-            for r in bench_shape(shape, getattr(torch, d), args.repeat, cpu):
+            for r in bench_shape(shape, getattr(torch, d), args.repeat, cpu, compiled=not args.no_compile):
                 rows.append(r)
                 print(
-                    f"{r['op']:<13} {r['shape']:<13} {r['dtype']:<9} {r['reference_ms']:>8.2f} {r['cpu_ms']:>8.2f} "
-                    f"{r['speedup']:>7.1f}x {r['cpu_GBps']:>6.1f} {r['copy_GBps']:>9.1f} {r['fraction_of_copy_bw']:>7.2f}"
+                    f"{r['op']:<13} {r['shape']:<13} {r['dtype']:<9} {r['reference_ms']:>8.2f} {r['compiled_ms']:>8.2f} "
+                    f"{r['cpu_ms']:>8.2f} {r['speedup']:>7.1f}x {r['speedup_vs_compiled']:>7.1f}x {r['cpu_GBps']:>6.1f} "
+                    f"{r['copy_GBps']:>9.1f} {r['fraction_of_copy_bw']:>7.2f}",
+                    flush=True,
                 )
     if args.json:
         with open(args.json, "w") as f:
