@@ -89,7 +89,7 @@ def format_table(rows: List[DemoRow]) -> str:
 def main(out_dir: str, backend: str = "auto", models: Sequence[str] = zoo.NAMES, steps: Optional[int] = None,
          repeats: int = 3) -> List[DemoRow]:
     os.makedirs(out_dir, exist_ok=True)
-    torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
+    torch.set_num_threads(1)  # the shipped models are tiny: one thread beats two (thread overhead)
     rows: List[DemoRow] = []
     for name in models:
         rows += run_model(name, out_dir, backend=backend, steps=steps, repeats=repeats)

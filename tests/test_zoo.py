@@ -74,6 +74,19 @@ def test_load_offline(name, monkeypatch):
     assert (pooled is not None) == (name == "flux_digits")
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_load_without_accelerate_matches_from_pretrained(dtype, monkeypatch):
+    """diffusers refuses Wan (fp32-kept modules) without accelerate; the fallback loads the same tensors."""
+    ref = zoo.load("wan_digits", torch_dtype=dtype).state_dict()
+    import diffusers.utils
+
+    monkeypatch.setattr(diffusers.utils, "is_accelerate_available", lambda: False)
+    got = zoo.load("wan_digits", torch_dtype=dtype).state_dict()
+    assert ref.keys() == got.keys()
+    for k in ref:
+        assert ref[k].dtype == got[k].dtype and torch.equal(ref[k], got[k]), k
+
+
 def test_sample_deterministic(name_and_model):
     name, model = name_and_model
     a = zoo.sample(name, [3, 7], seed=1, num_inference_steps=STEPS, transformer=model)

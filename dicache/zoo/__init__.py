@@ -72,15 +72,43 @@ def load(
 ) -> torch.nn.Module:
     """The transformer, loaded with diffusers' own ``from_pretrained`` from the package directory (offline).
 
-    The weights are stored in float16 and upcast to ``torch_dtype`` (float32 by default).
-    ``path`` loads a directory written by ``scripts/train_zoo.py --out`` instead.
+    The weights are stored in float16 (Wan's float32-kept modules in float32) and
+    upcast to ``torch_dtype`` (float32 by default). ``path`` loads a directory
+    written by ``scripts/train_zoo.py --out`` instead.
+
+    diffusers' ``from_pretrained`` refuses models with ``_keep_in_fp32_modules``
+    (Wan) when ``accelerate`` is not installed; then the same config and
+    safetensors are loaded through ``from_config`` + ``load_state_dict`` instead
+    (same weights, same dtypes).
     """
     import diffusers
+    from diffusers.utils import is_accelerate_available
 
     spec = get_spec(name)
     cls = getattr(diffusers, spec.transformer_class)
-    model = cls.from_pretrained(path or weights_dir(name), torch_dtype=torch_dtype, local_files_only=True)
+    d = path or weights_dir(name)
+    if getattr(cls, "_keep_in_fp32_modules", None) and not is_accelerate_available():
+        model = _load_without_accelerate(cls, d, torch_dtype)
+    else:
+        model = cls.from_pretrained(d, torch_dtype=torch_dtype, local_files_only=True)
     return model.to(device).eval()
+
+
+def _load_without_accelerate(cls, directory: str, torch_dtype: torch.dtype) -> torch.nn.Module:
+    from safetensors.torch import load_file
+
+    model = cls.from_config(cls.load_config(directory))
+    state = load_file(os.path.join(directory, "diffusion_pytorch_model.safetensors"))
+    model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
+    keep = tuple(cls._keep_in_fp32_modules or ())
+
+    def kept(n: str) -> bool:  # what from_pretrained does: these stay float32
+        return any(m in n.split(".") for m in keep)
+
+    for n, t in list(model.named_parameters()) + list(model.named_buffers()):
+        if not kept(n):
+            t.data = t.data.to(torch_dtype)
+    return model
 
 
 def class_embeddings(name: str, path: Optional[str] = None, dtype: torch.dtype = torch.float32):
