@@ -55,42 +55,41 @@ def make_inputs(tokens: int, text_tokens: int = 64):
 
 
 class BlockTimer:
-    """Wall time spent inside the blocks' own computation (their first-level submodules)."""
+    """Wall time of each block call (hooks on the blocks themselves, outside any cache's forward)."""
 
     def __init__(self, model):
-        self.total = 0.0
+        self.times = []
         self._t0: Dict[int, float] = {}
         self._handles = []
         for attr in ("transformer_blocks", "single_transformer_blocks"):
             for block in getattr(model, attr):
-                for sub in block.children():
-                    self._handles.append(sub.register_forward_pre_hook(self._pre))
-                    self._handles.append(sub.register_forward_hook(self._post))
+                self._handles.append(block.register_forward_pre_hook(self._pre))
+                self._handles.append(block.register_forward_hook(self._post))
 
     def _pre(self, mod, args):
         self._t0[id(mod)] = time.perf_counter()
 
     def _post(self, mod, args, out):
-        self.total += time.perf_counter() - self._t0.pop(id(mod))
+        self.times.append(time.perf_counter() - self._t0.pop(id(mod)))
 
     def remove(self):
         for h in self._handles:
             h.remove()
 
 
-def time_calls(model, inputs, n_calls: int) -> List[Dict[str, float]]:
-    """Run a trajectory of ``n_calls`` (timestep going down); per call: total and in-block seconds."""
+def time_calls(model, inputs, n_calls: int) -> List[Dict[str, object]]:
+    """Run a trajectory of ``n_calls`` (timestep going down); per call: total and per-block seconds."""
     timer = BlockTimer(model)
     rows = []
     try:
         with torch.no_grad():
             for i in range(n_calls):
                 t = torch.full((1,), 1.0 - i / n_calls)
-                timer.total = 0.0
+                timer.times = []
                 t0 = time.perf_counter()
                 with model.cache_context("cond"):  # as a pipeline calls it (FirstBlockCache needs one)
                     model(timestep=t, **inputs)
-                rows.append({"total": time.perf_counter() - t0, "blocks": timer.total})
+                rows.append({"total": time.perf_counter() - t0, "blocks": list(timer.times)})
     finally:
         timer.remove()
     return rows
@@ -112,23 +111,24 @@ def spy_arithmetic(model) -> List[float]:
     return spent
 
 
-def measure(model, inputs, setup: Callable, teardown: Callable, warm: int, n_calls: int, repeats: int,
-            arithmetic: bool = False):
-    fulls, skips, blocks_full, blocks_skip, arith = [], [], [], [], []
+def measure(model, inputs, setup: Callable, teardown: Callable, first_skip: int, n_calls: int, repeats: int,
+            probe_depth: int = 1, arithmetic: bool = False):
+    """Medians over the calls from ``first_skip`` on (all skipped): total, probe blocks, handing-on blocks,
+    cache arithmetic."""
+    total, probe, tail, arith = [], [], [], []
     for _ in range(repeats):
         setup(model)
         spent = spy_arithmetic(model) if arithmetic else None
         rows = time_calls(model, inputs, n_calls)
         teardown(model)
-        fulls += [r["total"] for r in rows[1:warm]]
-        blocks_full += [r["blocks"] for r in rows[1:warm]]
-        skips += [r["total"] for r in rows[warm:]]
-        blocks_skip += [r["blocks"] for r in rows[warm:]]
-        if spent is not None:
-            arith += spent[warm:]
-    med = lambda v: statistics.median(v) if v else float("nan")  # noqa: E731
-    return dict(full=med(fulls), skip=med(skips), blocks_full=med(blocks_full), blocks_skip=med(blocks_skip),
-                arithmetic=med(arith) if arith else float("nan"))
+        for i, r in enumerate(rows[first_skip:], start=first_skip):
+            a = spent[i] if spent is not None else 0.0
+            total.append(r["total"])
+            probe.append(sum(r["blocks"][:probe_depth]) - a)  # the probe hook runs inside block m-1's call
+            tail.append(sum(r["blocks"][probe_depth:]))
+            arith.append(a)
+    med = statistics.median
+    return dict(total=med(total), probe=med(probe), tail=med(tail), arithmetic=med(arith) if arithmetic else None)
 
 
 def main(argv=None):
@@ -147,10 +147,18 @@ def main(argv=None):
     M = args.layers + args.single_layers
     warm, n_calls = 3, 8
 
-    plain = measure(model, inputs, lambda m: None, lambda m: None, n_calls, n_calls, args.repeats)
-    per_block = plain["blocks_full"] / M
-    non_block = plain["full"] - plain["blocks_full"]
-    results = {"no cache (full call)": dict(plain, skip=float("nan"), blocks_skip=float("nan"))}
+    # the uncached model: full calls, per block
+    full_total, full_blocks = [], []
+    for _ in range(args.repeats):
+        for r in time_calls(model, inputs, n_calls)[1:]:
+            full_total.append(r["total"])
+            full_blocks.append(r["blocks"])
+    full = statistics.median(full_total)
+    block_med = [statistics.median(b[i] for b in full_blocks) for i in range(M)]
+    per_block = sum(block_med) / M
+    non_block = full - sum(block_med)  # embedding, output head, the model's own glue
+
+    results = {}
 
     def dicache_on(m):
         dicache.enable(m, backend=args.backend, threshold=1e9, warmup=warm, probe_depth=1)
@@ -158,37 +166,31 @@ def main(argv=None):
     results[f"DiCache (m=1, backend={args.backend})"] = measure(
         model, inputs, dicache_on, dicache.disable, warm, n_calls, args.repeats, arithmetic=True)
 
-    try:
-        from diffusers.hooks import FirstBlockCacheConfig
+    from diffusers.hooks import FirstBlockCacheConfig
 
-        def fbc_on(m):
-            m.enable_cache(FirstBlockCacheConfig(threshold=1e9))
+    results["diffusers FirstBlockCache"] = measure(
+        model, inputs, lambda m: m.enable_cache(FirstBlockCacheConfig(threshold=1e9)), lambda m: m.disable_cache(),
+        2, n_calls, args.repeats)
 
-        results["diffusers FirstBlockCache"] = measure(
-            model, inputs, fbc_on, lambda m: m.disable_cache(), 1 + 1, n_calls, args.repeats)
-    except Exception as exc:  # noqa: BLE001 - report, do not crash
-        print(f"FirstBlockCache could not run: {exc}")
-
-    ideal_skip = non_block + per_block * 1
-    print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-          f"torch {torch.__version__}")
-    print(f"model: Flux-class, width {args.width}, {M} blocks, {args.tokens} image tokens + 64 text, fp32")
-    print(f"one block: {1e3 * per_block:.1f} ms; non-block part of a call: {1e3 * non_block:.1f} ms; "
-          f"ideal skipped call (probe of 1 block): {1e3 * ideal_skip:.1f} ms = {ideal_skip / plain['full']:.3f} "
-          f"of a full call (m/M = {1 / M:.3f})\n")
-    print("| method | full call ms | skipped call ms | skipped / full | blocks run in a skip ms "
-          "| cache arithmetic ms | overhead ms | (arithmetic + overhead) / block |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    ideal = non_block + block_med[0]
+    print(f"machine: {platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}")
+    print(f"model: Flux-class, width {args.width}, {M} blocks ({args.layers} double), {args.tokens} image tokens "
+          f"+ 64 text, fp32, random weights; medians over {args.repeats} runs of {n_calls} calls")
+    print(f"full call {1e3 * full:.1f} ms: blocks {1e3 * sum(block_med):.1f} ms (mean {1e3 * per_block:.1f} ms, "
+          f"block 0 {1e3 * block_med[0]:.1f} ms), rest {1e3 * non_block:.1f} ms")
+    print(f"ideal skipped call (block 0 + rest): {1e3 * ideal:.1f} ms = {ideal / full:.3f} of a full call "
+          f"(m/M = {1 / M:.3f})\n")
+    print("| method | skipped call ms | skipped / full | ideal / full | probe block ms | cache arithmetic ms "
+          "| handing-on blocks ms | other overhead ms | (arithmetic + overhead) / mean block |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for name, r in results.items():
-        if r["skip"] != r["skip"]:  # nan: no skipped calls
-            print(f"| {name} | {1e3 * r['full']:.1f} | – | – | – | – | – | – |")
-            continue
-        arith = 0.0 if r["arithmetic"] != r["arithmetic"] else r["arithmetic"]
-        overhead = r["skip"] - r["blocks_skip"] - arith - non_block
-        extra = (arith + overhead) / per_block
-        a = "–" if r["arithmetic"] != r["arithmetic"] else f"{1e3 * arith:.2f}"
-        print(f"| {name} | {1e3 * r['full']:.1f} | {1e3 * r['skip']:.1f} | {r['skip'] / r['full']:.3f} | "
-              f"{1e3 * r['blocks_skip']:.1f} | {a} | {1e3 * overhead:.2f} | {100 * extra:.1f}% |")
+        arith = r["arithmetic"] or 0.0
+        other = r["total"] - r["probe"] - arith - r["tail"] - non_block
+        overhead = arith + r["tail"] + other
+        a = "–" if r["arithmetic"] is None else f"{1e3 * arith:.2f}"
+        print(f"| {name} | {1e3 * r['total']:.1f} | {r['total'] / full:.3f} | {ideal / full:.3f} | "
+              f"{1e3 * r['probe']:.1f} | {a} | {1e3 * r['tail']:.2f} | {1e3 * other:.2f} | "
+              f"{100 * overhead / per_block:.1f}% |")
 
 
 if __name__ == "__main__":

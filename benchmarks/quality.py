@@ -1,0 +1,591 @@
+#!/usr/bin/env python
+"""Quality and speed of DiCache against other caches on the shipped zoo models.
+
+    .venv/bin/python benchmarks/quality.py --out bench_out            # the full run (~18 min, 1 thread, 2-core box)
+    .venv/bin/python benchmarks/quality.py --out /tmp/q --quick       # a smoke run (~20 s)
+    .venv/bin/python benchmarks/quality.py --out x --list             # what would run
+
+For each shipped model (``flux_digits``: FluxPipeline with true CFG; ``wan_digits``: WanPipeline with
+CFG), each step count (``--steps``, default 20 and 50) and each seed (``--seeds``), the model samples
+all ``--labels`` in one batch through the real diffusers pipeline, with
+
+* no cache (the reference every other output is compared with);
+* uniform caching every k-th call, on dicache's hooks (``uniform_cache.py``);
+* diffusers' own caches: FirstBlockCache, TaylorSeer, MagCache (calibrated first with its own
+  calibration mode), SeaCache;
+* cache-dit's DBCache (if ``cache-dit`` is installed);
+* DiCache at several thresholds, without trajectory alignment (γ fixed to 1), with probe depth 2, 3,
+  with a cap of 2 consecutive reuses, and in compute-budget mode (``target_speedup``).
+
+Per method and setting it reports the block evaluations actually executed (counted the same way for
+every cache, see ``block_counter.py``), the median wall time over the seeds, the speedup over no
+cache, and PSNR / SSIM against the uncached output (``dicache.metrics``, over all seeds' samples).
+LPIPS is not computed: every implementation (lpips, torchmetrics, piq) needs pretrained AlexNet/VGG
+weights downloaded at run time (this machine has no network, torchvision is not installed), and at
+16×16 greyscale it would be meaningless anyway.
+
+Writes ``OUT/quality.csv``, ``OUT/quality.md`` (with PSNR interpolated at matched savings),
+``OUT/quality_pareto.png`` and ``OUT/quality_details.json`` (per run: times, counts, DiCache's per-branch
+skip patterns, MagCache's calibrated ratios). Failing peers are rows with the reason, not crashes.
+
+Models: the shipped weights (``dicache/zoo/weights/``) when present; ``--weights DIR`` takes
+``DIR/<name>/`` written by ``scripts/train_zoo.py --out`` instead; ``--random-init`` (implied by
+``--quick`` when no weights exist) uses untrained models of the same configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import datetime
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, _HERE)
+sys.path.insert(1, os.path.dirname(_HERE))
+
+os.environ.setdefault("CACHE_DIT_LOG_LEVEL", "error")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # cache-dit imports transformers (torchvision notices)
+
+import torch  # noqa: E402
+
+import dicache  # noqa: E402
+from dicache import zoo  # noqa: E402
+from dicache.hooks import session_of  # noqa: E402
+from dicache.metrics import psnr, ssim  # noqa: E402
+
+import quality_methods as qm  # noqa: E402
+from block_counter import BlockCounter, fractions  # noqa: E402
+
+LPIPS_NOTE = "not computed: needs pretrained AlexNet/VGG weights downloaded at run time (offline machine)"
+
+
+# ---------------------------------------------------------------------------
+# models
+# ---------------------------------------------------------------------------
+
+
+def _has_weights(d: str) -> bool:
+    return os.path.isfile(os.path.join(d, "config.json")) and os.path.isfile(
+        os.path.join(d, "class_embeddings.safetensors")
+    )
+
+
+def random_model_dir(name: str, root: str, seed: int = 0) -> str:
+    """An untrained model of the zoo configuration, written where ``zoo.load(name, path=...)`` reads it."""
+    import diffusers
+    from safetensors.torch import save_file
+
+    from dicache.zoo._specs import NULL_CLASS, get_spec
+    from dicache.zoo.train import CLASS_EMBEDDINGS_FILE
+
+    spec = get_spec(name)
+    out = os.path.join(root, name)
+    if _has_weights(out):
+        return out
+    torch.manual_seed(seed)
+    model = getattr(diffusers, spec.transformer_class)(**spec.config)
+    model.save_pretrained(out)
+    g = torch.Generator().manual_seed(seed)
+    emb = {"prompt_embeds": torch.randn(NULL_CLASS + 1, spec.text_tokens, spec.text_dim, generator=g) * 0.5}
+    if spec.pooled_dim:
+        emb["pooled_prompt_embeds"] = torch.randn(NULL_CLASS + 1, spec.pooled_dim, generator=g) * 0.5
+    save_file(emb, os.path.join(out, CLASS_EMBEDDINGS_FILE))
+    return out
+
+
+def resolve_model_path(name: str, args):
+    """The directory to load ``name`` from (None: the shipped weights), and a description."""
+    if args.weights:
+        d = os.path.join(args.weights, name)
+        if not _has_weights(d):
+            raise SystemExit(f"--weights {args.weights}: no model in {d}")
+        return d, f"trained weights from {d}"
+    if _has_weights(zoo.weights_dir(name)):
+        return None, "shipped weights"
+    if args.random_init or args.quick:
+        root = os.path.join(tempfile.gettempdir(), "dicache_bench_random")
+        return random_model_dir(name, root), "RANDOM-INIT (no shipped weights found)"
+    raise SystemExit(
+        f"no shipped weights for {name} in {zoo.weights_dir(name)}; pass --weights DIR (scripts/train_zoo.py --out) "
+        "or --random-init"
+    )
+
+
+# ---------------------------------------------------------------------------
+# one run
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class RunResult:
+    seed: int
+    wall_s: float
+    cpu_s: float
+    macs: List[int]
+    calls: int
+    images: torch.Tensor = field(repr=False)
+    pattern: Optional[Dict[str, str]] = None
+    dicache_fraction: Optional[float] = None  # 1 - dicache.summary().saved_fraction, for the cross-check
+
+
+def sample(pipe, name: str, labels: Sequence[int], seed: int, steps: int, path: Optional[str], counter: BlockCounter):
+    kw = zoo.pipeline_call_kwargs(name, labels, seed=seed, num_inference_steps=steps, embeddings_path=path)
+    counter.reset()
+    c0, t0 = time.process_time(), time.perf_counter()
+    latents = pipe(**kw)[0]
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    if name == "flux_digits":
+        latents = type(pipe)._unpack_latents(latents, kw["height"], kw["width"], pipe.vae_scale_factor)
+    images = zoo.decode(name, latents).cpu()
+    res = RunResult(seed, wall, cpu, list(counter.macs), counter.calls, images)
+    if session_of(pipe.transformer) is not None:
+        s = dicache.summary(pipe)
+        res.pattern = {b.name: b.pattern for b in s.branches.values()}
+        res.dicache_fraction = 1.0 - s.saved_fraction
+    return res
+
+
+# ---------------------------------------------------------------------------
+# the benchmark
+# ---------------------------------------------------------------------------
+
+CSV_FIELDS = [
+    "model", "steps", "family", "setting", "status", "block_fraction", "savings", "fewer_evals",
+    "mac_fraction", "calls", "wall_s", "speedup", "cpu_s", "speedup_cpu", "psnr", "ssim", "lpips", "seeds", "labels",
+    "weights", "note",
+]
+
+
+def median(v):
+    return statistics.median(v) if v else float("nan")
+
+
+def row_for(model, steps, method_family, setting, status, runs: List[RunResult], ref_runs: List[RunResult],
+            ref_wall: float, seeds, labels, weights, note="", ref_cpu: Optional[float] = None) -> Dict:
+    row = dict(model=model, steps=steps, family=method_family, setting=setting, status=status, seeds=len(seeds),
+               labels=len(labels), weights=weights, lpips="", note=note)
+    if not runs:
+        row.update(block_fraction="", savings="", fewer_evals="", mac_fraction="", calls="", wall_s="", speedup="",
+                   cpu_s="", speedup_cpu="", psnr="", ssim="")
+        return row
+    ref_macs = [sum(col) for col in zip(*[r.macs for r in ref_runs])]
+    macs = [sum(col) for col in zip(*[r.macs for r in runs])]
+    bf, mf = fractions(macs, ref_macs)
+    by_seed = {r.seed: r for r in ref_runs}
+    out = torch.cat([r.images for r in runs])
+    ref = torch.cat([by_seed[r.seed].images for r in runs])
+    wall = median([r.wall_s for r in runs])
+    cpu = median([r.cpu_s for r in runs])
+    row.update(
+        block_fraction=bf, savings=1.0 - bf, fewer_evals=(1.0 / bf if bf > 0 else float("inf")), mac_fraction=mf,
+        calls=runs[0].calls, wall_s=wall, speedup=ref_wall / wall, cpu_s=cpu,
+        speedup_cpu=(ref_cpu / cpu) if ref_cpu else "",
+        psnr=psnr(out, ref), ssim=ssim(out, ref),
+    )
+    checks = [r for r in runs if r.dicache_fraction is not None]
+    if checks:
+        per_run = []
+        for r in checks:
+            f, _ = fractions(r.macs, by_seed[r.seed].macs)
+            per_run.append(abs(f - r.dicache_fraction))
+        if max(per_run) > 1e-9:
+            row["note"] = (row["note"] + "; " if row["note"] else "") + (
+                f"dicache.summary disagrees with the counted block evaluations by {max(per_run):.4f}"
+            )
+    return row
+
+
+def run_benchmark(args) -> List[Dict]:
+    from tqdm import tqdm
+
+    torch.set_num_threads(args.threads)
+    torch.set_grad_enabled(False)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning)
+    from diffusers.utils import logging as dlog
+
+    dlog.set_verbosity_error()
+    dlog.disable_progress_bar()
+
+    families = None if not args.families else [f.strip() for f in args.families.split(",")]
+    plan = []  # (model, path, desc, steps, methods)
+    for name in args.models:
+        path, desc = resolve_model_path(name, args)
+        for steps in args.steps:
+            plan.append((name, path, desc, steps, qm.build_methods(name, steps, quick=args.quick, families=families)))
+    total = sum(len(args.seeds) * (2 + len(m)) + any(x.family == qm.MAGCACHE for x in m) for *_, m in plan)
+
+    rows: List[Dict] = []
+    details: List[Dict] = []
+    capture = qm.WarningCapture()
+    bar = tqdm(total=total, desc="quality", unit="run", dynamic_ncols=True)
+    loaded: Dict[str, torch.nn.Module] = {}
+    for name, path, desc, steps, methods in plan:
+        if name not in loaded:
+            loaded[name] = zoo.load(name, path=path)
+            # one untimed warm-up call (lazy initialisation of the first pipeline run)
+            warm = copy.deepcopy(loaded[name])
+            zoo.pipeline(name, warm)(**zoo.pipeline_call_kwargs(name, args.labels[:1], 0, 2, embeddings_path=path))
+            del warm
+        base = loaded[name]
+        weights = desc
+
+        def fresh():
+            tr = copy.deepcopy(base)
+            return zoo.pipeline(name, tr), BlockCounter(tr)
+
+        # the reference (timed again after the methods: its wall time is the median of both passes)
+        bar.set_postfix_str(f"{name} {steps} steps: no cache")
+        pipe, counter = fresh()
+        ref_runs = []
+        for seed in args.seeds:
+            ref_runs.append(sample(pipe, name, args.labels, seed, steps, path, counter))
+            bar.update(1)
+        del pipe, counter
+
+        mag_cache: Dict[str, List[float]] = {}
+
+        def calibrate_mag():
+            if "ratios" not in mag_cache:
+                p, c = fresh()
+                kw = zoo.pipeline_call_kwargs(name, args.labels, seed=args.calibration_seed, num_inference_steps=steps,
+                                              embeddings_path=path)
+                mag_cache["ratios"] = qm.calibrate_mag(p, kw, steps)
+                c.remove()
+                bar.update(1)
+            return mag_cache["ratios"]
+
+        ctx = qm.Context(model=name, steps=steps, backend=args.backend, calibrate_mag=calibrate_mag)
+        results = []  # (method, status, runs, note)
+        for method in methods:
+            bar.set_postfix_str(f"{name} {steps} steps: {method.family} {method.setting}")
+            pipe, counter = fresh()
+            runs: List[RunResult] = []
+            status, note, counted = "ok", "", 0
+            with capture.capturing():
+                try:
+                    method.enable(pipe, ctx)
+                except qm.Unsupported as e:
+                    status, note = "unsupported", str(e)
+                except Exception as e:  # a peer's cache that crashes on this model: a row, not a crash
+                    status, note = "error", f"enable failed: {type(e).__name__}: {e}"
+                if status == "ok":
+                    try:
+                        for seed in args.seeds:
+                            runs.append(sample(pipe, name, args.labels, seed, steps, path, counter))
+                            bar.update(1)
+                            counted += 1
+                    except Exception as e:
+                        status, note = "error", f"run failed: {type(e).__name__}: {e}"
+                        runs = []
+                    if method.check is not None and status == "ok":
+                        msg = method.check(pipe, ctx, capture.messages)
+                        if msg:
+                            status, note = ("fail-open" if msg.startswith("FAIL-OPEN") else status), msg
+                    try:
+                        method.disable(pipe)
+                    except Exception as e:
+                        note = (note + "; " if note else "") + f"disable failed: {type(e).__name__}: {e}"
+                    others = sorted({m for m in capture.messages if "fail-open" not in m and "running full" not in m})
+                    if others:
+                        note = (note + "; " if note else "") + "warnings: " + " | ".join(others)[:300]
+            bar.update(len(args.seeds) - counted)
+            counter.remove()
+            results.append((method, status, runs, note))
+            del pipe, counter
+
+        bar.set_postfix_str(f"{name} {steps} steps: no cache (again)")
+        pipe, counter = fresh()
+        ref_note = ""
+        ref_walls = [r.wall_s for r in ref_runs]
+        ref_cpus = [r.cpu_s for r in ref_runs]
+        for r in ref_runs:
+            again = sample(pipe, name, args.labels, r.seed, steps, path, counter)
+            ref_walls.append(again.wall_s)
+            ref_cpus.append(again.cpu_s)
+            if not torch.equal(again.images, r.images):
+                ref_note = "the uncached pipeline is not deterministic: a second run differs"
+            bar.update(1)
+        del pipe, counter
+        ref_wall, ref_cpu = median(ref_walls), median(ref_cpus)
+        rows.append(row_for(name, steps, qm.NO_CACHE, "", "ok", ref_runs, ref_runs, ref_wall, args.seeds, args.labels,
+                            weights, ref_note))
+        rows[-1].update(wall_s=ref_wall, speedup=1.0, cpu_s=ref_cpu, speedup_cpu=1.0)
+        details.append(dict(model=name, steps=steps, family=qm.NO_CACHE, setting="", ref_walls=ref_walls, ref_cpus=ref_cpus,
+                            runs=[dict(seed=r.seed, wall_s=r.wall_s, cpu_s=r.cpu_s, calls=r.calls, macs=r.macs)
+                                  for r in ref_runs]))
+        for method, status, runs, note in results:
+            rows.append(row_for(name, steps, method.family, method.setting, status, runs, ref_runs, ref_wall,
+                                args.seeds, args.labels, weights, note, ref_cpu=ref_cpu))
+            details.append(dict(model=name, steps=steps, family=method.family, setting=method.setting, status=status,
+                                note=note, params={k: str(v) for k, v in method.params.items()},
+                                runs=[dict(seed=r.seed, wall_s=r.wall_s, cpu_s=r.cpu_s, calls=r.calls, macs=r.macs,
+                                           pattern=r.pattern) for r in runs]))
+        if mag_cache:
+            details.append(dict(model=name, steps=steps, family=qm.MAGCACHE, setting="calibration",
+                                ratios=mag_cache["ratios"]))
+    bar.close()
+    return rows, details
+
+
+# ---------------------------------------------------------------------------
+# output
+# ---------------------------------------------------------------------------
+
+
+def _fmt(v, spec):
+    if v == "" or v is None:
+        return ""
+    if isinstance(v, float) and math.isinf(v):
+        return "inf"
+    return format(v, spec)
+
+
+def write_csv(rows: List[Dict], path: str) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: r.get(k, "") for k in CSV_FIELDS})
+
+
+MATCHED = (1.5, 2.0, 2.5)
+
+
+def psnr_at(rows: List[Dict], fewer: float) -> Optional[float]:
+    """PSNR of one family's settings interpolated (linearly in block fraction) at ``fewer``× fewer block
+    evaluations; None outside the range its settings cover (no extrapolation)."""
+    pts = sorted((r["block_fraction"], r["psnr"]) for r in rows if r["status"] == "ok" and math.isfinite(r["psnr"]))
+    target = 1.0 / fewer
+    for (f0, p0), (f1, p1) in zip(pts, pts[1:]):
+        if f0 <= target <= f1:
+            return p0 if f1 == f0 else p0 + (p1 - p0) * (target - f0) / (f1 - f0)
+    for f, p in pts:
+        if abs(f - target) < 1e-9:
+            return p
+    return None
+
+
+def matched_table(rows: List[Dict]) -> List[str]:
+    """Per model and step count: each family's PSNR at 1.5×, 2× and 2.5× fewer block evaluations."""
+    keys = list(dict.fromkeys((r["model"], r["steps"]) for r in rows))
+    head = "| method | " + " | ".join(f"{m.split('_')[0]} {st} @{x:g}×" for m, st in keys for x in MATCHED) + " |"
+    lines = [head, "| --- |" + " ---: |" * (len(keys) * len(MATCHED))]
+    for fam in qm.FAMILIES[1:]:
+        cells = []
+        for m, st in keys:
+            fr = [r for r in rows if r["model"] == m and r["steps"] == st and r["family"] == fam]
+            for x in MATCHED:
+                v = psnr_at(fr, x)
+                cells.append("–" if v is None else f"{v:.1f}")
+        if any(c != "–" for c in cells):
+            lines.append(f"| {fam} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def markdown(rows: List[Dict], meta: Dict) -> str:
+    lines = [
+        f"Command: `{meta['command']}`  ",
+        f"Date: {meta['date']}; {meta['threads']} torch thread(s); total {meta['seconds']:.0f} s  ",
+        f"Seeds {meta['seeds']}, labels {meta['labels']} (one batch per seed); backend {meta['backend']}  ",
+        "Blocks = block evaluations executed / uncached (a partly computed block counts its share of linear-layer "
+        "work); speedup = median wall time of no cache (both passes) / of the method; speedup (CPU) the same with "
+        "the process CPU time, which other processes on the machine disturb less; PSNR, SSIM against the uncached "
+        f"output over all samples. LPIPS: {LPIPS_NOTE}.",
+        "",
+        "PSNR (dB) at matched savings: each family's settings interpolated linearly in block fraction at 1.5×, 2× "
+        "and 2.5× fewer block evaluations (– : its settings do not reach there).",
+        "",
+        *matched_table(rows),
+        "",
+    ]
+    groups: Dict = {}
+    for r in rows:
+        groups.setdefault((r["model"], r["steps"]), []).append(r)
+    for (model, steps), rs in groups.items():
+        lines.append(f"### {model}, {steps} steps ({rs[0]['weights']})")
+        lines.append("")
+        lines.append("| method | setting | blocks | fewer evals | wall s | speedup | CPU s | speedup (CPU) | PSNR dB | SSIM "
+                     "| note |")
+        lines.append("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
+        for r in rs:
+            if r["status"] in ("unsupported", "error"):
+                lines.append(f"| {r['family']} | {r['setting']} | – | – | – | – | – | – | – | – | **{r['status']}**: "
+                             f"{r['note']} |")
+                continue
+            note = r["note"]
+            if r["status"] != "ok":
+                note = f"**{r['status']}** {note}"
+            lines.append(
+                f"| {r['family']} | {r['setting']} | {100 * r['block_fraction']:.1f}% | {_fmt(r['fewer_evals'], '.2f')}× "
+                f"| {r['wall_s']:.2f} | {r['speedup']:.2f}× | {r['cpu_s']:.2f} | {_fmt(r['speedup_cpu'], '.2f')}× "
+                f"| {_fmt(r['psnr'], '.2f')} | {r['ssim']:.4f} | {note} |"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
+_STYLE = {
+    qm.UNIFORM: ("tab:gray", "s"), qm.UNIFORM_P: ("silver", "s"), qm.FBC: ("tab:blue", "v"),
+    qm.TAYLORSEER: ("tab:purple", "P"), qm.TAYLORSEER_LITE: ("tab:pink", "P"), qm.MAGCACHE: ("tab:green", "^"), qm.SEACACHE: ("tab:olive", "D"),
+    qm.DBCACHE: ("tab:cyan", "X"), qm.DICACHE: ("tab:red", "o"), qm.DICACHE_NOALIGN: ("salmon", "o"),
+    qm.DICACHE_M2: ("tab:orange", "h"), qm.DICACHE_M3: ("tab:brown", "8"), qm.DICACHE_CAP: ("darkred", "d"),
+    qm.DICACHE_BUDGET: ("deeppink", "*"),
+}
+
+
+def plot(rows: List[Dict], path: str, title: str = "") -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no plot (pip install matplotlib)", file=sys.stderr)
+        return False
+    keys = list(dict.fromkeys((r["model"], r["steps"]) for r in rows))
+    models = list(dict.fromkeys(k[0] for k in keys))
+    steps = sorted({k[1] for k in keys})
+    fig, axes = plt.subplots(len(models), len(steps), figsize=(4.6 * len(steps) + 2.4, 3.9 * len(models)),
+                             squeeze=False)
+    for i, model in enumerate(models):
+        for j, st in enumerate(steps):
+            ax = axes[i][j]
+            rs = [r for r in rows if r["model"] == model and r["steps"] == st and r["status"] == "ok"
+                  and r["family"] != qm.NO_CACHE]
+            for fam in qm.FAMILIES[1:]:
+                pts = sorted((100 * r["savings"], r["psnr"]) for r in rs if r["family"] == fam and math.isfinite(r["psnr"]))
+                if not pts:
+                    continue
+                color, marker = _STYLE.get(fam, ("black", "o"))
+                lw = 2.2 if fam == qm.DICACHE else 1.2
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=marker, color=color, lw=lw, ms=6, label=fam)
+            ax.set_title(f"{model}, {st} steps", fontsize=10)
+            ax.set_xlabel("block evaluations saved (%)")
+            ax.set_ylabel("PSNR vs no cache (dB)")
+            ax.grid(alpha=0.3)
+            ax.set_xlim(left=0)
+    handles, labels = [], []
+    for row in axes:
+        for ax in row:
+            for h, l in zip(*ax.get_legend_handles_labels()):
+                if l not in labels:
+                    handles.append(h)
+                    labels.append(l)
+    order = sorted(range(len(labels)), key=lambda k: qm.FAMILIES.index(labels[k]))
+    fig.legend([handles[k] for k in order], [labels[k] for k in order], loc="center right", fontsize=8,
+               frameon=False)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1 - 2.3 / fig.get_figwidth(), 0.96 if title else 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+# ---------------------------------------------------------------------------
+
+
+def _int_list(text: str) -> List[int]:
+    out: List[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        if "-" in part:
+            a, b = part.split("-")
+            out.extend(range(int(a), int(b) + 1))
+        elif part:
+            out.append(int(part))
+    return out
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", required=True, help="output directory")
+    ap.add_argument("--steps", type=_int_list, default=None, help="step counts, e.g. 20,50 (default 20,50; quick 6)")
+    ap.add_argument("--seeds", type=_int_list, default=None, help="seeds, e.g. 0,1 (default 0,1; quick 0)")
+    ap.add_argument("--labels", type=_int_list, default=None, help="class labels, one batch (default 0-9; quick 0-2)")
+    ap.add_argument("--models", default=",".join(zoo.NAMES), help="comma-separated zoo models")
+    ap.add_argument("--families", default=None, help="only these method families (comma-separated; see --list)")
+    ap.add_argument("--quick", action="store_true", help="smoke run: 6 steps, 1 seed, 3 labels, 1 setting per family")
+    ap.add_argument("--weights", default=None, help="directory with <model>/ trained by scripts/train_zoo.py --out")
+    ap.add_argument("--random-init", action="store_true", help="untrained models when no weights are found")
+    ap.add_argument("--backend", default="auto", help="dicache backend (default auto: torch on CPU)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (default 1: on these tiny models 2 threads gain ~10%% on free cores and run "
+                         "20-50x slower when another process holds a core)")
+    ap.add_argument("--calibration-seed", type=int, default=1000, help="seed of MagCache's calibration run")
+    ap.add_argument("--no-plot", action="store_true")
+    ap.add_argument("--list", action="store_true", help="print the methods and settings that would run, and exit")
+    args = ap.parse_args(argv)
+    args.models = [m.strip() for m in args.models.split(",") if m.strip()]
+    bad = [m for m in args.models if m not in zoo.NAMES]
+    if bad:
+        ap.error(f"--models: unknown {bad}; available {list(zoo.NAMES)}")
+    if args.steps is None:
+        args.steps = [6] if args.quick else [20, 50]
+    if args.seeds is None:
+        args.seeds = [0] if args.quick else [0, 1]
+    if args.labels is None:
+        args.labels = [0, 1, 2] if args.quick else list(range(10))
+    if args.families:
+        bad = [f for f in args.families.split(",") if f.strip() not in qm.FAMILIES]
+        if bad:
+            ap.error(f"--families: unknown {bad}; available {list(qm.FAMILIES)}")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.list:
+        for name in args.models:
+            for steps in args.steps:
+                for m in qm.build_methods(name, steps, quick=args.quick):
+                    print(f"{name:12} {steps:3d}  {m.family:24} {m.setting}")
+        return 0
+    os.makedirs(args.out, exist_ok=True)
+    t0 = time.perf_counter()
+    rows, details = run_benchmark(args)
+    seconds = time.perf_counter() - t0
+    command = " ".join([".venv/bin/python", os.path.relpath(os.path.abspath(__file__), os.getcwd())] + sys.argv[1:])
+    meta = dict(
+        command=command, date=datetime.datetime.now().strftime("%Y-%m-%d %H:%M"), threads=args.threads,
+        seconds=seconds, seeds=args.seeds, labels=args.labels, backend=args.backend, steps=args.steps,
+        models=args.models, torch=torch.__version__, python=platform.python_version(),
+    )
+    try:
+        import diffusers
+
+        meta["diffusers"] = diffusers.__version__
+        import cache_dit
+
+        meta["cache_dit"] = cache_dit.__version__
+    except ImportError:
+        pass
+    write_csv(rows, os.path.join(args.out, "quality.csv"))
+    md = markdown(rows, meta)
+    with open(os.path.join(args.out, "quality.md"), "w") as f:
+        f.write(md + "\n")
+    with open(os.path.join(args.out, "quality_details.json"), "w") as f:
+        json.dump(dict(meta=meta, runs=details), f, indent=1, default=str)
+    if not args.no_plot:
+        plot(rows, os.path.join(args.out, "quality_pareto.png"),
+             title=f"PSNR vs block evaluations saved ({len(args.seeds)} seeds × {len(args.labels)} labels)")
+    print(md)
+    print(f"wrote {args.out}/quality.csv, quality.md, quality_pareto.png, quality_details.json in {seconds:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

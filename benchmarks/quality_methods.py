@@ -1,0 +1,398 @@
+"""The caches the quality benchmark compares, each as a :class:`Method` that hooks into a pipeline.
+
+Every method is enabled on a fresh copy of the transformer (the benchmark never relies on a
+cache's ``disable`` to restore the model), runs through the real diffusers pipeline, and is
+disabled afterwards. A method that cannot run on a model raises :class:`Unsupported` from
+``enable`` with the reason (the benchmark writes it as a row instead of crashing); one that runs
+but, by its own account, cached nothing reports it from ``check``.
+
+Settings per model and step count are tables below (``SETTINGS``): each family gets 1–3 settings
+chosen to span roughly 1.5–3× fewer block evaluations on the shipped models, DiCache 5 thresholds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import torch
+
+import dicache
+
+from uniform_cache import enable_uniform
+
+os.environ.setdefault("CACHE_DIT_LOG_LEVEL", "error")  # cache-dit logs every enable/summary at INFO
+
+# Families, in table/plot order.
+NO_CACHE = "no cache"
+UNIFORM = "uniform"
+UNIFORM_P = "uniform (probe anchor)"
+FBC = "FirstBlockCache"
+TAYLORSEER = "TaylorSeer"
+TAYLORSEER_LITE = "TaylorSeer-Lite"
+MAGCACHE = "MagCache"
+SEACACHE = "SeaCache"
+DBCACHE = "cache-dit DBCache"
+DICACHE = "DiCache"
+DICACHE_NOALIGN = "DiCache γ=1"
+DICACHE_M2 = "DiCache m=2"
+DICACHE_M3 = "DiCache m=3"
+DICACHE_CAP = "DiCache cap=2"  # max_consecutive_reuse=2 (SeaCache's default cap)
+DICACHE_BUDGET = "DiCache budget"  # target_speedup: no δ, a compute budget
+FAMILIES = (
+    NO_CACHE, UNIFORM, UNIFORM_P, FBC, TAYLORSEER, TAYLORSEER_LITE, MAGCACHE, SEACACHE, DBCACHE,
+    DICACHE, DICACHE_NOALIGN, DICACHE_M2, DICACHE_M3, DICACHE_CAP, DICACHE_BUDGET,
+)
+
+
+class Unsupported(Exception):
+    """The method cannot run on this model/pipeline; the message says why."""
+
+
+@dataclass
+class Context:
+    """What a method may need to know about the run it is enabled for."""
+
+    model: str
+    steps: int
+    backend: str
+    calibrate_mag: Callable[[], List[float]]  # MagCache ratios for this model and step count (cached)
+
+
+@dataclass
+class Method:
+    family: str
+    setting: str
+    enable: Callable[[Any, Context], None]
+    disable: Callable[[Any], None]
+    check: Optional[Callable[[Any, Context, List[str]], Optional[str]]] = None  # (pipe, ctx, warnings) -> note
+    params: Dict[str, Any] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------
+# settings: (model, steps) -> family -> list of parameters
+# ---------------------------------------------------------------------------
+
+# Chosen with a sweep on the shipped models (1 seed, 10 labels): each list spans ~1.3–3× fewer block
+# evaluations where the method gets there at all (DiCache saturates: with warm-up 20% and, for Flux, the
+# last step forced, and with cap=2, it cannot skip more). Step counts not listed use the nearest one.
+SETTINGS: Dict[str, Dict[int, Dict[str, list]]] = {
+    "flux_digits": {
+        20: {
+            UNIFORM: [2, 3],
+            UNIFORM_P: [2, 3],
+            FBC: [0.2, 0.3, 0.4],
+            TAYLORSEER: [("default", 3)],
+            TAYLORSEER_LITE: [2, 3, 4],
+            MAGCACHE: [0.1, 0.25, 0.4],
+            SEACACHE: [0.25],  # fails open on FluxPipeline (no step_index/sigma in its cache_context)
+            DBCACHE: [0.2, 0.4, 0.6],
+            DICACHE: [0.1, 0.2, 0.4, 0.6, 1.2],
+            DICACHE_NOALIGN: [0.2, 0.4, 0.8],
+            DICACHE_M2: [0.2, 0.4, 0.8],
+            DICACHE_M3: [0.2, 0.4, 0.8],
+            DICACHE_CAP: [0.2, 0.4, 0.8],
+            DICACHE_BUDGET: [1.5, 2.0, 2.5],
+        },
+        50: {
+            UNIFORM: [2, 3],
+            UNIFORM_P: [2, 3],
+            FBC: [0.1, 0.2, 0.3],
+            TAYLORSEER: [("default", 3)],
+            TAYLORSEER_LITE: [2, 3, 4],
+            MAGCACHE: [0.03, 0.06, 0.15],
+            SEACACHE: [0.25],
+            DBCACHE: [0.1, 0.2, 0.4],
+            DICACHE: [0.05, 0.1, 0.2, 0.4, 0.8],
+            DICACHE_NOALIGN: [0.1, 0.2, 0.4],
+            DICACHE_M2: [0.1, 0.2, 0.4],
+            DICACHE_M3: [0.1, 0.2, 0.4],
+            DICACHE_CAP: [0.1, 0.2, 0.4],
+            DICACHE_BUDGET: [1.5, 2.0, 2.5],
+        },
+    },
+    "wan_digits": {
+        20: {
+            UNIFORM: [2, 3],
+            UNIFORM_P: [2, 3],
+            FBC: [0.1, 0.15, 0.3],
+            TAYLORSEER: [("default", 3), ("attn", 3)],  # the default patterns match nothing on Wan: a row, no run
+            TAYLORSEER_LITE: [2, 3, 4],
+            MAGCACHE: [0.06, 0.15, 0.4],
+            SEACACHE: [0.25, 0.5, 1.0],
+            DBCACHE: [0.1, 0.2, 0.3],
+            DICACHE: [0.08, 0.12, 0.16, 0.24, 0.32],
+            DICACHE_NOALIGN: [0.08, 0.16, 0.32],
+            DICACHE_M2: [0.08, 0.16, 0.32],
+            DICACHE_M3: [0.08, 0.16, 0.32],
+            DICACHE_CAP: [0.08, 0.16, 0.32],
+            DICACHE_BUDGET: [1.5, 2.0, 2.5],
+        },
+        50: {
+            UNIFORM: [2, 3],
+            UNIFORM_P: [2, 3],
+            FBC: [0.05, 0.1, 0.15],
+            TAYLORSEER: [("default", 3), ("attn", 3)],
+            TAYLORSEER_LITE: [2, 3, 4],
+            MAGCACHE: [0.03, 0.06, 0.15],
+            SEACACHE: [0.1, 0.25, 1.0],  # 0.5 and 1.0 skip the same calls here; 1.0 scores higher
+            DBCACHE: [0.05, 0.1, 0.2],
+            DICACHE: [0.04, 0.08, 0.12, 0.24, 0.48],
+            DICACHE_NOALIGN: [0.08, 0.16, 0.32],
+            DICACHE_M2: [0.08, 0.16, 0.32],
+            DICACHE_M3: [0.08, 0.16, 0.32],
+            DICACHE_CAP: [0.08, 0.16, 0.32],
+            DICACHE_BUDGET: [1.5, 2.0, 2.5],
+        },
+    },
+}
+
+# --quick: one setting per family (the smoke test checks every family has a row).
+QUICK_FAMILIES = {
+    UNIFORM: lambda s: s[-1:], UNIFORM_P: lambda s: s[-1:], FBC: lambda s: s[1:2],
+    TAYLORSEER: lambda s: [x for x in s if x[0] == "default"], TAYLORSEER_LITE: lambda s: s[:1],
+    MAGCACHE: lambda s: s[1:2],
+    SEACACHE: lambda s: s[:1], DBCACHE: lambda s: s[1:2], DICACHE: lambda s: s[2:3],
+    DICACHE_NOALIGN: lambda s: s[1:2], DICACHE_M2: lambda s: s[1:2], DICACHE_M3: lambda s: s[1:2],
+    DICACHE_CAP: lambda s: s[1:2], DICACHE_BUDGET: lambda s: s[1:2],
+}
+
+
+def settings_for(model: str, steps: int) -> Dict[str, list]:
+    table = SETTINGS[model]
+    nearest = min(table, key=lambda s: abs(s - steps))
+    return table[nearest]
+
+
+# ---------------------------------------------------------------------------
+# the methods
+# ---------------------------------------------------------------------------
+
+
+def _diffusers_disable(pipe) -> None:
+    if getattr(pipe.transformer, "_cache_config", None) is not None:
+        pipe.transformer.disable_cache()
+
+
+def uniform(every: int, anchor: str) -> Method:
+    fam = UNIFORM if anchor == "input" else UNIFORM_P
+
+    def enable(pipe, ctx):
+        enable_uniform(pipe, every, anchor=anchor, backend=ctx.backend)
+
+    what = "x + R[-1]" if anchor == "input" else "p + R[-1] − P[-1]"
+    return Method(fam, f"k={every} ({what})", enable, dicache.disable, None, {"k": every, "anchor": anchor})
+
+
+def first_block_cache(threshold: float) -> Method:
+    from diffusers import FirstBlockCacheConfig
+
+    def enable(pipe, ctx):
+        pipe.transformer.enable_cache(FirstBlockCacheConfig(threshold=threshold))
+
+    return Method(FBC, f"threshold={threshold:g}", enable, _diffusers_disable, None, {"threshold": threshold})
+
+
+# TaylorSeer's default patterns are "^blocks.*attn" etc. under re.fullmatch: they match Flux's
+# "transformer_blocks.N.attn" but never Wan's "blocks.N.attn1"/"attn2". "attn" passes patterns that
+# match both ("attn" optionally followed by a digit); "lite" is TaylorSeer-Lite (blocks skipped,
+# proj_out predicted).
+_TS_ATTN = [r"(transformer_blocks|single_transformer_blocks|blocks)\.\d+\.attn\d?"]
+
+
+def taylorseer(mode: str, interval: int) -> Method:
+    from diffusers import TaylorSeerCacheConfig
+
+    def enable(pipe, ctx):
+        kw = dict(cache_interval=interval, disable_cache_before_step=3, max_order=1, taylor_factors_dtype=torch.float32)
+        if mode == "attn":
+            kw["cache_identifiers"] = _TS_ATTN
+        elif mode == "lite":
+            kw["use_lite_mode"] = True
+        pipe.transformer.enable_cache(TaylorSeerCacheConfig(**kw))
+        hooked = [
+            n for n, m in pipe.transformer.named_modules()
+            if getattr(m, "_diffusers_hook", None) is not None and m._diffusers_hook.get_hook("taylorseer_cache")
+        ]
+        if not hooked:
+            pipe.transformer.disable_cache()
+            raise Unsupported(
+                "its default module patterns (re.fullmatch '^blocks.*attn', …) match no module of "
+                f"{type(pipe.transformer).__name__} (Wan's are blocks.N.attn1/attn2): nothing would be cached"
+            )
+
+    labels = {"default": "attention, default patterns", "attn": "attention, patterns attn\\d?", "lite": "blocks skipped"}
+    return Method(
+        TAYLORSEER_LITE if mode == "lite" else TAYLORSEER, f"{labels[mode]}, interval={interval}, order 1", enable,
+        _diffusers_disable, None,
+        {"mode": mode, "interval": interval},
+    )
+
+
+def parse_mag_calibration(text: str) -> List[List[float]]:
+    """The ratio lists MagCache prints at the end of a calibration run (one per cache context)."""
+    out = []
+    for chunk in text.split("Calibration Complete")[1:]:
+        m = re.search(r"\[([^\[\]]*)\]", chunk)
+        if m:
+            out.append([float(v) for v in m.group(1).split(",") if v.strip()])
+    return out
+
+
+def calibrate_mag(pipe, call_kwargs: dict, steps: int) -> List[float]:
+    """Run MagCache's own calibration mode once and return the per-step ratios (mean over CFG branches)."""
+    from diffusers import MagCacheConfig
+
+    pipe.transformer.enable_cache(MagCacheConfig(calibrate=True, num_inference_steps=steps))
+    buf = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(buf):
+            pipe(**call_kwargs)
+    finally:
+        pipe.transformer.disable_cache()
+    lists = [r for r in parse_mag_calibration(buf.getvalue()) if len(r) == steps]
+    if not lists:
+        raise RuntimeError(f"MagCache calibration printed no ratios of length {steps}: {buf.getvalue()[-500:]!r}")
+    return [sum(v) / len(v) for v in zip(*lists)]
+
+
+def magcache(threshold: float) -> Method:
+    from diffusers import MagCacheConfig
+
+    def enable(pipe, ctx):
+        ratios = ctx.calibrate_mag()
+        pipe.transformer.enable_cache(
+            MagCacheConfig(
+                threshold=threshold, max_skip_steps=3, retention_ratio=0.2, num_inference_steps=ctx.steps,
+                mag_ratios=torch.tensor(ratios),
+            )
+        )
+
+    return Method(
+        MAGCACHE, f"threshold={threshold:g}, K=3, calibrated", enable, _diffusers_disable, None,
+        {"threshold": threshold},
+    )
+
+
+def _sea_check(pipe, ctx, warnings: List[str]) -> Optional[str]:
+    fail = [w for w in warnings if "fail-open" in w or "running full" in w]
+    return ("FAIL-OPEN: " + " | ".join(sorted(set(fail)))) if fail else None
+
+
+def seacache(threshold: float) -> Method:
+    from diffusers import SeaCacheConfig
+
+    def enable(pipe, ctx):
+        pipe.transformer.enable_cache(SeaCacheConfig(threshold=threshold))
+
+    return Method(SEACACHE, f"threshold={threshold:g}", enable, _diffusers_disable, _sea_check, {"threshold": threshold})
+
+
+def dbcache(threshold: float) -> Method:
+    def enable(pipe, ctx):
+        try:
+            import cache_dit
+        except ImportError as e:  # pragma: no cover - depends on the environment
+            raise Unsupported(f"cache-dit is not installed ({e}); pip install cache-dit") from None
+        cfg = cache_dit.DBCacheConfig(
+            Fn_compute_blocks=1,  # its default (8) asserts on these 6–8-block models
+            Bn_compute_blocks=0,
+            residual_diff_threshold=threshold,
+            max_warmup_steps=max(1, math.ceil(0.2 * ctx.steps)),
+            num_inference_steps=ctx.steps,
+            # Both zoo pipelines run CFG as two transformer calls per step (Flux: true CFG); cache-dit
+            # assumes FluxPipeline does one, and would then compare cond with uncond.
+            enable_separate_cfg=True,
+        )
+        with contextlib.redirect_stdout(io.StringIO()):
+            cache_dit.enable_cache(pipe, cache_config=cfg)
+
+    def disable(pipe):
+        import cache_dit
+
+        cache_dit.disable_cache(pipe)
+
+    return Method(DBCACHE, f"F1B0, threshold={threshold:g}", enable, disable, None, {"threshold": threshold})
+
+
+def dicache_method(family: str, threshold: float) -> Method:
+    opts: Dict[str, Any] = {"threshold": threshold}
+    if family == DICACHE_NOALIGN:
+        opts["gamma_clip"] = (1.0, 1.0)
+    elif family == DICACHE_M2:
+        opts["probe_depth"] = 2
+    elif family == DICACHE_M3:
+        opts["probe_depth"] = 3
+    elif family == DICACHE_CAP:
+        opts["max_consecutive_reuse"] = 2
+    elif family == DICACHE_BUDGET:
+        opts = {"target_speedup": threshold}
+
+    def enable(pipe, ctx):
+        dicache.enable(pipe, backend=ctx.backend, **opts)
+
+    text = ", ".join(f"{k}={v}" for k, v in opts.items()).replace("threshold", "δ").replace("gamma_clip", "γ")
+    if family == DICACHE_BUDGET:
+        text = f"target_speedup={threshold:g} (no δ)"
+    return Method(family, text, enable, dicache.disable, None, opts)
+
+
+def build_methods(model: str, steps: int, quick: bool = False, families: Optional[Sequence[str]] = None) -> List[Method]:
+    table = settings_for(model, steps)
+    methods: List[Method] = []
+    for fam in FAMILIES[1:]:
+        if families is not None and fam not in families:
+            continue
+        values = table.get(fam, [])
+        if quick:
+            values = QUICK_FAMILIES[fam](values)
+        for v in values:
+            if fam in (UNIFORM, UNIFORM_P):
+                methods.append(uniform(v, "input" if fam == UNIFORM else "probe"))
+            elif fam == FBC:
+                methods.append(first_block_cache(v))
+            elif fam == TAYLORSEER:
+                methods.append(taylorseer(*v))
+            elif fam == TAYLORSEER_LITE:
+                methods.append(taylorseer("lite", v))
+            elif fam == MAGCACHE:
+                methods.append(magcache(v))
+            elif fam == SEACACHE:
+                methods.append(seacache(v))
+            elif fam == DBCACHE:
+                methods.append(dbcache(v))
+            else:
+                methods.append(dicache_method(fam, v))
+    return methods
+
+
+class WarningCapture(logging.Handler):
+    """Collects the warnings diffusers' cache hooks log (SeaCache's fail-open, MagCache's mismatches)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: List[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+    @contextlib.contextmanager
+    def capturing(self):
+        log = logging.getLogger("diffusers.hooks")
+        old_level, old_prop = log.level, log.propagate
+        log.setLevel(logging.WARNING)
+        log.propagate = False
+        log.addHandler(self)
+        self.messages = []
+        try:
+            yield self
+        finally:
+            log.removeHandler(self)
+            log.setLevel(old_level)
+            log.propagate = old_prop

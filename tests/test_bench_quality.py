@@ -1,0 +1,73 @@
+"""Smoke test of benchmarks/quality.py: the --quick run writes a row for every method family.
+
+Runs on the shipped zoo models (few steps) when their weights exist, else on untrained models of the
+same configuration. ~20–30 s on 2 cores.
+"""
+
+import csv
+import math
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, "benchmarks", "quality.py")
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+
+
+def test_quick_run_writes_every_family(tmp_path):
+    import quality_methods as qm
+
+    out = tmp_path / "bench"
+    proc = subprocess.run(
+        [sys.executable, SCRIPT, "--out", str(out), "--quick", "--labels", "0,1", "--threads", "1", "--no-plot"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    with open(out / "quality.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert (out / "quality.md").is_file() and (out / "quality_details.json").is_file()
+
+    for model in ("flux_digits", "wan_digits"):
+        mine = [r for r in rows if r["model"] == model]
+        families = {r["family"] for r in mine}
+        assert families == set(qm.FAMILIES), (model, set(qm.FAMILIES) - families)
+
+        ref = [r for r in mine if r["family"] == qm.NO_CACHE]
+        assert len(ref) == 1
+        assert math.isinf(float(ref[0]["psnr"])) and float(ref[0]["psnr"]) > 0
+        assert float(ref[0]["savings"]) == 0.0 and float(ref[0]["block_fraction"]) == 1.0
+        assert float(ref[0]["ssim"]) == 1.0
+
+        for r in mine:
+            assert r["status"] in ("ok", "fail-open", "unsupported", "error"), r
+            assert r["status"] != "error" or r["family"] == qm.DBCACHE, r  # only an optional peer may fail
+            if r["status"] in ("ok", "fail-open"):
+                frac = float(r["block_fraction"])
+                assert 0.0 < frac <= 1.0 + 1e-12, r
+                assert abs(float(r["savings"]) - (1.0 - frac)) < 1e-9
+                assert float(r["wall_s"]) > 0 and float(r["speedup"]) > 0
+                assert "dicache.summary disagrees" not in r["note"], r
+
+        # every cache counted the same way: uniform k=3 computes calls 0 and 3 of each 6-call branch fully
+        # and the 1-block probe otherwise
+        (uni,) = [r for r in mine if r["family"] == qm.UNIFORM]
+        n_blocks = 8 if model == "flux_digits" else 6
+        assert abs(float(uni["block_fraction"]) - (2 * n_blocks + 4) / (6 * n_blocks)) < 1e-9
+
+    # the failures peers are known for are rows with the reason, not crashes
+    (ts_wan,) = [r for r in rows if r["model"] == "wan_digits" and r["family"] == qm.TAYLORSEER
+                 and "default patterns" in r["setting"]]
+    assert ts_wan["status"] == "unsupported" and "match no module" in ts_wan["note"]
+    (sea_flux,) = [r for r in rows if r["model"] == "flux_digits" and r["family"] == qm.SEACACHE]
+    assert sea_flux["status"] == "fail-open" and float(sea_flux["savings"]) == 0.0
+
+
+def test_mag_calibration_parser():
+    import quality_methods as qm
+
+    text = (
+        "\n[MagCache] Calibration Complete. Copy these values to MagCacheConfig(mag_ratios=...):\n[1.0, 0.9, 1.1]\n\n"
+        "\n[MagCache] Calibration Complete. Copy these values to MagCacheConfig(mag_ratios=...):\n[1.0, 1.1, 0.9]\n\n"
+    )
+    assert qm.parse_mag_calibration(text) == [[1.0, 0.9, 1.1], [1.0, 1.1, 0.9]]
