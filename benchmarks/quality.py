@@ -521,7 +521,7 @@ def parse_args(argv=None):
     ap.add_argument("--quick", action="store_true", help="smoke run: 6 steps, 1 seed, 3 labels, 1 setting per family")
     ap.add_argument("--weights", default=None, help="directory with <model>/ trained by scripts/train_zoo.py --out")
     ap.add_argument("--random-init", action="store_true", help="untrained models when no weights are found")
-    ap.add_argument("--backend", default="auto", help="dicache backend (default auto: torch on CPU)")
+    ap.add_argument("--backend", default="auto", help="dicache backend (default auto: the C++ cpu kernels on CPU when they build, else torch)")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (default 1: on these tiny models 2 threads gain ~10%% on free cores and run "
                          "20-50x slower when another process holds a core)")
