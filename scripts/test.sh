@@ -6,6 +6,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${DICACHE_VENV:-.venv}"
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
-"$VENV/bin/python" -m pip install -q --disable-pip-version-check torch==2.13.0
-"$VENV/bin/python" -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[test]"
+"$VENV/bin/python" -m pip install -q --no-compile --disable-pip-version-check torch==2.13.0
+"$VENV/bin/python" -m pip install -q --no-compile --disable-pip-version-check -c constraints.txt -e ".[test]"
 exec "$VENV/bin/python" -m pytest -q "$@"
