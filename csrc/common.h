@@ -145,4 +145,48 @@ inline Output state_output(const at::Tensor& t, bool kernel_reads) {
   return Output(t, t.scalar_type(), kernel_reads);
 }
 
+// ---------------------------------------------------------------------------
+// Argument checks shared by the CPU and CUDA bindings (after the device check).
+
+inline void check_probe_decide_args(const at::Tensor& p, const at::Tensor& x, const at::Tensor& p_prev,
+                                    const std::optional<at::Tensor>& p_old,
+                                    const std::optional<at::Tensor>& x_prev, const at::Tensor& acc,
+                                    const at::Tensor& den, const at::Tensor& sums, const at::Tensor& flag,
+                                    const at::Tensor& gamma) {
+  const int64_t B = batch_of(p);
+  check_big("p", p, p);
+  check_big("x", x, p);
+  check_big("p_prev", p_prev, p);
+  if (p_old) check_big("p_old", *p_old, p);
+  if (x_prev) check_big("x_prev", *x_prev, p);
+  check_state("acc", acc, B, at::kFloat, p.device());
+  check_state("den", den, B, at::kFloat, p.device());
+  check_state("sums", sums, B * kNumSums, at::kFloat, p.device());
+  check_state("flag", flag, 1, at::kInt, p.device());
+  check_state("gamma", gamma, B, at::kFloat, p.device());
+}
+
+inline void check_reconstruct_args(const at::Tensor& x, const at::Tensor& r_new,
+                                   const std::optional<at::Tensor>& r_old, const at::Tensor& gamma,
+                                   const at::Tensor& out) {
+  check_big("r_new", r_new, x);
+  if (r_old) check_big("r_old", *r_old, x);
+  check_big("out", out, x);
+  check_state("gamma", gamma, batch_of(x), at::kFloat, x.device());
+}
+
+inline void check_refresh_args(const at::Tensor& h, const at::Tensor& p, const at::Tensor& x,
+                               const at::Tensor& r_slot, const at::Tensor& p_slot,
+                               const std::optional<at::Tensor>& p_other, const at::Tensor& den,
+                               const at::Tensor& acc) {
+  const int64_t B = batch_of(h);
+  check_big("p", p, h);
+  check_big("x", x, h);
+  check_big("r_slot", r_slot, h);
+  check_big("p_slot", p_slot, h);
+  if (p_other) check_big("p_other", *p_other, h);
+  check_state("den", den, B, at::kFloat, h.device());
+  check_state("acc", acc, B, at::kFloat, h.device());
+}
+
 }  // namespace dicache

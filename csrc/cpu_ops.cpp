@@ -418,16 +418,7 @@ void probe_decide(const at::Tensor& p, const at::Tensor& x, const at::Tensor& p_
   TORCH_CHECK_VALUE(!xd || x_prev.has_value(), "error_mode=ERROR_PROBE_MINUS_INPUT needs x_prev");
   check_cpu(p);
   const int64_t B = batch_of(p), L = row_of(p);
-  check_big("p", p, p);
-  check_big("x", x, p);
-  check_big("p_prev", p_prev, p);
-  if (p_old) check_big("p_old", *p_old, p);
-  if (x_prev) check_big("x_prev", *x_prev, p);
-  check_state("acc", acc, B, at::kFloat, p.device());
-  check_state("den", den, B, at::kFloat, p.device());
-  check_state("sums", sums, B * kNumSums, at::kFloat, p.device());
-  check_state("flag", flag, 1, at::kInt, p.device());
-  check_state("gamma", gamma, B, at::kFloat, p.device());
+  check_probe_decide_args(p, x, p_prev, p_old, x_prev, acc, den, sums, flag, gamma);
 
   const at::ScalarType dt = compute_dtype({&p, &x, &p_prev, opt_ptr(p_old), opt_ptr(x_prev)}, cpu_native);
   const at::Tensor cp = as_input(p, dt), cx = as_input(x, dt);
@@ -462,10 +453,7 @@ void reconstruct(const at::Tensor& x, const at::Tensor& r_new,
                  const at::Tensor& out) {
   check_cpu(x);
   const int64_t B = batch_of(x), L = row_of(x);
-  check_big("r_new", r_new, x);
-  if (r_old) check_big("r_old", *r_old, x);
-  check_big("out", out, x);
-  check_state("gamma", gamma, B, at::kFloat, x.device());
+  check_reconstruct_args(x, r_new, r_old, gamma, out);
 
   const at::ScalarType dt = compute_dtype({&x, &r_new, opt_ptr(r_old), &out}, cpu_native);
   const at::Tensor cx = as_input(x, dt), crn = as_input(r_new, dt);
@@ -506,13 +494,7 @@ void refresh(const at::Tensor& h, const at::Tensor& p, const at::Tensor& x,
              const at::Tensor& acc) {
   check_cpu(h);
   const int64_t B = batch_of(h), L = row_of(h);
-  check_big("p", p, h);
-  check_big("x", x, h);
-  check_big("r_slot", r_slot, h);
-  check_big("p_slot", p_slot, h);
-  if (p_other) check_big("p_other", *p_other, h);
-  check_state("den", den, B, at::kFloat, h.device());
-  check_state("acc", acc, B, at::kFloat, h.device());
+  check_refresh_args(h, p, x, r_slot, p_slot, p_other, den, acc);
 
   const at::ScalarType dt =
       compute_dtype({&h, &p, &x, &r_slot, &p_slot, opt_ptr(p_other)}, cpu_native);
