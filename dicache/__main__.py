@@ -16,7 +16,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     demo.add_argument("--out", required=True, help="output directory for the side-by-side PNGs and the table")
     demo.add_argument("--backend", default="auto", choices=BACKENDS)
     demo.add_argument("--steps", type=int, default=None, help="denoising steps (default: each model's own)")
-    demo.add_argument("--repeats", type=int, default=3, help="timed runs per method; the median is reported")
+    demo.add_argument("--repeats", type=int, default=2,
+                      help="timed runs per method; the median is reported (benchmarks/quality.py is the careful one)")
     demo.add_argument("--model", action="append", default=None, help="a shipped model name (repeatable)")
     info = sub.add_parser("info", help="backends available here and what the compiled extension built")
     del info
