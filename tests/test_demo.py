@@ -1,0 +1,30 @@
+"""The demo command on the shipped models: it runs, prints the table and writes the side-by-side PNG."""
+
+import os
+
+import torch
+
+from dicache.__main__ import main
+
+
+def test_demo_writes_png_and_table(tmp_path, capsys):
+    threads = torch.get_num_threads()
+    try:
+        rc = main(["demo", "--out", str(tmp_path), "--model", "flux_digits", "--steps", "6", "--repeats", "1"])
+    finally:
+        torch.set_num_threads(threads)
+    assert rc == 0
+    png = tmp_path / "flux_digits_dicache.png"
+    assert png.exists() and os.path.getsize(png) > 0
+    table = (tmp_path / "demo.txt").read_text()
+    assert "no cache" in table and "DiCache" in table
+    out = capsys.readouterr().out
+    assert "cond:" in out and "uncond:" in out  # the summary of both CFG branches
+
+
+def test_demo_rejects_unknown_model(tmp_path, capsys):
+    import pytest
+
+    with pytest.raises(SystemExit):
+        main(["demo", "--out", str(tmp_path), "--model", "sdxl"])
+    assert "--model must be one of" in capsys.readouterr().err
