@@ -23,9 +23,8 @@ backend when it is built, else the PyTorch reference; on CUDA ``"cuda"``, then
 The ops are inference ops: no autograd formula is registered (call them
 under ``torch.no_grad()`` / ``torch.inference_mode()``, as the cache does).
 
-The module-level functions :func:`probe_decide`, :func:`reconstruct` and
-:func:`refresh` are thin wrappers with the signatures of
-:mod:`dicache.ops.reference`.
+The module-level names ``probe_decide``, ``reconstruct`` and ``refresh`` are
+the registered ops, called with the arguments of :mod:`dicache.ops.reference`.
 """
 
 from __future__ import annotations
@@ -177,57 +176,10 @@ def _register() -> None:
 _register()
 
 
-# ---------------------------------------------------------------------------
-# thin wrappers (signatures of dicache.ops.reference)
-
-
-def probe_decide(
-    p: torch.Tensor,
-    x: torch.Tensor,
-    p_prev: torch.Tensor,
-    p_old: Optional[torch.Tensor],
-    x_prev: Optional[torch.Tensor],
-    acc: torch.Tensor,
-    den: torch.Tensor,
-    sums: torch.Tensor,
-    flag: torch.Tensor,
-    gamma: torch.Tensor,
-    threshold: float,
-    gamma_lo: float,
-    gamma_hi: float,
-    policy: int,
-    error_mode: int,
-) -> None:
-    """``torch.ops.dicache.probe_decide``; see :func:`dicache.ops.reference.probe_decide`."""
-    torch.ops.dicache.probe_decide(
-        p, x, p_prev, p_old, x_prev, acc, den, sums, flag, gamma,
-        float(threshold), float(gamma_lo), float(gamma_hi), int(policy), int(error_mode),
-    )
-
-
-def reconstruct(
-    x: torch.Tensor,
-    r_new: torch.Tensor,
-    r_old: Optional[torch.Tensor],
-    gamma: torch.Tensor,
-    out: torch.Tensor,
-) -> None:
-    """``torch.ops.dicache.reconstruct``; see :func:`dicache.ops.reference.reconstruct`."""
-    torch.ops.dicache.reconstruct(x, r_new, r_old, gamma, out)
-
-
-def refresh(
-    h: torch.Tensor,
-    p: torch.Tensor,
-    x: torch.Tensor,
-    r_slot: torch.Tensor,
-    p_slot: torch.Tensor,
-    p_other: Optional[torch.Tensor],
-    den: torch.Tensor,
-    acc: torch.Tensor,
-) -> None:
-    """``torch.ops.dicache.refresh``; see :func:`dicache.ops.reference.refresh`."""
-    torch.ops.dicache.refresh(h, p, x, r_slot, p_slot, p_other, den, acc)
+# The registered ops themselves, under the names (and argument order) of dicache.ops.reference.
+probe_decide = torch.ops.dicache.probe_decide
+reconstruct = torch.ops.dicache.reconstruct
+refresh = torch.ops.dicache.refresh
 
 
 __all__ = [
