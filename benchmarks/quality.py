@@ -4,6 +4,7 @@
     .venv/bin/python benchmarks/quality.py --out bench_out            # the full run (~18 min, 1 thread, 2-core box)
     .venv/bin/python benchmarks/quality.py --out /tmp/q --quick       # a smoke run (~20 s)
     .venv/bin/python benchmarks/quality.py --out x --list             # what would run
+    .venv/bin/python benchmarks/quality.py merge OUT DIR1 DIR2        # one report of runs split over processes
 
 For each shipped model (``flux_digits``: FluxPipeline with true CFG; ``wan_digits``: WanPipeline with
 CFG), each step count (``--steps``, default 20 and 50) and each seed (``--seeds``), the model samples
@@ -136,20 +137,48 @@ class RunResult:
     macs: List[int]
     calls: int
     images: torch.Tensor = field(repr=False)
+    flops: int = 0
     pattern: Optional[Dict[str, str]] = None
     dicache_fraction: Optional[float] = None  # 1 - dicache.summary().saved_fraction, for the cross-check
 
 
-def sample(pipe, name: str, labels: Sequence[int], seed: int, steps: int, path: Optional[str], counter: BlockCounter):
+def _register_cpu_attention_flops() -> None:
+    """FlopCounterMode knows the CUDA attention kernels; teach it the CPU one (same formula)."""
+    from torch.utils import flop_counter as fc
+
+    op = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    if op is None or op in fc.flop_registry or op.default in fc.flop_registry:
+        return
+
+    def _cpu_flash(query, key, value, *args, out_val=None, **kwargs):
+        return fc.sdpa_flop_count(query.shape, key.shape, value.shape)
+
+    fc.register_flop_formula(op, get_raw=True)(_cpu_flash)
+
+
+def sample(pipe, name: str, labels: Sequence[int], seed: int, steps: int, path: Optional[str], counter: BlockCounter,
+           count_flops: bool = True):
+    """One pipeline run. ``count_flops``: under torch's FlopCounterMode (every matmul, conv and attention
+    the run executes, whatever cache skips them); else timed (the counter's dispatch costs ~60 %)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
     kw = zoo.pipeline_call_kwargs(name, labels, seed=seed, num_inference_steps=steps, embeddings_path=path)
     counter.reset()
-    c0, t0 = time.process_time(), time.perf_counter()
-    latents = pipe(**kw)[0]
-    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    flops = 0
+    if count_flops:
+        _register_cpu_attention_flops()
+        with FlopCounterMode(display=False) as fcm:
+            latents = pipe(**kw)[0]
+        flops = fcm.get_total_flops()
+        wall = cpu = float("nan")
+    else:
+        c0, t0 = time.process_time(), time.perf_counter()
+        latents = pipe(**kw)[0]
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     if name == "flux_digits":
         latents = type(pipe)._unpack_latents(latents, kw["height"], kw["width"], pipe.vae_scale_factor)
     images = zoo.decode(name, latents).cpu()
-    res = RunResult(seed, wall, cpu, list(counter.macs), counter.calls, images)
+    res = RunResult(seed, wall, cpu, list(counter.macs), counter.calls, images, flops)
     if session_of(pipe.transformer) is not None:
         s = dicache.summary(pipe)
         res.pattern = {b.name: b.pattern for b in s.branches.values()}
@@ -162,7 +191,7 @@ def sample(pipe, name: str, labels: Sequence[int], seed: int, steps: int, path: 
 # ---------------------------------------------------------------------------
 
 CSV_FIELDS = [
-    "model", "steps", "family", "setting", "status", "block_fraction", "savings", "fewer_evals",
+    "model", "steps", "family", "setting", "status", "flop_fraction", "savings", "fewer_flops", "block_fraction",
     "mac_fraction", "calls", "wall_s", "speedup", "cpu_s", "speedup_cpu", "psnr", "ssim", "lpips", "seeds", "labels",
     "weights", "note",
 ]
@@ -173,11 +202,13 @@ def median(v):
 
 
 def row_for(model, steps, method_family, setting, status, runs: List[RunResult], ref_runs: List[RunResult],
-            ref_wall: float, seeds, labels, weights, note="", ref_cpu: Optional[float] = None) -> Dict:
+            ref_wall: float, seeds, labels, weights, note="", ref_cpu: Optional[float] = None,
+            timed: Optional[RunResult] = None) -> Dict:
     row = dict(model=model, steps=steps, family=method_family, setting=setting, status=status, seeds=len(seeds),
                labels=len(labels), weights=weights, lpips="", note=note)
     if not runs:
-        row.update(block_fraction="", savings="", fewer_evals="", mac_fraction="", calls="", wall_s="", speedup="",
+        row.update(flop_fraction="", fewer_flops="", block_fraction="", savings="", mac_fraction="", calls="",
+                   wall_s="", speedup="",
                    cpu_s="", speedup_cpu="", psnr="", ssim="")
         return row
     ref_macs = [sum(col) for col in zip(*[r.macs for r in ref_runs])]
@@ -186,11 +217,12 @@ def row_for(model, steps, method_family, setting, status, runs: List[RunResult],
     by_seed = {r.seed: r for r in ref_runs}
     out = torch.cat([r.images for r in runs])
     ref = torch.cat([by_seed[r.seed].images for r in runs])
-    wall = median([r.wall_s for r in runs])
-    cpu = median([r.cpu_s for r in runs])
+    ff = sum(r.flops for r in runs) / sum(by_seed[r.seed].flops for r in runs)
+    wall = timed.wall_s if timed is not None else float("nan")
+    cpu = timed.cpu_s if timed is not None else float("nan")
     row.update(
-        block_fraction=bf, savings=1.0 - bf, fewer_evals=(1.0 / bf if bf > 0 else float("inf")), mac_fraction=mf,
-        calls=runs[0].calls, wall_s=wall, speedup=ref_wall / wall, cpu_s=cpu,
+        flop_fraction=ff, savings=1.0 - ff, fewer_flops=(1.0 / ff if ff > 0 else float("inf")), block_fraction=bf,
+        mac_fraction=mf, calls=runs[0].calls, wall_s=wall, speedup=ref_wall / wall, cpu_s=cpu,
         speedup_cpu=(ref_cpu / cpu) if ref_cpu else "",
         psnr=psnr(out, ref), ssim=ssim(out, ref),
     )
@@ -225,7 +257,9 @@ def run_benchmark(args) -> List[Dict]:
         path, desc = resolve_model_path(name, args)
         for steps in args.steps:
             plan.append((name, path, desc, steps, qm.build_methods(name, steps, quick=args.quick, families=families)))
-    total = sum(len(args.seeds) * (2 + len(m)) + any(x.family == qm.MAGCACHE for x in m) for *_, m in plan)
+    # per (model, steps): counted runs of every seed for no cache and each method, one timed run of the
+    # first seed for each method and two for no cache (before and after), MagCache's calibration
+    total = sum((len(args.seeds) + 1) * (1 + len(m)) + 1 + any(x.family == qm.MAGCACHE for x in m) for *_, m in plan)
 
     rows: List[Dict] = []
     details: List[Dict] = []
@@ -253,6 +287,8 @@ def run_benchmark(args) -> List[Dict]:
         for seed in args.seeds:
             ref_runs.append(sample(pipe, name, args.labels, seed, steps, path, counter))
             bar.update(1)
+        ref_timed = [sample(pipe, name, args.labels, args.seeds[0], steps, path, counter, count_flops=False)]
+        bar.update(1)
         del pipe, counter
 
         mag_cache: Dict[str, List[float]] = {}
@@ -281,12 +317,18 @@ def run_benchmark(args) -> List[Dict]:
                     status, note = "unsupported", str(e)
                 except Exception as e:  # a peer's cache that crashes on this model: a row, not a crash
                     status, note = "error", f"enable failed: {type(e).__name__}: {e}"
+                timed = None
                 if status == "ok":
                     try:
                         for seed in args.seeds:
                             runs.append(sample(pipe, name, args.labels, seed, steps, path, counter))
                             bar.update(1)
                             counted += 1
+                        timed = sample(pipe, name, args.labels, args.seeds[0], steps, path, counter, count_flops=False)
+                        bar.update(1)
+                        counted += 1
+                        if not torch.equal(timed.images, runs[0].images):
+                            note = "a second run of the same seed differs"
                     except Exception as e:
                         status, note = "error", f"run failed: {type(e).__name__}: {e}"
                         runs = []
@@ -301,38 +343,37 @@ def run_benchmark(args) -> List[Dict]:
                     others = sorted({m for m in capture.messages if "fail-open" not in m and "running full" not in m})
                     if others:
                         note = (note + "; " if note else "") + "warnings: " + " | ".join(others)[:300]
-            bar.update(len(args.seeds) - counted)
+            bar.update(len(args.seeds) + 1 - counted)
             counter.remove()
-            results.append((method, status, runs, note))
+            results.append((method, status, runs, note, timed))
             del pipe, counter
 
         bar.set_postfix_str(f"{name} {steps} steps: no cache (again)")
         pipe, counter = fresh()
         ref_note = ""
-        ref_walls = [r.wall_s for r in ref_runs]
-        ref_cpus = [r.cpu_s for r in ref_runs]
-        for r in ref_runs:
-            again = sample(pipe, name, args.labels, r.seed, steps, path, counter)
-            ref_walls.append(again.wall_s)
-            ref_cpus.append(again.cpu_s)
-            if not torch.equal(again.images, r.images):
-                ref_note = "the uncached pipeline is not deterministic: a second run differs"
-            bar.update(1)
+        again = sample(pipe, name, args.labels, args.seeds[0], steps, path, counter, count_flops=False)
+        ref_timed.append(again)
+        if not torch.equal(again.images, ref_runs[0].images):
+            ref_note = "the uncached pipeline is not deterministic: a second run differs"
+        bar.update(1)
+        ref_walls = [r.wall_s for r in ref_timed]
+        ref_cpus = [r.cpu_s for r in ref_timed]
         del pipe, counter
         ref_wall, ref_cpu = median(ref_walls), median(ref_cpus)
         rows.append(row_for(name, steps, qm.NO_CACHE, "", "ok", ref_runs, ref_runs, ref_wall, args.seeds, args.labels,
                             weights, ref_note))
         rows[-1].update(wall_s=ref_wall, speedup=1.0, cpu_s=ref_cpu, speedup_cpu=1.0)
         details.append(dict(model=name, steps=steps, family=qm.NO_CACHE, setting="", ref_walls=ref_walls, ref_cpus=ref_cpus,
-                            runs=[dict(seed=r.seed, wall_s=r.wall_s, cpu_s=r.cpu_s, calls=r.calls, macs=r.macs)
-                                  for r in ref_runs]))
-        for method, status, runs, note in results:
+                            runs=[dict(seed=r.seed, flops=r.flops, calls=r.calls, macs=r.macs) for r in ref_runs]))
+        for method, status, runs, note, timed in results:
             rows.append(row_for(name, steps, method.family, method.setting, status, runs, ref_runs, ref_wall,
-                                args.seeds, args.labels, weights, note, ref_cpu=ref_cpu))
+                                args.seeds, args.labels, weights, note, ref_cpu=ref_cpu, timed=timed))
             details.append(dict(model=name, steps=steps, family=method.family, setting=method.setting, status=status,
                                 note=note, params={k: str(v) for k, v in method.params.items()},
-                                runs=[dict(seed=r.seed, wall_s=r.wall_s, cpu_s=r.cpu_s, calls=r.calls, macs=r.macs,
-                                           pattern=r.pattern) for r in runs]))
+                                timed=None if timed is None else dict(seed=timed.seed, wall_s=timed.wall_s,
+                                                                      cpu_s=timed.cpu_s),
+                                runs=[dict(seed=r.seed, flops=r.flops, calls=r.calls, macs=r.macs, pattern=r.pattern)
+                                      for r in runs]))
         if mag_cache:
             details.append(dict(model=name, steps=steps, family=qm.MAGCACHE, setting="calibration",
                                 ratios=mag_cache["ratios"]))
@@ -364,10 +405,10 @@ def write_csv(rows: List[Dict], path: str) -> None:
 MATCHED = (1.5, 2.0, 2.5)
 
 
-def psnr_at(rows: List[Dict], fewer: float) -> Optional[float]:
-    """PSNR of one family's settings interpolated (linearly in block fraction) at ``fewer``× fewer block
-    evaluations; None outside the range its settings cover (no extrapolation)."""
-    pts = sorted((r["block_fraction"], r["psnr"]) for r in rows if r["status"] == "ok" and math.isfinite(r["psnr"]))
+def psnr_at(rows: List[Dict], fewer: float, metric: str = "psnr") -> Optional[float]:
+    """PSNR (or SSIM) of one family's settings interpolated linearly in flop fraction at ``fewer``× fewer
+    flops; None outside the range its settings cover (no extrapolation)."""
+    pts = sorted((r["flop_fraction"], r[metric]) for r in rows if r["status"] == "ok" and math.isfinite(r[metric]))
     target = 1.0 / fewer
     for (f0, p0), (f1, p1) in zip(pts, pts[1:]):
         if f0 <= target <= f1:
@@ -378,8 +419,8 @@ def psnr_at(rows: List[Dict], fewer: float) -> Optional[float]:
     return None
 
 
-def matched_table(rows: List[Dict]) -> List[str]:
-    """Per model and step count: each family's PSNR at 1.5×, 2× and 2.5× fewer block evaluations."""
+def matched_table(rows: List[Dict], metric: str = "psnr") -> List[str]:
+    """Per model and step count: each family's PSNR at 1.5×, 2× and 2.5× fewer flops."""
     keys = list(dict.fromkeys((r["model"], r["steps"]) for r in rows))
     head = "| method | " + " | ".join(f"{m.split('_')[0]} {st} @{x:g}×" for m, st in keys for x in MATCHED) + " |"
     lines = [head, "| --- |" + " ---: |" * (len(keys) * len(MATCHED))]
@@ -388,10 +429,39 @@ def matched_table(rows: List[Dict]) -> List[str]:
         for m, st in keys:
             fr = [r for r in rows if r["model"] == m and r["steps"] == st and r["family"] == fam]
             for x in MATCHED:
-                v = psnr_at(fr, x)
-                cells.append("–" if v is None else f"{v:.1f}")
+                v = psnr_at(fr, x, metric)
+                cells.append("–" if v is None else (f"{v:.1f}" if metric == "psnr" else f"{v:.4f}"))
         if any(c != "–" for c in cells):
             lines.append(f"| {fam} | " + " | ".join(cells) + " |")
+    return lines
+
+
+LEAD_AT = (2.0, 2.25, 2.5, 2.75, 3.0)
+
+
+def lead_table(rows: List[Dict]) -> List[str]:
+    """At each savings ≥ 2×: the best DiCache family's PSNR against the best peer's (both interpolated in
+    flop fraction), and the preset (family DICACHE) against the best DiCache."""
+    keys = list(dict.fromkeys((r["model"], r["steps"]) for r in rows))
+    lines = ["| model | steps | fewer flops | best peer | dB | best DiCache | dB | lead dB | preset dB | preset − best |",
+             "| --- | ---: | ---: | --- | ---: | --- | ---: | ---: | ---: | ---: |"]
+    for m, st in keys:
+        rs = [r for r in rows if r["model"] == m and r["steps"] == st]
+
+        def best(families):
+            vals = [(psnr_at([r for r in rs if r["family"] == f], x), f) for f in families]
+            vals = [(v, f) for v, f in vals if v is not None]
+            return max(vals) if vals else (None, "–")
+
+        for x in LEAD_AT:
+            (pv, pf), (dv, df) = best(qm.PEERS), best(qm.DICACHES)
+            pre = psnr_at([r for r in rs if r["family"] == qm.DICACHE], x)
+            if pv is None and dv is None:
+                continue
+            lead = f"{dv - pv:+.1f}" if pv is not None and dv is not None else "–"
+            gap = f"{pre - dv:+.1f}" if pre is not None and dv is not None else "–"
+            lines.append(f"| {m} | {st} | {x:g}× | {pf} | {'–' if pv is None else f'{pv:.1f}'} | {df} | "
+                         f"{'–' if dv is None else f'{dv:.1f}'} | {lead} | {'–' if pre is None else f'{pre:.1f}'} | {gap} |")
     return lines
 
 
@@ -400,15 +470,28 @@ def markdown(rows: List[Dict], meta: Dict) -> str:
         f"Command: `{meta['command']}`  ",
         f"Date: {meta['date']}; {meta['threads']} torch thread(s); total {meta['seconds']:.0f} s  ",
         f"Seeds {meta['seeds']}, labels {meta['labels']} (one batch per seed); backend {meta['backend']}  ",
-        "Blocks = block evaluations executed / uncached (a partly computed block counts its share of linear-layer "
-        "work); speedup = median wall time of no cache (both passes) / of the method; speedup (CPU) the same with "
-        "the process CPU time, which other processes on the machine disturb less; PSNR, SSIM against the uncached "
-        f"output over all samples. LPIPS: {LPIPS_NOTE}.",
+        "Flops = floating-point operations executed / uncached, counted by torch's FlopCounterMode over the "
+        "whole pipeline call (every matmul, convolution and attention, whatever cache skipped the rest); blocks = "
+        "block evaluations executed / uncached (linear-layer work per block). Wall times come from a separate "
+        "run of the first seed without the counter: speedup = wall time of no cache (median of a run before and "
+        "one after the methods) / of the method; speedup (CPU) the same with the process CPU time, which other "
+        "processes on the machine disturb less; PSNR, SSIM against the uncached output over all samples. "
+        f"LPIPS: {LPIPS_NOTE}.",
         "",
-        "PSNR (dB) at matched savings: each family's settings interpolated linearly in block fraction at 1.5×, 2× "
-        "and 2.5× fewer block evaluations (– : its settings do not reach there).",
+        "PSNR (dB) at matched savings: each family's settings interpolated linearly in flop fraction at 1.5×, 2× "
+        "and 2.5× fewer flops (– : its settings do not reach there).",
         "",
         *matched_table(rows),
+        "",
+        "SSIM at matched savings, the same way.",
+        "",
+        *matched_table(rows, "ssim"),
+        "",
+        "The lead at ≥ 2× fewer flops: the best of DiCache's families against the best peer, both interpolated "
+        "at the same savings; and the preset (`dicache.enable(pipe, threshold=δ)`, family DiCache) against the "
+        "best DiCache.",
+        "",
+        *lead_table(rows),
         "",
     ]
     groups: Dict = {}
@@ -417,19 +500,20 @@ def markdown(rows: List[Dict], meta: Dict) -> str:
     for (model, steps), rs in groups.items():
         lines.append(f"### {model}, {steps} steps ({rs[0]['weights']})")
         lines.append("")
-        lines.append("| method | setting | blocks | fewer evals | wall s | speedup | CPU s | speedup (CPU) | PSNR dB | SSIM "
-                     "| note |")
-        lines.append("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
+        lines.append("| method | setting | flops | fewer flops | blocks | wall s | speedup | CPU s | speedup (CPU) | PSNR dB "
+                     "| SSIM | note |")
+        lines.append("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
         for r in rs:
             if r["status"] in ("unsupported", "error"):
-                lines.append(f"| {r['family']} | {r['setting']} | – | – | – | – | – | – | – | – | **{r['status']}**: "
+                lines.append(f"| {r['family']} | {r['setting']} | – | – | – | – | – | – | – | – | – | **{r['status']}**: "
                              f"{r['note']} |")
                 continue
             note = r["note"]
             if r["status"] != "ok":
                 note = f"**{r['status']}** {note}"
             lines.append(
-                f"| {r['family']} | {r['setting']} | {100 * r['block_fraction']:.1f}% | {_fmt(r['fewer_evals'], '.2f')}× "
+                f"| {r['family']} | {r['setting']} | {100 * r['flop_fraction']:.1f}% | {_fmt(r['fewer_flops'], '.2f')}× "
+                f"| {100 * r['block_fraction']:.1f}% "
                 f"| {r['wall_s']:.2f} | {r['speedup']:.2f}× | {r['cpu_s']:.2f} | {_fmt(r['speedup_cpu'], '.2f')}× "
                 f"| {_fmt(r['psnr'], '.2f')} | {r['ssim']:.4f} | {note} |"
             )
@@ -438,15 +522,18 @@ def markdown(rows: List[Dict], meta: Dict) -> str:
 
 
 _STYLE = {
-    qm.UNIFORM: ("tab:gray", "s"), qm.UNIFORM_P: ("silver", "s"), qm.FBC: ("tab:blue", "v"),
-    qm.TAYLORSEER: ("tab:purple", "P"), qm.TAYLORSEER_LITE: ("tab:pink", "P"), qm.MAGCACHE: ("tab:green", "^"), qm.SEACACHE: ("tab:olive", "D"),
-    qm.DBCACHE: ("tab:cyan", "X"), qm.DICACHE: ("tab:red", "o"), qm.DICACHE_NOALIGN: ("salmon", "o"),
-    qm.DICACHE_M2: ("tab:orange", "h"), qm.DICACHE_M3: ("tab:brown", "8"), qm.DICACHE_CAP: ("darkred", "d"),
-    qm.DICACHE_BUDGET: ("deeppink", "*"),
+    qm.UNIFORM: ("tab:gray", "s"), qm.FBC: ("tab:blue", "v"), qm.TAYLORSEER: ("tab:purple", "P"),
+    qm.TAYLORSEER_LITE: ("tab:pink", "P"), qm.MAGCACHE: ("tab:green", "^"), qm.SEACACHE: ("tab:olive", "D"),
+    qm.DBCACHE: ("tab:cyan", "X"), qm.DICACHE: ("tab:red", "o"), qm.DICACHE_PAPER: ("salmon", "o"),
+    qm.DICACHE_BUDGET: ("deeppink", "*"), qm.DICACHE_ORDER2: ("darkred", "d"), qm.DICACHE_SEPARATE: ("tab:orange", "<"),
+    qm.DICACHE_NOCAP: ("tab:brown", ">"), qm.DICACHE_SCHED: ("gold", "p"), qm.DICACHE_NOALIGN: ("rosybrown", "o"),
+    qm.DICACHE_M2: ("peru", "h"), qm.DICACHE_M3: ("sienna", "8"),
 }
 
 
 def plot(rows: List[Dict], path: str, title: str = "") -> bool:
+    """One row per (model, steps): PSNR and SSIM against fewer flops (×), every family a line; DiCache's
+    families in reds, the dotted line at 2×."""
     try:
         import matplotlib
 
@@ -456,27 +543,29 @@ def plot(rows: List[Dict], path: str, title: str = "") -> bool:
         print("matplotlib is not installed: no plot (pip install matplotlib)", file=sys.stderr)
         return False
     keys = list(dict.fromkeys((r["model"], r["steps"]) for r in rows))
-    models = list(dict.fromkeys(k[0] for k in keys))
-    steps = sorted({k[1] for k in keys})
-    fig, axes = plt.subplots(len(models), len(steps), figsize=(4.6 * len(steps) + 2.4, 3.9 * len(models)),
-                             squeeze=False)
-    for i, model in enumerate(models):
-        for j, st in enumerate(steps):
+    fig, axes = plt.subplots(len(keys), 2, figsize=(13, 3.6 * len(keys)), squeeze=False)
+    for i, (model, st) in enumerate(keys):
+        rs = [r for r in rows if r["model"] == model and r["steps"] == st and r["status"] == "ok"
+              and r["family"] != qm.NO_CACHE]
+        for j, metric in enumerate(("psnr", "ssim")):
             ax = axes[i][j]
-            rs = [r for r in rows if r["model"] == model and r["steps"] == st and r["status"] == "ok"
-                  and r["family"] != qm.NO_CACHE]
             for fam in qm.FAMILIES[1:]:
-                pts = sorted((100 * r["savings"], r["psnr"]) for r in rs if r["family"] == fam and math.isfinite(r["psnr"]))
+                pts = sorted((r["fewer_flops"], r[metric]) for r in rs if r["family"] == fam and math.isfinite(r[metric]))
                 if not pts:
                     continue
                 color, marker = _STYLE.get(fam, ("black", "o"))
-                lw = 2.2 if fam == qm.DICACHE else 1.2
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=marker, color=color, lw=lw, ms=6, label=fam)
+                lw = 2.4 if fam == qm.DICACHE else (1.4 if fam in qm.PEERS else 1.0)
+                ls = "-" if fam in qm.PEERS or fam == qm.DICACHE else "--"
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=marker, color=color, lw=lw, ls=ls, ms=5,
+                        label=fam)
+            ax.axvline(2.0, color="black", lw=0.8, ls=":")
             ax.set_title(f"{model}, {st} steps", fontsize=10)
-            ax.set_xlabel("block evaluations saved (%)")
-            ax.set_ylabel("PSNR vs no cache (dB)")
+            ax.set_xlabel("fewer flops than no cache (×)")
+            ax.set_ylabel("PSNR vs no cache (dB)" if metric == "psnr" else "SSIM vs no cache")
             ax.grid(alpha=0.3)
-            ax.set_xlim(left=0)
+            if metric == "ssim":
+                lo = min([r["ssim"] for r in rs if r["fewer_flops"] >= 1.9] or [0.9])
+                ax.set_ylim(max(lo, 0.8) - 0.005, 1.0005)
     handles, labels = [], []
     for row in axes:
         for ax in row:
@@ -489,8 +578,8 @@ def plot(rows: List[Dict], path: str, title: str = "") -> bool:
                frameon=False)
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout(rect=(0, 0, 1 - 2.3 / fig.get_figwidth(), 0.96 if title else 1))
-    fig.savefig(path, dpi=110)
+    fig.tight_layout(rect=(0, 0, 1 - 2.4 / fig.get_figwidth(), 0.97 if title else 1))
+    fig.savefig(path, dpi=100)
     plt.close(fig)
     return True
 
@@ -546,7 +635,52 @@ def parse_args(argv=None):
     return args
 
 
+_NUMERIC = ("flop_fraction", "savings", "fewer_flops", "block_fraction", "mac_fraction", "wall_s", "speedup", "cpu_s",
+            "speedup_cpu", "psnr", "ssim")
+
+
+def read_csv(path: str) -> List[Dict]:
+    rows = []
+    with open(path, newline="") as f:
+        for r in csv.DictReader(f):
+            for k in _NUMERIC:
+                if r.get(k, "") != "":
+                    r[k] = float(r[k])
+            r["steps"] = int(r["steps"])
+            rows.append(r)
+    return rows
+
+
+def merge(dirs: List[str], out: str) -> int:
+    """One report from runs split over processes (e.g. one model each, run side by side)."""
+    rows, runs, metas = [], [], []
+    for d in dirs:
+        rows += read_csv(os.path.join(d, "quality.csv"))
+        with open(os.path.join(d, "quality_details.json")) as f:
+            det = json.load(f)
+        runs += det["runs"]
+        metas.append(det["meta"])
+    meta = dict(metas[0])
+    meta["command"] = " + ".join(f"`{m['command']}`" for m in metas).strip("`")
+    meta["seconds"] = max(m["seconds"] for m in metas)
+    meta["parts"] = metas
+    os.makedirs(out, exist_ok=True)
+    write_csv(rows, os.path.join(out, "quality.csv"))
+    md = markdown(rows, meta)
+    with open(os.path.join(out, "quality.md"), "w") as f:
+        f.write(md + "\n")
+    with open(os.path.join(out, "quality_details.json"), "w") as f:
+        json.dump(dict(meta=meta, runs=runs), f, indent=1, default=str)
+    plot(rows, os.path.join(out, "quality_pareto.png"),
+         title=f"PSNR and SSIM vs flops saved ({len(meta['seeds'])} seeds × {len(meta['labels'])} labels)")
+    print(md)
+    return 0
+
+
 def main(argv=None) -> int:
+    if argv is None and len(sys.argv) > 1 and sys.argv[1] == "merge":
+        # quality.py merge OUT DIR1 DIR2 ...: one report of runs done in separate processes
+        return merge(sys.argv[3:], sys.argv[2])
     args = parse_args(argv)
     if args.list:
         for name in args.models:
@@ -581,7 +715,7 @@ def main(argv=None) -> int:
         json.dump(dict(meta=meta, runs=details), f, indent=1, default=str)
     if not args.no_plot:
         plot(rows, os.path.join(args.out, "quality_pareto.png"),
-             title=f"PSNR vs block evaluations saved ({len(args.seeds)} seeds × {len(args.labels)} labels)")
+             title=f"PSNR and SSIM vs flops saved ({len(args.seeds)} seeds × {len(args.labels)} labels)")
     print(md)
     print(f"wrote {args.out}/quality.csv, quality.md, quality_pareto.png, quality_details.json in {seconds:.0f} s")
     return 0

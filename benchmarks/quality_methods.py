@@ -32,23 +32,26 @@ os.environ.setdefault("CACHE_DIT_LOG_LEVEL", "error")  # cache-dit logs every en
 # Families, in table/plot order.
 NO_CACHE = "no cache"
 UNIFORM = "uniform"
-UNIFORM_P = "uniform (probe anchor)"
 FBC = "FirstBlockCache"
 TAYLORSEER = "TaylorSeer"
 TAYLORSEER_LITE = "TaylorSeer-Lite"
 MAGCACHE = "MagCache"
 SEACACHE = "SeaCache"
 DBCACHE = "cache-dit DBCache"
-DICACHE = "DiCache"
-DICACHE_NOALIGN = "DiCache γ=1"
+DICACHE = "DiCache"  # dicache.enable(pipe, threshold=δ): the preset of the model family
+DICACHE_PAPER = "DiCache paper"  # the authors' settings (dicache.PAPER_PRESETS)
+DICACHE_BUDGET = "DiCache budget"  # preset + target_speedup: no δ, a compute budget
+DICACHE_ORDER2 = "DiCache order 2"  # preset + alignment_order=2
+DICACHE_SEPARATE = "DiCache separate CFG"  # preset + cfg_decision="separate"
+DICACHE_NOCAP = "DiCache no cap"  # preset + max_consecutive_reuse=None
+DICACHE_SCHED = "DiCache δ schedule"  # preset + threshold_end = 2·threshold
+DICACHE_NOALIGN = "DiCache γ=1"  # preset + gamma_clip=(1, 1): no trajectory alignment
 DICACHE_M2 = "DiCache m=2"
 DICACHE_M3 = "DiCache m=3"
-DICACHE_CAP = "DiCache cap=2"  # max_consecutive_reuse=2 (SeaCache's default cap)
-DICACHE_BUDGET = "DiCache budget"  # target_speedup: no δ, a compute budget
-FAMILIES = (
-    NO_CACHE, UNIFORM, UNIFORM_P, FBC, TAYLORSEER, TAYLORSEER_LITE, MAGCACHE, SEACACHE, DBCACHE,
-    DICACHE, DICACHE_NOALIGN, DICACHE_M2, DICACHE_M3, DICACHE_CAP, DICACHE_BUDGET,
-)
+PEERS = (UNIFORM, FBC, TAYLORSEER, TAYLORSEER_LITE, MAGCACHE, SEACACHE, DBCACHE)
+DICACHES = (DICACHE, DICACHE_PAPER, DICACHE_BUDGET, DICACHE_ORDER2, DICACHE_SEPARATE, DICACHE_NOCAP, DICACHE_SCHED,
+            DICACHE_NOALIGN, DICACHE_M2, DICACHE_M3)
+FAMILIES = (NO_CACHE,) + PEERS + DICACHES
 
 
 class Unsupported(Exception):
@@ -79,89 +82,46 @@ class Method:
 # settings: (model, steps) -> family -> list of parameters
 # ---------------------------------------------------------------------------
 
-# Chosen with a sweep on the shipped models (1 seed, 10 labels): each list spans ~1.3–3× fewer block
-# evaluations where the method gets there at all (DiCache saturates: with warm-up 20% and, for Flux, the
-# last step forced, and with cap=2, it cannot skip more). Step counts not listed use the nearest one.
+# Chosen with sweeps on the shipped models (1 seed, 10 labels): each list spans ~1.3–3× fewer flops where
+# the method gets there at all. DiCache's own families sit around its preset (δ=0.2 Flux, 0.24 Wan).
+# Step counts not listed use the nearest one.
+_PEERS_FLUX20 = {UNIFORM: [2, 3], FBC: [0.2, 0.3, 0.4], TAYLORSEER: [("default", 3)], TAYLORSEER_LITE: [2, 3, 4],
+                 MAGCACHE: [0.1, 0.25, 0.4], SEACACHE: [0.25], DBCACHE: [0.2, 0.4, 0.6]}
+_PEERS_FLUX50 = {UNIFORM: [2, 3], FBC: [0.1, 0.2, 0.3], TAYLORSEER: [("default", 3)], TAYLORSEER_LITE: [2, 3, 4],
+                 MAGCACHE: [0.03, 0.06, 0.15], SEACACHE: [0.25], DBCACHE: [0.1, 0.2, 0.4]}
+_PEERS_WAN20 = {UNIFORM: [2, 3], FBC: [0.1, 0.15, 0.3], TAYLORSEER: [("attn", 3)], TAYLORSEER_LITE: [2, 3, 4],
+                MAGCACHE: [0.06, 0.15, 0.4], SEACACHE: [0.25, 0.5, 1.0], DBCACHE: [0.1, 0.2, 0.3]}
+_PEERS_WAN50 = {UNIFORM: [2, 3], FBC: [0.05, 0.1, 0.15], TAYLORSEER: [("attn", 3)], TAYLORSEER_LITE: [2, 3, 4],
+                MAGCACHE: [0.03, 0.06, 0.15], SEACACHE: [0.1, 0.25, 1.0], DBCACHE: [0.05, 0.1, 0.2]}
+_BUDGETS = [1.5, 2.0, 2.5, 3.0]
 SETTINGS: Dict[str, Dict[int, Dict[str, list]]] = {
     "flux_digits": {
-        20: {
-            UNIFORM: [2, 3],
-            UNIFORM_P: [2, 3],
-            FBC: [0.2, 0.3, 0.4],
-            TAYLORSEER: [("default", 3)],
-            TAYLORSEER_LITE: [2, 3, 4],
-            MAGCACHE: [0.1, 0.25, 0.4],
-            SEACACHE: [0.25],  # fails open on FluxPipeline (no step_index/sigma in its cache_context)
-            DBCACHE: [0.2, 0.4, 0.6],
-            DICACHE: [0.1, 0.2, 0.4, 0.6, 1.2],
-            DICACHE_NOALIGN: [0.2, 0.4, 0.8],
-            DICACHE_M2: [0.2, 0.4, 0.8],
-            DICACHE_M3: [0.2, 0.4, 0.8],
-            DICACHE_CAP: [0.2, 0.4, 0.8],
-            DICACHE_BUDGET: [1.5, 2.0, 2.5],
-        },
-        50: {
-            UNIFORM: [2, 3],
-            UNIFORM_P: [2, 3],
-            FBC: [0.1, 0.2, 0.3],
-            TAYLORSEER: [("default", 3)],
-            TAYLORSEER_LITE: [2, 3, 4],
-            MAGCACHE: [0.03, 0.06, 0.15],
-            SEACACHE: [0.25],
-            DBCACHE: [0.1, 0.2, 0.4],
-            DICACHE: [0.05, 0.1, 0.2, 0.4, 0.8],
-            DICACHE_NOALIGN: [0.1, 0.2, 0.4],
-            DICACHE_M2: [0.1, 0.2, 0.4],
-            DICACHE_M3: [0.1, 0.2, 0.4],
-            DICACHE_CAP: [0.1, 0.2, 0.4],
-            DICACHE_BUDGET: [1.5, 2.0, 2.5],
-        },
+        20: {**_PEERS_FLUX20, DICACHE: [0.1, 0.15, 0.2, 0.3, 0.6], DICACHE_PAPER: [0.1, 0.2, 0.4, 0.6],
+             DICACHE_BUDGET: _BUDGETS, DICACHE_ORDER2: [0.15, 0.2, 0.3], DICACHE_SEPARATE: [0.15, 0.2, 0.3],
+             DICACHE_NOCAP: [0.1, 0.2], DICACHE_SCHED: [0.1, 0.15], DICACHE_NOALIGN: [0.2, 0.6],
+             DICACHE_M2: [0.2, 0.6], DICACHE_M3: [0.2, 0.6]},
+        50: {**_PEERS_FLUX50, DICACHE: [0.05, 0.075, 0.1, 0.2, 0.4], DICACHE_PAPER: [0.05, 0.1, 0.2, 0.4],
+             DICACHE_BUDGET: _BUDGETS, DICACHE_ORDER2: [0.075, 0.1, 0.2], DICACHE_SEPARATE: [0.075, 0.1, 0.2],
+             DICACHE_NOCAP: [0.05, 0.1], DICACHE_SCHED: [0.05, 0.075], DICACHE_NOALIGN: [0.1, 0.4],
+             DICACHE_M2: [0.1, 0.4], DICACHE_M3: [0.1, 0.4]},
     },
     "wan_digits": {
-        20: {
-            UNIFORM: [2, 3],
-            UNIFORM_P: [2, 3],
-            FBC: [0.1, 0.15, 0.3],
-            TAYLORSEER: [("default", 3), ("attn", 3)],  # the default patterns match nothing on Wan: a row, no run
-            TAYLORSEER_LITE: [2, 3, 4],
-            MAGCACHE: [0.06, 0.15, 0.4],
-            SEACACHE: [0.25, 0.5, 1.0],
-            DBCACHE: [0.1, 0.2, 0.3],
-            DICACHE: [0.08, 0.12, 0.16, 0.24, 0.32],
-            DICACHE_NOALIGN: [0.08, 0.16, 0.32],
-            DICACHE_M2: [0.08, 0.16, 0.32],
-            DICACHE_M3: [0.08, 0.16, 0.32],
-            DICACHE_CAP: [0.08, 0.16, 0.32],
-            DICACHE_BUDGET: [1.5, 2.0, 2.5],
-        },
-        50: {
-            UNIFORM: [2, 3],
-            UNIFORM_P: [2, 3],
-            FBC: [0.05, 0.1, 0.15],
-            TAYLORSEER: [("default", 3), ("attn", 3)],
-            TAYLORSEER_LITE: [2, 3, 4],
-            MAGCACHE: [0.03, 0.06, 0.15],
-            SEACACHE: [0.1, 0.25, 1.0],  # 0.5 and 1.0 skip the same calls here; 1.0 scores higher
-            DBCACHE: [0.05, 0.1, 0.2],
-            DICACHE: [0.04, 0.08, 0.12, 0.24, 0.48],
-            DICACHE_NOALIGN: [0.08, 0.16, 0.32],
-            DICACHE_M2: [0.08, 0.16, 0.32],
-            DICACHE_M3: [0.08, 0.16, 0.32],
-            DICACHE_CAP: [0.08, 0.16, 0.32],
-            DICACHE_BUDGET: [1.5, 2.0, 2.5],
-        },
+        20: {**_PEERS_WAN20, DICACHE: [0.08, 0.16, 0.24, 0.32, 0.6], DICACHE_PAPER: [0.08, 0.12, 0.16, 0.24],
+             DICACHE_BUDGET: _BUDGETS, DICACHE_ORDER2: [0.16, 0.24, 0.32], DICACHE_SEPARATE: [0.16, 0.24, 0.32],
+             DICACHE_NOCAP: [0.08, 0.16], DICACHE_SCHED: [0.12, 0.16], DICACHE_NOALIGN: [0.24, 0.6],
+             DICACHE_M2: [0.24, 0.6], DICACHE_M3: [0.24, 0.6]},
+        50: {**_PEERS_WAN50, DICACHE: [0.04, 0.08, 0.12, 0.16, 0.3], DICACHE_PAPER: [0.04, 0.08, 0.12, 0.24],
+             DICACHE_BUDGET: _BUDGETS, DICACHE_ORDER2: [0.08, 0.12, 0.16], DICACHE_SEPARATE: [0.08, 0.12, 0.16],
+             DICACHE_NOCAP: [0.04, 0.08], DICACHE_SCHED: [0.06, 0.08], DICACHE_NOALIGN: [0.12, 0.3],
+             DICACHE_M2: [0.12, 0.3], DICACHE_M3: [0.12, 0.3]},
     },
 }
 
 # --quick: one setting per family (the smoke test checks every family has a row).
-QUICK_FAMILIES = {
-    UNIFORM: lambda s: s[-1:], UNIFORM_P: lambda s: s[-1:], FBC: lambda s: s[1:2],
-    TAYLORSEER: lambda s: [x for x in s if x[0] == "default"], TAYLORSEER_LITE: lambda s: s[:1],
-    MAGCACHE: lambda s: s[1:2],
-    SEACACHE: lambda s: s[:1], DBCACHE: lambda s: s[1:2], DICACHE: lambda s: s[2:3],
-    DICACHE_NOALIGN: lambda s: s[1:2], DICACHE_M2: lambda s: s[1:2], DICACHE_M3: lambda s: s[1:2],
-    DICACHE_CAP: lambda s: s[1:2], DICACHE_BUDGET: lambda s: s[1:2],
-}
+QUICK_FAMILIES = {fam: (lambda s: s[1:2] if len(s) > 1 else s[:1]) for fam in FAMILIES[1:]}
+QUICK_FAMILIES[TAYLORSEER] = lambda s: s[:1]
+QUICK_FAMILIES[TAYLORSEER_LITE] = lambda s: s[:1]
+QUICK_FAMILIES[SEACACHE] = lambda s: s[:1]
 
 
 def settings_for(model: str, steps: int) -> Dict[str, list]:
@@ -180,14 +140,11 @@ def _diffusers_disable(pipe) -> None:
         pipe.transformer.disable_cache()
 
 
-def uniform(every: int, anchor: str) -> Method:
-    fam = UNIFORM if anchor == "input" else UNIFORM_P
-
+def uniform(every: int) -> Method:
     def enable(pipe, ctx):
-        enable_uniform(pipe, every, anchor=anchor, backend=ctx.backend)
+        enable_uniform(pipe, every, anchor="input", backend=ctx.backend)
 
-    what = "x + R[-1]" if anchor == "input" else "p + R[-1] − P[-1]"
-    return Method(fam, f"k={every} ({what})", enable, dicache.disable, None, {"k": every, "anchor": anchor})
+    return Method(UNIFORM, f"k={every} (x + R[-1])", enable, dicache.disable, None, {"k": every})
 
 
 def first_block_cache(threshold: float) -> Method:
@@ -321,25 +278,40 @@ def dbcache(threshold: float) -> Method:
     return Method(DBCACHE, f"F1B0, threshold={threshold:g}", enable, disable, None, {"threshold": threshold})
 
 
-def dicache_method(family: str, threshold: float) -> Method:
-    opts: Dict[str, Any] = {"threshold": threshold}
+def dicache_method(family: str, value: float) -> Method:
+    """DiCache on top of the model family's preset (``DICACHE_PAPER``: of the authors' settings)."""
+    opts: Dict[str, Any] = {"threshold": value}
     if family == DICACHE_NOALIGN:
         opts["gamma_clip"] = (1.0, 1.0)
     elif family == DICACHE_M2:
         opts["probe_depth"] = 2
     elif family == DICACHE_M3:
         opts["probe_depth"] = 3
-    elif family == DICACHE_CAP:
-        opts["max_consecutive_reuse"] = 2
+    elif family == DICACHE_ORDER2:
+        opts["alignment_order"] = 2
+    elif family == DICACHE_SEPARATE:
+        opts["cfg_decision"] = "separate"
+    elif family == DICACHE_NOCAP:
+        opts["max_consecutive_reuse"] = None
+    elif family == DICACHE_SCHED:
+        opts["threshold_end"] = 2 * value
     elif family == DICACHE_BUDGET:
-        opts = {"target_speedup": threshold}
+        opts = {"target_speedup": value}
 
     def enable(pipe, ctx):
-        dicache.enable(pipe, backend=ctx.backend, **opts)
+        if family == DICACHE_PAPER:
+            from dicache import adapters
+            from dicache.config import preset
 
-    text = ", ".join(f"{k}={v}" for k, v in opts.items()).replace("threshold", "δ").replace("gamma_clip", "γ")
+            base = preset(adapters.find(pipe.transformer).family, paper=True)
+            dicache.enable(pipe, backend=ctx.backend, config=base.replace(**opts))
+        else:
+            dicache.enable(pipe, backend=ctx.backend, **opts)
+
+    text = ", ".join(f"{k}={v}" for k, v in opts.items()).replace("threshold_end", "δ_end").replace(
+        "threshold", "δ").replace("gamma_clip", "γ")
     if family == DICACHE_BUDGET:
-        text = f"target_speedup={threshold:g} (no δ)"
+        text = f"target_speedup={value:g} (no δ)"
     return Method(family, text, enable, dicache.disable, None, opts)
 
 
@@ -353,8 +325,8 @@ def build_methods(model: str, steps: int, quick: bool = False, families: Optiona
         if quick:
             values = QUICK_FAMILIES[fam](values)
         for v in values:
-            if fam in (UNIFORM, UNIFORM_P):
-                methods.append(uniform(v, "input" if fam == UNIFORM else "probe"))
+            if fam == UNIFORM:
+                methods.append(uniform(v))
             elif fam == FBC:
                 methods.append(first_block_cache(v))
             elif fam == TAYLORSEER:

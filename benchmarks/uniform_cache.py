@@ -21,7 +21,6 @@ import torch
 
 import dicache
 from dicache.engine import REUSE_ONE, CallRecord, DiCacheEngine
-from dicache.hooks import session_of
 
 UNIFORM = "uniform"  # the reason recorded for a computed call
 
@@ -52,7 +51,7 @@ class UniformEngine(DiCacheEngine):
             state.p_prev.copy_(p)
             state.has_prev = True
             return None
-        newest = state.newest
+        newest = state.newest()
         if self.anchor == "input":
             torch.add(x, state.R[newest], out=state.out)
         else:
@@ -67,11 +66,12 @@ def enable_uniform(pipe, every: int, anchor: str = "input", backend: str = "torc
     """Hook uniform caching into ``pipe`` with dicache's machinery; undo with ``dicache.disable(pipe)``.
 
     ``dicache.enable`` installs the hooks, the per-branch state and the pipeline link (a new trajectory
-    at every pipeline call); the session's engine is then replaced by a :class:`UniformEngine` on the
-    same config (the hooks read ``session.engine`` at each call). No warm-up and no forced last step:
+    at every pipeline call) and, through its ``engine_factory`` extension point, a
+    :class:`UniformEngine` on the same config. No warm-up and no forced last step:
     only the schedule decides.
     """
-    dicache.enable(pipe, backend=backend, probe_depth=probe_depth, warmup=0, force_last_step=False)
-    session = session_of(pipe.transformer)
-    session.engine = UniformEngine(session.config, len(session.blocks), backend, every=every, anchor=anchor)
+    dicache.enable(
+        pipe, backend=backend, probe_depth=probe_depth, warmup=0, force_last_step=False,
+        engine_factory=lambda config, num_blocks, be: UniformEngine(config, num_blocks, be, every=every, anchor=anchor),
+    )
     return pipe

@@ -9,7 +9,7 @@ little has changed, and reconstruct their output along the trajectory of the las
 """
 
 from .api import AlreadyEnabledError, NotEnabledError, disable, enable, is_enabled, reset, summary
-from .config import PRESETS, DiCacheConfig
+from .config import PAPER_PRESETS, PRESETS, DiCacheConfig
 from .ops import BackendUnavailableError
 
 
@@ -28,6 +28,7 @@ __all__ = [
     "DiCacheConfig",
     "NotEnabledError",
     "PRESETS",
+    "PAPER_PRESETS",
     "build_info",
     "disable",
     "enable",

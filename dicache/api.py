@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, List, Optional, Tuple
+from typing import Any, Callable, List, Optional, Tuple
 
 import torch
 
 from . import adapters
 from .config import DiCacheConfig, resolve, validate
+from .engine import DiCacheEngine
 from .hooks import Session, session_of
 from .ops import BACKENDS, select_backend
 from .summary import Summary, merge, summarize
@@ -90,7 +91,13 @@ def _device_of(model: torch.nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def enable(target: Any, backend: str = "auto", config: Optional[DiCacheConfig] = None, **options: Any) -> Any:
+def enable(
+    target: Any,
+    backend: str = "auto",
+    config: Optional[DiCacheConfig] = None,
+    engine_factory: Optional[Callable[..., DiCacheEngine]] = None,
+    **options: Any,
+) -> Any:
     """Enable DiCache on a diffusers pipeline or on its transformer; returns ``target``.
 
     Args:
@@ -100,12 +107,19 @@ def enable(target: Any, backend: str = "auto", config: Optional[DiCacheConfig] =
         backend: how the cache arithmetic runs: ``"auto"`` (default), ``"torch"``,
             ``"triton"``, ``"cuda"`` or ``"cpu"``.
         config: a :class:`DiCacheConfig`; defaults to the model family's preset.
+        engine_factory: the extension point for other caches built on dicache's hooks, state
+            and kernels: called as ``engine_factory(config, num_blocks, backend)`` per
+            transformer, it returns a :class:`dicache.engine.DiCacheEngine` (usually a
+            subclass overriding the decision). Default: ``DiCacheEngine``.
         **options: fields of :class:`DiCacheConfig` overriding ``config``/the preset.
 
     Nothing is changed on ``target`` when an error is raised.
     """
     if not isinstance(backend, str) or backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if engine_factory is not None and not callable(engine_factory):
+        raise TypeError(f"engine_factory must be a callable (config, num_blocks, backend) -> DiCacheEngine, "
+                        f"got {type(engine_factory).__name__}")
     models, pipeline = _transformers_of(target)
 
     plans = []
@@ -140,7 +154,7 @@ def enable(target: Any, backend: str = "auto", config: Optional[DiCacheConfig] =
     link = None
     try:
         for model, adapter, cfg in plans:
-            session = Session(model, adapter, cfg, backend)
+            session = Session(model, adapter, cfg, backend, engine_factory)
             session.install()
             sessions.append(session)
         if pipeline is not None:

@@ -36,14 +36,21 @@ class DiCacheConfig:
             (None: no cap). SeaCache's default cap is 2.
         cfg_decision: ``"separate"``: every branch (``"cond"``, ``"uncond"``)
             decides from its own probe; ``"shared"``: the first branch to reach a
-            step decides for all, the others follow (each still reconstructs
-            from its own cache and keeps its own γ).
+            step decides for all, the others follow, each reconstructing from its
+            own cache. A follower of a reusing leader runs no probe: it takes the
+            leader's γ, so a skipped CFG step pays one probe, not two.
+        alignment_order: 1: the method's trajectory alignment along the line
+            through the two newest stored residuals; 2: the quadratic through
+            the three newest (one more stored pair of image-token tensors), at
+            the step position the probe's γ reads off.
         threshold_end: δ at the last step; δ moves linearly from ``threshold``
             at the first step (None: constant). Needs the step count.
         target_speedup: compute-budget mode (> 1): no δ to tune. The number of
             computed calls is set so that block evaluations fall by this factor,
             and an online rule spends them where the accumulated probe error
-            grows fastest. Overrides ``threshold``. Needs the step count, and
+            grows fastest, in runs of reuses within one of the even spacing the
+            budget left allows; the last step is always computed. Overrides
+            ``threshold`` and ``max_consecutive_reuse``. Needs the step count, and
             reads the accumulated error back with the flag (one transfer).
         num_inference_steps: the step count of the trajectory when nothing else
             tells it (a bare transformer without ``cache_context``). Pipelines
@@ -61,6 +68,7 @@ class DiCacheConfig:
     batch_policy: str = "global"
     max_consecutive_reuse: Optional[int] = None
     cfg_decision: str = "separate"
+    alignment_order: int = 1
     threshold_end: Optional[float] = None
     target_speedup: Optional[float] = None
     num_inference_steps: Optional[int] = None
@@ -131,6 +139,9 @@ def validate(cfg: DiCacheConfig, num_blocks: Optional[int] = None) -> None:
         raise ValueError(f"max_consecutive_reuse must be None or an int >= 1, got {cap!r}")
     if cfg.cfg_decision not in CFG_DECISIONS:
         raise ValueError(f"cfg_decision must be one of {CFG_DECISIONS}, got {cfg.cfg_decision!r}")
+    ao = cfg.alignment_order
+    if ao not in (1, 2) or isinstance(ao, bool) or not isinstance(ao, int):
+        raise ValueError(f"alignment_order must be 1 or 2, got {ao!r}")
     te = cfg.threshold_end
     if te is not None and (not _is_real(te) or not math.isfinite(te) or te < 0):
         raise ValueError(f"threshold_end must be None or a finite number >= 0, got {te!r}")
@@ -144,17 +155,33 @@ def validate(cfg: DiCacheConfig, num_blocks: Optional[int] = None) -> None:
 
 # The authors' settings (see the method doc), per model family. The Wan
 # threshold is the reference code's value (0.08); the paper says 0.2.
-PRESETS: Dict[str, DiCacheConfig] = {
+PAPER_PRESETS: Dict[str, DiCacheConfig] = {
     "flux": DiCacheConfig(threshold=0.4, probe_depth=1, warmup=0.2, gamma_clip=(1.0, 1.5), force_last_step=True),
     "hunyuan_video": DiCacheConfig(threshold=0.1, probe_depth=1, warmup=0.2, gamma_clip=(1.0, 1.5)),
     "wan": DiCacheConfig(threshold=0.08, probe_depth=1, warmup=0.2, gamma_clip=(1.0, 2.0)),
 }
+
+# Ours, chosen from the study in benchmarks/RESULTS.md ("Beyond the paper"): the same rule on every
+# family, on top of the authors' δ scale and γ clip:
+# * a warm-up of 10% of the steps, not 20% (the freed budget buys more refreshes later, where the
+#   trajectory bends);
+# * at most 2 reuses in a row (SeaCache's cap): runs longer than that are where extrapolation fails;
+# * one decision per CFG step, the uncond branch following the cond branch without a probe of its own;
+# * δ set so that the cap and the threshold both bind (the threshold then places the refreshes).
+PRESETS: Dict[str, DiCacheConfig] = {
+    "flux": PAPER_PRESETS["flux"].replace(
+        threshold=0.2, warmup=0.1, max_consecutive_reuse=2, cfg_decision="shared"),
+    "hunyuan_video": PAPER_PRESETS["hunyuan_video"].replace(
+        warmup=0.1, max_consecutive_reuse=2, cfg_decision="shared"),
+    "wan": PAPER_PRESETS["wan"].replace(
+        threshold=0.24, warmup=0.1, max_consecutive_reuse=2, cfg_decision="shared"),
+}
 DEFAULT = DiCacheConfig()
 
 
-def preset(family: Optional[str]) -> DiCacheConfig:
-    """The preset of a model family, or the generic default for unknown families."""
-    return PRESETS.get(family or "", DEFAULT)
+def preset(family: Optional[str], paper: bool = False) -> DiCacheConfig:
+    """The preset of a model family (``paper=True``: the authors' settings), or the generic default."""
+    return (PAPER_PRESETS if paper else PRESETS).get(family or "", DEFAULT)
 
 
 def resolve(family: Optional[str], config: Optional[DiCacheConfig], options: Dict[str, Any]) -> DiCacheConfig:

@@ -41,15 +41,16 @@ class CallRecord:
     reason: str
     error: Optional[torch.Tensor] = None  # acc after this call's probe ([B] fp32), None for forced calls
     gamma: Optional[torch.Tensor] = None  # γ used ([B] fp32), only for REUSE
+    probed: bool = True  # False: skipped before its probe (a follower of a reusing leader)
 
 
 class BranchState:
     """The cache of one denoising branch ("cond", "uncond", …).
 
-    Buffers are allocated on the first call and reused: a ring of two window
-    slots for ``R`` and ``P``, the previous probe output (and input, for the
-    ``probe_minus_input`` error), the reconstruction output, and the small
-    fp32 state tensors of the ops.
+    Buffers are allocated on the first call and reused: a ring of window slots
+    for ``R`` and ``P`` (two, or three for ``alignment_order=2``), the previous
+    probe output (and input, for the ``probe_minus_input`` error), the
+    reconstruction output, and the small fp32 state tensors of the ops.
     """
 
     def __init__(self) -> None:
@@ -59,18 +60,27 @@ class BranchState:
         self.acc_host = 0.0  # budget mode: the accumulated error last read back
         self.err_sum = 0.0  # budget mode: sum and count of per-call probe errors seen
         self.err_n = 0
+        self.err_last = 0.0
         self.records: List[CallRecord] = []
         self.shape: Optional[Tuple[torch.Size, torch.dtype, torch.device]] = None
-        self.n_stored = 0
-        self.newest = 1  # slot index of R[-1] (and P[-1]); a refresh writes the other slot
+        self.ring: List[int] = []  # slot indices of the stored entries, oldest first (R[-1] is R[ring[-1]])
+        self.slot_step: Dict[int, int] = {}  # slot -> the step index its entry was stored at
         self.has_prev = False
 
-    def allocate(self, x: torch.Tensor, with_x_prev: bool) -> None:
+    @property
+    def n_stored(self) -> int:
+        return len(self.ring)
+
+    def newest(self, back: int = 1) -> int:
+        """The slot of ``R[-back]`` / ``P[-back]``."""
+        return self.ring[-back]
+
+    def allocate(self, x: torch.Tensor, with_x_prev: bool, slots: int = 2) -> None:
         B = x.shape[0]
         dev = x.device
         self.shape = (x.shape, x.dtype, dev)
-        self.R = [torch.empty_like(x), torch.empty_like(x)]
-        self.P = [torch.empty_like(x), torch.empty_like(x)]
+        self.R = [torch.empty_like(x) for _ in range(slots)]
+        self.P = [torch.empty_like(x) for _ in range(slots)]
         self.p_prev = torch.empty_like(x)
         self.x_prev = torch.empty_like(x) if with_x_prev else None
         self.out = torch.empty_like(x)
@@ -80,15 +90,25 @@ class BranchState:
         self.sums = torch.zeros(B, reference.NUM_SUMS, **f32)
         self.gamma = torch.ones(B, **f32)
         self.flag = torch.zeros(1, dtype=torch.int32, device=dev)
-        self.n_stored = 0
-        self.newest = 1
+        self.ring = []
+        self.slot_step = {}
         self.has_prev = False
+
+    def next_slot(self) -> int:
+        """The slot a refresh writes: a free one, else the oldest entry's."""
+        free = [i for i in range(len(self.R)) if i not in self.ring]
+        return free[0] if free else self.ring[0]
+
+    def store(self, slot: int, step: int) -> None:
+        self.ring = [i for i in self.ring if i != slot] + [slot]
+        self.slot_step[slot] = step
 
     def release(self) -> None:
         for name in ("R", "P", "p_prev", "x_prev", "out", "acc", "den", "sums", "gamma", "flag"):
             self.__dict__.pop(name, None)
         self.shape = None
-        self.n_stored = 0
+        self.ring = []
+        self.slot_step = {}
         self.has_prev = False
 
     def matches(self, x: torch.Tensor) -> bool:
@@ -117,6 +137,7 @@ class DiCacheEngine:
         self._x: Optional[torch.Tensor] = None
         self._num_steps: Optional[int] = None
         self._leads: Dict[int, bool] = {}  # step -> the leading branch reused it (cfg_decision="shared")
+        self._lead_gamma: Dict[int, torch.Tensor] = {}  # step -> the leader's γ, when it reused
         self._budget = _Budget(config, num_blocks)
         self._policy = _POLICY[config.batch_policy]
         self._error = _ERROR[config.error]
@@ -127,6 +148,7 @@ class DiCacheEngine:
         if branch is None:
             self.branches.clear()
             self._leads.clear()
+            self._lead_gamma.clear()
         else:
             self.branches.pop(branch, None)
         self._cur = None
@@ -135,6 +157,7 @@ class DiCacheEngine:
         """Free every cached tensor but keep the records (for ``summary``); the next call starts afresh."""
         for state in self.branches.values():
             state.release()
+        self._lead_gamma.clear()
         self._cur = None
         self._x = None
 
@@ -157,7 +180,8 @@ class DiCacheEngine:
         cfg = self.config
         if step < cfg.warmup_calls(num_steps):
             self._forced = WARMUP
-        elif cfg.force_last_step and num_steps is not None and step >= num_steps - 1:
+        elif (cfg.force_last_step or cfg.target_speedup is not None) and num_steps is not None and step >= num_steps - 1:
+            # budget mode always computes the last step: its error is never corrected afterwards
             self._forced = LAST_STEP
         else:
             self._forced = None
@@ -166,11 +190,45 @@ class DiCacheEngine:
         """δ for the current call: fixed, scheduled over the steps, or set by the compute budget."""
         cfg, n, k = self.config, self._num_steps, self._cur_step
         if cfg.target_speedup is not None:
-            return self._budget.threshold(state, k, n)
+            return self._budget.threshold(state, k, n, len(self.branches))
         if cfg.threshold_end is not None and n is not None and n > 1:
             frac = min(max(k / (n - 1), 0.0), 1.0)
             return float(cfg.threshold + (cfg.threshold_end - cfg.threshold) * frac)
         return float(cfg.threshold)
+
+    @torch.no_grad()
+    def before_probe(self, x: torch.Tensor) -> Optional[torch.Tensor]:
+        """Before block 0: the output ``h`` when this call can be skipped without its probe, else None.
+
+        With ``cfg_decision="shared"``, a branch following a step whose leading branch reused the
+        cache reuses too, so its probe would only measure γ: it takes the leader's γ instead and
+        runs no block at all. Otherwise (and whenever its own cache cannot serve) returns None.
+        """
+        state = self._cur
+        if state is None or self.config.cfg_decision != "shared" or self._forced is not None:
+            return None
+        lead = self._lead_gamma.get(self._cur_step)
+        if self._leads.get(self._cur_step) is not True or lead is None or not state.matches(x):
+            return None
+        if state.n_stored == 0 or not state.has_prev:
+            return None
+        cap = self.config.max_consecutive_reuse
+        if cap is not None and state.run >= cap:
+            return None
+        two = state.n_stored >= 2
+        if two and lead.shape != state.gamma.shape:
+            return None  # a different batch: measure our own γ
+        self._x = x
+        if two:
+            state.gamma.copy_(lead)
+        self._reconstruct(state, x)
+        state.records.append(
+            CallRecord(self._cur_step, False, FOLLOW, None, state.gamma.clone() if two else None, probed=False)
+        )
+        state.calls += 1
+        state.run += 1
+        self._cur = None
+        return state.out
 
     @torch.no_grad()
     def after_probe(self, x: torch.Tensor, p: torch.Tensor) -> Optional[torch.Tensor]:
@@ -182,15 +240,21 @@ class DiCacheEngine:
         cfg = self.config
         if not state.matches(x):
             # First call, or the shape/dtype/device changed: nothing stored is usable.
-            state.allocate(x, with_x_prev=self._error == reference.ERROR_PROBE_MINUS_INPUT)
+            state.allocate(x, with_x_prev=self._error == reference.ERROR_PROBE_MINUS_INPUT,
+                           slots=cfg.alignment_order + 1)
         forced = self._forced or (WARMUP if state.n_stored == 0 or not state.has_prev else None)
-        if forced is None and cfg.max_consecutive_reuse is not None and state.run >= cfg.max_consecutive_reuse:
+        budget = cfg.target_speedup is not None
+        cap = cfg.max_consecutive_reuse
+        least = 0
+        if budget and forced is None:
+            # the budget's run bounds replace max_consecutive_reuse (a preset's cap would cut the savings)
+            least, cap = self._budget.run_bounds(state, self._cur_step, self._num_steps, len(self.branches))
+        if forced is None and cap is not None and state.run >= cap:
             forced = CAP
         # One decision for all branches of a step: the first branch to reach the step leads.
         leader = self._leads.get(self._cur_step) if cfg.cfg_decision == "shared" else None
         if forced is None and leader is False:
             forced = FOLLOW
-        budget = cfg.target_speedup is not None
         if forced is not None:
             self._forced = forced
             if budget and state.has_prev and state.n_stored >= 1:
@@ -203,18 +267,18 @@ class DiCacheEngine:
             self._leads.setdefault(self._cur_step, False)
             return None
 
-        threshold = math.inf if leader is True else self._threshold(state)
+        threshold = math.inf if leader is True or state.run < least else self._threshold(state)
         error, reuse = self._decide(state, p, x, threshold)
-        self._leads.setdefault(self._cur_step, reuse)
+        if leader is None:
+            self._leads.setdefault(self._cur_step, reuse)
+            if reuse:
+                self._lead_gamma[self._cur_step] = state.gamma
         if not reuse:
             self._forced = None
             self._pending_error = error
             return None
         two = state.n_stored >= 2
-        ops = self.backend_for(x.device)
-        r_new = state.R[state.newest]
-        r_old = state.R[1 - state.newest] if two else None
-        ops.reconstruct(x, r_new, r_old, state.gamma, state.out)
+        self._reconstruct(state, x)
         reason = FOLLOW if leader is True else (REUSE if two else REUSE_ONE)
         state.records.append(CallRecord(self._cur_step, False, reason, error, state.gamma.clone() if two else None))
         state.calls += 1
@@ -222,9 +286,35 @@ class DiCacheEngine:
         self._cur = None
         return state.out
 
+    def _reconstruct(self, state: BranchState, x: torch.Tensor) -> None:
+        """``state.out`` = the deep output rebuilt from the stored residuals and ``state.gamma``.
+
+        First order (the method): ``x + R[-2] + γ·(R[-1] − R[-2])``. Second order, with three
+        entries stored at steps t0 < t1 < t2: the quadratic through them, evaluated at the step
+        the probe says the call is at, ``τ = t1 + γ·(t2 − t1)`` (γ = 1 at t2): ``x + Σ c_i(τ)·R_i``
+        with the Lagrange weights ``c_i`` (they sum to 1). The weights stay on the device; the
+        fused op does ``x + R1 + c2·(R2 − R1)`` and one more pass adds ``c0·(R0 − R1)``.
+        """
+        ops = self.backend_for(x.device)
+        if state.n_stored < 2:
+            ops.reconstruct(x, state.R[state.newest()], None, state.gamma, state.out)
+            return
+        r2, r1 = state.R[state.newest(1)], state.R[state.newest(2)]
+        if self.config.alignment_order < 2 or state.n_stored < 3:
+            ops.reconstruct(x, r2, r1, state.gamma, state.out)
+            return
+        s0, s1, s2 = state.newest(3), state.newest(2), state.newest(1)
+        t0, t1, t2 = (float(state.slot_step[i]) for i in (s0, s1, s2))
+        tau = t1 + state.gamma * (t2 - t1)
+        c0 = (tau - t1) * (tau - t2) / ((t0 - t1) * (t0 - t2))
+        c2 = (tau - t0) * (tau - t1) / ((t2 - t0) * (t2 - t1))
+        ops.reconstruct(x, r2, r1, c2, state.out)
+        shape = (-1,) + (1,) * (x.dim() - 1)
+        state.out.add_((state.R[s0].float() - r1.float()).mul_(c0.view(shape)).to(x.dtype))
+
     def _probe(self, state: BranchState, p: torch.Tensor, x: torch.Tensor, threshold: float) -> None:
         cfg = self.config
-        p_old = state.P[1 - state.newest] if state.n_stored >= 2 else None
+        p_old = state.P[state.newest(2)] if state.n_stored >= 2 else None
         self.backend_for(x.device).probe_decide(
             p, x, state.p_prev, p_old, state.x_prev, state.acc, state.den, state.sums, state.flag,
             state.gamma, threshold, float(cfg.gamma_clip[0]), float(cfg.gamma_clip[1]), self._policy, self._error,
@@ -253,12 +343,11 @@ class DiCacheEngine:
         if state is None or self._x is None:
             raise RuntimeError("after_full() called outside a computed call")
         ops = self.backend_for(h.device)
-        slot = 1 - state.newest
-        other = state.P[state.newest] if state.n_stored >= 1 else None
+        slot = state.next_slot()
+        other = state.P[state.newest()] if state.n_stored >= 1 else None
         # p_prev holds a copy of this call's probe output (written by probe_decide or the forced path).
         ops.refresh(h, state.p_prev, self._x, state.R[slot], state.P[slot], other, state.den, state.acc)
-        state.newest = slot
-        state.n_stored = min(2, state.n_stored + 1)
+        state.store(slot, self._cur_step)
         state.run = 0
         state.full_calls += 1
         state.acc_host = 0.0  # refresh zeroed acc on the device
@@ -281,37 +370,66 @@ class _Budget:
 
     With M blocks and a probe of m, a trajectory of N calls runs ``F·M + (N−F)·m``
     block evaluations for F computed calls; the target ``M·N/s`` gives the budget
-    ``F = N·(M/s − m)/(M − m)``. Before each decided call the rule sets
-    ``δ = ē · S / F_left``: ``ē`` is the mean per-call probe error seen so far,
-    ``S`` the calls left to decide and ``F_left`` the computed calls left in the
-    budget, so that refreshes (one each time the accumulated error reaches δ)
-    spend the budget evenly in *error* rather than in steps: where the error
-    grows fast, refreshes come often.
+    ``F = N·(M/s − m)/(M − m)`` (with ``cfg_decision="shared"`` a follower's skipped call costs
+    nothing, so ``m`` is shared by the branches). Before each decided call the rule sets
+    ``δ = e · S / F_left``: ``e`` the per-call probe error expected from here on (the larger of
+    the mean so far and the last one: the error of a denoising trajectory grows towards the end,
+    and a budget spent at the mean rate runs out before it), ``S`` the calls left to decide and
+    ``F_left`` the computed calls left in the budget, so that refreshes (one each time the
+    accumulated error reaches δ) spend the budget evenly in *error* rather than in steps: where
+    the error grows fast, refreshes come often. Runs of reuses are kept between the floor and
+    the ceiling of the even spacing the budget left allows (:meth:`run_bounds`), and the last
+    step is always computed.
     """
 
     def __init__(self, config: DiCacheConfig, num_blocks: int):
         self.config = config
         self.M = num_blocks
 
-    def budget(self, n: int) -> float:
+    def budget(self, n: int, branches: int = 1) -> float:
+        """Computed calls per branch for ``n`` calls; a follower that runs no probe costs nothing skipped."""
         s, m = self.config.target_speedup, self.config.probe_depth
+        if self.config.cfg_decision == "shared":
+            m = m / max(1, branches)  # one probe per skipped step, shared by the branches
         return max(0.0, n * (self.M / s - m) / (self.M - m))
 
-    def threshold(self, state: BranchState, step: int, n: Optional[int]) -> float:
+    def _left(self, state: BranchState, step: int, n: int, branches: int) -> Tuple[float, int]:
+        """(computed calls left in the budget, decided calls left), the forced last step set aside."""
+        last_reserved = 1  # the last step is computed in budget mode
+        left = self.budget(n, branches) - state.full_calls - last_reserved
+        return left, max(1, n - step - last_reserved)
+
+    def threshold(self, state: BranchState, step: int, n: Optional[int], branches: int = 1) -> float:
         if n is None:
             raise RuntimeError(
                 "target_speedup needs the number of steps: enable DiCache on the pipeline, pass "
                 "num_inference_steps to cache_context, or set num_inference_steps in the config"
             )
-        last_reserved = 1 if self.config.force_last_step else 0
-        left = self.budget(n) - state.full_calls - last_reserved
-        steps_left = max(1, n - step - last_reserved)
+        left, steps_left = self._left(state, step, n, branches)
         if left <= 0:
             return math.inf
         if left >= steps_left or state.err_n == 0:
             return 0.0
-        mean_err = state.err_sum / state.err_n
-        return mean_err * steps_left / left
+        rate = max(state.err_sum / state.err_n, state.err_last)
+        return rate * steps_left / left
+
+    def run_bounds(self, state: BranchState, step: int, n: Optional[int], branches: int = 1) -> Tuple[int, int]:
+        """(fewest, most) reuses in a row that keep the budget left spread evenly over the calls left.
+
+        With ``F_left`` computed calls for ``S`` calls left, an even schedule computes one call in
+        ``S / F_left``, i.e. runs of ``S / F_left − 1`` reuses. The error rule picks, run by run,
+        between the floor and the ceiling of that: where the probe error grows fast the runs are
+        short, where it is flat they are long, and the budget can neither be spent in a burst
+        nor leave a run of reuses for the end (what the error rule alone does when the error is
+        small early and large late).
+        """
+        if n is None:
+            return 0, 1 << 30
+        left, steps_left = self._left(state, step, n, branches)
+        if left <= 0:
+            return 1 << 30, 1 << 30
+        gap = steps_left / left - 1.0
+        return max(0, math.floor(gap)), max(1, math.ceil(gap))
 
     def observe(self, state: BranchState, acc: float) -> None:
         """Record the per-call error (the growth of the accumulated error since the last read)."""
@@ -319,4 +437,5 @@ class _Budget:
         if math.isfinite(err) and err >= 0:
             state.err_sum += err
             state.err_n += 1
+            state.err_last = err
         state.acc_host = acc

@@ -46,7 +46,8 @@ class _ContextSink(StateManager):
 class Session:
     """DiCache enabled on one transformer: its engine, its hooks, its trajectory tracking."""
 
-    def __init__(self, model: torch.nn.Module, adapter: Adapter, config: DiCacheConfig, backend: str):
+    def __init__(self, model: torch.nn.Module, adapter: Adapter, config: DiCacheConfig, backend: str,
+                 engine_factory=None):
         self.model = model
         self.adapter = adapter
         self.config = config
@@ -54,7 +55,9 @@ class Session:
         for spec in adapter.block_lists:
             for block in getattr(model, spec.attr):
                 self.blocks.append((block, spec))
-        self.engine = DiCacheEngine(config, len(self.blocks), backend)
+        self.engine = (engine_factory or DiCacheEngine)(config, len(self.blocks), backend)
+        if not isinstance(self.engine, DiCacheEngine):
+            raise TypeError(f"engine_factory must return a dicache.engine.DiCacheEngine, got {type(self.engine).__name__}")
         self.sink = _ContextSink()
         self.timestep = ArgLocator(type(model).forward, adapter.timestep_arg)
         self.pipeline_steps: Optional[int] = None  # set by the pipeline's scheduler hook
@@ -216,7 +219,12 @@ class _BlockHook(ModelHook):
             return self.fn_ref.original_forward(*args, **kwargs)
         if self.index == 0:
             s.x = self.hidden.get(args, kwargs)
-        if self.in_tail and s.skipping:
+            h = s.engine.before_probe(s.x)
+            if h is not None:  # skipped without a probe: every block hands its inputs on
+                s.skipping = True
+                encoder = self.encoder.get(args, kwargs) if self.encoder is not None else None
+                return pack(self.returns, h, encoder)
+        if s.skipping:
             hidden = self.hidden.get(args, kwargs)
             encoder = self.encoder.get(args, kwargs) if self.encoder is not None else None
             return pack(self.returns, hidden, encoder)

@@ -17,6 +17,8 @@ class CallSummary:
     this call (the max over samples); None for calls forced without a probe
     decision (warm-up, last step). ``gamma`` is the alignment step used by a
     skipped call with two stored residuals (the max over samples), else None.
+    ``probed`` is False for a call skipped before its probe (a CFG branch
+    following a reusing leader, ``cfg_decision="shared"``): it ran no block.
     """
 
     index: int
@@ -24,6 +26,7 @@ class CallSummary:
     reason: str
     error: Optional[float]
     gamma: Optional[float]
+    probed: bool = True
 
 
 @dataclass(frozen=True)
@@ -45,8 +48,8 @@ class BranchSummary:
 
     @property
     def pattern(self) -> str:
-        """One character per call: ``F`` computed, ``.`` skipped."""
-        return "".join("F" if c.computed else "." for c in self.steps)
+        """One character per call: ``F`` computed, ``.`` skipped (after its probe), ``_`` skipped without a probe."""
+        return "".join("F" if c.computed else ("." if c.probed else "_") for c in self.steps)
 
 
 @dataclass(frozen=True)
@@ -109,15 +112,18 @@ def summarize(engine: DiCacheEngine, model: str, prefix: str = "") -> Summary:
     M, m = engine.num_blocks, engine.config.probe_depth
     branches = {}
     for name, state in engine.branches.items():
-        steps = tuple(CallSummary(r.index, r.computed, r.reason, _max(r.error), _max(r.gamma)) for r in state.records)
+        steps = tuple(
+            CallSummary(r.index, r.computed, r.reason, _max(r.error), _max(r.gamma), r.probed) for r in state.records
+        )
         full = sum(s.computed for s in steps)
         skipped = len(steps) - full
+        probed = sum(1 for s in steps if not s.computed and s.probed)
         branches[prefix + name] = BranchSummary(
             name=prefix + name,
             calls=len(steps),
             full_calls=full,
             skipped_calls=skipped,
-            block_evaluations=full * M + skipped * m,
+            block_evaluations=full * M + probed * m,
             block_evaluations_uncached=len(steps) * M,
             steps=steps,
         )

@@ -37,15 +37,18 @@ def test_quick_run_writes_every_family(tmp_path):
         assert len(ref) == 1
         assert math.isinf(float(ref[0]["psnr"])) and float(ref[0]["psnr"]) > 0
         assert float(ref[0]["savings"]) == 0.0 and float(ref[0]["block_fraction"]) == 1.0
+        assert float(ref[0]["flop_fraction"]) == 1.0
         assert float(ref[0]["ssim"]) == 1.0
 
         for r in mine:
             assert r["status"] in ("ok", "fail-open", "unsupported", "error"), r
             assert r["status"] != "error" or r["family"] == qm.DBCACHE, r  # only an optional peer may fail
             if r["status"] in ("ok", "fail-open"):
-                frac = float(r["block_fraction"])
+                frac = float(r["flop_fraction"])
                 assert 0.0 < frac <= 1.0 + 1e-12, r
+                assert 0.0 < float(r["block_fraction"]) <= 1.0 + 1e-12, r
                 assert abs(float(r["savings"]) - (1.0 - frac)) < 1e-9
+                assert abs(float(r["fewer_flops"]) * frac - 1.0) < 1e-9
                 assert float(r["wall_s"]) > 0 and float(r["speedup"]) > 0
                 assert "dicache.summary disagrees" not in r["note"], r
 

@@ -120,7 +120,7 @@ def test_bare_loop_repeats_without_reset():
 def test_wan_pipeline_cfg_branches_keep_separate_state():
     """Scaled negative embeddings make the uncond branch move differently: its decisions differ."""
     pipe = tiny.wan_pipeline()
-    dicache.enable(pipe, backend="torch", threshold=0.25, warmup=1)
+    dicache.enable(pipe, backend="torch", config=dicache.PAPER_PRESETS["wan"], threshold=0.25, warmup=1)  # each branch decides alone
     tiny.wan_pipeline_call(pipe, steps=8, negative_scale=20.0)
     s = dicache.summary(pipe)
     engine = dicache.hooks.session_of(pipe.transformer).engine
@@ -151,7 +151,7 @@ def test_bare_loop_cfg_without_context_gets_two_branches():
 
 def test_context_with_step_index_uses_it():
     model = tiny.flux_transformer()
-    dicache.enable(model, backend="torch", threshold=10.0, warmup=0.5, force_last_step=True)
+    dicache.enable(model, backend="torch", config=dicache.PAPER_PRESETS["flux"], threshold=10.0, warmup=0.5)  # no cap on reuses
     tiny.flux_loop(model, steps=8, context=True)
     b = dicache.summary(model).branches["cond"]
     dicache.disable(model)
@@ -164,7 +164,7 @@ def test_batch_policies_run_and_differ_in_gamma_shape():
     model = tiny.flux_transformer()
     outs = {}
     for policy in ("global", "max"):
-        dicache.enable(model, backend="torch", threshold=10.0, warmup=2, batch_policy=policy)
+        dicache.enable(model, backend="torch", config=dicache.PAPER_PRESETS["flux"], threshold=10.0, warmup=2, batch_policy=policy)
         outs[policy] = tiny.flux_loop(model, batch=3)
         assert dicache.summary(model).skipped_calls == 6
         dicache.disable(model)

@@ -78,7 +78,8 @@ def hand_trace(calls, cfg, num_steps):
 @pytest.mark.parametrize("threshold", [0.15, 0.3])
 def test_flux_pipeline_pattern_matches_hand_trace(threshold):
     pipe = tiny.flux_pipeline()
-    dicache.enable(pipe, backend="torch", threshold=threshold)  # flux preset: warm-up 0.2, last step forced
+    # the authors' flux settings: warm-up 0.2, last step forced, no cap on reuses
+    dicache.enable(pipe, backend="torch", config=dicache.PAPER_PRESETS["flux"], threshold=threshold)
     calls = _spy(session_of(pipe.transformer).engine)
     steps = 12
     tiny.flux_pipeline_call(pipe, steps=steps)
@@ -109,7 +110,7 @@ def test_flux_pipeline_pattern_matches_hand_trace(threshold):
 def test_wan_pipeline_one_entry_fallback_and_gamma_clip():
     """Warm-up of one call: the first skips use h = x + R[-1]; later skips align, γ clipped to [1, 2]."""
     pipe = tiny.wan_pipeline()
-    dicache.enable(pipe, backend="torch", threshold=0.5, warmup=1)
+    dicache.enable(pipe, backend="torch", config=dicache.PAPER_PRESETS["wan"], threshold=0.5, warmup=1)
     calls = _spy(session_of(pipe.transformer).engine)
     tiny.wan_pipeline_call(pipe, steps=10)
     s = dicache.summary(pipe)
