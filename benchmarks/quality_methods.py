@@ -89,9 +89,9 @@ _PEERS_FLUX20 = {UNIFORM: [2, 3], FBC: [0.2, 0.3, 0.4], TAYLORSEER: [("default",
                  MAGCACHE: [0.1, 0.25, 0.4], SEACACHE: [0.25], DBCACHE: [0.2, 0.4, 0.6]}
 _PEERS_FLUX50 = {UNIFORM: [2, 3], FBC: [0.1, 0.2, 0.3], TAYLORSEER: [("default", 3)], TAYLORSEER_LITE: [2, 3, 4],
                  MAGCACHE: [0.03, 0.06, 0.15], SEACACHE: [0.25], DBCACHE: [0.1, 0.2, 0.4]}
-_PEERS_WAN20 = {UNIFORM: [2, 3], FBC: [0.1, 0.15, 0.3], TAYLORSEER: [("attn", 3)], TAYLORSEER_LITE: [2, 3, 4],
+_PEERS_WAN20 = {UNIFORM: [2, 3], FBC: [0.1, 0.15, 0.3], TAYLORSEER: [("default", 3), ("attn", 3)], TAYLORSEER_LITE: [2, 3, 4],
                 MAGCACHE: [0.06, 0.15, 0.4], SEACACHE: [0.25, 0.5, 1.0], DBCACHE: [0.1, 0.2, 0.3]}
-_PEERS_WAN50 = {UNIFORM: [2, 3], FBC: [0.05, 0.1, 0.15], TAYLORSEER: [("attn", 3)], TAYLORSEER_LITE: [2, 3, 4],
+_PEERS_WAN50 = {UNIFORM: [2, 3], FBC: [0.05, 0.1, 0.15], TAYLORSEER: [("default", 3), ("attn", 3)], TAYLORSEER_LITE: [2, 3, 4],
                 MAGCACHE: [0.03, 0.06, 0.15], SEACACHE: [0.1, 0.25, 1.0], DBCACHE: [0.05, 0.1, 0.2]}
 _BUDGETS = [1.5, 2.0, 2.5, 3.0]
 SETTINGS: Dict[str, Dict[int, Dict[str, list]]] = {

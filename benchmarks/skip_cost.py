@@ -239,7 +239,8 @@ def build_methods(args, warm: int, n_calls: int) -> List[Method]:
     out: List[Method] = []
 
     def dicache_on(m):
-        dicache.enable(m, backend=args.backend, threshold=1e9, warmup=warm, probe_depth=1)
+        dicache.enable(m, backend=args.backend, threshold=1e9, warmup=warm, probe_depth=1,
+                       max_consecutive_reuse=None, force_last_step=False)
 
     out.append(Method(
         "dicache", f"DiCache (m=1, backend={args.backend})", 1, dicache_on, dicache.disable,

@@ -65,6 +65,17 @@ def test_quick_run_writes_every_family(tmp_path):
     (sea_flux,) = [r for r in rows if r["model"] == "flux_digits" and r["family"] == qm.SEACACHE]
     assert sea_flux["status"] == "fail-open" and float(sea_flux["savings"]) == 0.0
 
+    # runs split over processes merge into one report with the same rows
+    merged = tmp_path / "merged"
+    proc = subprocess.run([sys.executable, SCRIPT, "merge", str(merged), str(out)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    with open(merged / "quality.csv", newline="") as f:
+        again = list(csv.DictReader(f))
+    assert [(r["model"], r["family"], r["setting"], r["psnr"]) for r in again] == [
+        (r["model"], r["family"], r["setting"], r["psnr"]) for r in rows]
+    assert "The lead at" in (merged / "quality.md").read_text()
+
 
 def test_mag_calibration_parser():
     import quality_methods as qm
