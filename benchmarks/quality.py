@@ -5,6 +5,7 @@
     .venv/bin/python benchmarks/quality.py --out /tmp/q --quick       # a smoke run (~20 s)
     .venv/bin/python benchmarks/quality.py --out x --list             # what would run
     .venv/bin/python benchmarks/quality.py merge OUT DIR1 DIR2        # one report of runs split over processes
+                                                                      # (a later DIR's family replaces an earlier one's)
 
 For each shipped model (``flux_digits``: FluxPipeline with true CFG; ``wan_digits``: WanPipeline with
 CFG), each step count (``--steps``, default 20 and 50) and each seed (``--seeds``), the model samples
@@ -655,11 +656,21 @@ def merge(dirs: List[str], out: str) -> int:
     """One report from runs split over processes (e.g. one model each, run side by side)."""
     rows, runs, metas = [], [], []
     for d in dirs:
-        rows += read_csv(os.path.join(d, "quality.csv"))
+        new = read_csv(os.path.join(d, "quality.csv"))
         with open(os.path.join(d, "quality_details.json")) as f:
             det = json.load(f)
-        runs += det["runs"]
+        # a later run of a (model, steps, family) replaces an earlier one (a family re-run with more settings)
+        # (the first run's "no cache" row stays: the speedups of its other rows were measured against it)
+        have = {(r["model"], r["steps"], r["family"]) for r in rows}
+        new = [r for r in new if not (r["family"] == qm.NO_CACHE and (r["model"], r["steps"], r["family"]) in have)]
+        keys = {(r["model"], r["steps"], r["family"]) for r in new}
+        rows = [r for r in rows if (r["model"], r["steps"], r["family"]) not in keys] + new
+        runs = [r for r in runs if (r["model"], r["steps"], r["family"]) not in keys] + [
+            r for r in det["runs"] if (r["model"], r["steps"], r["family"]) in keys]
         metas.append(det["meta"])
+    order = {f: i for i, f in enumerate(qm.FAMILIES)}
+    first = list(dict.fromkeys((r["model"], r["steps"]) for r in rows))
+    rows.sort(key=lambda r: (first.index((r["model"], r["steps"])), order.get(r["family"], len(order))))
     meta = dict(metas[0])
     meta["command"] = " + ".join(f"`{m['command']}`" for m in metas).strip("`")
     meta["seconds"] = max(m["seconds"] for m in metas)

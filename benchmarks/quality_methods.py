@@ -106,7 +106,7 @@ SETTINGS: Dict[str, Dict[int, Dict[str, list]]] = {
              DICACHE_M2: [0.1, 0.4], DICACHE_M3: [0.1, 0.4]},
     },
     "wan_digits": {
-        20: {**_PEERS_WAN20, DICACHE: [0.08, 0.16, 0.24, 0.32, 0.6], DICACHE_PAPER: [0.08, 0.12, 0.16, 0.24],
+        20: {**_PEERS_WAN20, DICACHE: [0.08, 0.12, 0.16, 0.24, 0.32, 0.6], DICACHE_PAPER: [0.08, 0.12, 0.16, 0.24],
              DICACHE_BUDGET: _BUDGETS, DICACHE_ORDER2: [0.16, 0.24, 0.32], DICACHE_SEPARATE: [0.16, 0.24, 0.32],
              DICACHE_NOCAP: [0.08, 0.16], DICACHE_SCHED: [0.12, 0.16], DICACHE_NOALIGN: [0.24, 0.6],
              DICACHE_M2: [0.24, 0.6], DICACHE_M3: [0.24, 0.6]},

@@ -174,7 +174,7 @@ PRESETS: Dict[str, DiCacheConfig] = {
     "hunyuan_video": PAPER_PRESETS["hunyuan_video"].replace(
         warmup=0.1, max_consecutive_reuse=2, cfg_decision="shared"),
     "wan": PAPER_PRESETS["wan"].replace(
-        threshold=0.24, warmup=0.1, max_consecutive_reuse=2, cfg_decision="shared"),
+        threshold=0.12, warmup=0.1, max_consecutive_reuse=2, cfg_decision="shared"),
 }
 DEFAULT = DiCacheConfig()
 
