@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Quality and speed of DiCache against other caches on the shipped zoo models.
 
-    .venv/bin/python benchmarks/quality.py --out bench_out            # the full run (~18 min, 1 thread, 2-core box)
+    .venv/bin/python benchmarks/quality.py --out bench_out            # the full run (~50 min, 1 thread, 2-core box)
     .venv/bin/python benchmarks/quality.py --out /tmp/q --quick       # a smoke run (~20 s)
     .venv/bin/python benchmarks/quality.py --out x --list             # what would run
     .venv/bin/python benchmarks/quality.py merge OUT DIR1 DIR2        # one report of runs split over processes
@@ -16,12 +16,16 @@ all ``--labels`` in one batch through the real diffusers pipeline, with
 * diffusers' own caches: FirstBlockCache, TaylorSeer, MagCache (calibrated first with its own
   calibration mode), SeaCache;
 * cache-dit's DBCache (if ``cache-dit`` is installed);
-* DiCache at several thresholds, without trajectory alignment (γ fixed to 1), with probe depth 2, 3,
-  with a cap of 2 consecutive reuses, and in compute-budget mode (``target_speedup``).
+* DiCache on its family preset at several thresholds, and the families that change one option each
+  (``quality_methods.DICACHES``): the authors' settings, compute-budget mode (``target_speedup``),
+  second-order alignment, separate CFG decisions, no cap on reuses, a δ schedule, γ fixed to 1, probe
+  depth 2 and 3.
 
-Per method and setting it reports the block evaluations actually executed (counted the same way for
-every cache, see ``block_counter.py``), the median wall time over the seeds, the speedup over no
-cache, and PSNR / SSIM against the uncached output (``dicache.metrics``, over all seeds' samples).
+Per method and setting it reports the flops executed (torch's ``FlopCounterMode`` over the pipeline call,
+the same way for every cache), the block evaluations executed (``block_counter.py``), the wall time of a
+separate uncounted run of the first seed, the speedup over no cache, and PSNR / SSIM against the uncached
+output (``dicache.metrics``, over all seeds' samples); then each family's PSNR/SSIM at matched savings and
+the lead of the best DiCache over the best peer at 2–3× fewer flops.
 LPIPS is not computed: every implementation (lpips, torchmetrics, piq) needs pretrained AlexNet/VGG
 weights downloaded at run time (this machine has no network, torchvision is not installed), and at
 16×16 greyscale it would be meaningless anyway.
