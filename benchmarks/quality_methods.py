@@ -142,7 +142,7 @@ def _diffusers_disable(pipe) -> None:
 
 def uniform(every: int) -> Method:
     def enable(pipe, ctx):
-        enable_uniform(pipe, every, anchor="input", backend=ctx.backend)
+        enable_uniform(pipe, every, backend=ctx.backend)
 
     return Method(UNIFORM, f"k={every} (x + R[-1])", enable, dicache.disable, None, {"k": every})
 

@@ -137,7 +137,7 @@ class DiCacheEngine:
         self._x: Optional[torch.Tensor] = None
         self._num_steps: Optional[int] = None
         self._leads: Dict[int, bool] = {}  # step -> the leading branch reused it (cfg_decision="shared")
-        self._lead_gamma: Dict[int, torch.Tensor] = {}  # step -> the leader's γ, when it reused
+        self._lead_gamma: Optional[Tuple[int, torch.Tensor]] = None  # (step, the leader's γ) when it reused
         self._budget = _Budget(config, num_blocks)
         self._policy = _POLICY[config.batch_policy]
         self._error = _ERROR[config.error]
@@ -148,7 +148,7 @@ class DiCacheEngine:
         if branch is None:
             self.branches.clear()
             self._leads.clear()
-            self._lead_gamma.clear()
+            self._lead_gamma = None
         else:
             self.branches.pop(branch, None)
         self._cur = None
@@ -157,7 +157,7 @@ class DiCacheEngine:
         """Free every cached tensor but keep the records (for ``summary``); the next call starts afresh."""
         for state in self.branches.values():
             state.release()
-        self._lead_gamma.clear()
+        self._lead_gamma = None
         self._cur = None
         self._x = None
 
@@ -207,9 +207,9 @@ class DiCacheEngine:
         state = self._cur
         if state is None or self.config.cfg_decision != "shared" or self._forced is not None:
             return None
-        lead = self._lead_gamma.get(self._cur_step)
-        if self._leads.get(self._cur_step) is not True or lead is None or not state.matches(x):
+        if self._lead_gamma is None or self._lead_gamma[0] != self._cur_step or not state.matches(x):
             return None
+        lead = self._lead_gamma[1]
         if state.n_stored == 0 or not state.has_prev:
             return None
         cap = self.config.max_consecutive_reuse
@@ -222,9 +222,24 @@ class DiCacheEngine:
         if two:
             state.gamma.copy_(lead)
         self._reconstruct(state, x)
-        state.records.append(
-            CallRecord(self._cur_step, False, FOLLOW, None, state.gamma.clone() if two else None, probed=False)
-        )
+        return self._skipped(state, CallRecord(self._cur_step, False, FOLLOW, None,
+                                               state.gamma.clone() if two else None, probed=False))
+
+    def _enter(self, x: torch.Tensor) -> BranchState:
+        """The current call's branch state, with buffers for ``x`` (a subclass's decision starts here)."""
+        state = self._cur
+        if state is None:
+            raise RuntimeError("after_probe() called outside a call (begin_call first)")
+        self._x = x
+        if not state.matches(x):
+            # First call, or the shape/dtype/device changed: nothing stored is usable.
+            state.allocate(x, with_x_prev=self._error == reference.ERROR_PROBE_MINUS_INPUT,
+                           slots=self.config.alignment_order + 1)
+        return state
+
+    def _skipped(self, state: BranchState, record: CallRecord) -> torch.Tensor:
+        """Finish a skipped call whose output is in ``state.out``."""
+        state.records.append(record)
         state.calls += 1
         state.run += 1
         self._cur = None
@@ -233,15 +248,8 @@ class DiCacheEngine:
     @torch.no_grad()
     def after_probe(self, x: torch.Tensor, p: torch.Tensor) -> Optional[torch.Tensor]:
         """Decide after the probe. Returns ``h`` to reuse, or None: compute the deep blocks."""
-        state = self._cur
-        if state is None:
-            raise RuntimeError("after_probe() called outside a call (begin_call first)")
-        self._x = x
+        state = self._enter(x)
         cfg = self.config
-        if not state.matches(x):
-            # First call, or the shape/dtype/device changed: nothing stored is usable.
-            state.allocate(x, with_x_prev=self._error == reference.ERROR_PROBE_MINUS_INPUT,
-                           slots=cfg.alignment_order + 1)
         forced = self._forced or (WARMUP if state.n_stored == 0 or not state.has_prev else None)
         budget = cfg.target_speedup is not None
         cap = cfg.max_consecutive_reuse
@@ -272,7 +280,7 @@ class DiCacheEngine:
         if leader is None:
             self._leads.setdefault(self._cur_step, reuse)
             if reuse:
-                self._lead_gamma[self._cur_step] = state.gamma
+                self._lead_gamma = (self._cur_step, state.gamma)
         if not reuse:
             self._forced = None
             self._pending_error = error
@@ -280,11 +288,8 @@ class DiCacheEngine:
         two = state.n_stored >= 2
         self._reconstruct(state, x)
         reason = FOLLOW if leader is True else (REUSE if two else REUSE_ONE)
-        state.records.append(CallRecord(self._cur_step, False, reason, error, state.gamma.clone() if two else None))
-        state.calls += 1
-        state.run += 1
-        self._cur = None
-        return state.out
+        return self._skipped(state, CallRecord(self._cur_step, False, reason, error,
+                                               state.gamma.clone() if two else None))
 
     def _reconstruct(self, state: BranchState, x: torch.Tensor) -> None:
         """``state.out`` = the deep output rebuilt from the stored residuals and ``state.gamma``.
