@@ -1,19 +1,21 @@
-"""GPU microbenchmark of the fused Triton cache ops against the PyTorch reference.
+"""GPU microbenchmark of the fused cache ops: the Triton and CUDA kernels against the PyTorch
+reference (eager and under ``torch.compile``) and against a plain copy.
 
-For each op (``probe_decide``, ``reconstruct``, ``refresh``), shape and dtype,
-times the Triton launcher and :mod:`dicache.ops.reference` with
-``triton.testing.do_bench`` (median, ms) and reports the effective bandwidth
-computed from the *minimum* bytes the op must move: every big tensor it has to
-read once plus every big tensor it has to write once (the small ``[B]`` state
-tensors are counted too but are negligible). The reference moves several
-times that, so its "GB/s" is an effective rate, not what the memory system
-delivered.
+For each op (``probe_decide``, ``reconstruct``, ``refresh``), shape and dtype, every
+backend is first checked against :mod:`dicache.ops.reference` on fresh random inputs,
+then each variant is timed with ``triton.testing.do_bench`` (median, ms). **GB/s** is
+the *minimum* bytes the op must move (every big tensor it has to read once plus every
+big tensor it has to write once, plus the small per-sample state) over the time; the
+reference moves several times that, so its "GB/s" is an effective rate. **of copy** is
+that over ``dst.copy_(src)`` between two of the op's tensors (one read + one write).
+The compiled reference uses dynamic shapes (one compilation per op and dtype).
 
 Needs a CUDA GPU (``triton.testing.do_bench`` cannot run on CPU or under the
 interpreter). Run::
 
-    python benchmarks/bench_triton.py                 # default shapes, fp32 and bf16
-    python benchmarks/bench_triton.py --json out.json # also write the rows
+    python benchmarks/bench_triton.py                             # default shapes, fp32 and bf16
+    python benchmarks/bench_triton.py --md ops.md --json ops.json # also write the table / the rows
+    python benchmarks/bench_triton.py --shapes 1x1000x1536 --variants copy triton cuda
 
 The byte accounting (:func:`min_bytes`, :func:`cases`) is plain Python and is
 unit-tested on CPU.
@@ -150,17 +152,18 @@ def _make_args(case: Case, device: torch.device):
                 den=torch.zeros(B, device=device), acc=torch.zeros(B, device=device)), {}
 
 
-def verify(case: Case, device: torch.device) -> bool:
-    """Run the fused op and the reference once on copies of the same inputs; True if they agree.
+def verify(case: Case, device: torch.device, backend: str = "triton") -> bool:
+    """Run ``backend``'s op and the reference once on copies of the same inputs; True if they agree.
 
     Copies (``p_prev``/``x_prev``) and the flag must match exactly, sums and
-    derived state to ``2e-5`` relative, stored tensors to 1-2 units of their dtype.
+    derived state to ``2e-5`` relative, stored tensors to 2 units of their dtype
+    (a GPU may fuse a multiply-add that the reference rounds twice).
     """
-    from dicache.ops import reference, triton_backend
+    from dicache.ops import load_backend, reference, triton_backend
 
     tensors, scalars = _make_args(case, device)
     mine = {k: (v.clone() if v is not None else None) for k, v in tensors.items()}
-    getattr(triton_backend, case.op)(**mine, **scalars)
+    getattr(load_backend(backend), case.op)(**mine, **scalars)
     getattr(reference, case.op)(**tensors, **scalars)
     for name, want in tensors.items():
         got = mine[name]
@@ -179,87 +182,148 @@ def verify(case: Case, device: torch.device) -> bool:
             eps = torch.finfo(want.dtype).eps
             ok = torch.allclose(got.float(), want.float(), rtol=2 * eps, atol=1e-5)
         if not ok:
-            print(f"  MISMATCH {case.label}: {name}", file=sys.stderr)
+            print(f"  MISMATCH {case.label} ({backend}): {name}", file=sys.stderr)
             return False
     return True
 
 
-@dataclass
-class Row:
-    case: str
-    bytes: int
-    triton_ms: float
-    triton_gbps: float
-    reference_ms: Optional[float]
-    reference_gbps: Optional[float]
-    speedup: Optional[float]
-    matches_reference: Optional[bool] = None
+# The variants timed for each case: a plain copy between two of the op's tensors (the practical
+# bandwidth: one read + one write), the reference eager and under torch.compile, and the backends.
+VARIANTS: Tuple[str, ...] = ("copy", "eager", "compiled", "triton", "cuda")
+#: The written tensor of each op that the "copy" variant overwrites (from the op's first big input).
+COPY_PAIR: Dict[str, Tuple[str, str]] = {"probe_decide": ("p", "p_prev"), "reconstruct": ("x", "out"),
+                                         "refresh": ("h", "r_slot")}
 
 
-def run(case: Case, device: torch.device, *, with_reference: bool = True, rep_ms: int = 200) -> Row:
-    """Time one case on ``device`` (CUDA) with ``triton.testing.do_bench`` (median)."""
+def compiled_reference(op: str):
+    """The reference op under ``torch.compile`` with dynamic shapes: one compilation per op and dtype
+    serves every shape (static shapes would compile 18 times, minutes of a short GPU lease)."""
+    from dicache.ops import reference
+
+    return torch.compile(getattr(reference, op), dynamic=True)
+
+
+def time_case(case: Case, device: torch.device, impls: Dict[str, object], *, rep_ms: int = 100) -> List[Dict]:
+    """One row per variant of ``case``: median ms (``triton.testing.do_bench``), GB/s from the fewest bytes,
+    fraction of the copy bandwidth, and the speed-ups over the eager and the compiled reference."""
     import triton.testing
 
-    from dicache.ops import reference, triton_backend
-
     tensors, scalars = _make_args(case, device)
-    fused = getattr(triton_backend, case.op)
-    ref = getattr(reference, case.op)
+    src, dst = (tensors[k] for k in COPY_PAIR[case.op])
+    fns = {"copy": lambda: dst.copy_(src)}
+    for name, impl in impls.items():
+        fns[name] = (lambda fn=getattr(impl, case.op) if not callable(impl) else impl: fn(**tensors, **scalars))
     nbytes = min_bytes(case)
-    t_ms = triton.testing.do_bench(lambda: fused(**tensors, **scalars), rep=rep_ms, return_mode="median")
-    r_ms = None
-    if with_reference:
+    rows: Dict[str, Dict] = {}
+    for name, fn in fns.items():
+        row = {"case": case.label, "op": case.op, "shape": "x".join(map(str, case.shape)),
+               "dtype": str(case.dtype).replace("torch.", ""), "variant": name, "ms": None, "GBps": None,
+               "of_copy": None, "vs_eager": None, "vs_compiled": None, "note": ""}
         try:
-            r_ms = triton.testing.do_bench(lambda: ref(**tensors, **scalars), rep=rep_ms, return_mode="median")
-        except torch.OutOfMemoryError:
-            torch.cuda.empty_cache()  # the reference's temporaries do not fit: report the fused op only
-    return Row(
-        case=case.label,
-        bytes=nbytes,
-        triton_ms=t_ms,
-        triton_gbps=gbps(nbytes, t_ms),
-        reference_ms=r_ms,
-        reference_gbps=gbps(nbytes, r_ms) if r_ms else None,
-        speedup=(r_ms / t_ms) if r_ms else None,
-    )
+            row["ms"] = triton.testing.do_bench(fn, rep=rep_ms, return_mode="median")
+        except torch.OutOfMemoryError:  # the eager reference's temporaries may not fit: a row with the reason
+            row["note"] = "out of GPU memory"
+        torch.cuda.empty_cache()
+        if row["ms"]:
+            moved = 2 * src.numel() * src.element_size() if name == "copy" else nbytes
+            row["GBps"] = gbps(moved, row["ms"])
+        rows[name] = row
+    copy_bw = rows["copy"]["GBps"]
+    for r in rows.values():
+        if r["ms"] and copy_bw:
+            r["of_copy"] = r["GBps"] / copy_bw
+        for ref_name, key in (("eager", "vs_eager"), ("compiled", "vs_compiled")):
+            base = rows.get(ref_name, {}).get("ms")
+            if r["ms"] and base and r["variant"] not in ("copy", ref_name):
+                r[key] = base / r["ms"]
+    return list(rows.values())
+
+
+def _f(v, spec: str, suffix: str = "") -> str:
+    return "–" if v is None else f"{v:{spec}}{suffix}"
+
+
+def markdown_table(rows: List[Dict]) -> str:
+    lines = ["| op | shape | dtype | variant | median ms | GB/s | of copy | vs eager | vs compiled | check |",
+             "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | --- |"]
+    for r in rows:
+        check = {None: "", True: "ok", False: "**FAIL**"}[r.get("matches_reference")]
+        lines.append(f"| {r['op']} | {r['shape']} | {r['dtype']} | {r['variant']} | {_f(r['ms'], '.4f')} | "
+                     f"{_f(r['GBps'], '.0f')} | {_f(r['of_copy'], '.2f')} | {_f(r['vs_eager'], '.1f', '×')} | "
+                     f"{_f(r['vs_compiled'], '.2f', '×')} | {check}{r['note']} |")
+    return "\n".join(lines)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--shapes", nargs="+", help="BxNxC shapes (default: the Flux, Wan 1.3B and Wan 14B sizes)")
+    parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    parser.add_argument("--rep-ms", type=int, default=100, help="do_bench repetition time per measurement")
     parser.add_argument("--json", help="also write the rows to this JSON file")
-    parser.add_argument("--no-reference", action="store_true", help="time the Triton kernels only")
-    parser.add_argument("--rep-ms", type=int, default=200, help="do_bench repetition time per measurement")
-    parser.add_argument("--no-check", action="store_true", help="skip the correctness check before timing")
+    parser.add_argument("--md", help="also write the markdown table to this file")
     args = parser.parse_args(argv)
 
     if not torch.cuda.is_available():
         print("bench_triton: needs a CUDA GPU (triton.testing.do_bench cannot run on CPU); nothing measured.",
               file=sys.stderr)
         return 2
+    from dicache.ops import BackendUnavailableError, load_backend, reference
+
     device = torch.device("cuda")
-    print(f"device: {torch.cuda.get_device_name(device)}; torch {torch.__version__}")
+    shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes] if args.shapes else SHAPES
+    dtypes = [getattr(torch, d) for d in args.dtypes]
+    impls: Dict[str, object] = {}
+    unavailable: Dict[str, str] = {}
+    for name in args.variants:
+        if name == "eager":
+            impls[name] = reference
+        elif name in ("triton", "cuda"):
+            try:
+                impls[name] = load_backend(name)  # builds the CUDA extension on first use
+                why = impls[name].check_device(device)
+                if why:
+                    del impls[name]
+                    unavailable[name] = why
+            except BackendUnavailableError as exc:
+                unavailable[name] = str(exc)
+    compiled = {op: compiled_reference(op) for op in OPS} if "compiled" in args.variants else {}
+    head = f"device: {torch.cuda.get_device_name(device)}; torch {torch.__version__}"
+    try:
+        import triton
+
+        head += f", triton {triton.__version__}"
+    except ImportError:  # pragma: no cover
+        pass
+    print(head, file=sys.stderr)
+    for name, why in unavailable.items():
+        print(f"  {name}: not timed: {why}", file=sys.stderr)
     rows: List[Dict] = []
-    header = (f"{'case':48s} {'MB':>8s} {'triton ms':>10s} {'GB/s':>8s} {'ref ms':>9s} {'GB/s':>8s} "
-              f"{'speedup':>8s} {'check':>6s}")
-    print(header)
     failed = False
-    for case in cases():
-        ok = None if args.no_check else verify(case, device)
-        failed |= ok is False
+    for case in cases(shapes, dtypes):
+        checks = {name: verify(case, device, name) for name in ("triton", "cuda") if name in impls}
+        failed |= not all(checks.values())
+        case_impls = dict(impls)
+        if compiled:
+            case_impls["compiled"] = compiled[case.op]
+        case_impls = {v: case_impls[v] for v in VARIANTS if v in case_impls}
+        for r in time_case(case, device, case_impls, rep_ms=args.rep_ms):
+            r["matches_reference"] = checks.get(r["variant"])
+            rows.append(r)
+            print(f"{r['case']:44s} {r['variant']:8s} {_f(r['ms'], '9.4f')} ms {_f(r['GBps'], '6.0f')} GB/s "
+                  f"of copy {_f(r['of_copy'], '5.2f')} vs eager {_f(r['vs_eager'], '6.1f')} "
+                  f"vs compiled {_f(r['vs_compiled'], '5.2f')} {r['note']}", file=sys.stderr, flush=True)
         torch.cuda.empty_cache()
-        row = run(case, device, with_reference=not args.no_reference, rep_ms=args.rep_ms)
-        row.matches_reference = ok
-        ref_ms = f"{row.reference_ms:9.3f}" if row.reference_ms else f"{'-':>9s}"
-        ref_bw = f"{row.reference_gbps:8.0f}" if row.reference_gbps else f"{'-':>8s}"
-        spd = f"{row.speedup:7.2f}x" if row.speedup else f"{'-':>8s}"
-        check = {None: "-", True: "ok", False: "FAIL"}[ok]
-        print(f"{row.case:48s} {row.bytes / 1e6:8.1f} {row.triton_ms:10.3f} {row.triton_gbps:8.0f} {ref_ms} {ref_bw} "
-              f"{spd} {check:>6s}")
-        rows.append(asdict(row))
-        torch.cuda.empty_cache()
+    md = head + "\n\n" + markdown_table(rows) + "\n"
+    md += "".join(f"\n* `{n}`: not timed: {why}" for n, why in unavailable.items())
+    print(md)
+    if args.md:
+        with open(args.md, "w") as f:
+            f.write(md)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"device": torch.cuda.get_device_name(device), "rows": rows}, f, indent=1)
+            json.dump({"device": torch.cuda.get_device_name(device), "torch": torch.__version__,
+                       "unavailable": unavailable, "rows": rows}, f, indent=1)
     return 1 if failed else 0
 
 

@@ -4,6 +4,8 @@ and the peers that run on the same bare transformer.
     python benchmarks/skip_cost.py [--width 1024] [--tokens 1024] [--repeats 3] [--backend auto]
     python benchmarks/skip_cost.py --width 256 --heads 4 --tokens 256 --repeats 1 --threads 1   # smoke
     python benchmarks/skip_cost.py --methods dicache fbc --md out.md --json out.json
+    python benchmarks/skip_cost.py --device cuda --dtype bfloat16 --width 3072 --heads 24 --layers 19 \
+        --single-layers 38 --tokens 4096 --text-tokens 512 --backend torch triton cuda   # Flux.1 size on a GPU
 
 Random weights (timing only). Each method runs a sequence of ``--calls`` calls (timestep going
 down, each inside ``cache_context("cond", step_index=i, sigma=…, num_inference_steps=…)`` as a
@@ -49,6 +51,7 @@ import argparse
 import contextlib
 import copy
 import functools
+import gc
 import io
 import json
 import logging
@@ -68,6 +71,24 @@ import torch  # noqa: E402
 import dicache  # noqa: E402
 
 
+#: Called before every clock read: ``torch.cuda.synchronize`` when the model runs on a GPU (``--device
+#: cuda``), so that each timer sees the kernels its code launched finish; nothing on the CPU.
+_sync: Callable[[], None] = lambda: None
+
+
+def _now() -> float:
+    _sync()
+    return time.perf_counter()
+
+
+def _free() -> None:
+    """Drop a model copy now: its blocks and the instrument's timers form reference cycles, which only
+    the garbage collector breaks (on a GPU, Flux.1-size copies would otherwise pile up: 24 GB each)."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def make_model(width: int, heads: int, layers: int, single_layers: int):
     from diffusers import FluxTransformer2DModel
 
@@ -81,15 +102,17 @@ def make_model(width: int, heads: int, layers: int, single_layers: int):
     ).eval()
 
 
-def make_inputs(tokens: int, text_tokens: int = 64):
+def make_inputs(tokens: int, text_tokens: int = 64, device="cpu", dtype=torch.float32):
     g = torch.Generator().manual_seed(1)
-    return dict(
+    out = dict(
         hidden_states=torch.randn(1, tokens, 64, generator=g),
         encoder_hidden_states=torch.randn(1, text_tokens, 256, generator=g),
         pooled_projections=torch.randn(1, 128, generator=g),
         img_ids=torch.zeros(tokens, 3), txt_ids=torch.zeros(text_tokens, 3),
-        guidance=torch.full((1,), 3.5), return_dict=False,
+        guidance=torch.full((1,), 3.5),
     )
+    out = {k: v.to(device, dtype if k not in ("img_ids", "txt_ids") else torch.float32) for k, v in out.items()}
+    return dict(out, return_dict=False)
 
 
 def block_list(model) -> List[torch.nn.Module]:
@@ -125,23 +148,23 @@ class Instrument:
         @functools.wraps(fwd)
         def timed(*args, **kwargs):
             self.depth += 1
-            t0 = time.perf_counter()
+            t0 = _now()
             try:
                 return fwd(*args, **kwargs)
             finally:
                 self.depth -= 1
                 if self.rec is not None:
-                    self.rec[key][i] += time.perf_counter() - t0
+                    self.rec[key][i] += _now() - t0
                     self.rec[key + "_n"][i] += 1
 
         return timed
 
     def _pre(self, i, mod, args):
-        self._t0[i] = time.perf_counter()
+        self._t0[i] = _now()
 
     def _post(self, i, mod, args, out):
         if self.rec is not None:
-            self.rec["call"][i] += time.perf_counter() - self._t0.pop(i)
+            self.rec["call"][i] += _now() - self._t0.pop(i)
 
     def spy(self, owner: Any, name: str) -> None:
         """Time ``owner.name`` (a method, patched on its class or on one instance) as cache arithmetic."""
@@ -158,12 +181,12 @@ class Instrument:
 
     def _arith(self, fn, args, kwargs):
         inside = self.depth > 0
-        t0 = time.perf_counter()
+        t0 = _now()
         try:
             return fn(*args, **kwargs)
         finally:
             if self.rec is not None:
-                self.rec["arith_in" if inside else "arith_out"] += time.perf_counter() - t0
+                self.rec["arith_in" if inside else "arith_out"] += _now() - t0
 
     def unspy(self) -> None:
         for owner, name, saved in reversed(self._spied):
@@ -189,14 +212,15 @@ class Instrument:
 def run_calls(model, inst: Instrument, inputs, n_calls: int) -> List[Dict[str, Any]]:
     """A trajectory of ``n_calls`` calls (timestep going down), each recorded."""
     rows = []
+    device, dtype = inputs["hidden_states"].device, inputs["hidden_states"].dtype
     with torch.no_grad():
         for i in range(n_calls):
             sigma = 1.0 - i / n_calls
             rec = inst.new_record()
-            t0 = time.perf_counter()
+            t0 = _now()
             with model.cache_context("cond", step_index=i, num_inference_steps=n_calls, sigma=sigma):
-                model(timestep=torch.full((1,), sigma), **inputs)
-            rec["total"] = time.perf_counter() - t0
+                model(timestep=torch.full((1,), sigma, device=device, dtype=dtype), **inputs)
+            rec["total"] = _now() - t0
             rows.append(rec)
     inst.rec = None
     return rows
@@ -238,14 +262,18 @@ def flux_raw_vision(module, args, kwargs) -> Optional[List[torch.Tensor]]:
 def build_methods(args, warm: int, n_calls: int) -> List[Method]:
     out: List[Method] = []
 
-    def dicache_on(m):
-        dicache.enable(m, backend=args.backend, threshold=1e9, warmup=warm, probe_depth=1,
-                       max_consecutive_reuse=None, force_last_step=False)
+    def dicache_on(backend: str):
+        def enable(m):
+            dicache.enable(m, backend=backend, threshold=1e9, warmup=warm, probe_depth=1,
+                           max_consecutive_reuse=None, force_last_step=False)
 
-    out.append(Method(
-        "dicache", f"DiCache (m=1, backend={args.backend})", 1, dicache_on, dicache.disable,
-        lambda m: [(dicache.hooks.session_of(m).engine, "after_probe")],
-        "threshold 1e9: the fused probe statistics and decision still run on every call"))
+        return enable
+
+    for backend in args.backend:  # one row per DiCache backend
+        out.append(Method(
+            "dicache", f"DiCache (m=1, backend={backend})", 1, dicache_on(backend), dicache.disable,
+            lambda m: [(dicache.hooks.session_of(m).engine, "after_probe")],
+            "threshold 1e9: the fused probe statistics and decision still run on every call"))
 
     def fbc_on(m):
         from diffusers.hooks import FirstBlockCacheConfig
@@ -401,7 +429,8 @@ def measure_full(base, inputs, n_calls: int, repeats: int) -> Dict[str, Any]:
             attn.append(sum(r["attn"]))
             blocks.append(r["compute"])
         inst.remove()
-        del model
+        del model, inst
+        _free()
     M = len(blocks[0])
     block_med = [med([b[i] for b in blocks]) for i in range(M)]
     return dict(total=med(totals), total_iqr=iqr(totals), nonblock=med(nonblock), nonblock_iqr=iqr(nonblock),
@@ -450,7 +479,8 @@ def measure_method(base, inputs, method: Method, n_calls: int, repeats: int) -> 
                 total=r["total"], run=compute - r["arith_in"], in_blocks=calls - compute + r["arith_in"],
                 outside=r["total"] - calls, arith=arith, blocks_run=sum(1 for n in r["compute_n"] if n > 0)))
         pattern.append("".join(marks))
-        del model
+        del model, inst
+        _free()
     if not per_call:
         return dict(status="no-skip", reason=f"no call was skipped (pattern {' '.join(pattern)})", pattern=pattern,
                     warnings=sorted(set(warnings)))
@@ -527,9 +557,12 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=3, help="trajectories per method")
     ap.add_argument("--calls", type=int, default=8, help="calls per trajectory")
     ap.add_argument("--warmup", type=int, default=3, help="full calls before skipping starts")
-    ap.add_argument("--backend", default="auto", help="DiCache's backend")
+    ap.add_argument("--backend", nargs="+", default=["auto"], help="DiCache's backend(s): one row each")
     ap.add_argument("--methods", nargs="+", default=list(METHOD_KEYS), choices=METHOD_KEYS)
     ap.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (timers then synchronize the GPU before each read)")
+    ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    ap.add_argument("--text-tokens", type=int, default=64)
     ap.add_argument("--md", help="also write the markdown to this file")
     ap.add_argument("--json", help="also write every number to this JSON file")
     args = ap.parse_args(argv)
@@ -539,8 +572,14 @@ def main(argv=None) -> int:
         ap.error("--calls must exceed --warmup")
 
     t_start = time.perf_counter()
-    base = make_model(args.width, args.heads, args.layers, args.single_layers)
-    inputs = make_inputs(args.tokens)
+    global _sync
+    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    if device.type == "cuda":
+        _sync = torch.cuda.synchronize
+    with torch.device(device):  # random init on the device: seconds, not minutes, at full Flux size
+        base = make_model(args.width, args.heads, args.layers, args.single_layers).to(dtype)
+    _free()  # the fp32 weights the model was made with
+    inputs = make_inputs(args.tokens, args.text_tokens, device, dtype)
     M = args.layers + args.single_layers
     full = measure_full(base, inputs, args.calls, args.repeats)
 
@@ -549,16 +588,17 @@ def main(argv=None) -> int:
     for method in methods:
         t0 = time.perf_counter()
         r = measure_method(base, inputs, method, args.calls, args.repeats)
-        raw[method.key] = {k: v for k, v in r.items() if k != "per_call"}
+        raw[method.name] = {k: v for k, v in r.items() if k != "per_call"}
         rows.append(summarize(method.name, method, r, full))
         print(f"  {method.name}: {r.get('status')} ({time.perf_counter() - t0:.1f} s)", file=sys.stderr, flush=True)
 
     nb, mb = full["nonblock"], full["mean_block"]
     head = "\n".join([
         f"machine: {platform.machine()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads, "
-        f"torch {torch.__version__}",
+        f"torch {torch.__version__}" + (f"; GPU {torch.cuda.get_device_name(device)} (timers synchronize it)"
+                                        if device.type == "cuda" else ""),
         f"model: Flux-class, width {args.width} ({args.heads} heads), {M} blocks ({args.layers} double + "
-        f"{args.single_layers} single), {args.tokens} image + 64 text tokens, fp32, random weights; "
+        f"{args.single_layers} single), {args.tokens} image + {args.text_tokens} text tokens, {args.dtype}, random weights; "
         f"{args.repeats} runs of {args.calls} calls (warm-up {args.warmup}); medians over skipped calls",
         f"full call {1e3 * full['total']:.1f} ms (IQR {1e3 * full['total_iqr']:.1f}): blocks "
         f"{1e3 * sum(full['blocks']):.1f} ms (mean block {1e3 * mb:.1f} ms, block 0 {1e3 * full['blocks'][0]:.1f} ms; "
