@@ -18,8 +18,9 @@ all ``--labels`` in one batch through the real diffusers pipeline, with
 * cache-dit's DBCache (if ``cache-dit`` is installed);
 * DiCache on its family preset at several thresholds, and the families that change one option each
   (``quality_methods.DICACHES``): the authors' settings, compute-budget mode (``target_speedup``),
-  second-order alignment, separate CFG decisions, no cap on reuses, a δ schedule, γ fixed to 1, probe
-  depth 2 and 3.
+  second-order alignment and the order picked per call by the probe, separate CFG decisions, a cap of 2
+  reuses in a row, a δ schedule, γ fixed to 1, probe depth 2 and 3, predictive skips, and the run rule
+  off (``run_power=0`` with a cap of 2: the earlier preset).
 
 Per method and setting it reports the flops executed (torch's ``FlopCounterMode`` over the pipeline call,
 the same way for every cache), the block evaluations executed (``block_counter.py``), the wall time of a
@@ -470,6 +471,30 @@ def lead_table(rows: List[Dict]) -> List[str]:
     return lines
 
 
+def budget_table(rows: List[Dict]) -> List[str]:
+    """Each compute-budget run: its target, the flops saving it reached (off target in %), its PSNR, and the
+    best fixed-δ DiCache family (every DiCache family but the budget one) interpolated at the same savings."""
+    lines = ["| model | steps | target | fewer flops | off target (±10 %) | PSNR dB | best fixed-δ DiCache at the same "
+             "savings | dB | budget − best (≥ −0.5) |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: |"]
+    fixed = [f for f in qm.DICACHES if f != qm.DICACHE_BUDGET]
+    for r in rows:
+        if r["family"] != qm.DICACHE_BUDGET or r["status"] != "ok" or not r.get("flop_fraction"):
+            continue
+        target = float(r["setting"].split("=")[1].split()[0])
+        fewer = 1.0 / r["flop_fraction"]
+        off = fewer / target - 1.0
+        rs = [x for x in rows if x["model"] == r["model"] and x["steps"] == r["steps"]]
+        vals = [(psnr_at([x for x in rs if x["family"] == f], fewer), f) for f in fixed]
+        vals = [(v, f) for v, f in vals if v is not None]
+        bv, bf = max(vals) if vals else (None, "–")
+        diff = "–" if bv is None else f"{r['psnr'] - bv:+.1f} {'✓' if r['psnr'] - bv >= -0.5 else '✗'}"
+        lines.append(f"| {r['model']} | {r['steps']} | {target:g}× | {fewer:.2f}× | {100 * off:+.1f} % "
+                     f"{'✓' if abs(off) <= 0.10 else '✗'} | {r['psnr']:.1f} | {bf} | "
+                     f"{'–' if bv is None else f'{bv:.1f}'} | {diff} |")
+    return lines
+
+
 def markdown(rows: List[Dict], meta: Dict) -> str:
     lines = [
         f"Command: `{meta['command']}`  ",
@@ -497,6 +522,11 @@ def markdown(rows: List[Dict], meta: Dict) -> str:
         "best DiCache.",
         "",
         *lead_table(rows),
+        "",
+        "The compute-budget mode (`target_speedup`): each run against its target and against the best fixed-δ "
+        "DiCache family at the savings it reached (– : no fixed-δ family reaches there).",
+        "",
+        *budget_table(rows),
         "",
     ]
     groups: Dict = {}
@@ -531,8 +561,9 @@ _STYLE = {
     qm.TAYLORSEER_LITE: ("tab:pink", "P"), qm.MAGCACHE: ("tab:green", "^"), qm.SEACACHE: ("tab:olive", "D"),
     qm.DBCACHE: ("tab:cyan", "X"), qm.DICACHE: ("tab:red", "o"), qm.DICACHE_PAPER: ("salmon", "o"),
     qm.DICACHE_BUDGET: ("deeppink", "*"), qm.DICACHE_ORDER2: ("darkred", "d"), qm.DICACHE_SEPARATE: ("tab:orange", "<"),
-    qm.DICACHE_NOCAP: ("tab:brown", ">"), qm.DICACHE_SCHED: ("gold", "p"), qm.DICACHE_NOALIGN: ("rosybrown", "o"),
-    qm.DICACHE_M2: ("peru", "h"), qm.DICACHE_M3: ("sienna", "8"),
+    qm.DICACHE_CAP2: ("tab:brown", ">"), qm.DICACHE_AUTO: ("indianred", "d"), qm.DICACHE_SCHED: ("gold", "p"), qm.DICACHE_NOALIGN: ("rosybrown", "o"),
+    qm.DICACHE_M2: ("peru", "h"), qm.DICACHE_M3: ("sienna", "8"), qm.DICACHE_PREDICTIVE: ("crimson", "*"),
+    qm.DICACHE_NORUN: ("lightcoral", "s"),
 }
 
 
@@ -673,6 +704,11 @@ def merge(dirs: List[str], out: str) -> int:
             r for r in det["runs"] if (r["model"], r["steps"], r["family"]) in keys]
         metas.append(det["meta"])
     order = {f: i for i, f in enumerate(qm.FAMILIES)}
+    stale = sorted({r["family"] for r in rows if r["family"] not in order})
+    if stale:  # families an earlier version of the benchmark had: not part of this report
+        print(f"merge: dropping families no longer in the benchmark: {', '.join(stale)}", file=sys.stderr)
+        rows = [r for r in rows if r["family"] in order]
+        runs = [r for r in runs if r["family"] in order]
     first = list(dict.fromkeys((r["model"], r["steps"]) for r in rows))
     rows.sort(key=lambda r: (first.index((r["model"], r["steps"])), order.get(r["family"], len(order))))
     meta = dict(metas[0])

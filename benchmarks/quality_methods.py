@@ -42,15 +42,18 @@ DICACHE = "DiCache"  # dicache.enable(pipe, threshold=δ): the preset of the mod
 DICACHE_PAPER = "DiCache paper"  # the authors' settings (dicache.PAPER_PRESETS)
 DICACHE_BUDGET = "DiCache budget"  # preset + target_speedup: no δ, a compute budget
 DICACHE_ORDER2 = "DiCache order 2"  # preset + alignment_order=2
+DICACHE_AUTO = "DiCache order auto"  # preset + alignment_order="auto" (the probe picks line or quadratic per call)
 DICACHE_SEPARATE = "DiCache separate CFG"  # preset + cfg_decision="separate"
-DICACHE_NOCAP = "DiCache no cap"  # preset + max_consecutive_reuse=None
+DICACHE_CAP2 = "DiCache cap 2"  # preset + max_consecutive_reuse=2 (SeaCache's cap; the earlier preset's)
 DICACHE_SCHED = "DiCache δ schedule"  # preset + threshold_end = 2·threshold
 DICACHE_NOALIGN = "DiCache γ=1"  # preset + gamma_clip=(1, 1): no trajectory alignment
 DICACHE_M2 = "DiCache m=2"
 DICACHE_M3 = "DiCache m=3"
+DICACHE_PREDICTIVE = "DiCache predictive"  # preset + predictive_skip=True
+DICACHE_NORUN = "DiCache run_power=0"  # preset + run_power=0 + cap 2: every reuse of a run under δ (the earlier rule)
 PEERS = (UNIFORM, FBC, TAYLORSEER, TAYLORSEER_LITE, MAGCACHE, SEACACHE, DBCACHE)
-DICACHES = (DICACHE, DICACHE_PAPER, DICACHE_BUDGET, DICACHE_ORDER2, DICACHE_SEPARATE, DICACHE_NOCAP, DICACHE_SCHED,
-            DICACHE_NOALIGN, DICACHE_M2, DICACHE_M3)
+DICACHES = (DICACHE, DICACHE_PAPER, DICACHE_BUDGET, DICACHE_AUTO, DICACHE_ORDER2, DICACHE_SEPARATE, DICACHE_CAP2,
+            DICACHE_SCHED, DICACHE_NOALIGN, DICACHE_M2, DICACHE_M3, DICACHE_PREDICTIVE, DICACHE_NORUN)
 FAMILIES = (NO_CACHE,) + PEERS + DICACHES
 
 
@@ -83,7 +86,8 @@ class Method:
 # ---------------------------------------------------------------------------
 
 # Chosen with sweeps on the shipped models (1 seed, 10 labels): each list spans ~1.3–3× fewer flops where
-# the method gets there at all. DiCache's own families sit around its preset (δ=0.2 Flux, 0.24 Wan).
+# the method gets there at all. DiCache's own families sit around its preset (δ=0.3 Flux, 0.16 Wan);
+# "run_power=0" sits around the earlier preset (δ=0.2 Flux, 0.12 Wan, cap 2).
 # Step counts not listed use the nearest one.
 _PEERS_FLUX20 = {UNIFORM: [2, 3], FBC: [0.2, 0.3, 0.4], TAYLORSEER: [("default", 3)], TAYLORSEER_LITE: [2, 3, 4],
                  MAGCACHE: [0.1, 0.25, 0.4], SEACACHE: [0.25], DBCACHE: [0.2, 0.4, 0.6]}
@@ -96,24 +100,28 @@ _PEERS_WAN50 = {UNIFORM: [2, 3], FBC: [0.05, 0.1, 0.15], TAYLORSEER: [("default"
 _BUDGETS = [1.5, 2.0, 2.5, 3.0]
 SETTINGS: Dict[str, Dict[int, Dict[str, list]]] = {
     "flux_digits": {
-        20: {**_PEERS_FLUX20, DICACHE: [0.1, 0.15, 0.2, 0.3, 0.6], DICACHE_PAPER: [0.1, 0.2, 0.4, 0.6],
-             DICACHE_BUDGET: _BUDGETS, DICACHE_ORDER2: [0.15, 0.2, 0.3], DICACHE_SEPARATE: [0.15, 0.2, 0.3],
-             DICACHE_NOCAP: [0.1, 0.2], DICACHE_SCHED: [0.1, 0.15], DICACHE_NOALIGN: [0.2, 0.6],
-             DICACHE_M2: [0.2, 0.6], DICACHE_M3: [0.2, 0.6]},
-        50: {**_PEERS_FLUX50, DICACHE: [0.05, 0.075, 0.1, 0.2, 0.4], DICACHE_PAPER: [0.05, 0.1, 0.2, 0.4],
-             DICACHE_BUDGET: _BUDGETS, DICACHE_ORDER2: [0.075, 0.1, 0.2], DICACHE_SEPARATE: [0.075, 0.1, 0.2],
-             DICACHE_NOCAP: [0.05, 0.1], DICACHE_SCHED: [0.05, 0.075], DICACHE_NOALIGN: [0.1, 0.4],
-             DICACHE_M2: [0.1, 0.4], DICACHE_M3: [0.1, 0.4]},
+        20: {**_PEERS_FLUX20, DICACHE: [0.15, 0.2, 0.3, 0.4, 0.6], DICACHE_PAPER: [0.1, 0.2, 0.4, 0.6],
+             DICACHE_BUDGET: _BUDGETS, DICACHE_AUTO: [0.2, 0.3, 0.4], DICACHE_ORDER2: [0.2, 0.3, 0.4],
+             DICACHE_SEPARATE: [0.2, 0.3, 0.4], DICACHE_CAP2: [0.2, 0.3, 0.4], DICACHE_SCHED: [0.15, 0.2],
+             DICACHE_NOALIGN: [0.3, 0.6], DICACHE_M2: [0.3, 0.6], DICACHE_M3: [0.3, 0.6],
+             DICACHE_PREDICTIVE: [0.2, 0.3, 0.4], DICACHE_NORUN: [0.1, 0.15, 0.2, 0.3]},
+        50: {**_PEERS_FLUX50, DICACHE: [0.1, 0.15, 0.2, 0.3, 0.45], DICACHE_PAPER: [0.05, 0.1, 0.2, 0.4],
+             DICACHE_BUDGET: _BUDGETS, DICACHE_AUTO: [0.1, 0.2, 0.3], DICACHE_ORDER2: [0.1, 0.2, 0.3],
+             DICACHE_SEPARATE: [0.1, 0.2, 0.3], DICACHE_CAP2: [0.1, 0.2, 0.3], DICACHE_SCHED: [0.1, 0.15],
+             DICACHE_NOALIGN: [0.2, 0.45], DICACHE_M2: [0.2, 0.45], DICACHE_M3: [0.2, 0.45],
+             DICACHE_PREDICTIVE: [0.1, 0.2, 0.3], DICACHE_NORUN: [0.05, 0.075, 0.1, 0.2]},
     },
     "wan_digits": {
-        20: {**_PEERS_WAN20, DICACHE: [0.08, 0.12, 0.16, 0.24, 0.32, 0.6], DICACHE_PAPER: [0.08, 0.12, 0.16, 0.24],
-             DICACHE_BUDGET: _BUDGETS, DICACHE_ORDER2: [0.16, 0.24, 0.32], DICACHE_SEPARATE: [0.16, 0.24, 0.32],
-             DICACHE_NOCAP: [0.08, 0.16], DICACHE_SCHED: [0.12, 0.16], DICACHE_NOALIGN: [0.24, 0.6],
-             DICACHE_M2: [0.24, 0.6], DICACHE_M3: [0.24, 0.6]},
-        50: {**_PEERS_WAN50, DICACHE: [0.04, 0.08, 0.12, 0.16, 0.3], DICACHE_PAPER: [0.04, 0.08, 0.12, 0.24],
-             DICACHE_BUDGET: _BUDGETS, DICACHE_ORDER2: [0.08, 0.12, 0.16], DICACHE_SEPARATE: [0.08, 0.12, 0.16],
-             DICACHE_NOCAP: [0.04, 0.08], DICACHE_SCHED: [0.06, 0.08], DICACHE_NOALIGN: [0.12, 0.3],
-             DICACHE_M2: [0.12, 0.3], DICACHE_M3: [0.12, 0.3]},
+        20: {**_PEERS_WAN20, DICACHE: [0.1, 0.12, 0.16, 0.2, 0.3], DICACHE_PAPER: [0.08, 0.12, 0.16, 0.24],
+             DICACHE_BUDGET: _BUDGETS, DICACHE_AUTO: [0.12, 0.16, 0.3], DICACHE_ORDER2: [0.12, 0.16, 0.3],
+             DICACHE_SEPARATE: [0.12, 0.16, 0.3], DICACHE_CAP2: [0.16, 0.2, 0.3], DICACHE_SCHED: [0.1, 0.16],
+             DICACHE_NOALIGN: [0.16, 0.3], DICACHE_M2: [0.16, 0.3], DICACHE_M3: [0.16, 0.3],
+             DICACHE_PREDICTIVE: [0.12, 0.16, 0.3], DICACHE_NORUN: [0.08, 0.12, 0.16, 0.24]},
+        50: {**_PEERS_WAN50, DICACHE: [0.08, 0.12, 0.16, 0.2, 0.24], DICACHE_PAPER: [0.04, 0.08, 0.12, 0.24],
+             DICACHE_BUDGET: _BUDGETS, DICACHE_AUTO: [0.08, 0.16, 0.24], DICACHE_ORDER2: [0.08, 0.16, 0.24],
+             DICACHE_SEPARATE: [0.08, 0.16, 0.24], DICACHE_CAP2: [0.12, 0.16, 0.24], DICACHE_SCHED: [0.08, 0.12],
+             DICACHE_NOALIGN: [0.16, 0.24], DICACHE_M2: [0.16, 0.24], DICACHE_M3: [0.16, 0.24],
+             DICACHE_PREDICTIVE: [0.08, 0.16, 0.24], DICACHE_NORUN: [0.04, 0.08, 0.12, 0.16]},
     },
 }
 
@@ -289,12 +297,19 @@ def dicache_method(family: str, value: float) -> Method:
         opts["probe_depth"] = 3
     elif family == DICACHE_ORDER2:
         opts["alignment_order"] = 2
+    elif family == DICACHE_AUTO:
+        opts["alignment_order"] = "auto"
     elif family == DICACHE_SEPARATE:
         opts["cfg_decision"] = "separate"
-    elif family == DICACHE_NOCAP:
-        opts["max_consecutive_reuse"] = None
+    elif family == DICACHE_CAP2:
+        opts["max_consecutive_reuse"] = 2
     elif family == DICACHE_SCHED:
         opts["threshold_end"] = 2 * value
+    elif family == DICACHE_PREDICTIVE:
+        opts["predictive_skip"] = True
+    elif family == DICACHE_NORUN:
+        opts["run_power"] = 0.0
+        opts["max_consecutive_reuse"] = 2
     elif family == DICACHE_BUDGET:
         opts = {"target_speedup": value}
 

@@ -42,7 +42,23 @@ class DiCacheConfig:
         alignment_order: 1: the method's trajectory alignment along the line
             through the two newest stored residuals; 2: the quadratic through
             the three newest (one more stored pair of image-token tensors), at
-            the step position the probe's γ reads off.
+            the step position the probe's γ reads off; ``"auto"``: at each probed
+            reuse with three entries stored, the order whose extrapolation of
+            the probe residual lands nearer to the probe residual measured
+            (followers and predicted skips take the step's choice).
+        run_power: the j-th reuse in a row must keep the accumulated error
+            under ``δ / j^run_power`` (0: under δ, the method). The error of
+            extrapolating ``j`` steps past the stored residuals grows faster
+            than the probe's accumulated change: with 1, a single reuse
+            between computed calls is allowed up to δ, a second one in a row
+            only while the error is under δ/2. Not used in budget mode.
+        predictive_skip: after a reuse, skip the next call without running its
+            probe when the accumulated error plus the last measured per-step
+            increment stays under δ; γ continues along the line the last probe
+            measured (``γ' = 1 + (γ − 1)·(d + 1)/d``, ``d`` the steps since the
+            last computed call). The next probe measures the error since the
+            last probe, so an optimistic prediction is corrected one call later.
+            At most one unprobed call follows each probed one.
         threshold_end: δ at the last step; δ moves linearly from ``threshold``
             at the first step (None: constant). Needs the step count.
         target_speedup: compute-budget mode (> 1): no δ to tune. The number of
@@ -68,7 +84,9 @@ class DiCacheConfig:
     batch_policy: str = "global"
     max_consecutive_reuse: Optional[int] = None
     cfg_decision: str = "separate"
-    alignment_order: int = 1
+    alignment_order: Union[int, str] = 1
+    run_power: float = 0.0
+    predictive_skip: bool = False
     threshold_end: Optional[float] = None
     target_speedup: Optional[float] = None
     num_inference_steps: Optional[int] = None
@@ -140,8 +158,13 @@ def validate(cfg: DiCacheConfig, num_blocks: Optional[int] = None) -> None:
     if cfg.cfg_decision not in CFG_DECISIONS:
         raise ValueError(f"cfg_decision must be one of {CFG_DECISIONS}, got {cfg.cfg_decision!r}")
     ao = cfg.alignment_order
-    if ao not in (1, 2) or isinstance(ao, bool) or not isinstance(ao, int):
-        raise ValueError(f"alignment_order must be 1 or 2, got {ao!r}")
+    if not (ao == "auto" or (isinstance(ao, int) and not isinstance(ao, bool) and ao in (1, 2))):
+        raise ValueError(f"alignment_order must be 1, 2 or 'auto', got {ao!r}")
+    rp = cfg.run_power
+    if not _is_real(rp) or not math.isfinite(rp) or rp < 0:
+        raise ValueError(f"run_power must be a finite number >= 0, got {rp!r}")
+    if not isinstance(cfg.predictive_skip, bool):
+        raise ValueError(f"predictive_skip must be True or False, got {cfg.predictive_skip!r}")
     te = cfg.threshold_end
     if te is not None and (not _is_real(te) or not math.isfinite(te) or te < 0):
         raise ValueError(f"threshold_end must be None or a finite number >= 0, got {te!r}")
@@ -162,19 +185,24 @@ PAPER_PRESETS: Dict[str, DiCacheConfig] = {
 }
 
 # Ours, chosen from the study in benchmarks/RESULTS.md ("Beyond the paper"): the same rule on every
-# family, on top of the authors' δ scale and γ clip:
+# family, on top of the authors' γ clip:
 # * a warm-up of 10% of the steps, not 20% (the freed budget buys more refreshes later, where the
 #   trajectory bends);
-# * at most 2 reuses in a row (SeaCache's cap): runs longer than that are where extrapolation fails;
+# * the j-th reuse in a row only while the accumulated error is under δ/j (``run_power=1``) instead of
+#   a fixed cap: single reuses between computed calls cost far less than runs, and runs stay short
+#   where the probe moves;
+# * the last step always computed (its error is never corrected by a later step);
 # * one decision per CFG step, the uncond branch following the cond branch without a probe of its own;
-# * δ set so that the cap and the threshold both bind (the threshold then places the refreshes).
+# * δ set so that ``dicache.enable(pipe)`` saves about 2× on the shipped models.
+# ``alignment_order="auto"`` and ``predictive_skip`` stay options: each wins on some of the shipped
+# models and step counts and loses on others (and "auto" costs unfused work on every skipped call).
 PRESETS: Dict[str, DiCacheConfig] = {
     "flux": PAPER_PRESETS["flux"].replace(
-        threshold=0.2, warmup=0.1, max_consecutive_reuse=2, cfg_decision="shared"),
+        threshold=0.3, warmup=0.1, run_power=1.0, cfg_decision="shared"),
     "hunyuan_video": PAPER_PRESETS["hunyuan_video"].replace(
-        warmup=0.1, max_consecutive_reuse=2, cfg_decision="shared"),
+        threshold=0.2, warmup=0.1, run_power=1.0, force_last_step=True, cfg_decision="shared"),
     "wan": PAPER_PRESETS["wan"].replace(
-        threshold=0.12, warmup=0.1, max_consecutive_reuse=2, cfg_decision="shared"),
+        threshold=0.16, warmup=0.1, run_power=1.0, force_last_step=True, cfg_decision="shared"),
 }
 DEFAULT = DiCacheConfig()
 

@@ -27,6 +27,10 @@ REUSE = "reuse"  # skipped, reconstructed with trajectory alignment
 REUSE_ONE = "reuse_one"  # skipped with one stored residual: h = x + R[-1]
 CAP = "cap"  # computed: max_consecutive_reuse skips in a row
 FOLLOW = "follow"  # cfg_decision="shared": did what the step's leading branch decided
+PREDICTED = "predicted"  # predictive_skip: skipped without a probe, the last increment predicting the error
+
+#: alignment_order="auto" compares the two extrapolations on at most about this many tokens.
+ORDER_TOKENS = 512
 
 _POLICY = {"global": reference.POLICY_GLOBAL, "max": reference.POLICY_MAX}
 _ERROR = {"probe": reference.ERROR_PROBE, "probe_minus_input": reference.ERROR_PROBE_MINUS_INPUT}
@@ -60,7 +64,9 @@ class BranchState:
         self.acc_host = 0.0  # budget mode: the accumulated error last read back
         self.err_sum = 0.0  # budget mode: sum and count of per-call probe errors seen
         self.err_n = 0
-        self.err_last = 0.0
+        self.err_last = 0.0  # the last measured per-step increment of the accumulated error
+        self.probe_step: Optional[int] = None  # the step of the last probe that measured the error
+        self.order = 1  # alignment_order="auto": the order the last probe chose
         self.records: List[CallRecord] = []
         self.shape: Optional[Tuple[torch.Size, torch.dtype, torch.device]] = None
         self.ring: List[int] = []  # slot indices of the stored entries, oldest first (R[-1] is R[ring[-1]])
@@ -138,6 +144,7 @@ class DiCacheEngine:
         self._num_steps: Optional[int] = None
         self._leads: Dict[int, bool] = {}  # step -> the leading branch reused it (cfg_decision="shared")
         self._lead_gamma: Optional[Tuple[int, torch.Tensor]] = None  # (step, the leader's γ) when it reused
+        self._lead_order: Optional[Tuple[int, int]] = None  # (step, the order the leader's probe chose)
         self._budget = _Budget(config, num_blocks)
         self._policy = _POLICY[config.batch_policy]
         self._error = _ERROR[config.error]
@@ -149,6 +156,7 @@ class DiCacheEngine:
             self.branches.clear()
             self._leads.clear()
             self._lead_gamma = None
+            self._lead_order = None
         else:
             self.branches.pop(branch, None)
         self._cur = None
@@ -158,6 +166,7 @@ class DiCacheEngine:
         for state in self.branches.values():
             state.release()
         self._lead_gamma = None
+        self._lead_order = None
         self._cur = None
         self._x = None
 
@@ -191,10 +200,14 @@ class DiCacheEngine:
         cfg, n, k = self.config, self._num_steps, self._cur_step
         if cfg.target_speedup is not None:
             return self._budget.threshold(state, k, n, len(self.branches))
+        delta = float(cfg.threshold)
         if cfg.threshold_end is not None and n is not None and n > 1:
             frac = min(max(k / (n - 1), 0.0), 1.0)
-            return float(cfg.threshold + (cfg.threshold_end - cfg.threshold) * frac)
-        return float(cfg.threshold)
+            delta = float(cfg.threshold + (cfg.threshold_end - cfg.threshold) * frac)
+        if cfg.run_power:
+            # the j-th reuse in a row (j = run + 1) must stay under δ / j^run_power
+            delta /= (state.run + 1) ** cfg.run_power
+        return delta
 
     @torch.no_grad()
     def before_probe(self, x: torch.Tensor) -> Optional[torch.Tensor]:
@@ -205,14 +218,21 @@ class DiCacheEngine:
         runs no block at all. Otherwise (and whenever its own cache cannot serve) returns None.
         """
         state = self._cur
-        if state is None or self.config.cfg_decision != "shared" or self._forced is not None:
+        if state is None or self._forced is not None:
+            return None
+        if self.config.predictive_skip and self._leads.get(self._cur_step) is None:
+            h = self._predicted(state, x)
+            if h is not None:
+                return h
+        if self.config.cfg_decision != "shared":
             return None
         if self._lead_gamma is None or self._lead_gamma[0] != self._cur_step or not state.matches(x):
             return None
         lead = self._lead_gamma[1]
         if state.n_stored == 0 or not state.has_prev:
             return None
-        cap = self.config.max_consecutive_reuse
+        # the leader's reuse respected the cap (budget mode: the run bounds, which replace it)
+        cap = self.config.max_consecutive_reuse if self.config.target_speedup is None else None
         if cap is not None and state.run >= cap:
             return None
         two = state.n_stored >= 2
@@ -221,9 +241,43 @@ class DiCacheEngine:
         self._x = x
         if two:
             state.gamma.copy_(lead)
+        if self._lead_order is not None and self._lead_order[0] == self._cur_step:
+            state.order = self._lead_order[1]
         self._reconstruct(state, x)
         return self._skipped(state, CallRecord(self._cur_step, False, FOLLOW, None,
                                                state.gamma.clone() if two else None, probed=False))
+
+    def _predicted(self, state: BranchState, x: torch.Tensor) -> Optional[torch.Tensor]:
+        """``predictive_skip``: the output of a call skipped without its probe, or None to probe.
+
+        Only right after a probed reuse of this branch (two entries stored, the cap not reached),
+        and only when the accumulated error plus the last per-step increment stays under δ. γ moves
+        on along the line the last probe measured: the probe said the trajectory had advanced
+        ``γ − 1`` intervals ``d`` steps after the last computed call, so one step later it is at
+        ``1 + (γ − 1)·(d + 1)/d``, clipped to ``gamma_clip``.
+        """
+        cfg = self.config
+        if cfg.target_speedup is not None or not state.records or not state.matches(x) or state.n_stored < 2:
+            return None
+        last = state.records[-1]
+        if last.computed or last.reason != REUSE or not last.probed or last.index != self._cur_step - 1:
+            return None
+        if cfg.max_consecutive_reuse is not None and state.run >= cfg.max_consecutive_reuse:
+            return None
+        if not state.acc_host + state.err_last < self._threshold(state):
+            return None
+        d = last.index - state.slot_step[state.newest(1)]
+        if d < 1:
+            return None
+        self._x = x
+        state.gamma.sub_(1.0).mul_((d + 1) / d).add_(1.0).clamp_(float(cfg.gamma_clip[0]), float(cfg.gamma_clip[1]))
+        self._reconstruct(state, x)
+        if cfg.cfg_decision == "shared":
+            self._leads.setdefault(self._cur_step, True)
+            self._lead_gamma = (self._cur_step, state.gamma)
+            self._lead_order = (self._cur_step, state.order)
+        return self._skipped(state, CallRecord(self._cur_step, False, PREDICTED, None, state.gamma.clone(),
+                                               probed=False))
 
     def _enter(self, x: torch.Tensor) -> BranchState:
         """The current call's branch state, with buffers for ``x`` (a subclass's decision starts here)."""
@@ -234,7 +288,7 @@ class DiCacheEngine:
         if not state.matches(x):
             # First call, or the shape/dtype/device changed: nothing stored is usable.
             state.allocate(x, with_x_prev=self._error == reference.ERROR_PROBE_MINUS_INPUT,
-                           slots=self.config.alignment_order + 1)
+                           slots=2 if self.config.alignment_order == 1 else 3)
         return state
 
     def _skipped(self, state: BranchState, record: CallRecord) -> torch.Tensor:
@@ -286,6 +340,12 @@ class DiCacheEngine:
             self._pending_error = error
             return None
         two = state.n_stored >= 2
+        if cfg.alignment_order == "auto":
+            if leader is True and self._lead_order is not None and self._lead_order[0] == self._cur_step:
+                state.order = self._lead_order[1]
+            else:
+                self._choose_order(state, p, x)
+                self._lead_order = (self._cur_step, state.order)
         self._reconstruct(state, x)
         reason = FOLLOW if leader is True else (REUSE if two else REUSE_ONE)
         return self._skipped(state, CallRecord(self._cur_step, False, reason, error,
@@ -305,17 +365,51 @@ class DiCacheEngine:
             ops.reconstruct(x, state.R[state.newest()], None, state.gamma, state.out)
             return
         r2, r1 = state.R[state.newest(1)], state.R[state.newest(2)]
-        if self.config.alignment_order < 2 or state.n_stored < 3:
+        order = state.order if self.config.alignment_order == "auto" else self.config.alignment_order
+        if order < 2 or state.n_stored < 3:
             ops.reconstruct(x, r2, r1, state.gamma, state.out)
             return
+        c0, c2 = self._lagrange(state)
+        ops.reconstruct(x, r2, r1, c2, state.out)
+        shape = (-1,) + (1,) * (x.dim() - 1)
+        state.out.add_((state.R[state.newest(3)].float() - r1.float()).mul_(c0.view(shape)).to(x.dtype))
+
+    @staticmethod
+    def _lagrange(state: BranchState) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The weights ``c0`` (of the oldest entry) and ``c2`` (of the newest) of the quadratic through the
+        three newest entries at ``τ = t1 + γ·(t2 − t1)``; ``c1 = 1 − c0 − c2``."""
         s0, s1, s2 = state.newest(3), state.newest(2), state.newest(1)
         t0, t1, t2 = (float(state.slot_step[i]) for i in (s0, s1, s2))
         tau = t1 + state.gamma * (t2 - t1)
         c0 = (tau - t1) * (tau - t2) / ((t0 - t1) * (t0 - t2))
         c2 = (tau - t0) * (tau - t1) / ((t2 - t0) * (t2 - t1))
-        ops.reconstruct(x, r2, r1, c2, state.out)
+        return c0, c2
+
+    def _choose_order(self, state: BranchState, p: torch.Tensor, x: torch.Tensor) -> None:
+        """``alignment_order="auto"``: the order whose extrapolation of the *probe* residual lands nearer
+        to the probe residual this call measured (L1 over the batch, on at most ``ORDER_TOKENS`` tokens);
+        the deep residual follows the same choice. On probed reuses with three entries; one host read."""
+        if state.n_stored < 3:
+            state.order = 1
+            return
+        f = torch.float32
+        # on at most ~ORDER_TOKENS tokens (an even stride over dim 1): a pooled L1 sum needs no more, and
+        # the choice then costs a small fraction of one pass over the tensors at any size
+        step = max(1, -(-x.shape[1] // ORDER_TOKENS)) if x.dim() >= 2 else 1
+
+        def sub(t: torch.Tensor) -> torch.Tensor:
+            return (t[:, ::step] if step > 1 else t).to(f)
+
+        now = sub(p) - sub(x)
+        P0, P1, P2 = (sub(state.P[state.newest(k)]) for k in (3, 2, 1))
         shape = (-1,) + (1,) * (x.dim() - 1)
-        state.out.add_((state.R[s0].float() - r1.float()).mul_(c0.view(shape)).to(x.dtype))
+        g = state.gamma.view(shape)
+        lin = P1 + g * (P2 - P1)
+        c0, c2 = self._lagrange(state)
+        quad = lin + (c2.view(shape) - g) * (P2 - P1) + c0.view(shape) * (P0 - P1)
+        e1 = (now - lin).abs().sum()
+        e2 = (now - quad).abs().sum()
+        state.order = 2 if bool(e2 < e1) else 1  # one more host read on this call
 
     def _probe(self, state: BranchState, p: torch.Tensor, x: torch.Tensor, threshold: float) -> None:
         cfg = self.config
@@ -329,17 +423,17 @@ class DiCacheEngine:
         """Run the fused probe op; returns (acc on the device, reuse?) with one host read."""
         self._probe(state, p, x, threshold)
         error = state.acc.clone()
-        if self.config.target_speedup is None:
+        if self.config.target_speedup is None and not self.config.predictive_skip:
             return error, bool(state.flag.item())  # the one device-to-host read of the call
-        # budget mode: the flag and the accumulated error travel together, in one read
+        # budget mode / predictive_skip: the flag and the accumulated error travel together, in one read
         host = torch.cat([state.flag.to(torch.float32), state.acc]).tolist()
-        self._budget.observe(state, max(host[1:]))
+        self._budget.observe(state, max(host[1:]), self._cur_step)
         return error, bool(host[0])
 
     def _measure(self, state: BranchState, p: torch.Tensor, x: torch.Tensor) -> None:
         """Budget mode, computed call: measure the probe error (never reuse) to learn its rate."""
         self._probe(state, p, x, -math.inf)
-        self._budget.observe(state, float(state.acc.max()))
+        self._budget.observe(state, float(state.acc.max()), self._cur_step)
 
     @torch.no_grad()
     def after_full(self, h: torch.Tensor) -> None:
@@ -356,6 +450,7 @@ class DiCacheEngine:
         state.run = 0
         state.full_calls += 1
         state.acc_host = 0.0  # refresh zeroed acc on the device
+        state.probe_step = self._cur_step  # p_prev now holds this call's probe
         if self._forced is not None:
             state.records.append(CallRecord(self._cur_step, True, self._forced))
         else:
@@ -436,11 +531,18 @@ class _Budget:
         gap = steps_left / left - 1.0
         return max(0, math.floor(gap)), max(1, math.ceil(gap))
 
-    def observe(self, state: BranchState, acc: float) -> None:
-        """Record the per-call error (the growth of the accumulated error since the last read)."""
+    def observe(self, state: BranchState, acc: float, step: Optional[int] = None) -> None:
+        """Record the per-step error: the growth of the accumulated error since the last read, over
+        the steps since the last probe (more than one after calls skipped without a probe)."""
         err = acc - state.acc_host
+        steps = 1
+        if step is not None and state.probe_step is not None and step > state.probe_step:
+            steps = step - state.probe_step
         if math.isfinite(err) and err >= 0:
+            err /= steps
             state.err_sum += err
             state.err_n += 1
             state.err_last = err
         state.acc_host = acc
+        if step is not None:
+            state.probe_step = step

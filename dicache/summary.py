@@ -18,7 +18,8 @@ class CallSummary:
     decision (warm-up, last step). ``gamma`` is the alignment step used by a
     skipped call with two stored residuals (the max over samples), else None.
     ``probed`` is False for a call skipped before its probe (a CFG branch
-    following a reusing leader, ``cfg_decision="shared"``): it ran no block.
+    following a reusing leader, ``cfg_decision="shared"``, or a ``predictive_skip``
+    reuse, reason ``"predicted"``): it ran no block.
     """
 
     index: int

@@ -10,6 +10,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "benchmarks", "quality.py")
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
@@ -85,3 +87,21 @@ def test_mag_calibration_parser():
         "\n[MagCache] Calibration Complete. Copy these values to MagCacheConfig(mag_ratios=...):\n[1.0, 1.1, 0.9]\n\n"
     )
     assert qm.parse_mag_calibration(text) == [[1.0, 0.9, 1.1], [1.0, 1.1, 0.9]]
+
+
+def test_fixed_patterns_runs_the_given_pattern():
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "fixed_patterns.py")
+    spec = importlib.util.spec_from_file_location("fixed_patterns", path)
+    fp = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fp)
+    assert fp.check_pattern("F.", 5) == "F.F.F"
+    for bad in ("", ".F", "FX"):
+        with pytest.raises(ValueError):
+            fp.check_pattern(bad, 5)
+    rows = fp.run("wan_digits", 6, ["FFFFFF", "FF._FF"], seeds=[0], labels=[0, 1])
+    full, skipped = rows
+    assert full["ran"] == "FFFFFF" and full["fewer_flops"] == pytest.approx(1.0, abs=0.02)
+    assert skipped["ran"] == "FF._FF"  # the leading branch did what the pattern says, '_' without a probe
+    assert skipped["fewer_flops"] > 1.2 and 10 < skipped["psnr"] < 200

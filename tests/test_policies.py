@@ -197,6 +197,54 @@ def test_alignment_order_on_a_quadratic_trajectory(order):
         assert len(engine.branches["c"].R) == 2
 
 
+def test_alignment_order_auto_follows_the_probe():
+    g = torch.Generator().manual_seed(4)
+    A, B, C = (torch.randn(2, 5, 7, generator=g) for _ in range(3))
+    D, E = (torch.rand(2, 5, 7, generator=g) + 0.5 for _ in range(2))
+    x = torch.randn(2, 5, 7, generator=g)
+    R = [A + B * k + C * k * k for k in range(5)]
+    cfg = DiCacheConfig(threshold=1e9, warmup=3, gamma_clip=(0.0, 10.0), alignment_order="auto")
+    # a probe residual on a straight line: both orders extrapolate it exactly, the tie keeps the line
+    engine = _engine_with_stored(cfg, R[:3], [D * k for k in range(3)], x)
+    engine.begin_call("c", 3, 10)
+    h = engine.after_probe(x, x + D * 3)
+    assert engine.branches["c"].order == 1
+    torch.testing.assert_close(h, x + R[1] + 2.0 * (R[2] - R[1]))
+    # a probe residual that bends off its line (a small curvature across the line's direction, so the
+    # L1 step γ still reads off the step): the quadratic fits it better and is taken
+    E = 0.05 * torch.randn(2, 5, 7, generator=g)
+    P = [D * k + E * k * k for k in range(5)]
+    errs = {}
+    for order in (1, "auto"):
+        engine = _engine_with_stored(cfg.replace(alignment_order=order), R[:3], P[:3], x)
+        engine.begin_call("c", 3, 10)
+        h = engine.after_probe(x, x + P[3])
+        errs[order] = (h - (x + R[3])).abs().mean().item()
+    assert engine.branches["c"].order == 2
+    assert errs["auto"] < 0.5 * errs[1]
+    assert len(engine.branches["c"].R) == 3  # auto stores three entries
+
+
+def test_alignment_order_auto_shared_follower_takes_the_leaders_choice():
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 5, 7, generator=g)
+    D, E = torch.rand(2, 5, 7, generator=g) + 0.5, 0.05 * torch.randn(2, 5, 7, generator=g)
+    cfg = DiCacheConfig(threshold=1e9, warmup=3, gamma_clip=(0.0, 10.0), alignment_order="auto",
+                        cfg_decision="shared")
+    engine = DiCacheEngine(cfg, M, "torch")
+    for k in range(3):
+        for name in ("cond", "uncond"):
+            engine.begin_call(name, k, 10)
+            assert engine.after_probe(x, x + D * k + E * k * k) is None
+            engine.after_full(x + (D * k + E * k * k) * 3)
+    engine.begin_call("cond", 3, 10)
+    assert engine.after_probe(x, x + D * 3 + E * 9) is not None
+    assert engine.branches["cond"].order == 2
+    engine.begin_call("uncond", 3, 10)
+    assert engine.before_probe(x) is not None  # followed without a probe
+    assert engine.branches["uncond"].order == 2
+
+
 def test_alignment_order_2_falls_back_to_first_order_with_two_entries():
     g = torch.Generator().manual_seed(2)
     R = [torch.randn(1, 4, 6, generator=g) for _ in range(2)]
@@ -266,7 +314,7 @@ def test_budget_mode_counts_followers_without_probe():
         assert speedup == pytest.approx(2.5, rel=0.1), (cfg_decision, [b.pattern for b in s.branches.values()])
 
 
-@pytest.mark.parametrize("bad", [0, 3, "2", 2.0, True, None])
+@pytest.mark.parametrize("bad", [0, 3, "2", 2.0, True, None, "Auto"])
 def test_bad_alignment_order(bad):
     model = tiny.flux_transformer()
     with pytest.raises(ValueError, match="alignment_order"):
@@ -302,7 +350,155 @@ def test_bad_engine_factory(factory, err):
 
 def test_presets_are_the_studied_rule_and_the_paper_settings_stay_available():
     for family, cfg in dicache.PRESETS.items():
-        assert cfg.max_consecutive_reuse == 2 and cfg.cfg_decision == "shared" and cfg.warmup == 0.1, family
+        assert cfg.max_consecutive_reuse is None and cfg.cfg_decision == "shared" and cfg.warmup == 0.1, family
+        assert cfg.run_power == 1.0 and cfg.force_last_step and not cfg.predictive_skip, family
+        assert cfg.alignment_order == 1, family
         paper = dicache.PAPER_PRESETS[family]
         assert paper.max_consecutive_reuse is None and paper.cfg_decision == "separate" and paper.warmup == 0.2
     assert dicache.PAPER_PRESETS["flux"].threshold == 0.4 and dicache.PAPER_PRESETS["wan"].threshold == 0.08
+
+
+# ---------------------------------------------------------------------------
+# run_power: a tighter threshold for each further reuse in a row
+
+
+def test_run_power_tightens_each_further_reuse():
+    errors = scales([0.1] * 9)
+    plain = DiCacheConfig(threshold=0.25, warmup=1)
+    assert drive(plain, {"c": errors}).branches["c"].pattern == "F..F..F..F"
+    # j = 1: 0.1 < 0.25 reuses; j = 2: 0.2 < 0.25 / 2 fails: refresh
+    b = drive(plain.replace(run_power=1.0), {"c": errors}).branches["c"]
+    assert b.pattern == "F.F.F.F.F."
+    assert [st.reason for st in b.steps if st.computed][1:] == ["refresh"] * 4
+    # a smaller error: j = 2 passes (0.1 < 0.125), j = 3 fails (0.15 > 0.25 / 3)
+    b = drive(plain.replace(run_power=1.0), {"c": scales([0.05] * 9)}).branches["c"]
+    assert b.pattern == "F..F..F..F"
+    # power 2: j = 2 needs acc < 0.0625: 0.1 fails
+    b = drive(plain.replace(run_power=2.0), {"c": scales([0.05] * 9)}).branches["c"]
+    assert b.pattern == "F.F.F.F.F."
+
+
+def test_run_power_is_not_used_in_budget_mode():
+    errors = scales([0.1] * 29)
+    a = drive(DiCacheConfig(target_speedup=2.0, warmup=0.1), {"c": errors}, num_steps=30).branches["c"]
+    b = drive(DiCacheConfig(target_speedup=2.0, warmup=0.1, run_power=2.0), {"c": errors}, num_steps=30).branches["c"]
+    assert a.pattern == b.pattern
+
+
+# ---------------------------------------------------------------------------
+# predictive_skip: a reuse without its probe when the last increment predicts the error stays under δ
+
+
+def test_predictive_skip_saves_the_probe_of_a_second_reuse():
+    cfg = DiCacheConfig(threshold=0.25, warmup=1, max_consecutive_reuse=2)
+    errors = scales([0.05] * 9)
+    probed = drive(cfg, {"c": errors}).branches["c"]
+    assert probed.pattern == "F..F..F..F"
+    b = drive(cfg.replace(predictive_skip=True), {"c": errors}).branches["c"]
+    # the first run has one stored entry (no line to continue γ along): both calls probe
+    assert b.pattern == "F..F._F._F"
+    assert [st.reason for st in b.steps if not st.computed and not st.probed] == ["predicted"] * 2
+    assert b.block_evaluations == probed.block_evaluations - 2  # two probes of one block saved
+    assert b.block_evaluations == 4 * M + 4
+
+
+def test_predictive_skip_respects_the_threshold():
+    # error 0.1, δ = 0.15: after a reuse at 0.1 the prediction is 0.2 > δ: probe, which refreshes
+    cfg = DiCacheConfig(threshold=0.15, warmup=1, predictive_skip=True)
+    assert drive(cfg, {"c": scales([0.1] * 9)}).branches["c"].pattern == "F.F.F.F.F."
+    # with run_power the prediction meets the second reuse's tighter threshold (δ/2)
+    cfg = DiCacheConfig(threshold=0.25, warmup=1, predictive_skip=True, run_power=1.0)
+    assert drive(cfg, {"c": scales([0.05] * 9)}).branches["c"].pattern == "F..F._F._F"  # 0.1 < 0.125
+    assert drive(cfg, {"c": scales([0.07] * 9)}).branches["c"].pattern == "F.F.F.F.F."  # 0.14 > 0.125
+
+
+def test_predictive_skip_is_corrected_by_the_next_probe():
+    # no cap: after an unprobed call the next probe measures two steps of change (p against the
+    # probe two calls back), so the accumulated error catches up and the refresh comes on time
+    cfg = DiCacheConfig(threshold=0.25, warmup=2, predictive_skip=True)
+    b = drive(cfg, {"c": scales([0.05] * 9)}).branches["c"]
+    assert b.pattern == "FF._._F._."
+    errs = [st.error for st in b.steps]
+    assert errs[2] == pytest.approx(0.05, rel=1e-5)
+    assert errs[4] == pytest.approx(0.05 + (1.05 ** 2 - 1), rel=1e-5)  # steps 3 and 4 measured together
+    assert b.steps[6].reason == "refresh" and errs[6] == pytest.approx(errs[4] + (1.05 ** 2 - 1), rel=1e-5)
+
+
+def test_predictive_skip_gamma_continues_along_the_probed_line():
+    cfg = DiCacheConfig(threshold=1.0, warmup=2, predictive_skip=True, max_consecutive_reuse=2,
+                        gamma_clip=(0.0, 10.0))
+    b = drive(cfg, {"c": scales([0.05, 0.05, 0.2, 0.05, 0.05, 0.05, 0.05, 0.05, 0.05])}).branches["c"]
+    assert b.pattern == "FF._F._F._"
+    for i in (2, 5, 8):  # a probed reuse d = 1 step after the last computed call, then the predicted one
+        g = b.steps[i].gamma
+        assert b.steps[i + 1].reason == "predicted"
+        assert b.steps[i + 1].gamma == pytest.approx(1 + (g - 1) * 2, rel=1e-5)
+
+
+def test_predictive_skip_leads_a_shared_cfg_step():
+    traces = {"cond": scales([0.05] * 9), "uncond": scales([0.05] * 9)}
+    cfg = DiCacheConfig(threshold=0.25, warmup=2, max_consecutive_reuse=2, cfg_decision="shared",
+                        predictive_skip=True)
+    s = drive(cfg, traces)
+    assert s.branches["cond"].pattern == "FF._F._F._"
+    assert s.branches["uncond"].pattern == "FF__F__F__"  # follows without a probe of its own
+    assert s.branches["cond"].block_evaluations + s.branches["uncond"].block_evaluations == 8 * M + 3
+
+
+def test_budget_mode_followers_never_probe_past_the_preset_cap():
+    # the budget's run bounds replace max_consecutive_reuse: a follower must not stop following after
+    # `cap` reuses and probe on its own (each such probe costs a block the budget did not count)
+    n = 20
+    traces = {"cond": scales([0.02] * (n - 1)), "uncond": scales([0.02] * (n - 1))}
+    cfg = DiCacheConfig(target_speedup=3.0, warmup=0.1, cfg_decision="shared", max_consecutive_reuse=2)
+    s = drive(cfg, traces, num_steps=n)
+    assert "." not in s.branches["uncond"].pattern, s.branches["uncond"].pattern
+    assert max(len(r) for r in s.branches["cond"].pattern.split("F")) > 2
+
+
+@pytest.mark.parametrize("options,word", [
+    (dict(run_power=-1.0), "run_power"), (dict(run_power=float("inf")), "run_power"), (dict(run_power="1"), "run_power"),
+    (dict(predictive_skip=1), "predictive_skip"), (dict(predictive_skip="yes"), "predictive_skip"),
+])
+def test_bad_run_power_and_predictive_skip(options, word):
+    model = tiny.flux_transformer()
+    with pytest.raises(ValueError, match=word):
+        dicache.enable(model, **options)
+    assert not dicache.is_enabled(model)
+
+
+def test_predictive_skip_on_a_pipeline_matches_the_summary_and_saves_blocks():
+    outs = {}
+    for predictive in (False, True):
+        pipe = tiny.flux_pipeline()
+        dicache.enable(pipe, backend="torch", threshold=100.0, warmup=2, max_consecutive_reuse=2,
+                       predictive_skip=predictive)
+        outs[predictive] = tiny.flux_pipeline_call(pipe, steps=11)
+        s = dicache.summary(pipe)
+        b = next(iter(s.branches.values()))
+        if predictive:
+            assert b.pattern == "FF._F._F._F" and "predicted" in [st.reason for st in b.steps]
+            assert b.block_evaluations == saved_before - 3  # three probes of one block not run
+        else:
+            assert b.pattern == "FF..F..F..F"
+            saved_before = b.block_evaluations
+        dicache.disable(pipe)
+    assert all(torch.isfinite(o).all() for o in outs.values())
+
+
+def test_alignment_order_auto_on_many_tokens_uses_a_token_subsample():
+    from dicache import engine as eng
+
+    g = torch.Generator().manual_seed(6)
+    shape = (1, 4 * eng.ORDER_TOKENS + 3, 4)  # a stride of 5 over the tokens
+    A, B, C = (torch.randn(*shape, generator=g) for _ in range(3))
+    D, E = torch.rand(*shape, generator=g) + 0.5, 0.05 * torch.randn(*shape, generator=g)
+    x = torch.randn(*shape, generator=g)
+    R = [A + B * k + C * k * k for k in range(4)]
+    P = [D * k + E * k * k for k in range(4)]
+    cfg = DiCacheConfig(threshold=1e9, warmup=3, gamma_clip=(0.0, 10.0), alignment_order="auto")
+    engine = _engine_with_stored(cfg, R[:3], P[:3], x)
+    engine.begin_call("c", 3, 10)
+    h = engine.after_probe(x, x + P[3])
+    assert engine.branches["c"].order == 2
+    assert (h - (x + R[3])).abs().mean() < 0.5 * (x + R[1] + 2 * (R[2] - R[1]) - (x + R[3])).abs().mean()

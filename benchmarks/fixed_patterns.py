@@ -1,0 +1,153 @@
+#!/usr/bin/env python
+"""Fidelity of fixed skip patterns on a shipped zoo model: which calls are worth skipping.
+
+DiCache's decisions place the computed calls; this script takes the decisions away and runs the same
+reconstruction (probe, trajectory alignment, shared CFG) on a pattern you give, one character per step
+of the leading branch: ``F`` compute, ``.`` skip after the probe (γ measured), ``_`` skip without a probe
+(γ continued along the last probed line, as ``predictive_skip`` does; only right after a ``.``). The
+follower branch (uncond) follows each step as ``cfg_decision="shared"`` does.
+
+    .venv/bin/python benchmarks/fixed_patterns.py wan_digits 20 FF._F._F.F.F.F.F.F.F FF._F._F._F.F.F.F.FF
+    .venv/bin/python benchmarks/fixed_patterns.py wan_digits 50 --single-skips        # one skip at a time
+    .venv/bin/python benchmarks/fixed_patterns.py wan_digits 20 FF..F..F --options '{"gamma_clip": [0, 10]}'
+
+For each pattern it prints the flops saved (torch's FlopCounterMode, as ``quality.py`` counts them), PSNR and
+SSIM against the uncached output over 2 seeds × 10 labels (``--seeds``, ``--labels``). ``--options`` (JSON)
+are passed to ``dicache.enable`` on top of the model family's preset. A pattern shorter than the step count
+is repeated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import sys
+import warnings
+from typing import List, Optional
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, _HERE)
+sys.path.insert(1, os.path.dirname(_HERE))
+
+import torch  # noqa: E402
+
+import dicache  # noqa: E402
+from dicache import zoo  # noqa: E402
+from dicache.engine import DiCacheEngine  # noqa: E402
+from dicache.metrics import psnr, ssim  # noqa: E402
+
+from block_counter import BlockCounter  # noqa: E402
+
+
+class PatternEngine(DiCacheEngine):
+    """DiCache's engine with the decisions of the leading branch read from a pattern."""
+
+    pattern = ""
+
+    def begin_call(self, branch, step_index=None, num_steps=None):
+        super().begin_call(branch, step_index, num_steps)
+        if self._forced is None and self.pattern[self._cur_step] == "F":
+            self._forced = "pattern"
+
+    def before_probe(self, x):
+        if self._forced is None and self.pattern[self._cur_step] == "_" and self._cur is not None:
+            h = self._predicted(self._cur, x)
+            if h is not None:
+                return h
+        return super().before_probe(x)
+
+    def _threshold(self, state):
+        return float("inf")  # every call the pattern does not force is skipped
+
+
+def pattern_engine(pattern: str):
+    def factory(config, num_blocks, backend):
+        eng = PatternEngine(config.replace(max_consecutive_reuse=None, warmup=1, force_last_step=False,
+                                           predictive_skip=True, run_power=0.0), num_blocks, backend)
+        eng.pattern = pattern
+        return eng
+
+    return factory
+
+
+def check_pattern(p: str, steps: int) -> str:
+    if not p or set(p) - set("F._"):
+        raise ValueError(f"a pattern is made of F, '.' and '_', got {p!r}")
+    full = (p * (steps // len(p) + 1))[:steps]
+    if full[0] != "F":
+        raise ValueError(f"a pattern must start with F (nothing is cached before the first call), got {p!r}")
+    return full
+
+
+def run(model: str, steps: int, patterns: List[str], seeds: List[int], labels: List[int],
+        options: Optional[dict] = None) -> List[dict]:
+    import quality as Q  # the same sampling and flop counting as the quality benchmark
+
+    base = zoo.load(model)
+
+    def sample(pipe, counter, seed):
+        return Q.sample(pipe, model, labels, seed, steps, None, counter)
+
+    tr = copy.deepcopy(base)
+    pipe, counter = zoo.pipeline(model, tr), BlockCounter(tr)
+    ref = {s: sample(pipe, counter, s) for s in seeds}
+    out = []
+    for pat in patterns:
+        tr = copy.deepcopy(base)
+        pipe, counter = zoo.pipeline(model, tr), BlockCounter(tr)
+        dicache.enable(pipe, engine_factory=pattern_engine(pat), **(options or {}))
+        runs = [sample(pipe, counter, s) for s in seeds]
+        got = "".join(st for st in runs[0].pattern.get("cond", ""))
+        imgs, refs = torch.cat([r.images for r in runs]), torch.cat([ref[r.seed].images for r in runs])
+        fewer = sum(ref[r.seed].flops for r in runs) / sum(r.flops for r in runs)
+        out.append(dict(pattern=pat, ran=got, fewer_flops=fewer, psnr=psnr(imgs, refs), ssim=ssim(imgs, refs)))
+        dicache.disable(pipe)
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("model", choices=zoo.NAMES)
+    ap.add_argument("steps", type=int)
+    ap.add_argument("patterns", nargs="*", help="skip patterns (F . _), one character per step")
+    ap.add_argument("--single-skips", action="store_true", help="all computed but one skipped step, for each step")
+    ap.add_argument("--seeds", default="0,1")
+    ap.add_argument("--labels", default="0-9")
+    ap.add_argument("--options", default=None, help="JSON options for dicache.enable (on top of the preset)")
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.set_grad_enabled(False)
+    warnings.filterwarnings("ignore")
+    from diffusers.utils import logging as dlog
+
+    dlog.set_verbosity_error()
+    dlog.disable_progress_bar()
+    if args.steps < 2:
+        ap.error("steps must be >= 2")
+    pats = list(args.patterns)
+    if args.single_skips:
+        pats += ["".join("." if i == k else "F" for i in range(args.steps)) for k in range(2, args.steps)]
+    if not pats:
+        ap.error("give patterns or --single-skips")
+    try:
+        pats = [check_pattern(p, args.steps) for p in pats]
+    except ValueError as e:
+        ap.error(str(e))
+    import quality as Q
+
+    seeds = Q._int_list(args.seeds)
+    labels = Q._int_list(args.labels)
+    options = json.loads(args.options) if args.options else None
+    print(f"{args.model}, {args.steps} steps, seeds {seeds}, {len(labels)} labels; options {options or '{}'}")
+    print(f"{'pattern':<{max(8, args.steps)}}  fewer flops  PSNR dB    SSIM")
+    for r in run(args.model, args.steps, pats, seeds, labels, options):
+        print(f"{r['pattern']:<{max(8, args.steps)}}  {r['fewer_flops']:10.3f}×  {r['psnr']:7.2f}  {r['ssim']:.4f}"
+              + ("" if r["ran"] == r["pattern"] else f"  (ran {r['ran']})"), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
