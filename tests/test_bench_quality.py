@@ -100,8 +100,10 @@ def test_fixed_patterns_runs_the_given_pattern():
     for bad in ("", ".F", "FX"):
         with pytest.raises(ValueError):
             fp.check_pattern(bad, 5)
-    rows = fp.run("wan_digits", 6, ["FFFFFF", "FF._FF"], seeds=[0], labels=[0, 1])
-    full, skipped = rows
+    rows = fp.run("wan_digits", 6, ["FFFFFF", "FF._FF", "FF..FF"], seeds=[0], labels=[0, 1])
+    full, predicted, probed = rows
     assert full["ran"] == "FFFFFF" and full["fewer_flops"] == pytest.approx(1.0, abs=0.02)
-    assert skipped["ran"] == "FF._FF"  # the leading branch did what the pattern says, '_' without a probe
-    assert skipped["fewer_flops"] > 1.2 and 10 < skipped["psnr"] < 200
+    # the leading branch did what the pattern says: '_' without a probe, '.' with one
+    assert predicted["ran"] == "FF._FF" and probed["ran"] == "FF..FF"
+    assert predicted["fewer_flops"] > probed["fewer_flops"] > 1.2
+    assert 10 < predicted["psnr"] < 200 and 10 < probed["psnr"] < 200
