@@ -213,9 +213,12 @@ class DiCacheEngine:
     def before_probe(self, x: torch.Tensor) -> Optional[torch.Tensor]:
         """Before block 0: the output ``h`` when this call can be skipped without its probe, else None.
 
-        With ``cfg_decision="shared"``, a branch following a step whose leading branch reused the
-        cache reuses too, so its probe would only measure γ: it takes the leader's γ instead and
-        runs no block at all. Otherwise (and whenever its own cache cannot serve) returns None.
+        With ``predictive_skip``, the leading branch of a step skips right after a probed reuse when
+        the last increment predicts the accumulated error stays under δ (:meth:`_predicted`). With
+        ``cfg_decision="shared"``, a branch following a step whose leading branch reused the cache
+        reuses too, so its probe would only measure γ: it takes the leader's γ (and, with
+        ``alignment_order="auto"``, its order) instead and runs no block at all. Otherwise (and
+        whenever its own cache cannot serve) returns None.
         """
         state = self._cur
         if state is None or self._forced is not None:
