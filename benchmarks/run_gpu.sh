@@ -9,8 +9,8 @@
 #   4. benchmarks/skip_cost.py on the GPU at Flux.1 size (width 3072, 19 + 38 blocks, 4096 image + 512
 #      text tokens, bf16, random weights): a skipped call against a full call, DiCache on the torch,
 #      triton and cuda backends and every peer;
-#   5. the kernel tests compiled for the GPU: tests/test_cuda_kernels.py and tests/test_triton_kernels.py
-#      with TRITON_INTERPRET=0.
+#   5. the tests compiled for the GPU: tests/test_cuda_kernels.py and tests/test_triton_kernels.py with
+#      TRITON_INTERPRET=0, and the end-to-end pipelines on CUDA tensors (tests/test_backends_e2e.py -k cuda).
 #
 # Usage, from the repository root:  OUT=dir benchmarks/run_gpu.sh   (default OUT: bench_out/gpu_<UTC time>)
 #                                   STEPS="build skip_cost" benchmarks/run_gpu.sh   (only those steps)
@@ -70,5 +70,6 @@ step bench_ops_small 60 "$PY" benchmarks/bench_triton.py --shapes 1x256x3072 1x1
 step skip_cost 180 "$PY" benchmarks/skip_cost.py --device cuda --dtype bfloat16 --width 3072 --heads 24 --layers 19 \
   --single-layers 38 --tokens 4096 --text-tokens 512 --repeats 3 --calls 8 --warmup 3 --backend torch triton cuda \
   --json "$OUT/skip_cost.json"
-step tests 150 "$PY" -m pytest -q -p no:cacheprovider tests/test_cuda_kernels.py tests/test_triton_kernels.py
+step tests 240 "$PY" -m pytest -q -p no:cacheprovider tests/test_cuda_kernels.py tests/test_triton_kernels.py \
+  tests/test_backends_e2e.py -k "cuda or not e2e"
 echo "done in $SECONDS s"

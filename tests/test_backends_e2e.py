@@ -47,3 +47,32 @@ def test_same_decisions_as_reference(backend, case):
             if want.gamma is not None:
                 assert got.gamma == pytest.approx(want.gamma, rel=1e-4)
     torch.testing.assert_close(out, ref_out, rtol=1e-4, atol=1e-4)
+
+
+# On a GPU: the same pipelines on CUDA tensors, each kernel backend against the reference ops on the same GPU,
+# with the options of the presets and the newer ones (predictive skips, the order picked by the probe).
+FUSED_CUDA = [n for n in ("cuda", "triton") if torch.cuda.is_available() and ops.availability("cuda")[n] is None]
+CUDA_CASES = {
+    "flux": CASES["flux"],
+    "wan": CASES["wan"],
+    "flux_predictive_auto": (tiny.flux_pipeline, lambda p: tiny.flux_pipeline_call(p, steps=12),
+                             dict(threshold=0.3, predictive_skip=True, alignment_order="auto")),
+}
+
+
+@pytest.mark.skipif(not FUSED_CUDA, reason="needs a CUDA device and a kernel backend for it")
+@pytest.mark.parametrize("backend", FUSED_CUDA or ["cuda"])
+@pytest.mark.parametrize("case", sorted(CUDA_CASES))
+def test_same_decisions_as_reference_on_cuda(backend, case):
+    make, call, options = CUDA_CASES[case]
+
+    def on_cuda():
+        return make().to("cuda")
+
+    ref_out, ref_s = _run(on_cuda, call, "torch", options)
+    out, s = _run(on_cuda, call, backend, options)
+    assert s.backend == backend and out.is_cuda
+    assert ref_s.skipped_calls > 0
+    for name, b in ref_s.branches.items():
+        assert s.branches[name].pattern == b.pattern
+    torch.testing.assert_close(out, ref_out, rtol=1e-3, atol=1e-3)

@@ -137,7 +137,8 @@ def flux_pipeline(seed: int = 0):
 def flux_pipeline_call(pipe, steps: int = 6, seed: int = 3, batch: int = 1, guidance_scale: float = 0.0):
     g = _seeded(100)
     return pipe(
-        prompt_embeds=torch.randn(batch, 8, 32, generator=g), pooled_prompt_embeds=torch.randn(batch, 16, generator=g),
+        prompt_embeds=torch.randn(batch, 8, 32, generator=g).to(pipe.device),
+        pooled_prompt_embeds=torch.randn(batch, 16, generator=g).to(pipe.device),
         height=16, width=16, num_inference_steps=steps, generator=_seeded(seed), output_type="latent",
         guidance_scale=3.5,
     ).images
@@ -156,8 +157,8 @@ def wan_pipeline(seed: int = 0):
 
 def wan_pipeline_call(pipe, steps: int = 6, seed: int = 3, negative_scale: float = 1.0, guidance_scale: float = 4.0):
     g = _seeded(100)
-    pos = torch.randn(1, 8, 32, generator=g)
-    neg = torch.randn(1, 8, 32, generator=g) * negative_scale
+    pos = torch.randn(1, 8, 32, generator=g).to(pipe.device)
+    neg = (torch.randn(1, 8, 32, generator=g) * negative_scale).to(pipe.device)
     return pipe(
         prompt_embeds=pos, negative_prompt_embeds=neg, height=16, width=16, num_frames=5,
         num_inference_steps=steps, guidance_scale=guidance_scale, generator=_seeded(seed), output_type="latent",
