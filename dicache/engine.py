@@ -143,8 +143,8 @@ class DiCacheEngine:
         self._x: Optional[torch.Tensor] = None
         self._num_steps: Optional[int] = None
         self._leads: Dict[int, bool] = {}  # step -> the leading branch reused it (cfg_decision="shared")
-        self._lead_gamma: Optional[Tuple[int, torch.Tensor]] = None  # (step, the leader's γ) when it reused
-        self._lead_order: Optional[Tuple[int, int]] = None  # (step, the order the leader's probe chose)
+        # (step, the leader's γ, its alignment order) when the step's leading branch reused
+        self._lead: Optional[Tuple[int, torch.Tensor, int]] = None
         self._budget = _Budget(config, num_blocks)
         self._policy = _POLICY[config.batch_policy]
         self._error = _ERROR[config.error]
@@ -155,8 +155,7 @@ class DiCacheEngine:
         if branch is None:
             self.branches.clear()
             self._leads.clear()
-            self._lead_gamma = None
-            self._lead_order = None
+            self._lead = None
         else:
             self.branches.pop(branch, None)
         self._cur = None
@@ -165,8 +164,7 @@ class DiCacheEngine:
         """Free every cached tensor but keep the records (for ``summary``); the next call starts afresh."""
         for state in self.branches.values():
             state.release()
-        self._lead_gamma = None
-        self._lead_order = None
+        self._lead = None
         self._cur = None
         self._x = None
 
@@ -229,9 +227,10 @@ class DiCacheEngine:
                 return h
         if self.config.cfg_decision != "shared":
             return None
-        if self._lead_gamma is None or self._lead_gamma[0] != self._cur_step or not state.matches(x):
+        lead = self._lead_now()
+        if lead is None or not state.matches(x):
             return None
-        lead = self._lead_gamma[1]
+        _, lead_gamma, lead_order = lead
         if state.n_stored == 0 or not state.has_prev:
             return None
         # the leader's reuse respected the cap (budget mode: the run bounds, which replace it)
@@ -239,13 +238,12 @@ class DiCacheEngine:
         if cap is not None and state.run >= cap:
             return None
         two = state.n_stored >= 2
-        if two and lead.shape != state.gamma.shape:
+        if two and lead_gamma.shape != state.gamma.shape:
             return None  # a different batch: measure our own γ
         self._x = x
         if two:
-            state.gamma.copy_(lead)
-        if self._lead_order is not None and self._lead_order[0] == self._cur_step:
-            state.order = self._lead_order[1]
+            state.gamma.copy_(lead_gamma)
+        state.order = lead_order
         self._reconstruct(state, x)
         return self._skipped(state, CallRecord(self._cur_step, False, FOLLOW, None,
                                                state.gamma.clone() if two else None, probed=False))
@@ -277,10 +275,13 @@ class DiCacheEngine:
         self._reconstruct(state, x)
         if cfg.cfg_decision == "shared":
             self._leads.setdefault(self._cur_step, True)
-            self._lead_gamma = (self._cur_step, state.gamma)
-            self._lead_order = (self._cur_step, state.order)
+            self._lead = (self._cur_step, state.gamma, state.order)
         return self._skipped(state, CallRecord(self._cur_step, False, PREDICTED, None, state.gamma.clone(),
                                                probed=False))
+
+    def _lead_now(self) -> Optional[Tuple[int, torch.Tensor, int]]:
+        """The leading branch's (step, γ, order) when it reused the current step, else None."""
+        return self._lead if self._lead is not None and self._lead[0] == self._cur_step else None
 
     def _enter(self, x: torch.Tensor) -> BranchState:
         """The current call's branch state, with buffers for ``x`` (a subclass's decision starts here)."""
@@ -336,32 +337,35 @@ class DiCacheEngine:
         error, reuse = self._decide(state, p, x, threshold)
         if leader is None:
             self._leads.setdefault(self._cur_step, reuse)
-            if reuse:
-                self._lead_gamma = (self._cur_step, state.gamma)
         if not reuse:
             self._forced = None
             self._pending_error = error
             return None
         two = state.n_stored >= 2
+        weights = None
         if cfg.alignment_order == "auto":
-            if leader is True and self._lead_order is not None and self._lead_order[0] == self._cur_step:
-                state.order = self._lead_order[1]
+            lead = self._lead_now() if leader is True else None
+            if lead is not None:
+                state.order = lead[2]
             else:
-                self._choose_order(state, p, x)
-                self._lead_order = (self._cur_step, state.order)
-        self._reconstruct(state, x)
+                weights = self._choose_order(state, p, x)
+        if leader is None:
+            self._lead = (self._cur_step, state.gamma, state.order)
+        self._reconstruct(state, x, weights)
         reason = FOLLOW if leader is True else (REUSE if two else REUSE_ONE)
         return self._skipped(state, CallRecord(self._cur_step, False, reason, error,
                                                state.gamma.clone() if two else None))
 
-    def _reconstruct(self, state: BranchState, x: torch.Tensor) -> None:
+    def _reconstruct(self, state: BranchState, x: torch.Tensor,
+                     weights: Optional[Tuple[torch.Tensor, torch.Tensor]] = None) -> None:
         """``state.out`` = the deep output rebuilt from the stored residuals and ``state.gamma``.
 
         First order (the method): ``x + R[-2] + γ·(R[-1] − R[-2])``. Second order, with three
         entries stored at steps t0 < t1 < t2: the quadratic through them, evaluated at the step
         the probe says the call is at, ``τ = t1 + γ·(t2 − t1)`` (γ = 1 at t2): ``x + Σ c_i(τ)·R_i``
         with the Lagrange weights ``c_i`` (they sum to 1). The weights stay on the device; the
-        fused op does ``x + R1 + c2·(R2 − R1)`` and one more pass adds ``c0·(R0 − R1)``.
+        fused op does ``x + R1 + c2·(R2 − R1)`` and one more pass adds ``c0·(R0 − R1)``. ``weights``:
+        ``(c0, c2)`` already computed for this call (by :meth:`_choose_order`).
         """
         ops = self.backend_for(x.device)
         if state.n_stored < 2:
@@ -372,7 +376,7 @@ class DiCacheEngine:
         if order < 2 or state.n_stored < 3:
             ops.reconstruct(x, r2, r1, state.gamma, state.out)
             return
-        c0, c2 = self._lagrange(state)
+        c0, c2 = weights if weights is not None else self._lagrange(state)
         ops.reconstruct(x, r2, r1, c2, state.out)
         shape = (-1,) + (1,) * (x.dim() - 1)
         state.out.add_((state.R[state.newest(3)].float() - r1.float()).mul_(c0.view(shape)).to(x.dtype))
@@ -388,13 +392,15 @@ class DiCacheEngine:
         c2 = (tau - t0) * (tau - t1) / ((t2 - t0) * (t2 - t1))
         return c0, c2
 
-    def _choose_order(self, state: BranchState, p: torch.Tensor, x: torch.Tensor) -> None:
+    def _choose_order(self, state: BranchState, p: torch.Tensor, x: torch.Tensor
+                      ) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
         """``alignment_order="auto"``: the order whose extrapolation of the *probe* residual lands nearer
         to the probe residual this call measured (L1 over the batch, on at most ``ORDER_TOKENS`` tokens);
-        the deep residual follows the same choice. On probed reuses with three entries; one host read."""
+        the deep residual follows the same choice. On probed reuses with three entries; one host read.
+        Returns the quadratic's weights ``(c0, c2)`` for :meth:`_reconstruct`, or None with fewer entries."""
         if state.n_stored < 3:
             state.order = 1
-            return
+            return None
         f = torch.float32
         # on at most ~ORDER_TOKENS tokens (an even stride over dim 1): a pooled L1 sum needs no more, and
         # the choice then costs a small fraction of one pass over the tensors at any size
@@ -403,16 +409,15 @@ class DiCacheEngine:
         def sub(t: torch.Tensor) -> torch.Tensor:
             return (t[:, ::step] if step > 1 else t).to(f)
 
-        now = sub(p) - sub(x)
         P0, P1, P2 = (sub(state.P[state.newest(k)]) for k in (3, 2, 1))
+        base = sub(p) - sub(x) - P1  # the measured probe residual, relative to P1
+        d21, d01 = P2 - P1, P0 - P1
         shape = (-1,) + (1,) * (x.dim() - 1)
-        g = state.gamma.view(shape)
-        lin = P1 + g * (P2 - P1)
         c0, c2 = self._lagrange(state)
-        quad = lin + (c2.view(shape) - g) * (P2 - P1) + c0.view(shape) * (P0 - P1)
-        e1 = (now - lin).abs().sum()
-        e2 = (now - quad).abs().sum()
+        e1 = (base - state.gamma.view(shape) * d21).abs().sum()  # the line P1 + γ·(P2 − P1)
+        e2 = (base - c2.view(shape) * d21 - c0.view(shape) * d01).abs().sum()  # the quadratic
         state.order = 2 if bool(e2 < e1) else 1  # one more host read on this call
+        return c0, c2
 
     def _probe(self, state: BranchState, p: torch.Tensor, x: torch.Tensor, threshold: float) -> None:
         cfg = self.config
@@ -534,12 +539,12 @@ class _Budget:
         gap = steps_left / left - 1.0
         return max(0, math.floor(gap)), max(1, math.ceil(gap))
 
-    def observe(self, state: BranchState, acc: float, step: Optional[int] = None) -> None:
+    def observe(self, state: BranchState, acc: float, step: int) -> None:
         """Record the per-step error: the growth of the accumulated error since the last read, over
         the steps since the last probe (more than one after calls skipped without a probe)."""
         err = acc - state.acc_host
         steps = 1
-        if step is not None and state.probe_step is not None and step > state.probe_step:
+        if state.probe_step is not None and step > state.probe_step:
             steps = step - state.probe_step
         if math.isfinite(err) and err >= 0:
             err /= steps
@@ -547,5 +552,4 @@ class _Budget:
             state.err_n += 1
             state.err_last = err
         state.acc_host = acc
-        if step is not None:
-            state.probe_step = step
+        state.probe_step = step
