@@ -23,7 +23,8 @@ constexpr const char* kProbeDecideSchema =
     "Tensor(c!) acc, Tensor den, Tensor(d!) sums, Tensor(e!) flag, Tensor(f!) gamma, "
     "float threshold, float gamma_lo, float gamma_hi, int policy, int error_mode) -> ()";
 constexpr const char* kReconstructSchema =
-    "reconstruct(Tensor x, Tensor r_new, Tensor? r_old, Tensor gamma, Tensor(a!) out) -> ()";
+    "reconstruct(Tensor x, Tensor r_new, Tensor? r_old, Tensor gamma, Tensor(a!) out, "
+    "Tensor? r_oldest=None, Tensor? c_oldest=None) -> ()";
 constexpr const char* kRefreshSchema =
     "refresh(Tensor h, Tensor p, Tensor x, Tensor(a!) r_slot, Tensor(b!) p_slot, "
     "Tensor? p_other, Tensor(c!) den, Tensor(d!) acc) -> ()";
@@ -168,11 +169,18 @@ inline void check_probe_decide_args(const at::Tensor& p, const at::Tensor& x, co
 
 inline void check_reconstruct_args(const at::Tensor& x, const at::Tensor& r_new,
                                    const std::optional<at::Tensor>& r_old, const at::Tensor& gamma,
-                                   const at::Tensor& out) {
+                                   const at::Tensor& out, const std::optional<at::Tensor>& r_oldest,
+                                   const std::optional<at::Tensor>& c_oldest) {
   check_big("r_new", r_new, x);
   if (r_old) check_big("r_old", *r_old, x);
   check_big("out", out, x);
   check_state("gamma", gamma, batch_of(x), at::kFloat, x.device());
+  TORCH_CHECK_VALUE(r_oldest.has_value() == c_oldest.has_value(), "r_oldest and c_oldest go together");
+  if (r_oldest) {
+    TORCH_CHECK_VALUE(r_old.has_value(), "r_oldest needs r_old");
+    check_big("r_oldest", *r_oldest, x);
+    check_state("c_oldest", *c_oldest, batch_of(x), at::kFloat, x.device());
+  }
 }
 
 inline void check_refresh_args(const at::Tensor& h, const at::Tensor& p, const at::Tensor& x,

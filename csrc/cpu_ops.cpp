@@ -294,13 +294,23 @@ void probe_dispatch(const T* p, const T* x, T* pp, const T* po, T* xp, int64_t B
 }
 
 // ---------------------------------------------------------------------------
-// reconstruct: out = x + R[-2] + gamma_b (R[-1] - R[-2])   (or x + R[-1])
+// reconstruct: out = x + R[-2] + gamma_b (R[-1] - R[-2])   (or x + R[-1]),
+//              plus c_b (R[-3] - R[-2]) with r_oldest (OLDEST)
 
 // One tile; S as in probe_tile (out: raw storage, or an fp32 buffer narrowed afterwards).
-template <typename S, bool OLD>
+template <typename S, bool OLD, bool OLDEST = false>
 inline void reconstruct_tile(const S* __restrict__ x, const S* __restrict__ rn,
-                             const S* __restrict__ ro, float g, S* __restrict__ out, int64_t n) {
-  if constexpr (OLD) {
+                             const S* __restrict__ ro, float g, S* __restrict__ out, int64_t n,
+                             const S* __restrict__ r3 = nullptr, float c = 0.0f) {
+  if constexpr (OLD && OLDEST) {
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) {
+      const float vo = Elem<S>::to(ro[i]);
+      // The reference's order: ((x + r_old) + g * (r_new - r_old)) + c * (r_oldest - r_old), no FMA.
+      const float h = (Elem<S>::to(x[i]) + vo) + g * (Elem<S>::to(rn[i]) - vo);
+      out[i] = Elem<S>::from(h + c * (Elem<S>::to(r3[i]) - vo));
+    }
+  } else if constexpr (OLD) {
 #pragma omp simd
     for (int64_t i = 0; i < n; ++i) {
       const float vo = Elem<S>::to(ro[i]);
@@ -313,20 +323,22 @@ inline void reconstruct_tile(const S* __restrict__ x, const S* __restrict__ rn,
   }
 }
 
-template <typename T, bool OLD>
+template <typename T, bool OLD, bool OLDEST = false>
 void reconstruct_rows(const T* x, const T* rn, const T* ro, const float* gamma, T* out, int64_t B,
-                      int64_t L) {
+                      int64_t L, const T* r3 = nullptr, const float* c_oldest = nullptr) {
   for_each_chunk(B, L, 0, nullptr, [&](int64_t b, int64_t off, int64_t n, double*) {
-    alignas(64) float bx[kTile], brn[kTile], bro[kTile], bo[kTile];
+    alignas(64) float bx[kTile], brn[kTile], bro[kTile], br3[kTile], bo[kTile];
     const float g = OLD ? gamma[b] : 1.0f;
+    const float c = OLDEST ? c_oldest[b] : 0.0f;
     for_each_tile(b * L + off, n, [&](int64_t i0, int64_t m) {
       if constexpr (kDirect<T>) {
-        reconstruct_tile<raw_t<T>, OLD>(raw(x + i0), raw(rn + i0), OLD ? raw(ro + i0) : nullptr, g,
-                                        raw(out + i0), m);
+        reconstruct_tile<raw_t<T>, OLD, OLDEST>(raw(x + i0), raw(rn + i0), OLD ? raw(ro + i0) : nullptr,
+                                                g, raw(out + i0), m, OLDEST ? raw(r3 + i0) : nullptr, c);
       } else {
         float* fo = target(out + i0, bo);
-        reconstruct_tile<float, OLD>(widen(x + i0, bx, m), widen(rn + i0, brn, m),
-                                     OLD ? widen(ro + i0, bro, m) : nullptr, g, fo, m);
+        reconstruct_tile<float, OLD, OLDEST>(widen(x + i0, bx, m), widen(rn + i0, brn, m),
+                                             OLD ? widen(ro + i0, bro, m) : nullptr, g, fo, m,
+                                             OLDEST ? widen(r3 + i0, br3, m) : nullptr, c);
         narrow(fo, out + i0, m);
       }
     });
@@ -450,19 +462,28 @@ void probe_decide(const at::Tensor& p, const at::Tensor& x, const at::Tensor& p_
 
 void reconstruct(const at::Tensor& x, const at::Tensor& r_new,
                  const std::optional<at::Tensor>& r_old, const at::Tensor& gamma,
-                 const at::Tensor& out) {
+                 const at::Tensor& out, const std::optional<at::Tensor>& r_oldest,
+                 const std::optional<at::Tensor>& c_oldest) {
   check_cpu(x);
   const int64_t B = batch_of(x), L = row_of(x);
-  check_reconstruct_args(x, r_new, r_old, gamma, out);
+  check_reconstruct_args(x, r_new, r_old, gamma, out, r_oldest, c_oldest);
 
-  const at::ScalarType dt = compute_dtype({&x, &r_new, opt_ptr(r_old), &out}, cpu_native);
+  const at::ScalarType dt =
+      compute_dtype({&x, &r_new, opt_ptr(r_old), &out, opt_ptr(r_oldest)}, cpu_native);
   const at::Tensor cx = as_input(x, dt), crn = as_input(r_new, dt);
-  const std::optional<at::Tensor> cro = as_input(r_old, dt);
+  const std::optional<at::Tensor> cro = as_input(r_old, dt), cr3 = as_input(r_oldest, dt);
   const at::Tensor g = gamma.contiguous();
+  const std::optional<at::Tensor> c3 =
+      c_oldest ? std::optional<at::Tensor>(c_oldest->contiguous()) : std::nullopt;
   Output o(out, dt, /*kernel_reads=*/false);
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dt, "dicache_cpu::reconstruct", [&] {
-    if (cro) {
+    if (cr3) {
+      reconstruct_rows<scalar_t, true, true>(cx.data_ptr<scalar_t>(), crn.data_ptr<scalar_t>(),
+                                             cro->data_ptr<scalar_t>(), g.data_ptr<float>(),
+                                             o.work.data_ptr<scalar_t>(), B, L,
+                                             cr3->data_ptr<scalar_t>(), c3->data_ptr<float>());
+    } else if (cro) {
       reconstruct_rows<scalar_t, true>(cx.data_ptr<scalar_t>(), crn.data_ptr<scalar_t>(),
                                        cro->data_ptr<scalar_t>(), g.data_ptr<float>(),
                                        o.work.data_ptr<scalar_t>(), B, L);

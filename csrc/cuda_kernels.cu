@@ -203,8 +203,10 @@ __global__ void __launch_bounds__(kThreads) probe_decide_kernel(ProbeArgs a) {
 template <typename T, int VEC>
 __global__ void __launch_bounds__(kThreads) reconstruct_kernel(ReconstructArgs a) {
   const bool old = a.r_old != nullptr;
+  const bool oldest = old && a.r_oldest != nullptr;
   const int64_t b = blockIdx.y;
   const float g = old ? a.gamma[b] : 1.0f;  // device memory: no host round trip
+  const float c = oldest ? a.c_oldest[b] : 0.0f;
   const int64_t n = a.L / VEC;
   const int64_t row = b * n;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; i < n;
@@ -212,15 +214,18 @@ __global__ void __launch_bounds__(kThreads) reconstruct_kernel(ReconstructArgs a
     const int64_t j = row + i;
     const Pack<T, VEC> vx = load<T, VEC>(a.x, j);
     const Pack<T, VEC> vn = load<T, VEC>(a.r_new, j);
-    Pack<T, VEC> vo, out;
+    Pack<T, VEC> vo, v3, out;
     if (old) vo = load<T, VEC>(a.r_old, j);
+    if (oldest) v3 = load<T, VEC>(a.r_oldest, j);
 #pragma unroll
     for (int k = 0; k < VEC; ++k) {
       const float fx = Cvt<T>::to(vx.v[k]), fn = Cvt<T>::to(vn.v[k]);
-      // (x + r_old) + g * (r_new - r_old), each step rounded as in the reference (no FMA).
-      const float h = old ? __fadd_rn(__fadd_rn(fx, Cvt<T>::to(vo.v[k])),
-                                      __fmul_rn(g, __fsub_rn(fn, Cvt<T>::to(vo.v[k]))))
-                          : __fadd_rn(fx, fn);
+      // (x + r_old) + g * (r_new - r_old) [+ c * (r_oldest - r_old)], each step rounded as in the
+      // reference (no FMA).
+      float h = old ? __fadd_rn(__fadd_rn(fx, Cvt<T>::to(vo.v[k])),
+                                __fmul_rn(g, __fsub_rn(fn, Cvt<T>::to(vo.v[k]))))
+                    : __fadd_rn(fx, fn);
+      if (oldest) h = __fadd_rn(h, __fmul_rn(c, __fsub_rn(Cvt<T>::to(v3.v[k]), Cvt<T>::to(vo.v[k]))));
       out.v[k] = Cvt<T>::from(h);
     }
     store<T, VEC>(a.out, j, out);

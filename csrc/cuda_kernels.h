@@ -65,12 +65,15 @@ struct ProbeArgs {
   bool vectorized;    // every pointer 16-byte aligned and L a multiple of vector_width
 };
 
-// reconstruct: out = x + r_old + gamma[b] * (r_new - r_old), or x + r_new.
+// reconstruct: out = x + r_old + gamma[b] * (r_new - r_old), or x + r_new;
+// plus c_oldest[b] * (r_oldest - r_old) with r_oldest.
 struct ReconstructArgs {
   const void* x;
   const void* r_new;
   const void* r_old;   // nullptr: out = x + r_new
   const float* gamma;  // [B] device memory
+  const void* r_oldest;     // nullptr: no second-order term (needs r_old)
+  const float* c_oldest;    // [B] device memory, with r_oldest
   void* out;
   int64_t B;
   int64_t L;

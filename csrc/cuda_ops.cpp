@@ -163,19 +163,23 @@ void probe_decide(const at::Tensor& p, const at::Tensor& x, const at::Tensor& p_
 
 void reconstruct(const at::Tensor& x, const at::Tensor& r_new,
                  const std::optional<at::Tensor>& r_old, const at::Tensor& gamma,
-                 const at::Tensor& out) {
+                 const at::Tensor& out, const std::optional<at::Tensor>& r_oldest,
+                 const std::optional<at::Tensor>& c_oldest) {
   check_cuda(x);
   const int64_t B = batch_of(x), L = row_of(x);
-  check_reconstruct_args(x, r_new, r_old, gamma, out);
+  check_reconstruct_args(x, r_new, r_old, gamma, out, r_oldest, c_oldest);
   if (B == 0 || L == 0) return;
 
   c10::cuda::CUDAGuard guard(x.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(x.device().index()).stream();
-  const at::ScalarType st = compute_dtype({&x, &r_new, opt_ptr(r_old), &out}, cuda_native);
+  const at::ScalarType st =
+      compute_dtype({&x, &r_new, opt_ptr(r_old), &out, opt_ptr(r_oldest)}, cuda_native);
   const DType dt = kernel_dtype(st);
   const at::Tensor cx = as_input(x, st), crn = as_input(r_new, st);
-  const std::optional<at::Tensor> cro = as_input(r_old, st);
+  const std::optional<at::Tensor> cro = as_input(r_old, st), cr3 = as_input(r_oldest, st);
   const at::Tensor g = gamma.contiguous();
+  const std::optional<at::Tensor> c3 =
+      c_oldest ? std::optional<at::Tensor>(c_oldest->contiguous()) : std::nullopt;
   Output o(out, st, /*kernel_reads=*/false);
 
   ReconstructArgs a{};
@@ -183,10 +187,12 @@ void reconstruct(const at::Tensor& x, const at::Tensor& r_new,
   a.r_new = crn.data_ptr();
   a.r_old = ptr_or_null(cro);
   a.gamma = g.data_ptr<float>();
+  a.r_oldest = ptr_or_null(cr3);
+  a.c_oldest = c3 ? c3->data_ptr<float>() : nullptr;
   a.out = o.work.data_ptr();
   a.B = B;
   a.L = L;
-  a.vectorized = can_vectorize(dt, L, {a.x, a.r_new, a.r_old, a.out});
+  a.vectorized = can_vectorize(dt, L, {a.x, a.r_new, a.r_old, a.r_oldest, a.out});
   a.blocks_per_row =
       blocks_per_row(a.vectorized ? L / vector_width(dt) : L, B, sm_count(x.device().index()));
   C10_CUDA_CHECK(launch_reconstruct(dt, a, stream));

@@ -237,11 +237,15 @@ def reconstruct_kernel(
     r_old_ptr,
     gamma_ptr,
     out_ptr,
+    r_oldest_ptr,
+    c_oldest_ptr,
     S,
     HAS_OLD: tl.constexpr,
+    HAS_OLDEST: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
-    """``out = x + r_old + gamma[b] * (r_new - r_old)``; ``x + r_new`` without ``r_old``.
+    """``out = x + r_old + gamma[b] * (r_new - r_old)``; ``x + r_new`` without ``r_old``; plus
+    ``c_oldest[b] * (r_oldest - r_old)`` with ``HAS_OLDEST`` (which needs ``HAS_OLD``).
 
     One ``BLOCK`` tile per program, grid ``(cdiv(S, BLOCK), B)``. ``out`` may
     alias ``x`` (each element is loaded before it is stored).
@@ -257,6 +261,10 @@ def reconstruct_kernel(
         g = tl.load(gamma_ptr + b).to(tl.float32)
         ro = tl.load(r_old_ptr + off, mask=m, other=0.0).to(tl.float32)
         h = (xv + ro) + g * (rn - ro)
+        if HAS_OLDEST:
+            c = tl.load(c_oldest_ptr + b).to(tl.float32)
+            r3 = tl.load(r_oldest_ptr + off, mask=m, other=0.0).to(tl.float32)
+            h = h + c * (r3 - ro)
     else:
         h = xv + rn
     tl.store(out_ptr + off, h.to(out_ptr.dtype.element_ty), mask=m)

@@ -239,18 +239,20 @@ def test_probe_guards(cpu, case, policy):
 # reconstruct and refresh
 
 
-@pytest.mark.parametrize("has_old", [True, False], ids=["two", "one"])
+@pytest.mark.parametrize("entries", [3, 2, 1], ids=["three", "two", "one"])
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).replace("torch.", ""))
-def test_reconstruct(cpu, dtype, shape, has_old):
-    g = _gen("reconstruct", dtype, shape, has_old)
+def test_reconstruct(cpu, dtype, shape, entries):
+    g = _gen("reconstruct", dtype, shape, entries)
     x, r_new = _randn(shape, dtype, g, 1.0, 0.3), _randn(shape, dtype, g, 0.5)
-    r_old = _randn(shape, dtype, g, 0.5, -0.1) if has_old else None
+    r_old = _randn(shape, dtype, g, 0.5, -0.1) if entries >= 2 else None
     gamma = 1.0 + 0.5 * torch.rand(shape[0], generator=g)
+    # the quadratic's term: R[-3] and a weight per sample of either sign
+    oldest = (_randn(shape, dtype, g, 0.5, 0.2), torch.rand(shape[0], generator=g) - 0.5) if entries == 3 else ()
     want = torch.empty_like(x)
     got = torch.full_like(x, float("nan"))
-    R.reconstruct(x, r_new, r_old, gamma, want)
-    cpu.reconstruct(x, r_new, r_old, gamma, got)
+    R.reconstruct(x, r_new, r_old, gamma, want, *oldest)
+    cpu.reconstruct(x, r_new, r_old, gamma, got, *oldest)
     _assert_close(got, want, dtype, "elementwise", "out")
     assert not torch.isnan(got).any()
 
@@ -290,6 +292,10 @@ def test_elementwise_bitwise(cpu, dtype):
     a, b = torch.empty_like(x), torch.empty_like(x)
     R.reconstruct(x, r_new, r_old, gamma, a)
     cpu.reconstruct(x, r_new, r_old, gamma, b)
+    assert torch.equal(a, b)
+    c = torch.tensor([-0.12, 0.31])
+    R.reconstruct(x, r_new, r_old, gamma, a, h, c)
+    cpu.reconstruct(x, r_new, r_old, gamma, b, h, c)
     assert torch.equal(a, b)
     slots = [torch.empty_like(x) for _ in range(4)]
     R.refresh(h, p, x, slots[0], slots[1], r_old, torch.zeros(2), torch.zeros(2))

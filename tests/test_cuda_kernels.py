@@ -92,18 +92,20 @@ def test_probe_decide(cuda, dtype, shape, policy, error_mode, has_old):
     assert torch.isfinite(got["gamma"]).all()
 
 
-@pytest.mark.parametrize("has_old", [True, False], ids=["two", "one"])
+@pytest.mark.parametrize("entries", [3, 2, 1], ids=["three", "two", "one"])
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).replace("torch.", ""))
-def test_reconstruct(cuda, dtype, shape, has_old):
-    g = _gen("reconstruct", dtype, shape, has_old)
+def test_reconstruct(cuda, dtype, shape, entries):
+    g = _gen("reconstruct", dtype, shape, entries)
     x, r_new = _randn(shape, dtype, g), _randn(shape, dtype, g, 0.5)
-    r_old = _randn(shape, dtype, g, 0.5) if has_old else None
+    r_old = _randn(shape, dtype, g, 0.5) if entries >= 2 else None
     gamma = 1 + 0.5 * torch.rand(shape[0], generator=g, device="cuda")
+    # the quadratic's term: R[-3] and a weight per sample of either sign
+    oldest = (_randn(shape, dtype, g, 0.5), torch.rand(shape[0], generator=g, device="cuda") - 0.5) if entries == 3 else ()
     got = torch.full(shape, float("nan"), dtype=dtype, device="cuda")
     want = torch.full_like(got, float("nan"))
-    cuda.reconstruct(x, r_new, r_old, gamma, got)
-    R.reconstruct(x, r_new, r_old, gamma, want)
+    cuda.reconstruct(x, r_new, r_old, gamma, got, *oldest)
+    R.reconstruct(x, r_new, r_old, gamma, want, *oldest)
     assert not got.isnan().any()
     _close(got, want, dtype, "out")
 

@@ -47,14 +47,17 @@ def _probe_args(gen, *, has_old=True, with_xprev=True, dtype=torch.float32, erro
     ]
 
 
-def _reconstruct_args(gen, *, has_old=True, dtype=torch.float32):
-    return [
+def _reconstruct_args(gen, *, has_old=True, dtype=torch.float32, oldest=False):
+    args = [
         torch.randn(SHAPE, generator=gen).to(dtype),
         torch.randn(SHAPE, generator=gen).to(dtype),
         torch.randn(SHAPE, generator=gen).to(dtype) if has_old else None,
         1.0 + torch.rand(B, generator=gen),
         torch.full(SHAPE, float("nan"), dtype=dtype),
     ]
+    if oldest:  # the quadratic's term: R[-3] and its weight per sample
+        args += [torch.randn(SHAPE, generator=gen).to(dtype), torch.rand(B, generator=gen) - 0.5]
+    return args
 
 
 def _refresh_args(gen, *, has_other=True, dtype=torch.float32):
@@ -135,11 +138,12 @@ def test_probe_decide_op_matches_reference(policy, error_mode, has_old):
 def test_reconstruct_and_refresh_ops_match_reference(dtype):
     gen = _gen("recon-refresh", dtype)
     for has_old in (False, True):
-        args = _reconstruct_args(gen, has_old=has_old, dtype=dtype)
-        mine, theirs = _clone(args), _clone(args)
-        lib.reconstruct(*mine)
-        ref.reconstruct(*theirs)
-        _assert_same(mine, theirs)
+        for oldest in ((False, True) if has_old else (False,)):
+            args = _reconstruct_args(gen, has_old=has_old, dtype=dtype, oldest=oldest)
+            mine, theirs = _clone(args), _clone(args)
+            lib.reconstruct(*mine)
+            ref.reconstruct(*theirs)
+            _assert_same(mine, theirs)
         args = _refresh_args(gen, has_other=has_old, dtype=dtype)
         mine, theirs = _clone(args), _clone(args)
         lib.refresh(*mine)
@@ -161,9 +165,10 @@ def test_opcheck_probe_decide(has_old, with_xprev, policy, error_mode):
     torch.library.opcheck(torch.ops.dicache.probe_decide.default, args)
 
 
-@pytest.mark.parametrize("has_old", [False, True])
-def test_opcheck_reconstruct(has_old):
-    torch.library.opcheck(torch.ops.dicache.reconstruct.default, _reconstruct_args(_gen("oc-r", has_old), has_old=has_old))
+@pytest.mark.parametrize("has_old,oldest", [(False, False), (True, False), (True, True)])
+def test_opcheck_reconstruct(has_old, oldest):
+    args = _reconstruct_args(_gen("oc-r", has_old, oldest), has_old=has_old, oldest=oldest)
+    torch.library.opcheck(torch.ops.dicache.reconstruct.default, args)
 
 
 @pytest.mark.parametrize("has_other", [False, True])
@@ -188,6 +193,10 @@ def test_fake_tensors():
         bad[4] = torch.empty(B, 7, 12)
         with pytest.raises(ValueError, match="out"):
             lib.reconstruct(*bad)
+        with pytest.raises(ValueError, match="go together"):  # R[-3] without its weight
+            lib.reconstruct(*fake[1], fake[1][1])
+        with pytest.raises(ValueError, match="r_oldest"):
+            lib.reconstruct(*fake[1], torch.empty(B, 7, 12), torch.zeros(B))
         bad = list(fake[0])
         bad[9] = torch.empty(B + 1)
         with pytest.raises(ValueError, match="gamma"):

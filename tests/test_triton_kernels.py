@@ -319,19 +319,21 @@ def test_probe_decide_rejects_bad_arguments():
 # reconstruct
 
 
-@pytest.mark.parametrize("has_old", [False, True], ids=["one-entry", "two-entries"])
+@pytest.mark.parametrize("entries", [1, 2, 3], ids=["one-entry", "two-entries", "three-entries"])
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).replace("torch.", ""))
-def test_reconstruct_matches_reference(dtype, shape, has_old):
-    gen = _gen("recon", dtype, shape, has_old)
+def test_reconstruct_matches_reference(dtype, shape, entries):
+    gen = _gen("recon", dtype, shape, entries)
     B = shape[0]
     x, r_new = _randn(shape, dtype, gen), _randn(shape, dtype, gen)
-    r_old = _randn(shape, dtype, gen) if has_old else None
+    r_old = _randn(shape, dtype, gen) if entries >= 2 else None
     gamma = (1.0 + torch.rand(B, generator=gen)).to(DEVICE)  # a different γ per sample
+    # the quadratic's term: R[-3] and a weight per sample of either sign
+    oldest = (_randn(shape, dtype, gen), (torch.rand(B, generator=gen) - 0.5).to(DEVICE)) if entries == 3 else ()
     out = torch.full(shape, float("nan"), dtype=dtype, device=DEVICE)
     expected = torch.empty_like(out)
-    tb.reconstruct(x, r_new, r_old, gamma, out)
-    ref.reconstruct(x, r_new, r_old, gamma, expected)
+    tb.reconstruct(x, r_new, r_old, gamma, out, *oldest)
+    ref.reconstruct(x, r_new, r_old, gamma, expected, *oldest)
     assert_close_ulp(out, expected, dtype, "out")
 
 
@@ -546,12 +548,13 @@ state = dict(acc_ptr="*fp32", den_ptr="*fp32", sums_ptr="*fp32", gamma_ptr="*fp3
              threshold="fp32", gamma_lo="fp32", gamma_hi="fp32")
 for dt, full in (("bf16", True), ("fp32", False)):
     big = {n: "*" + dt for n in ("p_ptr", "x_ptr", "p_prev_ptr", "p_old_ptr", "x_prev_ptr", "h_ptr",
-                                 "r_slot_ptr", "p_slot_ptr", "p_other_ptr", "r_new_ptr", "r_old_ptr", "out_ptr")}
-    types = dict(big, **state)
+                                 "r_slot_ptr", "p_slot_ptr", "p_other_ptr", "r_new_ptr", "r_old_ptr", "out_ptr",
+                                 "r_oldest_ptr")}
+    types = dict(big, c_oldest_ptr="*fp32", **state)
     ptx = build(k.probe_decide_kernel, types, dict(HAS_OLD=full, HAS_XPREV=full, DELTA_MINUS=full,
                                                    PER_SAMPLE=full, BLOCK=4096, BLOCK_B=4))
     assert "atom.global.gpu.acq_rel.add" in ptx and "atom.global.gpu.acq_rel.exch" in ptx
-    build(k.reconstruct_kernel, types, dict(HAS_OLD=full, BLOCK=4096))
+    build(k.reconstruct_kernel, types, dict(HAS_OLD=full, HAS_OLDEST=full, BLOCK=4096))
     build(k.refresh_kernel, types, dict(HAS_OTHER=full, BLOCK=4096, BLOCK_B=4))
 print("compiled")
 """

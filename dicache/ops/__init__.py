@@ -4,7 +4,8 @@ Every backend implements the three ops of :mod:`dicache.ops.reference` with
 the same signatures and the same in-place contract:
 
 * ``probe_decide`` — probe statistics, error accumulation, decision flag and γ;
-* ``reconstruct`` — ``h = x + R[-2] + γ·(R[-1] − R[-2])`` (or ``x + R[-1]``);
+* ``reconstruct`` — ``h = x + R[-2] + γ·(R[-1] − R[-2])`` (or ``x + R[-1]``), plus ``c·(R[-3] − R[-2])``
+  when given ``R[-3]`` (the quadratic of ``alignment_order`` 2 and "auto");
 * ``refresh`` — write ``R = h − x`` and ``P = p − x`` into window slots.
 
 A backend is loaded lazily by name. Loading or device checks that fail raise

@@ -6,7 +6,7 @@ namespace:
 * ``dicache::probe_decide(p, x, p_prev, p_old?, x_prev?, acc, den, sums, flag, gamma,
   threshold, gamma_lo, gamma_hi, policy, error_mode) -> ()``
   (mutates ``p_prev``, ``x_prev``, ``acc``, ``sums``, ``flag``, ``gamma``);
-* ``dicache::reconstruct(x, r_new, r_old?, gamma, out) -> ()`` (mutates ``out``);
+* ``dicache::reconstruct(x, r_new, r_old?, gamma, out, r_oldest?, c_oldest?) -> ()`` (mutates ``out``);
 * ``dicache::refresh(h, p, x, r_slot, p_slot, p_other?, den, acc) -> ()``
   (mutates ``r_slot``, ``p_slot``, ``den``, ``acc``).
 
@@ -138,14 +138,22 @@ def _register() -> None:
             r_old: Optional[torch.Tensor],
             gamma: torch.Tensor,
             out: torch.Tensor,
+            r_oldest: Optional[torch.Tensor] = None,
+            c_oldest: Optional[torch.Tensor] = None,
         ) -> None:
-            backend_for(x.device).reconstruct(x, r_new, r_old, gamma, out)
+            backend_for(x.device).reconstruct(x, r_new, r_old, gamma, out, r_oldest, c_oldest)
 
         @_reconstruct.register_fake
-        def _(x, r_new, r_old, gamma, out) -> None:
-            for name, t in (("r_new", r_new), ("r_old", r_old), ("out", out)):
+        def _(x, r_new, r_old, gamma, out, r_oldest=None, c_oldest=None) -> None:
+            for name, t in (("r_new", r_new), ("r_old", r_old), ("out", out), ("r_oldest", r_oldest)):
                 _same_shape(name, t, x)
             _numel("gamma", gamma, x.shape[0])
+            if (r_oldest is None) != (c_oldest is None):
+                raise ValueError("r_oldest and c_oldest go together")
+            if r_oldest is not None:
+                if r_old is None:
+                    raise ValueError("r_oldest needs r_old")
+                _numel("c_oldest", c_oldest, x.shape[0])
 
     if not _registered("refresh"):
 

@@ -137,18 +137,30 @@ def reconstruct(
     r_old: Optional[torch.Tensor],
     gamma: torch.Tensor,
     out: torch.Tensor,
+    r_oldest: Optional[torch.Tensor] = None,
+    c_oldest: Optional[torch.Tensor] = None,
 ) -> None:
     """``out = x + R[-2] + γ_b · (R[-1] − R[-2])``; ``out = x + R[-1]`` when ``r_old`` is None.
 
+    With ``r_oldest`` (``R[-3]``, needs ``r_old``) and ``c_oldest`` (a [B] fp32 device tensor), the
+    second-order term is added in the same pass: ``… + c_b · (R[-3] − R[-2])``, so that with the
+    Lagrange weights of the three entries as ``γ`` and ``c`` the output is the quadratic's.
+
     ``gamma`` is a [B] fp32 device tensor. Arithmetic in fp32, stored in ``out.dtype``.
     """
+    if (r_oldest is None) != (c_oldest is None):
+        raise ValueError("r_oldest and c_oldest go together")
+    if r_oldest is not None and r_old is None:
+        raise ValueError("r_oldest needs r_old")
     xf, rn = x.float(), r_new.float()
     if r_old is None:
         h = xf + rn
     else:
         ro = r_old.float()
-        g = gamma.float().reshape(-1, *([1] * (x.dim() - 1)))
-        h = xf + ro + g * (rn - ro)
+        shape = (-1, *([1] * (x.dim() - 1)))
+        h = xf + ro + gamma.float().reshape(shape) * (rn - ro)
+        if r_oldest is not None:
+            h = h + c_oldest.float().reshape(shape) * (r_oldest.float() - ro)
     out.copy_(h)
 
 

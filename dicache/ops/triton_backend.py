@@ -320,29 +320,41 @@ def reconstruct(
     r_old: Optional[torch.Tensor],
     gamma: torch.Tensor,
     out: torch.Tensor,
+    r_oldest: Optional[torch.Tensor] = None,
+    c_oldest: Optional[torch.Tensor] = None,
     *,
     block: Optional[int] = None,
 ) -> None:
-    """Fused :func:`dicache.ops.reference.reconstruct` (one launch, γ read on the device)."""
+    """Fused :func:`dicache.ops.reference.reconstruct` (one launch, γ and c read on the device)."""
     if x.dim() < 1:
         raise ValueError("x must have a batch dimension")
+    if (r_oldest is None) != (c_oldest is None):
+        raise ValueError("r_oldest and c_oldest go together")
+    if r_oldest is not None and r_old is None:
+        raise ValueError("r_oldest needs r_old")
     _check_big("x", x, x)
     _check_big("r_new", r_new, x)
     _check_big("out", out, x)
     if r_old is not None:
         _check_big("r_old", r_old, x)
+    if r_oldest is not None:
+        _check_big("r_oldest", r_oldest, x)
     B = x.shape[0]
     _check_state("gamma", gamma, B, x.device)
+    if c_oldest is not None:
+        _check_state("c_oldest", c_oldest, B, x.device)
     if B == 0 or x.numel() == 0:
         return
     S = x.numel() // B
     outs = _Outputs()
     x_c, rn_c, ro_c, g_c = _contig(x), _contig(r_new), _contig(r_old), _contig(gamma)
+    r3_c, c3_c = _contig(r_oldest), _contig(c_oldest)
     out_c = outs(out)
     BLOCK, _, chunks, num_warps = _launch_shape(S, B, x.device, block, 1, reduce=False)
     _k.reconstruct_kernel[(chunks, B)](
-        x_c, rn_c, ro_c if ro_c is not None else _dummy(x_c), g_c, out_c, S,
-        HAS_OLD=r_old is not None, BLOCK=BLOCK, num_warps=num_warps,
+        x_c, rn_c, ro_c if ro_c is not None else _dummy(x_c), g_c, out_c,
+        r3_c if r3_c is not None else _dummy(x_c), c3_c if c3_c is not None else _dummy(g_c), S,
+        HAS_OLD=r_old is not None, HAS_OLDEST=r_oldest is not None, BLOCK=BLOCK, num_warps=num_warps,
     )
     outs.commit()
 
