@@ -42,10 +42,11 @@ class DiCacheConfig:
         alignment_order: 1: the method's trajectory alignment along the line
             through the two newest stored residuals; 2: the quadratic through
             the three newest (one more stored pair of image-token tensors), at
-            the step position the probe's γ reads off; ``"auto"``: at each probed
-            reuse with three entries stored, the order whose extrapolation of
-            the probe residual lands nearer to the probe residual measured
-            (followers and predicted skips take the step's choice).
+            the step position the probe's γ reads off; ``"auto"``: the line bent
+            towards the quadratic by a weight w in [0, 1] that each probed reuse
+            fits (least squares) to the probe residual it measured, so a
+            trajectory that bends gets the quadratic and a straight one the line
+            (followers and predicted skips take the step's weight).
         run_power: the j-th reuse in a row must keep the accumulated error
             under ``δ / j^run_power`` (0: under δ, the method). The error of
             extrapolating ``j`` steps past the stored residuals grows faster
@@ -193,16 +194,20 @@ PAPER_PRESETS: Dict[str, DiCacheConfig] = {
 #   where the probe moves;
 # * the last step always computed (its error is never corrected by a later step);
 # * one decision per CFG step, the uncond branch following the cond branch without a probe of its own;
+# * ``alignment_order="auto"``: the line bent towards the quadratic through three stored residuals as far as
+#   the probe says the trajectory bends (one more pair of stored image-token tensors per branch);
 # * δ set so that ``dicache.enable(pipe)`` saves about 2× on the shipped models.
-# ``alignment_order="auto"`` and ``predictive_skip`` stay options: each wins on some of the shipped
-# models and step counts and loses on others (and "auto" costs unfused work on every skipped call).
+# ``predictive_skip`` stays an option: it wins on some of the shipped models and step counts and loses on
+# others.
 PRESETS: Dict[str, DiCacheConfig] = {
     "flux": PAPER_PRESETS["flux"].replace(
-        threshold=0.3, warmup=0.1, run_power=1.0, cfg_decision="shared"),
+        threshold=0.3, warmup=0.1, run_power=1.0, cfg_decision="shared", alignment_order="auto"),
     "hunyuan_video": PAPER_PRESETS["hunyuan_video"].replace(
-        threshold=0.2, warmup=0.1, run_power=1.0, force_last_step=True, cfg_decision="shared"),
+        threshold=0.2, warmup=0.1, run_power=1.0, force_last_step=True, cfg_decision="shared",
+        alignment_order="auto"),
     "wan": PAPER_PRESETS["wan"].replace(
-        threshold=0.16, warmup=0.1, run_power=1.0, force_last_step=True, cfg_decision="shared"),
+        threshold=0.16, warmup=0.1, run_power=1.0, force_last_step=True, cfg_decision="shared",
+        alignment_order="auto"),
 }
 DEFAULT = DiCacheConfig()
 

@@ -29,7 +29,7 @@ CAP = "cap"  # computed: max_consecutive_reuse skips in a row
 FOLLOW = "follow"  # cfg_decision="shared": did what the step's leading branch decided
 PREDICTED = "predicted"  # predictive_skip: skipped without a probe, the last increment predicting the error
 
-#: alignment_order="auto" compares the two extrapolations on at most about this many tokens.
+#: alignment_order="auto" fits the quadratic's weight on at most about this many tokens.
 ORDER_TOKENS = 512
 
 _POLICY = {"global": reference.POLICY_GLOBAL, "max": reference.POLICY_MAX}
@@ -57,7 +57,9 @@ class BranchState:
     reconstruction output, and the small fp32 state tensors of the ops.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, name: str = "") -> None:
+        self.name = name
+        self.num_steps: Optional[int] = None  # the trajectory's step count, when known
         self.calls = 0
         self.full_calls = 0
         self.run = 0  # consecutive reuses since the last computed call
@@ -65,8 +67,11 @@ class BranchState:
         self.err_sum = 0.0  # budget mode: sum and count of per-call probe errors seen
         self.err_n = 0
         self.err_last = 0.0  # the last measured per-step increment of the accumulated error
+        self.increments: Dict[int, float] = {}  # budget mode: step -> the per-step error increment measured
         self.probe_step: Optional[int] = None  # the step of the last probe that measured the error
-        self.order = 1  # alignment_order="auto": the order the last probe chose
+        # alignment_order="auto": the weight w ([B] fp32, on the device) of the quadratic against the line that
+        # the last probe fitted (None: the line)
+        self.quad_weight: Optional[torch.Tensor] = None
         self.records: List[CallRecord] = []
         self.shape: Optional[Tuple[torch.Size, torch.dtype, torch.device]] = None
         self.ring: List[int] = []  # slot indices of the stored entries, oldest first (R[-1] is R[ring[-1]])
@@ -99,6 +104,7 @@ class BranchState:
         self.ring = []
         self.slot_step = {}
         self.has_prev = False
+        self.quad_weight = None
 
     def next_slot(self) -> int:
         """The slot a refresh writes: a free one, else the oldest entry's."""
@@ -143,21 +149,24 @@ class DiCacheEngine:
         self._x: Optional[torch.Tensor] = None
         self._num_steps: Optional[int] = None
         self._leads: Dict[int, bool] = {}  # step -> the leading branch reused it (cfg_decision="shared")
-        # (step, the leader's γ, its alignment order) when the step's leading branch reused
-        self._lead: Optional[Tuple[int, torch.Tensor, int]] = None
+        # (step, the leader's γ, its quadratic weight) when the step's leading branch reused
+        self._lead: Optional[Tuple[int, torch.Tensor, Optional[torch.Tensor]]] = None
         self._budget = _Budget(config, num_blocks)
         self._policy = _POLICY[config.batch_policy]
         self._error = _ERROR[config.error]
 
     # -- state -----------------------------------------------------------
     def reset(self, branch: Optional[str] = None) -> None:
-        """Forget one branch, or all of them."""
+        """Forget one branch, or all of them (a new trajectory). The compute budget keeps the error profile
+        of each finished trajectory for the next one (:meth:`_Budget.remember`)."""
+        names = list(self.branches) if branch is None else [branch]
+        for name in names:
+            state = self.branches.pop(name, None)
+            if state is not None:
+                self._budget.remember(state)
         if branch is None:
-            self.branches.clear()
             self._leads.clear()
             self._lead = None
-        else:
-            self.branches.pop(branch, None)
         self._cur = None
 
     def release(self) -> None:
@@ -179,11 +188,12 @@ class DiCacheEngine:
         """Start a call of ``branch``; ``step_index`` defaults to the branch's call count."""
         state = self.branches.get(branch)
         if state is None:
-            state = self.branches[branch] = BranchState()
+            state = self.branches[branch] = BranchState(branch)
         self._cur = state
         step = state.calls if step_index is None else step_index
         self._cur_step = step
         self._num_steps = num_steps
+        state.num_steps = num_steps
         cfg = self.config
         if step < cfg.warmup_calls(num_steps):
             self._forced = WARMUP
@@ -215,7 +225,7 @@ class DiCacheEngine:
         the last increment predicts the accumulated error stays under δ (:meth:`_predicted`). With
         ``cfg_decision="shared"``, a branch following a step whose leading branch reused the cache
         reuses too, so its probe would only measure γ: it takes the leader's γ (and, with
-        ``alignment_order="auto"``, its order) instead and runs no block at all. Otherwise (and
+        ``alignment_order="auto"``, its quadratic weight) instead and runs no block at all. Otherwise (and
         whenever its own cache cannot serve) returns None.
         """
         state = self._cur
@@ -230,7 +240,7 @@ class DiCacheEngine:
         lead = self._lead_now()
         if lead is None or not state.matches(x):
             return None
-        _, lead_gamma, lead_order = lead
+        _, lead_gamma, lead_weight = lead
         if state.n_stored == 0 or not state.has_prev:
             return None
         # the leader's reuse respected the cap (budget mode: the run bounds, which replace it)
@@ -243,7 +253,7 @@ class DiCacheEngine:
         self._x = x
         if two:
             state.gamma.copy_(lead_gamma)
-        state.order = lead_order
+        state.quad_weight = lead_weight
         self._reconstruct(state, x)
         return self._skipped(state, CallRecord(self._cur_step, False, FOLLOW, None,
                                                state.gamma.clone() if two else None, probed=False))
@@ -275,12 +285,12 @@ class DiCacheEngine:
         self._reconstruct(state, x)
         if cfg.cfg_decision == "shared":
             self._leads.setdefault(self._cur_step, True)
-            self._lead = (self._cur_step, state.gamma, state.order)
+            self._lead = (self._cur_step, state.gamma, state.quad_weight)
         return self._skipped(state, CallRecord(self._cur_step, False, PREDICTED, None, state.gamma.clone(),
                                                probed=False))
 
-    def _lead_now(self) -> Optional[Tuple[int, torch.Tensor, int]]:
-        """The leading branch's (step, γ, order) when it reused the current step, else None."""
+    def _lead_now(self) -> Optional[Tuple[int, torch.Tensor, Optional[torch.Tensor]]]:
+        """The leading branch's (step, γ, quadratic weight) when it reused the current step, else None."""
         return self._lead if self._lead is not None and self._lead[0] == self._cur_step else None
 
     def _enter(self, x: torch.Tensor) -> BranchState:
@@ -346,11 +356,11 @@ class DiCacheEngine:
         if cfg.alignment_order == "auto":
             lead = self._lead_now() if leader is True else None
             if lead is not None:
-                state.order = lead[2]
+                state.quad_weight = lead[2]
             else:
-                weights = self._choose_order(state, p, x)
+                weights = self._fit_quad_weight(state, p, x)
         if leader is None:
-            self._lead = (self._cur_step, state.gamma, state.order)
+            self._lead = (self._cur_step, state.gamma, state.quad_weight)
         self._reconstruct(state, x, weights)
         reason = FOLLOW if leader is True else (REUSE if two else REUSE_ONE)
         return self._skipped(state, CallRecord(self._cur_step, False, reason, error,
@@ -363,23 +373,26 @@ class DiCacheEngine:
         First order (the method): ``x + R[-2] + γ·(R[-1] − R[-2])``. Second order, with three
         entries stored at steps t0 < t1 < t2: the quadratic through them, evaluated at the step
         the probe says the call is at, ``τ = t1 + γ·(t2 − t1)`` (γ = 1 at t2): ``x + Σ c_i(τ)·R_i``
-        with the Lagrange weights ``c_i`` (they sum to 1). The weights stay on the device; the
-        fused op does ``x + R1 + c2·(R2 − R1)`` and one more pass adds ``c0·(R0 − R1)``. ``weights``:
-        ``(c0, c2)`` already computed for this call (by :meth:`_choose_order`).
+        with the Lagrange weights ``c_i`` (they sum to 1). ``"auto"``: the line plus ``w·(quadratic −
+        line)``, ``w`` the branch's fitted weight (:meth:`_fit_quad_weight`). The weights stay on the
+        device; one fused pass does ``x + R1 + c2·(R2 − R1) + c0·(R0 − R1)``.
+        ``weights``: ``(c0, c2)`` already computed for this call (by :meth:`_fit_quad_weight`).
         """
         ops = self.backend_for(x.device)
         if state.n_stored < 2:
             ops.reconstruct(x, state.R[state.newest()], None, state.gamma, state.out)
             return
         r2, r1 = state.R[state.newest(1)], state.R[state.newest(2)]
-        order = state.order if self.config.alignment_order == "auto" else self.config.alignment_order
-        if order < 2 or state.n_stored < 3:
+        order = self.config.alignment_order
+        if order == 1 or state.n_stored < 3 or (order == "auto" and weights is None and state.quad_weight is None):
             ops.reconstruct(x, r2, r1, state.gamma, state.out)
             return
-        c0, c2 = weights if weights is not None else self._lagrange(state)
-        ops.reconstruct(x, r2, r1, c2, state.out)
-        shape = (-1,) + (1,) * (x.dim() - 1)
-        state.out.add_((state.R[state.newest(3)].float() - r1.float()).mul_(c0.view(shape)).to(x.dtype))
+        if weights is None:
+            weights = self._lagrange(state)
+            if order == "auto":
+                weights = self._blend(state, *weights, state.quad_weight)
+        c0, c2 = weights
+        ops.reconstruct(x, r2, r1, c2, state.out, state.R[state.newest(3)], c0)
 
     @staticmethod
     def _lagrange(state: BranchState) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -392,32 +405,48 @@ class DiCacheEngine:
         c2 = (tau - t0) * (tau - t1) / ((t2 - t0) * (t2 - t1))
         return c0, c2
 
-    def _choose_order(self, state: BranchState, p: torch.Tensor, x: torch.Tensor
-                      ) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
-        """``alignment_order="auto"``: the order whose extrapolation of the *probe* residual lands nearer
-        to the probe residual this call measured (L1 over the batch, on at most ``ORDER_TOKENS`` tokens);
-        the deep residual follows the same choice. On probed reuses with three entries; one host read.
-        Returns the quadratic's weights ``(c0, c2)`` for :meth:`_reconstruct`, or None with fewer entries."""
+    @staticmethod
+    def _blend(state: BranchState, c0: torch.Tensor, c2: torch.Tensor, w: torch.Tensor
+               ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The weights ``(c0, c2)`` of ``line + w·(quadratic − line)``: the line is ``c0 = 0, c2 = γ``."""
+        return w * c0, state.gamma + w * (c2 - state.gamma)
+
+    def _fit_quad_weight(self, state: BranchState, p: torch.Tensor, x: torch.Tensor
+                         ) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
+        """``alignment_order="auto"``: how far to bend the line towards the quadratic, fitted on the probe.
+
+        The probe residual this call measured, ``p − x``, is compared with the two extrapolations of
+        the stored probe residuals, the line ``P1 + γ·(P2 − P1)`` and the quadratic through
+        ``P0, P1, P2`` at the same step: ``w`` (per sample, pooled over the batch for
+        ``batch_policy="global"``) is the least-squares weight of the quadratic's correction, clipped
+        to [0, 1] (0 when the two coincide). The deep residual takes the same weight. On at most
+        ``ORDER_TOKENS`` tokens (an even stride over dim 1); everything stays on the device (no
+        host read). Returns the blended weights ``(c0, c2)`` for :meth:`_reconstruct`, or None with
+        fewer than three entries."""
         if state.n_stored < 3:
-            state.order = 1
+            state.quad_weight = None
             return None
         f = torch.float32
-        # on at most ~ORDER_TOKENS tokens (an even stride over dim 1): a pooled L1 sum needs no more, and
-        # the choice then costs a small fraction of one pass over the tensors at any size
+        # on at most ~ORDER_TOKENS tokens: two sums per sample need no more, and the fit then costs a
+        # small fraction of one pass over the tensors at any size
         step = max(1, -(-x.shape[1] // ORDER_TOKENS)) if x.dim() >= 2 else 1
 
         def sub(t: torch.Tensor) -> torch.Tensor:
             return (t[:, ::step] if step > 1 else t).to(f)
 
         P0, P1, P2 = (sub(state.P[state.newest(k)]) for k in (3, 2, 1))
-        base = sub(p) - sub(x) - P1  # the measured probe residual, relative to P1
-        d21, d01 = P2 - P1, P0 - P1
+        d21 = P2 - P1
         shape = (-1,) + (1,) * (x.dim() - 1)
         c0, c2 = self._lagrange(state)
-        e1 = (base - state.gamma.view(shape) * d21).abs().sum()  # the line P1 + γ·(P2 − P1)
-        e2 = (base - c2.view(shape) * d21 - c0.view(shape) * d01).abs().sum()  # the quadratic
-        state.order = 2 if bool(e2 < e1) else 1  # one more host read on this call
-        return c0, c2
+        g = state.gamma.view(shape)
+        miss = sub(p) - sub(x) - P1 - g * d21  # what the line misses of the measured probe residual
+        bend = (c2.view(shape) - g) * d21 + c0.view(shape) * (P0 - P1)  # quadratic − line
+        num, den = (miss * bend).flatten(1).sum(1), (bend * bend).flatten(1).sum(1)
+        if self._policy == reference.POLICY_GLOBAL:
+            num, den = num.sum().expand_as(num), den.sum().expand_as(den)
+        w = torch.where(den > 0, num / torch.where(den > 0, den, torch.ones_like(den)), torch.zeros_like(den))
+        state.quad_weight = torch.nan_to_num(w, nan=0.0).clamp_(0.0, 1.0)
+        return self._blend(state, c0, c2, state.quad_weight)
 
     def _probe(self, state: BranchState, p: torch.Tensor, x: torch.Tensor, threshold: float) -> None:
         cfg = self.config
@@ -479,20 +508,32 @@ class _Budget:
     With M blocks and a probe of m, a trajectory of N calls runs ``F·M + (N−F)·m``
     block evaluations for F computed calls; the target ``M·N/s`` gives the budget
     ``F = N·(M/s − m)/(M − m)`` (with ``cfg_decision="shared"`` a follower's skipped call costs
-    nothing, so ``m`` is shared by the branches). Before each decided call the rule sets
-    ``δ = e · S / F_left``: ``e`` the per-call probe error expected from here on (the larger of
-    the mean so far and the last one: the error of a denoising trajectory grows towards the end,
-    and a budget spent at the mean rate runs out before it), ``S`` the calls left to decide and
-    ``F_left`` the computed calls left in the budget, so that refreshes (one each time the
-    accumulated error reaches δ) spend the budget evenly in *error* rather than in steps: where
-    the error grows fast, refreshes come often. Runs of reuses are kept between the floor and
-    the ceiling of the even spacing the budget left allows (:meth:`run_bounds`), and the last
-    step is always computed.
+    nothing, so ``m`` is shared by the branches). The last step is always computed.
+
+    Every call is probed, so a trajectory measures its whole per-step error profile. Two rules:
+
+    * **Replay** (a branch whose previous trajectory of the same step count finished): δ is solved
+      from that trajectory's error profile, as the δ with which the fixed-δ rule (``run_power``
+      included) would have computed as many calls as the budget allows (the middle, in log scale, of
+      the δ range that does), and the call is decided by the fixed-δ rule with it. Refreshes then
+      land where a hand-tuned δ would put them: where the accumulated error grows fastest.
+    * **Online** (no profile yet: the first call): before each decided call ``δ = e · S / F_left``:
+      ``e`` the per-call probe error expected from here on (the larger of the mean so far and the
+      last one: the error of a denoising trajectory grows towards the end, and a budget spent at the
+      mean rate runs out before it), ``S`` the calls left to decide and ``F_left`` the computed calls
+      left in the budget, so that refreshes (one each time the accumulated error reaches δ) spend the
+      budget evenly in *error* rather than in steps. Runs of reuses are kept between the floor and the
+      ceiling of the even spacing the budget left allows (:meth:`run_bounds`).
+
+    Either way the budget is a hard bound: when it is spent every call left reuses (the last step
+    excepted), and when the calls left are no more than the budget left every one is computed.
     """
 
     def __init__(self, config: DiCacheConfig, num_blocks: int):
         self.config = config
         self.M = num_blocks
+        self.profiles: Dict[Tuple[str, int], Dict[int, float]] = {}  # (branch, N) -> step -> increment
+        self._solved: Dict[Tuple[str, int], float] = {}  # (branch, N) -> δ of the replay, per trajectory
 
     def budget(self, n: int, branches: int = 1) -> float:
         """Computed calls per branch for ``n`` calls; a follower that runs no probe costs nothing skipped."""
@@ -507,6 +548,55 @@ class _Budget:
         left = self.budget(n, branches) - state.full_calls - last_reserved
         return left, max(1, n - step - last_reserved)
 
+    # -- replay ----------------------------------------------------------------
+    def remember(self, state: BranchState) -> None:
+        """A trajectory of ``state`` ends: keep its error profile if it ran to its last step."""
+        n = state.num_steps
+        self._solved.pop((state.name, n), None)
+        if self.config.target_speedup is None or n is None or state.calls < n or len(state.increments) < n // 2:
+            return
+        self.profiles[(state.name, n)] = dict(state.increments)
+
+    def _replay_delta(self, state: BranchState, n: int, branches: int) -> Optional[float]:
+        """δ of the replay rule for this trajectory of ``state``, or None without a profile."""
+        key = (state.name, n)
+        if key not in self.profiles:
+            return None
+        if key not in self._solved:
+            self._solved[key] = self.solve(self.profiles[key], n, self.budget(n, branches))
+        return self._solved[key]
+
+    def simulate(self, incs: List[float], n: int, delta: float) -> int:
+        """Computed calls of the fixed-δ rule (warm-up, run_power, last step computed) on increments ``incs``."""
+        warm, p = self.config.warmup_calls(n), float(self.config.run_power or 0.0)
+        full, acc, run = 0, 0.0, 0
+        for k in range(n):
+            if k < warm or k == n - 1:
+                full, acc, run = full + 1, 0.0, 0
+                continue
+            acc += incs[k]
+            if acc < delta / (run + 1) ** p:
+                run += 1
+            else:
+                full, acc, run = full + 1, 0.0, 0
+        return full
+
+    def solve(self, profile: Dict[int, float], n: int, budget: float) -> float:
+        """The δ whose fixed-δ rule on ``profile`` computes the number of calls nearest ``budget`` (ties: the
+        fewer): the geometric middle of the δ range that gives that count, on a log grid around the
+        increments' scale."""
+        known = [v for v in profile.values() if math.isfinite(v) and v >= 0]
+        fill = sum(known) / len(known) if known else 0.0
+        incs = [profile.get(k, fill) for k in range(n)]
+        incs = [v if math.isfinite(v) and v >= 0 else fill for v in incs]
+        scale = max(max(incs), 1e-12)
+        grid = [scale * 10 ** (i / 40.0) for i in range(-160, 121)]  # 1e-4 … 1e3 times the largest increment
+        counts = [self.simulate(incs, n, d) for d in grid]
+        best = min(set(counts), key=lambda c: (abs(c - budget), c))
+        hits = [d for d, c in zip(grid, counts) if c == best]
+        return math.sqrt(hits[0] * hits[-1])
+
+    # -- the rule --------------------------------------------------------------
     def threshold(self, state: BranchState, step: int, n: Optional[int], branches: int = 1) -> float:
         if n is None:
             raise RuntimeError(
@@ -516,7 +606,12 @@ class _Budget:
         left, steps_left = self._left(state, step, n, branches)
         if left <= 0:
             return math.inf
-        if left >= steps_left or state.err_n == 0:
+        if left >= steps_left:
+            return 0.0
+        delta = self._replay_delta(state, n, branches)
+        if delta is not None:
+            return delta / (state.run + 1) ** float(self.config.run_power or 0.0)
+        if state.err_n == 0:
             return 0.0
         rate = max(state.err_sum / state.err_n, state.err_last)
         return rate * steps_left / left
@@ -525,17 +620,19 @@ class _Budget:
         """(fewest, most) reuses in a row that keep the budget left spread evenly over the calls left.
 
         With ``F_left`` computed calls for ``S`` calls left, an even schedule computes one call in
-        ``S / F_left``, i.e. runs of ``S / F_left − 1`` reuses. The error rule picks, run by run,
+        ``S / F_left``, i.e. runs of ``S / F_left − 1`` reuses. The online rule picks, run by run,
         between the floor and the ceiling of that: where the probe error grows fast the runs are
         short, where it is flat they are long, and the budget can neither be spent in a burst
         nor leave a run of reuses for the end (what the error rule alone does when the error is
-        small early and large late).
+        small early and large late). The replay rule needs no bounds (its δ already spends the budget).
         """
         if n is None:
             return 0, 1 << 30
         left, steps_left = self._left(state, step, n, branches)
         if left <= 0:
             return 1 << 30, 1 << 30
+        if (state.name, n) in self.profiles:
+            return 0, 1 << 30
         gap = steps_left / left - 1.0
         return max(0, math.floor(gap)), max(1, math.ceil(gap))
 
@@ -551,5 +648,6 @@ class _Budget:
             state.err_sum += err
             state.err_n += 1
             state.err_last = err
+            state.increments[step] = err
         state.acc_host = acc
         state.probe_step = step

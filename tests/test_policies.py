@@ -130,6 +130,80 @@ def test_budget_mode_places_refreshes_by_the_error():
     assert late.count("refresh") >= 3, b.pattern
 
 
+def drive_twice(cfg, traces, num_steps):
+    """Two trajectories on one engine (the second a new pipeline call): the summary of the second."""
+    g = torch.Generator().manual_seed(0)
+    base = torch.rand(2, 6, 8, generator=g) + 0.5
+    x = torch.randn(2, 6, 8, generator=g)
+    engine = DiCacheEngine(cfg, M, "torch")
+    n = len(next(iter(traces.values())))
+    for _ in range(2):
+        engine.reset()
+        for k in range(n):
+            for branch, sc in traces.items():
+                engine.begin_call(branch, k, num_steps)
+                if engine.before_probe(x) is not None:
+                    continue
+                p = base * sc[k]
+                if engine.after_probe(x, p) is None:
+                    engine.after_full(p * 3 + x)
+    return engine, summarize(engine, "toy")
+
+
+@pytest.mark.parametrize("target", [1.5, 2.0, 3.0])
+def test_budget_mode_replays_the_previous_error_profile(target):
+    # the second call of a step count decides by the fixed-δ rule (run_power included) with the δ that
+    # spends the budget on the first call's error profile: its pattern is the hand-tuned δ's
+    n = 50
+    errors = [0.005 + 0.3 * (k / n) ** 3 for k in range(n - 1)]
+    cfg = DiCacheConfig(target_speedup=target, warmup=0.1, run_power=1.0)
+    engine, s = drive_twice(cfg, {"c": scales(errors)}, n)
+    b = s.branches["c"]
+    delta = engine._budget._solved[("c", n)]
+    fixed = drive(DiCacheConfig(threshold=delta, warmup=0.1, run_power=1.0, force_last_step=True),
+                  {"c": scales(errors)}, num_steps=n).branches["c"]
+    assert b.pattern == fixed.pattern
+    assert b.block_evaluations_uncached / b.block_evaluations == pytest.approx(target, rel=0.1)
+    # the rising error: runs of reuses shorten towards the end (the online rule keeps them even)
+    runs = [len(r) for r in b.pattern[5:].split("F") if r]
+    assert runs[0] > runs[-1], b.pattern
+
+
+def test_budget_solve_finds_the_count_nearest_the_budget_in_the_middle_of_its_range():
+    from dicache.engine import _Budget
+
+    g = torch.Generator().manual_seed(3)
+    n = 40
+    incs = (0.01 + 0.2 * torch.rand(n, generator=g)).tolist()
+    for power in (0.0, 1.0):
+        bud = _Budget(DiCacheConfig(target_speedup=2.0, warmup=0.1, run_power=power), M)
+        grid = [10 ** (i / 50.0) for i in range(-250, 150)]
+        reachable = sorted({bud.simulate(incs, n, d) for d in grid})
+        for budget in (12.3, 17.5, 25.0):
+            delta = bud.solve(dict(enumerate(incs)), n, budget)
+            want = min(reachable, key=lambda c: (abs(c - budget), c))
+            assert bud.simulate(incs, n, delta) == want
+    # a constant increment 0.1, no run rule: runs of j reuses for δ in (0.1·j, 0.1·(j+1)]; the solved δ sits
+    # in the middle of its range (in log scale), not at an edge where another profile's noise would tip it
+    bud = _Budget(DiCacheConfig(target_speedup=2.0, warmup=1), M)
+    flat = {k: 0.1 for k in range(1, 21)}
+    delta = bud.solve(flat, 21, 8.0)  # "F..F..F..F..F..F..F.F": 8 computed calls, runs of 2, δ in (0.2, 0.3]
+    assert bud.simulate([0.1] * 21, 21, delta) == 8
+    assert delta == pytest.approx(math.sqrt(0.2 * 0.3), rel=0.06)
+
+
+def test_budget_mode_first_call_is_online_and_profiles_survive_reset_per_step_count():
+    n = 30
+    errors = [0.02] * 10 + [0.3] * 5 + [0.02] * 14
+    cfg = DiCacheConfig(target_speedup=2.0, warmup=0.2)
+    engine, s = drive_twice(cfg, {"c": scales(errors)}, n)
+    assert ("c", n) in engine._budget.profiles
+    assert s.branches["c"].block_evaluations_uncached / s.branches["c"].block_evaluations == pytest.approx(2.0, rel=0.1)
+    # another step count has no profile: its first call is online again
+    assert ("c", n + 5) not in engine._budget.profiles and engine._budget._replay_delta(
+        engine.branches["c"], n + 5, 1) is None
+
+
 def test_budget_mode_needs_a_step_count():
     with pytest.raises(RuntimeError, match="number of steps"):
         drive(DiCacheConfig(target_speedup=2.0, warmup=1), {"c": scales([0.1] * 5)})
@@ -209,14 +283,14 @@ def test_alignment_order_auto_follows_the_probe():
     x = torch.randn(2, 5, 7, generator=g)
     R = [A + B * k + C * k * k for k in range(5)]
     cfg = DiCacheConfig(threshold=1e9, warmup=3, gamma_clip=(0.0, 10.0), alignment_order="auto")
-    # a probe residual on a straight line: both orders extrapolate it exactly, the tie keeps the line
+    # a probe residual on a straight line: the line misses nothing of it, so the quadratic gets no weight
     engine = _engine_with_stored(cfg, R[:3], [D * k for k in range(3)], x)
     engine.begin_call("c", 3, 10)
     h = engine.after_probe(x, x + D * 3)
-    assert engine.branches["c"].order == 1
+    torch.testing.assert_close(engine.branches["c"].quad_weight, torch.zeros(2))
     torch.testing.assert_close(h, x + R[1] + 2.0 * (R[2] - R[1]))
     # a probe residual that bends off its line (a small curvature across the line's direction, so the
-    # L1 step γ still reads off the step): the quadratic fits it better and is taken
+    # L1 step γ still reads off the step): the fit bends the line most of the way to the quadratic
     E = 0.05 * torch.randn(2, 5, 7, generator=g)
     P = [D * k + E * k * k for k in range(5)]
     errs = {}
@@ -225,9 +299,49 @@ def test_alignment_order_auto_follows_the_probe():
         engine.begin_call("c", 3, 10)
         h = engine.after_probe(x, x + P[3])
         errs[order] = (h - (x + R[3])).abs().mean().item()
-    assert engine.branches["c"].order == 2
+    w = engine.branches["c"].quad_weight
+    assert w.shape == (2,) and bool((w > 0.5).all()) and bool((w <= 1).all())
     assert errs["auto"] < 0.5 * errs[1]
     assert len(engine.branches["c"].R) == 3  # auto stores three entries
+
+
+@pytest.mark.parametrize("policy", ["max", "global"])
+def test_alignment_order_auto_weight_is_the_least_squares_fit(policy):
+    # random stored entries at steps 0, 1, 2 and an unaligned probe: w is the clipped least-squares weight of
+    # (quadratic − line) fitting (measured − line) on the probe residuals, per sample or pooled over the batch,
+    # and the deep output is the line plus w times the quadratic's correction, built from the same weights
+    g = torch.Generator().manual_seed(11)
+    shape = (3, 9, 5)
+    R = [torch.randn(*shape, generator=g) for _ in range(3)]
+    P = [torch.randn(*shape, generator=g) * 0.3 + k for k in range(3)]
+    x = torch.randn(*shape, generator=g)
+    line3, quad3 = 2 * P[2] - P[1], P[0] - 3 * P[1] + 3 * P[2]  # the two extrapolations to step 3
+    p_new = x + 0.5 * (line3 + quad3) + 0.1 * torch.randn(*shape, generator=g)
+    cfg = DiCacheConfig(threshold=1e9, warmup=3, gamma_clip=(0.0, 10.0), alignment_order="auto",
+                        batch_policy=policy)
+    engine = _engine_with_stored(cfg, R, P, x)
+    engine.begin_call("c", 3, 10)
+    h = engine.after_probe(x, p_new)
+    state = engine.branches["c"]
+    gam = state.gamma.view(-1, 1, 1)
+    tau = 1.0 + gam  # t1 = 1, t2 = 2
+    c0 = (tau - 1) * (tau - 2) / 2.0  # Lagrange weights of steps 0 and 2 at τ
+    c2 = tau * (tau - 1) / 2.0
+    c1 = 1 - c0 - c2
+
+    def line(E):
+        return E[1] + gam * (E[2] - E[1])
+
+    def quad(E):
+        return c0 * E[0] + c1 * E[1] + c2 * E[2]
+
+    miss, bend = (p_new - x) - line(P), quad(P) - line(P)
+    dims = (0, 1, 2) if policy == "global" else (1, 2)
+    w = ((miss * bend).sum(dims) / (bend * bend).sum(dims)).clamp(0, 1).expand(3)
+    assert 0 < float(w.min()) and float(w.max()) < 1  # an interior fit: the clip does not hide the formula
+    torch.testing.assert_close(state.quad_weight, w, rtol=1e-4, atol=1e-5)
+    wv = w.view(-1, 1, 1)
+    torch.testing.assert_close(h, x + line(R) + wv * (quad(R) - line(R)), rtol=1e-4, atol=1e-4)
 
 
 def test_alignment_order_auto_shared_follower_takes_the_leaders_choice():
@@ -243,11 +357,15 @@ def test_alignment_order_auto_shared_follower_takes_the_leaders_choice():
             assert engine.after_probe(x, x + D * k + E * k * k) is None
             engine.after_full(x + (D * k + E * k * k) * 3)
     engine.begin_call("cond", 3, 10)
-    assert engine.after_probe(x, x + D * 3 + E * 9) is not None
-    assert engine.branches["cond"].order == 2
+    h_cond = engine.after_probe(x, x + D * 3 + E * 9)
+    assert h_cond is not None
+    w = engine.branches["cond"].quad_weight
+    assert bool((w > 0).all())
     engine.begin_call("uncond", 3, 10)
-    assert engine.before_probe(x) is not None  # followed without a probe
-    assert engine.branches["uncond"].order == 2
+    h_uncond = engine.before_probe(x)  # followed without a probe, with the leader's γ and weight
+    assert h_uncond is not None
+    assert engine.branches["uncond"].quad_weight is w
+    torch.testing.assert_close(h_uncond, h_cond)  # the same stored entries: the same reconstruction
 
 
 def test_alignment_order_2_falls_back_to_first_order_with_two_entries():
@@ -357,7 +475,7 @@ def test_presets_are_the_studied_rule_and_the_paper_settings_stay_available():
     for family, cfg in dicache.PRESETS.items():
         assert cfg.max_consecutive_reuse is None and cfg.cfg_decision == "shared" and cfg.warmup == 0.1, family
         assert cfg.run_power == 1.0 and cfg.force_last_step and not cfg.predictive_skip, family
-        assert cfg.alignment_order == 1, family
+        assert cfg.alignment_order == "auto", family
         paper = dicache.PAPER_PRESETS[family]
         assert paper.max_consecutive_reuse is None and paper.cfg_decision == "separate" and paper.warmup == 0.2
     assert dicache.PAPER_PRESETS["flux"].threshold == 0.4 and dicache.PAPER_PRESETS["wan"].threshold == 0.08
@@ -494,5 +612,5 @@ def test_alignment_order_auto_on_many_tokens_uses_a_token_subsample():
     engine = _engine_with_stored(cfg, R[:3], P[:3], x)
     engine.begin_call("c", 3, 10)
     h = engine.after_probe(x, x + P[3])
-    assert engine.branches["c"].order == 2
+    assert bool((engine.branches["c"].quad_weight > 0.5).all())
     assert (h - (x + R[3])).abs().mean() < 0.5 * (x + R[1] + 2 * (R[2] - R[1]) - (x + R[3])).abs().mean()
