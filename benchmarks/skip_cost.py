@@ -262,16 +262,19 @@ def flux_raw_vision(module, args, kwargs) -> Optional[List[torch.Tensor]]:
 def build_methods(args, warm: int, n_calls: int) -> List[Method]:
     out: List[Method] = []
 
+    order = {} if args.alignment_order is None else {"alignment_order": args.alignment_order}
+
     def dicache_on(backend: str):
         def enable(m):
             dicache.enable(m, backend=backend, threshold=1e9, warmup=warm, probe_depth=1,
-                           max_consecutive_reuse=None, force_last_step=False)
+                           max_consecutive_reuse=None, force_last_step=False, **order)
 
         return enable
 
+    order_text = "" if args.alignment_order is None else f", alignment_order={args.alignment_order}"
     for backend in args.backend:  # one row per DiCache backend
         out.append(Method(
-            "dicache", f"DiCache (m=1, backend={backend})", 1, dicache_on(backend), dicache.disable,
+            "dicache", f"DiCache (m=1, backend={backend}{order_text})", 1, dicache_on(backend), dicache.disable,
             lambda m: [(dicache.hooks.session_of(m).engine, "after_probe")],
             "threshold 1e9: the fused probe statistics and decision still run on every call"))
 
@@ -559,6 +562,8 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=int, default=3, help="full calls before skipping starts")
     ap.add_argument("--backend", nargs="+", default=["auto"], help="DiCache's backend(s): one row each")
     ap.add_argument("--methods", nargs="+", default=list(METHOD_KEYS), choices=METHOD_KEYS)
+    ap.add_argument("--alignment-order", type=lambda v: v if v == "auto" else int(v), choices=(1, 2, "auto"),
+                    help="DiCache's alignment_order (default: the model family's preset, \"auto\" for Flux)")
     ap.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     ap.add_argument("--device", default="cpu", help="cpu or cuda (timers then synchronize the GPU before each read)")
     ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
 
 from .config import DiCacheConfig
-from .engine import DiCacheEngine
+from .engine import FOLLOW, LAST_STEP, WARMUP, DiCacheEngine
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,9 @@ class BranchSummary:
     block_evaluations: int
     block_evaluations_uncached: int
     steps: Tuple[CallSummary, ...]
+    #: ``target_speedup`` only: how the budget was spent, ``"replay, δ=…"`` (the δ solved from the previous
+    #: trajectory's error profile), ``"online"`` (a first call) or ``"follows"`` (a CFG follower)
+    budget: Optional[str] = None
 
     @property
     def saved_fraction(self) -> float:
@@ -83,9 +86,10 @@ class Summary:
 
     def __str__(self) -> str:
         c = self.config
+        rule = f"target_speedup={c.target_speedup:g}" if c.target_speedup is not None else f"δ={c.threshold:g}"
         lines = [
             f"DiCache on {self.model} (backend={self.backend}, {self.num_blocks} blocks, probe {c.probe_depth}, "
-            f"δ={c.threshold:g}, γ∈[{c.gamma_clip[0]:g}, {c.gamma_clip[1]:g}])",
+            f"{rule}, γ∈[{c.gamma_clip[0]:g}, {c.gamma_clip[1]:g}])",
         ]
         if not self.branches:
             lines.append("  no calls yet")
@@ -93,6 +97,7 @@ class Summary:
             lines.append(
                 f"  {b.name}: {b.calls} calls, {b.full_calls} computed, {b.skipped_calls} skipped, "
                 f"{100 * b.saved_fraction:.1f}% of block evaluations saved"
+                + (f" (budget: {b.budget})" if b.budget else "")
             )
             lines.append(f"    pattern  {b.pattern}")
             errs = " ".join("-" if s.error is None else f"{s.error:.3g}" for s in b.steps)
@@ -106,6 +111,16 @@ class Summary:
 
 def _max(t) -> Optional[float]:
     return None if t is None else float(t.float().max())
+
+
+def _budget_rule(engine: DiCacheEngine, name: str, state) -> Optional[str]:
+    if engine.config.target_speedup is None:
+        return None
+    delta = engine._budget._solved.get((name, state.num_steps))
+    if delta is not None:
+        return f"replay, δ={delta:.3g}"
+    follower = all(r.reason in (FOLLOW, WARMUP, LAST_STEP) for r in state.records)
+    return "follows" if follower and state.records else "online"
 
 
 def summarize(engine: DiCacheEngine, model: str, prefix: str = "") -> Summary:
@@ -127,6 +142,7 @@ def summarize(engine: DiCacheEngine, model: str, prefix: str = "") -> Summary:
             block_evaluations=full * M + probed * m,
             block_evaluations_uncached=len(steps) * M,
             steps=steps,
+            budget=_budget_rule(engine, name, state),
         )
     backend = ",".join(sorted({b.name for b in engine._backends.values()})) or engine.backend_name
     return Summary(model=model, backend=backend, config=engine.config, num_blocks=M, branches=branches)

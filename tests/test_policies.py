@@ -163,6 +163,7 @@ def test_budget_mode_replays_the_previous_error_profile(target):
     fixed = drive(DiCacheConfig(threshold=delta, warmup=0.1, run_power=1.0, force_last_step=True),
                   {"c": scales(errors)}, num_steps=n).branches["c"]
     assert b.pattern == fixed.pattern
+    assert b.budget == f"replay, δ={delta:.3g}" and f"target_speedup={target:g}" in str(s)
     assert b.block_evaluations_uncached / b.block_evaluations == pytest.approx(target, rel=0.1)
     # the rising error: runs of reuses shorten towards the end (the online rule keeps them even)
     runs = [len(r) for r in b.pattern[5:].split("F") if r]
@@ -198,6 +199,8 @@ def test_budget_mode_first_call_is_online_and_profiles_survive_reset_per_step_co
     cfg = DiCacheConfig(target_speedup=2.0, warmup=0.2)
     engine, s = drive_twice(cfg, {"c": scales(errors)}, n)
     assert ("c", n) in engine._budget.profiles
+    first = drive(cfg, {"c": scales(errors)}, num_steps=n).branches["c"]
+    assert first.budget == "online"
     assert s.branches["c"].block_evaluations_uncached / s.branches["c"].block_evaluations == pytest.approx(2.0, rel=0.1)
     # another step count has no profile: its first call is online again
     assert ("c", n + 5) not in engine._budget.profiles and engine._budget._replay_delta(
