@@ -7,7 +7,8 @@ disabled afterwards. A method that cannot run on a model raises :class:`Unsuppor
 but, by its own account, cached nothing reports it from ``check``.
 
 Settings per model and step count are tables below (``SETTINGS``): each family gets 1–3 settings
-chosen to span roughly 1.5–3× fewer block evaluations on the shipped models, DiCache 5 thresholds.
+chosen to span roughly 1.5–3× fewer block evaluations on the shipped models; the preset (family DiCache)
+7–8 thresholds, to span the budget mode's targets (1.5–3×) so that each budget run has fixed-δ runs around it.
 """
 
 from __future__ import annotations
@@ -40,9 +41,10 @@ SEACACHE = "SeaCache"
 DBCACHE = "cache-dit DBCache"
 DICACHE = "DiCache"  # dicache.enable(pipe, threshold=δ): the preset of the model family
 DICACHE_PAPER = "DiCache paper"  # the authors' settings (dicache.PAPER_PRESETS)
-DICACHE_BUDGET = "DiCache budget"  # preset + target_speedup: no δ, a compute budget
+DICACHE_BUDGET = "DiCache budget"  # preset + target_speedup: no δ; after one call on the calibration seed (replay rule)
+DICACHE_BUDGET_ONLINE = "DiCache budget online"  # the same with every call a first call (the online rule)
 DICACHE_ORDER2 = "DiCache order 2"  # preset + alignment_order=2
-DICACHE_AUTO = "DiCache order auto"  # preset + alignment_order="auto" (the probe picks line or quadratic per call)
+DICACHE_ORDER1 = "DiCache order 1"  # preset + alignment_order=1 (the method's line; the preset bends it: "auto")
 DICACHE_SEPARATE = "DiCache separate CFG"  # preset + cfg_decision="separate"
 DICACHE_CAP2 = "DiCache cap 2"  # preset + max_consecutive_reuse=2 (SeaCache's cap; the earlier preset's)
 DICACHE_SCHED = "DiCache δ schedule"  # preset + threshold_end = 2·threshold
@@ -52,7 +54,7 @@ DICACHE_M3 = "DiCache m=3"
 DICACHE_PREDICTIVE = "DiCache predictive"  # preset + predictive_skip=True
 DICACHE_NORUN = "DiCache run_power=0"  # preset + run_power=0 + cap 2: every reuse of a run under δ (the earlier rule)
 PEERS = (UNIFORM, FBC, TAYLORSEER, TAYLORSEER_LITE, MAGCACHE, SEACACHE, DBCACHE)
-DICACHES = (DICACHE, DICACHE_PAPER, DICACHE_BUDGET, DICACHE_AUTO, DICACHE_ORDER2, DICACHE_SEPARATE, DICACHE_CAP2,
+DICACHES = (DICACHE, DICACHE_PAPER, DICACHE_BUDGET, DICACHE_BUDGET_ONLINE, DICACHE_ORDER1, DICACHE_ORDER2, DICACHE_SEPARATE, DICACHE_CAP2,
             DICACHE_SCHED, DICACHE_NOALIGN, DICACHE_M2, DICACHE_M3, DICACHE_PREDICTIVE, DICACHE_NORUN)
 FAMILIES = (NO_CACHE,) + PEERS + DICACHES
 
@@ -69,6 +71,7 @@ class Context:
     steps: int
     backend: str
     calibrate_mag: Callable[[], List[float]]  # MagCache ratios for this model and step count (cached)
+    calibration_kwargs: Dict[str, Any] = field(default_factory=dict)  # a pipeline call on the calibration seed
 
 
 @dataclass
@@ -98,32 +101,36 @@ _PEERS_WAN20 = {UNIFORM: [2, 3], FBC: [0.1, 0.15, 0.3], TAYLORSEER: [("default",
 _PEERS_WAN50 = {UNIFORM: [2, 3], FBC: [0.05, 0.1, 0.15], TAYLORSEER: [("default", 3), ("attn", 3)], TAYLORSEER_LITE: [2, 3, 4],
                 MAGCACHE: [0.03, 0.06, 0.15], SEACACHE: [0.1, 0.25, 1.0], DBCACHE: [0.05, 0.1, 0.2]}
 _BUDGETS = [1.5, 2.0, 2.5, 3.0]
+# The preset's options with one more change ("preset + X") get the preset's δ values around 2× (5 each), so that
+# every such family has measured points on both sides of 2× and the matched comparisons interpolate over short
+# spans. The families whose δ means something else (m, γ=1, run_power=0, δ schedule) keep their own.
+_NEAR2 = {("flux_digits", 20): [0.15, 0.2, 0.3, 0.4, 0.6], ("flux_digits", 50): [0.1, 0.15, 0.2, 0.3, 0.45],
+          ("wan_digits", 20): [0.12, 0.16, 0.2, 0.3, 0.45], ("wan_digits", 50): [0.08, 0.12, 0.16, 0.2, 0.24]}
+_PRESET_PLUS = (DICACHE_ORDER1, DICACHE_ORDER2, DICACHE_SEPARATE, DICACHE_CAP2, DICACHE_PREDICTIVE)
 SETTINGS: Dict[str, Dict[int, Dict[str, list]]] = {
     "flux_digits": {
-        20: {**_PEERS_FLUX20, DICACHE: [0.15, 0.2, 0.3, 0.4, 0.6], DICACHE_PAPER: [0.1, 0.2, 0.4, 0.6],
-             DICACHE_BUDGET: _BUDGETS, DICACHE_AUTO: [0.2, 0.3, 0.4], DICACHE_ORDER2: [0.2, 0.3, 0.4],
-             DICACHE_SEPARATE: [0.2, 0.3, 0.4], DICACHE_CAP2: [0.2, 0.3, 0.4], DICACHE_SCHED: [0.15, 0.2],
+        20: {**_PEERS_FLUX20, DICACHE: [0.08, 0.15, 0.2, 0.3, 0.4, 0.6, 1.0, 1.5], DICACHE_PAPER: [0.1, 0.2, 0.4, 0.6],
+             DICACHE_BUDGET: _BUDGETS, DICACHE_BUDGET_ONLINE: _BUDGETS, DICACHE_SCHED: [0.15, 0.2],
              DICACHE_NOALIGN: [0.3, 0.6], DICACHE_M2: [0.3, 0.6], DICACHE_M3: [0.3, 0.6],
-             DICACHE_PREDICTIVE: [0.2, 0.3, 0.4], DICACHE_NORUN: [0.1, 0.15, 0.2, 0.3]},
-        50: {**_PEERS_FLUX50, DICACHE: [0.1, 0.15, 0.2, 0.3, 0.45], DICACHE_PAPER: [0.05, 0.1, 0.2, 0.4],
-             DICACHE_BUDGET: _BUDGETS, DICACHE_AUTO: [0.1, 0.2, 0.3], DICACHE_ORDER2: [0.1, 0.2, 0.3],
-             DICACHE_SEPARATE: [0.1, 0.2, 0.3], DICACHE_CAP2: [0.1, 0.2, 0.3], DICACHE_SCHED: [0.1, 0.15],
+             DICACHE_NORUN: [0.1, 0.15, 0.2, 0.3]},
+        50: {**_PEERS_FLUX50, DICACHE: [0.05, 0.1, 0.15, 0.2, 0.3, 0.45, 0.7, 1.0], DICACHE_PAPER: [0.05, 0.1, 0.2, 0.4],
+             DICACHE_BUDGET: _BUDGETS, DICACHE_BUDGET_ONLINE: _BUDGETS, DICACHE_SCHED: [0.1, 0.15],
              DICACHE_NOALIGN: [0.2, 0.45], DICACHE_M2: [0.2, 0.45], DICACHE_M3: [0.2, 0.45],
-             DICACHE_PREDICTIVE: [0.1, 0.2, 0.3], DICACHE_NORUN: [0.05, 0.075, 0.1, 0.2]},
+             DICACHE_NORUN: [0.05, 0.075, 0.1, 0.2]},
     },
     "wan_digits": {
-        20: {**_PEERS_WAN20, DICACHE: [0.1, 0.12, 0.16, 0.2, 0.3], DICACHE_PAPER: [0.08, 0.12, 0.16, 0.24],
-             DICACHE_BUDGET: _BUDGETS, DICACHE_AUTO: [0.12, 0.16, 0.3], DICACHE_ORDER2: [0.12, 0.16, 0.3],
-             DICACHE_SEPARATE: [0.12, 0.16, 0.3], DICACHE_CAP2: [0.16, 0.2, 0.3], DICACHE_SCHED: [0.1, 0.16],
-             DICACHE_NOALIGN: [0.16, 0.3], DICACHE_M2: [0.16, 0.3], DICACHE_M3: [0.16, 0.3],
-             DICACHE_PREDICTIVE: [0.12, 0.16, 0.3], DICACHE_NORUN: [0.08, 0.12, 0.16, 0.24]},
-        50: {**_PEERS_WAN50, DICACHE: [0.08, 0.12, 0.16, 0.2, 0.24], DICACHE_PAPER: [0.04, 0.08, 0.12, 0.24],
-             DICACHE_BUDGET: _BUDGETS, DICACHE_AUTO: [0.08, 0.16, 0.24], DICACHE_ORDER2: [0.08, 0.16, 0.24],
-             DICACHE_SEPARATE: [0.08, 0.16, 0.24], DICACHE_CAP2: [0.12, 0.16, 0.24], DICACHE_SCHED: [0.08, 0.12],
-             DICACHE_NOALIGN: [0.16, 0.24], DICACHE_M2: [0.16, 0.24], DICACHE_M3: [0.16, 0.24],
-             DICACHE_PREDICTIVE: [0.08, 0.16, 0.24], DICACHE_NORUN: [0.04, 0.08, 0.12, 0.16]},
+        20: {**_PEERS_WAN20, DICACHE: [0.1, 0.12, 0.16, 0.2, 0.3, 0.45, 0.7, 1.0, 1.5],
+             DICACHE_PAPER: [0.08, 0.12, 0.16, 0.24], DICACHE_BUDGET: _BUDGETS, DICACHE_BUDGET_ONLINE: _BUDGETS,
+             DICACHE_SCHED: [0.1, 0.16], DICACHE_NOALIGN: [0.16, 0.3], DICACHE_M2: [0.16, 0.3], DICACHE_M3: [0.16, 0.3],
+             DICACHE_NORUN: [0.08, 0.12, 0.16, 0.24]},
+        50: {**_PEERS_WAN50, DICACHE: [0.04, 0.08, 0.12, 0.16, 0.2, 0.24, 0.4, 0.6, 0.9],
+             DICACHE_PAPER: [0.04, 0.08, 0.12, 0.24], DICACHE_BUDGET: _BUDGETS, DICACHE_BUDGET_ONLINE: _BUDGETS,
+             DICACHE_SCHED: [0.08, 0.12], DICACHE_NOALIGN: [0.16, 0.24], DICACHE_M2: [0.16, 0.24],
+             DICACHE_M3: [0.16, 0.24], DICACHE_NORUN: [0.04, 0.08, 0.12, 0.16]},
     },
 }
+for (_m, _st), _deltas in _NEAR2.items():
+    SETTINGS[_m][_st].update({fam: list(_deltas) for fam in _PRESET_PLUS})
 
 # --quick: one setting per family (the smoke test checks every family has a row).
 QUICK_FAMILIES = {fam: (lambda s: s[1:2] if len(s) > 1 else s[:1]) for fam in FAMILIES[1:]}
@@ -286,6 +293,15 @@ def dbcache(threshold: float) -> Method:
     return Method(DBCACHE, f"F1B0, threshold={threshold:g}", enable, disable, None, {"threshold": threshold})
 
 
+def _first_call_engine(config, num_blocks, backend):
+    """A DiCache engine whose compute budget forgets every trajectory: each call is a first call (online rule)."""
+    from dicache.engine import DiCacheEngine
+
+    engine = DiCacheEngine(config, num_blocks, backend)
+    engine._budget.remember = lambda state: None
+    return engine
+
+
 def dicache_method(family: str, value: float) -> Method:
     """DiCache on top of the model family's preset (``DICACHE_PAPER``: of the authors' settings)."""
     opts: Dict[str, Any] = {"threshold": value}
@@ -297,8 +313,8 @@ def dicache_method(family: str, value: float) -> Method:
         opts["probe_depth"] = 3
     elif family == DICACHE_ORDER2:
         opts["alignment_order"] = 2
-    elif family == DICACHE_AUTO:
-        opts["alignment_order"] = "auto"
+    elif family == DICACHE_ORDER1:
+        opts["alignment_order"] = 1
     elif family == DICACHE_SEPARATE:
         opts["cfg_decision"] = "separate"
     elif family == DICACHE_CAP2:
@@ -310,7 +326,7 @@ def dicache_method(family: str, value: float) -> Method:
     elif family == DICACHE_NORUN:
         opts["run_power"] = 0.0
         opts["max_consecutive_reuse"] = 2
-    elif family == DICACHE_BUDGET:
+    elif family in (DICACHE_BUDGET, DICACHE_BUDGET_ONLINE):
         opts = {"target_speedup": value}
 
     def enable(pipe, ctx):
@@ -320,13 +336,22 @@ def dicache_method(family: str, value: float) -> Method:
 
             base = preset(adapters.find(pipe.transformer).family, paper=True)
             dicache.enable(pipe, backend=ctx.backend, config=base.replace(**opts))
+        elif family == DICACHE_BUDGET_ONLINE:
+            dicache.enable(pipe, backend=ctx.backend, engine_factory=_first_call_engine, **opts)
         else:
             dicache.enable(pipe, backend=ctx.backend, **opts)
+        if family == DICACHE_BUDGET:
+            # one call on the calibration seed (as MagCache's calibration): the counted calls replay its profile
+            if not ctx.calibration_kwargs:
+                raise Unsupported("the budget's calibration call needs Context.calibration_kwargs")
+            pipe(**ctx.calibration_kwargs)
 
     text = ", ".join(f"{k}={v}" for k, v in opts.items()).replace("threshold_end", "δ_end").replace(
         "threshold", "δ").replace("gamma_clip", "γ")
     if family == DICACHE_BUDGET:
-        text = f"target_speedup={value:g} (no δ)"
+        text = f"target_speedup={value:g} (no δ), after one call"
+    elif family == DICACHE_BUDGET_ONLINE:
+        text = f"target_speedup={value:g} (no δ), every call a first call"
     return Method(family, text, enable, dicache.disable, None, opts)
 
 
