@@ -512,11 +512,12 @@ class _Budget:
 
     Every call is probed, so a trajectory measures its whole per-step error profile. Two rules:
 
-    * **Replay** (a branch whose previous trajectory of the same step count finished): δ is solved
-      from that trajectory's error profile, as the δ with which the fixed-δ rule (``run_power``
-      included) would have computed as many calls as the budget allows (the middle, in log scale, of
-      the δ range that does), and the call is decided by the fixed-δ rule with it. Refreshes then
-      land where a hand-tuned δ would put them: where the accumulated error grows fastest.
+    * **Replay** (a branch that finished a trajectory of the same step count before): δ is solved
+      from the mean error profile of those trajectories, as the δ with which the fixed-δ rule
+      (``run_power`` included) would have computed as many calls as the budget allows (the middle, in
+      log scale, of the δ range that does), and the call is decided by the fixed-δ rule with it.
+      Refreshes then land where a hand-tuned δ would put them: where the accumulated error grows
+      fastest. The mean settles as calls accumulate, and δ with it.
     * **Online** (no profile yet: the first call): before each decided call ``δ = e · S / F_left``:
       ``e`` the per-call probe error expected from here on (the larger of the mean so far and the
       last one: the error of a denoising trajectory grows towards the end, and a budget spent at the
@@ -532,7 +533,9 @@ class _Budget:
     def __init__(self, config: DiCacheConfig, num_blocks: int):
         self.config = config
         self.M = num_blocks
-        self.profiles: Dict[Tuple[str, int], Dict[int, float]] = {}  # (branch, N) -> step -> increment
+        # (branch, N) -> step -> the mean increment over the finished trajectories, and how many there were
+        self.profiles: Dict[Tuple[str, int], Dict[int, float]] = {}
+        self._seen: Dict[Tuple[str, int], int] = {}
         self._solved: Dict[Tuple[str, int], float] = {}  # (branch, N) -> δ of the replay, per trajectory
 
     def budget(self, n: int, branches: int = 1) -> float:
@@ -550,12 +553,17 @@ class _Budget:
 
     # -- replay ----------------------------------------------------------------
     def remember(self, state: BranchState) -> None:
-        """A trajectory of ``state`` ends: keep its error profile if it ran to its last step."""
+        """A trajectory of ``state`` ends: fold its error profile into the branch's mean if it ran to its
+        last step."""
         n = state.num_steps
-        self._solved.pop((state.name, n), None)
+        key = (state.name, n)
+        self._solved.pop(key, None)
         if self.config.target_speedup is None or n is None or state.calls < n or len(state.increments) < n // 2:
             return
-        self.profiles[(state.name, n)] = dict(state.increments)
+        mean, k = self.profiles.get(key, {}), self._seen.get(key, 0)
+        self.profiles[key] = {step: (mean[step] * k + v) / (k + 1) if step in mean else v
+                              for step, v in state.increments.items()}
+        self._seen[key] = k + 1
 
     def _replay_delta(self, state: BranchState, n: int, branches: int) -> Optional[float]:
         """δ of the replay rule for this trajectory of ``state``, or None without a profile."""

@@ -202,9 +202,15 @@ def test_budget_mode_first_call_is_online_and_profiles_survive_reset_per_step_co
     first = drive(cfg, {"c": scales(errors)}, num_steps=n).branches["c"]
     assert first.budget == "online"
     assert s.branches["c"].block_evaluations_uncached / s.branches["c"].block_evaluations == pytest.approx(2.0, rel=0.1)
+    # the profile is the mean over the finished trajectories of the step count
+    b = engine._budget
+    assert b._seen[("c", n)] == 1
+    engine.reset()
+    assert b._seen[("c", n)] == 2 and b.profiles[("c", n)][12] == pytest.approx(0.3, rel=1e-4)
     # another step count has no profile: its first call is online again
-    assert ("c", n + 5) not in engine._budget.profiles and engine._budget._replay_delta(
-        engine.branches["c"], n + 5, 1) is None
+    from dicache.engine import BranchState
+
+    assert ("c", n + 5) not in b.profiles and b._replay_delta(BranchState("c"), n + 5, 1) is None
 
 
 def test_budget_mode_needs_a_step_count():
