@@ -21,7 +21,7 @@ from .ops import Backend, reference, select_backend
 
 # Why a call was computed or skipped (the ``reason`` of a CallRecord).
 WARMUP = "warmup"  # in the first warm-up calls of the trajectory (or nothing stored yet)
-LAST_STEP = "last_step"  # the last step, forced by the config
+LAST_STEP = "last_step"  # one of the final steps, forced by the config (force_last_step)
 REFRESH = "refresh"  # the accumulated error reached δ
 REUSE = "reuse"  # skipped, reconstructed with trajectory alignment
 REUSE_ONE = "reuse_one"  # skipped with one stored residual: h = x + R[-1]
@@ -197,8 +197,8 @@ class DiCacheEngine:
         cfg = self.config
         if step < cfg.warmup_calls(num_steps):
             self._forced = WARMUP
-        elif (cfg.force_last_step or cfg.target_speedup is not None) and num_steps is not None and step >= num_steps - 1:
-            # budget mode always computes the last step: its error is never corrected afterwards
+        elif num_steps is not None and step >= num_steps - cfg.last_calls():
+            # the final steps (budget mode: at least the last): their errors are never corrected afterwards
             self._forced = LAST_STEP
         else:
             self._forced = None
@@ -508,7 +508,8 @@ class _Budget:
     With M blocks and a probe of m, a trajectory of N calls runs ``F·M + (N−F)·m``
     block evaluations for F computed calls; the target ``M·N/s`` gives the budget
     ``F = N·(M/s − m)/(M − m)`` (with ``cfg_decision="shared"`` a follower's skipped call costs
-    nothing, so ``m`` is shared by the branches). The last step is always computed.
+    nothing, so ``m`` is shared by the branches). The final steps of ``force_last_step`` (at least the last)
+    are always computed.
 
     Every call is probed, so a trajectory measures its whole per-step error profile. Two rules:
 
@@ -526,7 +527,7 @@ class _Budget:
       budget evenly in *error* rather than in steps. Runs of reuses are kept between the floor and the
       ceiling of the even spacing the budget left allows (:meth:`run_bounds`).
 
-    Either way the budget is a hard bound: when it is spent every call left reuses (the last step
+    Either way the budget is a hard bound: when it is spent every call left reuses (the final steps
     excepted), and when the calls left are no more than the budget left every one is computed.
     """
 
@@ -546,8 +547,8 @@ class _Budget:
         return max(0.0, n * (self.M / s - m) / (self.M - m))
 
     def _left(self, state: BranchState, step: int, n: int, branches: int) -> Tuple[float, int]:
-        """(computed calls left in the budget, decided calls left), the forced last step set aside."""
-        last_reserved = 1  # the last step is computed in budget mode
+        """(computed calls left in the budget, decided calls left), the forced final steps set aside."""
+        last_reserved = self.config.last_calls()  # at least the last step is computed in budget mode
         left = self.budget(n, branches) - state.full_calls - last_reserved
         return left, max(1, n - step - last_reserved)
 
@@ -575,11 +576,12 @@ class _Budget:
         return self._solved[key]
 
     def simulate(self, incs: List[float], n: int, delta: float) -> int:
-        """Computed calls of the fixed-δ rule (warm-up, run_power, last step computed) on increments ``incs``."""
+        """Computed calls of the fixed-δ rule (warm-up, run_power, final steps computed) on increments ``incs``."""
         warm, p = self.config.warmup_calls(n), float(self.config.run_power or 0.0)
+        last = self.config.last_calls()
         full, acc, run = 0, 0.0, 0
         for k in range(n):
-            if k < warm or k == n - 1:
+            if k < warm or k >= n - last:
                 full, acc, run = full + 1, 0.0, 0
                 continue
             acc += incs[k]

@@ -213,6 +213,30 @@ def test_budget_mode_first_call_is_online_and_profiles_survive_reset_per_step_co
     assert ("c", n + 5) not in b.profiles and b._replay_delta(BranchState("c"), n + 5, 1) is None
 
 
+@pytest.mark.parametrize("last", [0, 1, 2, 3])
+def test_force_last_step_computes_the_final_steps(last):
+    # error 0.01 per call and a huge δ: everything after the warm-up is skipped but the final `last` steps
+    n = 12
+    b = drive(DiCacheConfig(threshold=100.0, warmup=1, force_last_step=last), {"c": scales([0.01] * (n - 1))},
+              num_steps=n).branches["c"]
+    assert b.pattern == "F" + "." * (n - 1 - last) + "F" * last
+    assert [st.reason for st in b.steps[n - last:]] == ["last_step"] * last
+    # True is one step, False none
+    assert DiCacheConfig(force_last_step=True).last_calls() == 1 and DiCacheConfig().last_calls() == 0
+
+
+@pytest.mark.parametrize("last", [1, 2])
+def test_budget_mode_reserves_the_final_steps(last):
+    n = 30
+    errors = [0.02] * (n - 1)
+    cfg = DiCacheConfig(target_speedup=2.0, warmup=0.1, force_last_step=last)
+    b = drive(cfg, {"c": scales(errors)}, num_steps=n).branches["c"]
+    assert b.pattern.endswith("F" * last) and [st.reason for st in b.steps[n - last:]] == ["last_step"] * last
+    assert b.block_evaluations_uncached / b.block_evaluations == pytest.approx(2.0, rel=0.1)
+    # budget mode computes the last step even when the config says none
+    assert DiCacheConfig(target_speedup=2.0, force_last_step=False).last_calls() == 1
+
+
 def test_budget_mode_needs_a_step_count():
     with pytest.raises(RuntimeError, match="number of steps"):
         drive(DiCacheConfig(target_speedup=2.0, warmup=1), {"c": scales([0.1] * 5)})
@@ -483,7 +507,7 @@ def test_bad_engine_factory(factory, err):
 def test_presets_are_the_studied_rule_and_the_paper_settings_stay_available():
     for family, cfg in dicache.PRESETS.items():
         assert cfg.max_consecutive_reuse is None and cfg.cfg_decision == "shared" and cfg.warmup == 0.1, family
-        assert cfg.run_power == 1.0 and cfg.force_last_step and not cfg.predictive_skip, family
+        assert cfg.run_power == 1.0 and cfg.force_last_step == 2 and not cfg.predictive_skip, family
         assert cfg.alignment_order == "auto", family
         paper = dicache.PAPER_PRESETS[family]
         assert paper.max_consecutive_reuse is None and paper.cfg_decision == "separate" and paper.warmup == 0.2
@@ -592,7 +616,7 @@ def test_predictive_skip_on_a_pipeline_matches_the_summary_and_saves_blocks():
     outs = {}
     for predictive in (False, True):
         pipe = tiny.flux_pipeline()
-        dicache.enable(pipe, backend="torch", threshold=100.0, warmup=2, max_consecutive_reuse=2,
+        dicache.enable(pipe, backend="torch", threshold=100.0, warmup=2, max_consecutive_reuse=2, force_last_step=True,
                        predictive_skip=predictive)
         outs[predictive] = tiny.flux_pipeline_call(pipe, steps=11)
         s = dicache.summary(pipe)

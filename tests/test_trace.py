@@ -51,7 +51,7 @@ def hand_trace(calls, cfg, num_steps):
         reason = None
         if i < warm or not R:
             reason = "warmup"
-        elif cfg.force_last_step and i == num_steps - 1:
+        elif i >= num_steps - int(cfg.force_last_step):
             reason = "last_step"
         if reason is None:
             acc += float(_mean_abs(p - p_prev) / _mean_abs(p_prev))
