@@ -203,7 +203,7 @@ PAPER_PRESETS: Dict[str, DiCacheConfig] = {
 #   where the probe moves;
 # * the last two steps always computed (``force_last_step=2``): their errors are never corrected by a later
 #   step, and a single skip costs most there (fixed skip patterns on Flux 20, Wan 20 and Wan 50: skipping
-#   either of the last two steps alone costs 5–18 dB more than skipping any earlier step);
+#   either of the last two steps alone costs 3–16 dB more than the costliest earlier single skip measured);
 # * one decision per CFG step, the uncond branch following the cond branch without a probe of its own;
 # * ``alignment_order="auto"``: the line bent towards the quadratic through three stored residuals as far as
 #   the probe says the trajectory bends (one more pair of stored image-token tensors per branch);
