@@ -39,8 +39,8 @@ class BranchSummary:
     block_evaluations: int
     block_evaluations_uncached: int
     steps: Tuple[CallSummary, ...]
-    #: ``target_speedup`` only: how the budget was spent, ``"replay, δ=…"`` (the δ solved from the previous
-    #: trajectory's error profile), ``"online"`` (a first call) or ``"follows"`` (a CFG follower)
+    #: ``target_speedup`` only: how the budget was spent, ``"replay, δ=…"`` (the δ solved from the mean
+    #: error profile of the previous trajectories), ``"online"`` (a first call) or ``"follows"`` (a CFG follower)
     budget: Optional[str] = None
 
     @property
