@@ -7,8 +7,9 @@ disabled afterwards. A method that cannot run on a model raises :class:`Unsuppor
 but, by its own account, cached nothing reports it from ``check``.
 
 Settings per model and step count are tables below (``SETTINGS``): each family gets 1–3 settings
-chosen to span roughly 1.5–3× fewer block evaluations on the shipped models; the preset (family DiCache)
-7–8 thresholds, to span the budget mode's targets (1.5–3×) so that each budget run has fixed-δ runs around it.
+chosen to span roughly 1.5–3× fewer block evaluations on the shipped models (the "preset + one option"
+families five δ values around 2×); the preset (family DiCache) 7–9 thresholds, to span the budget mode's
+targets (1.5–3×) so that each budget run has fixed-δ runs around it.
 """
 
 from __future__ import annotations
@@ -54,8 +55,9 @@ DICACHE_M3 = "DiCache m=3"
 DICACHE_PREDICTIVE = "DiCache predictive"  # preset + predictive_skip=True
 DICACHE_NORUN = "DiCache run_power=0"  # preset + run_power=0 + cap 2: every reuse of a run under δ (the earlier rule)
 PEERS = (UNIFORM, FBC, TAYLORSEER, TAYLORSEER_LITE, MAGCACHE, SEACACHE, DBCACHE)
-DICACHES = (DICACHE, DICACHE_PAPER, DICACHE_BUDGET, DICACHE_BUDGET_ONLINE, DICACHE_ORDER1, DICACHE_ORDER2, DICACHE_SEPARATE, DICACHE_CAP2,
-            DICACHE_SCHED, DICACHE_NOALIGN, DICACHE_M2, DICACHE_M3, DICACHE_PREDICTIVE, DICACHE_NORUN)
+DICACHES = (DICACHE, DICACHE_PAPER, DICACHE_BUDGET, DICACHE_BUDGET_ONLINE, DICACHE_ORDER1, DICACHE_ORDER2,
+            DICACHE_SEPARATE, DICACHE_CAP2, DICACHE_SCHED, DICACHE_NOALIGN, DICACHE_M2, DICACHE_M3, DICACHE_PREDICTIVE,
+            DICACHE_NORUN)
 FAMILIES = (NO_CACHE,) + PEERS + DICACHES
 
 
@@ -294,12 +296,13 @@ def dbcache(threshold: float) -> Method:
 
 
 def _first_call_engine(config, num_blocks, backend):
-    """A DiCache engine whose compute budget forgets every trajectory: each call is a first call (online rule)."""
+    """A DiCache engine whose compute budget keeps no profile: every call is a first call (online rule)."""
     from dicache.engine import DiCacheEngine
 
-    engine = DiCacheEngine(config, num_blocks, backend)
-    engine._budget.remember = lambda state: None
-    return engine
+    class FirstCallEngine(DiCacheEngine):
+        replay_budget = False
+
+    return FirstCallEngine(config, num_blocks, backend)
 
 
 def dicache_method(family: str, value: float) -> Method:

@@ -137,6 +137,10 @@ class DiCacheEngine:
             device on first use.
     """
 
+    #: ``target_speedup``: whether calls after the first of a step count replay the error profile of the earlier
+    #: ones (:class:`_Budget`); a subclass sets False to decide every call by the online rule
+    replay_budget = True
+
     def __init__(self, config: DiCacheConfig, num_blocks: int, backend: str = "auto"):
         self.config = config
         self.num_blocks = num_blocks
@@ -151,7 +155,7 @@ class DiCacheEngine:
         self._leads: Dict[int, bool] = {}  # step -> the leading branch reused it (cfg_decision="shared")
         # (step, the leader's γ, its quadratic weight) when the step's leading branch reused
         self._lead: Optional[Tuple[int, torch.Tensor, Optional[torch.Tensor]]] = None
-        self._budget = _Budget(config, num_blocks)
+        self._budget = _Budget(config, num_blocks, replay=self.replay_budget)
         self._policy = _POLICY[config.batch_policy]
         self._error = _ERROR[config.error]
 
@@ -176,6 +180,14 @@ class DiCacheEngine:
         self._lead = None
         self._cur = None
         self._x = None
+
+    def budget_rule(self, branch: str) -> Optional[str]:
+        """``target_speedup`` only: how the branch's current trajectory spends the budget (``"replay, δ=…"``,
+        ``"online"``, ``"follows"``); None without a budget or without the branch."""
+        state = self.branches.get(branch)
+        if self.config.target_speedup is None or state is None:
+            return None
+        return self._budget.rule(state)
 
     def backend_for(self, device: torch.device) -> Backend:
         key = device.type
@@ -531,9 +543,10 @@ class _Budget:
     excepted), and when the calls left are no more than the budget left every one is computed.
     """
 
-    def __init__(self, config: DiCacheConfig, num_blocks: int):
+    def __init__(self, config: DiCacheConfig, num_blocks: int, replay: bool = True):
         self.config = config
         self.M = num_blocks
+        self.replay = replay  # False: no profile is kept, every call is decided by the online rule
         # (branch, N) -> step -> the mean increment over the finished trajectories, and how many there were
         self.profiles: Dict[Tuple[str, int], Dict[int, float]] = {}
         self._seen: Dict[Tuple[str, int], int] = {}
@@ -559,17 +572,30 @@ class _Budget:
         n = state.num_steps
         key = (state.name, n)
         self._solved.pop(key, None)
-        if self.config.target_speedup is None or n is None or state.calls < n or len(state.increments) < n // 2:
+        if (not self.replay or self.config.target_speedup is None or n is None or state.calls < n
+                or len(state.increments) < n // 2):
             return
         mean, k = self.profiles.get(key, {}), self._seen.get(key, 0)
         self.profiles[key] = {step: (mean[step] * k + v) / (k + 1) if step in mean else v
                               for step, v in state.increments.items()}
         self._seen[key] = k + 1
 
+    def replays(self, state: BranchState, n: Optional[int]) -> bool:
+        """Whether this trajectory of ``state`` is decided by the replay rule (a profile of its step count)."""
+        return (state.name, n) in self.profiles
+
+    def rule(self, state: BranchState) -> str:
+        """How this trajectory of ``state`` spends the budget: ``"replay, δ=…"``, ``"online"`` or ``"follows"``."""
+        delta = self._solved.get((state.name, state.num_steps))
+        if delta is not None:
+            return f"replay, δ={delta:.3g}"
+        follower = all(r.reason in (FOLLOW, WARMUP, LAST_STEP) for r in state.records)
+        return "follows" if follower and state.records else "online"
+
     def _replay_delta(self, state: BranchState, n: int, branches: int) -> Optional[float]:
         """δ of the replay rule for this trajectory of ``state``, or None without a profile."""
         key = (state.name, n)
-        if key not in self.profiles:
+        if not self.replays(state, n):
             return None
         if key not in self._solved:
             self._solved[key] = self.solve(self.profiles[key], n, self.budget(n, branches))
@@ -641,7 +667,7 @@ class _Budget:
         left, steps_left = self._left(state, step, n, branches)
         if left <= 0:
             return 1 << 30, 1 << 30
-        if (state.name, n) in self.profiles:
+        if self.replays(state, n):
             return 0, 1 << 30
         gap = steps_left / left - 1.0
         return max(0, math.floor(gap)), max(1, math.ceil(gap))

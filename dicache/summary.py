@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
 
 from .config import DiCacheConfig
-from .engine import FOLLOW, LAST_STEP, WARMUP, DiCacheEngine
+from .engine import DiCacheEngine
 
 
 @dataclass(frozen=True)
@@ -113,16 +113,6 @@ def _max(t) -> Optional[float]:
     return None if t is None else float(t.float().max())
 
 
-def _budget_rule(engine: DiCacheEngine, name: str, state) -> Optional[str]:
-    if engine.config.target_speedup is None:
-        return None
-    delta = engine._budget._solved.get((name, state.num_steps))
-    if delta is not None:
-        return f"replay, δ={delta:.3g}"
-    follower = all(r.reason in (FOLLOW, WARMUP, LAST_STEP) for r in state.records)
-    return "follows" if follower and state.records else "online"
-
-
 def summarize(engine: DiCacheEngine, model: str, prefix: str = "") -> Summary:
     """Read the engine's records (this is where their device values reach the host)."""
     M, m = engine.num_blocks, engine.config.probe_depth
@@ -142,7 +132,7 @@ def summarize(engine: DiCacheEngine, model: str, prefix: str = "") -> Summary:
             block_evaluations=full * M + probed * m,
             block_evaluations_uncached=len(steps) * M,
             steps=steps,
-            budget=_budget_rule(engine, name, state),
+            budget=engine.budget_rule(name),
         )
     backend = ",".join(sorted({b.name for b in engine._backends.values()})) or engine.backend_name
     return Summary(model=model, backend=backend, config=engine.config, num_blocks=M, branches=branches)

@@ -170,6 +170,28 @@ def test_budget_mode_replays_the_previous_error_profile(target):
     assert runs[0] > runs[-1], b.pattern
 
 
+def test_budget_mode_without_replay_decides_every_call_online():
+    class Online(DiCacheEngine):
+        replay_budget = False
+
+    n = 30
+    errors = [0.02] * 10 + [0.3] * 5 + [0.02] * 14
+    cfg = DiCacheConfig(target_speedup=2.0, warmup=0.2)
+    first = drive(cfg, {"c": scales(errors)}, num_steps=n).branches["c"]
+    engine = Online(cfg, M, "torch")
+    g = torch.Generator().manual_seed(0)
+    base, x = torch.rand(2, 6, 8, generator=g) + 0.5, torch.randn(2, 6, 8, generator=g)
+    for _ in range(2):
+        engine.reset()
+        for k, sc in enumerate(scales(errors)):
+            engine.begin_call("c", k, n)
+            if engine.after_probe(x, base * sc) is None:
+                engine.after_full(base * sc * 3 + x)
+    s = summarize(engine, "toy").branches["c"]
+    assert engine._budget.profiles == {} and engine.budget_rule("c") == "online" and s.budget == "online"
+    assert s.pattern == first.pattern  # the second call decides exactly as a first call
+
+
 def test_budget_solve_finds_the_count_nearest_the_budget_in_the_middle_of_its_range():
     from dicache.engine import _Budget
 
