@@ -100,9 +100,9 @@ def test_skip_cost_all_peers_tiny(tmp_path):
             continue
         assert r["status"] == "ok", r
         assert r["skipped_calls"] >= 1, r
+        # finite timings only: what a skip costs is the benchmark's answer, not a timed assertion (on a
+        # width-64 model with one repeat the ratio is noise); the block counts below say what was skipped
         assert math.isfinite(r["skipped_over_full"]) and math.isfinite(r["overhead_of_block"]), r
-        if key != "ts_attn":  # TaylorSeer's attention mode still runs every block: at width 64 it can cost more
-            assert r["skipped_over_full"] < 1.0, r
         assert not [w for w in r["warnings"] if "fail-open" in w], r
     for key in ("dicache", "fbc", "dbcache"):
         if by_key[key]["status"] == "ok":
