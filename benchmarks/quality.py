@@ -576,7 +576,7 @@ _STYLE = {
     qm.DICACHE_ORDER2: ("darkred", "d"), qm.DICACHE_SEPARATE: ("tab:orange", "<"), qm.DICACHE_CAP2: ("tab:brown", ">"),
     qm.DICACHE_ORDER1: ("indianred", "d"), qm.DICACHE_SCHED: ("gold", "p"), qm.DICACHE_NOALIGN: ("rosybrown", "o"),
     qm.DICACHE_M2: ("peru", "h"), qm.DICACHE_M3: ("sienna", "8"), qm.DICACHE_PREDICTIVE: ("crimson", "*"),
-    qm.DICACHE_NORUN: ("lightcoral", "s"),
+    qm.DICACHE_NORUN: ("lightcoral", "s"), qm.DICACHE_STEPS: ("maroon", "o"), qm.DICACHE_PROBE: ("firebrick", "o"),
 }
 
 

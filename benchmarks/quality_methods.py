@@ -26,6 +26,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import torch
 
 import dicache
+from dicache.config import STEPS_GAMMA_MIN_STEPS
 
 from uniform_cache import enable_uniform
 
@@ -46,16 +47,21 @@ DICACHE_BUDGET = "DiCache budget"  # preset + target_speedup: no δ; after one c
 DICACHE_BUDGET_ONLINE = "DiCache budget online"  # the same with every call a first call (the online rule)
 DICACHE_ORDER2 = "DiCache order 2"  # preset + alignment_order=2
 DICACHE_ORDER1 = "DiCache order 1"  # preset + alignment_order=1 (the method's line; the preset bends it: "auto")
+# the preset's gamma_source="auto" takes γ from the step distance from STEPS_GAMMA_MIN_STEPS (32) steps on, from the probe below: each
+# family is the other choice where the preset makes one (run at 20 steps, resp. 50)
+DICACHE_STEPS = "DiCache steps γ"  # preset + gamma_source="steps"
+DICACHE_PROBE = "DiCache probe γ"  # preset + gamma_source="probe"
 DICACHE_SEPARATE = "DiCache separate CFG"  # preset + cfg_decision="separate"
 DICACHE_CAP2 = "DiCache cap 2"  # preset + max_consecutive_reuse=2 (SeaCache's cap; the earlier preset's)
 DICACHE_SCHED = "DiCache δ schedule"  # preset + threshold_end = 2·threshold
-DICACHE_NOALIGN = "DiCache γ=1"  # preset + gamma_clip=(1, 1): no trajectory alignment
+DICACHE_NOALIGN = "DiCache γ=1"  # preset + gamma_clip=(1, 1), γ from the probe: no trajectory alignment
 DICACHE_M2 = "DiCache m=2"
 DICACHE_M3 = "DiCache m=3"
 DICACHE_PREDICTIVE = "DiCache predictive"  # preset + predictive_skip=True
 DICACHE_NORUN = "DiCache run_power=0"  # preset + run_power=0 + cap 2: every reuse of a run under δ (the earlier rule)
 PEERS = (UNIFORM, FBC, TAYLORSEER, TAYLORSEER_LITE, MAGCACHE, SEACACHE, DBCACHE)
 DICACHES = (DICACHE, DICACHE_PAPER, DICACHE_BUDGET, DICACHE_BUDGET_ONLINE, DICACHE_ORDER1, DICACHE_ORDER2,
+            DICACHE_STEPS, DICACHE_PROBE,
             DICACHE_SEPARATE, DICACHE_CAP2, DICACHE_SCHED, DICACHE_NOALIGN, DICACHE_M2, DICACHE_M3, DICACHE_PREDICTIVE,
             DICACHE_NORUN)
 FAMILIES = (NO_CACHE,) + PEERS + DICACHES
@@ -133,6 +139,8 @@ SETTINGS: Dict[str, Dict[int, Dict[str, list]]] = {
 }
 for (_m, _st), _deltas in _NEAR2.items():
     SETTINGS[_m][_st].update({fam: list(_deltas) for fam in _PRESET_PLUS})
+    # the γ source the preset does not take there, over the preset's whole δ range
+    SETTINGS[_m][_st][DICACHE_STEPS if _st < STEPS_GAMMA_MIN_STEPS else DICACHE_PROBE] = list(SETTINGS[_m][_st][DICACHE])
 
 # --quick: one setting per family (the smoke test checks every family has a row).
 QUICK_FAMILIES = {fam: (lambda s: s[1:2] if len(s) > 1 else s[:1]) for fam in FAMILIES[1:]}
@@ -310,6 +318,7 @@ def dicache_method(family: str, value: float) -> Method:
     opts: Dict[str, Any] = {"threshold": value}
     if family == DICACHE_NOALIGN:
         opts["gamma_clip"] = (1.0, 1.0)
+        opts["gamma_source"] = "probe"  # the clip bounds the probe's γ only
     elif family == DICACHE_M2:
         opts["probe_depth"] = 2
     elif family == DICACHE_M3:
@@ -318,6 +327,10 @@ def dicache_method(family: str, value: float) -> Method:
         opts["alignment_order"] = 2
     elif family == DICACHE_ORDER1:
         opts["alignment_order"] = 1
+    elif family == DICACHE_STEPS:
+        opts["gamma_source"] = "steps"
+    elif family == DICACHE_PROBE:
+        opts["gamma_source"] = "probe"
     elif family == DICACHE_SEPARATE:
         opts["cfg_decision"] = "separate"
     elif family == DICACHE_CAP2:

@@ -16,7 +16,7 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
-from .config import DiCacheConfig
+from .config import STEPS_GAMMA_MIN_STEPS, DiCacheConfig
 from .ops import Backend, reference, select_backend
 
 # Why a call was computed or skipped (the ``reason`` of a CallRecord).
@@ -293,7 +293,8 @@ class DiCacheEngine:
         if d < 1:
             return None
         self._x = x
-        state.gamma.sub_(1.0).mul_((d + 1) / d).add_(1.0).clamp_(float(cfg.gamma_clip[0]), float(cfg.gamma_clip[1]))
+        if not self._step_gamma(state):
+            state.gamma.sub_(1.0).mul_((d + 1) / d).add_(1.0).clamp_(float(cfg.gamma_clip[0]), float(cfg.gamma_clip[1]))
         self._reconstruct(state, x)
         if cfg.cfg_decision == "shared":
             self._leads.setdefault(self._cur_step, True)
@@ -364,6 +365,7 @@ class DiCacheEngine:
             self._pending_error = error
             return None
         two = state.n_stored >= 2
+        self._step_gamma(state)
         weights = None
         if cfg.alignment_order == "auto":
             lead = self._lead_now() if leader is True else None
@@ -406,6 +408,26 @@ class DiCacheEngine:
         c0, c2 = weights
         ops.reconstruct(x, r2, r1, c2, state.out, state.R[state.newest(3)], c0)
 
+    def _gamma_from_steps(self) -> bool:
+        """Whether γ is the step distance in this call (``gamma_source`` ``"steps"``, or ``"auto"`` on a
+        trajectory of at least ``STEPS_GAMMA_MIN_STEPS`` steps)."""
+        source = self.config.gamma_source
+        if source == "auto":
+            return self._num_steps is not None and self._num_steps >= STEPS_GAMMA_MIN_STEPS
+        return source == "steps"
+
+    def _step_gamma(self, state: BranchState) -> bool:
+        """γ from the steps (:meth:`_gamma_from_steps`): set it to the call's distance in steps,
+        ``(t − t1)/(t2 − t1)`` (a fill on the device, no host read). False (γ left as the probe
+        measured it) otherwise."""
+        if state.n_stored < 2 or not self._gamma_from_steps():
+            return False
+        t2, t1 = state.slot_step[state.newest(1)], state.slot_step[state.newest(2)]
+        if t2 <= t1:
+            return False
+        state.gamma.fill_((self._cur_step - t1) / (t2 - t1))
+        return True
+
     @staticmethod
     def _lagrange(state: BranchState) -> Tuple[torch.Tensor, torch.Tensor]:
         """The weights ``c0`` (of the oldest entry) and ``c2`` (of the newest) of the quadratic through the
@@ -433,11 +455,16 @@ class DiCacheEngine:
         ``batch_policy="global"``) is the least-squares weight of the quadratic's correction, clipped
         to [0, 1] (0 when the two coincide). The deep residual takes the same weight. On at most
         ``ORDER_TOKENS`` tokens (an even stride over dim 1); everything stays on the device (no
-        host read). Returns the blended weights ``(c0, c2)`` for :meth:`_reconstruct`, or None with
-        fewer than three entries."""
+        host read). With γ from the steps (``gamma_source``), w = 1. Returns the blended weights
+        ``(c0, c2)`` for :meth:`_reconstruct`, or None with fewer than three entries."""
         if state.n_stored < 3:
             state.quad_weight = None
             return None
+        if self._gamma_from_steps():
+            # the step is known exactly: the quadratic whole (the fit hedges against a misread γ)
+            c0, c2 = self._lagrange(state)
+            state.quad_weight = torch.ones_like(c0)
+            return self._blend(state, c0, c2, state.quad_weight)
         f = torch.float32
         # on at most ~ORDER_TOKENS tokens: two sums per sample need no more, and the fit then costs a
         # small fraction of one pass over the tensors at any size

@@ -278,6 +278,8 @@ def test_budget_mode_needs_a_step_count():
         (dict(run_power="1"), "run_power"),
         (dict(predictive_skip=1), "predictive_skip"),
         (dict(predictive_skip="yes"), "predictive_skip"),
+        (dict(gamma_source="step"), "gamma_source"),
+        (dict(gamma_source=None), "gamma_source"),
     ],
 )
 def test_bad_policy_values(options, word):
@@ -421,6 +423,68 @@ def test_alignment_order_auto_shared_follower_takes_the_leaders_choice():
     assert h_uncond is not None
     assert engine.branches["uncond"].quad_weight is w
     torch.testing.assert_close(h_uncond, h_cond)  # the same stored entries: the same reconstruction
+
+
+@pytest.mark.parametrize("order", [1, 2])
+def test_gamma_source_steps_places_the_call_at_its_step(order):
+    # stored entries at steps 0, 2, 4 (two calls apart) of a quadratic deep trajectory, and a probe that
+    # says nothing useful about the step (a random residual): with gamma_source="steps", γ is the step
+    # distance (t − t1)/(t2 − t1), unclipped, whatever the probe says; order 2 rebuilds R_t exactly at
+    # steps 5 and 7, order 1 follows the line through the two newest. "probe" reads a different γ.
+    g = torch.Generator().manual_seed(21)
+    A, B, C = (torch.randn(2, 5, 7, generator=g) for _ in range(3))
+    x = torch.randn(2, 5, 7, generator=g)
+
+    def R(k):
+        return A + B * k + C * k * k
+
+    for source in ("steps", "probe"):
+        cfg = DiCacheConfig(threshold=1e9, warmup=0, gamma_clip=(1.0, 1.5), alignment_order=order,
+                            gamma_source=source)
+        engine = DiCacheEngine(cfg, M, "torch")
+        for k in (0, 2, 4):
+            engine.begin_call("c", k, 10)
+            engine._forced = "test"  # computed: store the entry of step k
+            assert engine.after_probe(x, x + torch.randn(2, 5, 7, generator=g)) is None
+            engine.after_full(x + R(k))
+        for t in (5, 7):
+            engine.begin_call("c", t, 10)
+            h = engine.after_probe(x, x + torch.randn(2, 5, 7, generator=g))
+            assert h is not None
+            gam = engine.branches["c"].gamma
+            if source == "probe":
+                assert float(gam.max()) <= 1.5  # the probe's γ, clipped
+                continue
+            torch.testing.assert_close(gam, torch.full_like(gam, (t - 2) / 2))  # unclipped: 1.5, 2.5
+            want = x + R(t) if order == 2 else x + R(2) + (t - 2) / 2 * (R(4) - R(2))
+            torch.testing.assert_close(h, want, rtol=1e-4, atol=1e-4)
+
+
+def test_gamma_source_steps_with_predictive_skip_and_a_shared_follower():
+    # the unprobed calls (a predicted skip, a CFG follower) sit at their steps too
+    g = torch.Generator().manual_seed(22)
+    x = torch.randn(1, 4, 6, generator=g)
+    R = [torch.randn(1, 4, 6, generator=g) for _ in range(2)]
+    cfg = DiCacheConfig(threshold=1e9, warmup=2, gamma_source="steps", predictive_skip=True,
+                        cfg_decision="shared")
+    engine = DiCacheEngine(cfg, M, "torch")
+    for k in range(2):
+        for name in ("cond", "uncond"):
+            engine.begin_call(name, k, 10)
+            assert engine.after_probe(x, x + 0.1 * k) is None
+            engine.after_full(x + R[k])
+    for t in (2, 3):
+        engine.begin_call("cond", t, 10)
+        h = engine.before_probe(x)  # step 3: predicted without a probe
+        if h is None:
+            assert t == 2
+            h = engine.after_probe(x, x + 0.1 * t)
+        assert h is not None and engine.branches["cond"].records[-1].probed == (t == 2)
+        torch.testing.assert_close(h, x + R[0] + t * (R[1] - R[0]))
+        engine.begin_call("uncond", t, 10)
+        h_u = engine.before_probe(x)
+        assert h_u is not None
+        torch.testing.assert_close(h_u, x + R[0] + t * (R[1] - R[0]))
 
 
 def test_alignment_order_2_falls_back_to_first_order_with_two_entries():
