@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import dicache
-from dicache.config import DiCacheConfig
+from dicache.config import STEPS_GAMMA_MIN_STEPS, DiCacheConfig
 from dicache.engine import DiCacheEngine
 from dicache.summary import summarize
 
@@ -460,6 +460,38 @@ def test_gamma_source_steps_places_the_call_at_its_step(order):
             torch.testing.assert_close(h, want, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("num_steps", [20, 31, 32, 50, None])
+def test_gamma_source_auto_takes_the_steps_on_long_trajectories(num_steps):
+    # gamma_source="auto" (the presets'): the step distance from STEPS_GAMMA_MIN_STEPS steps on, where
+    # alignment_order="auto" then takes the quadratic whole (w = 1): exact on a quadratic trajectory whatever
+    # the probe says; on shorter or unknown trajectories the probe's clipped γ and its fitted weight
+    g = torch.Generator().manual_seed(23)
+    A, B, C = (torch.randn(2, 5, 7, generator=g) for _ in range(3))
+    x = torch.randn(2, 5, 7, generator=g)
+
+    def R(k):
+        return A + B * k + C * k * k
+
+    cfg = DiCacheConfig(threshold=1e9, warmup=0, gamma_clip=(1.0, 1.5), alignment_order="auto",
+                        gamma_source="auto")
+    engine = DiCacheEngine(cfg, M, "torch")
+    for k in (0, 2, 4):
+        engine.begin_call("c", k, num_steps)
+        engine._forced = "test"
+        assert engine.after_probe(x, x + torch.randn(2, 5, 7, generator=g)) is None
+        engine.after_full(x + R(k))
+    engine.begin_call("c", 7, num_steps)
+    h = engine.after_probe(x, x + torch.randn(2, 5, 7, generator=g))
+    state = engine.branches["c"]
+    if num_steps is not None and num_steps >= STEPS_GAMMA_MIN_STEPS:
+        torch.testing.assert_close(state.gamma, torch.full_like(state.gamma, 2.5))
+        torch.testing.assert_close(state.quad_weight, torch.ones_like(state.gamma))
+        torch.testing.assert_close(h, x + R(7), rtol=1e-4, atol=1e-4)
+    else:
+        assert float(state.gamma.max()) <= 1.5
+        assert (h - (x + R(7))).abs().max().item() > 0.1
+
+
 def test_gamma_source_steps_with_predictive_skip_and_a_shared_follower():
     # the unprobed calls (a predicted skip, a CFG follower) sit at their steps too
     g = torch.Generator().manual_seed(22)
@@ -594,7 +626,7 @@ def test_presets_are_the_studied_rule_and_the_paper_settings_stay_available():
     for family, cfg in dicache.PRESETS.items():
         assert cfg.max_consecutive_reuse is None and cfg.cfg_decision == "shared" and cfg.warmup == 0.1, family
         assert cfg.run_power == 1.0 and cfg.force_last_step == 2 and not cfg.predictive_skip, family
-        assert cfg.alignment_order == "auto", family
+        assert cfg.alignment_order == "auto" and cfg.gamma_source == "auto", family
         paper = dicache.PAPER_PRESETS[family]
         assert paper.max_consecutive_reuse is None and paper.cfg_decision == "separate" and paper.warmup == 0.2
     assert dicache.PAPER_PRESETS["flux"].threshold == 0.4 and dicache.PAPER_PRESETS["wan"].threshold == 0.08
