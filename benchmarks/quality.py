@@ -5,7 +5,8 @@
     .venv/bin/python benchmarks/quality.py --out /tmp/q --quick       # a smoke run (~20 s)
     .venv/bin/python benchmarks/quality.py --out x --list             # what would run
     .venv/bin/python benchmarks/quality.py merge OUT DIR1 DIR2        # one report of runs split over processes
-                                                                      # (a later DIR's family replaces an earlier one's)
+                                                                      # (a later DIR's family replaces an earlier one's;
+                                                                      # a quality.md instead of a DIR: its rows)
 
 For each shipped model (``flux_digits``: FluxPipeline with true CFG; ``wan_digits``: WanPipeline with
 CFG), each step count (``--steps``, default 20 and 50) and each seed (``--seeds``), the model samples
@@ -18,7 +19,7 @@ all ``--labels`` in one batch through the real diffusers pipeline, with
 * cache-dit's DBCache (if ``cache-dit`` is installed);
 * DiCache on its family preset at several thresholds, and the families that change one option each
   (``quality_methods.DICACHES``): the authors' settings, compute-budget mode (``target_speedup``),
-  second-order alignment and the order picked per call by the probe, separate CFG decisions, a cap of 2
+  first- and second-order alignment, γ from the steps or the probe, separate CFG decisions, a cap of 2
   reuses in a row, a δ schedule, γ fixed to 1, probe depth 2 and 3, predictive skips, and the run rule
   off (``run_power=0`` with a cap of 2: the earlier preset).
 
@@ -52,11 +53,12 @@ import os
 import platform
 import statistics
 import sys
+import re
 import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, _HERE)
@@ -700,13 +702,56 @@ def read_csv(path: str) -> List[Dict]:
     return rows
 
 
+def rows_from_report(path: str) -> Tuple[List[Dict], Dict]:
+    """The rows and run description of a ``quality.md`` report (its per-setting tables), for :func:`merge`
+    when the run's ``quality.csv`` is gone. Percentages come back with the report's 0.1 % rounding, so a
+    value interpolated from them can move by 0.1 dB; no per-run details (skip patterns)."""
+    with open(path) as f:
+        text = f.read()
+    rows: List[Dict] = []
+    for sec in re.split(r"^### ", text, flags=re.M)[1:]:
+        m = re.match(r"(\w+), (\d+) steps \((.*)\)", sec)
+        if not m:
+            continue
+        for line in sec.splitlines()[1:]:
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            if len(cells) != 12 or cells[0] in ("method", "---"):
+                continue
+            fam, setting, flops, fewer, blocks, wall, sp, cpu, spc, ps, ss, note = cells
+            status, note = "ok", note
+            bold = re.match(r"\*\*([^*]+)\*\*\s*(.*)", note)
+            if bold:
+                status, note = bold.groups()
+
+            def num(v: str, scale: float = 1.0):
+                return "" if v in ("", "–") else float(v.rstrip("×%")) * scale
+
+            rows.append(dict(model=m.group(1), steps=int(m.group(2)), family=fam, setting=setting, status=status,
+                             flop_fraction=num(flops, 0.01), fewer_flops=num(fewer), block_fraction=num(blocks, 0.01),
+                             wall_s=num(wall), speedup=num(sp), cpu_s=num(cpu), speedup_cpu=num(spc),
+                             psnr=math.inf if ps == "inf" else num(ps), ssim=num(ss), weights=m.group(3),
+                             note=note))
+    head = re.search(r"Command: `(.*)`  \nDate: (.*?); (\d+) torch thread\(s\); total (\d+) s  \n"
+                     r"Seeds (\[.*?\]), labels (\[.*?\]) .*?backend (\w+)", text)
+    if not rows or head is None:
+        raise ValueError(f"{path}: not a quality.md report")
+    cmd, date, threads, secs, seeds, labels, backend = head.groups()
+    meta = dict(command=cmd, date=date, threads=int(threads), seconds=float(secs), seeds=json.loads(seeds),
+                labels=json.loads(labels), backend=backend)
+    return rows, meta
+
+
 def merge(dirs: List[str], out: str) -> int:
     """One report from runs split over processes (e.g. one model each, run side by side)."""
     rows, runs, metas = [], [], []
     for d in dirs:
-        new = read_csv(os.path.join(d, "quality.csv"))
-        with open(os.path.join(d, "quality_details.json")) as f:
-            det = json.load(f)
+        if d.endswith(".md"):
+            new, meta = rows_from_report(d)
+            det = dict(meta=meta, runs=[])
+        else:
+            new = read_csv(os.path.join(d, "quality.csv"))
+            with open(os.path.join(d, "quality_details.json")) as f:
+                det = json.load(f)
         # a later run of a (model, steps, family) replaces an earlier one (a family re-run with more settings)
         # (the first run's "no cache" row stays: the speedups of its other rows were measured against it)
         have = {(r["model"], r["steps"], r["family"]) for r in rows}

@@ -425,6 +425,24 @@ def test_alignment_order_auto_shared_follower_takes_the_leaders_choice():
     torch.testing.assert_close(h_uncond, h_cond)  # the same stored entries: the same reconstruction
 
 
+def _quadratic_entries_at_0_2_4(cfg, g, num_steps):
+    """An engine whose branch "c" computed steps 0, 2 and 4 (random probe residuals) of the deep trajectory
+    ``R(k) = A + B k + C k²``; returns the engine, the block input x and R."""
+    A, B, C = (torch.randn(2, 5, 7, generator=g) for _ in range(3))
+    x = torch.randn(2, 5, 7, generator=g)
+
+    def R(k):
+        return A + B * k + C * k * k
+
+    engine = DiCacheEngine(cfg, M, "torch")
+    for k in (0, 2, 4):
+        engine.begin_call("c", k, num_steps)
+        engine._forced = "test"  # computed: store the entry of step k
+        assert engine.after_probe(x, x + torch.randn(2, 5, 7, generator=g)) is None
+        engine.after_full(x + R(k))
+    return engine, x, R
+
+
 @pytest.mark.parametrize("order", [1, 2])
 def test_gamma_source_steps_places_the_call_at_its_step(order):
     # stored entries at steps 0, 2, 4 (two calls apart) of a quadratic deep trajectory, and a probe that
@@ -432,21 +450,10 @@ def test_gamma_source_steps_places_the_call_at_its_step(order):
     # distance (t − t1)/(t2 − t1), unclipped, whatever the probe says; order 2 rebuilds R_t exactly at
     # steps 5 and 7, order 1 follows the line through the two newest. "probe" reads a different γ.
     g = torch.Generator().manual_seed(21)
-    A, B, C = (torch.randn(2, 5, 7, generator=g) for _ in range(3))
-    x = torch.randn(2, 5, 7, generator=g)
-
-    def R(k):
-        return A + B * k + C * k * k
-
     for source in ("steps", "probe"):
         cfg = DiCacheConfig(threshold=1e9, warmup=0, gamma_clip=(1.0, 1.5), alignment_order=order,
                             gamma_source=source)
-        engine = DiCacheEngine(cfg, M, "torch")
-        for k in (0, 2, 4):
-            engine.begin_call("c", k, 10)
-            engine._forced = "test"  # computed: store the entry of step k
-            assert engine.after_probe(x, x + torch.randn(2, 5, 7, generator=g)) is None
-            engine.after_full(x + R(k))
+        engine, x, R = _quadratic_entries_at_0_2_4(cfg, g, 10)
         for t in (5, 7):
             engine.begin_call("c", t, 10)
             h = engine.after_probe(x, x + torch.randn(2, 5, 7, generator=g))
@@ -466,20 +473,9 @@ def test_gamma_source_auto_takes_the_steps_on_long_trajectories(num_steps):
     # alignment_order="auto" then takes the quadratic whole (w = 1): exact on a quadratic trajectory whatever
     # the probe says; on shorter or unknown trajectories the probe's clipped γ and its fitted weight
     g = torch.Generator().manual_seed(23)
-    A, B, C = (torch.randn(2, 5, 7, generator=g) for _ in range(3))
-    x = torch.randn(2, 5, 7, generator=g)
-
-    def R(k):
-        return A + B * k + C * k * k
-
     cfg = DiCacheConfig(threshold=1e9, warmup=0, gamma_clip=(1.0, 1.5), alignment_order="auto",
                         gamma_source="auto")
-    engine = DiCacheEngine(cfg, M, "torch")
-    for k in (0, 2, 4):
-        engine.begin_call("c", k, num_steps)
-        engine._forced = "test"
-        assert engine.after_probe(x, x + torch.randn(2, 5, 7, generator=g)) is None
-        engine.after_full(x + R(k))
+    engine, x, R = _quadratic_entries_at_0_2_4(cfg, g, num_steps)
     engine.begin_call("c", 7, num_steps)
     h = engine.after_probe(x, x + torch.randn(2, 5, 7, generator=g))
     state = engine.branches["c"]
