@@ -27,7 +27,8 @@ class DiCacheConfig:
         warmup: calls always computed at the start of each trajectory: a ratio
             in [0, 1) of the number of steps (``ceil(r·N)`` calls), or an int
             number of calls.
-        gamma_clip: (lo, hi) bounds of the trajectory-alignment step γ.
+        gamma_clip: (lo, hi) bounds of the trajectory-alignment step γ the probe
+            reads off (a γ from the steps, ``gamma_source``, is not clipped).
         force_last_step: compute the last denoising step fully (``True``), or the last
             ``n`` steps (an int ``n ≥ 0``; ``False`` = 0): their errors are never corrected by
             a later step, and a single skip costs most there.
