@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
 
-from .config import DiCacheConfig
+from .config import STEPS_GAMMA_MIN_STEPS, DiCacheConfig
 from .engine import DiCacheEngine
 
 
@@ -87,9 +87,12 @@ class Summary:
     def __str__(self) -> str:
         c = self.config
         rule = f"target_speedup={c.target_speedup:g}" if c.target_speedup is not None else f"δ={c.threshold:g}"
+        clip = f"γ∈[{c.gamma_clip[0]:g}, {c.gamma_clip[1]:g}]"
+        gamma = {"probe": clip, "steps": "γ from the steps",
+                 "auto": f"γ from the steps on ≥ {STEPS_GAMMA_MIN_STEPS} steps, else {clip}"}[c.gamma_source]
         lines = [
             f"DiCache on {self.model} (backend={self.backend}, {self.num_blocks} blocks, probe {c.probe_depth}, "
-            f"{rule}, γ∈[{c.gamma_clip[0]:g}, {c.gamma_clip[1]:g}])",
+            f"{rule}, {gamma})",
         ]
         if not self.branches:
             lines.append("  no calls yet")

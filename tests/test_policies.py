@@ -297,6 +297,13 @@ def test_budget_mode_on_a_pipeline():
     dicache.disable(pipe)
     b = s.branches["cond"]
     assert b.block_evaluations_uncached / b.block_evaluations == pytest.approx(2.0, rel=0.15)
+    # the header says where γ comes from (the preset: the steps from 32 steps on, else the clipped probe's)
+    assert f"γ from the steps on ≥ {STEPS_GAMMA_MIN_STEPS} steps, else γ∈[1, 1.5]" in str(s)
+    for source, text in (("steps", "γ from the steps)"), ("probe", "γ∈[1, 1.5])")):
+        dicache.enable(pipe, backend="torch", target_speedup=2.0, gamma_source=source)
+        tiny.flux_pipeline_call(pipe, steps=6)
+        assert text in str(dicache.summary(pipe)), source
+        dicache.disable(pipe)
 
 
 def _engine_with_stored(cfg, residuals, probes, x):
