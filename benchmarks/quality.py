@@ -51,9 +51,9 @@ import json
 import math
 import os
 import platform
+import re
 import statistics
 import sys
-import re
 import tempfile
 import time
 import warnings

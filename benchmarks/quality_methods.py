@@ -47,8 +47,8 @@ DICACHE_BUDGET = "DiCache budget"  # preset + target_speedup: no δ; after one c
 DICACHE_BUDGET_ONLINE = "DiCache budget online"  # the same with every call a first call (the online rule)
 DICACHE_ORDER2 = "DiCache order 2"  # preset + alignment_order=2
 DICACHE_ORDER1 = "DiCache order 1"  # preset + alignment_order=1 (the method's line; the preset bends it: "auto")
-# the preset's gamma_source="auto" takes γ from the step distance from STEPS_GAMMA_MIN_STEPS (32) steps on, from the probe below: each
-# family is the other choice where the preset makes one (run at 20 steps, resp. 50)
+# the preset's gamma_source="auto" takes γ from the step distance from STEPS_GAMMA_MIN_STEPS (32) steps on, from
+# the probe below: each family is the other choice where the preset makes one (run at 20 steps, resp. 50)
 DICACHE_STEPS = "DiCache steps γ"  # preset + gamma_source="steps"
 DICACHE_PROBE = "DiCache probe γ"  # preset + gamma_source="probe"
 DICACHE_SEPARATE = "DiCache separate CFG"  # preset + cfg_decision="separate"
@@ -140,7 +140,8 @@ SETTINGS: Dict[str, Dict[int, Dict[str, list]]] = {
 for (_m, _st), _deltas in _NEAR2.items():
     SETTINGS[_m][_st].update({fam: list(_deltas) for fam in _PRESET_PLUS})
     # the γ source the preset does not take there, over the preset's whole δ range
-    SETTINGS[_m][_st][DICACHE_STEPS if _st < STEPS_GAMMA_MIN_STEPS else DICACHE_PROBE] = list(SETTINGS[_m][_st][DICACHE])
+    _other = DICACHE_STEPS if _st < STEPS_GAMMA_MIN_STEPS else DICACHE_PROBE
+    SETTINGS[_m][_st][_other] = list(SETTINGS[_m][_st][DICACHE])
 
 # --quick: one setting per family (the smoke test checks every family has a row).
 QUICK_FAMILIES = {fam: (lambda s: s[1:2] if len(s) > 1 else s[:1]) for fam in FAMILIES[1:]}
