@@ -69,7 +69,10 @@ class DiCacheConfig:
             extrapolating ``j`` steps past the stored residuals grows faster
             than the probe's accumulated change: with 1, a single reuse
             between computed calls is allowed up to δ, a second one in a row
-            only while the error is under δ/2. Not used in budget mode.
+            only while the error is under δ/2. ``"auto"``: the order of the reconstruction in use, 2 where
+            the quadratic is taken whole (``alignment_order=2``, or ``"auto"`` with γ from the steps),
+            1 elsewhere: the error of extrapolating ``j`` steps grows as ``j^(order+1)``, the
+            accumulated probe error as ``j``.
         predictive_skip: after a reuse, skip the next call without running its
             probe when the accumulated error plus the last measured per-step
             increment stays under δ; γ continues along the line the last probe
@@ -77,6 +80,24 @@ class DiCacheConfig:
             last computed call). The next probe measures the error since the
             last probe, so an optimistic prediction is corrected one call later.
             At most one unprobed call follows each probed one.
+        plan_runs: decide each run of reuses at the computed call that starts it, and skip its calls
+            without a probe. The probe of a computed call (block 0 runs anyway) measures the per-step
+            error ``e`` since the last probe; the ``j``-th call after it is skipped while the predicted
+            accumulated error ``j·e`` stays under δ (``δ / j^run_power`` with ``run_power``, within
+            ``max_consecutive_reuse`` and ``max_extrapolation``), and the first one that would not be is
+            computed. No skipped call runs a block: a skipped step costs what it costs uniform caching,
+            and the probe still sets how long each run is. γ is the step distance (clipped to
+            ``gamma_clip`` when ``gamma_source`` is ``"probe"``: no probe measures it). Replaces
+            ``predictive_skip``. Not used in budget mode. ``"auto"``: plan where γ comes from the steps
+            (``gamma_source``), where a skipped call's probe would only serve the decision; probe every
+            skipped call where the probe measures γ.
+        max_extrapolation: a reuse sits at most this many times the spacing of the two newest stored
+            entries past the newest one, ``(t − t2) ≤ r·(t2 − t1)``; a call beyond is computed (None: no
+            bound). With 1, runs of reuses grow by at most one call per refresh (after a warm-up of
+            consecutive computed calls: one reuse, then two, …): a long run right after closely spaced
+            entries extrapolates a line or quadratic fitted on a short stretch far past it, which costs
+            far more than the probe's error says (Wan at 50 steps: a run of 3 right after the warm-up
+            costs 9 dB). ``"auto"``: 1 where runs are planned (``plan_runs``), no bound elsewhere.
         threshold_end: δ at the last step; δ moves linearly from ``threshold``
             at the first step (None: constant). Needs the step count.
         target_speedup: compute-budget mode (> 1): no δ to tune. The number of
@@ -104,8 +125,10 @@ class DiCacheConfig:
     cfg_decision: str = "separate"
     alignment_order: Union[int, str] = 1
     gamma_source: str = "probe"
-    run_power: float = 0.0
+    run_power: Union[float, str] = 0.0
     predictive_skip: bool = False
+    plan_runs: Union[bool, str] = False
+    max_extrapolation: Union[None, float, str] = None
     threshold_end: Optional[float] = None
     target_speedup: Optional[float] = None
     num_inference_steps: Optional[int] = None
@@ -130,6 +153,23 @@ class DiCacheConfig:
         computes at least the last one)."""
         n = int(self.force_last_step)  # True = 1, False = 0
         return max(1, n) if self.target_speedup is not None else n
+
+    def gamma_from_steps(self, num_steps: Optional[int]) -> bool:
+        """Whether γ is the step distance on a trajectory of ``num_steps`` (``gamma_source``)."""
+        if self.gamma_source == "auto":
+            return num_steps is not None and num_steps >= STEPS_GAMMA_MIN_STEPS
+        return self.gamma_source == "steps"
+
+    def plans_runs(self, num_steps: Optional[int]) -> bool:
+        """Whether runs of reuses are planned on a trajectory of ``num_steps`` (``plan_runs``)."""
+        return self.plan_runs is True or (self.plan_runs == "auto" and self.gamma_from_steps(num_steps))
+
+    def run_power_at(self, num_steps: Optional[int]) -> float:
+        """``run_power`` on a trajectory of ``num_steps`` (``"auto"``: the order of the reconstruction)."""
+        if self.run_power != "auto":
+            return float(self.run_power)
+        whole = self.alignment_order == 2 or (self.alignment_order == "auto" and self.gamma_from_steps(num_steps))
+        return 2.0 if whole else 1.0
 
     def warmup_calls(self, num_steps: Optional[int]) -> int:
         """How many leading calls of a branch are always computed (at least 1)."""
@@ -189,10 +229,15 @@ def validate(cfg: DiCacheConfig, num_blocks: Optional[int] = None) -> None:
     if cfg.gamma_source not in GAMMA_SOURCES:
         raise ValueError(f"gamma_source must be one of {GAMMA_SOURCES}, got {cfg.gamma_source!r}")
     rp = cfg.run_power
-    if not _is_real(rp) or not math.isfinite(rp) or rp < 0:
-        raise ValueError(f"run_power must be a finite number >= 0, got {rp!r}")
+    if rp != "auto" and (not _is_real(rp) or not math.isfinite(rp) or rp < 0):
+        raise ValueError(f"run_power must be a finite number >= 0 or 'auto', got {rp!r}")
     if not isinstance(cfg.predictive_skip, bool):
         raise ValueError(f"predictive_skip must be True or False, got {cfg.predictive_skip!r}")
+    if not (isinstance(cfg.plan_runs, bool) or cfg.plan_runs == "auto"):
+        raise ValueError(f"plan_runs must be True, False or 'auto', got {cfg.plan_runs!r}")
+    mx = cfg.max_extrapolation
+    if mx is not None and mx != "auto" and (not _is_real(mx) or not math.isfinite(mx) or mx <= 0):
+        raise ValueError(f"max_extrapolation must be None, 'auto' or a finite number > 0, got {mx!r}")
     te = cfg.threshold_end
     if te is not None and (not _is_real(te) or not math.isfinite(te) or te < 0):
         raise ValueError(f"threshold_end must be None or a finite number >= 0, got {te!r}")
@@ -214,11 +259,12 @@ PAPER_PRESETS: Dict[str, DiCacheConfig] = {
 
 # Ours, chosen from the study in benchmarks/RESULTS.md ("Beyond the paper"): the same rule on every
 # family, on top of the authors' γ clip:
-# * a warm-up of 10% of the steps, not 20% (the freed budget buys more refreshes later, where the
-#   trajectory bends);
-# * the j-th reuse in a row only while the accumulated error is under δ/j (``run_power=1``) instead of
-#   a fixed cap: single reuses between computed calls cost far less than runs, and runs stay short
-#   where the probe moves;
+# * a warm-up of 6% of the steps, not 20% (2 calls at 20 steps, 3 at 50: the freed budget buys more refreshes
+#   later, where the trajectory bends; 3 is the fewest the quadratic needs);
+# * the j-th reuse in a row only while the accumulated error is under δ/j^p (``run_power="auto"``: p the order of
+#   the reconstruction, 1 for the line bent by the probe's fit, 2 where the quadratic is taken whole) instead
+#   of a fixed cap: single reuses between computed calls cost far less than runs, and runs stay short where
+#   the probe moves;
 # * the last two steps always computed (``force_last_step=2``): their errors are never corrected by a later
 #   step, and a single skip costs most there (fixed skip patterns on Flux 20, Wan 20 and Wan 50: skipping
 #   either of the last two steps alone costs 3–16 dB more than the costliest earlier single skip measured);
@@ -228,19 +274,21 @@ PAPER_PRESETS: Dict[str, DiCacheConfig] = {
 # * ``gamma_source="auto"``: from 32 steps on, γ is the step distance and the quadratic is taken whole (at
 #   50 steps +2.8 dB on Flux and +1.4 dB on Wan at 2× against the probe's γ; at 20 steps the probe's γ wins
 #   by 5.3 and 1.7 dB);
+# * ``plan_runs="auto"``, ``max_extrapolation="auto"``: where γ comes from the steps, the skipped calls run no
+#   probe (the computed calls' probes plan each run) and runs grow by at most one call per refresh;
 # * δ set so that ``dicache.enable(pipe)`` saves about 2× on the shipped models.
 # ``predictive_skip`` stays an option: it wins on some of the shipped models and step counts and loses on
 # others.
 PRESETS: Dict[str, DiCacheConfig] = {
     "flux": PAPER_PRESETS["flux"].replace(
-        threshold=0.3, warmup=0.1, run_power=1.0, force_last_step=2, cfg_decision="shared", alignment_order="auto",
-        gamma_source="auto"),
+        threshold=0.3, warmup=0.06, run_power="auto", force_last_step=2, cfg_decision="shared", alignment_order="auto",
+        gamma_source="auto", plan_runs="auto", max_extrapolation="auto"),
     "hunyuan_video": PAPER_PRESETS["hunyuan_video"].replace(
-        threshold=0.2, warmup=0.1, run_power=1.0, force_last_step=2, cfg_decision="shared",
-        alignment_order="auto", gamma_source="auto"),
+        threshold=0.2, warmup=0.06, run_power="auto", force_last_step=2, cfg_decision="shared",
+        alignment_order="auto", gamma_source="auto", plan_runs="auto", max_extrapolation="auto"),
     "wan": PAPER_PRESETS["wan"].replace(
-        threshold=0.16, warmup=0.1, run_power=1.0, force_last_step=2, cfg_decision="shared",
-        alignment_order="auto", gamma_source="auto"),
+        threshold=0.16, warmup=0.06, run_power="auto", force_last_step=2, cfg_decision="shared",
+        alignment_order="auto", gamma_source="auto", plan_runs="auto", max_extrapolation="auto"),
 }
 DEFAULT = DiCacheConfig()
 

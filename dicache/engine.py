@@ -16,7 +16,7 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
-from .config import STEPS_GAMMA_MIN_STEPS, DiCacheConfig
+from .config import DiCacheConfig
 from .ops import Backend, reference, select_backend
 
 # Why a call was computed or skipped (the ``reason`` of a CallRecord).
@@ -28,6 +28,8 @@ REUSE_ONE = "reuse_one"  # skipped with one stored residual: h = x + R[-1]
 CAP = "cap"  # computed: max_consecutive_reuse skips in a row
 FOLLOW = "follow"  # cfg_decision="shared": did what the step's leading branch decided
 PREDICTED = "predicted"  # predictive_skip: skipped without a probe, the last increment predicting the error
+PLANNED = "planned"  # plan_runs: skipped without a probe, in a run planned at the computed call before it
+REACH = "reach"  # computed: a reuse would sit farther past the newest entry than max_extrapolation allows
 
 #: alignment_order="auto" fits the quadratic's weight on at most about this many tokens.
 ORDER_TOKENS = 512
@@ -183,11 +185,13 @@ class DiCacheEngine:
 
     def budget_rule(self, branch: str) -> Optional[str]:
         """``target_speedup`` only: how the branch's current trajectory spends the budget (``"replay, δ=…"``,
-        ``"online"``, ``"follows"``); None without a budget or without the branch."""
+        ``"online"``, ``"follows"``; ``"planned, …"`` where runs are planned); None without a budget or
+        without the branch."""
         state = self.branches.get(branch)
         if self.config.target_speedup is None or state is None:
             return None
-        return self._budget.rule(state)
+        rule = self._budget.rule(state)
+        return f"planned, {rule}" if self._planning(state.num_steps) else rule
 
     def backend_for(self, device: torch.device) -> Backend:
         key = device.type
@@ -214,6 +218,13 @@ class DiCacheEngine:
             self._forced = LAST_STEP
         else:
             self._forced = None
+        reach = cfg.max_extrapolation
+        if reach == "auto":
+            reach = 1.0 if self._planning() else None
+        if self._forced is None and reach is not None and state.n_stored >= 2:
+            t2, t1 = state.slot_step[state.newest(1)], state.slot_step[state.newest(2)]
+            if step - t2 > reach * (t2 - t1):
+                self._forced = REACH
 
     def _threshold(self, state: BranchState) -> float:
         """δ for the current call: fixed, scheduled over the steps, or set by the compute budget."""
@@ -224,9 +235,10 @@ class DiCacheEngine:
         if cfg.threshold_end is not None and n is not None and n > 1:
             frac = min(max(k / (n - 1), 0.0), 1.0)
             delta = float(cfg.threshold + (cfg.threshold_end - cfg.threshold) * frac)
-        if cfg.run_power:
+        power = cfg.run_power_at(n)
+        if power:
             # the j-th reuse in a row (j = run + 1) must stay under δ / j^run_power
-            delta /= (state.run + 1) ** cfg.run_power
+            delta /= (state.run + 1) ** power
         return delta
 
     @torch.no_grad()
@@ -243,7 +255,10 @@ class DiCacheEngine:
         state = self._cur
         if state is None or self._forced is not None:
             return None
-        if self.config.predictive_skip and self._leads.get(self._cur_step) is None:
+        planning = self._planning()
+        if planning and self._leads.get(self._cur_step) is None:
+            return self._planned(state, x)
+        if self.config.predictive_skip and not planning and self._leads.get(self._cur_step) is None:
             h = self._predicted(state, x)
             if h is not None:
                 return h
@@ -295,12 +310,48 @@ class DiCacheEngine:
         self._x = x
         if not self._step_gamma(state):
             state.gamma.sub_(1.0).mul_((d + 1) / d).add_(1.0).clamp_(float(cfg.gamma_clip[0]), float(cfg.gamma_clip[1]))
+        return self._unprobed_skip(state, x, PREDICTED)
+
+    def _unprobed_skip(self, state: BranchState, x: torch.Tensor, reason: str) -> torch.Tensor:
+        """Finish a call skipped without its probe (γ already set): reconstruct, lead a shared CFG step."""
         self._reconstruct(state, x)
-        if cfg.cfg_decision == "shared":
+        if self.config.cfg_decision == "shared":
             self._leads.setdefault(self._cur_step, True)
             self._lead = (self._cur_step, state.gamma, state.quad_weight)
-        return self._skipped(state, CallRecord(self._cur_step, False, PREDICTED, None, state.gamma.clone(),
+        return self._skipped(state, CallRecord(self._cur_step, False, reason, None, state.gamma.clone(),
                                                probed=False))
+
+    def _planning(self, num_steps: Optional[int] = -1) -> bool:
+        """Whether this call's run is planned (``plan_runs``; ``"auto"``: where γ comes from the steps);
+        ``num_steps``: of another trajectory than the current call's."""
+        return self.config.plans_runs(self._num_steps if num_steps == -1 else num_steps)
+
+    def _planned(self, state: BranchState, x: torch.Tensor) -> Optional[torch.Tensor]:
+        """``plan_runs``: the output of a call skipped without its probe, or None with the call forced to
+        compute (the end of the run: the ``j``-th call since the last probe is skipped while ``j·e`` stays
+        under δ, ``e`` the per-step error that probe measured)."""
+        cfg = self.config
+        if not state.matches(x) or state.n_stored == 0:
+            return None  # nothing usable stored: after_probe computes it as a warm-up call
+        steps = self._cur_step - state.probe_step if state.probe_step is not None else 0
+        if state.n_stored < 2 or state.err_n == 0 or steps < 1:
+            skip = False
+        elif cfg.target_speedup is not None:
+            skip = self._budget.plan_skip(state, self._cur_step, self._num_steps)
+        else:
+            cap = cfg.max_consecutive_reuse
+            skip = (cap is None or state.run < cap) and state.err_last * steps < self._threshold(state)
+        if not skip:
+            self._forced = REFRESH
+            return None
+        self._x = x
+        if not self._step_gamma(state):
+            t2, t1 = state.slot_step[state.newest(1)], state.slot_step[state.newest(2)]
+            lo, hi = (float(g) for g in cfg.gamma_clip)
+            state.gamma.fill_(min(max((self._cur_step - t1) / (t2 - t1), lo), hi))
+        elif cfg.alignment_order == "auto":
+            state.quad_weight = torch.ones_like(state.gamma)  # the step is known exactly: the quadratic whole
+        return self._unprobed_skip(state, x, PLANNED)
 
     def _lead_now(self) -> Optional[Tuple[int, torch.Tensor, Optional[torch.Tensor]]]:
         """The leading branch's (step, γ, quadratic weight) when it reused the current step, else None."""
@@ -346,8 +397,9 @@ class DiCacheEngine:
             forced = FOLLOW
         if forced is not None:
             self._forced = forced
-            if budget and state.has_prev and state.n_stored >= 1:
-                self._measure(state, p, x)  # the budget rule learns the error rate on computed calls too
+            if (budget or self._planning()) and state.has_prev and state.n_stored >= 1:
+                # the budget rule learns the error rate on computed calls too; plan_runs plans the next run
+                self._measure(state, p, x)
             else:
                 state.p_prev.copy_(p)
                 if state.x_prev is not None:
@@ -408,13 +460,10 @@ class DiCacheEngine:
         c0, c2 = weights
         ops.reconstruct(x, r2, r1, c2, state.out, state.R[state.newest(3)], c0)
 
-    def _gamma_from_steps(self) -> bool:
+    def _gamma_from_steps(self, num_steps: Optional[int] = -1) -> bool:
         """Whether γ is the step distance in this call (``gamma_source`` ``"steps"``, or ``"auto"`` on a
-        trajectory of at least ``STEPS_GAMMA_MIN_STEPS`` steps)."""
-        source = self.config.gamma_source
-        if source == "auto":
-            return self._num_steps is not None and self._num_steps >= STEPS_GAMMA_MIN_STEPS
-        return source == "steps"
+        trajectory of at least ``STEPS_GAMMA_MIN_STEPS`` steps); ``num_steps``: of another trajectory."""
+        return self.config.gamma_from_steps(self._num_steps if num_steps == -1 else num_steps)
 
     def _step_gamma(self, state: BranchState) -> bool:
         """γ from the steps (:meth:`_gamma_from_steps`): set it to the call's distance in steps,
@@ -566,6 +615,10 @@ class _Budget:
       budget evenly in *error* rather than in steps. Runs of reuses are kept between the floor and the
       ceiling of the even spacing the budget left allows (:meth:`run_bounds`).
 
+    Where runs are planned (``plan_runs``) only the computed calls probe, a skip runs no block and the budget
+    is ``F = N/s``; the same two rules decide at each planned call (:meth:`plan_skip`): replay through the
+    fixed-δ plan (:meth:`_simulate_plan`), online by even spacing.
+
     Either way the budget is a hard bound: when it is spent every call left reuses (the final steps
     excepted), and when the calls left are no more than the budget left every one is computed.
     """
@@ -579,17 +632,21 @@ class _Budget:
         self._seen: Dict[Tuple[str, int], int] = {}
         self._solved: Dict[Tuple[str, int], float] = {}  # (branch, N) -> δ of the replay, per trajectory
 
-    def budget(self, n: int, branches: int = 1) -> float:
-        """Computed calls per branch for ``n`` calls; a follower that runs no probe costs nothing skipped."""
+    def budget(self, n: int, branches: int = 1, planned: bool = False) -> float:
+        """Computed calls per branch for ``n`` calls; a follower that runs no probe costs nothing skipped, nor
+        does a planned skip (``planned``)."""
         s, m = self.config.target_speedup, self.config.probe_depth
+        if planned:
+            return n / s
         if self.config.cfg_decision == "shared":
             m = m / max(1, branches)  # one probe per skipped step, shared by the branches
         return max(0.0, n * (self.M / s - m) / (self.M - m))
 
-    def _left(self, state: BranchState, step: int, n: int, branches: int) -> Tuple[float, int]:
+    def _left(self, state: BranchState, step: int, n: int, branches: int, planned: bool = False
+              ) -> Tuple[float, int]:
         """(computed calls left in the budget, decided calls left), the forced final steps set aside."""
         last_reserved = self.config.last_calls()  # at least the last step is computed in budget mode
-        left = self.budget(n, branches) - state.full_calls - last_reserved
+        left = self.budget(n, branches, planned) - state.full_calls - last_reserved
         return left, max(1, n - step - last_reserved)
 
     # -- replay ----------------------------------------------------------------
@@ -625,13 +682,16 @@ class _Budget:
         if not self.replays(state, n):
             return None
         if key not in self._solved:
-            self._solved[key] = self.solve(self.profiles[key], n, self.budget(n, branches))
+            planned = self.config.plans_runs(n)
+            self._solved[key] = self.solve(self.profiles[key], n, self.budget(n, branches, planned))
         return self._solved[key]
 
     def simulate(self, incs: List[float], n: int, delta: float) -> int:
         """Computed calls of the fixed-δ rule (warm-up, run_power, final steps computed) on increments ``incs``."""
-        warm, p = self.config.warmup_calls(n), float(self.config.run_power or 0.0)
+        warm, p = self.config.warmup_calls(n), self.config.run_power_at(n)
         last = self.config.last_calls()
+        if self.config.plans_runs(n):
+            return self._simulate_plan(incs, n, delta, warm, last, p)
         full, acc, run = 0, 0.0, 0
         for k in range(n):
             if k < warm or k >= n - last:
@@ -642,6 +702,26 @@ class _Budget:
                 run += 1
             else:
                 full, acc, run = full + 1, 0.0, 0
+        return full
+
+    def _simulate_plan(self, incs: List[float], n: int, delta: float, warm: int, last: int, p: float) -> int:
+        """Computed calls of the fixed-δ plan (``plan_runs``): each computed call measures the mean increment
+        since the last one, the ``j``-th call after it skips while ``j·e < δ/j^p``, within
+        ``max_extrapolation``."""
+        reach = self.config.max_extrapolation
+        reach = 1.0 if reach == "auto" else reach
+        full, run, e = 0, 0, None
+        t1 = t2 = None  # the two newest computed steps
+        for k in range(n):
+            forced = k < warm or k >= n - last or t1 is None or e is None
+            if not forced and reach is not None and k - t2 > reach * (t2 - t1):
+                forced = True
+            if not forced and e * (k - t2) < delta / (run + 1) ** p:
+                run += 1
+                continue
+            if t2 is not None:
+                e = sum(incs[t2 + 1:k + 1]) / (k - t2)
+            full, run, t1, t2 = full + 1, 0, t2, k
         return full
 
     def solve(self, profile: Dict[int, float], n: int, budget: float) -> float:
@@ -673,11 +753,37 @@ class _Budget:
             return 0.0
         delta = self._replay_delta(state, n, branches)
         if delta is not None:
-            return delta / (state.run + 1) ** float(self.config.run_power or 0.0)
+            return delta / (state.run + 1) ** self.config.run_power_at(n)
         if state.err_n == 0:
             return 0.0
         rate = max(state.err_sum / state.err_n, state.err_last)
         return rate * steps_left / left
+
+    def plan_skip(self, state: BranchState, step: int, n: Optional[int]) -> bool:
+        """``plan_runs``: whether the call skips, as the ``(run + 1)``-th of the run that started at the last
+        computed call. A planned skip runs no block, so the budget is ``N/s`` computed calls. Replay (a
+        profile of this step count): the fixed-δ plan with the δ solved from the profile (:meth:`solve`).
+        Online: the budget left spread evenly over the calls left when the run started, ``S/F − 1``
+        reuses, rounded up: the runs shorten by one when the budget left catches up, so they fall
+        monotonically instead of alternating (a quadratic through unevenly spaced entries extrapolates
+        badly). When the budget is spent every call skips; when the calls left are no more than the
+        budget left every one is computed."""
+        if n is None:
+            raise RuntimeError(
+                "target_speedup needs the number of steps: enable DiCache on the pipeline, pass "
+                "num_inference_steps to cache_context, or set num_inference_steps in the config"
+            )
+        start = state.probe_step if state.probe_step is not None else step - 1
+        left, steps_left = self._left(state, start + 1, n, 1, planned=True)
+        if left <= 0:
+            return True
+        if left >= self._left(state, step, n, 1, planned=True)[1]:
+            return False
+        delta = self._replay_delta(state, n, 1)
+        if delta is not None:
+            limit = delta / (state.run + 1) ** self.config.run_power_at(n)
+            return state.err_last * (step - start) < limit
+        return state.run < math.ceil(steps_left / left - 1.0 - 1e-9)  # runs of ⌈S/F − 1⌉ reuses
 
     def run_bounds(self, state: BranchState, step: int, n: Optional[int], branches: int = 1) -> Tuple[int, int]:
         """(fewest, most) reuses in a row that keep the budget left spread evenly over the calls left.
@@ -711,6 +817,7 @@ class _Budget:
             state.err_sum += err
             state.err_n += 1
             state.err_last = err
-            state.increments[step] = err
+            for k in range(step - steps + 1, step + 1):  # the steps since the last probe share the increment
+                state.increments[k] = err
         state.acc_host = acc
         state.probe_step = step

@@ -289,6 +289,19 @@ def test_bad_policy_values(options, word):
     assert not dicache.is_enabled(model)
 
 
+def test_planned_budget_mode_on_a_pipeline():
+    # 40 steps: the preset plans the runs (γ from the steps), so the skips run no block and the budget is N/s
+    pipe = tiny.flux_pipeline()
+    dicache.enable(pipe, backend="torch", target_speedup=2.5)
+    out = tiny.flux_pipeline_call(pipe, steps=40)
+    s = dicache.summary(pipe)
+    dicache.disable(pipe)
+    b = s.branches["cond"]
+    assert b.budget == "planned, online" and "." not in b.pattern and b.pattern.count("F") == 16, b.pattern
+    assert b.block_evaluations_uncached / b.block_evaluations == pytest.approx(2.5)
+    assert torch.isfinite(out).all()
+
+
 def test_budget_mode_on_a_pipeline():
     pipe = tiny.flux_pipeline()
     dicache.enable(pipe, backend="torch", target_speedup=2.0)
@@ -298,8 +311,9 @@ def test_budget_mode_on_a_pipeline():
     b = s.branches["cond"]
     assert b.block_evaluations_uncached / b.block_evaluations == pytest.approx(2.0, rel=0.15)
     # the header says where γ comes from (the preset: the steps from 32 steps on, else the clipped probe's)
-    assert f"γ from the steps on ≥ {STEPS_GAMMA_MIN_STEPS} steps, else γ∈[1, 1.5]" in str(s)
-    for source, text in (("steps", "γ from the steps)"), ("probe", "γ∈[1, 1.5])")):
+    plan = f", runs planned (skips unprobed) on ≥ {STEPS_GAMMA_MIN_STEPS} steps)"
+    assert f"γ from the steps on ≥ {STEPS_GAMMA_MIN_STEPS} steps, else γ∈[1, 1.5]{plan}" in str(s)
+    for source, text in (("steps", "γ from the steps" + plan), ("probe", "γ∈[1, 1.5]" + plan)):
         dicache.enable(pipe, backend="torch", target_speedup=2.0, gamma_source=source)
         tiny.flux_pipeline_call(pipe, steps=6)
         assert text in str(dicache.summary(pipe)), source
@@ -627,9 +641,15 @@ def test_bad_engine_factory(factory, err):
 
 def test_presets_are_the_studied_rule_and_the_paper_settings_stay_available():
     for family, cfg in dicache.PRESETS.items():
-        assert cfg.max_consecutive_reuse is None and cfg.cfg_decision == "shared" and cfg.warmup == 0.1, family
-        assert cfg.run_power == 1.0 and cfg.force_last_step == 2 and not cfg.predictive_skip, family
+        assert cfg.max_consecutive_reuse is None and cfg.cfg_decision == "shared" and cfg.warmup == 0.06, family
+        assert cfg.run_power == "auto" and cfg.force_last_step == 2 and not cfg.predictive_skip, family
         assert cfg.alignment_order == "auto" and cfg.gamma_source == "auto", family
+        assert cfg.plan_runs == "auto" and cfg.max_extrapolation == "auto", family
+        # 20 steps: the probe decides every call, as before; 50: planned runs, the quadratic's run power
+        assert cfg.warmup_calls(20) == 2 and cfg.warmup_calls(50) == 3, family
+        assert not cfg.plans_runs(20) and cfg.run_power_at(20) == 1.0, family
+        assert cfg.plans_runs(50) and cfg.run_power_at(50) == 2.0, family
+        assert not cfg.plans_runs(None) and cfg.run_power_at(None) == 1.0, family
         paper = dicache.PAPER_PRESETS[family]
         assert paper.max_consecutive_reuse is None and paper.cfg_decision == "separate" and paper.warmup == 0.2
     assert dicache.PAPER_PRESETS["flux"].threshold == 0.4 and dicache.PAPER_PRESETS["wan"].threshold == 0.08
@@ -768,3 +788,138 @@ def test_alignment_order_auto_on_many_tokens_uses_a_token_subsample():
     h = engine.after_probe(x, x + P[3])
     assert bool((engine.branches["c"].quad_weight > 0.5).all())
     assert (h - (x + R[3])).abs().mean() < 0.5 * (x + R[1] + 2 * (R[2] - R[1]) - (x + R[3])).abs().mean()
+
+
+# ---------------------------------------------------------------------------
+# plan_runs: a run of reuses planned at the computed call that starts it, its calls skipped without a probe
+
+
+def test_plan_runs_skips_without_probes_while_the_predicted_error_stays_under_delta():
+    cfg = DiCacheConfig(threshold=0.27, warmup=2, plan_runs=True, gamma_clip=(0.0, 10.0))
+    b = drive(cfg, {"c": scales([0.05] * 12)}).branches["c"]
+    # call 1's probe measures 0.05 a step: j·0.05 < 0.27 for j ≤ 5; call 7's measures the six steps since
+    # call 1 together, (1.05^6 − 1)/6 = 0.0567 a step: j ≤ 4
+    assert b.pattern == "FF_____F____F"
+    assert [st.reason for st in b.steps if not st.computed] == ["planned"] * 9
+    assert [st.reason for st in b.steps if st.computed][2:] == ["refresh"] * 2
+    assert b.block_evaluations == 4 * M  # no skipped call runs a block
+    # γ is the step distance from the two newest entries (steps 0 and 1, then 1 and 7), clipped to gamma_clip
+    assert [round(b.steps[i].gamma, 5) for i in (2, 3, 6)] == [2.0, 3.0, 6.0]
+    assert b.steps[8].gamma == pytest.approx(7 / 6, rel=1e-5)
+    clipped = drive(cfg.replace(gamma_clip=(1.0, 1.5)), {"c": scales([0.05] * 12)}).branches["c"]
+    assert clipped.pattern == b.pattern and clipped.steps[3].gamma == pytest.approx(1.5)
+
+
+def test_plan_runs_with_run_power_and_cap():
+    errors = scales([0.05] * 12)
+    # the j-th planned reuse must predict under δ/j: j²·0.05 < 0.27 for j ≤ 2
+    b = drive(DiCacheConfig(threshold=0.27, warmup=2, plan_runs=True, run_power=1.0), {"c": errors}).branches["c"]
+    assert b.pattern.startswith("FF__F")
+    b = drive(DiCacheConfig(threshold=100.0, warmup=2, plan_runs=True, max_consecutive_reuse=3),
+              {"c": errors}).branches["c"]
+    assert b.pattern == "FF___F___F___"
+
+
+def test_plan_runs_auto_plans_where_gamma_comes_from_the_steps():
+    errors = scales([0.05] * 39)
+    n = len(errors)
+    cfg = DiCacheConfig(threshold=0.27, warmup=2, plan_runs="auto", gamma_source="auto")
+    planned = drive(cfg, {"c": errors}, num_steps=n).branches["c"]  # 40 steps: γ from the steps
+    assert "_" in planned.pattern and "." not in planned.pattern
+    probed = drive(cfg, {"c": errors[:20]}, num_steps=20).branches["c"]  # 20 steps: the probe's γ
+    assert "." in probed.pattern and "_" not in probed.pattern
+    assert drive(cfg.replace(gamma_source="steps"), {"c": errors[:20]}, num_steps=20).branches["c"].pattern \
+        == planned.pattern[:20]
+
+
+def test_plan_runs_leads_a_shared_cfg_step():
+    traces = {"cond": scales([0.05] * 12), "uncond": scales([0.05] * 12)}
+    cfg = DiCacheConfig(threshold=0.27, warmup=2, plan_runs=True, cfg_decision="shared")
+    s = drive(cfg, traces)
+    assert s.branches["cond"].pattern == s.branches["uncond"].pattern == "FF_____F____F"
+    assert [st.reason for st in s.branches["uncond"].steps if not st.computed] == ["follow"] * 9
+
+
+@pytest.mark.parametrize("target", [2.0, 3.0])
+def test_plan_runs_in_budget_mode_spends_the_budget_without_probes(target):
+    n = 30
+    cfg = DiCacheConfig(target_speedup=target, warmup=2, plan_runs=True)
+    b = drive(cfg, {"c": scales([0.05] * (n - 1))}, num_steps=n).branches["c"]
+    assert set(b.pattern) == {"F", "_"}
+    assert b.pattern.count("F") == round(n / target)  # a skip costs nothing: n/s computed calls
+    assert b.block_evaluations == b.pattern.count("F") * M
+    # runs stay within one call of the even spacing, whatever the error does
+    for errors in ([0.05] * (n - 1), [0.01 * 1.15 ** k for k in range(n - 1)], [0.05, 0.5] * (n // 2)):
+        b = drive(cfg, {"c": scales(errors[: n - 1])}, num_steps=n).branches["c"]
+        assert b.pattern.count("F") == round(n / target), b.pattern
+        runs = [len(r) for r in b.pattern[2:].split("F") if r]
+        assert max(runs) - min(runs) <= 1, b.pattern
+
+
+def test_max_extrapolation_grows_runs_by_one_call_per_refresh():
+    errors = scales([0.01] * 11)
+    b = drive(DiCacheConfig(threshold=100.0, warmup=3, max_extrapolation=1.0), {"c": errors}).branches["c"]
+    # after the warm-up (entries 1 step apart) one reuse, then two (entries 2 apart), then three
+    assert b.pattern == "FFF.F..F...F"
+    assert [st.reason for st in b.steps if st.computed][3:] == ["reach"] * 3
+    b = drive(DiCacheConfig(threshold=100.0, warmup=3, max_extrapolation=2.0), {"c": errors}).branches["c"]
+    assert b.pattern == "FFF..F......"  # two past entries 1 apart, then up to six past entries 3 apart
+    b = drive(DiCacheConfig(threshold=100.0, warmup=3, max_extrapolation=1.0, plan_runs=True), {"c": errors})
+    assert b.branches["c"].pattern == "FFF_F__F___F"
+    assert b.branches["c"].block_evaluations == 6 * M
+
+
+@pytest.mark.parametrize(
+    "options,word",
+    [
+        (dict(plan_runs=1), "plan_runs"),
+        (dict(plan_runs="yes"), "plan_runs"),
+        (dict(max_extrapolation=0), "max_extrapolation"),
+        (dict(max_extrapolation=-1.0), "max_extrapolation"),
+        (dict(max_extrapolation=float("inf")), "max_extrapolation"),
+        (dict(max_extrapolation="1"), "max_extrapolation"),
+    ],
+)
+def test_bad_plan_values(options, word):
+    with pytest.raises(ValueError, match=word):
+        DiCacheConfig(**options)
+
+
+def test_plan_runs_on_a_pipeline_runs_no_block_on_skipped_calls():
+    pipe = tiny.flux_pipeline()
+    dicache.enable(pipe, backend="torch", threshold=100.0, warmup=2, max_extrapolation=1.0, plan_runs=True,
+                   force_last_step=True)
+    out = tiny.flux_pipeline_call(pipe, steps=11)
+    s = dicache.summary(pipe)
+    dicache.disable(pipe)
+    b = next(iter(s.branches.values()))
+    assert b.pattern == "FF_F__F___F"
+    assert b.block_evaluations == 5 * b.block_evaluations_uncached // 11
+    assert torch.isfinite(out).all()
+
+
+def test_plan_runs_budget_replays_the_profile_of_the_computed_calls():
+    # a second trajectory of the step count replays the per-step errors its computed calls measured: δ solved
+    # so that the fixed-δ plan spends the budget, runs longer where the error is small
+    n, target = 40, 2.5
+    errors = [0.02] * 15 + [0.2] * 10 + [0.02] * (n - 26)
+    g = torch.Generator().manual_seed(0)
+    base, x = torch.rand(1, 6, 8, generator=g) + 0.5, torch.randn(1, 6, 8, generator=g)
+    engine = DiCacheEngine(DiCacheConfig(target_speedup=target, warmup=2, plan_runs=True), M, "torch")
+    sc = scales(errors)
+    patterns, rules = [], []
+    for _ in range(2):
+        for k in range(n):
+            engine.begin_call("c", k, n)
+            if engine.before_probe(x) is None and engine.after_probe(x, base * sc[k]) is None:
+                engine.after_full(base * sc[k] * 3 + x)
+        b = summarize(engine, "toy").branches["c"]
+        patterns.append(b.pattern)
+        rules.append(engine.budget_rule("c"))
+        engine.reset()
+    assert rules[0] == "planned, online" and rules[1].startswith("planned, replay, δ="), rules
+    for p in patterns:
+        assert set(p) == {"F", "_"} and p.count("F") == n / target, p
+    # online: even runs; replay: the computed calls gather where the error is ten times larger (steps 16–25)
+    assert max(len(r) for r in patterns[0][2:-1].split("F")) <= 2, patterns[0]
+    assert patterns[1][16:27].count("F") >= 5 and patterns[1][2:16].count("F") <= 3, patterns[1]
