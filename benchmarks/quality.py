@@ -579,6 +579,7 @@ _STYLE = {
     qm.DICACHE_ORDER1: ("indianred", "d"), qm.DICACHE_SCHED: ("gold", "p"), qm.DICACHE_NOALIGN: ("rosybrown", "o"),
     qm.DICACHE_M2: ("peru", "h"), qm.DICACHE_M3: ("sienna", "8"), qm.DICACHE_PREDICTIVE: ("crimson", "*"),
     qm.DICACHE_NORUN: ("lightcoral", "s"), qm.DICACHE_STEPS: ("maroon", "o"), qm.DICACHE_PROBE: ("firebrick", "o"),
+    qm.DICACHE_PROBED: ("darkorange", "D"),
 }
 
 
@@ -762,11 +763,17 @@ def merge(dirs: List[str], out: str) -> int:
             r for r in det["runs"] if (r["model"], r["steps"], r["family"]) in keys]
         metas.append(det["meta"])
     order = {f: i for i, f in enumerate(qm.FAMILIES)}
-    stale = sorted({r["family"] for r in rows if r["family"] not in order})
-    if stale:  # families an earlier version of the benchmark had: not part of this report
-        print(f"merge: dropping families no longer in the benchmark: {', '.join(stale)}", file=sys.stderr)
-        rows = [r for r in rows if r["family"] in order]
-        runs = [r for r in runs if r["family"] in order]
+
+    def current(r) -> bool:  # a family the benchmark still runs at this model and step count
+        return r["family"] == qm.NO_CACHE or (
+            r["family"] in order and bool(qm.settings_for(r["model"], int(r["steps"])).get(r["family"])))
+
+    stale = sorted({(r["family"], r["model"], int(r["steps"])) for r in rows if not current(r)})
+    if stale:  # families an earlier version of the benchmark had there: not part of this report
+        print("merge: dropping families no longer in the benchmark there: "
+              + ", ".join(f"{f} ({m} {st})" for f, m, st in stale), file=sys.stderr)
+        rows = [r for r in rows if current(r)]
+        runs = [r for r in runs if current(r)]
     first = list(dict.fromkeys((r["model"], r["steps"]) for r in rows))
     rows.sort(key=lambda r: (first.index((r["model"], r["steps"])), order.get(r["family"], len(order))))
     meta = dict(metas[0])

@@ -51,6 +51,9 @@ DICACHE_ORDER1 = "DiCache order 1"  # preset + alignment_order=1 (the method's l
 # the probe below: each family is the other choice where the preset makes one (run at 20 steps, resp. 50)
 DICACHE_STEPS = "DiCache steps γ"  # preset + gamma_source="steps"
 DICACHE_PROBE = "DiCache probe γ"  # preset + gamma_source="probe"
+# the preset's plan_runs="auto" plans runs of unprobed skips where γ comes from the steps (50 steps here): this
+# family probes every call there (and drops the planned runs' max_extrapolation)
+DICACHE_PROBED = "DiCache every call probed"  # preset + plan_runs=False, max_extrapolation=None
 DICACHE_SEPARATE = "DiCache separate CFG"  # preset + cfg_decision="separate"
 DICACHE_CAP2 = "DiCache cap 2"  # preset + max_consecutive_reuse=2 (SeaCache's cap; the earlier preset's)
 DICACHE_SCHED = "DiCache δ schedule"  # preset + threshold_end = 2·threshold
@@ -61,7 +64,7 @@ DICACHE_PREDICTIVE = "DiCache predictive"  # preset + predictive_skip=True
 DICACHE_NORUN = "DiCache run_power=0"  # preset + run_power=0 + cap 2: every reuse of a run under δ (the earlier rule)
 PEERS = (UNIFORM, FBC, TAYLORSEER, TAYLORSEER_LITE, MAGCACHE, SEACACHE, DBCACHE)
 DICACHES = (DICACHE, DICACHE_PAPER, DICACHE_BUDGET, DICACHE_BUDGET_ONLINE, DICACHE_ORDER1, DICACHE_ORDER2,
-            DICACHE_STEPS, DICACHE_PROBE,
+            DICACHE_STEPS, DICACHE_PROBE, DICACHE_PROBED,
             DICACHE_SEPARATE, DICACHE_CAP2, DICACHE_SCHED, DICACHE_NOALIGN, DICACHE_M2, DICACHE_M3, DICACHE_PREDICTIVE,
             DICACHE_NORUN)
 FAMILIES = (NO_CACHE,) + PEERS + DICACHES
@@ -121,7 +124,7 @@ SETTINGS: Dict[str, Dict[int, Dict[str, list]]] = {
              DICACHE_BUDGET: _BUDGETS, DICACHE_BUDGET_ONLINE: _BUDGETS, DICACHE_SCHED: [0.15, 0.2],
              DICACHE_NOALIGN: [0.3, 0.6], DICACHE_M2: [0.3, 0.6], DICACHE_M3: [0.3, 0.6],
              DICACHE_NORUN: [0.1, 0.15, 0.2, 0.3]},
-        50: {**_PEERS_FLUX50, DICACHE: [0.05, 0.1, 0.15, 0.2, 0.3, 0.45, 0.7, 1.0], DICACHE_PAPER: [0.05, 0.1, 0.2, 0.4],
+        50: {**_PEERS_FLUX50, DICACHE: [0.05, 0.1, 0.2, 0.3, 0.6, 1.2, 2.4, 4.8], DICACHE_PAPER: [0.05, 0.1, 0.2, 0.4],
              DICACHE_BUDGET: _BUDGETS, DICACHE_BUDGET_ONLINE: _BUDGETS, DICACHE_SCHED: [0.1, 0.15],
              DICACHE_NOALIGN: [0.2, 0.45], DICACHE_M2: [0.2, 0.45], DICACHE_M3: [0.2, 0.45],
              DICACHE_NORUN: [0.05, 0.075, 0.1, 0.2]},
@@ -131,7 +134,7 @@ SETTINGS: Dict[str, Dict[int, Dict[str, list]]] = {
              DICACHE_PAPER: [0.08, 0.12, 0.16, 0.24], DICACHE_BUDGET: _BUDGETS, DICACHE_BUDGET_ONLINE: _BUDGETS,
              DICACHE_SCHED: [0.1, 0.16], DICACHE_NOALIGN: [0.16, 0.3], DICACHE_M2: [0.16, 0.3], DICACHE_M3: [0.16, 0.3],
              DICACHE_NORUN: [0.08, 0.12, 0.16, 0.24]},
-        50: {**_PEERS_WAN50, DICACHE: [0.04, 0.08, 0.12, 0.16, 0.2, 0.24, 0.4, 0.6, 0.9],
+        50: {**_PEERS_WAN50, DICACHE: [0.04, 0.08, 0.16, 0.24, 0.3, 0.6, 1.2, 2.4],
              DICACHE_PAPER: [0.04, 0.08, 0.12, 0.24], DICACHE_BUDGET: _BUDGETS, DICACHE_BUDGET_ONLINE: _BUDGETS,
              DICACHE_SCHED: [0.08, 0.12], DICACHE_NOALIGN: [0.16, 0.24], DICACHE_M2: [0.16, 0.24],
              DICACHE_M3: [0.16, 0.24], DICACHE_NORUN: [0.04, 0.08, 0.12, 0.16]},
@@ -142,6 +145,12 @@ for (_m, _st), _deltas in _NEAR2.items():
     # the γ source the preset does not take there, over the preset's whole δ range
     _other = DICACHE_STEPS if _st < STEPS_GAMMA_MIN_STEPS else DICACHE_PROBE
     SETTINGS[_m][_st][_other] = list(SETTINGS[_m][_st][DICACHE])
+    if _st >= STEPS_GAMMA_MIN_STEPS:  # where the preset plans runs: every call probed instead
+        SETTINGS[_m][_st][DICACHE_PROBED] = sorted(set(_deltas) | {0.45, 0.7})
+        # the same calls as the preset there: planned runs replace predictive skips, and with γ from the steps
+        # alignment_order="auto" takes the quadratic whole
+        for _same in (DICACHE_PREDICTIVE, DICACHE_ORDER2):
+            del SETTINGS[_m][_st][_same]
 
 # --quick: one setting per family (the smoke test checks every family has a row).
 QUICK_FAMILIES = {fam: (lambda s: s[1:2] if len(s) > 1 else s[:1]) for fam in FAMILIES[1:]}
@@ -332,6 +341,9 @@ def dicache_method(family: str, value: float) -> Method:
         opts["gamma_source"] = "steps"
     elif family == DICACHE_PROBE:
         opts["gamma_source"] = "probe"
+    elif family == DICACHE_PROBED:
+        opts["plan_runs"] = False
+        opts["max_extrapolation"] = None
     elif family == DICACHE_SEPARATE:
         opts["cfg_decision"] = "separate"
     elif family == DICACHE_CAP2:
