@@ -80,3 +80,27 @@ def test_only_the_flag_is_read_back(family, backend):
         assert extra <= int(decided), (st, base, got)
         if st.computed:
             assert got - base == int(decided), (st, base, got)
+
+
+@pytest.mark.parametrize("family", ["flux", "wan"])
+def test_planned_runs_read_one_value_per_computed_call_and_none_when_skipping(family):
+    make, call = {
+        "flux": (tiny.flux_pipeline, lambda p: tiny.flux_pipeline_call(p, steps=12)),
+        "wan": (tiny.wan_pipeline, lambda p: tiny.wan_pipeline_call(p, steps=12)),
+    }[family]
+    pipe = make()
+    baseline = _reads_per_call(pipe, call)
+    dicache.enable(pipe, backend="torch", threshold=100.0, warmup=2, plan_runs=True, max_extrapolation=1.0)
+    cached = _reads_per_call(pipe, call)
+    s = dicache.summary(pipe)
+    dicache.disable(pipe)
+    steps = [b.steps for b in s.branches.values()]
+    order = [st for group in zip(*steps) for st in group]
+    assert len(order) == len(cached) == len(baseline)
+    assert {st.reason for st in order if not st.computed} <= {"planned", "follow"}
+    assert any(st.reason == "planned" for st in order)
+    for base, got, st in zip(baseline, cached, order):
+        if st.computed:
+            assert got - base <= 1, (st, base, got)  # the error its probe measured, to plan the next run
+        else:
+            assert got - min(baseline) <= 0, (st, base, got)  # a planned or following skip reads nothing
