@@ -125,3 +125,22 @@ def test_fixed_patterns_runs_the_given_pattern():
     assert predicted["ran"] == "FF._FF" and probed["ran"] == "FF..FF"
     assert predicted["fewer_flops"] > probed["fewer_flops"] > 1.2
     assert 10 < predicted["psnr"] < 200 and 10 < probed["psnr"] < 200
+
+
+def test_run_options_reports_the_engine_s_own_decisions():
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "run_options.py")
+    spec = importlib.util.spec_from_file_location("run_options", path)
+    ro = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ro)
+    rows = list(ro.run("wan_digits", 8, [{"threshold": 0.0}, {"threshold": 100.0, "warmup": 2, "plan_runs": True,
+                                                              "max_extrapolation": 1.0}], seeds=[0], labels=[0, 1]))
+    never, planned = rows
+    assert never["pattern"] == "FFFFFFFF" and never["fewer_flops"] == pytest.approx(1.0, abs=0.02)
+    assert never["psnr"] == float("inf")
+    # planned runs: one skip after the warm-up, then two, the last two steps computed by the preset
+    assert planned["pattern"] == "FF_F__FF" and planned["fewer_flops"] > 1.3
+    assert 10 < planned["psnr"] < 200
+    with pytest.raises(SystemExit):
+        ro.main(["wan_digits", "8", '{"threshold": -1}'])

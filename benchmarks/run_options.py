@@ -1,0 +1,99 @@
+#!/usr/bin/env python
+"""DiCache's own decisions on a shipped zoo model, for a few option sets: skip pattern, flops saved, PSNR.
+
+Where ``fixed_patterns.py`` takes the decisions away, this script keeps them: each JSON option set is passed to
+``dicache.enable`` on top of the model family's preset, and the run prints the leading branch's skip pattern
+(first seed: ``F`` computed, ``.`` skipped after its probe, ``_`` skipped without one), the flops saved
+(torch's FlopCounterMode, as ``quality.py`` counts them) and PSNR / SSIM against the uncached output over
+2 seeds × 10 labels (``--seeds``, ``--labels``).
+
+    .venv/bin/python benchmarks/run_options.py wan_digits 50 '{"threshold": 0.3}' '{"threshold": 0.3, "run_power": 1}'
+    .venv/bin/python benchmarks/run_options.py flux_digits 20 '{"threshold": 0.6, "run_power": 2}'
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import sys
+import warnings
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, _HERE)
+sys.path.insert(1, os.path.dirname(_HERE))
+
+import torch  # noqa: E402
+
+import dicache  # noqa: E402
+from dicache import zoo  # noqa: E402
+from dicache.metrics import psnr, ssim  # noqa: E402
+
+from block_counter import BlockCounter  # noqa: E402
+
+
+def run(model: str, steps: int, option_sets, seeds, labels):
+    import quality as Q  # the same sampling and flop counting as the quality benchmark
+
+    base = zoo.load(model)
+
+    def fresh():
+        tr = copy.deepcopy(base)
+        return zoo.pipeline(model, tr), BlockCounter(tr)
+
+    pipe, counter = fresh()
+    ref = {s: Q.sample(pipe, model, labels, s, steps, None, counter) for s in seeds}
+    for options in option_sets:
+        pipe, counter = fresh()
+        dicache.enable(pipe, **options)
+        runs = [Q.sample(pipe, model, labels, s, steps, None, counter) for s in seeds]
+        dicache.disable(pipe)
+        imgs, refs = torch.cat([r.images for r in runs]), torch.cat([ref[r.seed].images for r in runs])
+        fewer = sum(ref[r.seed].flops for r in runs) / sum(r.flops for r in runs)
+        pattern = runs[0].pattern.get("cond") or next(iter(runs[0].pattern.values()), "")
+        yield dict(options=options, fewer_flops=fewer, psnr=psnr(imgs, refs), ssim=ssim(imgs, refs), pattern=pattern)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("model", choices=zoo.NAMES)
+    ap.add_argument("steps", type=int)
+    ap.add_argument("options", nargs="+", help="JSON option sets for dicache.enable (on top of the preset)")
+    ap.add_argument("--seeds", default="0,1")
+    ap.add_argument("--labels", default="0-9")
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args(argv)
+    if args.steps < 2:
+        ap.error("steps must be >= 2")
+    try:
+        option_sets = [json.loads(o) for o in args.options]
+    except json.JSONDecodeError as e:
+        ap.error(f"options must be JSON objects: {e}")
+    if not all(isinstance(o, dict) for o in option_sets):
+        ap.error("options must be JSON objects, e.g. '{\"threshold\": 0.3}'")
+    for o in option_sets:
+        try:
+            dicache.DiCacheConfig().replace(**{k: tuple(v) if isinstance(v, list) else v for k, v in o.items()})
+        except (TypeError, ValueError) as e:
+            ap.error(str(e))
+    torch.set_num_threads(args.threads)
+    torch.set_grad_enabled(False)
+    warnings.filterwarnings("ignore")
+    from diffusers.utils import logging as dlog
+
+    dlog.set_verbosity_error()
+    dlog.disable_progress_bar()
+    import quality as Q
+
+    seeds, labels = Q._int_list(args.seeds), Q._int_list(args.labels)
+    print(f"{args.model}, {args.steps} steps, seeds {seeds}, {len(labels)} labels, on the preset")
+    print(f"{'options':<44} fewer flops  PSNR dB    SSIM  pattern (first seed)")
+    for r in run(args.model, args.steps, option_sets, seeds, labels):
+        print(f"{json.dumps(r['options']):<44} {r['fewer_flops']:10.3f}×  {r['psnr']:7.2f}  {r['ssim']:.4f}  "
+              f"{r['pattern']}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
