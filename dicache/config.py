@@ -88,7 +88,8 @@ class DiCacheConfig:
             computed. No skipped call runs a block: a skipped step costs what it costs uniform caching,
             and the probe still sets how long each run is. γ is the step distance (clipped to
             ``gamma_clip`` when ``gamma_source`` is ``"probe"``: no probe measures it). Replaces
-            ``predictive_skip``. Not used in budget mode. ``"auto"``: plan where γ comes from the steps
+            ``predictive_skip``. In budget mode (``target_speedup``) the runs spend the budget instead of
+            a δ: a planned skip runs no block, so ``N/s`` calls are computed. ``"auto"``: plan where γ comes from the steps
             (``gamma_source``), where a skipped call's probe would only serve the decision; probe every
             skipped call where the probe measures γ.
         max_extrapolation: a reuse sits at most this many times the spacing of the two newest stored
@@ -96,15 +97,16 @@ class DiCacheConfig:
             bound). With 1, runs of reuses grow by at most one call per refresh (after a warm-up of
             consecutive computed calls: one reuse, then two, …): a long run right after closely spaced
             entries extrapolates a line or quadratic fitted on a short stretch far past it, which costs
-            far more than the probe's error says (Wan at 50 steps: a run of 3 right after the warm-up
-            costs 9 dB). ``"auto"``: 1 where runs are planned (``plan_runs``), no bound elsewhere.
+            far more than the probe's error says (Wan at 50 steps, at the same cost: ``FFFF..F..F…``
+            9 dB below ``FFF.F..F..F…``). ``"auto"``: 1 where runs are planned (``plan_runs``), no bound elsewhere.
         threshold_end: δ at the last step; δ moves linearly from ``threshold``
             at the first step (None: constant). Needs the step count.
         target_speedup: compute-budget mode (> 1): no δ to tune. The number of
             computed calls is set so that block evaluations fall by this factor,
             and an online rule spends them where the accumulated probe error
             grows fastest, in runs of reuses within one of the even spacing the
-            budget left allows; the last step is always computed. Overrides
+            budget left allows (where runs are planned, ``plan_runs``: even runs), the
+            last step is always computed. Overrides
             ``threshold`` and ``max_consecutive_reuse``. Needs the step count, and
             reads the accumulated error back with the flag (one transfer).
         num_inference_steps: the step count of the trajectory when nothing else

@@ -590,6 +590,15 @@ class DiCacheEngine:
         self._x = None
 
 
+def _need_steps(n: Optional[int]) -> None:
+    """The compute budget is counted in calls of the trajectory: without its step count there is none."""
+    if n is None:
+        raise RuntimeError(
+            "target_speedup needs the number of steps: enable DiCache on the pipeline, pass "
+            "num_inference_steps to cache_context, or set num_inference_steps in the config"
+        )
+
+
 class _Budget:
     """``target_speedup`` mode: spend a budget of computed calls where the probe error grows fastest.
 
@@ -741,11 +750,7 @@ class _Budget:
 
     # -- the rule --------------------------------------------------------------
     def threshold(self, state: BranchState, step: int, n: Optional[int], branches: int = 1) -> float:
-        if n is None:
-            raise RuntimeError(
-                "target_speedup needs the number of steps: enable DiCache on the pipeline, pass "
-                "num_inference_steps to cache_context, or set num_inference_steps in the config"
-            )
+        _need_steps(n)
         left, steps_left = self._left(state, step, n, branches)
         if left <= 0:
             return math.inf
@@ -764,15 +769,10 @@ class _Budget:
         computed call. A planned skip runs no block, so the budget is ``N/s`` computed calls. Replay (a
         profile of this step count): the fixed-δ plan with the δ solved from the profile (:meth:`solve`).
         Online: the budget left spread evenly over the calls left when the run started, ``S/F − 1``
-        reuses, rounded up: the runs shorten by one when the budget left catches up, so they fall
-        monotonically instead of alternating (a quadratic through unevenly spaced entries extrapolates
-        badly). When the budget is spent every call skips; when the calls left are no more than the
+        reuses, rounded up: the runs shorten by one when the budget left catches up, so their length
+        changes once instead of alternating run by run. When the budget is spent every call skips; when the calls left are no more than the
         budget left every one is computed."""
-        if n is None:
-            raise RuntimeError(
-                "target_speedup needs the number of steps: enable DiCache on the pipeline, pass "
-                "num_inference_steps to cache_context, or set num_inference_steps in the config"
-            )
+        _need_steps(n)
         start = state.probe_step if state.probe_step is not None else step - 1
         left, steps_left = self._left(state, start + 1, n, 1, planned=True)
         if left <= 0:

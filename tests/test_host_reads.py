@@ -48,20 +48,15 @@ def _reads_per_call(pipe, call):
     return counts
 
 
-def _backends():
-    return [n for n in ("torch", "triton", "cpu") if ops.availability("cpu")[n] is None]
-
-
-@pytest.mark.parametrize("backend", _backends())
-@pytest.mark.parametrize("family", ["flux", "wan"])
-def test_only_the_flag_is_read_back(family, backend):
+def _reads_with_dicache(family, steps, **options):
+    """(reads per call without DiCache, with it, the calls' records in pipeline order) on a tiny pipeline."""
     make, call = {
-        "flux": (tiny.flux_pipeline, lambda p: tiny.flux_pipeline_call(p, steps=8)),
-        "wan": (tiny.wan_pipeline, lambda p: tiny.wan_pipeline_call(p, steps=8)),
+        "flux": (tiny.flux_pipeline, lambda p: tiny.flux_pipeline_call(p, steps=steps)),
+        "wan": (tiny.wan_pipeline, lambda p: tiny.wan_pipeline_call(p, steps=steps)),
     }[family]
     pipe = make()
     baseline = _reads_per_call(pipe, call)
-    dicache.enable(pipe, backend=backend, threshold=0.3)
+    dicache.enable(pipe, **options)
     cached = _reads_per_call(pipe, call)
     s = dicache.summary(pipe)
     dicache.disable(pipe)
@@ -69,6 +64,17 @@ def test_only_the_flag_is_read_back(family, backend):
     steps = [b.steps for b in s.branches.values()]
     order = [st for group in zip(*steps) for st in group]
     assert len(order) == len(cached) == len(baseline)
+    return baseline, cached, order, s
+
+
+def _backends():
+    return [n for n in ("torch", "triton", "cpu") if ops.availability("cpu")[n] is None]
+
+
+@pytest.mark.parametrize("backend", _backends())
+@pytest.mark.parametrize("family", ["flux", "wan"])
+def test_only_the_flag_is_read_back(family, backend):
+    baseline, cached, order, s = _reads_with_dicache(family, 8, backend=backend, threshold=0.3)
     assert s.skipped_calls > 0
     for base, got, st in zip(baseline, cached, order):
         # a call reads the flag when its own probe decided: not when forced (warm-up, last step, cap,
@@ -84,19 +90,8 @@ def test_only_the_flag_is_read_back(family, backend):
 
 @pytest.mark.parametrize("family", ["flux", "wan"])
 def test_planned_runs_read_one_value_per_computed_call_and_none_when_skipping(family):
-    make, call = {
-        "flux": (tiny.flux_pipeline, lambda p: tiny.flux_pipeline_call(p, steps=12)),
-        "wan": (tiny.wan_pipeline, lambda p: tiny.wan_pipeline_call(p, steps=12)),
-    }[family]
-    pipe = make()
-    baseline = _reads_per_call(pipe, call)
-    dicache.enable(pipe, backend="torch", threshold=100.0, warmup=2, plan_runs=True, max_extrapolation=1.0)
-    cached = _reads_per_call(pipe, call)
-    s = dicache.summary(pipe)
-    dicache.disable(pipe)
-    steps = [b.steps for b in s.branches.values()]
-    order = [st for group in zip(*steps) for st in group]
-    assert len(order) == len(cached) == len(baseline)
+    baseline, cached, order, _ = _reads_with_dicache(family, 12, backend="torch", threshold=100.0, warmup=2,
+                                                     plan_runs=True, max_extrapolation=1.0)
     assert {st.reason for st in order if not st.computed} <= {"planned", "follow"}
     assert any(st.reason == "planned" for st in order)
     for base, got, st in zip(baseline, cached, order):
