@@ -47,7 +47,7 @@ DICACHE_BUDGET = "DiCache budget"  # preset + target_speedup: no δ; after one c
 DICACHE_BUDGET_ONLINE = "DiCache budget online"  # the same with every call a first call (the online rule)
 DICACHE_ORDER2 = "DiCache order 2"  # preset + alignment_order=2
 DICACHE_ORDER1 = "DiCache order 1"  # preset + alignment_order=1 (the method's line; the preset bends it: "auto")
-# the preset's gamma_source="auto" takes γ from the step distance from STEPS_GAMMA_MIN_STEPS (32) steps on, from
+# the preset's gamma_source="auto" takes γ from the step distance from STEPS_GAMMA_MIN_STEPS (25) steps on, from
 # the probe below: each family is the other choice where the preset makes one (run at 20 steps, resp. 50)
 DICACHE_STEPS = "DiCache steps γ"  # preset + gamma_source="steps"
 DICACHE_PROBE = "DiCache probe γ"  # preset + gamma_source="probe"

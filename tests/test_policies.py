@@ -310,7 +310,7 @@ def test_budget_mode_on_a_pipeline():
     dicache.disable(pipe)
     b = s.branches["cond"]
     assert b.block_evaluations_uncached / b.block_evaluations == pytest.approx(2.0, rel=0.15)
-    # the header says where γ comes from (the preset: the steps from 32 steps on, else the clipped probe's)
+    # the header says where γ comes from (the preset: the steps from STEPS_GAMMA_MIN_STEPS steps on, else the clipped probe's)
     plan = f", runs planned (skips unprobed) on ≥ {STEPS_GAMMA_MIN_STEPS} steps)"
     assert f"γ from the steps on ≥ {STEPS_GAMMA_MIN_STEPS} steps, else γ∈[1, 1.5]{plan}" in str(s)
     for source, text in (("steps", "γ from the steps" + plan), ("probe", "γ∈[1, 1.5]" + plan)):
@@ -488,7 +488,7 @@ def test_gamma_source_steps_places_the_call_at_its_step(order):
             torch.testing.assert_close(h, want, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("num_steps", [20, 31, 32, 50, None])
+@pytest.mark.parametrize("num_steps", [20, STEPS_GAMMA_MIN_STEPS - 1, STEPS_GAMMA_MIN_STEPS, 50, None])
 def test_gamma_source_auto_takes_the_steps_on_long_trajectories(num_steps):
     # gamma_source="auto" (the presets'): the step distance from STEPS_GAMMA_MIN_STEPS steps on, where
     # alignment_order="auto" then takes the quadratic whole (w = 1): exact on a quadratic trajectory whatever
