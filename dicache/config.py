@@ -89,16 +89,17 @@ class DiCacheConfig:
             and the probe still sets how long each run is. γ is the step distance (clipped to
             ``gamma_clip`` when ``gamma_source`` is ``"probe"``: no probe measures it). Replaces
             ``predictive_skip``. In budget mode (``target_speedup``) the runs spend the budget instead of
-            a δ: a planned skip runs no block, so ``N/s`` calls are computed. ``"auto"``: plan where γ comes from the steps
-            (``gamma_source``), where a skipped call's probe would only serve the decision; probe every
-            skipped call where the probe measures γ.
+            a δ: a planned skip runs no block, so ``N/s`` calls are computed. ``"auto"``: plan where γ
+            comes from the steps (``gamma_source``), where a skipped call's probe would only serve the
+            decision; probe every skipped call where the probe measures γ.
         max_extrapolation: a reuse sits at most this many times the spacing of the two newest stored
             entries past the newest one, ``(t − t2) ≤ r·(t2 − t1)``; a call beyond is computed (None: no
             bound). With 1, runs of reuses grow by at most one call per refresh (after a warm-up of
             consecutive computed calls: one reuse, then two, …): a long run right after closely spaced
             entries extrapolates a line or quadratic fitted on a short stretch far past it, which costs
             far more than the probe's error says (Wan at 50 steps, at the same cost: ``FFFF..F..F…``
-            9 dB below ``FFF.F..F..F…``). ``"auto"``: 1 where runs are planned (``plan_runs``), no bound elsewhere.
+            9 dB below ``FFF.F..F..F…``). ``"auto"``: 1 where runs are planned (``plan_runs``), no
+            bound elsewhere.
         threshold_end: δ at the last step; δ moves linearly from ``threshold``
             at the first step (None: constant). Needs the step count.
         target_speedup: compute-budget mode (> 1): no δ to tune. The number of
@@ -172,6 +173,12 @@ class DiCacheConfig:
             return float(self.run_power)
         whole = self.alignment_order == 2 or (self.alignment_order == "auto" and self.gamma_from_steps(num_steps))
         return 2.0 if whole else 1.0
+
+    def max_extrapolation_at(self, num_steps: Optional[int]) -> Optional[float]:
+        """``max_extrapolation`` on a trajectory of ``num_steps`` (``"auto"``: 1 where runs are planned)."""
+        if self.max_extrapolation != "auto":
+            return self.max_extrapolation
+        return 1.0 if self.plans_runs(num_steps) else None
 
     def warmup_calls(self, num_steps: Optional[int]) -> int:
         """How many leading calls of a branch are always computed (at least 1)."""

@@ -191,7 +191,7 @@ class DiCacheEngine:
         if self.config.target_speedup is None or state is None:
             return None
         rule = self._budget.rule(state)
-        return f"planned, {rule}" if self._planning(state.num_steps) else rule
+        return f"planned, {rule}" if self.config.plans_runs(state.num_steps) else rule
 
     def backend_for(self, device: torch.device) -> Backend:
         key = device.type
@@ -218,9 +218,7 @@ class DiCacheEngine:
             self._forced = LAST_STEP
         else:
             self._forced = None
-        reach = cfg.max_extrapolation
-        if reach == "auto":
-            reach = 1.0 if self._planning() else None
+        reach = cfg.max_extrapolation_at(num_steps)
         if self._forced is None and reach is not None and state.n_stored >= 2:
             t2, t1 = state.slot_step[state.newest(1)], state.slot_step[state.newest(2)]
             if step - t2 > reach * (t2 - t1):
@@ -321,10 +319,9 @@ class DiCacheEngine:
         return self._skipped(state, CallRecord(self._cur_step, False, reason, None, state.gamma.clone(),
                                                probed=False))
 
-    def _planning(self, num_steps: Optional[int] = -1) -> bool:
-        """Whether this call's run is planned (``plan_runs``; ``"auto"``: where γ comes from the steps);
-        ``num_steps``: of another trajectory than the current call's."""
-        return self.config.plans_runs(self._num_steps if num_steps == -1 else num_steps)
+    def _planning(self) -> bool:
+        """Whether this call's run is planned (``plan_runs``; ``"auto"``: where γ comes from the steps)."""
+        return self.config.plans_runs(self._num_steps)
 
     def _planned(self, state: BranchState, x: torch.Tensor) -> Optional[torch.Tensor]:
         """``plan_runs``: the output of a call skipped without its probe, or None with the call forced to
@@ -460,10 +457,10 @@ class DiCacheEngine:
         c0, c2 = weights
         ops.reconstruct(x, r2, r1, c2, state.out, state.R[state.newest(3)], c0)
 
-    def _gamma_from_steps(self, num_steps: Optional[int] = -1) -> bool:
+    def _gamma_from_steps(self) -> bool:
         """Whether γ is the step distance in this call (``gamma_source`` ``"steps"``, or ``"auto"`` on a
-        trajectory of at least ``STEPS_GAMMA_MIN_STEPS`` steps); ``num_steps``: of another trajectory."""
-        return self.config.gamma_from_steps(self._num_steps if num_steps == -1 else num_steps)
+        trajectory of at least ``STEPS_GAMMA_MIN_STEPS`` steps)."""
+        return self.config.gamma_from_steps(self._num_steps)
 
     def _step_gamma(self, state: BranchState) -> bool:
         """γ from the steps (:meth:`_gamma_from_steps`): set it to the call's distance in steps,
@@ -717,8 +714,7 @@ class _Budget:
         """Computed calls of the fixed-δ plan (``plan_runs``): each computed call measures the mean increment
         since the last one, the ``j``-th call after it skips while ``j·e < δ/j^p``, within
         ``max_extrapolation``."""
-        reach = self.config.max_extrapolation
-        reach = 1.0 if reach == "auto" else reach
+        reach = self.config.max_extrapolation_at(n)
         full, run, e = 0, 0, None
         t1 = t2 = None  # the two newest computed steps
         for k in range(n):
@@ -770,8 +766,8 @@ class _Budget:
         profile of this step count): the fixed-δ plan with the δ solved from the profile (:meth:`solve`).
         Online: the budget left spread evenly over the calls left when the run started, ``S/F − 1``
         reuses, rounded up: the runs shorten by one when the budget left catches up, so their length
-        changes once instead of alternating run by run. When the budget is spent every call skips; when the calls left are no more than the
-        budget left every one is computed."""
+        changes once instead of alternating run by run. When the budget is spent every call skips; when the
+        calls left are no more than the budget left every one is computed."""
         _need_steps(n)
         start = state.probe_step if state.probe_step is not None else step - 1
         left, steps_left = self._left(state, start + 1, n, 1, planned=True)
