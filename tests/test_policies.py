@@ -649,6 +649,7 @@ def test_presets_are_the_studied_rule_and_the_paper_settings_stay_available():
         assert cfg.warmup_calls(20) == 2 and cfg.warmup_calls(50) == 3, family
         assert not cfg.plans_runs(20) and cfg.run_power_at(20) == 1.0, family
         assert cfg.plans_runs(50) and cfg.run_power_at(50) == 2.0, family
+        assert cfg.max_extrapolation_at(20) is None and cfg.max_extrapolation_at(50) == 1.0, family
         assert not cfg.plans_runs(None) and cfg.run_power_at(None) == 1.0, family
         paper = dicache.PAPER_PRESETS[family]
         assert paper.max_consecutive_reuse is None and paper.cfg_decision == "separate" and paper.warmup == 0.2
