@@ -29,9 +29,10 @@ class DiCacheConfig:
             number of calls.
         gamma_clip: (lo, hi) bounds of the trajectory-alignment step γ the probe
             reads off (a γ from the steps, ``gamma_source``, is not clipped).
-        force_last_step: compute the last denoising step fully (``True``), or the last
-            ``n`` steps (an int ``n ≥ 0``; ``False`` = 0): their errors are never corrected by
-            a later step, and a single skip costs most there.
+        force_last_step: compute the last denoising step fully (``True``), the last
+            ``n`` steps (an int ``n ≥ 0``; ``False`` = 0), or a ratio in (0, 1) of the
+            number of steps (``ceil(r·N)`` calls, as ``warmup``): their errors are never
+            corrected by a later step, and a single skip costs most there.
         error: ``"probe"`` accumulates the relative L1 change of the probe
             output; ``"probe_minus_input"`` accumulates
             ``|rel_l1(probe) − rel_l1(input)|`` (the reference code's Flux variant).
@@ -121,7 +122,7 @@ class DiCacheConfig:
     probe_depth: int = 1
     warmup: Union[float, int] = 0.2
     gamma_clip: Tuple[float, float] = (1.0, 1.5)
-    force_last_step: Union[bool, int] = False
+    force_last_step: Union[bool, int, float] = False
     error: str = "probe"
     batch_policy: str = "global"
     max_consecutive_reuse: Optional[int] = None
@@ -151,10 +152,14 @@ class DiCacheConfig:
             )
         return dataclasses.replace(self, **changes)
 
-    def last_calls(self) -> int:
-        """How many final calls of a branch are always computed (``force_last_step``; the budget mode
-        computes at least the last one)."""
-        n = int(self.force_last_step)  # True = 1, False = 0
+    def last_calls(self, num_steps: Optional[int]) -> int:
+        """How many final calls of a branch are always computed on a trajectory of ``num_steps``
+        (``force_last_step``; the budget mode computes at least the last one)."""
+        fl = self.force_last_step
+        if isinstance(fl, float):
+            n = _ratio_calls(fl, num_steps) if num_steps is not None else 1
+        else:
+            n = int(fl)  # True = 1, False = 0
         return max(1, n) if self.target_speedup is not None else n
 
     def gamma_from_steps(self, num_steps: Optional[int]) -> bool:
@@ -186,7 +191,12 @@ class DiCacheConfig:
             return max(1, self.warmup)
         if num_steps is None:
             return 1
-        return max(1, math.ceil(self.warmup * num_steps))
+        return max(1, _ratio_calls(self.warmup, num_steps))
+
+
+def _ratio_calls(ratio: float, num_steps: int) -> int:
+    """``ceil(ratio·num_steps)``, with the product's rounding error ignored (0.05·20 is 1 call, not 2)."""
+    return math.ceil(ratio * num_steps - 1e-9)
 
 
 def _is_real(v: Any) -> bool:
@@ -221,8 +231,10 @@ def validate(cfg: DiCacheConfig, num_blocks: Optional[int] = None) -> None:
     if gc[0] > gc[1]:
         raise ValueError(f"gamma_clip must have lo <= hi, got {gc!r}")
     fl = cfg.force_last_step
-    if not (isinstance(fl, bool) or (isinstance(fl, int) and fl >= 0)):
-        raise ValueError(f"force_last_step must be True, False or a step count ≥ 0, got {fl!r}")
+    if not (isinstance(fl, bool) or (isinstance(fl, int) and fl >= 0)
+            or (isinstance(fl, float) and 0.0 < fl < 1.0)):
+        raise ValueError(
+            f"force_last_step must be True, False, a step count ≥ 0 or a ratio in (0, 1) of the steps, got {fl!r}")
     if cfg.error not in ERRORS:
         raise ValueError(f"error must be one of {ERRORS}, got {cfg.error!r}")
     if cfg.batch_policy not in BATCH_POLICIES:
@@ -268,15 +280,18 @@ PAPER_PRESETS: Dict[str, DiCacheConfig] = {
 
 # Ours, chosen from the study in benchmarks/RESULTS.md ("Beyond the paper"): the same rule on every
 # family, on top of the authors' γ clip:
-# * a warm-up of 6% of the steps, not 20% (2 calls at 20 steps, 3 at 50: the freed budget buys more refreshes
-#   later, where the trajectory bends; 3 is the fewest the quadratic needs);
+# * a warm-up of 5% of the steps, not 20% (1 call at 20 steps, 2 at 30, 3 at 50: the freed budget buys more
+#   refreshes later, where the trajectory bends; 3 is the fewest the quadratic needs where runs are planned);
 # * the j-th reuse in a row only while the accumulated error is under δ/j^p (``run_power="auto"``: p the order of
 #   the reconstruction, 1 for the line bent by the probe's fit, 2 where the quadratic is taken whole) instead
 #   of a fixed cap: single reuses between computed calls cost far less than runs, and runs stay short where
 #   the probe moves;
-# * the last two steps always computed (``force_last_step=2``): their errors are never corrected by a later
-#   step, and a single skip costs most there (fixed skip patterns on Flux 20, Wan 20 and Wan 50: skipping
-#   either of the last two steps alone costs 3–16 dB more than the costliest earlier single skip measured);
+# * the last 4% of the steps always computed (``force_last_step=0.04``: the last one at 20 steps, the last two
+#   at 30 and 50): their errors are never corrected by a later step, and a single skip costs most there (fixed
+#   skip patterns on Flux 20, Wan 20 and Wan 50: skipping either of the last two steps alone costs 3–16 dB more
+#   than the costliest earlier single skip measured). Both forced phases scale with the steps: at 20 steps two
+#   forced calls more at each end are a fifth of the calls, half of a 2.5× budget (``benchmarks/run_options.py``
+#   on Wan 20: 28.6 against 26.1 dB at 2.46× fewer flops, and 27.1 dB at 2.77×);
 # * one decision per CFG step, the uncond branch following the cond branch without a probe of its own;
 # * ``alignment_order="auto"``: the line bent towards the quadratic through three stored residuals as far as
 #   the probe says the trajectory bends (one more pair of stored image-token tensors per branch);
@@ -290,13 +305,13 @@ PAPER_PRESETS: Dict[str, DiCacheConfig] = {
 # others.
 PRESETS: Dict[str, DiCacheConfig] = {
     "flux": PAPER_PRESETS["flux"].replace(
-        threshold=0.3, warmup=0.06, run_power="auto", force_last_step=2, cfg_decision="shared", alignment_order="auto",
+        threshold=0.3, warmup=0.05, run_power="auto", force_last_step=0.04, cfg_decision="shared", alignment_order="auto",
         gamma_source="auto", plan_runs="auto", max_extrapolation="auto"),
     "hunyuan_video": PAPER_PRESETS["hunyuan_video"].replace(
-        threshold=0.2, warmup=0.06, run_power="auto", force_last_step=2, cfg_decision="shared",
+        threshold=0.2, warmup=0.05, run_power="auto", force_last_step=0.04, cfg_decision="shared",
         alignment_order="auto", gamma_source="auto", plan_runs="auto", max_extrapolation="auto"),
     "wan": PAPER_PRESETS["wan"].replace(
-        threshold=0.16, warmup=0.06, run_power="auto", force_last_step=2, cfg_decision="shared",
+        threshold=0.16, warmup=0.05, run_power="auto", force_last_step=0.04, cfg_decision="shared",
         alignment_order="auto", gamma_source="auto", plan_runs="auto", max_extrapolation="auto"),
 }
 DEFAULT = DiCacheConfig()

@@ -213,7 +213,7 @@ class DiCacheEngine:
         cfg = self.config
         if step < cfg.warmup_calls(num_steps):
             self._forced = WARMUP
-        elif num_steps is not None and step >= num_steps - cfg.last_calls():
+        elif num_steps is not None and step >= num_steps - cfg.last_calls(num_steps):
             # the final steps (budget mode: at least the last): their errors are never corrected afterwards
             self._forced = LAST_STEP
         else:
@@ -626,7 +626,8 @@ class _Budget:
     fixed-δ plan (:meth:`_simulate_plan`), online by even spacing.
 
     Either way the budget is a hard bound: when it is spent every call left reuses (the final steps
-    excepted), and when the calls left are no more than the budget left every one is computed.
+    excepted), and when the calls left are no more than the budget left (rounded to the nearest call)
+    every one is computed.
     """
 
     def __init__(self, config: DiCacheConfig, num_blocks: int, replay: bool = True):
@@ -651,9 +652,16 @@ class _Budget:
     def _left(self, state: BranchState, step: int, n: int, branches: int, planned: bool = False
               ) -> Tuple[float, int]:
         """(computed calls left in the budget, decided calls left), the forced final steps set aside."""
-        last_reserved = self.config.last_calls()  # at least the last step is computed in budget mode
+        last_reserved = self.config.last_calls(n)  # at least the last step is computed in budget mode
         left = self.budget(n, branches, planned) - state.full_calls - last_reserved
         return left, max(1, n - step - last_reserved)
+
+    @staticmethod
+    def _compute_all(left: float, steps_left: int) -> bool:
+        """Whether every call left is computed: the budget left covers them, rounded to the nearest call
+        (the budget is a fraction of a call; spent to its floor, a call just before the forced final steps
+        would be skipped for a fraction of a call, and a skip costs most there)."""
+        return left > steps_left - 0.5
 
     # -- replay ----------------------------------------------------------------
     def remember(self, state: BranchState) -> None:
@@ -695,7 +703,7 @@ class _Budget:
     def simulate(self, incs: List[float], n: int, delta: float) -> int:
         """Computed calls of the fixed-δ rule (warm-up, run_power, final steps computed) on increments ``incs``."""
         warm, p = self.config.warmup_calls(n), self.config.run_power_at(n)
-        last = self.config.last_calls()
+        last = self.config.last_calls(n)
         if self.config.plans_runs(n):
             return self._simulate_plan(incs, n, delta, warm, last, p)
         full, acc, run = 0, 0.0, 0
@@ -750,7 +758,7 @@ class _Budget:
         left, steps_left = self._left(state, step, n, branches)
         if left <= 0:
             return math.inf
-        if left >= steps_left:
+        if self._compute_all(left, steps_left):
             return 0.0
         delta = self._replay_delta(state, n, branches)
         if delta is not None:
@@ -767,13 +775,13 @@ class _Budget:
         Online: the budget left spread evenly over the calls left when the run started, ``S/F − 1``
         reuses, rounded up: the runs shorten by one when the budget left catches up, so their length
         changes once instead of alternating run by run. When the budget is spent every call skips; when the
-        calls left are no more than the budget left every one is computed."""
+        calls left are no more than the budget left (to the nearest call) every one is computed."""
         _need_steps(n)
         start = state.probe_step if state.probe_step is not None else step - 1
         left, steps_left = self._left(state, start + 1, n, 1, planned=True)
         if left <= 0:
             return True
-        if left >= self._left(state, step, n, 1, planned=True)[1]:
+        if self._compute_all(left, self._left(state, step, n, 1, planned=True)[1]):
             return False
         delta = self._replay_delta(state, n, 1)
         if delta is not None:

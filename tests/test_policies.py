@@ -244,7 +244,19 @@ def test_force_last_step_computes_the_final_steps(last):
     assert b.pattern == "F" + "." * (n - 1 - last) + "F" * last
     assert [st.reason for st in b.steps[n - last:]] == ["last_step"] * last
     # True is one step, False none
-    assert DiCacheConfig(force_last_step=True).last_calls() == 1 and DiCacheConfig().last_calls() == 0
+    assert DiCacheConfig(force_last_step=True).last_calls(n) == 1 and DiCacheConfig().last_calls(n) == 0
+
+
+@pytest.mark.parametrize("n,last", [(20, 1), (25, 1), (30, 2), (50, 2), (100, 4)])
+def test_force_last_step_as_a_ratio_of_the_steps(n, last):
+    # 0.04 of the steps, rounded up (0.04·25 is one call, whatever the float product's last bit)
+    cfg = DiCacheConfig(threshold=100.0, warmup=1, force_last_step=0.04)
+    assert cfg.last_calls(n) == last
+    b = drive(cfg, {"c": scales([0.01] * (n - 1))}, num_steps=n).branches["c"]
+    assert b.pattern == "F" + "." * (n - 1 - last) + "F" * last
+    assert [st.reason for st in b.steps[n - last:]] == ["last_step"] * last
+    # no step count: the ratio cannot be applied and no final step is known (budget mode: at least one)
+    assert cfg.last_calls(None) == 1 and cfg.replace(target_speedup=2.0).last_calls(None) == 1
 
 
 @pytest.mark.parametrize("last", [1, 2])
@@ -256,7 +268,20 @@ def test_budget_mode_reserves_the_final_steps(last):
     assert b.pattern.endswith("F" * last) and [st.reason for st in b.steps[n - last:]] == ["last_step"] * last
     assert b.block_evaluations_uncached / b.block_evaluations == pytest.approx(2.0, rel=0.1)
     # budget mode computes the last step even when the config says none
-    assert DiCacheConfig(target_speedup=2.0, force_last_step=False).last_calls() == 1
+    assert DiCacheConfig(target_speedup=2.0, force_last_step=False).last_calls(n) == 1
+
+
+def test_budget_mode_spends_its_last_fraction_of_a_call_before_the_final_step():
+    # 12 calls at 1.5×: a budget of 7.56 computed calls. Spent to its floor, the online rule skipped the
+    # call before the forced last one (FF.F.F.F.F.F) for 0.56 of a call; to the nearest call it computes it
+    n, errors = 12, [0.02] * 11
+    b = drive(DiCacheConfig(target_speedup=1.5, warmup=1, force_last_step=1), {"c": scales(errors)},
+              num_steps=n).branches["c"]
+    assert b.pattern == "FF.F.F.F.FFF"
+    assert b.block_evaluations_uncached / b.block_evaluations == pytest.approx(1.5, rel=0.1)
+    from dicache.engine import _Budget
+
+    assert _Budget._compute_all(1.6, 2) and not _Budget._compute_all(1.4, 2) and _Budget._compute_all(0.56, 1)
 
 
 def test_budget_mode_needs_a_step_count():
@@ -641,12 +666,14 @@ def test_bad_engine_factory(factory, err):
 
 def test_presets_are_the_studied_rule_and_the_paper_settings_stay_available():
     for family, cfg in dicache.PRESETS.items():
-        assert cfg.max_consecutive_reuse is None and cfg.cfg_decision == "shared" and cfg.warmup == 0.06, family
-        assert cfg.run_power == "auto" and cfg.force_last_step == 2 and not cfg.predictive_skip, family
+        assert cfg.max_consecutive_reuse is None and cfg.cfg_decision == "shared" and cfg.warmup == 0.05, family
+        assert cfg.run_power == "auto" and cfg.force_last_step == 0.04 and not cfg.predictive_skip, family
         assert cfg.alignment_order == "auto" and cfg.gamma_source == "auto", family
         assert cfg.plan_runs == "auto" and cfg.max_extrapolation == "auto", family
         # 20 steps: the probe decides every call, as before; 50: planned runs, the quadratic's run power
-        assert cfg.warmup_calls(20) == 2 and cfg.warmup_calls(50) == 3, family
+        # both forced phases scale with the steps: 1 + 1 calls at 20 steps, 2 + 2 at 30, 3 + 2 at 50
+        assert [cfg.warmup_calls(n) for n in (20, 30, 50)] == [1, 2, 3], family
+        assert [cfg.last_calls(n) for n in (20, 30, 50)] == [1, 2, 2], family
         assert not cfg.plans_runs(20) and cfg.run_power_at(20) == 1.0, family
         assert cfg.plans_runs(50) and cfg.run_power_at(50) == 2.0, family
         assert cfg.max_extrapolation_at(20) is None and cfg.max_extrapolation_at(50) == 1.0, family
