@@ -64,6 +64,7 @@ class BranchState:
         self.num_steps: Optional[int] = None  # the trajectory's step count, when known
         self.calls = 0
         self.full_calls = 0
+        self.unprobed_skips = 0  # predicted skips: no probe ran (budget mode credits the blocks saved)
         self.run = 0  # consecutive reuses since the last computed call
         self.acc_host = 0.0  # budget mode: the accumulated error last read back
         self.err_sum = 0.0  # budget mode: sum and count of per-call probe errors seen
@@ -293,12 +294,15 @@ class DiCacheEngine:
         ``1 + (γ − 1)·(d + 1)/d``, clipped to ``gamma_clip``.
         """
         cfg = self.config
-        if cfg.target_speedup is not None or not state.records or not state.matches(x) or state.n_stored < 2:
+        if not state.records or not state.matches(x) or state.n_stored < 2:
             return None
         last = state.records[-1]
         if last.computed or last.reason != REUSE or not last.probed or last.index != self._cur_step - 1:
             return None
-        if cfg.max_consecutive_reuse is not None and state.run >= cfg.max_consecutive_reuse:
+        cap = cfg.max_consecutive_reuse
+        if cfg.target_speedup is not None:  # the budget's run bounds replace the cap
+            cap = self._budget.run_bounds(state, self._cur_step, self._num_steps, len(self.branches))[1]
+        if cap is not None and state.run >= cap:
             return None
         if not state.acc_host + state.err_last < self._threshold(state):
             return None
@@ -308,6 +312,7 @@ class DiCacheEngine:
         self._x = x
         if not self._step_gamma(state):
             state.gamma.sub_(1.0).mul_((d + 1) / d).add_(1.0).clamp_(float(cfg.gamma_clip[0]), float(cfg.gamma_clip[1]))
+        state.unprobed_skips += 1
         return self._unprobed_skip(state, x, PREDICTED)
 
     def _unprobed_skip(self, state: BranchState, x: torch.Tensor, reason: str) -> torch.Tensor:
@@ -602,10 +607,11 @@ class _Budget:
     With M blocks and a probe of m, a trajectory of N calls runs ``F·M + (N−F)·m``
     block evaluations for F computed calls; the target ``M·N/s`` gives the budget
     ``F = N·(M/s − m)/(M − m)`` (with ``cfg_decision="shared"`` a follower's skipped call costs
-    nothing, so ``m`` is shared by the branches). The final steps of ``force_last_step`` (at least the last)
-    are always computed.
+    nothing, so ``m`` is shared by the branches; a skip that runs no probe, ``predictive_skip``, adds
+    ``m/(M − m)`` to F). The final steps of ``force_last_step`` (at least the last) are always computed.
 
-    Every call is probed, so a trajectory measures its whole per-step error profile. Two rules:
+    Every call is probed (a predicted skip's error is measured by the next probe), so a trajectory measures
+    its whole per-step error profile. Two rules:
 
     * **Replay** (a branch that finished a trajectory of the same step count before): δ is solved
       from the mean error profile of those trajectories, as the δ with which the fixed-δ rule
@@ -639,6 +645,14 @@ class _Budget:
         self._seen: Dict[Tuple[str, int], int] = {}
         self._solved: Dict[Tuple[str, int], float] = {}  # (branch, N) -> δ of the replay, per trajectory
 
+    def _probe_credit(self, branches: int) -> float:
+        """Computed calls one skip without a probe (``predictive_skip``) buys: the budget ``F`` solves
+        ``F·M + (N − F − P)·m = M·N/s`` with P such skips, so each adds ``m/(M − m)``."""
+        m = self.config.probe_depth
+        if self.config.cfg_decision == "shared":
+            m = m / max(1, branches)
+        return m / (self.M - m)
+
     def budget(self, n: int, branches: int = 1, planned: bool = False) -> float:
         """Computed calls per branch for ``n`` calls; a follower that runs no probe costs nothing skipped, nor
         does a planned skip (``planned``)."""
@@ -654,6 +668,8 @@ class _Budget:
         """(computed calls left in the budget, decided calls left), the forced final steps set aside."""
         last_reserved = self.config.last_calls(n)  # at least the last step is computed in budget mode
         left = self.budget(n, branches, planned) - state.full_calls - last_reserved
+        if not planned and state.unprobed_skips:
+            left += state.unprobed_skips * self._probe_credit(branches)
         return left, max(1, n - step - last_reserved)
 
     @staticmethod

@@ -2,7 +2,8 @@
 
 Device-to-host reads of a tensor's value (``.item()``, ``bool(t)``, ``float(t)``)
 all go through ``aten._local_scalar_dense``; a dispatch mode counts them inside
-each transformer call, with and without DiCache.
+each transformer call, with and without DiCache. ``.tolist()`` reads without
+dispatching, so it is counted by wrapping it (one read per call, whatever its length).
 """
 
 import pytest
@@ -38,11 +39,20 @@ def _reads_per_call(pipe, call):
         mode["m"].__exit__(None, None, None)
         counts.append(mode["m"].count)
 
+    tolist = torch.Tensor.tolist
+
+    def counted_tolist(t):
+        if "m" in mode:
+            mode["m"].count += 1
+        return tolist(t)
+
     h1 = pipe.transformer.register_forward_pre_hook(pre, with_kwargs=True)
     h2 = pipe.transformer.register_forward_hook(post, with_kwargs=True)
+    torch.Tensor.tolist = counted_tolist
     try:
         call(pipe)
     finally:
+        torch.Tensor.tolist = tolist
         h1.remove()
         h2.remove()
     return counts

@@ -284,6 +284,32 @@ def test_budget_mode_spends_its_last_fraction_of_a_call_before_the_final_step():
     assert _Budget._compute_all(1.6, 2) and not _Budget._compute_all(1.4, 2) and _Budget._compute_all(0.56, 1)
 
 
+@pytest.mark.parametrize("target", [2.0, 2.5, 3.0])
+def test_budget_mode_with_predictive_skips_credits_the_probes_it_saves(target):
+    # a growing error; with predictive_skip some skips run no probe: the budget buys m/(M − m) of a computed call
+    # with each, so the savings stay on target instead of overshooting it
+    n, errors = 30, [0.02 + 0.001 * k for k in range(29)]
+    cfg = DiCacheConfig(target_speedup=target, warmup=1, force_last_step=1)
+    plain = drive(cfg, {"c": scales(errors)}, num_steps=n).branches["c"]
+    pred = drive(cfg.replace(predictive_skip=True), {"c": scales(errors)}, num_steps=n).branches["c"]
+    unprobed = sum(st.reason == "predicted" for st in pred.steps)
+    assert unprobed >= 3 and all(not st.probed for st in pred.steps if st.reason == "predicted")
+    for b in (plain, pred):
+        assert b.block_evaluations_uncached / b.block_evaluations == pytest.approx(target, rel=0.06)
+    # the credit is spent on computed calls: without it the same run computes fewer and overshoots the target
+    from dicache.engine import _Budget
+
+    credit = _Budget._probe_credit
+    try:
+        _Budget._probe_credit = lambda self, branches: 0.0
+        uncredited = drive(cfg.replace(predictive_skip=True), {"c": scales(errors)}, num_steps=n).branches["c"]
+    finally:
+        _Budget._probe_credit = credit
+    if unprobed / (M - 1) >= 0.5:  # the blocks of at least half a computed call saved
+        assert pred.full_calls > uncredited.full_calls
+        assert pred.block_evaluations > uncredited.block_evaluations
+
+
 def test_budget_mode_needs_a_step_count():
     with pytest.raises(RuntimeError, match="number of steps"):
         drive(DiCacheConfig(target_speedup=2.0, warmup=1), {"c": scales([0.1] * 5)})
@@ -667,7 +693,7 @@ def test_bad_engine_factory(factory, err):
 def test_presets_are_the_studied_rule_and_the_paper_settings_stay_available():
     for family, cfg in dicache.PRESETS.items():
         assert cfg.max_consecutive_reuse is None and cfg.cfg_decision == "shared" and cfg.warmup == 0.05, family
-        assert cfg.run_power == "auto" and cfg.force_last_step == 0.04 and not cfg.predictive_skip, family
+        assert cfg.run_power == "auto" and cfg.force_last_step == 0.04 and cfg.predictive_skip, family
         assert cfg.alignment_order == "auto" and cfg.gamma_source == "auto", family
         assert cfg.plan_runs == "auto" and cfg.max_extrapolation == "auto", family
         # 20 steps: the probe decides every call, as before; 50: planned runs, the quadratic's run power
