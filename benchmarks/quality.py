@@ -20,8 +20,9 @@ all ``--labels`` in one batch through the real diffusers pipeline, with
 * DiCache on its family preset at several thresholds, and the families that change one option each
   (``quality_methods.DICACHES``): the authors' settings, compute-budget mode (``target_speedup``),
   first- and second-order alignment, γ from the steps or the probe, separate CFG decisions, a cap of 2
-  reuses in a row, a δ schedule, γ fixed to 1, probe depth 2 and 3, predictive skips, and the run rule
-  off (``run_power=0`` with a cap of 2: the earlier preset).
+  reuses in a row, a δ schedule, γ fixed to 1, probe depth 2 and 3, predictive skips off (the preset
+  skips by prediction below 25 steps), and the run rule off (``run_power=0`` with a cap of 2: the earlier
+  preset).
 
 Per method and setting it reports the flops executed (torch's ``FlopCounterMode`` over the pipeline call,
 the same way for every cache), the block evaluations executed (``block_counter.py``), the wall time of a
@@ -577,7 +578,7 @@ _STYLE = {
     qm.DICACHE_BUDGET: ("deeppink", "*"), qm.DICACHE_BUDGET_ONLINE: ("hotpink", "x"),
     qm.DICACHE_ORDER2: ("darkred", "d"), qm.DICACHE_SEPARATE: ("tab:orange", "<"), qm.DICACHE_CAP2: ("tab:brown", ">"),
     qm.DICACHE_ORDER1: ("indianred", "d"), qm.DICACHE_SCHED: ("gold", "p"), qm.DICACHE_NOALIGN: ("rosybrown", "o"),
-    qm.DICACHE_M2: ("peru", "h"), qm.DICACHE_M3: ("sienna", "8"), qm.DICACHE_PREDICTIVE: ("crimson", "*"),
+    qm.DICACHE_M2: ("peru", "h"), qm.DICACHE_M3: ("sienna", "8"), qm.DICACHE_NO_PREDICTIVE: ("crimson", "*"),
     qm.DICACHE_NORUN: ("lightcoral", "s"), qm.DICACHE_STEPS: ("maroon", "o"), qm.DICACHE_PROBE: ("firebrick", "o"),
     qm.DICACHE_PROBED: ("darkorange", "D"),
 }

@@ -60,12 +60,12 @@ DICACHE_SCHED = "DiCache δ schedule"  # preset + threshold_end = 2·threshold
 DICACHE_NOALIGN = "DiCache γ=1"  # preset + gamma_clip=(1, 1), γ from the probe: no trajectory alignment
 DICACHE_M2 = "DiCache m=2"
 DICACHE_M3 = "DiCache m=3"
-DICACHE_PREDICTIVE = "DiCache predictive"  # preset + predictive_skip=True
+DICACHE_NO_PREDICTIVE = "DiCache no predictive"  # preset + predictive_skip=False (the preset skips probes by prediction)
 DICACHE_NORUN = "DiCache run_power=0"  # preset + run_power=0 + cap 2: every reuse of a run under δ (the earlier rule)
 PEERS = (UNIFORM, FBC, TAYLORSEER, TAYLORSEER_LITE, MAGCACHE, SEACACHE, DBCACHE)
 DICACHES = (DICACHE, DICACHE_PAPER, DICACHE_BUDGET, DICACHE_BUDGET_ONLINE, DICACHE_ORDER1, DICACHE_ORDER2,
             DICACHE_STEPS, DICACHE_PROBE, DICACHE_PROBED,
-            DICACHE_SEPARATE, DICACHE_CAP2, DICACHE_SCHED, DICACHE_NOALIGN, DICACHE_M2, DICACHE_M3, DICACHE_PREDICTIVE,
+            DICACHE_SEPARATE, DICACHE_CAP2, DICACHE_SCHED, DICACHE_NOALIGN, DICACHE_M2, DICACHE_M3, DICACHE_NO_PREDICTIVE,
             DICACHE_NORUN)
 FAMILIES = (NO_CACHE,) + PEERS + DICACHES
 
@@ -117,24 +117,24 @@ _BUDGETS = [1.5, 2.0, 2.5, 3.0]
 # spans. The families whose δ means something else (m, γ=1, run_power=0, δ schedule) keep their own.
 _NEAR2 = {("flux_digits", 20): [0.15, 0.2, 0.3, 0.4, 0.6], ("flux_digits", 50): [0.1, 0.15, 0.2, 0.3, 0.45],
           ("wan_digits", 20): [0.12, 0.16, 0.2, 0.3, 0.45], ("wan_digits", 50): [0.08, 0.12, 0.16, 0.2, 0.24]}
-_PRESET_PLUS = (DICACHE_ORDER1, DICACHE_ORDER2, DICACHE_SEPARATE, DICACHE_CAP2, DICACHE_PREDICTIVE)
+_PRESET_PLUS = (DICACHE_ORDER1, DICACHE_ORDER2, DICACHE_SEPARATE, DICACHE_CAP2, DICACHE_NO_PREDICTIVE)
 SETTINGS: Dict[str, Dict[int, Dict[str, list]]] = {
     "flux_digits": {
-        20: {**_PEERS_FLUX20, DICACHE: [0.08, 0.15, 0.2, 0.3, 0.4, 0.6, 1.0, 1.5], DICACHE_PAPER: [0.1, 0.2, 0.4, 0.6],
+        20: {**_PEERS_FLUX20, DICACHE: [0.05, 0.06, 0.08, 0.15, 0.2, 0.3, 0.4, 0.6, 1.0, 1.5], DICACHE_PAPER: [0.1, 0.2, 0.4, 0.6],
              DICACHE_BUDGET: _BUDGETS, DICACHE_BUDGET_ONLINE: _BUDGETS, DICACHE_SCHED: [0.15, 0.2],
              DICACHE_NOALIGN: [0.3, 0.6], DICACHE_M2: [0.3, 0.6], DICACHE_M3: [0.3, 0.6],
              DICACHE_NORUN: [0.1, 0.15, 0.2, 0.3]},
-        50: {**_PEERS_FLUX50, DICACHE: [0.05, 0.1, 0.2, 0.3, 0.6, 1.2, 2.4, 4.8], DICACHE_PAPER: [0.05, 0.1, 0.2, 0.4],
+        50: {**_PEERS_FLUX50, DICACHE: [0.03, 0.04, 0.05, 0.1, 0.2, 0.3, 0.6, 1.2, 2.4, 4.8], DICACHE_PAPER: [0.05, 0.1, 0.2, 0.4],
              DICACHE_BUDGET: _BUDGETS, DICACHE_BUDGET_ONLINE: _BUDGETS, DICACHE_SCHED: [0.1, 0.15],
              DICACHE_NOALIGN: [0.2, 0.45], DICACHE_M2: [0.2, 0.45], DICACHE_M3: [0.2, 0.45],
              DICACHE_NORUN: [0.05, 0.075, 0.1, 0.2]},
     },
     "wan_digits": {
-        20: {**_PEERS_WAN20, DICACHE: [0.1, 0.12, 0.16, 0.2, 0.3, 0.45, 0.7, 1.0, 1.5],
+        20: {**_PEERS_WAN20, DICACHE: [0.06, 0.1, 0.12, 0.16, 0.2, 0.3, 0.45, 0.7, 1.0, 1.5],
              DICACHE_PAPER: [0.08, 0.12, 0.16, 0.24], DICACHE_BUDGET: _BUDGETS, DICACHE_BUDGET_ONLINE: _BUDGETS,
              DICACHE_SCHED: [0.1, 0.16], DICACHE_NOALIGN: [0.16, 0.3], DICACHE_M2: [0.16, 0.3], DICACHE_M3: [0.16, 0.3],
              DICACHE_NORUN: [0.08, 0.12, 0.16, 0.24]},
-        50: {**_PEERS_WAN50, DICACHE: [0.04, 0.08, 0.16, 0.24, 0.3, 0.6, 1.2, 2.4],
+        50: {**_PEERS_WAN50, DICACHE: [0.02, 0.04, 0.08, 0.16, 0.24, 0.3, 0.6, 1.2, 2.4],
              DICACHE_PAPER: [0.04, 0.08, 0.12, 0.24], DICACHE_BUDGET: _BUDGETS, DICACHE_BUDGET_ONLINE: _BUDGETS,
              DICACHE_SCHED: [0.08, 0.12], DICACHE_NOALIGN: [0.16, 0.24], DICACHE_M2: [0.16, 0.24],
              DICACHE_M3: [0.16, 0.24], DICACHE_NORUN: [0.04, 0.08, 0.12, 0.16]},
@@ -149,7 +149,7 @@ for (_m, _st), _deltas in _NEAR2.items():
         SETTINGS[_m][_st][DICACHE_PROBED] = sorted(set(_deltas) | {0.45, 0.7})
         # the same calls as the preset there: planned runs replace predictive skips, and with γ from the steps
         # alignment_order="auto" takes the quadratic whole
-        for _same in (DICACHE_PREDICTIVE, DICACHE_ORDER2):
+        for _same in (DICACHE_NO_PREDICTIVE, DICACHE_ORDER2):
             del SETTINGS[_m][_st][_same]
 
 # --quick: one setting per family (the smoke test checks every family has a row).
@@ -350,8 +350,8 @@ def dicache_method(family: str, value: float) -> Method:
         opts["max_consecutive_reuse"] = 2
     elif family == DICACHE_SCHED:
         opts["threshold_end"] = 2 * value
-    elif family == DICACHE_PREDICTIVE:
-        opts["predictive_skip"] = True
+    elif family == DICACHE_NO_PREDICTIVE:
+        opts["predictive_skip"] = False
     elif family == DICACHE_NORUN:
         opts["run_power"] = 0.0
         opts["max_consecutive_reuse"] = 2
