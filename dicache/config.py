@@ -293,7 +293,8 @@ PAPER_PRESETS: Dict[str, DiCacheConfig] = {
 #   skip patterns on Flux 20, Wan 20 and Wan 50: skipping either of the last two steps alone costs 3–16 dB more
 #   than the costliest earlier single skip measured). Both forced phases scale with the steps: at 20 steps two
 #   forced calls more at each end are a fifth of the calls, half of a 2.5× budget (``benchmarks/run_options.py``
-#   on Wan 20: 28.6 against 26.1 dB at 2.46× fewer flops, and 27.1 dB at 2.77×);
+#   on Wan 20 with one forced call at each end: 27.1 dB at 2.77× fewer flops, where two at each end gave 26.1 dB
+#   at 2.46×);
 # * one decision per CFG step, the uncond branch following the cond branch without a probe of its own;
 # * ``alignment_order="auto"``: the line bent towards the quadratic through three stored residuals as far as
 #   the probe says the trajectory bends (one more pair of stored image-token tensors per branch);
