@@ -120,11 +120,11 @@ _NEAR2 = {("flux_digits", 20): [0.15, 0.2, 0.3, 0.4, 0.6], ("flux_digits", 50): 
 _PRESET_PLUS = (DICACHE_ORDER1, DICACHE_ORDER2, DICACHE_SEPARATE, DICACHE_CAP2, DICACHE_NO_PREDICTIVE)
 SETTINGS: Dict[str, Dict[int, Dict[str, list]]] = {
     "flux_digits": {
-        20: {**_PEERS_FLUX20, DICACHE: [0.05, 0.06, 0.08, 0.15, 0.2, 0.3, 0.4, 0.6, 1.0, 1.5], DICACHE_PAPER: [0.1, 0.2, 0.4, 0.6],
+        20: {**_PEERS_FLUX20, DICACHE: [0.05, 0.06, 0.08, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0, 1.5], DICACHE_PAPER: [0.1, 0.2, 0.4, 0.6],
              DICACHE_BUDGET: _BUDGETS, DICACHE_BUDGET_ONLINE: _BUDGETS, DICACHE_SCHED: [0.15, 0.2],
              DICACHE_NOALIGN: [0.3, 0.6], DICACHE_M2: [0.3, 0.6], DICACHE_M3: [0.3, 0.6],
              DICACHE_NORUN: [0.1, 0.15, 0.2, 0.3]},
-        50: {**_PEERS_FLUX50, DICACHE: [0.03, 0.04, 0.05, 0.1, 0.2, 0.3, 0.6, 1.2, 2.4, 4.8], DICACHE_PAPER: [0.05, 0.1, 0.2, 0.4],
+        50: {**_PEERS_FLUX50, DICACHE: [0.03, 0.04, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.45, 0.6, 0.9, 1.2, 2.4, 4.8], DICACHE_PAPER: [0.05, 0.1, 0.2, 0.4],
              DICACHE_BUDGET: _BUDGETS, DICACHE_BUDGET_ONLINE: _BUDGETS, DICACHE_SCHED: [0.1, 0.15],
              DICACHE_NOALIGN: [0.2, 0.45], DICACHE_M2: [0.2, 0.45], DICACHE_M3: [0.2, 0.45],
              DICACHE_NORUN: [0.05, 0.075, 0.1, 0.2]},
@@ -134,7 +134,7 @@ SETTINGS: Dict[str, Dict[int, Dict[str, list]]] = {
              DICACHE_PAPER: [0.08, 0.12, 0.16, 0.24], DICACHE_BUDGET: _BUDGETS, DICACHE_BUDGET_ONLINE: _BUDGETS,
              DICACHE_SCHED: [0.1, 0.16], DICACHE_NOALIGN: [0.16, 0.3], DICACHE_M2: [0.16, 0.3], DICACHE_M3: [0.16, 0.3],
              DICACHE_NORUN: [0.08, 0.12, 0.16, 0.24]},
-        50: {**_PEERS_WAN50, DICACHE: [0.02, 0.04, 0.08, 0.16, 0.24, 0.3, 0.6, 1.2, 2.4],
+        50: {**_PEERS_WAN50, DICACHE: [0.02, 0.04, 0.08, 0.16, 0.24, 0.3, 0.4, 0.45, 0.6, 0.9, 1.2, 2.4],
              DICACHE_PAPER: [0.04, 0.08, 0.12, 0.24], DICACHE_BUDGET: _BUDGETS, DICACHE_BUDGET_ONLINE: _BUDGETS,
              DICACHE_SCHED: [0.08, 0.12], DICACHE_NOALIGN: [0.16, 0.24], DICACHE_M2: [0.16, 0.24],
              DICACHE_M3: [0.16, 0.24], DICACHE_NORUN: [0.04, 0.08, 0.12, 0.16]},
