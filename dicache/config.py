@@ -305,8 +305,8 @@ PAPER_PRESETS: Dict[str, DiCacheConfig] = {
 #   probe (the computed calls' probes plan each run) and runs grow by at most one call per refresh;
 # * ``predictive_skip=True``: where the probe decides every call (below 25 steps) a skip right after a probed
 #   skip runs no probe while the last increment says the error stays under δ (at 20 steps, against the same
-#   preset without it: +0.4 / +0.7 dB on Flux at 2× / 2.5×, +0.6 / +1.3 on Wan); where runs are planned it has
-#   no effect;
+#   preset without it on the same δ values: +0.4 / +1.3 / +0.8 dB on Flux at 2× / 2.25× / 2.5×, +0.6 on Wan at
+#   2×); where runs are planned it has no effect;
 # * δ set so that ``dicache.enable(pipe)`` saves about 2× on the shipped models.
 PRESETS: Dict[str, DiCacheConfig] = {
     "flux": PAPER_PRESETS["flux"].replace(
