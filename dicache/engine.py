@@ -645,22 +645,25 @@ class _Budget:
         self._seen: Dict[Tuple[str, int], int] = {}
         self._solved: Dict[Tuple[str, int], float] = {}  # (branch, N) -> δ of the replay, per trajectory
 
+    def _skip_blocks(self, branches: int) -> float:
+        """Blocks a probed skip costs a branch: the probe, shared by the branches with ``cfg_decision="shared"``
+        (one probe per skipped step: a follower of a reusing leader runs none)."""
+        m = self.config.probe_depth
+        return m / max(1, branches) if self.config.cfg_decision == "shared" else m
+
     def _probe_credit(self, branches: int) -> float:
         """Computed calls one skip without a probe (``predictive_skip``) buys: the budget ``F`` solves
         ``F·M + (N − F − P)·m = M·N/s`` with P such skips, so each adds ``m/(M − m)``."""
-        m = self.config.probe_depth
-        if self.config.cfg_decision == "shared":
-            m = m / max(1, branches)
+        m = self._skip_blocks(branches)
         return m / (self.M - m)
 
     def budget(self, n: int, branches: int = 1, planned: bool = False) -> float:
         """Computed calls per branch for ``n`` calls; a follower that runs no probe costs nothing skipped, nor
         does a planned skip (``planned``)."""
-        s, m = self.config.target_speedup, self.config.probe_depth
+        s = self.config.target_speedup
         if planned:
             return n / s
-        if self.config.cfg_decision == "shared":
-            m = m / max(1, branches)  # one probe per skipped step, shared by the branches
+        m = self._skip_blocks(branches)
         return max(0.0, n * (self.M / s - m) / (self.M - m))
 
     def _left(self, state: BranchState, step: int, n: int, branches: int, planned: bool = False
