@@ -430,6 +430,18 @@ def psnr_at(rows: List[Dict], fewer: float, metric: str = "psnr") -> Optional[fl
     return None
 
 
+def front_at(rows: List[Dict], fewer: float, metric: str = "psnr") -> Optional[Tuple[float, float]]:
+    """One family's Pareto front read as a staircase at ``fewer``× fewer flops: the best PSNR (or SSIM) of
+    its settings that save at least that much, and that setting's savings (×); None when none does.
+
+    Where :func:`psnr_at` interpolates between the two settings around ``fewer`` (so one unlucky setting
+    next to it pulls the value down), this is what a user who wants at least ``fewer``× can pick."""
+    pts = [(r[metric], 1.0 / r["flop_fraction"]) for r in rows
+           if r["status"] == "ok" and math.isfinite(r[metric]) and r.get("flop_fraction")
+           and 1.0 / r["flop_fraction"] >= fewer * (1.0 - 1e-9)]
+    return max(pts) if pts else None
+
+
 def matched_table(rows: List[Dict], metric: str = "psnr") -> List[str]:
     """Per model and step count: each family's PSNR at 1.5×, 2× and 2.5× fewer flops."""
     keys = list(dict.fromkeys((r["model"], r["steps"]) for r in rows))
@@ -476,14 +488,48 @@ def lead_table(rows: List[Dict]) -> List[str]:
     return lines
 
 
+def front_table(rows: List[Dict]) -> List[str]:
+    """:func:`lead_table` read on the Pareto fronts (:func:`front_at`): at each savings ≥ 2×, the best setting
+    that saves at least that much, of the peers, of DiCache's families and of the preset (family DICACHE),
+    each with the savings it reaches."""
+    keys = list(dict.fromkeys((r["model"], r["steps"]) for r in rows))
+    lines = ["| model | steps | at least | best peer | dB (×) | best DiCache | dB (×) | lead dB | preset dB (×) "
+             "| preset − best |",
+             "| --- | ---: | ---: | --- | ---: | --- | ---: | ---: | ---: | ---: |"]
+
+    def cell(v):
+        return "–" if v is None else f"{v[0]:.1f} ({v[1]:.2f}×)"
+
+    for m, st in keys:
+        rs = [r for r in rows if r["model"] == m and r["steps"] == st]
+
+        def best(families, x):
+            vals = [(front_at([r for r in rs if r["family"] == f], x), f) for f in families]
+            vals = [(v, f) for v, f in vals if v is not None]
+            # on a tie the preset names the point (the budget families often land on its very setting)
+            return max(vals, key=lambda t: (t[0][0], t[1] == qm.DICACHE)) if vals else (None, "–")
+
+        for x in LEAD_AT:
+            (pv, pf), (dv, df) = best(qm.PEERS, x), best(qm.DICACHES, x)
+            pre = front_at([r for r in rs if r["family"] == qm.DICACHE], x)
+            if pv is None and dv is None:
+                continue
+            lead = f"{dv[0] - pv[0]:+.1f}" if pv is not None and dv is not None else "–"
+            gap = f"{pre[0] - dv[0]:+.1f}" if pre is not None and dv is not None else "–"
+            lines.append(f"| {m} | {st} | {x:g}× | {pf} | {cell(pv)} | {df} | {cell(dv)} | {lead} | {cell(pre)} "
+                         f"| {gap} |")
+    return lines
+
+
 def budget_table(rows: List[Dict]) -> List[str]:
     """Each compute-budget run: its target, the flops saving it reached (off target in %), its PSNR; against
     the preset with a fixed δ (family DICACHE: the same options, δ instead of the budget) interpolated at the
     same savings, which is what the budget replaces; and, for reference, against the best of every fixed-δ
     DiCache family there."""
     lines = ["| model | steps | rule | target | fewer flops | off target (±10 %) | PSNR dB | preset, fixed δ, same "
-             "savings dB | budget − fixed δ (≥ −0.5) | best fixed-δ family there | dB | budget − best |",
-             "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: |"]
+             "savings dB | budget − fixed δ (≥ −0.5) | preset's front: best fixed δ saving at least as much, dB (×) "
+             "| budget − front (≥ −0.5) | best fixed-δ family there | dB | budget − best |",
+             "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: |"]
     budgets = {qm.DICACHE_BUDGET: "replay", qm.DICACHE_BUDGET_ONLINE: "online"}
     fixed = [f for f in qm.DICACHES if f not in budgets]
     for r in rows:
@@ -494,14 +540,18 @@ def budget_table(rows: List[Dict]) -> List[str]:
         off = fewer / target - 1.0
         rs = [x for x in rows if x["model"] == r["model"] and x["steps"] == r["steps"]]
         pre = psnr_at([x for x in rs if x["family"] == qm.DICACHE], fewer)
+        front = front_at([x for x in rs if x["family"] == qm.DICACHE], fewer)
         vals = [(psnr_at([x for x in rs if x["family"] == f], fewer), f) for f in fixed]
         vals = [(v, f) for v, f in vals if v is not None]
         bv, bf = max(vals) if vals else (None, "–")
         vs_pre = "–" if pre is None else f"{r['psnr'] - pre:+.1f} {'✓' if r['psnr'] - pre >= -0.5 else '✗'}"
         vs_best = "–" if bv is None else f"{r['psnr'] - bv:+.1f}"
+        front_cell = "–" if front is None else f"{front[0]:.1f} ({front[1]:.2f}×)"
+        vs_front = "–" if front is None else (f"{r['psnr'] - front[0]:+.1f} "
+                                              f"{'✓' if r['psnr'] - front[0] >= -0.5 else '✗'}")
         lines.append(f"| {r['model']} | {r['steps']} | {budgets[r['family']]} | {target:g}× | {fewer:.2f}× | {100 * off:+.1f} % "
                      f"{'✓' if abs(off) <= 0.10 else '✗'} | {r['psnr']:.1f} | {'–' if pre is None else f'{pre:.1f}'} | "
-                     f"{vs_pre} | {bf} | {'–' if bv is None else f'{bv:.1f}'} | "
+                     f"{vs_pre} | {front_cell} | {vs_front} | {bf} | {'–' if bv is None else f'{bv:.1f}'} | "
                      f"{vs_best} |")
     return lines
 
@@ -534,11 +584,18 @@ def markdown(rows: List[Dict], meta: Dict) -> str:
         "",
         *lead_table(rows),
         "",
+        "The same read on the Pareto fronts: at each savings, the best setting of each that saves *at least* that "
+        "much (with the savings it reaches). Interpolation charges a family for an unlucky setting next to the "
+        "point; the front is what a user who wants at least that saving can pick.",
+        "",
+        *front_table(rows),
+        "",
         "The compute-budget mode (`target_speedup`, the preset's options with no δ), by its two rules: *replay* "
         "(family DiCache budget: one call on the calibration seed first, whose error profile the counted calls "
         "replay) and *online* (DiCache budget online: every call a first call). Each run against its target; "
         "against the preset with a fixed δ at the savings it reached (what the budget replaces: the same "
-        "options, δ tuned by hand); and, for reference, against the best of every fixed-δ DiCache family there "
+        "options, δ tuned by hand), interpolated and on the preset's front (the best fixed δ that saves at least as "
+        "much); and, for reference, against the best of every fixed-δ DiCache family there "
         "(– : no fixed-δ run reaches there).",
         "",
         *budget_table(rows),
@@ -794,10 +851,78 @@ def merge(dirs: List[str], out: str) -> int:
     return 0
 
 
+def pool_rows(a: List[Dict], b: List[Dict], seeds_a: int = 1, seeds_b: int = 1) -> List[Dict]:
+    """The rows of two runs of the same settings on different seeds, as one run over all their samples.
+
+    Only the (model, steps, family, setting) of both are kept. PSNR pools the mean squared error over the samples
+    (each part weighted by its seed count), SSIM and the flop and block fractions are the weighted means (the
+    uncached flops do not depend on the seed); wall and CPU times stay those of the first part (its first
+    seed). A row that is not ``ok`` in either part keeps that part's status. ``seeds_a``/``seeds_b``: the seed
+    count of a row that does not say (rows a merge recovered from a report's tables)."""
+    index = {(r["model"], r["steps"], r["family"], r["setting"]): r for r in b}
+    out = []
+    for ra in a:
+        rb = index.get((ra["model"], ra["steps"], ra["family"], ra["setting"]))
+        if rb is None:
+            continue
+        if ra["status"] != "ok" or rb["status"] != "ok":
+            out.append(dict(ra) if ra["status"] != "ok" else dict(rb))
+            continue
+        na, nb = int(ra.get("seeds") or seeds_a), int(rb.get("seeds") or seeds_b)
+        wa, wb = na / (na + nb), nb / (na + nb)
+        r = dict(ra, seeds=na + nb)
+        for k in ("flop_fraction", "block_fraction", "mac_fraction", "ssim"):
+            if ra.get(k, "") != "" and rb.get(k, "") != "":
+                r[k] = wa * float(ra[k]) + wb * float(rb[k])
+        mse = wa * 10.0 ** (-float(ra["psnr"]) / 10.0) + wb * 10.0 ** (-float(rb["psnr"]) / 10.0)
+        r["psnr"] = math.inf if mse == 0 else -10.0 * math.log10(mse)
+        r["savings"] = 1.0 - r["flop_fraction"]
+        r["fewer_flops"] = 1.0 / r["flop_fraction"]
+        out.append(r)
+    return out
+
+
+def pool(out: str, a: str, b: str) -> int:
+    """One report of the settings two runs share, on the seeds of both (:func:`pool_rows`)."""
+    parts = []
+    for d in (a, b):
+        with open(os.path.join(d, "quality_details.json")) as f:
+            parts.append((read_csv(os.path.join(d, "quality.csv")), json.load(f)))
+    (ra, da), (rb, db) = parts
+    rows = pool_rows(ra, rb, len(da["meta"]["seeds"]), len(db["meta"]["seeds"]))
+    runs_b = {(r["model"], r["steps"], r["family"], r["setting"]): r for r in db["runs"]}
+    keep = {(r["model"], r["steps"], r["family"], r["setting"]) for r in rows}
+    runs = []
+    for r in da["runs"]:
+        key = (r["model"], r["steps"], r["family"], r["setting"])
+        if key in keep and key in runs_b:
+            runs.append(dict(r, runs=r.get("runs", []) + runs_b[key].get("runs", [])))
+    meta = dict(da["meta"])
+    meta["command"] = f"{da['meta']['command']}` pooled with `{db['meta']['command']}"
+    meta["seeds"] = list(da["meta"]["seeds"]) + [s for s in db["meta"]["seeds"] if s not in da["meta"]["seeds"]]
+    meta["seconds"] = da["meta"]["seconds"] + db["meta"]["seconds"]
+    meta["parts"] = [da["meta"], db["meta"]]
+    os.makedirs(out, exist_ok=True)
+    write_csv(rows, os.path.join(out, "quality.csv"))
+    md = markdown(rows, meta)
+    with open(os.path.join(out, "quality.md"), "w") as f:
+        f.write(md + "\n")
+    with open(os.path.join(out, "quality_details.json"), "w") as f:
+        json.dump(dict(meta=meta, runs=runs), f, indent=1, default=str)
+    print(md)
+    return 0
+
+
 def main(argv=None) -> int:
     if argv is None and len(sys.argv) > 1 and sys.argv[1] == "merge":
         # quality.py merge OUT DIR1 DIR2 ...: one report of runs done in separate processes
         return merge(sys.argv[3:], sys.argv[2])
+    if argv is None and len(sys.argv) > 1 and sys.argv[1] == "pool":
+        # quality.py pool OUT DIR_A DIR_B: the settings both ran, on the seeds of both
+        if len(sys.argv) != 5:
+            print("usage: quality.py pool OUT DIR_A DIR_B", file=sys.stderr)
+            return 2
+        return pool(sys.argv[2], sys.argv[3], sys.argv[4])
     args = parse_args(argv)
     if args.list:
         for name in args.models:

@@ -82,6 +82,20 @@ def test_quick_run_writes_every_family(tmp_path):
     assert [(r["model"], r["family"], r["setting"], r["psnr"]) for r in again] == [
         (r["model"], r["family"], r["setting"], r["psnr"]) for r in rows]
     assert "The lead at" in (merged / "quality.md").read_text()
+    assert "read on the Pareto fronts" in (merged / "quality.md").read_text()
+    # a run pooled with a copy of itself is the same run (its PSNR pools equal errors)
+    pooled = tmp_path / "pooled"
+    proc = subprocess.run([sys.executable, SCRIPT, "pool", str(pooled), str(out), str(merged)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    with open(pooled / "quality.csv", newline="") as f:
+        same = list(csv.DictReader(f))
+    assert [(r["family"], r["setting"], r["status"]) for r in same] == [
+        (r["family"], r["setting"], r["status"]) for r in rows]
+    for a, b in zip(same, rows):
+        if b["status"] == "ok" and math.isfinite(float(b["psnr"])):
+            assert float(a["psnr"]) == pytest.approx(float(b["psnr"]), abs=1e-9)
+            assert int(a["seeds"]) == 2 * int(b["seeds"])
     # and a report's own tables stand in for its csv (a run whose csv is gone), to the report's rounding
     from_md = tmp_path / "from_md"
     proc = subprocess.run([sys.executable, SCRIPT, "merge", str(from_md), str(out / "quality.md")], cwd=ROOT,
@@ -144,3 +158,57 @@ def test_run_options_reports_the_engine_s_own_decisions():
     assert 10 < planned["psnr"] < 200
     with pytest.raises(SystemExit):
         ro.main(["wan_digits", "8", '{"threshold": -1}'])
+
+
+def test_front_reads_the_best_setting_saving_at_least_that_much():
+    import quality as Q
+    import quality_methods as qm
+
+    def row(family, fewer, psnr, status="ok"):
+        return dict(model="m", steps=20, family=family, setting=f"{fewer}", status=status, flop_fraction=1.0 / fewer,
+                    psnr=psnr, ssim=1.0 - 1.0 / psnr)
+
+    # a jagged family: the setting at 2.2× is unlucky, the one at 2.4× saves more and scores higher
+    fam = [row(qm.DICACHE, 1.8, 50.0), row(qm.DICACHE, 2.2, 40.0), row(qm.DICACHE, 2.4, 46.0),
+           row(qm.DICACHE, 3.1, 30.0), row(qm.DICACHE, 2.6, 99.0, status="fail-open")]
+    assert Q.front_at(fam, 2.0) == (46.0, pytest.approx(2.4))
+    assert Q.front_at(fam, 2.4) == (46.0, pytest.approx(2.4))  # at exactly the setting's savings
+    assert Q.front_at(fam, 2.5) == (30.0, pytest.approx(3.1))  # the failed-open row counts for nothing
+    assert Q.front_at(fam, 3.2) is None
+    assert Q.front_at(fam, 2.0, "ssim")[0] == pytest.approx(1.0 - 1.0 / 46.0)
+    # interpolation, by contrast, is pulled down by the unlucky neighbour
+    assert Q.psnr_at(fam, 2.2) == pytest.approx(40.0) and Q.psnr_at(fam, 2.2) < Q.front_at(fam, 2.2)[0]
+
+    peer = [row(qm.UNIFORM, 2.0, 41.0), row(qm.UNIFORM, 3.0, 35.0)]
+    lines = Q.front_table(fam + peer)
+    two = next(ln for ln in lines if "| 2× |" in ln)
+    assert "| uniform | 41.0 (2.00×) | DiCache | 46.0 (2.40×) | +5.0 | 46.0 (2.40×) | +0.0 |" in two
+    three = next(ln for ln in lines if "| 3× |" in ln)
+    assert "| uniform | 35.0 (3.00×) | DiCache | 30.0 (3.10×) | -5.0 |" in three
+
+
+def test_pool_rows_is_one_run_over_the_samples_of_both():
+    import quality as Q
+
+    def row(setting, frac, psnr, ssim, seeds=2, status="ok", family="DiCache"):
+        return dict(model="m", steps=20, family=family, setting=setting, status=status, seeds=seeds,
+                    flop_fraction=frac, block_fraction=frac, mac_fraction=frac, savings=1 - frac, fewer_flops=1 / frac,
+                    psnr=psnr, ssim=ssim, wall_s=1.0)
+
+    a = [row("δ=0.1", 0.5, 40.0, 0.99), row("δ=0.2", 0.4, 30.0, 0.9), row("only a", 0.3, 20.0, 0.8),
+         row("ref", 1.0, math.inf, 1.0, family="no cache")]
+    b = [row("δ=0.1", 0.4, 50.0, 0.97, seeds=6), row("δ=0.2", 0.4, 1.0, 0.0, status="fail-open"),
+         row("ref", 1.0, math.inf, 1.0, family="no cache")]
+    got = {r["setting"]: r for r in Q.pool_rows(a, b)}
+    assert set(got) == {"δ=0.1", "δ=0.2", "ref"}  # a setting of one run alone is left out
+    p = got["δ=0.1"]
+    # the mean squared error over all samples: 2 seeds at 1e-4, 6 at 1e-5
+    assert p["psnr"] == pytest.approx(-10 * math.log10((2 * 1e-4 + 6 * 1e-5) / 8))
+    assert p["flop_fraction"] == pytest.approx(0.425) and p["fewer_flops"] == pytest.approx(1 / 0.425)
+    assert p["savings"] == pytest.approx(0.575) and p["ssim"] == pytest.approx(0.975) and p["seeds"] == 8
+    assert got["δ=0.2"]["status"] == "fail-open"  # not ok in either part: not pooled
+    assert math.isinf(got["ref"]["psnr"])
+    # a row that does not say its seed count (recovered from a report's tables) takes the run's
+    a[0]["seeds"] = ""
+    p = {r["setting"]: r for r in Q.pool_rows(a, b, seeds_a=6)}["δ=0.1"]
+    assert p["flop_fraction"] == pytest.approx(0.45) and p["seeds"] == 12
