@@ -616,7 +616,8 @@ class _Budget:
     * **Replay** (a branch that finished a trajectory of the same step count before): δ is solved
       from the mean error profile of those trajectories, as the δ with which the fixed-δ rule
       (``run_power`` included) would have computed as many calls as the budget allows (the middle, in
-      log scale, of the δ range that does), and the call is decided by the fixed-δ rule with it.
+      log scale, of the δ range that does; the probes its predictive skips would save are credited to the
+      budget, as in the run), and the call is decided by the fixed-δ rule with it.
       Refreshes then land where a hand-tuned δ would put them: where the accumulated error grows
       fastest. The mean settles as calls accumulate, and δ with it.
     * **Online** (no profile yet: the first call): before each decided call ``δ = e · S / F_left``:
@@ -716,26 +717,40 @@ class _Budget:
             return None
         if key not in self._solved:
             planned = self.config.plans_runs(n)
-            self._solved[key] = self.solve(self.profiles[key], n, self.budget(n, branches, planned))
+            credit = 0.0 if planned else self._probe_credit(branches)
+            self._solved[key] = self.solve(self.profiles[key], n, self.budget(n, branches, planned), credit)
         return self._solved[key]
 
     def simulate(self, incs: List[float], n: int, delta: float) -> int:
         """Computed calls of the fixed-δ rule (warm-up, run_power, final steps computed) on increments ``incs``."""
+        return self.simulate_calls(incs, n, delta)[0]
+
+    def simulate_calls(self, incs: List[float], n: int, delta: float) -> Tuple[int, int]:
+        """(computed calls, skips without a probe) of the fixed-δ rule on increments ``incs``.
+
+        With ``predictive_skip`` a skip right after a probed skip (two entries stored) runs no probe when the
+        accumulated error plus the last increment stays under δ; the next probe measures the error since."""
         warm, p = self.config.warmup_calls(n), self.config.run_power_at(n)
         last = self.config.last_calls(n)
         if self.config.plans_runs(n):
-            return self._simulate_plan(incs, n, delta, warm, last, p)
-        full, acc, run = 0, 0.0, 0
+            return self._simulate_plan(incs, n, delta, warm, last, p), 0
+        predict = bool(self.config.predictive_skip)
+        full, acc, run, unprobed, probed_skip = 0, 0.0, 0, 0, False
         for k in range(n):
             if k < warm or k >= n - last:
-                full, acc, run = full + 1, 0.0, 0
+                full, acc, run, probed_skip = full + 1, 0.0, 0, False
+                continue
+            limit = delta / (run + 1) ** p
+            if predict and probed_skip and full >= 2 and acc + incs[k - 1] < limit:
+                acc += incs[k]  # skipped without a probe: the next probe measures this step's error too
+                run, unprobed, probed_skip = run + 1, unprobed + 1, False
                 continue
             acc += incs[k]
-            if acc < delta / (run + 1) ** p:
-                run += 1
+            if acc < limit:
+                run, probed_skip = run + 1, True
             else:
-                full, acc, run = full + 1, 0.0, 0
-        return full
+                full, acc, run, probed_skip = full + 1, 0.0, 0, False
+        return full, unprobed
 
     def _simulate_plan(self, incs: List[float], n: int, delta: float, warm: int, last: int, p: float) -> int:
         """Computed calls of the fixed-δ plan (``plan_runs``): each computed call measures the mean increment
@@ -756,19 +771,23 @@ class _Budget:
             full, run, t1, t2 = full + 1, 0, t2, k
         return full
 
-    def solve(self, profile: Dict[int, float], n: int, budget: float) -> float:
-        """The δ whose fixed-δ rule on ``profile`` computes the number of calls nearest ``budget`` (ties: the
+    def solve(self, profile: Dict[int, float], n: int, budget: float, credit: float = 0.0) -> float:
+        """The δ whose fixed-δ rule on ``profile`` computes the number of calls nearest the budget (ties: the
         fewer): the geometric middle of the δ range that gives that count, on a log grid around the
-        increments' scale."""
+        increments' scale. ``credit``: computed calls the budget gains per skip without a probe
+        (``predictive_skip``, :meth:`_probe_credit`), so a δ whose runs skip probes may compute more."""
         known = [v for v in profile.values() if math.isfinite(v) and v >= 0]
         fill = sum(known) / len(known) if known else 0.0
         incs = [profile.get(k, fill) for k in range(n)]
         incs = [v if math.isfinite(v) and v >= 0 else fill for v in incs]
         scale = max(max(incs), 1e-12)
         grid = [scale * 10 ** (i / 40.0) for i in range(-160, 121)]  # 1e-4 … 1e3 times the largest increment
-        counts = [self.simulate(incs, n, d) for d in grid]
-        best = min(set(counts), key=lambda c: (abs(c - budget), c))
-        hits = [d for d, c in zip(grid, counts) if c == best]
+        sims = [self.simulate_calls(incs, n, d) for d in grid]
+        miss: Dict[int, float] = {}  # count -> how near it comes to the budget its δ values earn
+        for full, unprobed in sims:
+            miss[full] = min(miss.get(full, math.inf), abs(full - budget - credit * unprobed))
+        best = min(miss, key=lambda c: (miss[c], c))
+        hits = [d for d, (c, _) in zip(grid, sims) if c == best]
         return math.sqrt(hits[0] * hits[-1])
 
     # -- the rule --------------------------------------------------------------

@@ -215,6 +215,25 @@ def test_budget_solve_finds_the_count_nearest_the_budget_in_the_middle_of_its_ra
     assert delta == pytest.approx(math.sqrt(0.2 * 0.3), rel=0.06)
 
 
+def test_budget_solve_counts_the_probes_that_predictive_skips_save():
+    from dicache.engine import _Budget
+
+    flat = [0.1] * 21
+    cfg = DiCacheConfig(target_speedup=2.0, warmup=1, run_power=0, predictive_skip=True)
+    bud = _Budget(cfg, M)
+    # δ = 0.25: "F..F._F._…F._F.F": the first run probes every call (one entry stored), later runs skip the
+    # second call's probe; the last call is computed (budget mode)
+    assert bud.simulate_calls(flat, 21, 0.25) == (8, 5)
+    assert bud.simulate_calls(flat, 21, 0.35) == (6, 4)  # runs of three: the middle call unprobed
+    assert _Budget(cfg.replace(predictive_skip=False), M).simulate_calls(flat, 21, 0.25) == (8, 0)
+    assert bud.simulate(flat, 21, 0.25) == 8
+    prof = dict(enumerate(flat))
+    # 6.9 calls: without the credit 6 is nearer; with 0.1 of a call per saved probe the runs of two earn 0.5
+    # and 8 is nearer (|8 − 7.4| against |6 − 7.3|)
+    assert bud.simulate(flat, 21, bud.solve(prof, 21, 6.9)) == 6
+    assert bud.simulate(flat, 21, bud.solve(prof, 21, 6.9, credit=0.1)) == 8
+
+
 def test_budget_mode_first_call_is_online_and_profiles_survive_reset_per_step_count():
     n = 30
     errors = [0.02] * 10 + [0.3] * 5 + [0.02] * 14
