@@ -418,8 +418,13 @@ MATCHED = (1.5, 2.0, 2.5)
 
 def psnr_at(rows: List[Dict], fewer: float, metric: str = "psnr") -> Optional[float]:
     """PSNR (or SSIM) of one family's settings interpolated linearly in flop fraction at ``fewer``× fewer
-    flops; None outside the range its settings cover (no extrapolation)."""
-    pts = sorted((r["flop_fraction"], r[metric]) for r in rows if r["status"] == "ok" and math.isfinite(r[metric]))
+    flops; None outside the range its settings cover (no extrapolation). Settings with the same flop fraction
+    count as their best (the best δ at those savings)."""
+    best: Dict[float, float] = {}
+    for r in rows:
+        if r["status"] == "ok" and math.isfinite(r[metric]):
+            best[r["flop_fraction"]] = max(best.get(r["flop_fraction"], -math.inf), r[metric])
+    pts = sorted(best.items())
     target = 1.0 / fewer
     for (f0, p0), (f1, p1) in zip(pts, pts[1:]):
         if f0 <= target <= f1:

@@ -178,6 +178,11 @@ def test_front_reads_the_best_setting_saving_at_least_that_much():
     assert Q.front_at(fam, 2.0, "ssim")[0] == pytest.approx(1.0 - 1.0 / 46.0)
     # interpolation, by contrast, is pulled down by the unlucky neighbour
     assert Q.psnr_at(fam, 2.2) == pytest.approx(40.0) and Q.psnr_at(fam, 2.2) < Q.front_at(fam, 2.2)[0]
+    w = (1 / 2.3 - 1 / 2.4) / (1 / 2.2 - 1 / 2.4)  # linear in the flop fraction
+    assert Q.psnr_at(fam, 2.3) == pytest.approx(46.0 + w * (40.0 - 46.0))
+    # two settings with the same savings: the better one (the best δ there), on either side of the order
+    for tie in (36.0, 48.0):
+        assert Q.psnr_at(fam + [row(qm.DICACHE, 2.2, tie)], 2.2) == pytest.approx(max(40.0, tie))
 
     peer = [row(qm.UNIFORM, 2.0, 41.0), row(qm.UNIFORM, 3.0, 35.0)]
     lines = Q.front_table(fam + peer)
