@@ -914,6 +914,8 @@ def pool(out: str, a: str, b: str) -> int:
         f.write(md + "\n")
     with open(os.path.join(out, "quality_details.json"), "w") as f:
         json.dump(dict(meta=meta, runs=runs), f, indent=1, default=str)
+    plot(rows, os.path.join(out, "quality_pareto.png"),
+         title=f"PSNR and SSIM vs flops saved, pooled ({len(meta['seeds'])} seeds × {len(meta['labels'])} labels)")
     print(md)
     return 0
 
