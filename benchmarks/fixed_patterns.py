@@ -12,7 +12,8 @@ follower branch (uncond) follows each step as ``cfg_decision="shared"`` does.
     .venv/bin/python benchmarks/fixed_patterns.py wan_digits 20 FF..F..F --options '{"gamma_clip": [0, 10]}'
 
 For each pattern it prints the flops saved (torch's FlopCounterMode, as ``quality.py`` counts them), PSNR and
-SSIM against the uncached output over 2 seeds × 10 labels (``--seeds``, ``--labels``). ``--options`` (JSON)
+SSIM against the uncached output over 2 seeds × 10 labels (``--seeds``, ``--labels``), and with ``--per-sample`` each
+sample's PSNR (the PSNR over all samples comes from their mean squared error, so the worst sample sets it). ``--options`` (JSON)
 are passed to ``dicache.enable`` on top of the model family's preset. A pattern shorter than the step count
 is repeated.
 """
@@ -103,7 +104,10 @@ def run(model: str, steps: int, patterns: List[str], seeds: List[int], labels: L
         got = "".join(st for st in runs[0].pattern.get("cond", ""))
         imgs, refs = torch.cat([r.images for r in runs]), torch.cat([ref[r.seed].images for r in runs])
         fewer = sum(ref[r.seed].flops for r in runs) / sum(r.flops for r in runs)
-        out.append(dict(pattern=pat, ran=got, fewer_flops=fewer, psnr=psnr(imgs, refs), ssim=ssim(imgs, refs)))
+        names = [f"s{r.seed}/{lab}" for r in runs for lab in labels]  # one batch per seed, one sample per label
+        per_sample = {n: psnr(imgs[i:i + 1], refs[i:i + 1]) for i, n in enumerate(names)}
+        out.append(dict(pattern=pat, ran=got, fewer_flops=fewer, psnr=psnr(imgs, refs), ssim=ssim(imgs, refs),
+                        per_sample=per_sample))
         dicache.disable(pipe)
     return out
 
@@ -118,6 +122,8 @@ def main(argv=None) -> int:
     ap.add_argument("--labels", default="0-9")
     ap.add_argument("--options", default=None, help="JSON options for dicache.enable (on top of the preset)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--per-sample", action="store_true",
+                    help="also print each sample's PSNR (seed/label): the PSNR over all samples is set by the worst")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.set_grad_enabled(False)
@@ -147,6 +153,8 @@ def main(argv=None) -> int:
     for r in run(args.model, args.steps, pats, seeds, labels, options):
         print(f"{r['pattern']:<{max(8, args.steps)}}  {r['fewer_flops']:10.3f}×  {r['psnr']:7.2f}  {r['ssim']:.4f}"
               + ("" if r["ran"] == r["pattern"] else f"  (ran {r['ran']})"), flush=True)
+        if args.per_sample:
+            print("    per sample (dB): " + "  ".join(f"{k} {v:.1f}" for k, v in r["per_sample"].items()), flush=True)
     return 0
 
 

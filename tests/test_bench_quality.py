@@ -139,6 +139,11 @@ def test_fixed_patterns_runs_the_given_pattern():
     assert predicted["ran"] == "FF._FF" and probed["ran"] == "FF..FF"
     assert predicted["fewer_flops"] > probed["fewer_flops"] > 1.2
     assert 10 < predicted["psnr"] < 200 and 10 < probed["psnr"] < 200
+    # one PSNR per sample (seed/label); the PSNR over all samples is that of their mean squared error
+    per = probed["per_sample"]
+    assert list(per) == ["s0/0", "s0/1"] and len(set(per.values())) == 2
+    mse = sum(10 ** (-v / 10) for v in per.values()) / len(per)
+    assert probed["psnr"] == pytest.approx(-10 * math.log10(mse), abs=1e-6)
 
 
 def test_run_options_reports_the_engine_s_own_decisions():
