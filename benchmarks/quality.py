@@ -467,56 +467,41 @@ def matched_table(rows: List[Dict], metric: str = "psnr") -> List[str]:
 LEAD_AT = (2.0, 2.25, 2.5, 2.75, 3.0)
 
 
-def lead_table(rows: List[Dict]) -> List[str]:
-    """At each savings ≥ 2×: the best DiCache family's PSNR against the best peer's (both interpolated in
-    flop fraction), and the preset (family DICACHE) against the best DiCache."""
+def lead_table(rows: List[Dict], front: bool = False) -> List[str]:
+    """At each savings ≥ 2×: the best DiCache family's PSNR against the best peer's, and the preset (family
+    DICACHE) against the best DiCache; each family's value interpolated in flop fraction (:func:`psnr_at`) or,
+    with ``front``, read on its Pareto front (:func:`front_at`: the best setting that saves at least that much,
+    shown with the savings it reaches)."""
     keys = list(dict.fromkeys((r["model"], r["steps"]) for r in rows))
-    lines = ["| model | steps | fewer flops | best peer | dB | best DiCache | dB | lead dB | preset dB | preset − best |",
-             "| --- | ---: | ---: | --- | ---: | --- | ---: | ---: | ---: | ---: |"]
-    for m, st in keys:
-        rs = [r for r in rows if r["model"] == m and r["steps"] == st]
+    if front:
+        lines = ["| model | steps | at least | best peer | dB (×) | best DiCache | dB (×) | lead dB | preset dB (×) "
+                 "| preset − best |"]
+    else:
+        lines = ["| model | steps | fewer flops | best peer | dB | best DiCache | dB | lead dB | preset dB "
+                 "| preset − best |"]
+    lines.append("| --- | ---: | ---: | --- | ---: | --- | ---: | ---: | ---: | ---: |")
 
-        def best(families):
-            vals = [(psnr_at([r for r in rs if r["family"] == f], x), f) for f in families]
-            vals = [(v, f) for v, f in vals if v is not None]
-            return max(vals) if vals else (None, "–")
-
-        for x in LEAD_AT:
-            (pv, pf), (dv, df) = best(qm.PEERS), best(qm.DICACHES)
-            pre = psnr_at([r for r in rs if r["family"] == qm.DICACHE], x)
-            if pv is None and dv is None:
-                continue
-            lead = f"{dv - pv:+.1f}" if pv is not None and dv is not None else "–"
-            gap = f"{pre - dv:+.1f}" if pre is not None and dv is not None else "–"
-            lines.append(f"| {m} | {st} | {x:g}× | {pf} | {'–' if pv is None else f'{pv:.1f}'} | {df} | "
-                         f"{'–' if dv is None else f'{dv:.1f}'} | {lead} | {'–' if pre is None else f'{pre:.1f}'} | {gap} |")
-    return lines
-
-
-def front_table(rows: List[Dict]) -> List[str]:
-    """:func:`lead_table` read on the Pareto fronts (:func:`front_at`): at each savings ≥ 2×, the best setting
-    that saves at least that much, of the peers, of DiCache's families and of the preset (family DICACHE),
-    each with the savings it reaches."""
-    keys = list(dict.fromkeys((r["model"], r["steps"]) for r in rows))
-    lines = ["| model | steps | at least | best peer | dB (×) | best DiCache | dB (×) | lead dB | preset dB (×) "
-             "| preset − best |",
-             "| --- | ---: | ---: | --- | ---: | --- | ---: | ---: | ---: | ---: |"]
+    def at(family_rows, x):  # (PSNR, savings of the setting or None), or None
+        if front:
+            return front_at(family_rows, x)
+        v = psnr_at(family_rows, x)
+        return None if v is None else (v, None)
 
     def cell(v):
-        return "–" if v is None else f"{v[0]:.1f} ({v[1]:.2f}×)"
+        return "–" if v is None else f"{v[0]:.1f}" + ("" if v[1] is None else f" ({v[1]:.2f}×)")
 
     for m, st in keys:
         rs = [r for r in rows if r["model"] == m and r["steps"] == st]
 
         def best(families, x):
-            vals = [(front_at([r for r in rs if r["family"] == f], x), f) for f in families]
+            vals = [(at([r for r in rs if r["family"] == f], x), f) for f in families]
             vals = [(v, f) for v, f in vals if v is not None]
             # on a tie the preset names the point (the budget families often land on its very setting)
             return max(vals, key=lambda t: (t[0][0], t[1] == qm.DICACHE)) if vals else (None, "–")
 
         for x in LEAD_AT:
             (pv, pf), (dv, df) = best(qm.PEERS, x), best(qm.DICACHES, x)
-            pre = front_at([r for r in rs if r["family"] == qm.DICACHE], x)
+            pre = at([r for r in rs if r["family"] == qm.DICACHE], x)
             if pv is None and dv is None:
                 continue
             lead = f"{dv[0] - pv[0]:+.1f}" if pv is not None and dv is not None else "–"
@@ -524,6 +509,11 @@ def front_table(rows: List[Dict]) -> List[str]:
             lines.append(f"| {m} | {st} | {x:g}× | {pf} | {cell(pv)} | {df} | {cell(dv)} | {lead} | {cell(pre)} "
                          f"| {gap} |")
     return lines
+
+
+def front_table(rows: List[Dict]) -> List[str]:
+    """:func:`lead_table` read on the Pareto fronts."""
+    return lead_table(rows, front=True)
 
 
 def budget_table(rows: List[Dict]) -> List[str]:
@@ -843,6 +833,11 @@ def merge(dirs: List[str], out: str) -> int:
     meta["command"] = " + ".join(f"`{m['command']}`" for m in metas).strip("`")
     meta["seconds"] = max(m["seconds"] for m in metas)
     meta["parts"] = metas
+    return write_report(out, rows, runs, meta)
+
+
+def write_report(out: str, rows: List[Dict], runs: List[Dict], meta: Dict, what: str = "") -> int:
+    """``quality.csv``, ``quality.md``, ``quality_details.json`` and the plot of a merged or pooled report."""
     os.makedirs(out, exist_ok=True)
     write_csv(rows, os.path.join(out, "quality.csv"))
     md = markdown(rows, meta)
@@ -851,7 +846,7 @@ def merge(dirs: List[str], out: str) -> int:
     with open(os.path.join(out, "quality_details.json"), "w") as f:
         json.dump(dict(meta=meta, runs=runs), f, indent=1, default=str)
     plot(rows, os.path.join(out, "quality_pareto.png"),
-         title=f"PSNR and SSIM vs flops saved ({len(meta['seeds'])} seeds × {len(meta['labels'])} labels)")
+         title=f"PSNR and SSIM vs flops saved{what} ({len(meta['seeds'])} seeds × {len(meta['labels'])} labels)")
     print(md)
     return 0
 
@@ -907,17 +902,7 @@ def pool(out: str, a: str, b: str) -> int:
     meta["seeds"] = list(da["meta"]["seeds"]) + [s for s in db["meta"]["seeds"] if s not in da["meta"]["seeds"]]
     meta["seconds"] = da["meta"]["seconds"] + db["meta"]["seconds"]
     meta["parts"] = [da["meta"], db["meta"]]
-    os.makedirs(out, exist_ok=True)
-    write_csv(rows, os.path.join(out, "quality.csv"))
-    md = markdown(rows, meta)
-    with open(os.path.join(out, "quality.md"), "w") as f:
-        f.write(md + "\n")
-    with open(os.path.join(out, "quality_details.json"), "w") as f:
-        json.dump(dict(meta=meta, runs=runs), f, indent=1, default=str)
-    plot(rows, os.path.join(out, "quality_pareto.png"),
-         title=f"PSNR and SSIM vs flops saved, pooled ({len(meta['seeds'])} seeds × {len(meta['labels'])} labels)")
-    print(md)
-    return 0
+    return write_report(out, rows, runs, meta, what=", pooled")
 
 
 def main(argv=None) -> int:
