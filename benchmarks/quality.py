@@ -518,9 +518,9 @@ def front_table(rows: List[Dict]) -> List[str]:
 
 def budget_table(rows: List[Dict]) -> List[str]:
     """Each compute-budget run: its target, the flops saving it reached (off target in %), its PSNR; against
-    the preset with a fixed δ (family DICACHE: the same options, δ instead of the budget) interpolated at the
-    same savings, which is what the budget replaces; and, for reference, against the best of every fixed-δ
-    DiCache family there."""
+    the preset with a fixed δ (family DICACHE: the same options, δ instead of the budget), which is what the
+    budget replaces, interpolated at the same savings and on its front (the best δ that saves at least as much,
+    :func:`front_at`); and, for reference, against the best of every fixed-δ DiCache family there."""
     lines = ["| model | steps | rule | target | fewer flops | off target (±10 %) | PSNR dB | preset, fixed δ, same "
              "savings dB | budget − fixed δ (≥ −0.5) | preset's front: best fixed δ saving at least as much, dB (×) "
              "| budget − front (≥ −0.5) | best fixed-δ family there | dB | budget − best |",
