@@ -511,11 +511,6 @@ def lead_table(rows: List[Dict], front: bool = False) -> List[str]:
     return lines
 
 
-def front_table(rows: List[Dict]) -> List[str]:
-    """:func:`lead_table` read on the Pareto fronts."""
-    return lead_table(rows, front=True)
-
-
 def budget_table(rows: List[Dict]) -> List[str]:
     """Each compute-budget run: its target, the flops saving it reached (off target in %), its PSNR; against
     the preset with a fixed δ (family DICACHE: the same options, δ instead of the budget), which is what the
@@ -583,7 +578,7 @@ def markdown(rows: List[Dict], meta: Dict) -> str:
         "much (with the savings it reaches). Interpolation charges a family for an unlucky setting next to the "
         "point; the front is what a user who wants at least that saving can pick.",
         "",
-        *front_table(rows),
+        *lead_table(rows, front=True),
         "",
         "The compute-budget mode (`target_speedup`, the preset's options with no δ), by its two rules: *replay* "
         "(family DiCache budget: one call on the calibration seed first, whose error profile the counted calls "

@@ -190,7 +190,7 @@ def test_front_reads_the_best_setting_saving_at_least_that_much():
         assert Q.psnr_at(fam + [row(qm.DICACHE, 2.2, tie)], 2.2) == pytest.approx(max(40.0, tie))
 
     peer = [row(qm.UNIFORM, 2.0, 41.0), row(qm.UNIFORM, 3.0, 35.0)]
-    lines = Q.front_table(fam + peer)
+    lines = Q.lead_table(fam + peer, front=True)
     two = next(ln for ln in lines if "| 2× |" in ln)
     assert "| uniform | 41.0 (2.00×) | DiCache | 46.0 (2.40×) | +5.0 | 46.0 (2.40×) | +0.0 |" in two
     three = next(ln for ln in lines if "| 3× |" in ln)
