@@ -37,7 +37,7 @@ import torch  # noqa: E402
 import dicache  # noqa: E402
 from dicache import zoo  # noqa: E402
 from dicache.engine import DiCacheEngine  # noqa: E402
-from dicache.metrics import psnr, ssim  # noqa: E402
+from dicache.metrics import psnr, psnr_per_sample, ssim  # noqa: E402
 
 from block_counter import BlockCounter  # noqa: E402
 
@@ -105,7 +105,7 @@ def run(model: str, steps: int, patterns: List[str], seeds: List[int], labels: L
         imgs, refs = torch.cat([r.images for r in runs]), torch.cat([ref[r.seed].images for r in runs])
         fewer = sum(ref[r.seed].flops for r in runs) / sum(r.flops for r in runs)
         names = [f"s{r.seed}/{lab}" for r in runs for lab in labels]  # one batch per seed, one sample per label
-        per_sample = {n: psnr(imgs[i:i + 1], refs[i:i + 1]) for i, n in enumerate(names)}
+        per_sample = dict(zip(names, psnr_per_sample(imgs, refs)))
         out.append(dict(pattern=pat, ran=got, fewer_flops=fewer, psnr=psnr(imgs, refs), ssim=ssim(imgs, refs),
                         per_sample=per_sample))
         dicache.disable(pipe)

@@ -73,7 +73,7 @@ import torch  # noqa: E402
 import dicache  # noqa: E402
 from dicache import zoo  # noqa: E402
 from dicache.hooks import session_of  # noqa: E402
-from dicache.metrics import psnr, ssim  # noqa: E402
+from dicache.metrics import psnr, psnr_per_sample, ssim  # noqa: E402
 
 import quality_methods as qm  # noqa: E402
 from block_counter import BlockCounter, fractions  # noqa: E402
@@ -201,7 +201,8 @@ def sample(pipe, name: str, labels: Sequence[int], seed: int, steps: int, path: 
 
 CSV_FIELDS = [
     "model", "steps", "family", "setting", "status", "flop_fraction", "savings", "fewer_flops", "block_fraction",
-    "mac_fraction", "calls", "wall_s", "speedup", "cpu_s", "speedup_cpu", "psnr", "ssim", "lpips", "seeds", "labels",
+    "mac_fraction", "calls", "wall_s", "speedup", "cpu_s", "speedup_cpu", "psnr", "psnr_mean", "ssim", "lpips", "seeds",
+    "labels",
     "weights", "note",
 ]
 
@@ -218,7 +219,7 @@ def row_for(model, steps, method_family, setting, status, runs: List[RunResult],
     if not runs:
         row.update(flop_fraction="", fewer_flops="", block_fraction="", savings="", mac_fraction="", calls="",
                    wall_s="", speedup="",
-                   cpu_s="", speedup_cpu="", psnr="", ssim="")
+                   cpu_s="", speedup_cpu="", psnr="", psnr_mean="", ssim="")
         return row
     ref_macs = [sum(col) for col in zip(*[r.macs for r in ref_runs])]
     macs = [sum(col) for col in zip(*[r.macs for r in runs])]
@@ -233,7 +234,7 @@ def row_for(model, steps, method_family, setting, status, runs: List[RunResult],
         flop_fraction=ff, savings=1.0 - ff, fewer_flops=(1.0 / ff if ff > 0 else float("inf")), block_fraction=bf,
         mac_fraction=mf, calls=runs[0].calls, wall_s=wall, speedup=ref_wall / wall, cpu_s=cpu,
         speedup_cpu=(ref_cpu / cpu) if ref_cpu else "",
-        psnr=psnr(out, ref), ssim=ssim(out, ref),
+        psnr=psnr(out, ref), psnr_mean=statistics.fmean(psnr_per_sample(out, ref)), ssim=ssim(out, ref),
     )
     checks = [r for r in runs if r.dicache_fraction is not None]
     if checks:
@@ -376,6 +377,7 @@ def run_benchmark(args) -> List[Dict]:
         rows[-1].update(wall_s=ref_wall, speedup=1.0, cpu_s=ref_cpu, speedup_cpu=1.0)
         details.append(dict(model=name, steps=steps, family=qm.NO_CACHE, setting="", ref_walls=ref_walls, ref_cpus=ref_cpus,
                             runs=[dict(seed=r.seed, flops=r.flops, calls=r.calls, macs=r.macs) for r in ref_runs]))
+        refs = {r.seed: r.images for r in ref_runs}
         for method, status, runs, note, timed in results:
             rows.append(row_for(name, steps, method.family, method.setting, status, runs, ref_runs, ref_wall,
                                 args.seeds, args.labels, weights, note, ref_cpu=ref_cpu, timed=timed))
@@ -383,7 +385,8 @@ def run_benchmark(args) -> List[Dict]:
                                 note=note, params={k: str(v) for k, v in method.params.items()},
                                 timed=None if timed is None else dict(seed=timed.seed, wall_s=timed.wall_s,
                                                                       cpu_s=timed.cpu_s),
-                                runs=[dict(seed=r.seed, flops=r.flops, calls=r.calls, macs=r.macs, pattern=r.pattern)
+                                runs=[dict(seed=r.seed, flops=r.flops, calls=r.calls, macs=r.macs, pattern=r.pattern,
+                                           sample_psnr=[round(v, 3) for v in psnr_per_sample(r.images, refs[r.seed])])
                                       for r in runs]))
         if mag_cache:
             details.append(dict(model=name, steps=steps, family=qm.MAGCACHE, setting="calibration",
@@ -414,15 +417,27 @@ def write_csv(rows: List[Dict], path: str) -> None:
 
 
 MATCHED = (1.5, 2.0, 2.5)
+METRICS = ("psnr", "psnr_mean", "ssim")
+
+
+def _number(v) -> bool:
+    """A finite measured value (rows of older runs leave a newer column empty)."""
+    return isinstance(v, (int, float)) and math.isfinite(v)
+
+
+def _check_metric(metric: str) -> None:
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
 
 
 def psnr_at(rows: List[Dict], fewer: float, metric: str = "psnr") -> Optional[float]:
-    """PSNR (or SSIM) of one family's settings interpolated linearly in flop fraction at ``fewer``× fewer
-    flops; None outside the range its settings cover (no extrapolation). Settings with the same flop fraction
-    count as their best (the best δ at those savings)."""
+    """PSNR (or ``metric``: one of :data:`METRICS`) of one family's settings interpolated linearly in flop
+    fraction at ``fewer``× fewer flops; None outside the range its settings cover (no extrapolation). Settings
+    with the same flop fraction count as their best (the best δ at those savings)."""
+    _check_metric(metric)
     best: Dict[float, float] = {}
     for r in rows:
-        if r["status"] == "ok" and math.isfinite(r[metric]):
+        if r["status"] == "ok" and _number(r.get(metric)):
             best[r["flop_fraction"]] = max(best.get(r["flop_fraction"], -math.inf), r[metric])
     pts = sorted(best.items())
     target = 1.0 / fewer
@@ -441,8 +456,9 @@ def front_at(rows: List[Dict], fewer: float, metric: str = "psnr") -> Optional[T
 
     Where :func:`psnr_at` interpolates between the two settings around ``fewer`` (so one unlucky setting
     next to it pulls the value down), this is what a user who wants at least ``fewer``× can pick."""
+    _check_metric(metric)
     pts = [(r[metric], 1.0 / r["flop_fraction"]) for r in rows
-           if r["status"] == "ok" and math.isfinite(r[metric]) and r.get("flop_fraction")
+           if r["status"] == "ok" and _number(r.get(metric)) and r.get("flop_fraction")
            and 1.0 / r["flop_fraction"] >= fewer * (1.0 - 1e-9)]
     return max(pts) if pts else None
 
@@ -458,7 +474,7 @@ def matched_table(rows: List[Dict], metric: str = "psnr") -> List[str]:
             fr = [r for r in rows if r["model"] == m and r["steps"] == st and r["family"] == fam]
             for x in MATCHED:
                 v = psnr_at(fr, x, metric)
-                cells.append("–" if v is None else (f"{v:.1f}" if metric == "psnr" else f"{v:.4f}"))
+                cells.append("–" if v is None else (f"{v:.4f}" if metric == "ssim" else f"{v:.1f}"))
         if any(c != "–" for c in cells):
             lines.append(f"| {fam} | " + " | ".join(cells) + " |")
     return lines
@@ -467,11 +483,12 @@ def matched_table(rows: List[Dict], metric: str = "psnr") -> List[str]:
 LEAD_AT = (2.0, 2.25, 2.5, 2.75, 3.0)
 
 
-def lead_table(rows: List[Dict], front: bool = False) -> List[str]:
+def lead_table(rows: List[Dict], front: bool = False, metric: str = "psnr") -> List[str]:
     """At each savings ≥ 2×: the best DiCache family's PSNR against the best peer's, and the preset (family
     DICACHE) against the best DiCache; each family's value interpolated in flop fraction (:func:`psnr_at`) or,
     with ``front``, read on its Pareto front (:func:`front_at`: the best setting that saves at least that much,
-    shown with the savings it reaches)."""
+    shown with the savings it reaches). ``metric``: ``"psnr"`` (over all samples) or ``"psnr_mean"`` (the mean of
+    the samples' PSNR)."""
     keys = list(dict.fromkeys((r["model"], r["steps"]) for r in rows))
     if front:
         lines = ["| model | steps | at least | best peer | dB (×) | best DiCache | dB (×) | lead dB | preset dB (×) "
@@ -483,8 +500,8 @@ def lead_table(rows: List[Dict], front: bool = False) -> List[str]:
 
     def at(family_rows, x):  # (PSNR, savings of the setting or None), or None
         if front:
-            return front_at(family_rows, x)
-        v = psnr_at(family_rows, x)
+            return front_at(family_rows, x, metric)
+        v = psnr_at(family_rows, x, metric)
         return None if v is None else (v, None)
 
     def cell(v):
@@ -511,11 +528,13 @@ def lead_table(rows: List[Dict], front: bool = False) -> List[str]:
     return lines
 
 
-def budget_table(rows: List[Dict]) -> List[str]:
+def budget_table(rows: List[Dict], metric: str = "psnr") -> List[str]:
     """Each compute-budget run: its target, the flops saving it reached (off target in %), its PSNR; against
     the preset with a fixed δ (family DICACHE: the same options, δ instead of the budget), which is what the
     budget replaces, interpolated at the same savings and on its front (the best δ that saves at least as much,
-    :func:`front_at`); and, for reference, against the best of every fixed-δ DiCache family there."""
+    :func:`front_at`); and, for reference, against the best of every fixed-δ DiCache family there. ``metric``:
+    as in :func:`lead_table`."""
+    _check_metric(metric)
     lines = ["| model | steps | rule | target | fewer flops | off target (±10 %) | PSNR dB | preset, fixed δ, same "
              "savings dB | budget − fixed δ (≥ −0.5) | preset's front: best fixed δ saving at least as much, dB (×) "
              "| budget − front (≥ −0.5) | best fixed-δ family there | dB | budget − best |",
@@ -523,24 +542,26 @@ def budget_table(rows: List[Dict]) -> List[str]:
     budgets = {qm.DICACHE_BUDGET: "replay", qm.DICACHE_BUDGET_ONLINE: "online"}
     fixed = [f for f in qm.DICACHES if f not in budgets]
     for r in rows:
-        if r["family"] not in budgets or r["status"] != "ok" or not r.get("flop_fraction"):
+        if (r["family"] not in budgets or r["status"] != "ok" or not r.get("flop_fraction")
+                or not _number(r.get(metric))):
             continue
+        got = r[metric]
         target = float(r["setting"].split("=")[1].split()[0])
         fewer = 1.0 / r["flop_fraction"]
         off = fewer / target - 1.0
         rs = [x for x in rows if x["model"] == r["model"] and x["steps"] == r["steps"]]
-        pre = psnr_at([x for x in rs if x["family"] == qm.DICACHE], fewer)
-        front = front_at([x for x in rs if x["family"] == qm.DICACHE], fewer)
-        vals = [(psnr_at([x for x in rs if x["family"] == f], fewer), f) for f in fixed]
+        pre = psnr_at([x for x in rs if x["family"] == qm.DICACHE], fewer, metric)
+        front = front_at([x for x in rs if x["family"] == qm.DICACHE], fewer, metric)
+        vals = [(psnr_at([x for x in rs if x["family"] == f], fewer, metric), f) for f in fixed]
         vals = [(v, f) for v, f in vals if v is not None]
         bv, bf = max(vals) if vals else (None, "–")
-        vs_pre = "–" if pre is None else f"{r['psnr'] - pre:+.1f} {'✓' if r['psnr'] - pre >= -0.5 else '✗'}"
-        vs_best = "–" if bv is None else f"{r['psnr'] - bv:+.1f}"
+        vs_pre = "–" if pre is None else f"{got - pre:+.1f} {'✓' if got - pre >= -0.5 else '✗'}"
+        vs_best = "–" if bv is None else f"{got - bv:+.1f}"
         front_cell = "–" if front is None else f"{front[0]:.1f} ({front[1]:.2f}×)"
-        vs_front = "–" if front is None else (f"{r['psnr'] - front[0]:+.1f} "
-                                              f"{'✓' if r['psnr'] - front[0] >= -0.5 else '✗'}")
+        vs_front = "–" if front is None else (f"{got - front[0]:+.1f} "
+                                              f"{'✓' if got - front[0] >= -0.5 else '✗'}")
         lines.append(f"| {r['model']} | {r['steps']} | {budgets[r['family']]} | {target:g}× | {fewer:.2f}× | {100 * off:+.1f} % "
-                     f"{'✓' if abs(off) <= 0.10 else '✗'} | {r['psnr']:.1f} | {'–' if pre is None else f'{pre:.1f}'} | "
+                     f"{'✓' if abs(off) <= 0.10 else '✗'} | {got:.1f} | {'–' if pre is None else f'{pre:.1f}'} | "
                      f"{vs_pre} | {front_cell} | {vs_front} | {bf} | {'–' if bv is None else f'{bv:.1f}'} | "
                      f"{vs_best} |")
     return lines
@@ -556,7 +577,8 @@ def markdown(rows: List[Dict], meta: Dict) -> str:
         "block evaluations executed / uncached (linear-layer work per block). Wall times come from a separate "
         "run of the first seed without the counter: speedup = wall time of no cache (median of a run before and "
         "one after the methods) / of the method; speedup (CPU) the same with the process CPU time, which other "
-        "processes on the machine disturb less; PSNR, SSIM against the uncached output over all samples. "
+        "processes on the machine disturb less; PSNR, SSIM against the uncached output over all samples (PSNR per "
+        "sample, mean: the mean of each sample's PSNR). "
         f"LPIPS: {LPIPS_NOTE}.",
         "",
         "PSNR (dB) at matched savings: each family's settings interpolated linearly in flop fraction at 1.5×, 2× "
@@ -591,6 +613,23 @@ def markdown(rows: List[Dict], meta: Dict) -> str:
         *budget_table(rows),
         "",
     ]
+    if any(_number(r.get("psnr_mean")) for r in rows if r["family"] != qm.NO_CACHE):
+        lines += [
+            "#### The same on the mean of the samples' PSNR",
+            "",
+            "The tables above take the PSNR of the squared error pooled over all samples, which the worst sample "
+            "sets; the caching papers average the PSNR of each sample. The same comparisons on that mean "
+            "(rows of runs that did not record it are left out):",
+            "",
+            *matched_table(rows, "psnr_mean"),
+            "",
+            *lead_table(rows, metric="psnr_mean"),
+            "",
+            *lead_table(rows, front=True, metric="psnr_mean"),
+            "",
+            *budget_table(rows, "psnr_mean"),
+            "",
+        ]
     groups: Dict = {}
     for r in rows:
         groups.setdefault((r["model"], r["steps"]), []).append(r)
@@ -598,12 +637,12 @@ def markdown(rows: List[Dict], meta: Dict) -> str:
         lines.append(f"### {model}, {steps} steps ({rs[0]['weights']})")
         lines.append("")
         lines.append("| method | setting | flops | fewer flops | blocks | wall s | speedup | CPU s | speedup (CPU) | PSNR dB "
-                     "| SSIM | note |")
-        lines.append("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
+                     "| PSNR per sample, mean dB | SSIM | note |")
+        lines.append("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
         for r in rs:
             if r["status"] in ("unsupported", "error"):
-                lines.append(f"| {r['family']} | {r['setting']} | – | – | – | – | – | – | – | – | – | **{r['status']}**: "
-                             f"{r['note']} |")
+                lines.append(f"| {r['family']} | {r['setting']} | – | – | – | – | – | – | – | – | – | – | "
+                             f"**{r['status']}**: {r['note']} |")
                 continue
             note = r["note"]
             if r["status"] != "ok":
@@ -612,7 +651,7 @@ def markdown(rows: List[Dict], meta: Dict) -> str:
                 f"| {r['family']} | {r['setting']} | {100 * r['flop_fraction']:.1f}% | {_fmt(r['fewer_flops'], '.2f')}× "
                 f"| {100 * r['block_fraction']:.1f}% "
                 f"| {r['wall_s']:.2f} | {r['speedup']:.2f}× | {r['cpu_s']:.2f} | {_fmt(r['speedup_cpu'], '.2f')}× "
-                f"| {_fmt(r['psnr'], '.2f')} | {r['ssim']:.4f} | {note} |"
+                f"| {_fmt(r['psnr'], '.2f')} | {_fmt(r.get('psnr_mean', ''), '.2f') or '–'} | {r['ssim']:.4f} | {note} |"
             )
         lines.append("")
     return "\n".join(lines)
@@ -736,7 +775,7 @@ def parse_args(argv=None):
 
 
 _NUMERIC = ("flop_fraction", "savings", "fewer_flops", "block_fraction", "mac_fraction", "wall_s", "speedup", "cpu_s",
-            "speedup_cpu", "psnr", "ssim")
+            "speedup_cpu", "psnr", "psnr_mean", "ssim")
 
 
 def read_csv(path: str) -> List[Dict]:
@@ -764,9 +803,11 @@ def rows_from_report(path: str) -> Tuple[List[Dict], Dict]:
             continue
         for line in sec.splitlines()[1:]:
             cells = [c.strip() for c in line.strip().strip("|").split("|")]
-            if len(cells) != 12 or cells[0] in ("method", "---"):
+            if len(cells) not in (12, 13) or cells[0] in ("method", "---"):
                 continue
-            fam, setting, flops, fewer, blocks, wall, sp, cpu, spc, ps, ss, note = cells
+            if len(cells) == 12:  # a report from before the per-sample column
+                cells.insert(10, "–")
+            fam, setting, flops, fewer, blocks, wall, sp, cpu, spc, ps, pm, ss, note = cells
             status, note = "ok", note
             bold = re.match(r"\*\*([^*]+)\*\*\s*(.*)", note)
             if bold:
@@ -778,7 +819,8 @@ def rows_from_report(path: str) -> Tuple[List[Dict], Dict]:
             rows.append(dict(model=m.group(1), steps=int(m.group(2)), family=fam, setting=setting, status=status,
                              flop_fraction=num(flops, 0.01), fewer_flops=num(fewer), block_fraction=num(blocks, 0.01),
                              wall_s=num(wall), speedup=num(sp), cpu_s=num(cpu), speedup_cpu=num(spc),
-                             psnr=math.inf if ps == "inf" else num(ps), ssim=num(ss), weights=m.group(3),
+                             psnr=math.inf if ps == "inf" else num(ps),
+                             psnr_mean=math.inf if pm == "inf" else num(pm), ssim=num(ss), weights=m.group(3),
                              note=note))
     head = re.search(r"Command: `(.*)`  \nDate: (.*?); (\d+) torch thread\(s\); total (\d+) s  \n"
                      r"Seeds (\[.*?\]), labels (\[.*?\]) .*?backend (\w+)", text)
@@ -850,7 +892,8 @@ def pool_rows(a: List[Dict], b: List[Dict], seeds_a: int = 1, seeds_b: int = 1) 
     """The rows of two runs of the same settings on different seeds, as one run over all their samples.
 
     Only the (model, steps, family, setting) of both are kept. PSNR pools the mean squared error over the samples
-    (each part weighted by its seed count), SSIM and the flop and block fractions are the weighted means (the
+    (each part weighted by its seed count), the per-sample mean PSNR (where both parts have it), SSIM and the
+    flop and block fractions are the weighted means (the
     uncached flops do not depend on the seed); wall and CPU times stay those of the first part (its first
     seed). A row that is not ``ok`` in either part keeps that part's status. ``seeds_a``/``seeds_b``: the seed
     count of a row that does not say (rows a merge recovered from a report's tables)."""
@@ -866,9 +909,11 @@ def pool_rows(a: List[Dict], b: List[Dict], seeds_a: int = 1, seeds_b: int = 1) 
         na, nb = int(ra.get("seeds") or seeds_a), int(rb.get("seeds") or seeds_b)
         wa, wb = na / (na + nb), nb / (na + nb)
         r = dict(ra, seeds=na + nb)
-        for k in ("flop_fraction", "block_fraction", "mac_fraction", "ssim"):
+        for k in ("flop_fraction", "block_fraction", "mac_fraction", "psnr_mean", "ssim"):
             if ra.get(k, "") != "" and rb.get(k, "") != "":
                 r[k] = wa * float(ra[k]) + wb * float(rb[k])
+            else:
+                r[k] = ""
         mse = wa * 10.0 ** (-float(ra["psnr"]) / 10.0) + wb * 10.0 ** (-float(rb["psnr"]) / 10.0)
         r["psnr"] = math.inf if mse == 0 else -10.0 * math.log10(mse)
         r["savings"] = 1.0 - r["flop_fraction"]

@@ -1,4 +1,4 @@
-"""Image-quality metrics against a reference output: PSNR and SSIM (images in [0, 1])."""
+"""Image-quality metrics against a reference output: PSNR (pooled or per sample) and SSIM (images in [0, 1])."""
 
 from __future__ import annotations
 
@@ -12,6 +12,17 @@ def psnr(x: torch.Tensor, ref: torch.Tensor, data_range: float = 1.0) -> float:
     """Peak signal-to-noise ratio in dB over all pixels (``inf`` when identical)."""
     mse = float(((x.double() - ref.double()) ** 2).mean())
     return math.inf if mse == 0 else 10.0 * math.log10(data_range**2 / mse)
+
+
+def psnr_per_sample(x: torch.Tensor, ref: torch.Tensor, data_range: float = 1.0) -> list:
+    """PSNR in dB of each sample (the first dimension) against its reference; their mean is the
+    convention of the caching papers, where :func:`psnr` pools the squared error of all samples (so the
+    worst sample sets it)."""
+    if x.shape != ref.shape or x.dim() < 1:
+        raise ValueError(f"x and ref must have the same shape with a sample dimension, got {tuple(x.shape)} "
+                         f"and {tuple(ref.shape)}")
+    mse = ((x.double() - ref.double()) ** 2).reshape(x.shape[0], -1).mean(dim=1)
+    return [math.inf if m == 0 else 10.0 * math.log10(data_range**2 / m) for m in mse.tolist()]
 
 
 def _gaussian_window(size: int, sigma: float) -> torch.Tensor:

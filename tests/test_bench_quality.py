@@ -5,6 +5,7 @@ same configuration. ~20–30 s on 2 cores.
 """
 
 import csv
+import json
 import math
 import os
 import subprocess
@@ -58,6 +59,9 @@ def test_quick_run_writes_every_family(tmp_path):
                 assert abs(float(r["fewer_flops"]) * frac - 1.0) < 1e-9
                 assert float(r["wall_s"]) > 0 and float(r["speedup"]) > 0
                 assert "dicache.summary disagrees" not in r["note"], r
+            if r["status"] == "ok" and r["family"] != qm.NO_CACHE:
+                # the mean of the samples' PSNR is at least the PSNR of their pooled error (log is concave)
+                assert float(r["psnr_mean"]) >= float(r["psnr"]) - 1e-9, r
 
         # every cache counted the same way: uniform k=3 computes calls 0 and 3 of each 6-call branch fully
         # and the 1-block probe otherwise
@@ -83,6 +87,15 @@ def test_quick_run_writes_every_family(tmp_path):
         (r["model"], r["family"], r["setting"], r["psnr"]) for r in rows]
     assert "The lead at" in (merged / "quality.md").read_text()
     assert "read on the Pareto fronts" in (merged / "quality.md").read_text()
+    assert "mean of the samples' PSNR" in (merged / "quality.md").read_text()
+    with open(out / "quality_details.json") as f:
+        details = json.load(f)["runs"]
+    for d in details:
+        for run in d.get("runs", []) if d.get("family") != qm.NO_CACHE else []:
+            assert len(run["sample_psnr"]) == 2, d  # one per label of the batch
+            want = next(r for r in rows if r["model"] == d["model"] and r["family"] == d["family"]
+                        and r["setting"] == d["setting"])
+            assert sum(run["sample_psnr"]) / 2 == pytest.approx(float(want["psnr_mean"]), abs=2e-3)
     # a run pooled with a copy of itself is the same run (its PSNR pools equal errors)
     pooled = tmp_path / "pooled"
     proc = subprocess.run([sys.executable, SCRIPT, "pool", str(pooled), str(out), str(merged)], cwd=ROOT,
@@ -95,6 +108,7 @@ def test_quick_run_writes_every_family(tmp_path):
     for a, b in zip(same, rows):
         if b["status"] == "ok" and math.isfinite(float(b["psnr"])):
             assert float(a["psnr"]) == pytest.approx(float(b["psnr"]), abs=1e-9)
+            assert float(a["psnr_mean"]) == pytest.approx(float(b["psnr_mean"]), abs=1e-9)
             assert int(a["seeds"]) == 2 * int(b["seeds"])
     # and a report's own tables stand in for its csv (a run whose csv is gone), to the report's rounding
     from_md = tmp_path / "from_md"
@@ -108,6 +122,7 @@ def test_quick_run_writes_every_family(tmp_path):
     for a, b in zip(md_rows, rows):
         if b["status"] == "ok":
             assert float(a["psnr"]) == pytest.approx(float(b["psnr"]), abs=0.006)
+            assert float(a["psnr_mean"]) == pytest.approx(float(b["psnr_mean"]), abs=0.006)
             assert float(a["flop_fraction"]) == pytest.approx(float(b["flop_fraction"]), abs=6e-4)
 
 
@@ -196,6 +211,20 @@ def test_front_reads_the_best_setting_saving_at_least_that_much():
     three = next(ln for ln in lines if "| 3× |" in ln)
     assert "| uniform | 35.0 (3.00×) | DiCache | 30.0 (3.10×) | -5.0 |" in three
 
+    # the per-sample mean is read the same way; rows of older runs without it count for nothing
+    for r in fam + peer:
+        r["psnr_mean"] = r["psnr"] + 2.0
+    fam[2]["psnr_mean"] = ""
+    assert Q.front_at(fam, 2.0, "psnr_mean") == (42.0, pytest.approx(2.2))  # 2.4× has no value
+    w = (1 / 2.4 - 1 / 3.1) / (1 / 2.2 - 1 / 3.1)
+    assert Q.psnr_at(fam, 2.4, "psnr_mean") == pytest.approx(32.0 + w * (42.0 - 32.0))
+    two = next(ln for ln in Q.lead_table(fam + peer, front=True, metric="psnr_mean") if "| 2× |" in ln)
+    assert "| uniform | 43.0 (2.00×) | DiCache | 42.0 (2.20×) | -1.0 |" in two
+    with pytest.raises(ValueError, match="metric must be one of"):
+        Q.psnr_at(fam, 2.0, "lpips")
+    with pytest.raises(ValueError, match="metric must be one of"):
+        Q.lead_table(fam, metric="PSNR")
+
 
 def test_pool_rows_is_one_run_over_the_samples_of_both():
     import quality as Q
@@ -203,7 +232,7 @@ def test_pool_rows_is_one_run_over_the_samples_of_both():
     def row(setting, frac, psnr, ssim, seeds=2, status="ok", family="DiCache"):
         return dict(model="m", steps=20, family=family, setting=setting, status=status, seeds=seeds,
                     flop_fraction=frac, block_fraction=frac, mac_fraction=frac, savings=1 - frac, fewer_flops=1 / frac,
-                    psnr=psnr, ssim=ssim, wall_s=1.0)
+                    psnr=psnr, psnr_mean=psnr + 3.0, ssim=ssim, wall_s=1.0)
 
     a = [row("δ=0.1", 0.5, 40.0, 0.99), row("δ=0.2", 0.4, 30.0, 0.9), row("only a", 0.3, 20.0, 0.8),
          row("ref", 1.0, math.inf, 1.0, family="no cache")]
@@ -216,9 +245,56 @@ def test_pool_rows_is_one_run_over_the_samples_of_both():
     assert p["psnr"] == pytest.approx(-10 * math.log10((2 * 1e-4 + 6 * 1e-5) / 8))
     assert p["flop_fraction"] == pytest.approx(0.425) and p["fewer_flops"] == pytest.approx(1 / 0.425)
     assert p["savings"] == pytest.approx(0.575) and p["ssim"] == pytest.approx(0.975) and p["seeds"] == 8
+    assert p["psnr_mean"] == pytest.approx(0.25 * 43.0 + 0.75 * 53.0)  # the mean over all 8 seeds' samples
     assert got["δ=0.2"]["status"] == "fail-open"  # not ok in either part: not pooled
     assert math.isinf(got["ref"]["psnr"])
     # a row that does not say its seed count (recovered from a report's tables) takes the run's
     a[0]["seeds"] = ""
     p = {r["setting"]: r for r in Q.pool_rows(a, b, seeds_a=6)}["δ=0.1"]
     assert p["flop_fraction"] == pytest.approx(0.45) and p["seeds"] == 12
+    # a part run before the per-sample column: the pooled row has none (not the other part's alone)
+    b[0]["psnr_mean"] = ""
+    assert {r["setting"]: r for r in Q.pool_rows(a, b)}["δ=0.1"]["psnr_mean"] == ""
+
+
+def test_reports_carry_the_per_sample_mean_and_older_ones_parse_without_it(tmp_path):
+    import quality as Q
+    import quality_methods as qm
+
+    def row(family, setting, frac, psnr, psnr_mean):
+        return dict(model="flux_digits", steps=20, family=family, setting=setting, status="ok", seeds=2, labels=10,
+                    flop_fraction=frac, block_fraction=frac, mac_fraction=frac, savings=1 - frac,
+                    fewer_flops=1 / frac, calls=20, wall_s=1.0, speedup=1 / frac, cpu_s=1.0, speedup_cpu=1 / frac,
+                    psnr=psnr, psnr_mean=psnr_mean, ssim=0.99, weights="shipped weights", note="", lpips="")
+
+    rows = [row(qm.NO_CACHE, "", 1.0, math.inf, math.inf), row(qm.UNIFORM, "k=2", 0.5, 38.25, 40.5),
+            row(qm.DICACHE, "δ=0.2", 0.52, 49.0, 51.75), row(qm.DICACHE, "δ=0.4", 0.38, 44.0, 47.0),
+            row(qm.DICACHE_BUDGET, "target_speedup=2 (no δ), after one call", 0.5, 46.0, 52.0)]
+    meta = dict(command="quality.py --test", date="2026-12-02 15:00", threads=1, seconds=1.0, seeds=[0, 1],
+                labels=list(range(10)), backend="auto")
+    md = Q.markdown(rows, meta)
+    assert "#### The same on the mean of the samples' PSNR" in md
+    # the budget row on the per-sample mean: 52.0 against the preset's 51.75 − (0.02/0.14)·4.75 at 2×
+    pre = 51.75 + (47.0 - 51.75) * (0.52 - 0.5) / (0.52 - 0.38)
+    budget = [ln for ln in Q.budget_table(rows, "psnr_mean") if "| replay |" in ln]
+    assert len(budget) == 1 and f"| 52.0 | {pre:.1f} | {52.0 - pre:+.1f} ✓ |" in budget[0]
+    pooled_budget = [ln for ln in Q.budget_table(rows) if "| replay |" in ln][0]
+    pre = 49.0 + (44.0 - 49.0) * (0.52 - 0.5) / (0.52 - 0.38)
+    assert f"| 46.0 | {pre:.1f} | {46.0 - pre:+.1f} ✗ |" in pooled_budget
+    path = tmp_path / "quality.md"
+    path.write_text(md)
+    back, got_meta = Q.rows_from_report(str(path))
+    assert [r["psnr_mean"] for r in back] == [math.inf, 40.5, 51.75, 47.0, 52.0]
+    assert got_meta["seeds"] == [0, 1]
+    # a report written before the column: 12 cells a row, the per-sample mean left empty
+    old = []
+    for ln in md.splitlines():
+        cells = ln.split("|")
+        if len(cells) == 15:  # the per-setting rows (13 cells): drop the per-sample column
+            del cells[11]
+        old.append("|".join(cells))
+    path.write_text("\n".join(old))
+    back = Q.rows_from_report(str(path))[0]
+    assert [r["psnr"] for r in back] == [math.inf, 38.25, 49.0, 44.0, 46.0]
+    assert [r["psnr_mean"] for r in back] == ["", "", "", "", ""]
+    assert Q.psnr_at([r for r in back if r["family"] == qm.DICACHE], 2.0, "psnr_mean") is None
