@@ -483,31 +483,21 @@ def matched_table(rows: List[Dict], metric: str = "psnr") -> List[str]:
 LEAD_AT = (2.0, 2.25, 2.5, 2.75, 3.0)
 
 
-def lead_table(rows: List[Dict], front: bool = False, metric: str = "psnr") -> List[str]:
-    """At each savings ≥ 2×: the best DiCache family's PSNR against the best peer's, and the preset (family
-    DICACHE) against the best DiCache; each family's value interpolated in flop fraction (:func:`psnr_at`) or,
-    with ``front``, read on its Pareto front (:func:`front_at`: the best setting that saves at least that much,
-    shown with the savings it reaches). ``metric``: ``"psnr"`` (over all samples) or ``"psnr_mean"`` (the mean of
-    the samples' PSNR)."""
-    keys = list(dict.fromkeys((r["model"], r["steps"]) for r in rows))
-    if front:
-        lines = ["| model | steps | at least | best peer | dB (×) | best DiCache | dB (×) | lead dB | preset dB (×) "
-                 "| preset − best |"]
-    else:
-        lines = ["| model | steps | fewer flops | best peer | dB | best DiCache | dB | lead dB | preset dB "
-                 "| preset − best |"]
-    lines.append("| --- | ---: | ---: | --- | ---: | --- | ---: | ---: | ---: | ---: |")
+def lead_points(rows: List[Dict], front: bool = False, metric: str = "psnr") -> List[Dict]:
+    """At each savings of :data:`LEAD_AT` per (model, steps): the best peer's and the best DiCache family's
+    value and the preset's (family DICACHE), each interpolated in flop fraction (:func:`psnr_at`) or, with
+    ``front``, read on its Pareto front (:func:`front_at`). Values are ``(dB, savings of the setting or
+    None)`` or None; a point where neither side reaches is left out."""
+    _check_metric(metric)
 
-    def at(family_rows, x):  # (PSNR, savings of the setting or None), or None
+    def at(family_rows, x):
         if front:
             return front_at(family_rows, x, metric)
         v = psnr_at(family_rows, x, metric)
         return None if v is None else (v, None)
 
-    def cell(v):
-        return "–" if v is None else f"{v[0]:.1f}" + ("" if v[1] is None else f" ({v[1]:.2f}×)")
-
-    for m, st in keys:
+    points = []
+    for m, st in dict.fromkeys((r["model"], r["steps"]) for r in rows):
         rs = [r for r in rows if r["model"] == m and r["steps"] == st]
 
         def best(families, x):
@@ -518,52 +508,128 @@ def lead_table(rows: List[Dict], front: bool = False, metric: str = "psnr") -> L
 
         for x in LEAD_AT:
             (pv, pf), (dv, df) = best(qm.PEERS, x), best(qm.DICACHES, x)
-            pre = at([r for r in rs if r["family"] == qm.DICACHE], x)
             if pv is None and dv is None:
                 continue
-            lead = f"{dv[0] - pv[0]:+.1f}" if pv is not None and dv is not None else "–"
-            gap = f"{pre[0] - dv[0]:+.1f}" if pre is not None and dv is not None else "–"
-            lines.append(f"| {m} | {st} | {x:g}× | {pf} | {cell(pv)} | {df} | {cell(dv)} | {lead} | {cell(pre)} "
-                         f"| {gap} |")
+            points.append(dict(model=m, steps=st, fewer=x, peer=pv, peer_family=pf, best=dv, best_family=df,
+                               preset=at([r for r in rs if r["family"] == qm.DICACHE], x)))
+    return points
+
+
+def lead_table(rows: List[Dict], front: bool = False, metric: str = "psnr") -> List[str]:
+    """At each savings ≥ 2×: the best DiCache family's PSNR against the best peer's, and the preset (family
+    DICACHE) against the best DiCache (:func:`lead_points`), the front's settings shown with the savings they
+    reach. ``metric``: ``"psnr"`` (over all samples) or ``"psnr_mean"`` (the mean of the samples' PSNR)."""
+    if front:
+        lines = ["| model | steps | at least | best peer | dB (×) | best DiCache | dB (×) | lead dB | preset dB (×) "
+                 "| preset − best |"]
+    else:
+        lines = ["| model | steps | fewer flops | best peer | dB | best DiCache | dB | lead dB | preset dB "
+                 "| preset − best |"]
+    lines.append("| --- | ---: | ---: | --- | ---: | --- | ---: | ---: | ---: | ---: |")
+
+    def cell(v):
+        return "–" if v is None else f"{v[0]:.1f}" + ("" if v[1] is None else f" ({v[1]:.2f}×)")
+
+    for p in lead_points(rows, front, metric):
+        pv, dv, pre = p["peer"], p["best"], p["preset"]
+        lead = f"{dv[0] - pv[0]:+.1f}" if pv is not None and dv is not None else "–"
+        gap = f"{pre[0] - dv[0]:+.1f}" if pre is not None and dv is not None else "–"
+        lines.append(f"| {p['model']} | {p['steps']} | {p['fewer']:g}× | {p['peer_family']} | {cell(pv)} "
+                     f"| {p['best_family']} | {cell(dv)} | {lead} | {cell(pre)} | {gap} |")
     return lines
 
 
-def budget_table(rows: List[Dict], metric: str = "psnr") -> List[str]:
-    """Each compute-budget run: its target, the flops saving it reached (off target in %), its PSNR; against
-    the preset with a fixed δ (family DICACHE: the same options, δ instead of the budget), which is what the
-    budget replaces, interpolated at the same savings and on its front (the best δ that saves at least as much,
-    :func:`front_at`); and, for reference, against the best of every fixed-δ DiCache family there. ``metric``:
-    as in :func:`lead_table`."""
+BUDGET_RULES = {qm.DICACHE_BUDGET: "replay", qm.DICACHE_BUDGET_ONLINE: "online"}
+
+
+def budget_points(rows: List[Dict], metric: str = "psnr") -> List[Dict]:
+    """Each compute-budget run (``rule`` replay or online): its target and the savings it reached, its value,
+    the preset's (fixed δ) interpolated at those savings and on its front, and the best fixed-δ family's."""
     _check_metric(metric)
+    fixed = [f for f in qm.DICACHES if f not in BUDGET_RULES]
+    points = []
+    for r in rows:
+        if (r["family"] not in BUDGET_RULES or r["status"] != "ok" or not r.get("flop_fraction")
+                or not _number(r.get(metric))):
+            continue
+        fewer = 1.0 / r["flop_fraction"]
+        rs = [x for x in rows if x["model"] == r["model"] and x["steps"] == r["steps"]]
+        vals = [(psnr_at([x for x in rs if x["family"] == f], fewer, metric), f) for f in fixed]
+        vals = [(v, f) for v, f in vals if v is not None]
+        bv, bf = max(vals) if vals else (None, "–")
+        points.append(dict(model=r["model"], steps=r["steps"], rule=BUDGET_RULES[r["family"]],
+                           target=float(r["setting"].split("=")[1].split()[0]), fewer=fewer, value=r[metric],
+                           preset=psnr_at([x for x in rs if x["family"] == qm.DICACHE], fewer, metric),
+                           front=front_at([x for x in rs if x["family"] == qm.DICACHE], fewer, metric),
+                           best=bv, best_family=bf))
+    return points
+
+
+def budget_table(rows: List[Dict], metric: str = "psnr") -> List[str]:
+    """Each compute-budget run (:func:`budget_points`): its target, the flops saving it reached (off target in %),
+    its PSNR; against the preset with a fixed δ (family DICACHE: the same options, δ instead of the budget), which
+    is what the budget replaces, interpolated at the same savings and on its front (the best δ that saves at least
+    as much, :func:`front_at`); and, for reference, against the best of every fixed-δ DiCache family there.
+    ``metric``: as in :func:`lead_table`."""
     lines = ["| model | steps | rule | target | fewer flops | off target (±10 %) | PSNR dB | preset, fixed δ, same "
              "savings dB | budget − fixed δ (≥ −0.5) | preset's front: best fixed δ saving at least as much, dB (×) "
              "| budget − front (≥ −0.5) | best fixed-δ family there | dB | budget − best |",
              "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: |"]
-    budgets = {qm.DICACHE_BUDGET: "replay", qm.DICACHE_BUDGET_ONLINE: "online"}
-    fixed = [f for f in qm.DICACHES if f not in budgets]
-    for r in rows:
-        if (r["family"] not in budgets or r["status"] != "ok" or not r.get("flop_fraction")
-                or not _number(r.get(metric))):
-            continue
-        got = r[metric]
-        target = float(r["setting"].split("=")[1].split()[0])
-        fewer = 1.0 / r["flop_fraction"]
-        off = fewer / target - 1.0
-        rs = [x for x in rows if x["model"] == r["model"] and x["steps"] == r["steps"]]
-        pre = psnr_at([x for x in rs if x["family"] == qm.DICACHE], fewer, metric)
-        front = front_at([x for x in rs if x["family"] == qm.DICACHE], fewer, metric)
-        vals = [(psnr_at([x for x in rs if x["family"] == f], fewer, metric), f) for f in fixed]
-        vals = [(v, f) for v, f in vals if v is not None]
-        bv, bf = max(vals) if vals else (None, "–")
-        vs_pre = "–" if pre is None else f"{got - pre:+.1f} {'✓' if got - pre >= -0.5 else '✗'}"
-        vs_best = "–" if bv is None else f"{got - bv:+.1f}"
+
+    def mark(ok: bool) -> str:
+        return "✓" if ok else "✗"
+
+    for p in budget_points(rows, metric):
+        got, pre, front, bv = p["value"], p["preset"], p["front"], p["best"]
+        off = p["fewer"] / p["target"] - 1.0
+        vs_pre = "–" if pre is None else f"{got - pre:+.1f} {mark(got - pre >= -0.5)}"
         front_cell = "–" if front is None else f"{front[0]:.1f} ({front[1]:.2f}×)"
-        vs_front = "–" if front is None else (f"{got - front[0]:+.1f} "
-                                              f"{'✓' if got - front[0] >= -0.5 else '✗'}")
-        lines.append(f"| {r['model']} | {r['steps']} | {budgets[r['family']]} | {target:g}× | {fewer:.2f}× | {100 * off:+.1f} % "
-                     f"{'✓' if abs(off) <= 0.10 else '✗'} | {got:.1f} | {'–' if pre is None else f'{pre:.1f}'} | "
-                     f"{vs_pre} | {front_cell} | {vs_front} | {bf} | {'–' if bv is None else f'{bv:.1f}'} | "
-                     f"{vs_best} |")
+        vs_front = "–" if front is None else f"{got - front[0]:+.1f} {mark(got - front[0] >= -0.5)}"
+        lines.append(f"| {p['model']} | {p['steps']} | {p['rule']} | {p['target']:g}× | {p['fewer']:.2f}× "
+                     f"| {100 * off:+.1f} % {mark(abs(off) <= 0.10)} | {got:.1f} | {'–' if pre is None else f'{pre:.1f}'} "
+                     f"| {vs_pre} | {front_cell} | {vs_front} | {p['best_family']} | {'–' if bv is None else f'{bv:.1f}'} "
+                     f"| {'–' if bv is None else f'{got - bv:+.1f}'} |")
+    return lines
+
+
+def criteria_table(rows: List[Dict]) -> List[str]:
+    """The issue's margins counted over the points from 2× to 3× (:func:`lead_points`, :func:`budget_points`), on
+    the PSNR over all samples and, where the rows have it, on the mean of the samples' PSNR: the lead of DiCache's
+    best over the best peer ≥ 1 dB, the preset within 0.5 dB of DiCache's best, the budget within ±10 % of its
+    target and within 0.5 dB of the preset's fixed δ at the same savings."""
+    metrics = ["psnr"] + (["psnr_mean"] if any(_number(r.get("psnr_mean")) for r in rows
+                                              if r["family"] != qm.NO_CACHE) else [])
+    names = {"psnr": "PSNR over all samples", "psnr_mean": "mean of the samples' PSNR"}
+    lines = ["| criterion | " + " | ".join(names[m] for m in metrics) + " |", "| --- |" + " ---: |" * len(metrics)]
+
+    def count(pairs) -> str:
+        pairs = list(pairs)
+        return f"{sum(ok for ok in pairs)} of {len(pairs)}"
+
+    def lead_rows(front):
+        out = {}
+        for m in metrics:
+            pts = lead_points(rows, front, m)
+            out[m] = (count(p["best"][0] - p["peer"][0] >= 1.0 for p in pts if p["peer"] and p["best"]),
+                      count(p["preset"][0] - p["best"][0] >= -0.5 for p in pts if p["preset"] and p["best"]))
+        return out
+
+    for front, how in ((False, "interpolated"), (True, "on the fronts")):
+        got = lead_rows(front)
+        lines.append(f"| lead ≥ 1 dB over the best peer, {how} | " + " | ".join(got[m][0] for m in metrics) + " |")
+        lines.append(f"| preset within 0.5 dB of DiCache's best, {how} | "
+                     + " | ".join(got[m][1] for m in metrics) + " |")
+    pts = budget_points(rows)
+    lines.append("| budget within ±10 % of its target | "
+                 + " | ".join(count(abs(p["fewer"] / p["target"] - 1.0) <= 0.10 for p in pts) for _ in metrics) + " |")
+    for key, how in (("preset", "interpolated"), ("front", "on the preset's front")):
+        cells = []
+        for m in metrics:
+            pts = budget_points(rows, m)
+            ref = {rule: [p for p in pts if p["rule"] == rule and p[key] is not None] for rule in ("replay", "online")}
+            cells.append(" / ".join(count(p["value"] - (p[key] if key == "preset" else p[key][0]) >= -0.5
+                                          for p in ref[rule]) for rule in ("replay", "online")))
+        lines.append(f"| budget within 0.5 dB of the fixed δ, {how}: replay / online | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -580,6 +646,11 @@ def markdown(rows: List[Dict], meta: Dict) -> str:
         "processes on the machine disturb less; PSNR, SSIM against the uncached output over all samples (PSNR per "
         "sample, mean: the mean of each sample's PSNR). "
         f"LPIPS: {LPIPS_NOTE}.",
+        "",
+        "The margins at a glance, over the points from 2× to 3× fewer flops (the budget: its targets 1.5–3×); the "
+        "tables below give each point:",
+        "",
+        *criteria_table(rows),
         "",
         "PSNR (dB) at matched savings: each family's settings interpolated linearly in flop fraction at 1.5×, 2× "
         "and 2.5× fewer flops (– : its settings do not reach there).",

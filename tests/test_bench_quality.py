@@ -281,6 +281,19 @@ def test_reports_carry_the_per_sample_mean_and_older_ones_parse_without_it(tmp_p
     pooled_budget = [ln for ln in Q.budget_table(rows) if "| replay |" in ln][0]
     pre = 49.0 + (44.0 - 49.0) * (0.52 - 0.5) / (0.52 - 0.38)
     assert f"| 46.0 | {pre:.1f} | {46.0 - pre:+.1f} ✗ |" in pooled_budget
+    # the margins counted on both metrics: at 2× the preset (interpolated, 48.3 dB) leads the budget's 46.0 on the
+    # pooled PSNR, the budget's 52.0 leads the preset's 51.1 on the per-sample mean; on the fronts the budget leads
+    # at 2× on both (the preset's front there is δ = 0.4 at 2.63×); 2.25× and 2.5× have no peer
+    crit = {ln.split(" | ")[0].lstrip("| "): ln.split(" | ")[1:] for ln in Q.criteria_table(rows)[2:]}
+    assert crit["lead ≥ 1 dB over the best peer, interpolated"] == ["1 of 1", "1 of 1 |"]
+    assert crit["preset within 0.5 dB of DiCache's best, interpolated"] == ["3 of 3", "2 of 3 |"]
+    assert crit["preset within 0.5 dB of DiCache's best, on the fronts"] == ["2 of 3", "2 of 3 |"]
+    assert crit["budget within ±10 % of its target"] == ["1 of 1", "1 of 1 |"]
+    assert crit["budget within 0.5 dB of the fixed δ, interpolated: replay / online"] == [
+        "0 of 1 / 0 of 0", "1 of 1 / 0 of 0 |"]
+    assert crit["budget within 0.5 dB of the fixed δ, on the preset's front: replay / online"] == [
+        "1 of 1 / 0 of 0", "1 of 1 / 0 of 0 |"]
+    assert "| criterion | PSNR over all samples | mean of the samples' PSNR |" in md
     path = tmp_path / "quality.md"
     path.write_text(md)
     back, got_meta = Q.rows_from_report(str(path))
@@ -298,3 +311,4 @@ def test_reports_carry_the_per_sample_mean_and_older_ones_parse_without_it(tmp_p
     assert [r["psnr"] for r in back] == [math.inf, 38.25, 49.0, 44.0, 46.0]
     assert [r["psnr_mean"] for r in back] == ["", "", "", "", ""]
     assert Q.psnr_at([r for r in back if r["family"] == qm.DICACHE], 2.0, "psnr_mean") is None
+    assert Q.criteria_table(back)[0] == "| criterion | PSNR over all samples |"  # no per-sample column to count
