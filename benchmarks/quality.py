@@ -742,8 +742,8 @@ _STYLE = {
 
 
 def plot(rows: List[Dict], path: str, title: str = "") -> bool:
-    """One row per (model, steps): PSNR and SSIM against fewer flops (×), every family a line; DiCache's
-    families in reds, the dotted line at 2×."""
+    """One row per (model, steps): PSNR (and, where the rows have it, the mean of the samples' PSNR) and SSIM
+    against fewer flops (×), every family a line; DiCache's families in reds, the dotted line at 2×."""
     try:
         import matplotlib
 
@@ -753,14 +753,19 @@ def plot(rows: List[Dict], path: str, title: str = "") -> bool:
         print("matplotlib is not installed: no plot (pip install matplotlib)", file=sys.stderr)
         return False
     keys = list(dict.fromkeys((r["model"], r["steps"]) for r in rows))
-    fig, axes = plt.subplots(len(keys), 2, figsize=(13, 3.6 * len(keys)), squeeze=False)
+    metrics = ("psnr", "ssim")
+    if any(_number(r.get("psnr_mean")) for r in rows if r["family"] != qm.NO_CACHE):
+        metrics = ("psnr", "psnr_mean", "ssim")
+    labels_of = {"psnr": "PSNR vs no cache (dB)", "psnr_mean": "mean of the samples' PSNR (dB)",
+                 "ssim": "SSIM vs no cache"}
+    fig, axes = plt.subplots(len(keys), len(metrics), figsize=(6.5 * len(metrics), 3.6 * len(keys)), squeeze=False)
     for i, (model, st) in enumerate(keys):
         rs = [r for r in rows if r["model"] == model and r["steps"] == st and r["status"] == "ok"
               and r["family"] != qm.NO_CACHE]
-        for j, metric in enumerate(("psnr", "ssim")):
+        for j, metric in enumerate(metrics):
             ax = axes[i][j]
             for fam in qm.FAMILIES[1:]:
-                pts = sorted((r["fewer_flops"], r[metric]) for r in rs if r["family"] == fam and math.isfinite(r[metric]))
+                pts = sorted((r["fewer_flops"], r[metric]) for r in rs if r["family"] == fam and _number(r.get(metric)))
                 if not pts:
                     continue
                 color, marker = _STYLE.get(fam, ("black", "o"))
@@ -771,7 +776,7 @@ def plot(rows: List[Dict], path: str, title: str = "") -> bool:
             ax.axvline(2.0, color="black", lw=0.8, ls=":")
             ax.set_title(f"{model}, {st} steps", fontsize=10)
             ax.set_xlabel("fewer flops than no cache (×)")
-            ax.set_ylabel("PSNR vs no cache (dB)" if metric == "psnr" else "SSIM vs no cache")
+            ax.set_ylabel(labels_of[metric])
             ax.grid(alpha=0.3)
             if metric == "ssim":
                 lo = min([r["ssim"] for r in rs if r["fewer_flops"] >= 1.9] or [0.9])
