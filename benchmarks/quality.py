@@ -425,6 +425,11 @@ def _number(v) -> bool:
     return isinstance(v, (int, float)) and math.isfinite(v)
 
 
+def _has_sample_mean(rows: List[Dict]) -> bool:
+    """Whether any cached run of ``rows`` recorded the mean of its samples' PSNR (older runs did not)."""
+    return any(_number(r.get("psnr_mean")) for r in rows if r["family"] != qm.NO_CACHE)
+
+
 def _check_metric(metric: str) -> None:
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
@@ -597,8 +602,7 @@ def criteria_table(rows: List[Dict]) -> List[str]:
     the PSNR over all samples and, where the rows have it, on the mean of the samples' PSNR: the lead of DiCache's
     best over the best peer ≥ 1 dB, the preset within 0.5 dB of DiCache's best, the budget within ±10 % of its
     target and within 0.5 dB of the preset's fixed δ at the same savings."""
-    metrics = ["psnr"] + (["psnr_mean"] if any(_number(r.get("psnr_mean")) for r in rows
-                                              if r["family"] != qm.NO_CACHE) else [])
+    metrics = ["psnr"] + (["psnr_mean"] if _has_sample_mean(rows) else [])
     names = {"psnr": "PSNR over all samples", "psnr_mean": "mean of the samples' PSNR"}
     lines = ["| criterion | " + " | ".join(names[m] for m in metrics) + " |", "| --- |" + " ---: |" * len(metrics)]
 
@@ -684,7 +688,7 @@ def markdown(rows: List[Dict], meta: Dict) -> str:
         *budget_table(rows),
         "",
     ]
-    if any(_number(r.get("psnr_mean")) for r in rows if r["family"] != qm.NO_CACHE):
+    if _has_sample_mean(rows):
         lines += [
             "#### The same on the mean of the samples' PSNR",
             "",
@@ -754,7 +758,7 @@ def plot(rows: List[Dict], path: str, title: str = "") -> bool:
         return False
     keys = list(dict.fromkeys((r["model"], r["steps"]) for r in rows))
     metrics = ("psnr", "ssim")
-    if any(_number(r.get("psnr_mean")) for r in rows if r["family"] != qm.NO_CACHE):
+    if _has_sample_mean(rows):
         metrics = ("psnr", "psnr_mean", "ssim")
     labels_of = {"psnr": "PSNR vs no cache (dB)", "psnr_mean": "mean of the samples' PSNR (dB)",
                  "ssim": "SSIM vs no cache"}
