@@ -601,6 +601,16 @@ def _need_steps(n: Optional[int]) -> None:
         )
 
 
+#: Where in the range of δ that computes the budget's count of calls the replay rule picks its δ (0: the
+#: smallest, 1: the largest, in log scale). δ values with the same count place their computed calls
+#: differently; the smaller refresh as soon as the error allows, and on the shipped models the smaller δ
+#: of a same-count pair of fixed-δ runs scored as well or better in 3 of 4 pairs on four seeds (Flux 20,
+#: Flux 50, Wan 20 at 2.9–3×: +0.9 to +1.7 dB; the fourth, Wan 50 at 2.26×, level on the mean of the samples'
+#: PSNR, benchmarks/RESULTS.md). A quarter of the way up rather than the edge keeps a margin against a
+#: trajectory whose errors run a little above the profile's (the edge would tip it into one call more).
+REPLAY_DELTA_POSITION = 0.25
+
+
 class _Budget:
     """``target_speedup`` mode: spend a budget of computed calls where the probe error grows fastest.
 
@@ -615,9 +625,10 @@ class _Budget:
 
     * **Replay** (a branch that finished a trajectory of the same step count before): δ is solved
       from the mean error profile of those trajectories, as the δ with which the fixed-δ rule
-      (``run_power`` included) would have computed as many calls as the budget allows (the middle, in
-      log scale, of the δ range that does; the probes its predictive skips would save are credited to the
-      budget, as in the run), and the call is decided by the fixed-δ rule with it.
+      (``run_power`` included) would have computed as many calls as the budget allows (a quarter of the
+      way up, in log scale, the δ range that does: :data:`REPLAY_DELTA_POSITION`; the probes its predictive
+      skips would save are credited to the budget, as in the run), and the call is decided by the fixed-δ
+      rule with it.
       Refreshes then land where a hand-tuned δ would put them: where the accumulated error grows
       fastest. The mean settles as calls accumulate, and δ with it.
     * **Online** (no profile yet: the first call): before each decided call ``δ = e · S / F_left``:
@@ -773,8 +784,8 @@ class _Budget:
 
     def solve(self, profile: Dict[int, float], n: int, budget: float, credit: float = 0.0) -> float:
         """The δ whose fixed-δ rule on ``profile`` computes the number of calls nearest the budget (ties: the
-        fewer): the geometric middle of the δ range that gives that count, on a log grid around the
-        increments' scale. ``credit``: computed calls the budget gains per skip without a probe
+        fewer): :data:`REPLAY_DELTA_POSITION` of the way up, in log scale, the δ range that gives that count,
+        on a log grid around the increments' scale. ``credit``: computed calls the budget gains per skip without a probe
         (``predictive_skip``, :meth:`_probe_credit`), so a δ whose runs skip probes may compute more."""
         known = [v for v in profile.values() if math.isfinite(v) and v >= 0]
         fill = sum(known) / len(known) if known else 0.0
@@ -788,7 +799,7 @@ class _Budget:
             miss[full] = min(miss.get(full, math.inf), abs(full - budget - credit * unprobed))
         best = min(miss, key=lambda c: (miss[c], c))
         hits = [d for d, (c, _) in zip(grid, sims) if c == best]
-        return math.sqrt(hits[0] * hits[-1])
+        return hits[0] ** (1.0 - REPLAY_DELTA_POSITION) * hits[-1] ** REPLAY_DELTA_POSITION
 
     # -- the rule --------------------------------------------------------------
     def threshold(self, state: BranchState, step: int, n: Optional[int], branches: int = 1) -> float:
