@@ -726,7 +726,8 @@ def markdown(rows: List[Dict], meta: Dict) -> str:
                 f"| {r['family']} | {r['setting']} | {100 * r['flop_fraction']:.1f}% | {_fmt(r['fewer_flops'], '.2f')}× "
                 f"| {100 * r['block_fraction']:.1f}% "
                 f"| {r['wall_s']:.2f} | {r['speedup']:.2f}× | {r['cpu_s']:.2f} | {_fmt(r['speedup_cpu'], '.2f')}× "
-                f"| {_fmt(r['psnr'], '.2f')} | {_fmt(r.get('psnr_mean', ''), '.2f') or '–'} | {r['ssim']:.4f} | {note} |"
+                f"| {_fmt(r['psnr'], '.2f')} | {_fmt(r.get('psnr_mean', ''), '.2f') or '–'} | {r['ssim']:.4f} "
+                f"| {note} |"
             )
         lines.append("")
     return "\n".join(lines)

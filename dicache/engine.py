@@ -605,9 +605,10 @@ def _need_steps(n: Optional[int]) -> None:
 #: smallest, 1: the largest, in log scale). δ values with the same count place their computed calls
 #: differently; the smaller refresh as soon as the error allows, and on the shipped models the smaller δ
 #: of a same-count pair of fixed-δ runs scored as well or better in 3 of 4 pairs on four seeds (Flux 20,
-#: Flux 50, Wan 20 at 2.9–3×: +0.9 to +1.7 dB; the fourth, Wan 50 at 2.26×, level on the mean of the samples'
-#: PSNR, benchmarks/RESULTS.md). A quarter of the way up rather than the edge keeps a margin against a
-#: trajectory whose errors run a little above the profile's (the edge would tip it into one call more).
+#: Flux 50, Wan 20 at 2.9–3×: +0.9 to +1.7 dB; the fourth, Wan 50 at 2.26×, −1.7 dB on the pooled PSNR and
+#: level on the mean of the samples' PSNR; benchmarks/RESULTS.md, ninth round). A quarter of the way up
+#: rather than the edge keeps a margin against a trajectory whose errors run a little above the profile's
+#: (the edge would tip it into one call more).
 REPLAY_DELTA_POSITION = 0.25
 
 
@@ -785,8 +786,9 @@ class _Budget:
     def solve(self, profile: Dict[int, float], n: int, budget: float, credit: float = 0.0) -> float:
         """The δ whose fixed-δ rule on ``profile`` computes the number of calls nearest the budget (ties: the
         fewer): :data:`REPLAY_DELTA_POSITION` of the way up, in log scale, the δ range that gives that count,
-        on a log grid around the increments' scale. ``credit``: computed calls the budget gains per skip without a probe
-        (``predictive_skip``, :meth:`_probe_credit`), so a δ whose runs skip probes may compute more."""
+        on a log grid around the increments' scale. ``credit``: computed calls the budget gains per skip
+        without a probe (``predictive_skip``, :meth:`_probe_credit`), so a δ whose runs skip probes may
+        compute more."""
         known = [v for v in profile.values() if math.isfinite(v) and v >= 0]
         fill = sum(known) / len(known) if known else 0.0
         incs = [profile.get(k, fill) for k in range(n)]
