@@ -109,7 +109,9 @@ class DiCacheConfig:
             computed calls is set so that block evaluations fall by this factor,
             and an online rule spends them where the accumulated probe error
             grows fastest, in runs of reuses within one of the even spacing the
-            budget left allows (where runs are planned, ``plan_runs``: even runs), the
+            budget left allows (where runs are planned, ``plan_runs``: even runs
+            until a few errors are measured, then the fixed-δ plan with δ solved
+            on the errors measured so far, extrapolated at their growth), the
             last step is always computed. Overrides
             ``threshold`` and ``max_consecutive_reuse``. Needs the step count, and
             reads the accumulated error back with the flag (one transfer).

@@ -12,7 +12,7 @@ import torch
 
 import dicache
 from dicache.config import STEPS_GAMMA_MIN_STEPS, DiCacheConfig
-from dicache.engine import DiCacheEngine
+from dicache.engine import ONLINE_MAX_GROWTH, BranchState, DiCacheEngine, _Budget
 from dicache.summary import summarize
 
 import tiny
@@ -922,12 +922,21 @@ def test_plan_runs_in_budget_mode_spends_the_budget_without_probes(target):
     assert set(b.pattern) == {"F", "_"}
     assert b.pattern.count("F") == round(n / target)  # a skip costs nothing: n/s computed calls
     assert b.block_evaluations == b.pattern.count("F") * M
-    # runs stay within one call of the even spacing, whatever the error does
-    for errors in ([0.05] * (n - 1), [0.01 * 1.15 ** k for k in range(n - 1)], [0.05, 0.5] * (n // 2)):
+    # a flat or an alternating error: runs stay within one call of the even spacing
+    for errors in ([0.05] * (n - 1), [0.05, 0.5] * (n // 2)):
         b = drive(cfg, {"c": scales(errors[: n - 1])}, num_steps=n).branches["c"]
         assert b.pattern.count("F") == round(n / target), b.pattern
         runs = [len(r) for r in b.pattern[2:].split("F") if r]
         assert max(runs) - min(runs) <= 1, b.pattern
+    # an error growing 15% a step: once measured, the online rule plans as the fixed δ would, runs long early and
+    # short late, the budget spent to the call and no run left for the end
+    b = drive(cfg, {"c": scales([0.01 * 1.15 ** k for k in range(n - 1)])}, num_steps=n).branches["c"]
+    assert b.pattern.count("F") == round(n / target), b.pattern
+    runs = [len(r) for r in b.pattern[2:].split("F")]
+    even = round(n / round(n / target) - 1)  # reuses per run of the even spacing
+    assert max(runs[2:]) >= even + 2, b.pattern  # after the first two runs (the ramp), longer than even …
+    assert max(runs[len(runs) // 2:]) < max(runs[:len(runs) // 2]), b.pattern  # … in the first half
+    assert "__" not in b.pattern[-5:], b.pattern
 
 
 def test_max_extrapolation_grows_runs_by_one_call_per_refresh():
@@ -994,6 +1003,39 @@ def test_plan_runs_budget_replays_the_profile_of_the_computed_calls():
     assert rules[0] == "planned, online" and rules[1].startswith("planned, replay, δ="), rules
     for p in patterns:
         assert set(p) == {"F", "_"} and p.count("F") == n / target, p
-    # online: even runs; replay: the computed calls gather where the error is ten times larger (steps 16–25)
-    assert max(len(r) for r in patterns[0][2:-1].split("F")) <= 2, patterns[0]
+    # online: even runs until the errors are measured, then no run beyond one more than even (a jump in the
+    # error is not taken for a growth that keeps the budget for the end); replay: the computed calls gather where
+    # the error is ten times larger (steps 16–25)
+    assert max(len(r) for r in patterns[0][2:16].split("F")) <= 2, patterns[0]
+    assert max(len(r) for r in patterns[0][2:-1].split("F")) <= 3, patterns[0]
     assert patterns[1][16:27].count("F") >= 5 and patterns[1][2:16].count("F") <= 3, patterns[1]
+
+
+def test_online_growth_of_the_measured_errors():
+    growth = _Budget.growth
+    n = 50
+    rising = {k: 0.02 * 1.03 ** k for k in range(3, 20)}
+    assert growth(rising, 2, 19, n) == pytest.approx(1.03, rel=1e-9)
+    assert growth(rising, 2, 10, n) == pytest.approx(1.03, rel=1e-9)  # only the steps up to the run start
+    assert growth({k: 0.02 for k in range(3, 20)}, 2, 19, n) == 1.0
+    assert growth({k: 0.05 * 0.9 ** k for k in range(3, 20)}, 2, 19, n) == 1.0  # falling: held flat
+    # too few increments after the warm-up (and none that is not finite or not positive counted)
+    assert growth({1: 0.1, 2: 0.1, 3: 0.1, 4: 0.2, 5: float("nan"), 6: 0.0}, 2, 19, n) is None
+    # a jump of ten times: at most ONLINE_MAX_GROWTH over the whole trajectory
+    jump = {k: (0.02 if k < 10 else 0.2) for k in range(3, 14)}
+    assert growth(jump, 2, 13, n) == pytest.approx(ONLINE_MAX_GROWTH ** (1 / n))
+    assert growth(jump, 2, 13, 20) == pytest.approx(ONLINE_MAX_GROWTH ** (1 / 20))
+
+
+def test_online_profile_extrapolates_from_the_last_error_at_the_measured_growth():
+    cfg = DiCacheConfig(target_speedup=2.0, warmup=2, plan_runs=True)
+    budget = DiCacheEngine(cfg, M, "torch")._budget
+    state = BranchState("c")
+    state.increments = {k: 0.02 * 1.03 ** k for k in range(1, 12)}
+    state.err_last = state.increments[11]
+    prof = budget.online_profile(state, 11, 30)
+    assert sorted(prof) == list(range(1, 30))
+    assert all(prof[k] == state.increments[k] for k in range(1, 12))
+    assert prof[29] == pytest.approx(0.02 * 1.03 ** 29)
+    state.increments = {k: 0.02 for k in range(1, 5)}  # 2 after the warm-up: none yet, the runs stay even
+    assert budget.online_profile(state, 4, 30) is None
