@@ -816,13 +816,13 @@ class _Budget:
 
     def solve(self, profile: Dict[int, float], n: int, budget: float, credit: float = 0.0,
               begin: Optional[Tuple[int, Optional[int], float]] = None,
-              position: float = REPLAY_DELTA_POSITION) -> float:
+              position: Optional[float] = None) -> float:
         """The δ whose fixed-δ rule on ``profile`` computes the number of calls nearest the budget (ties: the
-        fewer): ``position`` of the way up, in log scale, the δ range that gives that count,
-        on a log grid around the increments' scale. ``credit``: computed calls the budget gains per skip
-        without a probe (``predictive_skip``, :meth:`_probe_credit`), so a δ whose runs skip probes may
-        compute more. ``begin``: the calls after a computed call only (:meth:`simulate_calls`; ``budget`` then
-        counts those calls)."""
+        fewer): ``position`` (default :data:`REPLAY_DELTA_POSITION`) of the way up, in log scale, the δ range
+        that gives that count, on a log grid around the increments' scale. ``credit``: computed calls the
+        budget gains per skip without a probe (``predictive_skip``, :meth:`_probe_credit`), so a δ whose runs
+        skip probes may compute more. ``begin``: the calls after a computed call only (:meth:`simulate_calls`;
+        ``budget`` then counts those calls)."""
         known = [v for v in profile.values() if math.isfinite(v) and v >= 0]
         fill = sum(known) / len(known) if known else 0.0
         incs = [profile.get(k, fill) for k in range(n)]
@@ -835,7 +835,8 @@ class _Budget:
             miss[full] = min(miss.get(full, math.inf), abs(full - budget - credit * unprobed))
         best = min(miss, key=lambda c: (miss[c], c))
         hits = [d for d, (c, _) in zip(grid, sims) if c == best]
-        return hits[0] ** (1.0 - position) * hits[-1] ** position
+        pos = REPLAY_DELTA_POSITION if position is None else position
+        return hits[0] ** (1.0 - pos) * hits[-1] ** pos
 
     # -- the rule --------------------------------------------------------------
     def threshold(self, state: BranchState, step: int, n: Optional[int], branches: int = 1) -> float:
