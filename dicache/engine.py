@@ -850,7 +850,9 @@ class _Budget:
         if delta is not None:
             return delta / (state.run + 1) ** self.config.run_power_at(n)
         if state.err_n == 0:
-            return 0.0
+            # no error measured yet (a warm-up of one call): the budget must skip somewhere, and a refresh
+            # now would be spent on no information; skip unless this call's own probe error is not finite
+            return math.inf
         rate = max(state.err_sum / state.err_n, state.err_last)
         return rate * steps_left / left
 

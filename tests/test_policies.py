@@ -291,13 +291,33 @@ def test_budget_mode_reserves_the_final_steps(last):
     assert DiCacheConfig(target_speedup=2.0, force_last_step=False).last_calls(n) == 1
 
 
+def test_budget_mode_online_skips_its_first_decided_call_until_an_error_is_measured():
+    # a warm-up of one call measures no error: the first decided call has no rate to spend the budget by.
+    # Computing it (as the online rule did) spent a call of the budget on no information, and the budget
+    # then skipped a late call instead (FF.F.F.F.F.F.F.FFFFF on the 20-step models at 1.5×); it now skips
+    n, errors = 12, [0.02] * 11
+    cfg = DiCacheConfig(target_speedup=1.5, warmup=1, force_last_step=1)
+    b = drive(cfg, {"c": scales(errors)}, num_steps=n).branches["c"]
+    assert b.pattern.startswith("F.F")
+    # ... unless the call's own probe error is not finite (a zero first probe): then it is computed, and the
+    # next call, whose error is the first finite one, skips
+    b = drive(cfg, {"c": [0.0] + scales(errors[1:])}, num_steps=n).branches["c"]
+    assert b.pattern.startswith("FF.") and not math.isfinite(b.steps[1].error)
+    # a rate measured in a longer warm-up decides the first call as before: e·S/F_left = 0.02·9/4.56 ≈ 0.04,
+    # so an error of 0.02 skips and one of 0.5 is computed
+    cfg = DiCacheConfig(target_speedup=1.5, warmup=2, force_last_step=1)
+    assert drive(cfg, {"c": scales(errors)}, num_steps=n).branches["c"].pattern.startswith("FF.")
+    jump = [0.02, 0.5] + errors[2:]
+    assert drive(cfg, {"c": scales(jump)}, num_steps=n).branches["c"].pattern.startswith("FFF")
+
+
 def test_budget_mode_spends_its_last_fraction_of_a_call_before_the_final_step():
     # 12 calls at 1.5×: a budget of 7.56 computed calls. Spent to its floor, the online rule skipped the
-    # call before the forced last one (FF.F.F.F.F.F) for 0.56 of a call; to the nearest call it computes it
+    # call before the forced last one (F.F.F.F.F.F) for 0.56 of a call; to the nearest call it computes it
     n, errors = 12, [0.02] * 11
     b = drive(DiCacheConfig(target_speedup=1.5, warmup=1, force_last_step=1), {"c": scales(errors)},
               num_steps=n).branches["c"]
-    assert b.pattern == "FF.F.F.F.FFF"
+    assert b.pattern == "F.F.F.F.FFFF"
     assert b.block_evaluations_uncached / b.block_evaluations == pytest.approx(1.5, rel=0.1)
     from dicache.engine import _Budget
 
