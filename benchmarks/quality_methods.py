@@ -152,6 +152,8 @@ for (_m, _st), _deltas in _NEAR2.items():
         # alignment_order="auto" takes the quadratic whole
         for _same in (DICACHE_NO_PREDICTIVE, DICACHE_ORDER2):
             del SETTINGS[_m][_st][_same]
+    else:  # order 2 against the preset's "auto" blend over the preset's whole δ range (the 20-step preset's rival)
+        SETTINGS[_m][_st][DICACHE_ORDER2] = list(SETTINGS[_m][_st][DICACHE])
 
 # --quick: one setting per family (the smoke test checks every family has a row).
 QUICK_FAMILIES = {fam: (lambda s: s[1:2] if len(s) > 1 else s[:1]) for fam in FAMILIES[1:]}
