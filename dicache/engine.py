@@ -742,8 +742,10 @@ class _Budget:
         delta = self._solved.get((state.name, state.num_steps))
         if delta is not None:
             return f"replay, δ={delta:.3g}"
-        follower = all(r.reason in (FOLLOW, WARMUP, LAST_STEP) for r in state.records)
-        return "follows" if follower and state.records else "online"
+        # a follower skips only by following; its computed calls may be forced (warm-up, final steps, reach, cap)
+        follower = any(r.reason == FOLLOW for r in state.records) and not any(
+            r.reason in (REUSE, REUSE_ONE, PLANNED, PREDICTED, REFRESH) for r in state.records)
+        return "follows" if follower else "online"
 
     def _replay_delta(self, state: BranchState, n: int, branches: int) -> Optional[float]:
         """δ of the replay rule for this trajectory of ``state``, or None without a profile."""

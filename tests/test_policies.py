@@ -1060,3 +1060,22 @@ def test_online_profile_extrapolates_from_the_last_error_at_the_measured_growth(
     assert prof[29] == pytest.approx(0.02 * 1.03 ** 29)
     state.increments = {k: 0.02 for k in range(1, 5)}  # 2 after the warm-up: none yet, the runs stay even
     assert budget.online_profile(state, 4, 30) is None
+
+
+@pytest.mark.parametrize("extrapolation", [None, 1.0])
+def test_budget_rule_names_a_planned_cfg_follower(extrapolation):
+    # where runs are planned the uncond branch follows the cond branch's skips, and its computed calls may be
+    # forced by max_extrapolation ("reach"): it spends no budget of its own, so the summary says it follows
+    n = 30
+    traces = {"cond": scales([0.02] * (n - 1)), "uncond": scales([0.02] * (n - 1))}
+    cfg = DiCacheConfig(target_speedup=2.5, warmup=2, plan_runs=True, cfg_decision="shared",
+                        max_extrapolation=extrapolation)
+    s = drive(cfg, traces, num_steps=n)
+    reasons = {st.reason for st in s.branches["uncond"].steps}
+    assert "follow" in reasons and not reasons & {"planned", "reuse", "reuse_one", "predicted", "refresh"}
+    if extrapolation is not None:
+        assert "reach" in reasons
+    assert s.branches["cond"].budget == "planned, online" and s.branches["uncond"].budget == "planned, follows"
+    # a branch that decides for itself is never called a follower
+    s = drive(cfg.replace(cfg_decision="separate"), traces, num_steps=n)
+    assert s.branches["uncond"].budget == "planned, online"
