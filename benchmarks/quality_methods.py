@@ -155,6 +155,18 @@ for (_m, _st), _deltas in _NEAR2.items():
     else:  # order 2 against the preset's "auto" blend over the preset's whole δ range (the 20-step preset's rival)
         SETTINGS[_m][_st][DICACHE_ORDER2] = list(SETTINGS[_m][_st][DICACHE])
 
+# 30 steps (FLUX.1's own default), a step count no preset setting was chosen on: the peers keep their 20-step
+# lists; the preset plans its runs there (as at 50 steps), where its 20-step δ list saves less than 3×, so the list
+# goes on to δ = 4.8; "probe γ" is the 20-step preset's way there (every call probed, γ from the probe), on the
+# same δ. The families that make the preset's calls where runs are planned are left out, as at 50 steps.
+for _m in SETTINGS:
+    _t = {fam: list(v) for fam, v in SETTINGS[_m][20].items()}
+    _t[DICACHE] = sorted(set(_t[DICACHE]) | {2.4, 4.8})
+    _t[DICACHE_PROBE] = list(_t[DICACHE])
+    for _same in (DICACHE_STEPS, DICACHE_NO_PREDICTIVE, DICACHE_ORDER2):
+        _t.pop(_same, None)
+    SETTINGS[_m][30] = _t
+
 # --quick: one setting per family (the smoke test checks every family has a row).
 QUICK_FAMILIES = {fam: (lambda s: s[1:2] if len(s) > 1 else s[:1]) for fam in FAMILIES[1:]}
 QUICK_FAMILIES[TAYLORSEER] = lambda s: s[:1]
