@@ -54,6 +54,10 @@ DICACHE_PROBE = "DiCache probe γ"  # preset + gamma_source="probe"
 # the preset's plan_runs="auto" plans runs of unprobed skips where γ comes from the steps (50 steps here): this
 # family probes every call there (and drops the planned runs' max_extrapolation)
 DICACHE_PROBED = "DiCache every call probed"  # preset + plan_runs=False, max_extrapolation=None
+# planned runs keep each reuse within one spacing of the two newest entries past the newest (max_extrapolation="auto"
+# = 1), which bounds how fast runs grow: these two loosen it
+DICACHE_REACH2 = "DiCache reach 2"  # preset + max_extrapolation=2
+DICACHE_NOREACH = "DiCache no reach"  # preset + max_extrapolation=None
 DICACHE_SEPARATE = "DiCache separate CFG"  # preset + cfg_decision="separate"
 DICACHE_CAP2 = "DiCache cap 2"  # preset + max_consecutive_reuse=2 (SeaCache's cap; the earlier preset's)
 DICACHE_SCHED = "DiCache δ schedule"  # preset + threshold_end = 2·threshold
@@ -64,7 +68,7 @@ DICACHE_NO_PREDICTIVE = "DiCache no predictive"  # preset + predictive_skip=Fals
 DICACHE_NORUN = "DiCache run_power=0"  # preset + run_power=0 + cap 2: every reuse of a run under δ (the earlier rule)
 PEERS = (UNIFORM, FBC, TAYLORSEER, TAYLORSEER_LITE, MAGCACHE, SEACACHE, DBCACHE)
 DICACHES = (DICACHE, DICACHE_PAPER, DICACHE_BUDGET, DICACHE_BUDGET_ONLINE, DICACHE_ORDER1, DICACHE_ORDER2,
-            DICACHE_STEPS, DICACHE_PROBE, DICACHE_PROBED,
+            DICACHE_STEPS, DICACHE_PROBE, DICACHE_PROBED, DICACHE_REACH2, DICACHE_NOREACH,
             DICACHE_SEPARATE, DICACHE_CAP2, DICACHE_SCHED, DICACHE_NOALIGN, DICACHE_M2, DICACHE_M3, DICACHE_NO_PREDICTIVE,
             DICACHE_NORUN)
 FAMILIES = (NO_CACHE,) + PEERS + DICACHES
@@ -148,6 +152,9 @@ for (_m, _st), _deltas in _NEAR2.items():
     SETTINGS[_m][_st][_other] = list(SETTINGS[_m][_st][DICACHE])
     if _st >= STEPS_GAMMA_MIN_STEPS:  # where the preset plans runs: every call probed instead
         SETTINGS[_m][_st][DICACHE_PROBED] = sorted(set(_deltas) | {0.45, 0.7})
+        # the looser reach from 2× on (below, the runs are short and the reach does not bind)
+        for _fam in (DICACHE_REACH2, DICACHE_NOREACH):
+            SETTINGS[_m][_st][_fam] = [d for d in SETTINGS[_m][_st][DICACHE] if d >= 0.2]
         # the same calls as the preset there: planned runs replace predictive skips, and with γ from the steps
         # alignment_order="auto" takes the quadratic whole
         for _same in (DICACHE_NO_PREDICTIVE, DICACHE_ORDER2):
@@ -163,6 +170,8 @@ for _m in SETTINGS:
     _t = {fam: list(v) for fam, v in SETTINGS[_m][20].items()}
     _t[DICACHE] = sorted(set(_t[DICACHE]) | {2.4, 4.8})
     _t[DICACHE_PROBE] = list(_t[DICACHE])
+    _t[DICACHE_REACH2] = list(_t[DICACHE])
+    _t[DICACHE_NOREACH] = list(_t[DICACHE])
     for _same in (DICACHE_STEPS, DICACHE_NO_PREDICTIVE, DICACHE_ORDER2):
         _t.pop(_same, None)
     SETTINGS[_m][30] = _t
@@ -358,6 +367,10 @@ def dicache_method(family: str, value: float) -> Method:
         opts["gamma_source"] = "probe"
     elif family == DICACHE_PROBED:
         opts["plan_runs"] = False
+        opts["max_extrapolation"] = None
+    elif family == DICACHE_REACH2:
+        opts["max_extrapolation"] = 2.0
+    elif family == DICACHE_NOREACH:
         opts["max_extrapolation"] = None
     elif family == DICACHE_SEPARATE:
         opts["cfg_decision"] = "separate"
