@@ -105,7 +105,8 @@ class Method:
 
 # Chosen with sweeps on the shipped models (1 seed, 10 labels): each list spans ~1.3–3× fewer flops where
 # the method gets there at all. The preset's own list also fills the gap around 1.5× (the budget's lowest
-# target, compared with the fixed δ there): Flux 20 0.07, Flux 50 0.033–0.037, Wan 20 0.08, Wan 50 0.03. DiCache's own families sit around its preset (δ=0.3 Flux, 0.16 Wan);
+# target, compared with the fixed δ there): Flux 20 0.07, Flux 50 0.033–0.037, Wan 20 0.08, Wan 50 0.03.
+# DiCache's own families sit around its preset (δ=0.3 Flux, 0.16 Wan);
 # "run_power=0" sits around the earlier preset (δ=0.2 Flux, 0.12 Wan, cap 2).
 # Step counts not listed use the nearest one.
 _PEERS_FLUX20 = {UNIFORM: [2, 3], FBC: [0.2, 0.3, 0.4], TAYLORSEER: [("default", 3)], TAYLORSEER_LITE: [2, 3, 4],
@@ -169,9 +170,7 @@ for (_m, _st), _deltas in _NEAR2.items():
 for _m in SETTINGS:
     _t = {fam: list(v) for fam, v in SETTINGS[_m][20].items()}
     _t[DICACHE] = sorted(set(_t[DICACHE]) | {2.4, 4.8})
-    _t[DICACHE_PROBE] = list(_t[DICACHE])
-    _t[DICACHE_REACH2] = list(_t[DICACHE])
-    _t[DICACHE_NOREACH] = list(_t[DICACHE])
+    _t.update({fam: list(_t[DICACHE]) for fam in (DICACHE_PROBE, DICACHE_REACH2, DICACHE_NOREACH)})
     for _same in (DICACHE_STEPS, DICACHE_NO_PREDICTIVE, DICACHE_ORDER2):
         _t.pop(_same, None)
     SETTINGS[_m][30] = _t

@@ -657,7 +657,8 @@ class _Budget:
       mean rate runs out before it), ``S`` the calls left to decide and ``F_left`` the computed calls
       left in the budget, so that refreshes (one each time the accumulated error reaches δ) spend the
       budget evenly in *error* rather than in steps. Runs of reuses are kept between the floor and the
-      ceiling of the even spacing the budget left allows (:meth:`run_bounds`).
+      ceiling of the even spacing the budget left allows (:meth:`run_bounds`). Before any error is measured
+      (a warm-up of one call) a decided call skips, unless its own probe error is not finite.
 
     Where runs are planned (``plan_runs``) only the computed calls probe, a skip runs no block and the budget
     is ``F = N/s``; the same two rules decide at each planned call (:meth:`plan_skip`): replay through the
