@@ -1035,7 +1035,60 @@ def pool(out: str, a: str, b: str) -> int:
     return write_report(out, rows, runs, meta, what=", pooled")
 
 
+AT_SAVINGS = (1.5, 2.0, 2.25, 2.5, 2.75, 3.0)
+
+
+def at_table(rows: List[Dict], families: Sequence[str], savings: Sequence[float] = AT_SAVINGS,
+             steps: Optional[Sequence[int]] = None) -> List[str]:
+    """Markdown: each family's PSNR interpolated at each savings (:func:`psnr_at`), pooled / per-sample mean, per
+    model and step count; – where its settings do not reach there."""
+    def cell(v):
+        return "–" if v is None else f"{v:.1f}"
+
+    out = ["| model | steps | family | " + " | ".join(f"{x:g}×" for x in savings) + " |",
+           "| --- | ---: | --- | " + " | ".join("---:" for _ in savings) + " |"]
+    per_sample = _has_sample_mean(rows)
+    for model, st in sorted({(r["model"], r["steps"]) for r in rows}):
+        if steps and st not in steps:
+            continue
+        for fam in families:
+            fr = [r for r in rows if r["model"] == model and r["steps"] == st and r["family"] == fam]
+            if not fr:
+                continue
+            cells = []
+            for x in savings:
+                a = cell(psnr_at(fr, x))
+                cells.append(f"{a} / {cell(psnr_at(fr, x, 'psnr_mean'))}" if per_sample else a)
+            out.append(f"| {model} | {st} | {fam} | " + " | ".join(cells) + " |")
+    return out
+
+
+def at_main(argv: Sequence[str]) -> int:
+    """``quality.py at REPORT_DIR [...] --families A,B [--savings 2,2.5] [--steps 50]``: the families' PSNR
+    interpolated at those savings, from one or more reports' quality.csv (pooled / mean of the samples' PSNR)."""
+    ap = argparse.ArgumentParser(prog="quality.py at", description=at_main.__doc__)
+    ap.add_argument("reports", nargs="+", help="report directories (quality.csv)")
+    ap.add_argument("--families", required=True, help="comma-separated families, as in the report")
+    ap.add_argument("--savings", type=lambda t: [float(v) for v in t.split(",")], default=list(AT_SAVINGS))
+    ap.add_argument("--steps", type=_int_list, default=None)
+    a = ap.parse_args(argv)
+    rows: List[Dict] = []
+    for d in a.reports:
+        path = os.path.join(d, "quality.csv")
+        if not os.path.isfile(path):
+            ap.error(f"no quality.csv in {d!r}")
+        rows += read_csv(path)
+    families = [f.strip() for f in a.families.split(",") if f.strip()]
+    missing = [f for f in families if not any(r["family"] == f for r in rows)]
+    if missing:
+        ap.error(f"--families: {missing} not in the reports; they hold {sorted({r['family'] for r in rows})}")
+    print("\n".join(at_table(rows, families, a.savings, a.steps)))
+    return 0
+
+
 def main(argv=None) -> int:
+    if argv is None and len(sys.argv) > 1 and sys.argv[1] == "at":
+        return at_main(sys.argv[2:])
     if argv is None and len(sys.argv) > 1 and sys.argv[1] == "merge":
         # quality.py merge OUT DIR1 DIR2 ...: one report of runs done in separate processes
         return merge(sys.argv[3:], sys.argv[2])

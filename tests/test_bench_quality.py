@@ -332,3 +332,36 @@ def test_replay_delta_position_option(monkeypatch):
     high = budget.solve(profile, 20, 10.0)
     assert high > low
     assert budget.simulate(list(profile.values()), 20, low) == budget.simulate(list(profile.values()), 20, high)
+
+
+def test_at_reads_families_at_chosen_savings_from_reports(tmp_path, capsys):
+    """``quality.py at``: each family's PSNR interpolated at the savings asked for, from several reports' CSVs."""
+    import quality as Q
+    import quality_methods as qm
+
+    def row(family, frac, psnr, steps=50):
+        return dict(model="wan_digits", steps=steps, family=family, setting=f"{frac}", status="ok", seeds=1,
+                    labels=10, flop_fraction=frac, block_fraction=frac, mac_fraction=frac, savings=1 - frac,
+                    fewer_flops=1 / frac, calls=steps, wall_s=1.0, speedup=1 / frac, cpu_s=1.0,
+                    speedup_cpu=1 / frac, psnr=psnr, psnr_mean=psnr + 1.5, ssim=0.99, weights="", note="", lpips="")
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    Q.write_csv([row(qm.DICACHE, 0.52, 47.0), row(qm.DICACHE, 0.37, 41.0), row(qm.DICACHE, 0.5, 30.0, steps=20)],
+                str(a / "quality.csv"))
+    Q.write_csv([row(qm.DICACHE_NOREACH, 0.45, 44.0), row(qm.DICACHE_NOREACH, 0.3, 36.0)], str(b / "quality.csv"))
+    assert Q.at_main([str(a), str(b), "--families", f"{qm.DICACHE},{qm.DICACHE_NOREACH}", "--savings", "2,2.5",
+                      "--steps", "50"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    def between(at, hi, lo):  # linear in the flop fraction between the settings at 0.52 and 0.37
+        return hi + (lo - hi) * (0.52 - at) / (0.52 - 0.37)
+
+    nr = 44.0 + (36.0 - 44.0) * (0.45 - 0.4) / (0.45 - 0.3)
+    assert lines[0] == "| model | steps | family | 2× | 2.5× |"
+    cells = [f"{between(x, 47.0, 41.0):.1f} / {between(x, 48.5, 42.5):.1f}" for x in (0.5, 0.4)]
+    assert lines[2] == f"| wan_digits | 50 | DiCache | {cells[0]} | {cells[1]} |"
+    assert lines[3] == f"| wan_digits | 50 | DiCache no reach | – / – | {nr:.1f} / {nr + 1.5:.1f} |"
+    assert len(lines) == 4  # the 20-step row left out by --steps
+    with pytest.raises(SystemExit):
+        Q.at_main([str(a), "--families", "DiCache, no such family"])
+    assert "not in the reports" in capsys.readouterr().err
