@@ -13,7 +13,7 @@ from . import api, zoo
 from .metrics import psnr, ssim
 
 # What the demo samples: every digit as an image, three of them as videos.
-LABELS = {"flux_digits": (0, 1, 2, 3, 4, 5, 6, 7, 8, 9), "wan_digits": (0, 1)}
+LABELS = {"flux_digits": (0, 1, 2, 3, 4, 5, 6, 7, 8, 9), "wan_digits": (0, 1), "hunyuan_digits": (0, 1)}
 
 
 @dataclass(frozen=True)

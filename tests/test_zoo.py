@@ -17,6 +17,7 @@ STEPS = 4  # sampling steps in these tests (the defaults are 30 / 50)
 EXPECTED = {
     "flux_digits": ("FluxTransformer2DModel", (16, 16)),
     "wan_digits": ("WanTransformer3DModel", (8, 16, 16)),
+    "hunyuan_digits": ("HunyuanVideoTransformer3DModel", (8, 16, 16)),
 }
 
 
@@ -71,7 +72,7 @@ def test_load_offline(name, monkeypatch):
         assert json.load(f)["_class_name"] == cls_name
     emb, pooled = zoo.class_embeddings(name)
     assert emb.shape[0] == zoo.NUM_CLASSES + 1
-    assert (pooled is not None) == (name == "flux_digits")
+    assert (pooled is not None) == (name in ("flux_digits", "hunyuan_digits"))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
@@ -172,7 +173,8 @@ def test_train_script_runs(tmp_path):
     assert imgs.shape == (1, 16, 16)
 
 
-def test_train_is_deterministic(tmp_path):
+@pytest.mark.parametrize("name", ["wan_digits", "hunyuan_digits"])
+def test_train_is_deterministic(tmp_path, name):
     """Two runs of the same recipe write bit-identical weights (what makes the shipped ones reproducible)."""
     pytest.importorskip("sklearn")
     from safetensors.torch import load_file
@@ -180,7 +182,7 @@ def test_train_is_deterministic(tmp_path):
     from dicache.zoo.train import train
 
     for run in ("a", "b"):
-        train("wan_digits", steps=2, batch_size=4, out_dir=str(tmp_path / run), progress=False)
+        train(name, steps=2, batch_size=4, out_dir=str(tmp_path / run), progress=False)
     for f in ("diffusion_pytorch_model.safetensors", "class_embeddings.safetensors"):
         a, b = load_file(str(tmp_path / "a" / f)), load_file(str(tmp_path / "b" / f))
         assert a.keys() == b.keys()

@@ -1,18 +1,19 @@
 """A small zoo of trained diffusion transformers in the real diffusers classes.
 
 Caching methods should be judged on real denoising trajectories, not on random
-weights. The zoo ships two tiny class-conditional models trained on
+weights. The zoo ships three tiny class-conditional models trained on
 scikit-learn's ``load_digits()``:
 
-=============  ==============================  ==========================================
-name           transformer                     sample
-=============  ==============================  ==========================================
-flux_digits    ``FluxTransformer2DModel``      16×16 grey digit, 2 double + 6 single blocks
-wan_digits     ``WanTransformer3DModel``       8 frames of 16×16, a digit moving; 6 blocks
-=============  ==============================  ==========================================
+==============  =================================  ==========================================
+name            transformer                        sample
+==============  =================================  ==========================================
+flux_digits     ``FluxTransformer2DModel``         16×16 grey digit, 2 double + 6 single blocks
+wan_digits      ``WanTransformer3DModel``          8 frames of 16×16, a digit moving; 6 blocks
+hunyuan_digits  ``HunyuanVideoTransformer3DModel``  the same clips; 2 double + 4 single blocks
+==============  =================================  ==========================================
 
-Both sample through the real diffusers pipelines (``FluxPipeline`` with true
-classifier-free guidance, ``WanPipeline``), so every transformer call happens
+All sample through the real diffusers pipelines (``FluxPipeline`` and
+``HunyuanVideoPipeline`` with true classifier-free guidance, ``WanPipeline``), so every transformer call happens
 inside ``transformer.cache_context("cond")`` / ``("uncond")`` exactly as in the
 big models::
 
@@ -148,7 +149,7 @@ def make_scheduler(name: str):
 def pipeline(name: str, transformer: Optional[torch.nn.Module] = None, scheduler=None, progress: bool = False):
     """The real diffusers pipeline around the zoo transformer (no VAE, no text encoders).
 
-    ``FluxPipeline`` / ``WanPipeline`` with ``vae=None`` and the text encoders
+    ``FluxPipeline`` / ``WanPipeline`` / ``HunyuanVideoPipeline`` with ``vae=None`` and the text encoders
     and tokenizers set to None; call it with :func:`pipeline_call_kwargs` and
     ``output_type="latent"``, then :func:`decode` the (unpacked) latents.
     """
@@ -170,6 +171,11 @@ def pipeline(name: str, transformer: Optional[torch.nn.Module] = None, scheduler
     elif name == "wan_digits":
         pipe = diffusers.WanPipeline(
             tokenizer=None, text_encoder=None, vae=None, scheduler=scheduler, transformer=transformer
+        )
+    elif name == "hunyuan_digits":
+        pipe = diffusers.HunyuanVideoPipeline(
+            text_encoder=None, tokenizer=None, transformer=transformer, vae=None, scheduler=scheduler,
+            text_encoder_2=None, tokenizer_2=None,
         )
     else:  # pragma: no cover - get_spec raised already
         raise KeyError(name)
@@ -212,6 +218,18 @@ def pipeline_call_kwargs(
             negative_pooled_prompt_embeds=neg_pooled.to(device),
             true_cfg_scale=g,
         )
+    elif name == "hunyuan_digits":
+        mask = torch.ones(cond.shape[:2], dtype=dtype, device=device)  # every class has all its tokens
+        kw.update(
+            prompt_embeds=cond,
+            pooled_prompt_embeds=pooled.to(device),
+            prompt_attention_mask=mask,
+            negative_prompt_embeds=neg,
+            negative_pooled_prompt_embeds=neg_pooled.to(device),
+            negative_prompt_attention_mask=mask.clone(),
+            true_cfg_scale=g,
+            guidance_scale=1.0,  # no guidance embedding (guidance_embeds=False): unused
+        )
     else:
         kw.update(prompt_embeds=cond, negative_prompt_embeds=neg, guidance_scale=g)
     return kw
@@ -230,10 +248,10 @@ def sample(
 ) -> torch.Tensor:
     """Sample class ``labels`` through the diffusers pipeline; images in [0, 1] on the CPU.
 
-    Returns ``(N, 16, 16)`` for flux_digits and ``(N, 8, 16, 16)`` for wan_digits.
+    Returns ``(N, 16, 16)`` for flux_digits and ``(N, 8, 16, 16)`` for the video models.
     Deterministic for a seed (one CPU generator draws the whole batch's noise,
     so a sample also depends on its position in ``labels``). Defaults:
-    flux_digits 30 steps, true CFG 3.0; wan_digits 50 steps, CFG 4.0.
+    flux_digits 30 steps, true CFG 3.0; wan_digits 50 steps, CFG 4.0; hunyuan_digits 50 steps, true CFG 4.0.
     ``transformer`` may be a (hooked/cached) instance of the model; by default
     the shipped one is loaded. ``path``: a directory written by
     ``scripts/train_zoo.py --out`` to take the model and class embeddings from.
@@ -304,7 +322,7 @@ def save_samples_grid(
 ) -> str:
     """The docs grid: rows = classes 0–9.
 
-    flux_digits: ``per_class`` samples per row. wan_digits: one clip per row, its 8 frames across.
+    flux_digits: ``per_class`` samples per row. Video models: one clip per row, its 8 frames across.
     """
     if name == "flux_digits":
         labels = [c for c in range(NUM_CLASSES) for _ in range(per_class)]

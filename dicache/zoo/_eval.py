@@ -25,11 +25,13 @@ def _knn(size: int):
 
 def predict_labels(name: str, samples: torch.Tensor) -> torch.Tensor:
     """Predicted class per sample: ``(N, 16, 16)`` images or ``(N, F, 16, 16)`` clips in [0, 1]."""
+    from ._specs import get_spec
+
     samples = samples.detach().float().cpu()
-    if name == "flux_digits":
+    if not get_spec(name).video:
         knn = _knn(samples.shape[-1])
         return torch.as_tensor(knn.predict(samples.reshape(len(samples), -1).numpy()))
-    if name == "wan_digits":
+    else:
         s = 10
         knn = _knn(s)
         n, f, h, w = samples.shape
@@ -41,7 +43,6 @@ def predict_labels(name: str, samples: torch.Tensor) -> torch.Tensor:
         crops = torch.stack([frames[i, 0, y : y + s, x : x + s] for i, (y, x) in enumerate(zip(ys.tolist(), xs.tolist()))])
         per_frame = torch.as_tensor(knn.predict(crops.reshape(n * f, -1).numpy())).reshape(n, f)
         return torch.mode(per_frame, dim=1).values
-    raise KeyError(name)
 
 
 def class_accuracy(name: str, samples: torch.Tensor, labels) -> float:

@@ -1,6 +1,6 @@
 """What each zoo model is: transformer config, latent format, scheduler, pipeline, training recipe.
 
-Both models work directly on pixels (there is no learned VAE):
+The models work directly on pixels (there is no learned VAE):
 
 * ``flux_digits`` — 16×16 grey digits in [-1, 1] are the latent ``(B, 1, 16, 16)``;
   ``FluxPipeline`` packs it into 2×2 patches exactly like a real Flux latent:
@@ -9,6 +9,9 @@ Both models work directly on pixels (there is no learned VAE):
   "VAE" is a 2×2 space-to-depth (``pixel_unshuffle``): latent ``(B, 4, 8, 8, 8)``
   (channels, frames, height, width), patchified by Wan's own ``(1, 2, 2)``
   patch embedding into 8 × 4 × 4 = 128 video tokens.
+* ``hunyuan_digits`` — the same clips and latent as ``wan_digits``, patchified by
+  HunyuanVideo's ``patch_size=2, patch_size_t=1`` into the same 128 video tokens;
+  text tokens pass HunyuanVideo's token refiner, with an attention mask, as in the real model.
 
 The pipelines are built with ``vae=None``; they then assume a VAE scale factor
 of 8 (spatial) and 4 (temporal, Wan), which is why the pipeline is called with
@@ -54,6 +57,11 @@ class ZooSpec:
     train: TrainRecipe
     scheduler_config: Dict[str, Any] = field(default_factory=dict)
     scheduler_class: str = "FlowMatchEulerDiscreteScheduler"
+
+    @property
+    def video(self) -> bool:
+        """Clips ``(F, H, W)`` in the 2×2 space-to-depth latent, rather than images ``(H, W)``."""
+        return len(self.pixel_shape) == 3
 
 
 FLUX_DIGITS = ZooSpec(
@@ -131,7 +139,42 @@ WAN_DIGITS = ZooSpec(
     ),
 )
 
-SPECS: Dict[str, ZooSpec] = {s.name: s for s in (FLUX_DIGITS, WAN_DIGITS)}
+HUNYUAN_DIGITS = ZooSpec(
+    name="hunyuan_digits",
+    transformer_class="HunyuanVideoTransformer3DModel",
+    config=dict(
+        in_channels=4,
+        out_channels=4,
+        num_attention_heads=4,
+        attention_head_dim=32,
+        num_layers=2,
+        num_single_layers=4,
+        num_refiner_layers=1,
+        mlp_ratio=4.0,
+        patch_size=2,
+        patch_size_t=1,
+        qk_norm="rms_norm",
+        guidance_embeds=False,  # true classifier-free guidance (two calls a step), not a distilled guidance
+        text_embed_dim=64,
+        pooled_projection_dim=32,
+        rope_theta=256.0,
+        rope_axes_dim=(8, 12, 12),
+    ),
+    text_tokens=4,
+    text_dim=64,
+    pooled_dim=32,
+    pixel_shape=(8, 16, 16),
+    pipeline_kwargs=dict(height=64, width=64, num_frames=29),  # latent 8×8, 8 latent frames (as wan_digits)
+    default_steps=50,
+    default_guidance=4.0,
+    # HunyuanVideo's scheduler: flow-matching Euler with a fixed shift of 7
+    scheduler_config=dict(num_train_timesteps=1000, shift=7.0),
+    train=TrainRecipe(
+        steps=2400, batch_size=16, lr=1e-3, warmup=100, ema_decay=0.998, p_uncond=0.1, seed=0
+    ),
+)
+
+SPECS: Dict[str, ZooSpec] = {s.name: s for s in (FLUX_DIGITS, WAN_DIGITS, HUNYUAN_DIGITS)}
 
 
 def get_spec(name: str) -> ZooSpec:
@@ -149,29 +192,25 @@ def get_spec(name: str) -> ZooSpec:
 def encode(name: str, pixels: torch.Tensor) -> torch.Tensor:
     """Pixels in [0, 1] to the model's (unpacked) latent in [-1, 1].
 
-    flux_digits: ``(B, H, W) -> (B, 1, H, W)``.
-    wan_digits: ``(B, F, H, W) -> (B, 4, F, H/2, W/2)`` (2×2 space-to-depth).
+    Images (flux_digits): ``(B, H, W) -> (B, 1, H, W)``.
+    Clips (wan_digits, hunyuan_digits): ``(B, F, H, W) -> (B, 4, F, H/2, W/2)`` (2×2 space-to-depth).
     """
     x = pixels * 2.0 - 1.0
-    if name == "flux_digits":
+    if not get_spec(name).video:
         return x[:, None]
-    if name == "wan_digits":
-        b, f, h, w = x.shape
-        z = F.pixel_unshuffle(x.reshape(b * f, 1, h, w), 2)  # (B*F, 4, H/2, W/2)
-        return z.reshape(b, f, 4, h // 2, w // 2).permute(0, 2, 1, 3, 4).contiguous()
-    raise KeyError(name)
+    b, f, h, w = x.shape
+    z = F.pixel_unshuffle(x.reshape(b * f, 1, h, w), 2)  # (B*F, 4, H/2, W/2)
+    return z.reshape(b, f, 4, h // 2, w // 2).permute(0, 2, 1, 3, 4).contiguous()
 
 
 def decode(name: str, latents: torch.Tensor) -> torch.Tensor:
     """The inverse of :func:`encode`, clamped to [0, 1]: ``(B, H, W)`` or ``(B, F, H, W)``."""
-    if name == "flux_digits":
+    if not get_spec(name).video:
         x = latents[:, 0]
-    elif name == "wan_digits":
+    else:
         b, c, f, h, w = latents.shape
         z = latents.permute(0, 2, 1, 3, 4).reshape(b * f, c, h, w)
         x = F.pixel_shuffle(z, 2).reshape(b, f, 2 * h, 2 * w)
-    else:
-        raise KeyError(name)
     return ((x.float() + 1.0) / 2.0).clamp(0.0, 1.0)
 
 
@@ -201,7 +240,8 @@ def training_forward(
     """Velocity prediction for unpacked ``latents`` at noise level ``sigma`` (B,), as the pipeline calls it.
 
     Flux: the pipeline passes ``timestep = t / 1000 = sigma`` and packed latents.
-    Wan: the pipeline passes ``timestep = t = 1000 · sigma``.
+    Wan, HunyuanVideo: the pipeline passes ``timestep = t = 1000 · sigma``; HunyuanVideo also the text
+    tokens' attention mask (all ones here: every class has ``text_tokens`` tokens).
     """
     if name == "flux_digits":
         from diffusers import FluxPipeline
@@ -229,6 +269,16 @@ def training_forward(
             hidden_states=latents,
             timestep=sigma * 1000.0,
             encoder_hidden_states=prompt_embeds,
+            return_dict=False,
+        )[0]
+    if name == "hunyuan_digits":
+        mask = torch.ones(prompt_embeds.shape[:2], dtype=prompt_embeds.dtype, device=prompt_embeds.device)
+        return transformer(
+            hidden_states=latents,
+            timestep=sigma * 1000.0,
+            encoder_hidden_states=prompt_embeds,
+            encoder_attention_mask=mask,
+            pooled_projections=pooled_prompt_embeds,
             return_dict=False,
         )[0]
     raise KeyError(name)

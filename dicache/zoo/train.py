@@ -53,7 +53,7 @@ def _make_batch_source(name: str, generator: torch.Generator):
     from . import _data
 
     spec = get_spec(name)
-    if name == "flux_digits":
+    if not spec.video:
         images, labels = _data.image_dataset(spec.pixel_shape[-1])
 
         def batch(b):
@@ -61,7 +61,7 @@ def _make_batch_source(name: str, generator: torch.Generator):
             return images[idx], labels[idx]
 
         return batch
-    if name == "wan_digits":
+    if spec.video:
         sprites, labels = _data.digit_sprites(10)
         frames, size = spec.pixel_shape[0], spec.pixel_shape[-1]
 
