@@ -1,15 +1,19 @@
 #!/usr/bin/env python
 """Quality and speed of DiCache against other caches on the shipped zoo models.
 
-    .venv/bin/python benchmarks/quality.py --out bench_out            # the full run (~50 min, 1 thread, 2-core box)
-    .venv/bin/python benchmarks/quality.py --out /tmp/q --quick       # a smoke run (~20 s)
+    .venv/bin/python benchmarks/quality.py --out bench_out            # every model, step count and family: hours on one
+                                                                      # core; split it (--models, --steps, --families)
+                                                                      # over processes and merge
+    .venv/bin/python benchmarks/quality.py --out /tmp/q --quick       # a smoke run (a few minutes)
     .venv/bin/python benchmarks/quality.py --out x --list             # what would run
     .venv/bin/python benchmarks/quality.py merge OUT DIR1 DIR2        # one report of runs split over processes
                                                                       # (a later DIR's family replaces an earlier one's;
                                                                       # a quality.md instead of a DIR: its rows)
+    .venv/bin/python benchmarks/quality.py pool OUT DIR_A DIR_B       # the settings both ran, on both runs' seeds
+    .venv/bin/python benchmarks/quality.py at DIR... --families A,B   # their PSNR interpolated at chosen savings
 
 For each shipped model (``flux_digits``: FluxPipeline with true CFG; ``wan_digits``: WanPipeline with
-CFG), each step count (``--steps``, default 20 and 50) and each seed (``--seeds``), the model samples
+CFG; ``hunyuan_digits``: HunyuanVideoPipeline with true CFG, the held-out model), each step count (``--steps``, default 20 and 50) and each seed (``--seeds``), the model samples
 all ``--labels`` in one batch through the real diffusers pipeline, with
 
 * no cache (the reference every other output is compared with);

@@ -75,12 +75,13 @@ def run_model(name: str, out_dir: str, backend: str = "auto", seed: int = 0, ste
 
 
 def format_table(rows: List[DemoRow]) -> str:
-    head = f"{'model':<12} {'method':<30} {'blocks computed':>15} {'wall s':>8} {'speedup':>8} {'PSNR dB':>8} {'SSIM':>6}"
+    w = max([len("model")] + [len(r.model) for r in rows])
+    head = f"{'model':<{w}} {'method':<30} {'blocks computed':>15} {'wall s':>8} {'speedup':>8} {'PSNR dB':>8} {'SSIM':>6}"
     lines = [head, "-" * len(head)]
     for r in rows:
         p = "inf" if r.psnr == float("inf") else f"{r.psnr:.2f}"
         lines.append(
-            f"{r.model:<12} {r.method:<30} {100 * r.blocks_computed:>14.1f}% {r.seconds:>8.3f} {r.speedup:>7.2f}× "
+            f"{r.model:<{w}} {r.method:<30} {100 * r.blocks_computed:>14.1f}% {r.seconds:>8.3f} {r.speedup:>7.2f}× "
             f"{p:>8} {r.ssim:>6.3f}"
         )
     return "\n".join(lines)

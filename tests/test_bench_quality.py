@@ -24,17 +24,18 @@ def test_quick_run_writes_every_family(tmp_path):
     out = tmp_path / "bench"
     proc = subprocess.run(
         [sys.executable, SCRIPT, "--out", str(out), "--quick", "--labels", "0,1", "--threads", "1", "--no-plot"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     with open(out / "quality.csv", newline="") as f:
         rows = list(csv.DictReader(f))
+    assert {r["model"] for r in rows} == {"flux_digits", "wan_digits", "hunyuan_digits"}  # every shipped model
     assert (out / "quality.md").is_file() and (out / "quality_details.json").is_file()
 
     # every family runs at some step count of the full benchmark (the γ-source families at one each)
     tabled = {f for m in qm.SETTINGS for st in qm.SETTINGS[m] for f, v in qm.SETTINGS[m][st].items() if v}
     assert tabled == set(qm.FAMILIES[1:]), set(qm.FAMILIES[1:]) - tabled
-    for model in ("flux_digits", "wan_digits"):
+    for model in ("flux_digits", "wan_digits", "hunyuan_digits"):
         mine = [r for r in rows if r["model"] == model]
         families = {r["family"] for r in mine}
         table = qm.settings_for(model, int(mine[0]["steps"]))
@@ -75,6 +76,9 @@ def test_quick_run_writes_every_family(tmp_path):
     assert ts_wan["status"] == "unsupported" and "match no module" in ts_wan["note"]
     (sea_flux,) = [r for r in rows if r["model"] == "flux_digits" and r["family"] == qm.SEACACHE]
     assert sea_flux["status"] == "fail-open" and float(sea_flux["savings"]) == 0.0
+    # HunyuanVideoPipeline passes no step_index/sigma to cache_context: SeaCache runs full there, and says so
+    (sea_hy,) = [r for r in rows if r["model"] == "hunyuan_digits" and r["family"] == qm.SEACACHE]
+    assert sea_hy["status"] == "fail-open" and "step_index" in sea_hy["note"]
 
     # runs split over processes merge into one report with the same rows
     merged = tmp_path / "merged"
