@@ -24,6 +24,16 @@ class NotEnabledError(RuntimeError):
     """DiCache is not enabled on this target."""
 
 
+def _step_sizes(scheduler: Any, n: Optional[int]) -> Optional[List[float]]:
+    """``|σ_k − σ_(k+1)|`` for the ``n`` calls of a trajectory, from the scheduler's ``sigmas`` (n + 1 values, the
+    flow-matching schedulers' and the diffusers schedulers' with flow sigmas); None where they are not that."""
+    sigmas = getattr(scheduler, "sigmas", None)
+    if n is None or not isinstance(sigmas, torch.Tensor) or sigmas.dim() != 1 or sigmas.numel() != n + 1:
+        return None
+    sig = sigmas.detach().float().cpu().tolist()  # kept on the CPU by diffusers: no device sync
+    return [abs(sig[k] - sig[k + 1]) for k in range(n)]
+
+
 class _PipelineLink:
     """Wraps the pipeline scheduler's ``set_timesteps``: each pipeline call starts a new trajectory
     and tells the step count, with no host read and whatever the pipeline passes to ``cache_context``."""
@@ -43,8 +53,9 @@ class _PipelineLink:
             out = original(*args, **kwargs)
             timesteps = getattr(self.scheduler, "timesteps", None)
             n = len(timesteps) if timesteps is not None else kwargs.get("num_inference_steps")
+            sizes = _step_sizes(self.scheduler, n)
             for s in self.sessions:
-                s.new_trajectory(n)
+                s.new_trajectory(n, sizes)
             return out
 
         set_timesteps.__wrapped__ = original

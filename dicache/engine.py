@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 import math
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -176,6 +176,12 @@ class DiCacheEngine:
             self._leads.clear()
             self._lead = None
         self._cur = None
+
+    def set_step_sizes(self, sizes: Optional[Sequence[float]]) -> None:
+        """The trajectory's step sizes ``|σ_k − σ_(k+1)|`` per call (the pipeline's scheduler tells them at each
+        pipeline call; None: unknown). The compute budget's online rule expects each call's probe error in
+        proportion to them (:meth:`_Budget.online_profile`)."""
+        self._budget.step_sizes = None if sizes is None else [float(v) for v in sizes]
 
     def release(self) -> None:
         """Free every cached tensor but keep the records (for ``summary``); the next call starts afresh."""
@@ -651,7 +657,15 @@ class _Budget:
       rule with it.
       Refreshes then land where a hand-tuned δ would put them: where the accumulated error grows
       fastest. The mean settles as calls accumulate, and δ with it.
-    * **Online** (no profile yet: the first call): before each decided call ``δ = e · S / F_left``:
+    * **Online, on the step sizes** (no profile yet, the pipeline's scheduler told the step sizes
+      ``|σ_k − σ_(k+1)|``: :meth:`DiCacheEngine.set_step_sizes`): a call's probe error grows with the step its
+      output takes (on the shipped models at 20 steps the measured increments stay within 1.1–2.4 times the step
+      size while the step sizes span 4–36×), so from the first measured error on the rule predicts the calls to
+      come as ``c · size_k`` (``c`` the errors measured over their steps' sizes) and decides each call as the
+      replay does, δ solved on that profile from the current call on (:meth:`online_profile`). Only where every
+      call is probed: where runs are planned (50 steps on the shipped models) the prediction lost to the growth
+      below on Wan (2–3× on two seed sets), so the growth stays there.
+    * **Online** (no profile yet, no step sizes): before each decided call ``δ = e · S / F_left``:
       ``e`` the per-call probe error expected from here on (the larger of the mean so far and the
       last one: the error of a denoising trajectory grows towards the end, and a budget spent at the
       mean rate runs out before it), ``S`` the calls left to decide and ``F_left`` the computed calls
@@ -681,6 +695,7 @@ class _Budget:
         self.profiles: Dict[Tuple[str, int], Dict[int, float]] = {}
         self._seen: Dict[Tuple[str, int], int] = {}
         self._solved: Dict[Tuple[str, int], float] = {}  # (branch, N) -> δ of the replay, per trajectory
+        self.step_sizes: Optional[List[float]] = None  # |σ_k − σ_(k+1)| of the trajectory, when the pipeline tells
 
     def _skip_blocks(self, branches: int) -> float:
         """Blocks a probed skip costs a branch: the probe, shared by the branches with ``cfg_decision="shared"``
@@ -767,7 +782,10 @@ class _Budget:
                        begin: Optional[Tuple[int, Optional[int], float]] = None) -> Tuple[int, int]:
         """(computed calls, skips without a probe) of the fixed-δ rule on increments ``incs``; where runs are
         planned, ``begin = (t2, t1, e)`` simulates the calls after the computed call at step ``t2`` only (``t1``
-        the computed call before it, ``e`` the per-step error ``t2`` measured).
+        the computed call before it, ``e`` the per-step error ``t2`` measured); where every call is probed,
+        ``begin = (k, acc, run, probed_skip, stored)`` simulates the calls from step ``k`` on, with the
+        accumulated error ``acc`` and the ``run`` of reuses carried in (``probed_skip``: the call before ``k``
+        was a probed skip; ``stored``: the entries stored before ``k``).
 
         With ``predictive_skip`` a skip right after a probed skip (two entries stored) runs no probe when the
         accumulated error plus the last increment stays under δ; the next probe measures the error since."""
@@ -777,12 +795,15 @@ class _Budget:
             return self._simulate_plan(incs, n, delta, warm, last, p, begin), 0
         predict = bool(self.config.predictive_skip)
         full, acc, run, unprobed, probed_skip = 0, 0.0, 0, 0, False
-        for k in range(n):
+        first, stored = 0, 0
+        if begin is not None:  # (step, accumulated error, run, last call a probed skip, entries stored)
+            first, acc, run, probed_skip, stored = begin
+        for k in range(first, n):
             if k < warm or k >= n - last:
                 full, acc, run, probed_skip = full + 1, 0.0, 0, False
                 continue
             limit = delta / (run + 1) ** p
-            if predict and probed_skip and full >= 2 and acc + incs[k - 1] < limit:
+            if predict and probed_skip and stored + full >= 2 and acc + incs[k - 1] < limit:
                 acc += incs[k]  # skipped without a probe: the next probe measures this step's error too
                 run, unprobed, probed_skip = run + 1, unprobed + 1, False
                 continue
@@ -856,8 +877,45 @@ class _Budget:
             # no error measured yet (a warm-up of one call): the budget must skip somewhere, and a refresh
             # now would be spent on no information; skip unless this call's own probe error is not finite
             return math.inf
+        delta = self._online_delta_probed(state, step, n, branches)
+        if delta is not None:
+            return delta / (state.run + 1) ** self.config.run_power_at(n)
         rate = max(state.err_sum / state.err_n, state.err_last)
         return rate * steps_left / left
+
+    def _sizes(self, n: int) -> Optional[List[float]]:
+        """The step sizes of a trajectory of ``n`` calls, if the pipeline told them (and they are usable)."""
+        sizes = self.step_sizes
+        if sizes is None or len(sizes) != n or not all(math.isfinite(v) and v >= 0 for v in sizes) or not any(sizes):
+            return None
+        return sizes
+
+    def _sizes_rule(self, state: BranchState, n: int) -> Optional[List[float]]:
+        """The step sizes, where the online rule decides by them: every call probed, the sizes told, an error
+        measured; else None."""
+        if self.config.plans_runs(n) or state.probe_step is None or state.err_n == 0:
+            return None
+        return self._sizes(n)
+
+    def _online_delta_probed(self, state: BranchState, step: int, n: int, branches: int) -> Optional[float]:
+        """δ of the online rule where every call is probed, for the call at ``step``, when the step sizes are
+        known: the fixed-δ rule's δ that spends the budget left on the calls from ``step`` on, on the profile
+        measured so far and predicted from the step sizes (:meth:`online_profile`), solved again at each call
+        with the errors measured since (as the replay, on a predicted profile). None without the step sizes."""
+        sizes = self._sizes_rule(state, n)
+        if sizes is None:
+            return None
+        profile = self.online_profile(state, state.probe_step, n, sizes)
+        if profile is None:
+            return None
+        left, _ = self._left(state, step, n, branches)
+        last = state.records[-1] if state.records else None
+        probed_skip = last is not None and not last.computed and last.probed
+        begin = (step, state.acc_host, state.run, probed_skip, state.n_stored)
+        # a quarter of the way up its δ range, as the replay: solved at every call, the smallest δ would put each
+        # call at the edge of the prediction, and a call whose error runs a little above it would be computed
+        return self.solve(profile, n, left + self.config.last_calls(n), self._probe_credit(branches), begin=begin,
+                          position=REPLAY_DELTA_POSITION)
 
     def plan_skip(self, state: BranchState, step: int, n: Optional[int]) -> bool:
         """``plan_runs``: whether the call skips, as the ``(run + 1)``-th of the run that started at the last
@@ -902,14 +960,26 @@ class _Budget:
         r = math.exp((l1 - l0) / (k1 - k0)) if k1 > k0 else 1.0
         return min(max(r, 1.0), ONLINE_MAX_GROWTH ** (1.0 / max(1, n)))
 
-    def online_profile(self, state: BranchState, start: int, n: int) -> Optional[Dict[int, float]]:
+    def online_profile(self, state: BranchState, start: int, n: int,
+                       sizes: Optional[List[float]] = None) -> Optional[Dict[int, float]]:
         """The per-step error profile the online rule solves δ on at the run that starts at computed step
-        ``start``: the increments measured up to it, the steps after it the last increment times the measured
-        growth (:meth:`growth`) per step; None before enough increments are measured."""
+        ``start``: the increments measured up to it; the steps after it ``c · sizes[k]`` given the step sizes
+        (``c`` = the measured increments over their steps' sizes), else the last increment times the measured
+        growth (:meth:`growth`) per step; None before an increment (with the sizes) or enough of them (without)
+        is measured."""
+        profile = {k: v for k, v in state.increments.items() if k <= start}
+        if sizes is not None:
+            # the probe error of a call grows with the step its output takes: c·|σ_k − σ_(k+1)|, c the ratio of
+            # the errors measured to their steps' sizes
+            seen = [(v, sizes[k]) for k, v in profile.items() if math.isfinite(v) and v >= 0 and k < n]
+            num, den = sum(v for v, _ in seen), sum(d for _, d in seen)
+            if not seen or den <= 0 or num <= 0:
+                return None
+            profile.update({k: num / den * sizes[k] for k in range(start + 1, n)})
+            return profile
         r = self.growth(state.increments, self.config.warmup_calls(n), start, n)
         if r is None or not (math.isfinite(state.err_last) and state.err_last > 0):
             return None
-        profile = {k: v for k, v in state.increments.items() if k <= start}
         profile.update({k: state.err_last * r ** (k - start) for k in range(start + 1, n)})
         return profile
 
@@ -941,8 +1011,8 @@ class _Budget:
         left, steps_left = self._left(state, step, n, branches)
         if left <= 0:
             return 1 << 30, 1 << 30
-        if self.replays(state, n):
-            return 0, 1 << 30
+        if self.replays(state, n) or self._sizes_rule(state, n) is not None:
+            return 0, 1 << 30  # δ already spends the budget (replay, or the online rule on the step sizes)
         gap = steps_left / left - 1.0
         return max(0, math.floor(gap)), max(1, math.ceil(gap))
 

@@ -73,11 +73,13 @@ class Session:
         self._installed: List[Tuple[torch.nn.Module, str, bool, bool]] = []
 
     # -- trajectory -------------------------------------------------------
-    def new_trajectory(self, num_steps: Optional[int] = None) -> None:
-        """Forget all branches (a pipeline call starts, or dicache.reset)."""
+    def new_trajectory(self, num_steps: Optional[int] = None, step_sizes: Optional[List[float]] = None) -> None:
+        """Forget all branches (a pipeline call starts, or dicache.reset); a pipeline call also tells the step
+        count and the scheduler's step sizes (:meth:`DiCacheEngine.set_step_sizes`)."""
         self.engine.reset()
         if num_steps is not None:
             self.pipeline_steps = num_steps
+            self.engine.set_step_sizes(step_sizes)
         self._last_t = None
         self._calls_at_t = 0
         self._branch_t.clear()

@@ -398,6 +398,10 @@ def test_budget_mode_on_a_pipeline():
     dicache.enable(pipe, backend="torch", target_speedup=2.0)
     tiny.flux_pipeline_call(pipe, steps=20)
     s = dicache.summary(pipe)
+    # the scheduler told the engine its step sizes |σ_k − σ_(k+1)| (the online rule predicts the errors by them)
+    sig = pipe.scheduler.sigmas.tolist()
+    told = dicache.hooks.session_of(pipe.transformer).engine._budget.step_sizes
+    assert told == pytest.approx([abs(sig[k] - sig[k + 1]) for k in range(20)]) and len(sig) == 21
     dicache.disable(pipe)
     b = s.branches["cond"]
     assert b.block_evaluations_uncached / b.block_evaluations == pytest.approx(2.0, rel=0.15)
@@ -1079,3 +1083,74 @@ def test_budget_rule_names_a_planned_cfg_follower(extrapolation):
     # a branch that decides for itself is never called a follower
     s = drive(cfg.replace(cfg_decision="separate"), traces, num_steps=n)
     assert s.branches["uncond"].budget == "planned, online"
+
+
+def drive_sized(cfg, errors, sizes, num_steps):
+    """``drive`` on one branch with the trajectory's step sizes told to the engine (as a pipeline's scheduler does)."""
+    g = torch.Generator().manual_seed(0)
+    base, x = torch.rand(2, 6, 8, generator=g) + 0.5, torch.randn(2, 6, 8, generator=g)
+    engine = DiCacheEngine(cfg, M, "torch")
+    engine.set_step_sizes(sizes)
+    for k, sc in enumerate(scales(errors)):
+        engine.begin_call("c", k, num_steps)
+        if engine.before_probe(x) is not None:
+            continue
+        if engine.after_probe(x, base * sc) is None:
+            engine.after_full(base * sc * 3 + x)
+    return summarize(engine, "toy").branches["c"]
+
+
+def test_online_profile_predicts_the_errors_from_the_step_sizes():
+    # the probe error of a call grows with the step its output takes: the steps after the last probe are predicted
+    # as c·|σ_k − σ_(k+1)|, c = the errors measured over their steps' sizes (a ratio of sums)
+    cfg = DiCacheConfig(target_speedup=2.0, warmup=1)
+    budget = DiCacheEngine(cfg, M, "torch")._budget
+    sizes = [0.01 * 1.2 ** k for k in range(30)]
+    state = BranchState("c")
+    state.increments = {3: 0.03, 4: 0.05}  # two measured: enough with step sizes (the growth needs four)
+    prof = budget.online_profile(state, 4, 30, sizes)
+    c = 0.08 / (sizes[3] + sizes[4])
+    assert prof[3] == 0.03 and prof[4] == 0.05 and prof[29] == pytest.approx(c * sizes[29])
+    assert budget.online_profile(state, 4, 30) is None  # without them, the growth: too few increments yet
+    # the sizes the pipeline told are used when they fit the trajectory; where every call is probed only
+    state.probe_step, state.err_n = 4, 2
+    for told, usable in ((sizes, True), (sizes[:-1], False), ([float("nan")] * 30, False), ([0.0] * 30, False),
+                         (None, False)):
+        budget.step_sizes = told
+        assert (budget._sizes_rule(state, 30) is not None) == usable
+    planned = DiCacheEngine(cfg.replace(plan_runs=True), M, "torch")._budget
+    planned.step_sizes = sizes
+    assert planned._sizes(30) is not None and planned._sizes_rule(state, 30) is None
+
+
+@pytest.mark.parametrize("target", [2.0, 2.5, 3.0])
+def test_budget_online_rule_on_step_sizes_shortens_runs_where_the_steps_grow(target):
+    # errors in proportion to step sizes that grow towards the end (a shifted flow schedule, here 70× over the
+    # trajectory): told the sizes, the online rule spends the budget as a fixed δ would, a long run early where the
+    # steps are small and short ones late, on target; without them the run bounds keep its runs near even
+    # (2.5×: F.........F..F.F.FFF told, F...F...F..F..F..F.F not)
+    n = 20
+    sizes = [0.01 * 1.25 ** k for k in range(n)]
+    errors = [2.0 * v for v in sizes[1:]]  # the error measured at call k: 2·size_k
+    cfg = DiCacheConfig(target_speedup=target, warmup=1, force_last_step=1)
+    told = drive_sized(cfg, errors, sizes, n)
+    even = drive_sized(cfg, errors, None, n)
+    for b in (told, even):
+        assert b.block_evaluations_uncached / b.block_evaluations == pytest.approx(target, rel=0.1)
+    told_runs = [len(r) for r in told.pattern[1:].split("F") if r]
+    even_runs = [len(r) for r in even.pattern[1:].split("F") if r]
+    assert told_runs[0] >= 2 * even_runs[0] and told_runs[-1] <= even_runs[-1], (told.pattern, even.pattern)
+    assert told_runs == sorted(told_runs, reverse=True), told.pattern  # never longer than the run before
+
+
+def test_step_sizes_come_from_the_scheduler_sigmas_when_they_fit():
+    from types import SimpleNamespace
+
+    from dicache.api import _step_sizes
+
+    sched = SimpleNamespace(sigmas=torch.tensor([1.0, 0.7, 0.3, 0.0]))
+    assert _step_sizes(sched, 3) == pytest.approx([0.3, 0.4, 0.3])
+    assert _step_sizes(sched, 4) is None  # not n + 1 values (a second-order scheduler's, say)
+    assert _step_sizes(sched, None) is None
+    assert _step_sizes(SimpleNamespace(), 3) is None  # a scheduler without sigmas
+    assert _step_sizes(SimpleNamespace(sigmas=torch.ones(2, 4)), 3) is None
