@@ -369,3 +369,16 @@ def test_at_reads_families_at_chosen_savings_from_reports(tmp_path, capsys):
     with pytest.raises(SystemExit):
         Q.at_main([str(a), "--families", "DiCache, no such family"])
     assert "not in the reports" in capsys.readouterr().err
+
+
+def test_step_sizes_script_prints_each_step_s_error_beside_its_size(capsys):
+    import step_sizes
+
+    assert step_sizes.main(["--steps", "5", "--models", "wan_digits"]) == 0
+    out = capsys.readouterr().out
+    rows = [ln for ln in out.splitlines() if ln.startswith("| ") and ln[2].isdigit()]
+    assert len(rows) == 5 and rows[0].split(" | ")[3] == "–"  # the first call measures no increment
+    assert all(float(r.split(" | ")[2]) > 0 for r in rows)  # the step sizes the scheduler told
+    assert "their ratio" in out
+    with pytest.raises(SystemExit):
+        step_sizes.main(["--models", "sd3_digits"])

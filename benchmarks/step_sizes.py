@@ -1,0 +1,70 @@
+#!/usr/bin/env python
+"""How a call's probe error follows the scheduler's step size, on the shipped models.
+
+    .venv/bin/python benchmarks/step_sizes.py [--steps 20] [--models flux_digits,wan_digits,hunyuan_digits]
+
+One pipeline call per model (seed 0, labels 0–9) with the compute budget on (``target_speedup=2``), which probes
+every call and records each step's probe error increment; printed beside the scheduler's step size
+``|σ_k − σ_(k+1)|`` (what the pipeline tells the engine) and their ratio. The online budget rule predicts the
+increments to come as ``c · |σ_k − σ_(k+1)|`` (``dicache.engine._Budget.online_profile``): the ratio column says
+how far that holds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+import dicache  # noqa: E402
+from dicache import hooks, zoo  # noqa: E402
+
+
+def profile(name: str, steps: int):
+    """[(step, σ_k, step size, increment or None)] of one budget-mode call of ``name`` (the cond branch)."""
+    pipe = zoo.pipeline(name, zoo.load(name))
+    dicache.enable(pipe, target_speedup=2.0)
+    try:
+        pipe(**zoo.pipeline_call_kwargs(name, list(range(10)), seed=0, num_inference_steps=steps))
+        engine = hooks.session_of(pipe.transformer).engine
+        incs = dict(engine.branches["cond"].increments)
+        sizes = engine._budget.step_sizes
+    finally:
+        dicache.disable(pipe)
+    sig = pipe.scheduler.sigmas.tolist()
+    return [(k, sig[k], sizes[k], incs.get(k)) for k in range(steps)]
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--models", default=",".join(zoo.NAMES))
+    args = ap.parse_args(argv)
+    models = [m for m in args.models.split(",") if m]
+    bad = [m for m in models if m not in zoo.NAMES]
+    if bad or args.steps < 2:
+        ap.error(f"--models must be among {list(zoo.NAMES)} (got {bad}); --steps must be >= 2")
+    torch.set_num_threads(1)
+    for name in models:
+        rows = profile(name, args.steps)
+        print(f"\n{name}, {args.steps} steps\n\n| step | σ | step size | probe error increment | ratio |")
+        print("| ---: | ---: | ---: | ---: | ---: |")
+        ratios = []
+        for k, s, d, v in rows:
+            r = v / d if v is not None and d > 0 else None
+            if r is not None:
+                ratios.append(r)
+            print(f"| {k} | {s:.3f} | {d:.4f} | {'–' if v is None else f'{v:.4f}'} | {'–' if r is None else f'{r:.2f}'} |")
+        sizes = [d for _, _, d, _ in rows]
+        incs = [v for *_, v in rows if v is not None]
+        print(f"\nstep sizes span {max(sizes) / min(sizes):.1f}×, increments {max(incs) / min(incs):.1f}×, "
+              f"their ratio {min(ratios):.2f}–{max(ratios):.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
