@@ -660,11 +660,11 @@ class _Budget:
     * **Online, on the step sizes** (no profile yet, the pipeline's scheduler told the step sizes
       ``|σ_k − σ_(k+1)|``: :meth:`DiCacheEngine.set_step_sizes`): a call's probe error grows with the step its
       output takes (on the shipped models at 20 steps the measured increments stay within 1.07–2.4 times the step
-      size while the step sizes span 2.4–36×: ``benchmarks/step_sizes.py``), so from the first measured error on the rule predicts the calls to
-      come as ``c · size_k`` (``c`` the errors measured over their steps' sizes) and decides each call as the
-      replay does, δ solved on that profile from the current call on (:meth:`online_profile`). Only where every
-      call is probed: where runs are planned (50 steps on the shipped models) the prediction lost to the growth
-      below on Wan (2–3× on two seed sets), so the growth stays there.
+      size while the step sizes span 2.4–36×: ``benchmarks/step_sizes.py``), so from the first measured error on
+      the rule predicts the calls to come as ``c · size_k`` (``c`` the errors measured over their steps' sizes)
+      and decides each call as the replay does, δ solved on that profile from the current call on
+      (:meth:`online_profile`). Only where every call is probed: where runs are planned (50 steps on the shipped
+      models) the prediction lost to the growth below on Wan (2–3× on two seed sets), so the growth stays there.
     * **Online** (no profile yet, no step sizes): before each decided call ``δ = e · S / F_left``:
       ``e`` the per-call probe error expected from here on (the larger of the mean so far and the
       last one: the error of a denoising trajectory grows towards the end, and a budget spent at the

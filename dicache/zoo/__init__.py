@@ -4,13 +4,13 @@ Caching methods should be judged on real denoising trajectories, not on random
 weights. The zoo ships three tiny class-conditional models trained on
 scikit-learn's ``load_digits()``:
 
-==============  =================================  ==========================================
-name            transformer                        sample
-==============  =================================  ==========================================
-flux_digits     ``FluxTransformer2DModel``         16×16 grey digit, 2 double + 6 single blocks
-wan_digits      ``WanTransformer3DModel``          8 frames of 16×16, a digit moving; 6 blocks
+==============  ==================================  ==========================================
+name            transformer                         sample
+==============  ==================================  ==========================================
+flux_digits     ``FluxTransformer2DModel``          16×16 grey digit, 2 double + 6 single blocks
+wan_digits      ``WanTransformer3DModel``           8 frames of 16×16, a digit moving; 6 blocks
 hunyuan_digits  ``HunyuanVideoTransformer3DModel``  the same clips; 2 double + 4 single blocks
-==============  =================================  ==========================================
+==============  ==================================  ==========================================
 
 All sample through the real diffusers pipelines (``FluxPipeline`` and
 ``HunyuanVideoPipeline`` with true classifier-free guidance, ``WanPipeline``), so every transformer call happens
