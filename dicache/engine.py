@@ -72,7 +72,8 @@ class BranchState:
         self.err_last = 0.0  # the last measured per-step increment of the accumulated error
         self.increments: Dict[int, float] = {}  # budget mode: step -> the per-step error increment measured
         self.probe_step: Optional[int] = None  # the step of the last probe that measured the error
-        self.online_delta: Optional[Tuple[int, float]] = None  # budget mode, planned runs: (run start, δ solved)
+        # budget mode, online rule: (run start where runs are planned, else the call's step, δ solved there)
+        self.online_delta: Optional[Tuple[int, float]] = None
         # alignment_order="auto": the weight w ([B] fp32, on the device) of the quadratic against the line that
         # the last probe fitted (None: the line)
         self.quad_weight: Optional[torch.Tensor] = None
@@ -905,6 +906,9 @@ class _Budget:
         sizes = self._sizes_rule(state, n)
         if sizes is None:
             return None
+        # once per call: a predictive skip's check and the probe's decision ask at the same step and state
+        if state.online_delta is not None and state.online_delta[0] == step:
+            return state.online_delta[1]
         profile = self.online_profile(state, state.probe_step, n, sizes)
         if profile is None:
             return None
@@ -914,8 +918,10 @@ class _Budget:
         begin = (step, state.acc_host, state.run, probed_skip, state.n_stored)
         # a quarter of the way up its δ range, as the replay: solved at every call, the smallest δ would put each
         # call at the edge of the prediction, and a call whose error runs a little above it would be computed
-        return self.solve(profile, n, left + self.config.last_calls(n), self._probe_credit(branches), begin=begin,
-                          position=REPLAY_DELTA_POSITION)
+        delta = self.solve(profile, n, left + self.config.last_calls(n), self._probe_credit(branches), begin=begin,
+                           position=REPLAY_DELTA_POSITION)
+        state.online_delta = (step, delta)
+        return delta
 
     def plan_skip(self, state: BranchState, step: int, n: Optional[int]) -> bool:
         """``plan_runs``: whether the call skips, as the ``(run + 1)``-th of the run that started at the last

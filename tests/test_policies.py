@@ -1154,3 +1154,23 @@ def test_step_sizes_come_from_the_scheduler_sigmas_when_they_fit():
     assert _step_sizes(sched, None) is None
     assert _step_sizes(SimpleNamespace(), 3) is None  # a scheduler without sigmas
     assert _step_sizes(SimpleNamespace(sigmas=torch.ones(2, 4)), 3) is None
+
+
+def test_budget_online_rule_on_step_sizes_solves_once_per_call(monkeypatch):
+    # a predictive skip's check and the probe's decision both ask for δ at the same call: one solve serves both
+    n = 20
+    sizes = [0.01 * 1.15 ** k for k in range(n)]
+    errors = [2.0 * v for v in sizes[1:]]
+    cfg = DiCacheConfig(target_speedup=2.5, warmup=1, force_last_step=1, predictive_skip=True)
+    solved = []
+    original = _Budget.solve
+
+    def counting(self, profile, n, budget, credit=0.0, begin=None, position=None):
+        solved.append(begin[0] if begin is not None else None)
+        return original(self, profile, n, budget, credit, begin, position)
+
+    monkeypatch.setattr(_Budget, "solve", counting)
+    b = drive_sized(cfg, errors, sizes, n)
+    assert solved and len(solved) == len(set(solved)), solved  # never twice at one step
+    assert any(not st.probed for st in b.steps if not st.computed)  # predictive skips did ask
+    assert b.block_evaluations_uncached / b.block_evaluations == pytest.approx(2.5, rel=0.1)
