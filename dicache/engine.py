@@ -619,13 +619,13 @@ def _need_steps(n: Optional[int]) -> None:
 #: (the edge would tip it into one call more).
 REPLAY_DELTA_POSITION = 0.25
 
-#: The online rule where runs are planned (``plan_runs``): how many per-step error increments measured after the
-#: warm-up it needs before it solves δ from them (before that its runs are even), and the most it lets them grow
-#: over a whole trajectory when it extrapolates them (``ONLINE_MAX_GROWTH ** (1/N)`` per step for N steps: on the
-#: shipped models at 50 steps the measured growth stays under 1.04 per step after the first runs, 7× over 50
-#: steps; a jump in the error is not read as a growth that would keep the budget for the end). On the shipped
-#: models at 50 steps, four seeds, this rule is within 0.5 dB of the fixed δ at 6 / 4 of the 8 budget targets
-#: (PSNR over all samples / mean of the samples' PSNR) where even runs throughout were at 3 / 1
+#: The online rule where runs are planned (``plan_runs``) and the step sizes are not told: how many per-step error
+#: increments measured after the warm-up it needs before it solves δ from them (before that its runs are even),
+#: and the most it lets them grow over a whole trajectory when it extrapolates them (``ONLINE_MAX_GROWTH ** (1/N)``
+#: per step for N steps: on the shipped models at 50 steps the measured growth stays under 1.04 per step after the
+#: first runs, 7× over 50 steps; a jump in the error is not read as a growth that would keep the budget for the
+#: end). On the shipped models at 50 steps, four seeds, this rule is within 0.5 dB of the fixed δ at 6 / 4 of the 8
+#: budget targets (PSNR over all samples / mean of the samples' PSNR) where even runs throughout were at 3 / 1
 #: (benchmarks/RESULTS.md, tenth round).
 ONLINE_MIN_INCREMENTS = 4
 ONLINE_MAX_GROWTH = 10.0
@@ -664,8 +664,9 @@ class _Budget:
       size while the step sizes span 2.4–36×: ``benchmarks/step_sizes.py``), so from the first measured error on
       the rule predicts the calls to come as ``c · size_k`` (``c`` the errors measured over their steps' sizes)
       and decides each call as the replay does, δ solved on that profile from the current call on
-      (:meth:`online_profile`). Only where every call is probed: where runs are planned (50 steps on the shipped
-      models) the prediction lost to the growth below on Wan (2–3× on two seed sets), so the growth stays there.
+      (:meth:`online_profile`). ``c`` is read off the calls after the warm-up once one is measured: the first
+      steps' errors run 2–4 times the middle's ratio to the size. Where runs are planned the same prediction
+      feeds the plan at each run start (below).
     * **Online** (no profile yet, no step sizes): before each decided call ``δ = e · S / F_left``:
       ``e`` the per-call probe error expected from here on (the larger of the mean so far and the
       last one: the error of a denoising trajectory grows towards the end, and a budget spent at the
@@ -677,11 +678,12 @@ class _Budget:
 
     Where runs are planned (``plan_runs``) only the computed calls probe, a skip runs no block and the budget
     is ``F = N/s``; the same two rules decide at each planned call (:meth:`plan_skip`): replay through the
-    fixed-δ plan (:meth:`_simulate_plan`); online by even spacing until the computed calls have measured
-    :data:`ONLINE_MIN_INCREMENTS` per-step errors after the warm-up, then, at the start of each run, through the
-    fixed-δ plan with δ solved as the replay's on the profile measured so far, the steps to come extrapolated
-    from the last increment at the growth per step the measured ones show (:meth:`online_profile`): the error
-    of a denoising trajectory grows towards its end, and runs shorten there as a replay's would.
+    fixed-δ plan (:meth:`_simulate_plan`); online, at the start of each run, through the fixed-δ plan with δ
+    solved as the replay's on the profile measured so far and predicted (:meth:`online_profile`): from the step
+    sizes when they are told (as above), else by even spacing until the computed calls have measured
+    :data:`ONLINE_MIN_INCREMENTS` per-step errors after the warm-up and then from the last increment at the growth
+    per step the measured ones show: the error of a denoising trajectory grows towards its end, and runs shorten
+    there as a replay's would.
 
     Either way the budget is a hard bound: when it is spent every call left reuses (the final steps
     excepted), and when the calls left are no more than the budget left (rounded to the nearest call)
@@ -892,8 +894,9 @@ class _Budget:
         return sizes
 
     def _sizes_rule(self, state: BranchState, n: int) -> Optional[List[float]]:
-        """The step sizes, where the online rule decides by them: every call probed, the sizes told, an error
-        measured; else None."""
+        """The step sizes, where the online rule decides call by call by them: every call probed, the sizes
+        told, an error measured; else None (where runs are planned it decides by them at each run start:
+        :meth:`_online_delta`)."""
         if self.config.plans_runs(n) or state.probe_step is None or state.err_n == 0:
             return None
         return self._sizes(n)
@@ -927,8 +930,9 @@ class _Budget:
         """``plan_runs``: whether the call skips, as the ``(run + 1)``-th of the run that started at the last
         computed call. A planned skip runs no block, so the budget is ``N/s`` computed calls. Replay (a
         profile of this step count): the fixed-δ plan with the δ solved from the profile (:meth:`solve`).
-        Online: the same plan on the profile measured so far and extrapolated (:meth:`online_profile`); until
-        it is measured, the budget left spread evenly over the calls left when the run started, ``S/F − 1``
+        Online: the same plan on the profile measured so far and predicted (:meth:`online_profile`: from the
+        step sizes when told, else extrapolated at the measured growth); until it can be predicted, the budget
+        left spread evenly over the calls left when the run started, ``S/F − 1``
         reuses, rounded up: the runs shorten by one when the budget left catches up, so their length
         changes once instead of alternating run by run. When the budget is spent every call skips; when the
         calls left are no more than the budget left (to the nearest call) every one is computed."""
@@ -970,14 +974,19 @@ class _Budget:
                        sizes: Optional[List[float]] = None) -> Optional[Dict[int, float]]:
         """The per-step error profile the online rule solves δ on at the run that starts at computed step
         ``start``: the increments measured up to it; the steps after it ``c · sizes[k]`` given the step sizes
-        (``c`` = the measured increments over their steps' sizes), else the last increment times the measured
+        (``c`` = the measured increments over their steps' sizes, those after the warm-up once there are any),
+        else the last increment times the measured
         growth (:meth:`growth`) per step; None before an increment (with the sizes) or enough of them (without)
         is measured."""
         profile = {k: v for k, v in state.increments.items() if k <= start}
         if sizes is not None:
             # the probe error of a call grows with the step its output takes: c·|σ_k − σ_(k+1)|, c the ratio of
             # the errors measured to their steps' sizes
-            seen = [(v, sizes[k]) for k, v in profile.items() if math.isfinite(v) and v >= 0 and k < n]
+            seen = [(k, v) for k, v in profile.items() if math.isfinite(v) and v >= 0 and k < n]
+            # the warm-up's errors run 2–4 times the middle's ratio to the size (the first steps of a trajectory:
+            # benchmarks/step_sizes.py): c from the calls after it once one is measured
+            warm = self.config.warmup_calls(n)
+            seen = [(v, sizes[k]) for k, v in seen if k >= warm] or [(v, sizes[k]) for k, v in seen]
             num, den = sum(v for v, _ in seen), sum(d for _, d in seen)
             if not seen or den <= 0 or num <= 0:
                 return None
@@ -992,7 +1001,7 @@ class _Budget:
     def _online_delta(self, state: BranchState, start: int, n: int) -> Optional[float]:
         """δ of the online rule for the run that starts at ``start`` (solved once per run), or None."""
         if state.online_delta is None or state.online_delta[0] != start:
-            profile = self.online_profile(state, start, n)
+            profile = self.online_profile(state, start, n, self._sizes(n))
             if profile is None:
                 return None
             # the calls after ``start`` only: those before it are decided, the budget left is what they spend

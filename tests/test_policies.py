@@ -1123,6 +1123,41 @@ def test_online_profile_predicts_the_errors_from_the_step_sizes():
     assert planned._sizes(30) is not None and planned._sizes_rule(state, 30) is None
 
 
+def test_online_profile_reads_the_ratio_to_the_step_size_after_the_warm_up():
+    # the first steps' errors run several times the middle's ratio to the size: c comes from the calls after the
+    # warm-up once one is measured, from the warm-up's before that
+    cfg = DiCacheConfig(target_speedup=2.0, warmup=3, plan_runs=True)
+    budget = DiCacheEngine(cfg, M, "torch")._budget
+    sizes = [0.01] * 30
+    state = BranchState("c")
+    state.increments = {1: 0.05, 2: 0.05}  # the warm-up only: c = 5
+    assert budget.online_profile(state, 2, 30, sizes)[20] == pytest.approx(0.05)
+    state.increments = {1: 0.05, 2: 0.05, 3: 0.02, 4: 0.02}  # after it: c = 2, the warm-up's ratio left out
+    prof = budget.online_profile(state, 4, 30, sizes)
+    assert prof[1] == 0.05 and prof[4] == 0.02 and prof[20] == pytest.approx(0.02)
+
+
+@pytest.mark.parametrize("target", [2.0, 2.5, 3.0])
+def test_budget_planned_online_rule_on_step_sizes(target):
+    # where runs are planned, the online rule told the step sizes plans each run on the profile they predict from
+    # the first measured error on: long runs where the steps are small, the budget kept for the large ones at the
+    # end, on target; without them the runs stay even until the growth is measured
+    # (2.5×: FF_____________F____F_FFFFFFFF told, FF__F__F____F___F__F_F_F_F_F_F not)
+    n = 30
+    sizes = [0.01 * 1.15 ** k for k in range(n)]
+    errors = [2.0 * v for v in sizes[1:]]
+    cfg = DiCacheConfig(target_speedup=target, warmup=1, force_last_step=1, plan_runs=True)
+    told = drive_sized(cfg, errors, sizes, n)
+    even = drive_sized(cfg, errors, None, n)
+    for b in (told, even):
+        assert b.budget == "planned, online"
+        assert b.block_evaluations_uncached / b.block_evaluations == pytest.approx(target, rel=0.1)
+    told_runs = [len(r) for r in told.pattern[1:].split("F") if r]
+    even_runs = [len(r) for r in even.pattern[1:].split("F") if r]
+    assert told_runs[0] >= 2 * even_runs[0] and told_runs[-1] <= even_runs[-1], (told.pattern, even.pattern)
+    assert told_runs == sorted(told_runs, reverse=True), told.pattern
+
+
 @pytest.mark.parametrize("target", [2.0, 2.5, 3.0])
 def test_budget_online_rule_on_step_sizes_shortens_runs_where_the_steps_grow(target):
     # errors in proportion to step sizes that grow towards the end (a shifted flow schedule, here 70× over the
