@@ -8,7 +8,8 @@
     .venv/bin/python benchmarks/quality.py --out x --list             # what would run
     .venv/bin/python benchmarks/quality.py merge OUT DIR1 DIR2        # one report of runs split over processes
                                                                       # (a later DIR's family replaces an earlier one's;
-                                                                      # a quality.md instead of a DIR: its rows)
+                                                                      # a quality.md instead of a DIR: its rows;
+                                                                      # --models M1,M2: only theirs)
     .venv/bin/python benchmarks/quality.py pool OUT DIR_A DIR_B       # the settings both ran, on both runs' seeds
     .venv/bin/python benchmarks/quality.py at DIR... --families A,B   # their PSNR interpolated at chosen savings
 
@@ -926,8 +927,9 @@ def rows_from_report(path: str) -> Tuple[List[Dict], Dict]:
     return rows, meta
 
 
-def merge(dirs: List[str], out: str) -> int:
-    """One report from runs split over processes (e.g. one model each, run side by side)."""
+def merge(dirs: List[str], out: str, models: Optional[Sequence[str]] = None) -> int:
+    """One report from runs split over processes (e.g. one model each, run side by side); ``models``: only
+    their rows (a run of several models split between reports)."""
     rows, runs, metas = [], [], []
     for d in dirs:
         if d.endswith(".md"):
@@ -937,6 +939,8 @@ def merge(dirs: List[str], out: str) -> int:
             new = read_csv(os.path.join(d, "quality.csv"))
             with open(os.path.join(d, "quality_details.json")) as f:
                 det = json.load(f)
+        if models:
+            new = [r for r in new if r["model"] in models]
         # a later run of a (model, steps, family) replaces an earlier one (a family re-run with more settings)
         # (the first run's "no cache" row stays: the speedups of its other rows were measured against it)
         have = {(r["model"], r["steps"], r["family"]) for r in rows}
@@ -1094,8 +1098,13 @@ def main(argv=None) -> int:
     if argv is None and len(sys.argv) > 1 and sys.argv[1] == "at":
         return at_main(sys.argv[2:])
     if argv is None and len(sys.argv) > 1 and sys.argv[1] == "merge":
-        # quality.py merge OUT DIR1 DIR2 ...: one report of runs done in separate processes
-        return merge(sys.argv[3:], sys.argv[2])
+        # quality.py merge OUT DIR1 DIR2 ... [--models M1,M2]: one report of runs done in separate processes
+        ap = argparse.ArgumentParser(prog="quality.py merge")
+        ap.add_argument("out")
+        ap.add_argument("dirs", nargs="+", help="report directories (or a quality.md)")
+        ap.add_argument("--models", help="comma-separated: only these models' rows")
+        a = ap.parse_args(sys.argv[2:])
+        return merge(a.dirs, a.out, a.models.split(",") if a.models else None)
     if argv is None and len(sys.argv) > 1 and sys.argv[1] == "pool":
         # quality.py pool OUT DIR_A DIR_B: the settings both ran, on the seeds of both
         if len(sys.argv) != 5:

@@ -92,6 +92,17 @@ def test_quick_run_writes_every_family(tmp_path):
     assert "The lead at" in (merged / "quality.md").read_text()
     assert "read on the Pareto fronts" in (merged / "quality.md").read_text()
     assert "mean of the samples' PSNR" in (merged / "quality.md").read_text()
+    # and one model's rows of a run of several (a run split between reports)
+    only = tmp_path / "only"
+    proc = subprocess.run([sys.executable, SCRIPT, "merge", str(only), str(out), "--models", "wan_digits"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    with open(only / "quality.csv", newline="") as f:
+        wan_only = list(csv.DictReader(f))
+    assert [(r["family"], r["setting"], r["psnr"]) for r in wan_only] == [
+        (r["family"], r["setting"], r["psnr"]) for r in rows if r["model"] == "wan_digits"]
+    with open(only / "quality_details.json") as f:
+        assert {d["model"] for d in json.load(f)["runs"]} == {"wan_digits"}
     with open(out / "quality_details.json") as f:
         details = json.load(f)["runs"]
     for d in details:
