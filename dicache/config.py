@@ -106,13 +106,18 @@ class DiCacheConfig:
         threshold_end: δ at the last step; δ moves linearly from ``threshold``
             at the first step (None: constant). Needs the step count.
         target_speedup: compute-budget mode (> 1): no δ to tune. The number of
-            computed calls is set so that block evaluations fall by this factor,
-            and an online rule spends them where the accumulated probe error
-            grows fastest, in runs of reuses within one of the even spacing the
-            budget left allows (where runs are planned, ``plan_runs``: even runs
-            until a few errors are measured, then the fixed-δ plan with δ solved
-            on the errors measured so far, extrapolated at their growth), the
-            last step is always computed. Overrides
+            computed calls is set so that block evaluations fall by this factor.
+            A first call of a step count spends them online: where the pipeline's
+            scheduler tells its step sizes, it predicts the errors to come as
+            ``c·|σ_k − σ_(k+1)|`` and decides by the fixed-δ rule with δ solved on
+            that prediction for the budget left (call by call, or run by run
+            where runs are planned, ``plan_runs``); without them, where the
+            accumulated probe error grows fastest, in runs of reuses within one
+            of the even spacing the budget left allows (planned: even runs until
+            a few errors are measured, then δ solved on the errors extrapolated
+            at their growth). Later calls of that step count replay the mean
+            error profile of the earlier ones. The last step is always computed.
+            Overrides
             ``threshold`` and ``max_consecutive_reuse``. Needs the step count, and
             reads the accumulated error back with the flag (one transfer).
         num_inference_steps: the step count of the trajectory when nothing else

@@ -757,14 +757,17 @@ class _Budget:
         return (state.name, n) in self.profiles
 
     def rule(self, state: BranchState) -> str:
-        """How this trajectory of ``state`` spends the budget: ``"replay, δ=…"``, ``"online"`` or ``"follows"``."""
+        """How this trajectory of ``state`` spends the budget: ``"replay, δ=…"``, ``"online"`` (``"online, step
+        sizes"`` where it predicts the errors from them) or ``"follows"``."""
         delta = self._solved.get((state.name, state.num_steps))
         if delta is not None:
             return f"replay, δ={delta:.3g}"
         # a follower skips only by following; its computed calls may be forced (warm-up, final steps, reach, cap)
         follower = any(r.reason == FOLLOW for r in state.records) and not any(
             r.reason in (REUSE, REUSE_ONE, PLANNED, PREDICTED, REFRESH) for r in state.records)
-        return "follows" if follower else "online"
+        if follower:
+            return "follows"
+        return "online, step sizes" if state.num_steps and self._sizes(state.num_steps) else "online"
 
     def _replay_delta(self, state: BranchState, n: int, branches: int) -> Optional[float]:
         """δ of the replay rule for this trajectory of ``state``, or None without a profile."""

@@ -40,7 +40,8 @@ class BranchSummary:
     block_evaluations_uncached: int
     steps: Tuple[CallSummary, ...]
     #: ``target_speedup`` only: how the budget was spent, ``"replay, δ=…"`` (the δ solved from the mean
-    #: error profile of the previous trajectories), ``"online"`` (a first call) or ``"follows"`` (a CFG follower)
+    #: error profile of the previous trajectories), ``"online"`` (a first call; ``"online, step sizes"`` where it
+    #: predicted the errors from the scheduler's step sizes) or ``"follows"`` (a CFG follower)
     budget: Optional[str] = None
 
     @property
