@@ -3,8 +3,10 @@
 
     .venv/bin/python benchmarks/step_sizes.py [--steps 20] [--models flux_digits,wan_digits,hunyuan_digits]
 
-One pipeline call per model (seed 0, labels 0–9) with the compute budget on (``target_speedup=2``), which probes
-every call and records each step's probe error increment; printed beside the scheduler's step size
+One pipeline call per model (seed 0, labels 0–9) with the compute budget on (``target_speedup=2``), which records
+each step's probe error increment (every call probes below 25 steps; from 25 on, where the preset plans its runs,
+only the computed calls probe and the steps of a run share the mean increment measured at its end); printed
+beside the scheduler's step size
 ``|σ_k − σ_(k+1)|`` (what the pipeline tells the engine) and their ratio. The online budget rule predicts the
 increments to come as ``c · |σ_k − σ_(k+1)|`` (``dicache.engine._Budget.online_profile``): the ratio column says
 how far that holds.
