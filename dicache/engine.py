@@ -30,6 +30,7 @@ FOLLOW = "follow"  # cfg_decision="shared": did what the step's leading branch d
 PREDICTED = "predicted"  # predictive_skip: skipped without a probe, the last increment predicting the error
 PLANNED = "planned"  # plan_runs: skipped without a probe, in a run planned at the computed call before it
 REACH = "reach"  # computed: a reuse would sit farther past the newest entry than max_extrapolation allows
+SHORTEN = "shorten"  # computed: monotone_runs, the run may not outlast the shortest since the runs began to shorten
 
 #: alignment_order="auto" fits the quadratic's weight on at most about this many tokens.
 ORDER_TOKENS = 512
@@ -66,6 +67,8 @@ class BranchState:
         self.full_calls = 0
         self.unprobed_skips = 0  # predicted skips: no probe ran (budget mode credits the blocks saved)
         self.run = 0  # consecutive reuses since the last computed call
+        self.last_run: Optional[int] = None  # the length of the last run of reuses that ended (runs of none aside)
+        self.shorten_to: Optional[int] = None  # monotone_runs: the most reuses in a row from here on, once runs shorten
         self.acc_host = 0.0  # budget mode: the accumulated error last read back
         self.err_sum = 0.0  # budget mode: sum and count of per-call probe errors seen
         self.err_n = 0
@@ -232,6 +235,8 @@ class DiCacheEngine:
             t2, t1 = state.slot_step[state.newest(1)], state.slot_step[state.newest(2)]
             if step - t2 > reach * (t2 - t1):
                 self._forced = REACH
+        if self._forced is None and cfg.target_speedup is None and at_shorten_bound(cfg, state, num_steps):
+            self._forced = SHORTEN  # (in budget mode the budget's hard bound comes first: _Budget.plan_skip)
 
     def _threshold(self, state: BranchState) -> float:
         """δ for the current call: fixed, scheduled over the steps, or set by the compute budget."""
@@ -352,7 +357,7 @@ class DiCacheEngine:
             cap = cfg.max_consecutive_reuse
             skip = (cap is None or state.run < cap) and state.err_last * steps < self._threshold(state)
         if not skip:
-            self._forced = REFRESH
+            self._forced = SHORTEN if at_shorten_bound(cfg, state, self._num_steps) else REFRESH
             return None
         self._x = x
         if not self._step_gamma(state):
@@ -582,6 +587,7 @@ class DiCacheEngine:
         # p_prev holds a copy of this call's probe output (written by probe_decide or the forced path).
         ops.refresh(h, state.p_prev, self._x, state.R[slot], state.P[slot], other, state.den, state.acc)
         state.store(slot, self._cur_step)
+        state.last_run, state.shorten_to = next_shortening(state.last_run, state.shorten_to, state.run)
         state.run = 0
         state.full_calls += 1
         state.acc_host = 0.0  # refresh zeroed acc on the device
@@ -598,6 +604,22 @@ class DiCacheEngine:
         """Drop a call that did not finish (an exception inside the model)."""
         self._cur = None
         self._x = None
+
+
+def next_shortening(last_run: Optional[int], bound: Optional[int], run: int) -> Tuple[Optional[int], Optional[int]]:
+    """``monotone_runs``: (the last run, the bound on runs) after a run of ``run`` reuses ended. A run shorter
+    than the one before it starts the bound (its length); each run after lowers it to the shortest. Runs of
+    none (two computed calls in a row: the warm-up, the final steps, a large error) change nothing."""
+    if run < 1:
+        return last_run, bound
+    if bound is not None or (last_run is not None and run < last_run):
+        bound = run if bound is None else min(bound, run)
+    return run, bound
+
+
+def at_shorten_bound(config: DiCacheConfig, state: BranchState, n: Optional[int]) -> bool:
+    """``monotone_runs``: whether the branch's run of reuses has reached the bound :func:`next_shortening` set."""
+    return state.shorten_to is not None and state.run >= state.shorten_to and config.monotone_runs_at(n)
 
 
 def _need_steps(n: Optional[int]) -> None:
@@ -785,10 +807,11 @@ class _Budget:
         return self.simulate_calls(incs, n, delta)[0]
 
     def simulate_calls(self, incs: List[float], n: int, delta: float,
-                       begin: Optional[Tuple[int, Optional[int], float]] = None) -> Tuple[int, int]:
+                       begin: Optional[tuple] = None) -> Tuple[int, int]:
         """(computed calls, skips without a probe) of the fixed-δ rule on increments ``incs``; where runs are
-        planned, ``begin = (t2, t1, e)`` simulates the calls after the computed call at step ``t2`` only (``t1``
-        the computed call before it, ``e`` the per-step error ``t2`` measured); where every call is probed,
+        planned, ``begin = (t2, t1, e, last_run, shorten_to)`` simulates the calls after the computed call at step
+        ``t2`` only (``t1`` the computed call before it, ``e`` the per-step error ``t2`` measured, the last two
+        as the branch's: ``monotone_runs``); where every call is probed,
         ``begin = (k, acc, run, probed_skip, stored)`` simulates the calls from step ``k`` on, with the
         accumulated error ``acc`` and the ``run`` of reuses carried in (``probed_skip``: the call before ``k``
         was a probed skip; ``stored``: the entries stored before ``k``).
@@ -821,31 +844,36 @@ class _Budget:
         return full, unprobed
 
     def _simulate_plan(self, incs: List[float], n: int, delta: float, warm: int, last: int, p: float,
-                       begin: Optional[Tuple[int, Optional[int], float]] = None) -> int:
+                       begin: Optional[tuple] = None) -> int:
         """Computed calls of the fixed-δ plan (``plan_runs``): each computed call measures the mean increment
         since the last one, the ``j``-th call after it skips while ``j·e < δ/j^p``, within
-        ``max_extrapolation``. ``begin``: see :meth:`simulate_calls`."""
+        ``max_extrapolation`` and ``monotone_runs``. ``begin``: see :meth:`simulate_calls`."""
         reach = self.config.max_extrapolation_at(n)
+        monotone = self.config.monotone_runs_at(n)
         full, run, e = 0, 0, None
         t1 = t2 = None  # the two newest computed steps
+        last_run = shorten_to = None  # monotone_runs (next_shortening)
         first = 0
         if begin is not None:
-            t2, t1, e = begin
+            t2, t1, e, last_run, shorten_to = begin
             first = t2 + 1
         for k in range(first, n):
             forced = k < warm or k >= n - last or t1 is None or e is None
             if not forced and reach is not None and k - t2 > reach * (t2 - t1):
+                forced = True
+            if not forced and monotone and shorten_to is not None and run >= shorten_to:
                 forced = True
             if not forced and e * (k - t2) < delta / (run + 1) ** p:
                 run += 1
                 continue
             if t2 is not None:
                 e = sum(incs[t2 + 1:k + 1]) / (k - t2)
+            last_run, shorten_to = next_shortening(last_run, shorten_to, run)
             full, run, t1, t2 = full + 1, 0, t2, k
         return full
 
     def solve(self, profile: Dict[int, float], n: int, budget: float, credit: float = 0.0,
-              begin: Optional[Tuple[int, Optional[int], float]] = None,
+              begin: Optional[tuple] = None,
               position: Optional[float] = None) -> float:
         """The δ whose fixed-δ rule on ``profile`` computes the number of calls nearest the budget (ties: the
         fewer): ``position`` (default :data:`REPLAY_DELTA_POSITION`) of the way up, in log scale, the δ range
@@ -944,7 +972,8 @@ class _Budget:
         left, steps_left = self._left(state, start + 1, n, 1, planned=True)
         if left <= 0:
             return True
-        if self._compute_all(left, self._left(state, step, n, 1, planned=True)[1]):
+        if self._compute_all(left, self._left(state, step, n, 1, planned=True)[1]) or \
+                at_shorten_bound(self.config, state, n):
             return False
         delta = self._replay_delta(state, n, 1)
         if delta is None:
@@ -1010,7 +1039,8 @@ class _Budget:
             # the calls after ``start`` only: those before it are decided, the budget left is what they spend
             t1 = state.slot_step.get(state.newest(2)) if state.n_stored >= 2 else None
             left = self.budget(n, 1, planned=True) - state.full_calls
-            delta = self.solve(profile, n, left, begin=(start, t1, state.err_last), position=ONLINE_DELTA_POSITION)
+            begin = (start, t1, state.err_last, state.last_run, state.shorten_to)
+            delta = self.solve(profile, n, left, begin=begin, position=ONLINE_DELTA_POSITION)
             state.online_delta = (start, delta)
         return state.online_delta[1]
 

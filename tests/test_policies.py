@@ -12,7 +12,7 @@ import torch
 
 import dicache
 from dicache.config import STEPS_GAMMA_MIN_STEPS, DiCacheConfig
-from dicache.engine import ONLINE_MAX_GROWTH, BranchState, DiCacheEngine, _Budget
+from dicache.engine import ONLINE_MAX_GROWTH, BranchState, DiCacheEngine, _Budget, next_shortening
 from dicache.summary import summarize
 
 import tiny
@@ -740,7 +740,7 @@ def test_presets_are_the_studied_rule_and_the_paper_settings_stay_available():
         assert cfg.max_consecutive_reuse is None and cfg.cfg_decision == "shared" and cfg.warmup == 0.05, family
         assert cfg.run_power == "auto" and cfg.force_last_step == 0.04 and cfg.predictive_skip, family
         assert cfg.alignment_order == "auto" and cfg.gamma_source == "auto", family
-        assert cfg.plan_runs == "auto" and cfg.max_extrapolation == "auto", family
+        assert cfg.plan_runs == "auto" and cfg.max_extrapolation == "auto" and cfg.monotone_runs is True, family
         # 20 steps: the probe decides every call, as before; 50: planned runs, the quadratic's run power
         # both forced phases scale with the steps: 1 + 1 calls at 20 steps, 2 + 2 at 30, 3 + 2 at 50
         assert [cfg.warmup_calls(n) for n in (20, 30, 50)] == [1, 2, 3], family
@@ -977,6 +977,86 @@ def test_max_extrapolation_grows_runs_by_one_call_per_refresh():
     assert b.branches["c"].block_evaluations == 6 * M
 
 
+def _runs(pattern):
+    """The runs of reuses between computed calls, runs of none left out."""
+    return [len(r) for r in pattern.strip("_").split("F") if r]
+
+
+def _shortens_then_lengthens(runs):
+    return any(runs[j] > runs[i] for i in range(1, len(runs)) if runs[i] < runs[i - 1] for j in range(i + 1, len(runs)))
+
+
+# per-step errors that make the plan alternate: 0.05 plans a run of five, the larger errors inside it measure
+# 0.09 a step (a run of two), the small ones inside that 0.02 (a run of twelve)
+ALTERNATING = [0.05] + [0.09] * 6 + [0.02] * 3 + [0.05] * 14
+
+
+def test_next_shortening_bounds_runs_once_they_shorten():
+    last, bound = None, None
+    seen = []
+    for run in [0, 0, 1, 2, 3, 3, 0, 2, 3, 1, 0, 2]:
+        last, bound = next_shortening(last, bound, run)
+        seen.append(bound)
+    # growing and level runs set no bound; the first shorter run (2 after 3) does; a run of none changes
+    # nothing; later runs lower it to the shortest (1), never raise it
+    assert seen == [None, None, None, None, None, None, None, 2, 2, 1, 1, 1]
+    assert next_shortening(None, None, 0) == (None, None)
+
+
+def test_monotone_runs_keeps_planned_runs_from_lengthening_again():
+    cfg = DiCacheConfig(threshold=0.255, warmup=2, plan_runs=True)
+    free = drive(cfg, {"c": scales(ALTERNATING)}).branches["c"]
+    assert free.pattern == "FF_____F__F____________F_"  # five, two, then twelve
+    assert _shortens_then_lengthens(_runs(free.pattern))
+    b = drive(cfg.replace(monotone_runs=True), {"c": scales(ALTERNATING)}).branches["c"]
+    assert b.pattern == "FF_____F__F__F__F__F__F__"  # after the run of two, no run outlasts it
+    assert [st.reason for st in b.steps if st.computed][4:] == ["shorten"] * 4
+    assert not _shortens_then_lengthens(_runs(b.pattern))
+    # the option acts where runs are planned only: where the probe decides every call it changes nothing
+    probed = DiCacheConfig(threshold=0.255, warmup=2)
+    assert drive(probed.replace(monotone_runs=True), {"c": scales(ALTERNATING)}).branches["c"].pattern == \
+        drive(probed, {"c": scales(ALTERNATING)}).branches["c"].pattern
+    assert not probed.replace(monotone_runs=True).monotone_runs_at(50)
+    auto = DiCacheConfig(plan_runs="auto", gamma_source="auto", monotone_runs=True)
+    assert auto.monotone_runs_at(50) and not auto.monotone_runs_at(20)
+
+
+def test_monotone_runs_in_the_budget_simulation():
+    # the budget's simulation of the fixed-δ plan bounds the runs as the engine does: on the increments the
+    # trace measures (0.255 keeps the decisions off the edges where a sum and the probe's product differ)
+    n = len(ALTERNATING) + 1
+    incs = [0.0] + ALTERNATING
+    counts = []
+    for mono in (False, True):
+        cfg = DiCacheConfig(threshold=0.255, warmup=2, plan_runs=True, monotone_runs=mono)
+        pattern = drive(cfg, {"c": scales(ALTERNATING)}, num_steps=n).branches["c"].pattern
+        counts.append(_Budget(cfg, M).simulate(incs, n, 0.255))
+        assert counts[-1] == pattern.count("F"), pattern
+    assert counts == [5, 8]
+
+
+@pytest.mark.parametrize("replay,target", [(False, 3.0), (True, 2.5), (True, 3.0)])
+def test_monotone_runs_in_budget_mode_spends_the_budget(replay, target):
+    # the budget's plan simulates the bound: the count is the budget's, and the runs never lengthen after
+    # they have shortened
+    n = 40
+    errors = (ALTERNATING * 2)[: n - 1]
+    cfg = DiCacheConfig(target_speedup=target, warmup=2, plan_runs=True, monotone_runs=True)
+    if replay:
+        engine, s = drive_twice(cfg, {"c": scales(errors)}, n)
+        assert ("c", n) in engine._budget._solved
+        b = s.branches["c"]
+    else:
+        b = drive(cfg, {"c": scales(errors)}, num_steps=n).branches["c"]
+    assert abs(b.pattern.count("F") - n / target) < 1, b.pattern  # the budget to its fraction of a call
+    # the bound yields to the budget's hard bound only: once the budget is spent the calls left reuse
+    assert not _shortens_then_lengthens(_runs(b.pattern)[:-1]), b.pattern
+    undone = cfg.replace(monotone_runs=False)
+    free = drive_twice(undone, {"c": scales(errors)}, n)[1] if replay else drive(undone, {"c": scales(errors)},
+                                                                                 num_steps=n)
+    assert _shortens_then_lengthens(_runs(free.branches["c"].pattern)[:-1]), free.branches["c"].pattern
+
+
 @pytest.mark.parametrize(
     "options,word",
     [
@@ -986,6 +1066,8 @@ def test_max_extrapolation_grows_runs_by_one_call_per_refresh():
         (dict(max_extrapolation=-1.0), "max_extrapolation"),
         (dict(max_extrapolation=float("inf")), "max_extrapolation"),
         (dict(max_extrapolation="1"), "max_extrapolation"),
+        (dict(monotone_runs="auto"), "monotone_runs"),
+        (dict(monotone_runs=1), "monotone_runs"),
     ],
 )
 def test_bad_plan_values(options, word):
