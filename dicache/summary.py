@@ -91,8 +91,9 @@ class Summary:
         clip = f"γ∈[{c.gamma_clip[0]:g}, {c.gamma_clip[1]:g}]"
         gamma = {"probe": clip, "steps": "γ from the steps",
                  "auto": f"γ from the steps on ≥ {STEPS_GAMMA_MIN_STEPS} steps, else {clip}"}[c.gamma_source]
-        plan = {True: ", runs planned (skips unprobed)", False: "",
-                "auto": f", runs planned (skips unprobed) on ≥ {STEPS_GAMMA_MIN_STEPS} steps"}[c.plan_runs]
+        how = "skips unprobed, runs only shortening" if c.monotone_runs else "skips unprobed"
+        plan = {True: f", runs planned ({how})", False: "",
+                "auto": f", runs planned ({how}) on ≥ {STEPS_GAMMA_MIN_STEPS} steps"}[c.plan_runs]
         lines = [
             f"DiCache on {self.model} (backend={self.backend}, {self.num_blocks} blocks, probe {c.probe_depth}, "
             f"{rule}, {gamma}{plan})",

@@ -407,13 +407,17 @@ def test_budget_mode_on_a_pipeline():
     b = s.branches["cond"]
     assert b.block_evaluations_uncached / b.block_evaluations == pytest.approx(2.0, rel=0.15)
     # the header says where γ comes from (the preset: the steps from STEPS_GAMMA_MIN_STEPS steps on, else the clipped probe's)
-    plan = f", runs planned (skips unprobed) on ≥ {STEPS_GAMMA_MIN_STEPS} steps)"
+    plan = f", runs planned (skips unprobed, runs only shortening) on ≥ {STEPS_GAMMA_MIN_STEPS} steps)"
     assert f"γ from the steps on ≥ {STEPS_GAMMA_MIN_STEPS} steps, else γ∈[1, 1.5]{plan}" in str(s)
     for source, text in (("steps", "γ from the steps" + plan), ("probe", "γ∈[1, 1.5]" + plan)):
         dicache.enable(pipe, backend="torch", target_speedup=2.0, gamma_source=source)
         tiny.flux_pipeline_call(pipe, steps=6)
         assert text in str(dicache.summary(pipe)), source
         dicache.disable(pipe)
+    dicache.enable(pipe, backend="torch", target_speedup=2.0, monotone_runs=False)
+    tiny.flux_pipeline_call(pipe, steps=6)
+    assert f", runs planned (skips unprobed) on ≥ {STEPS_GAMMA_MIN_STEPS} steps)" in str(dicache.summary(pipe))
+    dicache.disable(pipe)
 
 
 def _engine_with_stored(cfg, residuals, probes, x):
