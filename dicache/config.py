@@ -87,8 +87,8 @@ class DiCacheConfig:
             without a probe. The probe of a computed call (block 0 runs anyway) measures the per-step
             error ``e`` since the last probe; the ``j``-th call after it is skipped while the predicted
             accumulated error ``j·e`` stays under δ (``δ / j^run_power`` with ``run_power``, within
-            ``max_consecutive_reuse``, ``max_extrapolation`` and ``monotone_runs``), and the first one that would not be is
-            computed. No skipped call runs a block: a skipped step costs what it costs uniform caching,
+            ``max_consecutive_reuse``, ``max_extrapolation`` and ``monotone_runs``), and the first one that
+            would not be is computed. No skipped call runs a block: a skipped step costs what it costs uniform caching,
             and the probe still sets how long each run is. γ is the step distance (clipped to
             ``gamma_clip`` when ``gamma_source`` is ``"probe"``: no probe measures it). Replaces
             ``predictive_skip``. In budget mode (``target_speedup``) the runs spend the budget instead of
