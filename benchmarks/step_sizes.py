@@ -15,7 +15,9 @@ how far that holds.
 from __future__ import annotations
 
 import argparse
+import math
 import os
+import statistics
 import sys
 
 import torch
@@ -39,6 +41,24 @@ def profile(name: str, steps: int):
         dicache.disable(pipe)
     sig = pipe.scheduler.sigmas.tolist()
     return [(k, sig[k], sizes[k], incs.get(k)) for k in range(steps)]
+
+
+#: Candidate scalings of a step's probe error: the step size (what the online rule uses) and the step relative to
+#: the noise level left, ``|σ_k − σ_(k+1)| / σ_k`` and its square-root variant.
+SCALINGS = {
+    "step size": lambda sigma, size: size,
+    "step size / σ": lambda sigma, size: size / sigma,
+    "step size / √σ": lambda sigma, size: size / math.sqrt(sigma),
+}
+
+
+def scaling_spread(rows, first: int = 2):
+    """{scaling: standard deviation of log(increment / scaling)} over the steps from ``first`` on with an increment
+    (the smaller, the closer a constant ``c`` times that scaling predicts the errors)."""
+    pts = [(s, d, v) for k, s, d, v in rows if k >= first and v is not None and v > 0 and d > 0 and s > 0]
+    if len(pts) < 2:
+        return {}
+    return {name: statistics.pstdev([math.log(v / f(s, d)) for s, d, v in pts]) for name, f in SCALINGS.items()}
 
 
 def main(argv=None) -> int:
@@ -65,6 +85,10 @@ def main(argv=None) -> int:
         incs = [v for *_, v in rows if v is not None]
         print(f"\nstep sizes span {max(sizes) / min(sizes):.1f}×, increments {max(incs) / min(incs):.1f}×, "
               f"their ratio {min(ratios):.2f}–{max(ratios):.2f}")
+        spread = scaling_spread(rows)
+        if spread:
+            print("spread of log(increment / x) from step 2 on (smaller: a constant times x predicts better): "
+                  + ", ".join(f"x = {name}: {v:.3f}" for name, v in spread.items()))
     return 0
 
 

@@ -390,6 +390,12 @@ def test_step_sizes_script_prints_each_step_s_error_beside_its_size(capsys):
     rows = [ln for ln in out.splitlines() if ln.startswith("| ") and ln[2].isdigit()]
     assert len(rows) == 5 and rows[0].split(" | ")[3] == "–"  # the first call measures no increment
     assert all(float(r.split(" | ")[2]) > 0 for r in rows)  # the step sizes the scheduler told
-    assert "their ratio" in out
+    assert "their ratio" in out and "x = step size / σ:" in out
     with pytest.raises(SystemExit):
         step_sizes.main(["--models", "sd3_digits"])
+    # increments exactly proportional to the step size: that scaling has no spread, the others some
+    rows = [(k, 1.0 - k / 10, 0.1 + 0.01 * k, 2.0 * (0.1 + 0.01 * k)) for k in range(9)]
+    spread = step_sizes.scaling_spread(rows)
+    assert spread["step size"] == pytest.approx(0.0, abs=1e-12)
+    assert spread["step size / σ"] > 0.1 and spread["step size / √σ"] > 0.05
+    assert step_sizes.scaling_spread(rows[:3]) == {}  # one step from step 2 on: nothing to spread
