@@ -845,7 +845,7 @@ def parse_args(argv=None):
     ap.add_argument("--calibration-seed", type=int, default=1000, help="seed of MagCache's calibration run and of the budget mode's first call")
     ap.add_argument("--replay-delta-position", type=float, default=None, metavar="P",
                     help="a study of the budget's replay rule: where in the range of δ that spends the budget it picks "
-                         "δ, 0 (smallest) to 1 (largest), in log scale (default: dicache.engine.REPLAY_DELTA_POSITION)")
+                         "δ, 0 (smallest) to 1 (largest), in log scale (default: dicache.budget.REPLAY_DELTA_POSITION)")
     ap.add_argument("--no-plot", action="store_true")
     ap.add_argument("--list", action="store_true", help="print the methods and settings that would run, and exit")
     args = ap.parse_args(argv)
@@ -1120,9 +1120,9 @@ def main(argv=None) -> int:
         return 0
     os.makedirs(args.out, exist_ok=True)
     if args.replay_delta_position is not None:
-        import dicache.engine
+        import dicache.budget
 
-        dicache.engine.REPLAY_DELTA_POSITION = args.replay_delta_position
+        dicache.budget.REPLAY_DELTA_POSITION = args.replay_delta_position
     t0 = time.perf_counter()
     rows, details = run_benchmark(args)
     seconds = time.perf_counter() - t0

@@ -8,7 +8,7 @@ each step's probe error increment (every call probes below 25 steps; from 25 on,
 only the computed calls probe and the steps of a run share the mean increment measured at its end); printed
 beside the scheduler's step size
 ``|σ_k − σ_(k+1)|`` (what the pipeline tells the engine) and their ratio. The online budget rule predicts the
-increments to come as ``c · |σ_k − σ_(k+1)|`` (``dicache.engine._Budget.online_profile``): the ratio column says
+increments to come as ``c · |σ_k − σ_(k+1)|`` (``dicache.budget.Budget.online_profile``): the ratio column says
 how far that holds.
 """
 

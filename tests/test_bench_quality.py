@@ -332,18 +332,19 @@ def test_reports_carry_the_per_sample_mean_and_older_ones_parse_without_it(tmp_p
 def test_replay_delta_position_option(monkeypatch):
     import quality as Q
 
-    import dicache.engine as engine
+    import dicache.budget as budget_module
+    from dicache.config import DiCacheConfig
 
     with pytest.raises(SystemExit):
         Q.parse_args(["--out", "x", "--replay-delta-position", "1.5"])
     assert Q.parse_args(["--out", "x", "--replay-delta-position", "0.5"]).replay_delta_position == 0.5
     assert Q.parse_args(["--out", "x"]).replay_delta_position is None
     # the solve reads the constant at call time: a profile whose δ range is wide picks another δ
-    monkeypatch.setattr(engine, "REPLAY_DELTA_POSITION", 0.0)
-    budget = engine._Budget(engine.DiCacheConfig(target_speedup=2.0, warmup=1), 8)
+    monkeypatch.setattr(budget_module, "REPLAY_DELTA_POSITION", 0.0)
+    budget = budget_module.Budget(DiCacheConfig(target_speedup=2.0, warmup=1), 8)
     profile = {k: 0.01 for k in range(20)}
     low = budget.solve(profile, 20, 10.0)
-    monkeypatch.setattr(engine, "REPLAY_DELTA_POSITION", 1.0)
+    monkeypatch.setattr(budget_module, "REPLAY_DELTA_POSITION", 1.0)
     high = budget.solve(profile, 20, 10.0)
     assert high > low
     assert budget.simulate(list(profile.values()), 20, low) == budget.simulate(list(profile.values()), 20, high)

@@ -12,7 +12,9 @@ import torch
 
 import dicache
 from dicache.config import STEPS_GAMMA_MIN_STEPS, DiCacheConfig
-from dicache.engine import ONLINE_MAX_GROWTH, BranchState, DiCacheEngine, _Budget, next_shortening
+from dicache.budget import ONLINE_MAX_GROWTH, Budget
+from dicache.engine import DiCacheEngine
+from dicache.state import BranchState, next_shortening
 from dicache.summary import summarize
 
 import tiny
@@ -193,13 +195,12 @@ def test_budget_mode_without_replay_decides_every_call_online():
 
 
 def test_budget_solve_finds_the_count_nearest_the_budget_a_quarter_up_its_range():
-    from dicache.engine import _Budget
 
     g = torch.Generator().manual_seed(3)
     n = 40
     incs = (0.01 + 0.2 * torch.rand(n, generator=g)).tolist()
     for power in (0.0, 1.0):
-        bud = _Budget(DiCacheConfig(target_speedup=2.0, warmup=0.1, run_power=power), M)
+        bud = Budget(DiCacheConfig(target_speedup=2.0, warmup=0.1, run_power=power), M)
         grid = [10 ** (i / 50.0) for i in range(-250, 150)]
         reachable = sorted({bud.simulate(incs, n, d) for d in grid})
         for budget in (12.3, 17.5, 25.0):
@@ -208,7 +209,7 @@ def test_budget_solve_finds_the_count_nearest_the_budget_a_quarter_up_its_range(
             assert bud.simulate(incs, n, delta) == want
     # a constant increment 0.1, no run rule: runs of j reuses for δ in (0.1·j, 0.1·(j+1)]; the solved δ sits
     # a quarter of the way up its range (in log scale), not at an edge where another profile's noise would tip it
-    bud = _Budget(DiCacheConfig(target_speedup=2.0, warmup=1), M)
+    bud = Budget(DiCacheConfig(target_speedup=2.0, warmup=1), M)
     flat = {k: 0.1 for k in range(1, 21)}
     delta = bud.solve(flat, 21, 8.0)  # "F..F..F..F..F..F..F.F": 8 computed calls, runs of 2, δ in (0.2, 0.3]
     assert bud.simulate([0.1] * 21, 21, delta) == 8
@@ -217,16 +218,15 @@ def test_budget_solve_finds_the_count_nearest_the_budget_a_quarter_up_its_range(
 
 
 def test_budget_solve_counts_the_probes_that_predictive_skips_save():
-    from dicache.engine import _Budget
 
     flat = [0.1] * 21
     cfg = DiCacheConfig(target_speedup=2.0, warmup=1, run_power=0, predictive_skip=True)
-    bud = _Budget(cfg, M)
+    bud = Budget(cfg, M)
     # δ = 0.25: "F..F._F._…F._F.F": the first run probes every call (one entry stored), later runs skip the
     # second call's probe; the last call is computed (budget mode)
     assert bud.simulate_calls(flat, 21, 0.25) == (8, 5)
     assert bud.simulate_calls(flat, 21, 0.35) == (6, 4)  # runs of three: the middle call unprobed
-    assert _Budget(cfg.replace(predictive_skip=False), M).simulate_calls(flat, 21, 0.25) == (8, 0)
+    assert Budget(cfg.replace(predictive_skip=False), M).simulate_calls(flat, 21, 0.25) == (8, 0)
     assert bud.simulate(flat, 21, 0.25) == 8
     prof = dict(enumerate(flat))
     # 6.9 calls: without the credit 6 is nearer; with 0.1 of a call per saved probe the runs of two earn 0.5
@@ -250,7 +250,6 @@ def test_budget_mode_first_call_is_online_and_profiles_survive_reset_per_step_co
     engine.reset()
     assert b._seen[("c", n)] == 2 and b.profiles[("c", n)][12] == pytest.approx(0.3, rel=1e-4)
     # another step count has no profile: its first call is online again
-    from dicache.engine import BranchState
 
     assert ("c", n + 5) not in b.profiles and b._replay_delta(BranchState("c"), n + 5, 1) is None
 
@@ -319,9 +318,8 @@ def test_budget_mode_spends_its_last_fraction_of_a_call_before_the_final_step():
               num_steps=n).branches["c"]
     assert b.pattern == "F.F.F.F.FFFF"
     assert b.block_evaluations_uncached / b.block_evaluations == pytest.approx(1.5, rel=0.1)
-    from dicache.engine import _Budget
 
-    assert _Budget._compute_all(1.6, 2) and not _Budget._compute_all(1.4, 2) and _Budget._compute_all(0.56, 1)
+    assert Budget._compute_all(1.6, 2) and not Budget._compute_all(1.4, 2) and Budget._compute_all(0.56, 1)
 
 
 @pytest.mark.parametrize("target", [2.0, 2.5, 3.0])
@@ -337,14 +335,13 @@ def test_budget_mode_with_predictive_skips_credits_the_probes_it_saves(target):
     for b in (plain, pred):
         assert b.block_evaluations_uncached / b.block_evaluations == pytest.approx(target, rel=0.06)
     # the credit is spent on computed calls: without it the same run computes fewer and overshoots the target
-    from dicache.engine import _Budget
 
-    credit = _Budget._probe_credit
+    credit = Budget._probe_credit
     try:
-        _Budget._probe_credit = lambda self, branches: 0.0
+        Budget._probe_credit = lambda self, branches: 0.0
         uncredited = drive(cfg.replace(predictive_skip=True), {"c": scales(errors)}, num_steps=n).branches["c"]
     finally:
-        _Budget._probe_credit = credit
+        Budget._probe_credit = credit
     if unprobed / (M - 1) >= 0.5:  # the blocks of at least half a computed call saved
         assert pred.full_calls > uncredited.full_calls
         assert pred.block_evaluations > uncredited.block_evaluations
@@ -1034,7 +1031,7 @@ def test_monotone_runs_in_the_budget_simulation():
     for mono in (False, True):
         cfg = DiCacheConfig(threshold=0.255, warmup=2, plan_runs=True, monotone_runs=mono)
         pattern = drive(cfg, {"c": scales(ALTERNATING)}, num_steps=n).branches["c"].pattern
-        counts.append(_Budget(cfg, M).simulate(incs, n, 0.255))
+        counts.append(Budget(cfg, M).simulate(incs, n, 0.255))
         assert counts[-1] == pattern.count("F"), pattern
     assert counts == [5, 8]
 
@@ -1123,7 +1120,7 @@ def test_plan_runs_budget_replays_the_profile_of_the_computed_calls():
 
 
 def test_online_growth_of_the_measured_errors():
-    growth = _Budget.growth
+    growth = Budget.growth
     n = 50
     rising = {k: 0.02 * 1.03 ** k for k in range(3, 20)}
     assert growth(rising, 2, 19, n) == pytest.approx(1.03, rel=1e-9)
@@ -1285,13 +1282,13 @@ def test_budget_online_rule_on_step_sizes_solves_once_per_call(monkeypatch):
     errors = [2.0 * v for v in sizes[1:]]
     cfg = DiCacheConfig(target_speedup=2.5, warmup=1, force_last_step=1, predictive_skip=True)
     solved = []
-    original = _Budget.solve
+    original = Budget.solve
 
     def counting(self, profile, n, budget, credit=0.0, begin=None, position=None):
         solved.append(begin[0] if begin is not None else None)
         return original(self, profile, n, budget, credit, begin, position)
 
-    monkeypatch.setattr(_Budget, "solve", counting)
+    monkeypatch.setattr(Budget, "solve", counting)
     b = drive_sized(cfg, errors, sizes, n)
     assert solved and len(solved) == len(set(solved)), solved  # never twice at one step
     assert any(not st.probed for st in b.steps if not st.computed)  # predictive skips did ask

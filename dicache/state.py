@@ -1,0 +1,143 @@
+"""What the engine keeps per denoising branch, and why each call was computed or skipped.
+
+:class:`BranchState` holds one branch's cache (the stored residuals and probe outputs, the ops' small state) and
+its bookkeeping (calls, runs of reuses, the budget mode's measured errors); :class:`CallRecord` one decided call;
+the reason constants name why. Shared by the engine (:mod:`dicache.engine`) and the compute budget
+(:mod:`dicache.budget`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Tuple
+
+import torch
+
+from .config import DiCacheConfig
+from .ops import reference
+
+
+# Why a call was computed or skipped (the ``reason`` of a CallRecord).
+WARMUP = "warmup"  # in the first warm-up calls of the trajectory (or nothing stored yet)
+LAST_STEP = "last_step"  # one of the final steps, forced by the config (force_last_step)
+REFRESH = "refresh"  # the accumulated error reached δ
+REUSE = "reuse"  # skipped, reconstructed with trajectory alignment
+REUSE_ONE = "reuse_one"  # skipped with one stored residual: h = x + R[-1]
+CAP = "cap"  # computed: max_consecutive_reuse skips in a row
+FOLLOW = "follow"  # cfg_decision="shared": did what the step's leading branch decided
+PREDICTED = "predicted"  # predictive_skip: skipped without a probe, the last increment predicting the error
+PLANNED = "planned"  # plan_runs: skipped without a probe, in a run planned at the computed call before it
+REACH = "reach"  # computed: a reuse would sit farther past the newest entry than max_extrapolation allows
+SHORTEN = "shorten"  # computed: monotone_runs, the run may not outlast the shortest since the runs began to shorten
+
+
+@dataclass
+class CallRecord:
+    """One call of a branch. ``error`` and ``gamma`` stay on the device until read."""
+
+    index: int
+    computed: bool
+    reason: str
+    error: Optional[torch.Tensor] = None  # acc after this call's probe ([B] fp32), None for forced calls
+    gamma: Optional[torch.Tensor] = None  # γ used ([B] fp32), only for REUSE
+    probed: bool = True  # False: skipped before its probe (a follower of a reusing leader)
+
+
+class BranchState:
+    """The cache of one denoising branch ("cond", "uncond", …).
+
+    Buffers are allocated on the first call and reused: a ring of window slots
+    for ``R`` and ``P`` (two, or three for ``alignment_order=2``), the previous
+    probe output (and input, for the ``probe_minus_input`` error), the
+    reconstruction output, and the small fp32 state tensors of the ops.
+    """
+
+    def __init__(self, name: str = "") -> None:
+        self.name = name
+        self.num_steps: Optional[int] = None  # the trajectory's step count, when known
+        self.calls = 0
+        self.full_calls = 0
+        self.unprobed_skips = 0  # predicted skips: no probe ran (budget mode credits the blocks saved)
+        self.run = 0  # consecutive reuses since the last computed call
+        self.last_run: Optional[int] = None  # the length of the last run of reuses that ended (runs of none aside)
+        self.shorten_to: Optional[int] = None  # monotone_runs: the most reuses in a row from here on, once runs shorten
+        self.acc_host = 0.0  # budget mode: the accumulated error last read back
+        self.err_sum = 0.0  # budget mode: sum and count of per-call probe errors seen
+        self.err_n = 0
+        self.err_last = 0.0  # the last measured per-step increment of the accumulated error
+        self.increments: Dict[int, float] = {}  # budget mode: step -> the per-step error increment measured
+        self.probe_step: Optional[int] = None  # the step of the last probe that measured the error
+        # budget mode, online rule: (run start where runs are planned, else the call's step, δ solved there)
+        self.online_delta: Optional[Tuple[int, float]] = None
+        # alignment_order="auto": the weight w ([B] fp32, on the device) of the quadratic against the line that
+        # the last probe fitted (None: the line)
+        self.quad_weight: Optional[torch.Tensor] = None
+        self.records: List[CallRecord] = []
+        self.shape: Optional[Tuple[torch.Size, torch.dtype, torch.device]] = None
+        self.ring: List[int] = []  # slot indices of the stored entries, oldest first (R[-1] is R[ring[-1]])
+        self.slot_step: Dict[int, int] = {}  # slot -> the step index its entry was stored at
+        self.has_prev = False
+
+    @property
+    def n_stored(self) -> int:
+        return len(self.ring)
+
+    def newest(self, back: int = 1) -> int:
+        """The slot of ``R[-back]`` / ``P[-back]``."""
+        return self.ring[-back]
+
+    def allocate(self, x: torch.Tensor, with_x_prev: bool, slots: int = 2) -> None:
+        B = x.shape[0]
+        dev = x.device
+        self.shape = (x.shape, x.dtype, dev)
+        self.R = [torch.empty_like(x) for _ in range(slots)]
+        self.P = [torch.empty_like(x) for _ in range(slots)]
+        self.p_prev = torch.empty_like(x)
+        self.x_prev = torch.empty_like(x) if with_x_prev else None
+        self.out = torch.empty_like(x)
+        f32 = dict(dtype=torch.float32, device=dev)
+        self.acc = torch.zeros(B, **f32)
+        self.den = torch.zeros(B, **f32)
+        self.sums = torch.zeros(B, reference.NUM_SUMS, **f32)
+        self.gamma = torch.ones(B, **f32)
+        self.flag = torch.zeros(1, dtype=torch.int32, device=dev)
+        self.ring = []
+        self.slot_step = {}
+        self.has_prev = False
+        self.quad_weight = None
+
+    def next_slot(self) -> int:
+        """The slot a refresh writes: a free one, else the oldest entry's."""
+        free = [i for i in range(len(self.R)) if i not in self.ring]
+        return free[0] if free else self.ring[0]
+
+    def store(self, slot: int, step: int) -> None:
+        self.ring = [i for i in self.ring if i != slot] + [slot]
+        self.slot_step[slot] = step
+
+    def release(self) -> None:
+        for name in ("R", "P", "p_prev", "x_prev", "out", "acc", "den", "sums", "gamma", "flag"):
+            self.__dict__.pop(name, None)
+        self.shape = None
+        self.ring = []
+        self.slot_step = {}
+        self.has_prev = False
+
+    def matches(self, x: torch.Tensor) -> bool:
+        return self.shape == (x.shape, x.dtype, x.device)
+
+
+def next_shortening(last_run: Optional[int], bound: Optional[int], run: int) -> Tuple[Optional[int], Optional[int]]:
+    """``monotone_runs``: (the last run, the bound on runs) after a run of ``run`` reuses ended. A run shorter
+    than the one before it starts the bound (its length); each run after lowers it to the shortest. Runs of
+    none (two computed calls in a row: the warm-up, the final steps, a large error) change nothing."""
+    if run < 1:
+        return last_run, bound
+    if bound is not None or (last_run is not None and run < last_run):
+        bound = run if bound is None else min(bound, run)
+    return run, bound
+
+
+def at_shorten_bound(config: DiCacheConfig, state: BranchState, n: Optional[int]) -> bool:
+    """``monotone_runs``: whether the branch's run of reuses has reached the bound :func:`next_shortening` set."""
+    return state.shorten_to is not None and state.run >= state.shorten_to and config.monotone_runs_at(n)
