@@ -400,3 +400,25 @@ def test_step_sizes_script_prints_each_step_s_error_beside_its_size(capsys):
     assert spread["step size"] == pytest.approx(0.0, abs=1e-12)
     assert spread["step size / σ"] > 0.1 and spread["step size / √σ"] > 0.05
     assert step_sizes.scaling_spread(rows[:3]) == {}  # one step from step 2 on: nothing to spread
+
+
+def test_denser_fills_the_wide_gaps_of_a_delta_list():
+    import quality_methods as qm
+
+    r = 2 ** 0.25
+    src = [0.02, 0.03, 0.08, 0.16, 0.3, 0.45, 0.9, 1.2, 2.4]
+    out = qm.denser(src, lo=0.1, hi=1.2, ratio=r)
+    assert set(src) <= set(out) and out == sorted(set(out))
+    # no gap reaching into [0.1, 1.2] is wider than the ratio, allowing for the two-digit rounding
+    for a, b in zip(out, out[1:]):
+        if b > 0.1 and a < 1.2:
+            assert b / a <= r * 1.06, (a, b)
+    # the gaps outside the range are left as they were
+    assert [d for d in out if d < 0.08] == [0.02, 0.03] and [d for d in out if d > 1.0] == [1.2, 2.4]
+    assert qm.denser(out, lo=0.1, hi=1.2, ratio=r * 1.06) == out  # nothing left to fill
+    # the preset's lists at 20 and 50 steps are the dense ones; a family that copies the sparse list keeps it
+    for model in qm.SETTINGS:
+        for steps in (20, 50):
+            lst = qm.SETTINGS[model][steps][qm.DICACHE]
+            assert qm.denser(lst, ratio=r * 1.06) == lst
+    assert len(qm.SETTINGS["wan_digits"][50][qm.DICACHE]) > len(qm.SETTINGS["wan_digits"][30][qm.DICACHE])
