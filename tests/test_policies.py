@@ -195,7 +195,6 @@ def test_budget_mode_without_replay_decides_every_call_online():
 
 
 def test_budget_solve_finds_the_count_nearest_the_budget_a_quarter_up_its_range():
-
     g = torch.Generator().manual_seed(3)
     n = 40
     incs = (0.01 + 0.2 * torch.rand(n, generator=g)).tolist()
@@ -218,7 +217,6 @@ def test_budget_solve_finds_the_count_nearest_the_budget_a_quarter_up_its_range(
 
 
 def test_budget_solve_counts_the_probes_that_predictive_skips_save():
-
     flat = [0.1] * 21
     cfg = DiCacheConfig(target_speedup=2.0, warmup=1, run_power=0, predictive_skip=True)
     bud = Budget(cfg, M)
@@ -250,7 +248,6 @@ def test_budget_mode_first_call_is_online_and_profiles_survive_reset_per_step_co
     engine.reset()
     assert b._seen[("c", n)] == 2 and b.profiles[("c", n)][12] == pytest.approx(0.3, rel=1e-4)
     # another step count has no profile: its first call is online again
-
     assert ("c", n + 5) not in b.profiles and b._replay_delta(BranchState("c"), n + 5, 1) is None
 
 
@@ -318,7 +315,6 @@ def test_budget_mode_spends_its_last_fraction_of_a_call_before_the_final_step():
               num_steps=n).branches["c"]
     assert b.pattern == "F.F.F.F.FFFF"
     assert b.block_evaluations_uncached / b.block_evaluations == pytest.approx(1.5, rel=0.1)
-
     assert Budget._compute_all(1.6, 2) and not Budget._compute_all(1.4, 2) and Budget._compute_all(0.56, 1)
 
 
