@@ -827,6 +827,10 @@ def _int_list(text: str) -> List[int]:
     return out
 
 
+#: The budget rules' δ positions a study may move (``--replay-delta-position``, ``--online-delta-position``).
+DELTA_POSITIONS = {"replay": "REPLAY_DELTA_POSITION", "online": "ONLINE_DELTA_POSITION"}
+
+
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True, help="output directory")
@@ -843,15 +847,17 @@ def parse_args(argv=None):
                     help="torch threads (default 1: on these tiny models 2 threads gain ~10%% on free cores and run "
                          "20-50x slower when another process holds a core)")
     ap.add_argument("--calibration-seed", type=int, default=1000, help="seed of MagCache's calibration run and of the budget mode's first call")
-    ap.add_argument("--replay-delta-position", type=float, default=None, metavar="P",
-                    help="a study of the budget's replay rule: where in the range of δ that spends the budget it picks "
-                         "δ, 0 (smallest) to 1 (largest), in log scale (default: dicache.budget.REPLAY_DELTA_POSITION)")
+    for rule, const in DELTA_POSITIONS.items():
+        ap.add_argument(f"--{rule}-delta-position", type=float, default=None, metavar="P",
+                        help=f"a study of the budget's {rule} rule: where in the range of δ that spends the budget it "
+                             f"picks δ, 0 (smallest) to 1 (largest), in log scale (default: dicache.budget.{const})")
     ap.add_argument("--no-plot", action="store_true")
     ap.add_argument("--list", action="store_true", help="print the methods and settings that would run, and exit")
     args = ap.parse_args(argv)
-    p = args.replay_delta_position
-    if p is not None and not 0.0 <= p <= 1.0:
-        ap.error(f"--replay-delta-position: a number from 0 to 1, got {p}")
+    for rule in DELTA_POSITIONS:
+        p = getattr(args, f"{rule}_delta_position")
+        if p is not None and not 0.0 <= p <= 1.0:
+            ap.error(f"--{rule}-delta-position: a number from 0 to 1, got {p}")
     args.models = [m.strip() for m in args.models.split(",") if m.strip()]
     bad = [m for m in args.models if m not in zoo.NAMES]
     if bad:
@@ -1119,10 +1125,11 @@ def main(argv=None) -> int:
                     print(f"{name:12} {steps:3d}  {m.family:24} {m.setting}")
         return 0
     os.makedirs(args.out, exist_ok=True)
-    if args.replay_delta_position is not None:
-        import dicache.budget
+    for rule, const in DELTA_POSITIONS.items():
+        if getattr(args, f"{rule}_delta_position") is not None:
+            import dicache.budget
 
-        dicache.budget.REPLAY_DELTA_POSITION = args.replay_delta_position
+            setattr(dicache.budget, const, getattr(args, f"{rule}_delta_position"))
     t0 = time.perf_counter()
     rows, details = run_benchmark(args)
     seconds = time.perf_counter() - t0

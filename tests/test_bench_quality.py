@@ -339,6 +339,9 @@ def test_replay_delta_position_option(monkeypatch):
         Q.parse_args(["--out", "x", "--replay-delta-position", "1.5"])
     assert Q.parse_args(["--out", "x", "--replay-delta-position", "0.5"]).replay_delta_position == 0.5
     assert Q.parse_args(["--out", "x"]).replay_delta_position is None
+    with pytest.raises(SystemExit):
+        Q.parse_args(["--out", "x", "--online-delta-position", "-0.1"])
+    assert Q.parse_args(["--out", "x", "--online-delta-position", "0.25"]).online_delta_position == 0.25
     # the solve reads the constant at call time: a profile whose δ range is wide picks another δ
     monkeypatch.setattr(budget_module, "REPLAY_DELTA_POSITION", 0.0)
     budget = budget_module.Budget(DiCacheConfig(target_speedup=2.0, warmup=1), 8)
