@@ -329,7 +329,7 @@ def test_reports_carry_the_per_sample_mean_and_older_ones_parse_without_it(tmp_p
     assert Q.criteria_table(back)[0] == "| criterion | PSNR over all samples |"  # no per-sample column to count
 
 
-def test_replay_delta_position_option(monkeypatch):
+def test_delta_position_options(monkeypatch):
     import quality as Q
 
     import dicache.budget as budget_module
