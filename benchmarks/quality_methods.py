@@ -9,8 +9,8 @@ but, by its own account, cached nothing reports it from ``check``.
 Settings per model and step count are tables below (``SETTINGS``): each family gets 1–3 settings
 chosen to span roughly 1.5–3× fewer block evaluations on the shipped models (the "preset + one option"
 families five δ values around 2×); the preset (family DiCache) 11–17 thresholds, to span the budget mode's
-targets (1.5–3×) so that each budget run has fixed-δ runs around it, filled at 20 and 50 steps to no gap wider
-than 2^(1/4) in δ from 0.1 to 1.2 (24–28 thresholds: :func:`denser`).
+targets (1.5–3×) so that each budget run has fixed-δ runs around it, filled to no gap much wider than 2^(1/4) in
+δ from 0.1 to 1.2 (24–28 thresholds: :func:`denser`).
 """
 
 from __future__ import annotations
@@ -212,11 +212,10 @@ def denser(deltas: Sequence[float], lo: float = 0.1, hi: float = 1.2, ratio: flo
 # The preset's PSNR over all samples is jagged in δ: at Wan 50, seeds 0–3, δ = 0.12 saves 1.85× at 48.5 dB and
 # δ = 0.14 2.07× at 53.0 (the mean of the samples' PSNR 57.4 and 54.7: three of the first's 40 samples fall under
 # 45 dB; benchmarks/RESULTS.md, fifteenth round). A list with gaps of 2× in δ reads that curve between two far
-# points: at 20 and 50 steps (the acceptance's step counts) the preset's list has no gap much wider than 2^(1/4)
-# from δ = 0.1 to 1.2 (about 2× to 3× fewer flops on every model). The families that copy it above keep the sparser
-# list.
+# points: at every step count the preset's list has no gap much wider than 2^(1/4) from δ = 0.1 to 1.2 (about 2× to
+# 3× fewer flops on every model). The families that copy it above keep the sparser list.
 for _m in SETTINGS:
-    for _st in (20, 50):
+    for _st in SETTINGS[_m]:
         SETTINGS[_m][_st][DICACHE] = denser(SETTINGS[_m][_st][DICACHE])
 
 # --quick: one setting per family (the smoke test checks every family has a row).
