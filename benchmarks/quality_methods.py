@@ -8,9 +8,9 @@ but, by its own account, cached nothing reports it from ``check``.
 
 Settings per model and step count are tables below (``SETTINGS``): each family gets 1–3 settings
 chosen to span roughly 1.5–3× fewer block evaluations on the shipped models (the "preset + one option"
-families five δ values around 2×); the preset (family DiCache) 11–17 thresholds, to span the budget mode's
-targets (1.5–3×) so that each budget run has fixed-δ runs around it, filled to no gap much wider than 2^(1/4) in
-δ from 0.1 to 1.2 (24–28 thresholds: :func:`denser`).
+families five δ values around 2×); the preset (family DiCache) 24–29 thresholds, to span the budget mode's
+targets (1.5–3×) so that each budget run has fixed-δ runs around it, with no gap much wider than 2^(1/4) in δ from
+0.1 to 1.2 (:func:`denser`).
 """
 
 from __future__ import annotations
