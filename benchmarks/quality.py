@@ -64,7 +64,7 @@ import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, _HERE)
@@ -831,6 +831,21 @@ def _int_list(text: str) -> List[int]:
 DELTA_POSITIONS = {"replay": "REPLAY_DELTA_POSITION", "online": "ONLINE_DELTA_POSITION"}
 
 
+def sigma_weighted_step_sizes(step_sizes: Callable, a: float) -> Callable:
+    """``--online-sigma-weight a``: the step sizes the pipeline tells the engine (``step_sizes(scheduler, n)``,
+    ``dicache.api._step_sizes``) times ``1 + a/σ_k``: a study of the online budget rule's prediction
+    ``c·|σ_k − σ_(k+1)|``, which misses the rise of the probe error over the last steps (σ → 0) on Flux and Wan."""
+
+    def weighted(scheduler, n):
+        sizes = step_sizes(scheduler, n)
+        if sizes is None:
+            return None
+        sig = scheduler.sigmas.detach().float().cpu().tolist()
+        return [d * (1.0 + a / max(sig[k], 1e-6)) for k, d in enumerate(sizes)]
+
+    return weighted
+
+
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True, help="output directory")
@@ -851,6 +866,9 @@ def parse_args(argv=None):
         ap.add_argument(f"--{rule}-delta-position", type=float, default=None, metavar="P",
                         help=f"a study of the budget's {rule} rule: where in the range of δ that spends the budget it "
                              f"picks δ, 0 (smallest) to 1 (largest), in log scale (default: dicache.budget.{const})")
+    ap.add_argument("--online-sigma-weight", type=float, default=None, metavar="A",
+                    help="a study of the budget's online rule: the step sizes it predicts the errors from weighted "
+                         "by 1 + A/σ (default: none)")
     ap.add_argument("--no-plot", action="store_true")
     ap.add_argument("--list", action="store_true", help="print the methods and settings that would run, and exit")
     args = ap.parse_args(argv)
@@ -858,6 +876,8 @@ def parse_args(argv=None):
         p = getattr(args, f"{rule}_delta_position")
         if p is not None and not 0.0 <= p <= 1.0:
             ap.error(f"--{rule}-delta-position: a number from 0 to 1, got {p}")
+    if args.online_sigma_weight is not None and not (0.0 <= args.online_sigma_weight < math.inf):
+        ap.error(f"--online-sigma-weight: a finite number >= 0, got {args.online_sigma_weight}")
     args.models = [m.strip() for m in args.models.split(",") if m.strip()]
     bad = [m for m in args.models if m not in zoo.NAMES]
     if bad:
@@ -1130,6 +1150,10 @@ def main(argv=None) -> int:
             import dicache.budget
 
             setattr(dicache.budget, const, getattr(args, f"{rule}_delta_position"))
+    if args.online_sigma_weight is not None:
+        import dicache.api
+
+        dicache.api._step_sizes = sigma_weighted_step_sizes(dicache.api._step_sizes, args.online_sigma_weight)
     t0 = time.perf_counter()
     rows, details = run_benchmark(args)
     seconds = time.perf_counter() - t0

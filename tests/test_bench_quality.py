@@ -353,6 +353,32 @@ def test_delta_position_options(monkeypatch):
     assert budget.simulate(list(profile.values()), 20, low) == budget.simulate(list(profile.values()), 20, high)
 
 
+def test_online_sigma_weight_option():
+    """``--online-sigma-weight a``: the told step sizes times 1 + a/σ_k; bad values rejected."""
+    import torch
+
+    import quality as Q
+
+    from dicache.api import _step_sizes
+
+    with pytest.raises(SystemExit):
+        Q.parse_args(["--out", "x", "--online-sigma-weight", "-1"])
+    with pytest.raises(SystemExit):
+        Q.parse_args(["--out", "x", "--online-sigma-weight", "inf"])
+    assert Q.parse_args(["--out", "x", "--online-sigma-weight", "0.3"]).online_sigma_weight == 0.3
+    assert Q.parse_args(["--out", "x"]).online_sigma_weight is None
+
+    class Sched:
+        sigmas = torch.tensor([1.0, 0.7, 0.3, 0.1, 0.0])
+
+    plain = _step_sizes(Sched(), 4)
+    weighted = Q.sigma_weighted_step_sizes(_step_sizes, 0.3)(Sched(), 4)
+    assert weighted == pytest.approx([d * (1 + 0.3 / s) for d, s in zip(plain, [1.0, 0.7, 0.3, 0.1])])
+    assert weighted[-1] / plain[-1] == pytest.approx(4.0)  # the last step weighs most
+    assert Q.sigma_weighted_step_sizes(_step_sizes, 0.0)(Sched(), 4) == pytest.approx(plain)
+    assert Q.sigma_weighted_step_sizes(_step_sizes, 0.3)(Sched(), 3) is None  # not the scheduler's step count
+
+
 def test_at_reads_families_at_chosen_savings_from_reports(tmp_path, capsys):
     """``quality.py at``: each family's PSNR interpolated at the savings asked for, from several reports' CSVs."""
     import quality as Q
