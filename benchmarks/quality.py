@@ -750,7 +750,7 @@ _STYLE = {
     qm.DICACHE_ORDER1: ("indianred", "d"), qm.DICACHE_SCHED: ("gold", "p"), qm.DICACHE_NOALIGN: ("rosybrown", "o"),
     qm.DICACHE_M2: ("peru", "h"), qm.DICACHE_M3: ("sienna", "8"), qm.DICACHE_NO_PREDICTIVE: ("crimson", "*"),
     qm.DICACHE_NORUN: ("lightcoral", "s"), qm.DICACHE_STEPS: ("maroon", "o"), qm.DICACHE_PROBE: ("firebrick", "o"),
-    qm.DICACHE_PROBED: ("darkorange", "D"),
+    qm.DICACHE_PROBED: ("darkorange", "D"), qm.DICACHE_LAST10: ("orangered", "v"),
 }
 
 
