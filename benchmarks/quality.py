@@ -1120,9 +1120,174 @@ def at_main(argv: Sequence[str]) -> int:
     return 0
 
 
+def sample_errors(rows: List[Dict], runs: List[Dict]) -> Dict[int, torch.Tensor]:
+    """{index of a row in ``rows``: its samples' squared errors (``10^(−PSNR/10)``, float64), in seed and label
+    order} from a report's per-run details; rows without every sample's PSNR are left out."""
+    by_key = {(r["model"], int(r["steps"]), r["family"], r["setting"]): r for r in runs}
+    out: Dict[int, torch.Tensor] = {}
+    for i, row in enumerate(rows):
+        det = by_key.get((row["model"], int(row["steps"]), row["family"], row["setting"]))
+        if row["family"] == qm.NO_CACHE or row.get("status") != "ok" or det is None:
+            continue
+        values: List[float] = []
+        for run in sorted(det.get("runs", []), key=lambda r: int(r["seed"])):
+            sp = run.get("sample_psnr")
+            sp = json.loads(sp.replace("inf", "Infinity")) if isinstance(sp, str) else sp
+            if not sp:
+                values = []
+                break
+            values += [float(v) for v in sp]
+        if values:
+            out[i] = torch.tensor([10.0 ** (-v / 10.0) for v in values], dtype=torch.float64)
+    return out
+
+
+def _resampled(rows: List[Dict], errors: Dict[int, torch.Tensor], draws: Dict[Tuple[str, int], torch.Tensor]
+               ) -> List[Dict]:
+    """``rows`` with PSNR over all samples and the mean of the samples' PSNR recomputed on the drawn samples of
+    their (model, steps) (the same draw for every row there: the settings are compared on the same samples)."""
+    out = []
+    for i, row in enumerate(rows):
+        e = errors.get(i)
+        if e is None:
+            out.append(row)
+            continue
+        d = e[draws[(row["model"], int(row["steps"]))]]
+        mse = float(d.mean())
+        per = [math.inf if v == 0 else -10.0 * math.log10(v) for v in d.tolist()]
+        out.append(dict(row, psnr=math.inf if mse == 0 else -10.0 * math.log10(mse), psnr_mean=statistics.fmean(per)))
+    return out
+
+
+def margins(rows: List[Dict], metric: str) -> Dict[Tuple, float]:
+    """The acceptance margins of one report, by point: ``("lead", model, steps, x)``: best DiCache − best peer,
+    ``("preset", …)``: preset − best DiCache (interpolated, :func:`lead_points`); ``("budget", model, steps,
+    rule, target)``: budget − the preset's fixed δ at the same savings (:func:`budget_points`)."""
+    out: Dict[Tuple, float] = {}
+    for p in lead_points(rows, metric=metric):
+        key = (p["model"], p["steps"], p["fewer"])
+        if p["best"] is not None and p["peer"] is not None:
+            out[("lead",) + key] = p["best"][0] - p["peer"][0]
+        if p["best"] is not None and p["preset"] is not None:
+            out[("preset",) + key] = p["preset"][0] - p["best"][0]
+    for p in budget_points(rows, metric):
+        if p["preset"] is not None:
+            out[("budget", p["model"], p["steps"], p["rule"], p["target"])] = p["value"] - p["preset"]
+    return out
+
+
+#: What each margin must reach (acceptance of the study: lead ≥ 1 dB, preset and budget ≥ −0.5 dB).
+MARGIN_GOALS = {"lead": 1.0, "preset": -0.5, "budget": -0.5}
+
+
+def spread(rows: List[Dict], runs: List[Dict], resamples: int = 1000, seed: int = 0, level: float = 0.9,
+           metric: str = "psnr") -> List[Dict]:
+    """How far each acceptance margin (:func:`margins`) rests on which samples were drawn: the report's samples
+    resampled with replacement ``resamples`` times (a paired bootstrap: one draw per model and step count, shared by
+    every setting), each margin recomputed. Per point: the measured margin, the central ``level`` interval of the
+    resampled ones and the share of resamples that meet its goal (:data:`MARGIN_GOALS`)."""
+    if resamples < 1:
+        raise ValueError(f"resamples must be >= 1, got {resamples}")
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    _check_metric(metric)
+    errors = sample_errors(rows, runs)
+    sizes: Dict[Tuple[str, int], int] = {}
+    for i, e in errors.items():
+        key = (rows[i]["model"], int(rows[i]["steps"]))
+        if sizes.setdefault(key, len(e)) != len(e):
+            raise ValueError(f"{key}: runs with different numbers of samples ({sizes[key]} and {len(e)})")
+    if not sizes:
+        raise ValueError("no run of the report has its samples' PSNR (quality_details.json from before them?)")
+    kept = [r for i, r in enumerate(rows) if i in errors or r["family"] == qm.NO_CACHE
+            or (r["model"], int(r["steps"])) not in sizes]
+    errors = {kept.index(rows[i]): e for i, e in errors.items()}
+    measured = margins(kept, metric)
+    gen = torch.Generator().manual_seed(seed)
+    samples: Dict[Tuple, List[float]] = {k: [] for k in measured}
+    for _ in range(resamples):
+        draws = {k: torch.randint(0, n, (n,), generator=gen) for k, n in sizes.items()}
+        for k, v in margins(_resampled(kept, errors, draws), metric).items():
+            if k in samples:
+                samples[k].append(v)
+    out = []
+    for k, v in measured.items():
+        vals = sorted(samples[k])
+        lo = vals[int(math.floor((1.0 - level) / 2 * (len(vals) - 1)))]
+        hi = vals[int(math.ceil((1.0 + level) / 2 * (len(vals) - 1)))]
+        goal = MARGIN_GOALS[k[0]]
+        out.append(dict(kind=k[0], point=k[1:], measured=v, low=lo, high=hi, goal=goal,
+                        share=sum(x >= goal for x in vals) / len(vals)))
+    return out
+
+
+def spread_main(argv: Sequence[str]) -> int:
+    """``quality.py spread REPORT_DIR [--resamples 1000] [--seed 0] [--level 0.9]``: each acceptance margin of a
+    report (lead, preset, budget) with the interval its samples leave it (:func:`spread`), on both PSNR readings."""
+    ap = argparse.ArgumentParser(prog="quality.py spread", description=spread_main.__doc__)
+    ap.add_argument("report", help="report directory (quality.csv and quality_details.json)")
+    ap.add_argument("--resamples", type=int, default=1000)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--level", type=float, default=0.9)
+    a = ap.parse_args(argv)
+    if a.resamples < 1:
+        ap.error(f"--resamples: a count >= 1, got {a.resamples}")
+    if not 0.0 < a.level < 1.0:
+        ap.error(f"--level: a number in (0, 1), got {a.level}")
+    paths = [os.path.join(a.report, n) for n in ("quality.csv", "quality_details.json")]
+    missing = [p for p in paths if not os.path.isfile(p)]
+    if missing:
+        ap.error(f"not a report directory: no {', '.join(os.path.basename(p) for p in missing)} in {a.report!r}")
+    rows = read_csv(paths[0])
+    with open(paths[1]) as f:
+        runs = json.load(f)["runs"]
+    names = {"lead": "best DiCache − best peer (≥ +1)", "preset": "preset − best DiCache (≥ −0.5)",
+             "budget": "budget − fixed δ, same savings (≥ −0.5)"}
+    pct = f"{100 * a.level:g} %"
+    lines = [f"Resampled {a.resamples}× (seed {a.seed}): each margin with the central {pct} of its resampled values "
+             "and the share of resamples that meet the goal; PSNR over all samples, then the mean of the samples' PSNR.",
+             "", f"| margin | model | steps | point | pooled dB | {pct} | meets | per sample dB | {pct} | meets |",
+             "| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    res = {m: {(r["kind"], r["point"]): r for r in spread(rows, runs, a.resamples, a.seed, a.level, m)}
+           for m in ("psnr", "psnr_mean")}
+    for key, p in res["psnr"].items():
+        kind, pt = key
+        where = f"{pt[2]} {pt[3]:g}×" if kind == "budget" else f"{pt[2]:g}×"
+        cells = []
+        for m in ("psnr", "psnr_mean"):
+            r = res[m].get(key)
+            cells += ["–", "–", "–"] if r is None else [
+                f"{r['measured']:+.1f}", f"{r['low']:+.1f} … {r['high']:+.1f}", f"{100 * r['share']:.0f} %"]
+        lines.append(f"| {names[kind]} | {pt[0]} | {pt[1]} | {where} | " + " | ".join(cells) + " |")
+    lines += ["", *spread_summary(res), ""]
+    print("\n".join(lines))
+    return 0
+
+
+def spread_summary(res: Dict[str, Dict[Tuple, Dict]]) -> List[str]:
+    """Per margin and PSNR reading (``res``: metric → the points of :func:`spread`): how many points meet the goal
+    as measured, and of those that miss it how many still meet it within the interval (the goal under its upper
+    end: which samples were drawn could decide it) and how many miss it throughout."""
+    lines = ["| margin | reading | points | meet as measured | misses within the interval | misses throughout |",
+             "| --- | --- | ---: | ---: | ---: | ---: |"]
+    readings = {"psnr": "over all samples", "psnr_mean": "mean of the samples"}
+    for kind in MARGIN_GOALS:
+        for metric, pts in res.items():
+            ps = [p for (k, _), p in pts.items() if k == kind]
+            if not ps:
+                continue
+            meet = [p for p in ps if p["measured"] >= p["goal"] - 1e-9]
+            within = [p for p in ps if p not in meet and p["high"] >= p["goal"]]
+            lines.append(f"| {kind} | {readings.get(metric, metric)} | {len(ps)} | {len(meet)} | {len(within)} "
+                         f"| {len(ps) - len(meet) - len(within)} |")
+    return lines
+
+
 def main(argv=None) -> int:
     if argv is None and len(sys.argv) > 1 and sys.argv[1] == "at":
         return at_main(sys.argv[2:])
+    if argv is None and len(sys.argv) > 1 and sys.argv[1] == "spread":
+        return spread_main(sys.argv[2:])
     if argv is None and len(sys.argv) > 1 and sys.argv[1] == "merge":
         # quality.py merge OUT DIR1 DIR2 ... [--models M1,M2]: one report of runs done in separate processes
         ap = argparse.ArgumentParser(prog="quality.py merge")

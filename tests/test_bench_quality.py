@@ -412,6 +412,76 @@ def test_at_reads_families_at_chosen_savings_from_reports(tmp_path, capsys):
     assert "not in the reports" in capsys.readouterr().err
 
 
+def test_spread_resamples_the_samples_behind_each_margin(tmp_path, capsys):
+    """``quality.py spread``: the margins recomputed on resampled samples (one draw per model and steps, shared by
+    every setting); a margin one sample sets has a wide interval, one every sample agrees on a narrow one."""
+    import random
+
+    import quality as Q
+    import quality_methods as qm
+
+    rnd = random.Random(3)
+    n = 20  # 2 seeds × 10 labels
+
+    def setting(family, frac, samples, steps=20):
+        pooled = -10 * math.log10(sum(10 ** (-v / 10) for v in samples) / len(samples))
+        row = dict(model="wan_digits", steps=steps, family=family, setting=f"{family} {frac}", status="ok",
+                   flop_fraction=frac, psnr=pooled, psnr_mean=sum(samples) / len(samples), ssim=0.99)
+        runs = [dict(seed=str(k), flops="1", calls="20", sample_psnr=str([round(v, 3) for v in samples[10 * k:10 * k + 10]]))
+                for k in range(2)]
+        return row, dict(model="wan_digits", steps=steps, family=family, setting=row["setting"], runs=runs)
+
+    base = [rnd.uniform(40.0, 50.0) for _ in range(n)]
+    one_bad = list(base)
+    one_bad[7] = 20.0  # one sample sets the pooled PSNR of this setting
+    made = [setting(qm.DICACHE, 0.55, [v + 1.0 for v in base]), setting(qm.DICACHE, 0.45, one_bad),
+            setting(qm.DICACHE_SCHED, 0.55, [v + 1.5 for v in base]), setting(qm.DICACHE_SCHED, 0.45, base),
+            setting(qm.UNIFORM, 0.5, [v - 5.0 for v in base]), setting(qm.UNIFORM, 0.4, [v - 8.0 for v in base])]
+    rows, runs = [r for r, _ in made], [d for _, d in made]
+    rows.append(dict(model="wan_digits", steps=20, family=qm.NO_CACHE, setting="", status="ok", flop_fraction=1.0,
+                     psnr=math.inf, psnr_mean=math.inf, ssim=1.0))
+    res = {(r["kind"], r["point"]): r for r in Q.spread(rows, runs, resamples=200, seed=1)}
+    # the measured margins are the report's (lead_points on the same rows)
+    pt = next(p for p in Q.lead_points(rows) if p["fewer"] == 2.0)
+    assert res[("preset", ("wan_digits", 20, 2.0))]["measured"] == pytest.approx(pt["preset"][0] - pt["best"][0], abs=1e-3)
+    assert res[("lead", ("wan_digits", 20, 2.0))]["measured"] == pytest.approx(pt["best"][0] - pt["peer"][0], abs=1e-3)
+    pre = res[("preset", ("wan_digits", 20, 2.0))]
+    assert pre["measured"] < -0.5 and pre["low"] < pre["measured"] <= pre["high"]
+    assert pre["high"] - pre["low"] > 3.0  # whether sample 7 is drawn moves it by dB
+    assert 0.0 < pre["share"] < 1.0
+    lead = res[("lead", ("wan_digits", 20, 2.0))]
+    assert lead["share"] == 1.0 and lead["low"] > 1.0  # every sample agrees: the peer trails by 5–8 dB
+    per = {(r["kind"], r["point"]): r for r in Q.spread(rows, runs, resamples=200, seed=1, metric="psnr_mean")}
+    assert per[("preset", ("wan_digits", 20, 2.0))]["high"] - per[("preset", ("wan_digits", 20, 2.0))]["low"] < \
+        pre["high"] - pre["low"]  # the mean of the samples' PSNR rests less on one sample
+    # the same seed draws the same samples
+    assert Q.spread(rows, runs, resamples=50, seed=4) == Q.spread(rows, runs, resamples=50, seed=4)
+    with pytest.raises(ValueError, match="resamples"):
+        Q.spread(rows, runs, resamples=0)
+    with pytest.raises(ValueError, match="level"):
+        Q.spread(rows, runs, level=1.0)
+    with pytest.raises(ValueError, match="samples' PSNR"):
+        Q.spread(rows, [])
+
+    # the command reads a report directory
+    Q.write_csv([dict(r, block_fraction=r["flop_fraction"], mac_fraction=r["flop_fraction"], savings=0,
+                      fewer_flops=1 / r["flop_fraction"], calls=20, wall_s=1.0, speedup=1.0, cpu_s=1.0,
+                      speedup_cpu=1.0, seeds=2, labels=10, weights="", note="", lpips="") for r in rows],
+                str(tmp_path / "quality.csv"))
+    (tmp_path / "quality_details.json").write_text(json.dumps(dict(meta={}, runs=runs)))
+    assert Q.spread_main([str(tmp_path), "--resamples", "20"]) == 0
+    out = capsys.readouterr().out
+    assert "| preset − best DiCache (≥ −0.5) | wan_digits | 20 | 2× |" in out
+    # the summary: the preset's one point misses as measured but not in every resample; the lead holds
+    assert "| preset | over all samples | 1 | 0 | 1 | 0 |" in out
+    assert "| lead | over all samples | 1 | 1 | 0 | 0 |" in out
+    with pytest.raises(SystemExit):
+        Q.spread_main([str(tmp_path / "nothing")])
+    assert "not a report directory" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        Q.spread_main([str(tmp_path), "--level", "90"])
+
+
 def test_step_sizes_script_prints_each_step_s_error_beside_its_size(capsys):
     import step_sizes
 
