@@ -12,6 +12,8 @@
                                                                       # --models M1,M2: only theirs)
     .venv/bin/python benchmarks/quality.py pool OUT DIR_A DIR_B       # the settings both ran, on both runs' seeds
     .venv/bin/python benchmarks/quality.py at DIR... --families A,B   # their PSNR interpolated at chosen savings
+    .venv/bin/python benchmarks/quality.py spread DIR                 # each acceptance margin resampled over the
+                                                                      # report's samples: how far it rests on them
 
 For each shipped model (``flux_digits``: FluxPipeline with true CFG; ``wan_digits``: WanPipeline with
 CFG; ``hunyuan_digits``: HunyuanVideoPipeline with true CFG, the held-out model), each step count (``--steps``, default 20 and 50) and each seed (``--seeds``), the model samples
@@ -25,7 +27,7 @@ all ``--labels`` in one batch through the real diffusers pipeline, with
 * DiCache on its family preset at several thresholds, and the families that change one option each
   (``quality_methods.DICACHES``): the authors' settings, compute-budget mode (``target_speedup``),
   first- and second-order alignment, γ from the steps or the probe, separate CFG decisions, a cap of 2
-  reuses in a row, a δ schedule, γ fixed to 1, probe depth 2 and 3, predictive skips off (the preset
+  reuses in a row, a δ schedule, the last tenth of the steps computed, γ fixed to 1, probe depth 2 and 3, predictive skips off (the preset
   skips by prediction below 25 steps), and the run rule off (``run_power=0`` with a cap of 2: the earlier
   preset).
 
