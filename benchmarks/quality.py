@@ -27,9 +27,9 @@ all ``--labels`` in one batch through the real diffusers pipeline, with
 * DiCache on its family preset at several thresholds, and the families that change one option each
   (``quality_methods.DICACHES``): the authors' settings, compute-budget mode (``target_speedup``),
   first- and second-order alignment, γ from the steps or the probe, separate CFG decisions, a cap of 2
-  reuses in a row, a δ schedule, the last tenth of the steps computed, γ fixed to 1, probe depth 2 and 3, predictive skips off (the preset
-  skips by prediction below 25 steps), and the run rule off (``run_power=0`` with a cap of 2: the earlier
-  preset).
+  reuses in a row, a δ schedule, the last tenth of the steps computed, γ fixed to 1, probe depth 2 and 3,
+  predictive skips off (the preset skips by prediction below 25 steps), and the run rule off (``run_power=0``
+  with a cap of 2: the earlier preset).
 
 Per method and setting it reports the flops executed (torch's ``FlopCounterMode`` over the pipeline call,
 the same way for every cache), the block evaluations executed (``block_counter.py``), the wall time of a
@@ -1203,6 +1203,9 @@ def spread(rows: List[Dict], runs: List[Dict], resamples: int = 1000, seed: int 
         raise ValueError("no run of the report has its samples' PSNR (quality_details.json from before them?)")
     kept = [r for i, r in enumerate(rows) if i in errors or r["family"] == qm.NO_CACHE
             or (r["model"], int(r["steps"])) not in sizes]
+    if len(kept) < len(rows):
+        dropped = sorted({f"{r['family']} ({r['model']} {r['steps']})" for r in rows if not any(r is k for k in kept)})
+        warnings.warn("spread: runs without their samples' PSNR left out: " + ", ".join(dropped))
     errors = {kept.index(rows[i]): e for i, e in errors.items()}
     measured = margins(kept, metric)
     gen = torch.Generator().manual_seed(seed)

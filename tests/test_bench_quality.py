@@ -462,6 +462,9 @@ def test_spread_resamples_the_samples_behind_each_margin(tmp_path, capsys):
         Q.spread(rows, runs, level=1.0)
     with pytest.raises(ValueError, match="samples' PSNR"):
         Q.spread(rows, [])
+    with pytest.warns(UserWarning, match="left out: uniform"):  # a run without its samples is named, not used
+        partial = Q.spread(rows, runs[:4], resamples=20)
+    assert not any(r["kind"] == "lead" for r in partial)  # no peer left to lead
 
     # the command reads a report directory
     Q.write_csv([dict(r, block_fraction=r["flop_fraction"], mac_fraction=r["flop_fraction"], savings=0,
