@@ -14,7 +14,7 @@ from typing import Dict, List, Optional, Tuple
 
 from .config import DiCacheConfig
 from .state import (FOLLOW, PLANNED, PREDICTED, REFRESH, REUSE, REUSE_ONE, BranchState, at_shorten_bound,
-                    next_shortening)
+                    next_shortening, planned_error)
 
 
 def _need_steps(n: Optional[int]) -> None:
@@ -241,10 +241,11 @@ class Budget:
     def _simulate_plan(self, incs: List[float], n: int, delta: float, warm: int, last: int, p: float,
                        begin: Optional[tuple] = None) -> int:
         """Computed calls of the fixed-δ plan (``plan_runs``): each computed call measures the mean increment
-        since the last one, the ``j``-th call after it skips while ``j·e < δ/j^p``, within
+        since the last one, the ``j``-th call after it skips while ``j·e < δ/j^p`` (``plan_error``), within
         ``max_extrapolation`` and ``monotone_runs``. ``begin``: see :meth:`simulate_calls`."""
         reach = self.config.max_extrapolation_at(n)
         monotone = self.config.monotone_runs_at(n)
+        sizes = self._sizes(n) if self.config.plan_error == "step_sizes" else None
         full, run, e = 0, 0, None
         t1 = t2 = None  # the two newest computed steps
         last_run = shorten_to = None  # monotone_runs (next_shortening)
@@ -258,7 +259,7 @@ class Budget:
                 forced = True
             if not forced and monotone and shorten_to is not None and run >= shorten_to:
                 forced = True
-            if not forced and e * (k - t2) < delta / (run + 1) ** p:
+            if not forced and planned_error(e, t1, t2, k, sizes) < delta / (run + 1) ** p:
                 run += 1
                 continue
             if t2 is not None:

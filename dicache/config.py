@@ -9,6 +9,7 @@ from typing import Any, Dict, Optional, Tuple, Union
 
 ERRORS = ("probe", "probe_minus_input")
 BATCH_POLICIES = ("global", "max")
+PLAN_ERRORS = ("steps", "step_sizes")
 CFG_DECISIONS = ("separate", "shared")
 GAMMA_SOURCES = ("probe", "steps", "auto")
 # gamma_source="auto": the step distance from this many denoising steps on, the probe's γ below
@@ -95,6 +96,12 @@ class DiCacheConfig:
             a δ: a planned skip runs no block, so ``N/s`` calls are computed. ``"auto"``: plan where γ
             comes from the steps (``gamma_source``), where a skipped call's probe would only serve the
             decision; probe every skipped call where the probe measures γ.
+        plan_error: how a planned run (``plan_runs``) predicts its accumulated error from the per-step error
+            ``e`` the last probe measured: ``"steps"``, ``j·e`` after ``j`` steps; ``"step_sizes"``, in
+            proportion to the scheduler's step sizes, ``e · Σ size(t2, t2 + j] / mean size(t1, t2]`` (``t1``,
+            ``t2`` the two newest computed calls): the steps of a denoising schedule grow towards its end, and
+            with them the error a run accumulates. Falls back to ``"steps"`` where the pipeline does not tell
+            the step sizes (a bare transformer). A study option, not in the presets.
         max_extrapolation: a reuse sits at most this many times the spacing of the two newest stored
             entries past the newest one, ``(t − t2) ≤ r·(t2 − t1)``; a call beyond is computed (None: no
             bound). With 1, runs of reuses grow by at most one call per refresh (after a warm-up of
@@ -152,6 +159,7 @@ class DiCacheConfig:
     run_power: Union[float, str] = 0.0
     predictive_skip: bool = False
     plan_runs: Union[bool, str] = False
+    plan_error: str = "steps"
     max_extrapolation: Union[None, float, str] = None
     monotone_runs: bool = False
     threshold_end: Optional[float] = None
@@ -282,6 +290,8 @@ def validate(cfg: DiCacheConfig, num_blocks: Optional[int] = None) -> None:
         raise ValueError(f"predictive_skip must be True or False, got {cfg.predictive_skip!r}")
     if not (isinstance(cfg.plan_runs, bool) or cfg.plan_runs == "auto"):
         raise ValueError(f"plan_runs must be True, False or 'auto', got {cfg.plan_runs!r}")
+    if cfg.plan_error not in PLAN_ERRORS:
+        raise ValueError(f"plan_error must be one of {PLAN_ERRORS}, got {cfg.plan_error!r}")
     mx = cfg.max_extrapolation
     if mx is not None and mx != "auto" and (not _is_real(mx) or not math.isfinite(mx) or mx <= 0):
         raise ValueError(f"max_extrapolation must be None, 'auto' or a finite number > 0, got {mx!r}")

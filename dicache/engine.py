@@ -21,7 +21,7 @@ from .budget import Budget
 from .config import DiCacheConfig
 from .ops import Backend, reference, select_backend
 from .state import (CAP, FOLLOW, LAST_STEP, PLANNED, PREDICTED, REACH, REFRESH, REUSE, REUSE_ONE, SHORTEN,
-                    WARMUP, BranchState, CallRecord, at_shorten_bound, next_shortening)
+                    WARMUP, BranchState, CallRecord, at_shorten_bound, next_shortening, planned_error)
 
 #: alignment_order="auto" fits the quadratic's weight on at most about this many tokens.
 ORDER_TOKENS = 512
@@ -250,7 +250,7 @@ class DiCacheEngine:
             skip = self._budget.plan_skip(state, self._cur_step, self._num_steps)
         else:
             cap = cfg.max_consecutive_reuse
-            skip = (cap is None or state.run < cap) and state.err_last * steps < self._threshold(state)
+            skip = (cap is None or state.run < cap) and self._run_error(state) < self._threshold(state)
         if not skip:
             self._forced = SHORTEN if at_shorten_bound(cfg, state, self._num_steps) else REFRESH
             return None
@@ -262,6 +262,13 @@ class DiCacheEngine:
         elif cfg.alignment_order == "auto":
             state.quad_weight = torch.ones_like(state.gamma)  # the step is known exactly: the quadratic whole
         return self._unprobed_skip(state, x, PLANNED)
+
+    def _run_error(self, state: BranchState) -> float:
+        """The accumulated error the planned run predicts at the current call (``plan_error``)."""
+        sizes = self._budget._sizes(self._num_steps) if (
+            self.config.plan_error == "step_sizes" and self._num_steps is not None) else None
+        t1 = state.slot_step.get(state.newest(2)) if state.n_stored >= 2 else None
+        return planned_error(state.err_last, t1, state.probe_step, self._cur_step, sizes)
 
     def _lead_now(self) -> Optional[Tuple[int, torch.Tensor, Optional[torch.Tensor]]]:
         """The leading branch's (step, γ, quadratic weight) when it reused the current step, else None."""

@@ -9,7 +9,7 @@ the reason constants name why. Shared by the engine (:mod:`dicache.engine`) and 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -141,3 +141,15 @@ def next_shortening(last_run: Optional[int], bound: Optional[int], run: int) -> 
 def at_shorten_bound(config: DiCacheConfig, state: BranchState, n: Optional[int]) -> bool:
     """``monotone_runs``: whether the branch's run of reuses has reached the bound :func:`next_shortening` set."""
     return state.shorten_to is not None and state.run >= state.shorten_to and config.monotone_runs_at(n)
+
+
+def planned_error(e: float, t1: Optional[int], t2: int, k: int, sizes: Optional[Sequence[float]] = None) -> float:
+    """The error a run planned at the computed call ``t2`` (``plan_runs``) predicts for the call at step ``k > t2``
+    from the per-step error ``e`` measured since the computed call ``t1``: ``(k − t2)·e``, or with the step sizes
+    (``plan_error="step_sizes"``) ``e · Σ sizes(t2, k] / mean sizes(t1, t2]``."""
+    if sizes is None or t1 is None or not 0 <= t1 < t2 < k <= len(sizes) - 1:
+        return e * (k - t2)
+    measured = sum(sizes[t1 + 1:t2 + 1]) / (t2 - t1)
+    if not measured > 0:
+        return e * (k - t2)
+    return e * sum(sizes[t2 + 1:k + 1]) / measured

@@ -14,7 +14,7 @@ import dicache
 from dicache.config import STEPS_GAMMA_MIN_STEPS, DiCacheConfig
 from dicache.budget import ONLINE_MAX_GROWTH, Budget
 from dicache.engine import DiCacheEngine
-from dicache.state import BranchState, next_shortening
+from dicache.state import BranchState, next_shortening, planned_error
 from dicache.summary import summarize
 
 import tiny
@@ -30,12 +30,14 @@ def scales(errors):
     return out
 
 
-def drive(cfg, traces, num_steps=None):
-    """traces: {branch: [scale per call]}, branches called in order at each step."""
+def drive(cfg, traces, num_steps=None, step_sizes=None):
+    """traces: {branch: [scale per call]}, branches called in order at each step; ``step_sizes``: what a pipeline's
+    scheduler would tell."""
     g = torch.Generator().manual_seed(0)
     base = torch.rand(2, 6, 8, generator=g) + 0.5
     x = torch.randn(2, 6, 8, generator=g)
     engine = DiCacheEngine(cfg, M, "torch")
+    engine.set_step_sizes(step_sizes)
     n = len(next(iter(traces.values())))
     for k in range(n):
         for branch, sc in traces.items():
@@ -961,6 +963,51 @@ def test_plan_runs_in_budget_mode_spends_the_budget_without_probes(target):
     assert "__" not in b.pattern[-5:], b.pattern
 
 
+def test_planned_error_in_steps_or_in_step_sizes():
+    assert planned_error(0.05, 0, 1, 4) == pytest.approx(0.15)  # three steps past the computed call
+    sizes = [1.0, 1.0, 1.0, 2.0, 3.0, 3.0]
+    # measured over step 1 (mean size 1.0 since step 0); ahead steps 2..4 sum to 6.0
+    assert planned_error(0.05, 0, 1, 4, sizes) == pytest.approx(0.05 * 6.0)
+    # measured over steps 2..3 (mean size 1.5); ahead steps 4..5 sum to 6.0
+    assert planned_error(0.05, 1, 3, 5, sizes) == pytest.approx(0.05 * 6.0 / 1.5)
+    # without the sizes, a first computed call or a step past them: per step
+    for args in ((0.05, None, 1, 4, sizes), (0.05, 0, 1, 6, sizes), (0.05, 0, 1, 4, [0.0] * 6)):
+        assert planned_error(*args) == pytest.approx(0.05 * (args[3] - args[2]))
+
+
+def test_plan_error_step_sizes_shortens_the_runs_where_the_steps_grow():
+    n = 13
+    errors = scales([0.05] * (n - 1))
+    cfg = DiCacheConfig(threshold=0.27, warmup=2, plan_runs=True)
+    per_step = drive(cfg, {"c": errors}, num_steps=n).branches["c"].pattern
+    assert per_step == "FF_____F____F"
+    sized = cfg.replace(plan_error="step_sizes")
+    # even steps: the same plan; no step sizes told: the same plan
+    assert drive(sized, {"c": errors}, num_steps=n, step_sizes=[0.1] * n).branches["c"].pattern == per_step
+    assert drive(sized, {"c": errors}, num_steps=n).branches["c"].pattern == per_step
+    # steps growing 20 % a step: the error measured on the shorter steps behind predicts more a step ahead, and
+    # the runs shorten as the steps grow
+    sizes = [1.2 ** k for k in range(n)]
+    grown = drive(sized, {"c": errors}, num_steps=n, step_sizes=sizes).branches["c"].pattern
+    assert grown == "FF___F__F__F_", grown
+    # the budget's simulation of the fixed-δ plan predicts as the engine plans, on the increments it measured (a
+    # computed call t after the one at t0 measures (1.05^(t − t0) − 1)/(t − t0) a step)
+    def measured(pattern):
+        done = [k for k, c in enumerate(pattern) if c == "F"]
+        incs = [0.0] * n
+        for t0, t in zip(done, done[1:]):
+            incs[t0 + 1:t + 1] = [(1.05 ** (t - t0) - 1) / (t - t0)] * (t - t0)
+        incs[done[-1] + 1:] = [incs[done[-1]]] * (n - 1 - done[-1])
+        return incs
+
+    budget = Budget(sized, M)
+    budget.step_sizes = sizes
+    assert budget.simulate(measured(grown), n, 0.27) == grown.count("F") == 5
+    budget.step_sizes = None  # per step on the same increments: fewer calls
+    assert budget.simulate(measured(grown), n, 0.27) == 3
+    assert budget.simulate(measured(per_step), n, 0.27) == per_step.count("F")
+
+
 def test_max_extrapolation_grows_runs_by_one_call_per_refresh():
     errors = scales([0.01] * 11)
     b = drive(DiCacheConfig(threshold=100.0, warmup=3, max_extrapolation=1.0), {"c": errors}).branches["c"]
@@ -1065,6 +1112,8 @@ def test_monotone_runs_in_budget_mode_spends_the_budget(replay, target):
         (dict(max_extrapolation="1"), "max_extrapolation"),
         (dict(monotone_runs="auto"), "monotone_runs"),
         (dict(monotone_runs=1), "monotone_runs"),
+        (dict(plan_error="sizes"), "plan_error"),
+        (dict(plan_error=None), "plan_error"),
     ],
 )
 def test_bad_plan_values(options, word):
