@@ -67,6 +67,9 @@ DICACHE_SCHED = "DiCache δ schedule"
 # preset + force_last_step=0.1: the last tenth of the steps computed (2 at 20 steps, 3 at 30, 5 at 50) where the
 # preset computes the last 4% (1, 2, 2): a skip of the second-to-last step costs the most of any single skip
 DICACHE_LAST10 = "DiCache last 10%"
+# preset + plan_error="step_sizes": planned runs predict their error in proportion to the step sizes (where runs are
+# planned: 30 and 50 steps here)
+DICACHE_SIZED = "DiCache sized runs"
 DICACHE_NOALIGN = "DiCache γ=1"  # preset + gamma_clip=(1, 1), γ from the probe: no trajectory alignment
 DICACHE_M2 = "DiCache m=2"
 DICACHE_M3 = "DiCache m=3"
@@ -75,7 +78,7 @@ DICACHE_NORUN = "DiCache run_power=0"  # preset + run_power=0 + cap 2: every reu
 PEERS = (UNIFORM, FBC, TAYLORSEER, TAYLORSEER_LITE, MAGCACHE, SEACACHE, DBCACHE)
 DICACHES = (DICACHE, DICACHE_PAPER, DICACHE_BUDGET, DICACHE_BUDGET_ONLINE, DICACHE_ORDER1, DICACHE_ORDER2,
             DICACHE_STEPS, DICACHE_PROBE, DICACHE_PROBED, DICACHE_REACH2, DICACHE_NOREACH,
-            DICACHE_SEPARATE, DICACHE_CAP2, DICACHE_SCHED, DICACHE_LAST10, DICACHE_NOALIGN, DICACHE_M2, DICACHE_M3, DICACHE_NO_PREDICTIVE,
+            DICACHE_SEPARATE, DICACHE_CAP2, DICACHE_SCHED, DICACHE_LAST10, DICACHE_SIZED, DICACHE_NOALIGN, DICACHE_M2, DICACHE_M3, DICACHE_NO_PREDICTIVE,
             DICACHE_NORUN)
 FAMILIES = (NO_CACHE,) + PEERS + DICACHES
 
@@ -222,6 +225,8 @@ for _m in SETTINGS:
         SETTINGS[_m][_st][DICACHE] = denser(SETTINGS[_m][_st][DICACHE])
         # the preset's list from δ = 0.1 on (about 1.7× fewer flops and more on every model)
         SETTINGS[_m][_st][DICACHE_LAST10] = [d for d in SETTINGS[_m][_st][DICACHE] if d >= 0.1]
+        if _st >= STEPS_GAMMA_MIN_STEPS:  # where runs are planned; its runs are shorter: the list goes on to 2.4
+            SETTINGS[_m][_st][DICACHE_SIZED] = [d for d in denser(SETTINGS[_m][_st][DICACHE], hi=2.4) if d >= 0.1]
 
 # --quick: one setting per family (the smoke test checks every family has a row).
 QUICK_FAMILIES = {fam: (lambda s: s[1:2] if len(s) > 1 else s[:1]) for fam in FAMILIES[1:]}
@@ -428,6 +433,8 @@ def dicache_method(family: str, value: float) -> Method:
         opts["monotone_runs"] = False
     elif family == DICACHE_LAST10:
         opts["force_last_step"] = 0.1
+    elif family == DICACHE_SIZED:
+        opts["plan_error"] = "step_sizes"
     elif family == DICACHE_NO_PREDICTIVE:
         opts["predictive_skip"] = False
     elif family == DICACHE_NORUN:
