@@ -1202,12 +1202,14 @@ def spread(rows: List[Dict], runs: List[Dict], resamples: int = 1000, seed: int 
             raise ValueError(f"{key}: runs with different numbers of samples ({sizes[key]} and {len(e)})")
     if not sizes:
         raise ValueError("no run of the report has its samples' PSNR (quality_details.json from before them?)")
-    kept = [r for i, r in enumerate(rows) if i in errors or r["family"] == qm.NO_CACHE
+    # rows that count for nothing in the margins (the reference, failed or unsupported runs) stay as they are
+    keep = [i for i, r in enumerate(rows) if i in errors or r["family"] == qm.NO_CACHE or r.get("status") != "ok"
             or (r["model"], int(r["steps"])) not in sizes]
-    if len(kept) < len(rows):
-        dropped = sorted({f"{r['family']} ({r['model']} {r['steps']})" for r in rows if not any(r is k for k in kept)})
+    if len(keep) < len(rows):
+        dropped = sorted({f"{r['family']} ({r['model']} {r['steps']})" for i, r in enumerate(rows) if i not in keep})
         warnings.warn("spread: runs without their samples' PSNR left out: " + ", ".join(dropped))
-    errors = {kept.index(rows[i]): e for i, e in errors.items()}
+    kept = [rows[i] for i in keep]
+    errors = {j: errors[i] for j, i in enumerate(keep) if i in errors}
     measured = margins(kept, metric)
     gen = torch.Generator().manual_seed(seed)
     samples: Dict[Tuple, List[float]] = {k: [] for k in measured}
