@@ -184,7 +184,7 @@ class Budget:
             r.reason in (REUSE, REUSE_ONE, PLANNED, PREDICTED, REFRESH) for r in state.records)
         if follower:
             return "follows"
-        return "online, step sizes" if state.num_steps and self._sizes(state.num_steps) else "online"
+        return "online, step sizes" if state.num_steps and self.sizes_for(state.num_steps) else "online"
 
     def _replay_delta(self, state: BranchState, n: int, branches: int) -> Optional[float]:
         """δ of the replay rule for this trajectory of ``state``, or None without a profile."""
@@ -245,7 +245,7 @@ class Budget:
         ``max_extrapolation`` and ``monotone_runs``. ``begin``: see :meth:`simulate_calls`."""
         reach = self.config.max_extrapolation_at(n)
         monotone = self.config.monotone_runs_at(n)
-        sizes = self._sizes(n) if self.config.plan_error == "step_sizes" else None
+        sizes = self.sizes_for(n) if self.config.plan_error == "step_sizes" else None
         full, run, e = 0, 0, None
         t1 = t2 = None  # the two newest computed steps
         last_run = shorten_to = None  # monotone_runs (next_shortening)
@@ -313,7 +313,7 @@ class Budget:
         rate = max(state.err_sum / state.err_n, state.err_last)
         return rate * steps_left / left
 
-    def _sizes(self, n: int) -> Optional[List[float]]:
+    def sizes_for(self, n: int) -> Optional[List[float]]:
         """The step sizes of a trajectory of ``n`` calls, if the pipeline told them (and they are usable)."""
         sizes = self.step_sizes
         if sizes is None or len(sizes) != n or not all(math.isfinite(v) and v >= 0 for v in sizes) or not any(sizes):
@@ -326,7 +326,7 @@ class Budget:
         :meth:`_online_delta`)."""
         if self.config.plans_runs(n) or state.probe_step is None or state.err_n == 0:
             return None
-        return self._sizes(n)
+        return self.sizes_for(n)
 
     def _online_delta_probed(self, state: BranchState, step: int, n: int, branches: int) -> Optional[float]:
         """δ of the online rule where every call is probed, for the call at ``step``, when the step sizes are
@@ -429,7 +429,7 @@ class Budget:
     def _online_delta(self, state: BranchState, start: int, n: int) -> Optional[float]:
         """δ of the online rule for the run that starts at ``start`` (solved once per run), or None."""
         if state.online_delta is None or state.online_delta[0] != start:
-            profile = self.online_profile(state, start, n, self._sizes(n))
+            profile = self.online_profile(state, start, n, self.sizes_for(n))
             if profile is None:
                 return None
             # the calls after ``start`` only: those before it are decided, the budget left is what they spend

@@ -1249,7 +1249,7 @@ def test_online_profile_predicts_the_errors_from_the_step_sizes():
         assert (budget._sizes_rule(state, 30) is not None) == usable
     planned = DiCacheEngine(cfg.replace(plan_runs=True), M, "torch")._budget
     planned.step_sizes = sizes
-    assert planned._sizes(30) is not None and planned._sizes_rule(state, 30) is None
+    assert planned.sizes_for(30) is not None and planned._sizes_rule(state, 30) is None
 
 
 def test_online_profile_reads_the_ratio_to_the_step_size_after_the_warm_up():
