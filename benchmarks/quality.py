@@ -27,7 +27,7 @@ all ``--labels`` in one batch through the real diffusers pipeline, with
 * DiCache on its family preset at several thresholds, and the families that change one option each
   (``quality_methods.DICACHES``): the authors' settings, compute-budget mode (``target_speedup``),
   first- and second-order alignment, γ from the steps or the probe, separate CFG decisions, a cap of 2
-  reuses in a row, a δ schedule, the last tenth of the steps computed, planned runs on the step sizes, γ fixed to 1, probe depth 2 and 3,
+  reuses in a row, a δ schedule, the last tenth of the steps computed, planned runs on the count of steps (the earlier rule), γ fixed to 1, probe depth 2 and 3,
   predictive skips off (the preset skips by prediction below 25 steps), and the run rule off (``run_power=0``
   with a cap of 2: the earlier preset).
 
@@ -753,7 +753,7 @@ _STYLE = {
     qm.DICACHE_M2: ("peru", "h"), qm.DICACHE_M3: ("sienna", "8"), qm.DICACHE_NO_PREDICTIVE: ("crimson", "*"),
     qm.DICACHE_NORUN: ("lightcoral", "s"), qm.DICACHE_STEPS: ("maroon", "o"), qm.DICACHE_PROBE: ("firebrick", "o"),
     qm.DICACHE_PROBED: ("darkorange", "D"), qm.DICACHE_LAST10: ("orangered", "v"),
-    qm.DICACHE_SIZED: ("mediumvioletred", "^"),
+    qm.DICACHE_STEP_RUNS: ("mediumvioletred", "^"),
 }
 
 

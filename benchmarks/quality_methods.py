@@ -67,9 +67,9 @@ DICACHE_SCHED = "DiCache δ schedule"
 # preset + force_last_step=0.1: the last tenth of the steps computed (2 at 20 steps, 3 at 30, 5 at 50) where the
 # preset computes the last 4% (1, 2, 2): a skip of the second-to-last step costs the most of any single skip
 DICACHE_LAST10 = "DiCache last 10%"
-# preset + plan_error="step_sizes": planned runs predict their error in proportion to the step sizes (where runs are
-# planned: 30 and 50 steps here)
-DICACHE_SIZED = "DiCache sized runs"
+# preset + plan_error="steps": planned runs predict their error from the count of steps ahead, not the step sizes
+# (the earlier preset's rule; where runs are planned: 30 and 50 steps here)
+DICACHE_STEP_RUNS = "DiCache step runs"
 DICACHE_NOALIGN = "DiCache γ=1"  # preset + gamma_clip=(1, 1), γ from the probe: no trajectory alignment
 DICACHE_M2 = "DiCache m=2"
 DICACHE_M3 = "DiCache m=3"
@@ -78,7 +78,7 @@ DICACHE_NORUN = "DiCache run_power=0"  # preset + run_power=0 + cap 2: every reu
 PEERS = (UNIFORM, FBC, TAYLORSEER, TAYLORSEER_LITE, MAGCACHE, SEACACHE, DBCACHE)
 DICACHES = (DICACHE, DICACHE_PAPER, DICACHE_BUDGET, DICACHE_BUDGET_ONLINE, DICACHE_ORDER1, DICACHE_ORDER2,
             DICACHE_STEPS, DICACHE_PROBE, DICACHE_PROBED, DICACHE_REACH2, DICACHE_NOREACH,
-            DICACHE_SEPARATE, DICACHE_CAP2, DICACHE_SCHED, DICACHE_LAST10, DICACHE_SIZED, DICACHE_NOALIGN, DICACHE_M2, DICACHE_M3, DICACHE_NO_PREDICTIVE,
+            DICACHE_SEPARATE, DICACHE_CAP2, DICACHE_SCHED, DICACHE_LAST10, DICACHE_STEP_RUNS, DICACHE_NOALIGN, DICACHE_M2, DICACHE_M3, DICACHE_NO_PREDICTIVE,
             DICACHE_NORUN)
 FAMILIES = (NO_CACHE,) + PEERS + DICACHES
 
@@ -219,14 +219,18 @@ def denser(deltas: Sequence[float], lo: float = 0.1, hi: float = 1.2, ratio: flo
 # δ = 0.14 2.07× at 53.0 (the mean of the samples' PSNR 57.4 and 54.7: three of the first's 40 samples fall under
 # 45 dB; benchmarks/RESULTS.md, fifteenth round). A list with gaps of 2× in δ reads that curve between two far
 # points: at every step count the preset's list has no gap much wider than 2^(1/4) from δ = 0.1 to 1.2 (about 2× to
-# 3× fewer flops on every model). The families that copy it above keep the sparser list.
+# 3× fewer flops on every model), to 2.4 where runs are planned (their error read on the step sizes ahead,
+# ``plan_error="step_sizes"``, the runs are shorter at the same δ: 3× takes δ = 1.1 to 1.5 at 50 steps). The
+# families that copy it above keep the sparser list.
 for _m in SETTINGS:
     for _st in SETTINGS[_m]:
-        SETTINGS[_m][_st][DICACHE] = denser(SETTINGS[_m][_st][DICACHE])
+        _planned = _st >= STEPS_GAMMA_MIN_STEPS
+        SETTINGS[_m][_st][DICACHE] = denser(SETTINGS[_m][_st][DICACHE], hi=2.4 if _planned else 1.2)
         # the preset's list from δ = 0.1 on (about 1.7× fewer flops and more on every model)
-        SETTINGS[_m][_st][DICACHE_LAST10] = [d for d in SETTINGS[_m][_st][DICACHE] if d >= 0.1]
-        if _st >= STEPS_GAMMA_MIN_STEPS:  # where runs are planned; its runs are shorter: the list goes on to 2.4
-            SETTINGS[_m][_st][DICACHE_SIZED] = [d for d in denser(SETTINGS[_m][_st][DICACHE], hi=2.4) if d >= 0.1]
+        _from_01 = [d for d in SETTINGS[_m][_st][DICACHE] if d >= 0.1]
+        SETTINGS[_m][_st][DICACHE_LAST10] = list(_from_01)
+        if _planned:  # where runs are planned
+            SETTINGS[_m][_st][DICACHE_STEP_RUNS] = list(_from_01)
 
 # --quick: one setting per family (the smoke test checks every family has a row).
 QUICK_FAMILIES = {fam: (lambda s: s[1:2] if len(s) > 1 else s[:1]) for fam in FAMILIES[1:]}
@@ -433,8 +437,8 @@ def dicache_method(family: str, value: float) -> Method:
         opts["monotone_runs"] = False
     elif family == DICACHE_LAST10:
         opts["force_last_step"] = 0.1
-    elif family == DICACHE_SIZED:
-        opts["plan_error"] = "step_sizes"
+    elif family == DICACHE_STEP_RUNS:
+        opts["plan_error"] = "steps"
     elif family == DICACHE_NO_PREDICTIVE:
         opts["predictive_skip"] = False
     elif family == DICACHE_NORUN:

@@ -740,6 +740,7 @@ def test_presets_are_the_studied_rule_and_the_paper_settings_stay_available():
         assert cfg.run_power == "auto" and cfg.force_last_step == 0.04 and cfg.predictive_skip, family
         assert cfg.alignment_order == "auto" and cfg.gamma_source == "auto", family
         assert cfg.plan_runs == "auto" and cfg.max_extrapolation == "auto" and cfg.monotone_runs is True, family
+        assert cfg.plan_error == "step_sizes", family
         # 20 steps: the probe decides every call, as before; 50: planned runs, the quadratic's run power
         # both forced phases scale with the steps: 1 + 1 calls at 20 steps, 2 + 2 at 30, 3 + 2 at 50
         assert [cfg.warmup_calls(n) for n in (20, 30, 50)] == [1, 2, 3], family
