@@ -14,6 +14,9 @@
     .venv/bin/python benchmarks/quality.py at DIR... --families A,B   # their PSNR interpolated at chosen savings
     .venv/bin/python benchmarks/quality.py spread DIR                 # each acceptance margin resampled over the
                                                                       # report's samples: how far it rests on them
+    .venv/bin/python benchmarks/quality.py patterns DIR... --families A,B --savings 2.8,3.2
+                                                                      # their settings there, a label per call
+                                                                      # pattern: which patterns each δ list hits
 
 For each shipped model (``flux_digits``: FluxPipeline with true CFG; ``wan_digits``: WanPipeline with
 CFG; ``hunyuan_digits``: HunyuanVideoPipeline with true CFG, the held-out model), each step count (``--steps``, default 20 and 50) and each seed (``--seeds``), the model samples
@@ -1123,6 +1126,98 @@ def at_main(argv: Sequence[str]) -> int:
     return 0
 
 
+def call_patterns(run: Dict) -> Optional[Tuple]:
+    """The calls a setting made (every seed's pattern per branch, in seed order) from a report's per-run details,
+    or None where the run recorded none (peers, failed runs)."""
+    seeds = run.get("runs") or []
+    if isinstance(seeds, str):  # details written before they were JSON lists
+        return None
+    key = []
+    for r in sorted(seeds, key=lambda r: int(r["seed"])):
+        pat = r.get("pattern")
+        if not isinstance(pat, dict) or not pat:
+            return None
+        key.append((int(r["seed"]), tuple(sorted(pat.items()))))
+    return tuple(key) or None
+
+
+def patterns_table(rows: List[Dict], runs: List[Dict], families: Sequence[str], lo: float, hi: float,
+                   steps: Optional[Sequence[int]] = None) -> List[str]:
+    """Markdown: the families' settings that save between ``lo``× and ``hi``× fewer flops, by savings, each with a
+    label of the calls it made (the same label: the same pattern on every seed and branch), and per model and step
+    count which labels each family hits: where two rules make the same patterns at different δ, the front of one
+    can miss a pattern the other's δ list happens to land on."""
+    by_key = {(r["model"], str(r["steps"]), r["family"], r["setting"]): r for r in runs}
+    per_sample = _has_sample_mean(rows)
+    out = ["| model | steps | fewer flops | PSNR dB | family | setting | calls |",
+           "| --- | ---: | ---: | ---: | --- | --- | --- |"]
+    notes: List[str] = []
+    for model, st in sorted({(r["model"], r["steps"]) for r in rows}):
+        if steps and int(st) not in steps:
+            continue
+        sel = [r for r in rows if r["model"] == model and r["steps"] == st and r["family"] in families
+               and r.get("status") == "ok" and lo - 1e-9 <= float(r["fewer_flops"]) <= hi + 1e-9]
+        if not sel:
+            continue
+        labels: Dict[Tuple, str] = {}
+        hits: Dict[str, set] = {f: set() for f in families}
+        for r in sorted(sel, key=lambda r: (float(r["fewer_flops"]), families.index(r["family"]))):
+            pat = call_patterns(by_key.get((model, str(st), r["family"], r["setting"]), {}))
+            lab = "?" if pat is None else labels.setdefault(pat, _label(len(labels)))
+            hits[r["family"]].add(lab)
+            psnr = f"{float(r['psnr']):.1f}" + (f" / {float(r['psnr_mean']):.1f}" if per_sample else "")
+            out.append(f"| {model} | {st} | {float(r['fewer_flops']):.2f}× | {psnr} | {r['family']} | {r['setting']} "
+                       f"| {lab} |")
+        parts = []
+        for f in families:
+            own = sorted(hits[f] - set().union(*(hits[g] for g in families if g != f)) - {"?"})
+            parts.append(f"{f}: {len(hits[f] - {'?'})} patterns" + (f", only it: {', '.join(own)}" if own else ""))
+        notes.append(f"* {model} {st}: " + "; ".join(parts))
+    return out + [""] + notes
+
+
+def _label(i: int) -> str:
+    """``a``, ``b``, …, ``z``, ``aa``, ``ab``, …"""
+    s = ""
+    i += 1
+    while i:
+        i, r = divmod(i - 1, 26)
+        s = chr(ord("a") + r) + s
+    return s
+
+
+def patterns_main(argv: Sequence[str]) -> int:
+    """``quality.py patterns REPORT_DIR [...] --families A,B --savings LO,HI [--steps 50]``: the families' settings
+    between LO× and HI× fewer flops with a label per call pattern (:func:`patterns_table`)."""
+    ap = argparse.ArgumentParser(prog="quality.py patterns", description=patterns_main.__doc__)
+    ap.add_argument("reports", nargs="+", help="report directories (quality.csv and quality_details.json)")
+    ap.add_argument("--families", required=True, help="comma-separated families, as in the report")
+    ap.add_argument("--savings", required=True, help="LO,HI: the range of fewer flops (×) to list")
+    ap.add_argument("--steps", type=_int_list, default=None)
+    a = ap.parse_args(argv)
+    try:
+        lo, hi = (float(v) for v in a.savings.split(","))
+    except ValueError:
+        ap.error(f"--savings: two numbers LO,HI, got {a.savings!r}")
+    if not 1.0 <= lo <= hi:
+        ap.error(f"--savings: 1 <= LO <= HI, got {a.savings!r}")
+    rows: List[Dict] = []
+    runs: List[Dict] = []
+    for d in a.reports:
+        paths = [os.path.join(d, n) for n in ("quality.csv", "quality_details.json")]
+        if not all(os.path.isfile(p) for p in paths):
+            ap.error(f"not a report directory (quality.csv and quality_details.json): {d!r}")
+        rows += read_csv(paths[0])
+        with open(paths[1]) as f:
+            runs += json.load(f)["runs"]
+    families = [f.strip() for f in a.families.split(",") if f.strip()]
+    missing = [f for f in families if not any(r["family"] == f for r in rows)]
+    if missing:
+        ap.error(f"--families: {missing} not in the reports; they hold {sorted({r['family'] for r in rows})}")
+    print("\n".join(patterns_table(rows, runs, families, lo, hi, a.steps)))
+    return 0
+
+
 def sample_errors(rows: List[Dict], runs: List[Dict]) -> Dict[int, torch.Tensor]:
     """{index of a row in ``rows``: its samples' squared errors (``10^(−PSNR/10)``, float64), in seed and label
     order} from a report's per-run details; rows without every sample's PSNR are left out."""
@@ -1296,6 +1391,8 @@ def main(argv=None) -> int:
         return at_main(sys.argv[2:])
     if argv is None and len(sys.argv) > 1 and sys.argv[1] == "spread":
         return spread_main(sys.argv[2:])
+    if argv is None and len(sys.argv) > 1 and sys.argv[1] == "patterns":
+        return patterns_main(sys.argv[2:])
     if argv is None and len(sys.argv) > 1 and sys.argv[1] == "merge":
         # quality.py merge OUT DIR1 DIR2 ... [--models M1,M2]: one report of runs done in separate processes
         ap = argparse.ArgumentParser(prog="quality.py merge")

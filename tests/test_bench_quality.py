@@ -485,6 +485,56 @@ def test_spread_resamples_the_samples_behind_each_margin(tmp_path, capsys):
         Q.spread_main([str(tmp_path), "--level", "90"])
 
 
+def test_patterns_labels_the_calls_each_setting_made(tmp_path, capsys):
+    """``quality.py patterns``: the settings in a savings range, one label per call pattern (every seed and
+    branch), and which patterns only one family's δ list hits."""
+    import quality as Q
+    import quality_methods as qm
+
+    def setting(family, delta, frac, psnr, pats):
+        row = dict(model="wan_digits", steps=50, family=family, setting=f"δ={delta}", status="ok", seeds=2,
+                   labels=10, flop_fraction=frac, block_fraction=frac, mac_fraction=frac, savings=1 - frac,
+                   fewer_flops=1 / frac, calls=100, wall_s=1.0, speedup=1.0, cpu_s=1.0, speedup_cpu=1.0, psnr=psnr,
+                   psnr_mean=psnr + 2, ssim=0.99, weights="", note="", lpips="")
+        runs = [dict(seed=k, flops=1, calls=100, pattern={"cond": p, "uncond": p}) for k, p in enumerate(pats)]
+        return row, dict(model="wan_digits", steps="50", family=family, setting=row["setting"], runs=runs)
+
+    a, b = "FF_F__F_F", "FF__F_F_F"
+    made = [setting(qm.DICACHE, 0.9, 1 / 2.9, 46.3, [a, a]), setting(qm.DICACHE, 1.0, 1 / 2.9, 43.1, [b, a]),
+            setting(qm.DICACHE_STEP_RUNS, 0.7, 1 / 2.9, 43.1, [b, a]),  # the same calls at another δ
+            setting(qm.DICACHE_STEP_RUNS, 0.8, 1 / 2.9, 40.0, [b, b]),
+            setting(qm.DICACHE, 0.3, 1 / 2.0, 50.0, [a, a])]  # outside the range asked for
+    rows, runs = [r for r, _ in made], [d for _, d in made]
+    lines = Q.patterns_table(rows, runs, [qm.DICACHE, qm.DICACHE_STEP_RUNS], 2.8, 3.0)
+    body = [ln for ln in lines if ln.startswith("| wan_digits")]
+    assert [ln.split(" | ")[-1] for ln in body] == ["a |", "b |", "b |", "c |"]
+    assert "| 2.90× | 46.3 / 48.3 | DiCache | δ=0.9 | a |" in body[0]
+    assert lines[-1] == "* wan_digits 50: DiCache: 2 patterns, only it: a; DiCache step runs: 2 patterns, only it: c"
+    # a run without recorded patterns (a peer's) gets "?" and counts for nothing
+    runs_missing = [dict(d, runs=[dict(r, pattern={}) for r in d["runs"]]) if d["setting"] == "δ=0.8" else d
+                    for d in runs]
+    assert Q.patterns_table(rows, runs_missing, [qm.DICACHE, qm.DICACHE_STEP_RUNS], 2.8, 3.0)[-1].endswith(
+        "DiCache step runs: 1 patterns")
+    assert Q._label(0) == "a" and Q._label(25) == "z" and Q._label(26) == "aa"
+
+    # the command reads report directories
+    Q.write_csv(rows, str(tmp_path / "quality.csv"))
+    (tmp_path / "quality_details.json").write_text(json.dumps(dict(meta={}, runs=runs)))
+    assert Q.patterns_main([str(tmp_path), "--families", f"{qm.DICACHE},{qm.DICACHE_STEP_RUNS}",
+                            "--savings", "2.8,3"]) == 0
+    assert "only it: c" in capsys.readouterr().out
+    for bad in (["--savings", "3"], ["--savings", "3,2"], ["--savings", "0.5,2"]):
+        with pytest.raises(SystemExit):
+            Q.patterns_main([str(tmp_path), "--families", qm.DICACHE, *bad])
+        assert "--savings" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        Q.patterns_main([str(tmp_path), "--families", "no such family", "--savings", "2,3"])
+    assert "not in the reports" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        Q.patterns_main([str(tmp_path / "nothing"), "--families", qm.DICACHE, "--savings", "2,3"])
+    assert "not a report directory" in capsys.readouterr().err
+
+
 def test_step_sizes_script_prints_each_step_s_error_beside_its_size(capsys):
     import step_sizes
 
