@@ -231,6 +231,10 @@ for _m in SETTINGS:
         SETTINGS[_m][_st][DICACHE_LAST10] = list(_from_01)
         if _planned:  # where runs are planned
             SETTINGS[_m][_st][DICACHE_STEP_RUNS] = list(_from_01)
+            # the δ schedule's two values, run on runs read on the step sizes, stop short of 2.25× (Flux 50: 2.17×,
+            # was 2.37×): two more, 4/3 and 2 times its larger δ, keep the rival on both sides of 2–2.5×
+            _s = SETTINGS[_m][_st][DICACHE_SCHED]
+            SETTINGS[_m][_st][DICACHE_SCHED] = sorted(set(_s) | {float(f"{k * max(_s):.2g}") for k in (4 / 3, 2)})
 
 # --quick: one setting per family (the smoke test checks every family has a row).
 QUICK_FAMILIES = {fam: (lambda s: s[1:2] if len(s) > 1 else s[:1]) for fam in FAMILIES[1:]}
