@@ -245,7 +245,7 @@ class Budget:
         ``max_extrapolation`` and ``monotone_runs``. ``begin``: see :meth:`simulate_calls`."""
         reach = self.config.max_extrapolation_at(n)
         monotone = self.config.monotone_runs_at(n)
-        sizes = self.sizes_for(n) if self.config.plan_error == "step_sizes" else None
+        sizes = self.sizes_for(n) if self.config.plan_on_step_sizes() else None
         full, run, e = 0, 0, None
         t1 = t2 = None  # the two newest computed steps
         last_run = shorten_to = None  # monotone_runs (next_shortening)

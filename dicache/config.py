@@ -9,7 +9,7 @@ from typing import Any, Dict, Optional, Tuple, Union
 
 ERRORS = ("probe", "probe_minus_input")
 BATCH_POLICIES = ("global", "max")
-PLAN_ERRORS = ("steps", "step_sizes")
+PLAN_ERRORS = ("steps", "step_sizes", "auto")
 CFG_DECISIONS = ("separate", "shared")
 GAMMA_SOURCES = ("probe", "steps", "auto")
 # gamma_source="auto": the step distance from this many denoising steps on, the probe's γ below
@@ -101,7 +101,11 @@ class DiCacheConfig:
             proportion to the scheduler's step sizes, ``e · Σ size(t2, t2 + j] / mean size(t1, t2]`` (``t1``,
             ``t2`` the two newest computed calls): the steps of a denoising schedule grow towards its end, and
             with them the error a run accumulates. Falls back to ``"steps"`` where the pipeline does not tell
-            the step sizes (a bare transformer). The presets take ``"step_sizes"``.
+            the step sizes (a bare transformer). ``"auto"`` (the presets): ``"step_sizes"`` with a fixed δ,
+            ``"steps"`` in budget mode (``target_speedup``), whose replay solves δ on one call's error profile:
+            read on the step sizes, its plan packs the calls towards the end and a counted call that meets
+            smaller errors there spends the budget left on the final steps in a row (Wan 50 at 2.5×, seeds 0–3:
+            ``…F__F_FFFF``, 3.4 dB below its plan on the count of steps).
         max_extrapolation: a reuse sits at most this many times the spacing of the two newest stored
             entries past the newest one, ``(t − t2) ≤ r·(t2 − t1)``; a call beyond is computed (None: no
             bound). With 1, runs of reuses grow by at most one call per refresh (after a warm-up of
@@ -196,6 +200,11 @@ class DiCacheConfig:
         if self.gamma_source == "auto":
             return num_steps is not None and num_steps >= STEPS_GAMMA_MIN_STEPS
         return self.gamma_source == "steps"
+
+    def plan_on_step_sizes(self) -> bool:
+        """Whether a planned run reads its error on the step sizes ahead (``plan_error``; ``"auto"``: with a fixed
+        δ, not in budget mode)."""
+        return self.plan_error == "step_sizes" or (self.plan_error == "auto" and self.target_speedup is None)
 
     def plans_runs(self, num_steps: Optional[int]) -> bool:
         """Whether runs of reuses are planned on a trajectory of ``num_steps`` (``plan_runs``)."""
@@ -342,13 +351,15 @@ PAPER_PRESETS: Dict[str, DiCacheConfig] = {
 # * ``monotone_runs=True``: where runs are planned, once they shorten they never lengthen again (each run is
 #   planned on the error measured over the run before it, and a longer run measures less per step, so the plan
 #   alternated: ``…F__F___F__F…``; sorted into shortening order, the same runs scored higher at 6 of 7 places);
-# * ``plan_error="step_sizes"``: a planned run predicts its error from the scheduler's step sizes ahead, not from the
-#   count of steps (the steps of a flow-matching schedule grow towards its end: 2.5× over 50 steps on Flux, 9× on
-#   Wan, 43× on the held-out model). Against the count, interpolated at 2–3× fewer flops on seeds 0–3: at 50 steps
-#   +0.9 dB at Flux 2×, +0.7 to +2.1 on the held-out model at 2–2.5×, nowhere below −0.3; at 30 steps up to +0.9
-#   (pooled) and +2.1 (mean of the samples) on the held-out model, level on Flux and Wan. On seeds 4–5 the gains at
-#   2–2.5× repeat; its losses at 3× (Wan −1.3, held-out −1.1) are one δ of the count's list landing on a call
-#   pattern of the same cost that none of its own δ values hits (the two rules make the same patterns, at shifted δ);
+# * ``plan_error="auto"``: with a fixed δ, a planned run predicts its error from the scheduler's step sizes ahead,
+#   not from the count of steps (the steps of a flow-matching schedule grow towards its end: 2.5× over 50 steps on
+#   Flux, 9× on Wan, 43× on the held-out model). Against the count, interpolated at 2–3× fewer flops on seeds 0–3:
+#   at 50 steps +0.9 dB at Flux 2×, +0.7 to +2.1 on the held-out model at 2–2.5×, nowhere below −0.3; at 30 steps
+#   up to +0.9 (pooled) and +2.1 (mean of the samples) on the held-out model, level on Flux and Wan. On seeds 4–5
+#   the gains at 2–2.5× repeat; its losses at 3× (Wan −1.3, held-out −1.1) are one δ of the count's list landing
+#   on a call pattern of the same cost that none of its own δ values hits (the two rules make the same patterns,
+#   at shifted δ). In budget mode the count of steps: the replay's plan on the step sizes lost 2.2–3.6 dB on Wan
+#   50 at 2.25–3× (benchmarks/RESULTS.md, seventeenth round);
 # * ``predictive_skip=True``: where the probe decides every call (below 25 steps) a skip right after a probed
 #   skip runs no probe while the last increment says the error stays under δ (at 20 steps, against the same
 #   preset without it on the same δ values: +0.4 / +1.3 / +0.8 dB on Flux at 2× / 2.25× / 2.5×, +0.6 on Wan at
@@ -357,15 +368,15 @@ PAPER_PRESETS: Dict[str, DiCacheConfig] = {
 PRESETS: Dict[str, DiCacheConfig] = {
     "flux": PAPER_PRESETS["flux"].replace(
         threshold=0.3, warmup=0.05, run_power="auto", force_last_step=0.04, cfg_decision="shared", alignment_order="auto",
-        gamma_source="auto", plan_runs="auto", plan_error="step_sizes", max_extrapolation="auto", monotone_runs=True,
+        gamma_source="auto", plan_runs="auto", plan_error="auto", max_extrapolation="auto", monotone_runs=True,
         predictive_skip=True),
     "hunyuan_video": PAPER_PRESETS["hunyuan_video"].replace(
         threshold=0.2, warmup=0.05, run_power="auto", force_last_step=0.04, cfg_decision="shared",
-        alignment_order="auto", gamma_source="auto", plan_runs="auto", plan_error="step_sizes", max_extrapolation="auto",
+        alignment_order="auto", gamma_source="auto", plan_runs="auto", plan_error="auto", max_extrapolation="auto",
         monotone_runs=True, predictive_skip=True),
     "wan": PAPER_PRESETS["wan"].replace(
         threshold=0.16, warmup=0.05, run_power="auto", force_last_step=0.04, cfg_decision="shared",
-        alignment_order="auto", gamma_source="auto", plan_runs="auto", plan_error="step_sizes", max_extrapolation="auto",
+        alignment_order="auto", gamma_source="auto", plan_runs="auto", plan_error="auto", max_extrapolation="auto",
         monotone_runs=True, predictive_skip=True),
 }
 DEFAULT = DiCacheConfig()

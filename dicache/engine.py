@@ -266,7 +266,7 @@ class DiCacheEngine:
     def _run_error(self, state: BranchState) -> float:
         """The accumulated error the planned run predicts at the current call (``plan_error``)."""
         sizes = self._budget.sizes_for(self._num_steps) if (
-            self.config.plan_error == "step_sizes" and self._num_steps is not None) else None
+            self.config.plan_on_step_sizes() and self._num_steps is not None) else None
         t1 = state.slot_step.get(state.newest(2)) if state.n_stored >= 2 else None
         return planned_error(state.err_last, t1, state.probe_step, self._cur_step, sizes)
 

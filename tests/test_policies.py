@@ -740,7 +740,8 @@ def test_presets_are_the_studied_rule_and_the_paper_settings_stay_available():
         assert cfg.run_power == "auto" and cfg.force_last_step == 0.04 and cfg.predictive_skip, family
         assert cfg.alignment_order == "auto" and cfg.gamma_source == "auto", family
         assert cfg.plan_runs == "auto" and cfg.max_extrapolation == "auto" and cfg.monotone_runs is True, family
-        assert cfg.plan_error == "step_sizes", family
+        assert cfg.plan_error == "auto" and cfg.plan_on_step_sizes(), family
+        assert not cfg.replace(target_speedup=2.5).plan_on_step_sizes(), family  # budget mode: the count of steps
         # 20 steps: the probe decides every call, as before; 50: planned runs, the quadratic's run power
         # both forced phases scale with the steps: 1 + 1 calls at 20 steps, 2 + 2 at 30, 3 + 2 at 50
         assert [cfg.warmup_calls(n) for n in (20, 30, 50)] == [1, 2, 3], family
@@ -1007,6 +1008,17 @@ def test_plan_error_step_sizes_shortens_the_runs_where_the_steps_grow():
     budget.step_sizes = None  # per step on the same increments: fewer calls
     assert budget.simulate(measured(grown), n, 0.27) == 3
     assert budget.simulate(measured(per_step), n, 0.27) == per_step.count("F")
+    # "auto": on the step sizes with a fixed δ, on the count of steps in budget mode
+    auto = cfg.replace(plan_error="auto")
+    assert drive(auto, {"c": errors}, num_steps=n, step_sizes=sizes).branches["c"].pattern == grown
+    assert auto.plan_on_step_sizes() and sized.plan_on_step_sizes() and not cfg.plan_on_step_sizes()
+    def in_budget(plan_error):  # budget mode computes the last step too
+        b = Budget(cfg.replace(plan_error=plan_error, target_speedup=2.0), M)
+        b.step_sizes = sizes
+        return b.simulate(measured(grown), n, 0.27)
+
+    assert in_budget("auto") == in_budget("steps") == 4  # per step: the 3 calls above and the last step
+    assert in_budget("step_sizes") == 6  # set by hand it holds in budget mode too: the 5 above and the last step
 
 
 def test_max_extrapolation_grows_runs_by_one_call_per_refresh():
