@@ -1129,11 +1129,8 @@ def at_main(argv: Sequence[str]) -> int:
 def call_patterns(run: Dict) -> Optional[Tuple]:
     """The calls a setting made (every seed's pattern per branch, in seed order) from a report's per-run details,
     or None where the run recorded none (peers, failed runs)."""
-    seeds = run.get("runs") or []
-    if isinstance(seeds, str):  # details written before they were JSON lists
-        return None
     key = []
-    for r in sorted(seeds, key=lambda r: int(r["seed"])):
+    for r in sorted(run.get("runs") or [], key=lambda r: int(r["seed"])):
         pat = r.get("pattern")
         if not isinstance(pat, dict) or not pat:
             return None
