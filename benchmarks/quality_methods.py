@@ -70,6 +70,9 @@ DICACHE_LAST10 = "DiCache last 10%"
 # preset + plan_error="steps": planned runs predict their error from the count of steps ahead, not the step sizes
 # (the earlier preset's rule; where runs are planned: 30 and 50 steps here)
 DICACHE_STEP_RUNS = "DiCache step runs"
+# preset + batch_policy="max": each sample of the batch measures its own error and γ, and the batch reuses only when
+# every sample is under δ (the preset pools the batch: one error, one γ)
+DICACHE_PER_SAMPLE = "DiCache per sample"
 DICACHE_NOALIGN = "DiCache γ=1"  # preset + gamma_clip=(1, 1), γ from the probe: no trajectory alignment
 DICACHE_M2 = "DiCache m=2"
 DICACHE_M3 = "DiCache m=3"
@@ -78,7 +81,7 @@ DICACHE_NORUN = "DiCache run_power=0"  # preset + run_power=0 + cap 2: every reu
 PEERS = (UNIFORM, FBC, TAYLORSEER, TAYLORSEER_LITE, MAGCACHE, SEACACHE, DBCACHE)
 DICACHES = (DICACHE, DICACHE_PAPER, DICACHE_BUDGET, DICACHE_BUDGET_ONLINE, DICACHE_ORDER1, DICACHE_ORDER2,
             DICACHE_STEPS, DICACHE_PROBE, DICACHE_PROBED, DICACHE_REACH2, DICACHE_NOREACH,
-            DICACHE_SEPARATE, DICACHE_CAP2, DICACHE_SCHED, DICACHE_LAST10, DICACHE_STEP_RUNS, DICACHE_NOALIGN, DICACHE_M2, DICACHE_M3, DICACHE_NO_PREDICTIVE,
+            DICACHE_SEPARATE, DICACHE_CAP2, DICACHE_SCHED, DICACHE_LAST10, DICACHE_STEP_RUNS, DICACHE_PER_SAMPLE, DICACHE_NOALIGN, DICACHE_M2, DICACHE_M3, DICACHE_NO_PREDICTIVE,
             DICACHE_NORUN)
 FAMILIES = (NO_CACHE,) + PEERS + DICACHES
 
@@ -229,6 +232,7 @@ for _m in SETTINGS:
         # the preset's list from δ = 0.1 on (about 1.7× fewer flops and more on every model)
         _from_01 = [d for d in SETTINGS[_m][_st][DICACHE] if d >= 0.1]
         SETTINGS[_m][_st][DICACHE_LAST10] = list(_from_01)
+        SETTINGS[_m][_st][DICACHE_PER_SAMPLE] = list(_from_01)
         if _planned:  # where runs are planned
             SETTINGS[_m][_st][DICACHE_STEP_RUNS] = list(_from_01)
             # the δ schedule's two values, run on runs read on the step sizes, stop short of 2.25× (Flux 50: 2.17×,
@@ -443,6 +447,8 @@ def dicache_method(family: str, value: float) -> Method:
         opts["force_last_step"] = 0.1
     elif family == DICACHE_STEP_RUNS:
         opts["plan_error"] = "steps"
+    elif family == DICACHE_PER_SAMPLE:
+        opts["batch_policy"] = "max"
     elif family == DICACHE_NO_PREDICTIVE:
         opts["predictive_skip"] = False
     elif family == DICACHE_NORUN:
