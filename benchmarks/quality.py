@@ -1138,16 +1138,25 @@ def call_patterns(run: Dict) -> Optional[Tuple]:
     return tuple(key) or None
 
 
+def worst_samples(run: Dict, n: int) -> List[Tuple[float, int, int]]:
+    """The ``n`` samples of a setting with the lowest PSNR, as (PSNR, seed, index of the sample in the batch), from a
+    report's per-run details (none where the run recorded no per-sample PSNR)."""
+    got = [(float(v), int(r["seed"]), i) for r in run.get("runs") or [] for i, v in enumerate(r.get("sample_psnr") or [])]
+    return sorted(got)[:n]
+
+
 def patterns_table(rows: List[Dict], runs: List[Dict], families: Sequence[str], lo: float, hi: float,
-                   steps: Optional[Sequence[int]] = None) -> List[str]:
+                   steps: Optional[Sequence[int]] = None, worst: int = 0) -> List[str]:
     """Markdown: the families' settings that save between ``lo``× and ``hi``× fewer flops, by savings, each with a
     label of the calls it made (the same label: the same pattern on every seed and branch), and per model and step
     count which labels each family hits: where two rules make the same patterns at different δ, the front of one
-    can miss a pattern the other's δ list happens to land on."""
+    can miss a pattern the other's δ list happens to land on. ``worst`` > 0 adds each setting's ``worst`` lowest
+    samples (``PSNR@seed:index``, the index of the sample in its batch) and per model and step count how many
+    settings have each sample among them: the few samples that set the PSNR over all samples."""
     by_key = {(r["model"], str(r["steps"]), r["family"], r["setting"]): r for r in runs}
     per_sample = _has_sample_mean(rows)
-    out = ["| model | steps | fewer flops | PSNR dB | family | setting | calls |",
-           "| --- | ---: | ---: | ---: | --- | --- | --- |"]
+    out = ["| model | steps | fewer flops | PSNR dB | family | setting | calls |" + (" lowest samples |" if worst else ""),
+           "| --- | ---: | ---: | ---: | --- | --- | --- |" + (" --- |" if worst else "")]
     notes: List[str] = []
     for model, st in sorted({(r["model"], r["steps"]) for r in rows}):
         if steps and int(st) not in steps:
@@ -1158,18 +1167,29 @@ def patterns_table(rows: List[Dict], runs: List[Dict], families: Sequence[str], 
             continue
         labels: Dict[Tuple, str] = {}
         hits: Dict[str, set] = {f: set() for f in families}
+        lowest: Dict[Tuple[int, int], int] = {}  # (seed, index) -> settings with it among their lowest
         for r in sorted(sel, key=lambda r: (float(r["fewer_flops"]), families.index(r["family"]))):
-            pat = call_patterns(by_key.get((model, str(st), r["family"], r["setting"]), {}))
+            run = by_key.get((model, str(st), r["family"], r["setting"]), {})
+            pat = call_patterns(run)
             lab = "?" if pat is None else labels.setdefault(pat, _label(len(labels)))
             hits[r["family"]].add(lab)
             psnr = f"{float(r['psnr']):.1f}" + (f" / {float(r['psnr_mean']):.1f}" if per_sample else "")
-            out.append(f"| {model} | {st} | {float(r['fewer_flops']):.2f}× | {psnr} | {r['family']} | {r['setting']} "
-                       f"| {lab} |")
+            line = f"| {model} | {st} | {float(r['fewer_flops']):.2f}× | {psnr} | {r['family']} | {r['setting']} | {lab} |"
+            if worst:
+                low = worst_samples(run, worst)
+                for _, seed, i in low:
+                    lowest[(seed, i)] = lowest.get((seed, i), 0) + 1
+                line += " " + (", ".join(f"{v:.1f}@{seed}:{i}" for v, seed, i in low) or "–") + " |"
+            out.append(line)
         parts = []
         for f in families:
             own = sorted(hits[f] - set().union(*(hits[g] for g in families if g != f)) - {"?"})
             parts.append(f"{f}: {len(hits[f] - {'?'})} patterns" + (f", only it: {', '.join(own)}" if own else ""))
         notes.append(f"* {model} {st}: " + "; ".join(parts))
+        if lowest:
+            often = sorted(lowest.items(), key=lambda kv: (-kv[1], kv[0]))
+            notes.append(f"* {model} {st}, among the {worst} lowest samples of the {len(sel)} settings: "
+                         + ", ".join(f"{seed}:{i} ({k})" for (seed, i), k in often))
     return out + [""] + notes
 
 
@@ -1184,14 +1204,19 @@ def _label(i: int) -> str:
 
 
 def patterns_main(argv: Sequence[str]) -> int:
-    """``quality.py patterns REPORT_DIR [...] --families A,B --savings LO,HI [--steps 50]``: the families' settings
-    between LO× and HI× fewer flops with a label per call pattern (:func:`patterns_table`)."""
+    """``quality.py patterns REPORT_DIR [...] --families A,B --savings LO,HI [--steps 50] [--worst N]``: the families'
+    settings between LO× and HI× fewer flops with a label per call pattern and, with ``--worst``, their N lowest
+    samples (:func:`patterns_table`)."""
     ap = argparse.ArgumentParser(prog="quality.py patterns", description=patterns_main.__doc__)
     ap.add_argument("reports", nargs="+", help="report directories (quality.csv and quality_details.json)")
     ap.add_argument("--families", required=True, help="comma-separated families, as in the report")
     ap.add_argument("--savings", required=True, help="LO,HI: the range of fewer flops (×) to list")
     ap.add_argument("--steps", type=_int_list, default=None)
+    ap.add_argument("--worst", type=int, default=0,
+                    help="list each setting's N lowest samples (PSNR@seed:index) and how often each sample is among them")
     a = ap.parse_args(argv)
+    if a.worst < 0:
+        ap.error(f"--worst: a count >= 0, got {a.worst}")
     try:
         lo, hi = (float(v) for v in a.savings.split(","))
     except ValueError:
@@ -1211,7 +1236,7 @@ def patterns_main(argv: Sequence[str]) -> int:
     missing = [f for f in families if not any(r["family"] == f for r in rows)]
     if missing:
         ap.error(f"--families: {missing} not in the reports; they hold {sorted({r['family'] for r in rows})}")
-    print("\n".join(patterns_table(rows, runs, families, lo, hi, a.steps)))
+    print("\n".join(patterns_table(rows, runs, families, lo, hi, a.steps, a.worst)))
     return 0
 
 

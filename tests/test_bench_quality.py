@@ -535,6 +535,42 @@ def test_patterns_labels_the_calls_each_setting_made(tmp_path, capsys):
     assert "not a report directory" in capsys.readouterr().err
 
 
+def test_patterns_lists_the_lowest_samples_that_set_the_pooled_psnr(tmp_path, capsys):
+    """``quality.py patterns --worst N``: each setting's N lowest samples (PSNR@seed:index) and how many settings
+    have each sample among their lowest."""
+    import quality as Q
+    import quality_methods as qm
+
+    def setting(delta, frac, samples):  # samples: seed -> the batch's PSNR per sample
+        row = dict(model="wan_digits", steps=50, family=qm.DICACHE, setting=f"δ={delta}", status="ok", seeds=2,
+                   labels=3, flop_fraction=frac, block_fraction=frac, mac_fraction=frac, savings=1 - frac,
+                   fewer_flops=1 / frac, calls=100, wall_s=1.0, speedup=1.0, cpu_s=1.0, speedup_cpu=1.0, psnr=40.0,
+                   psnr_mean=45.0, ssim=0.99, weights="", note="", lpips="")
+        runs = [dict(seed=k, flops=1, calls=100, pattern={"cond": "FF_F"}, sample_psnr=list(v))
+                for k, v in samples.items()]
+        return row, dict(model="wan_digits", steps="50", family=qm.DICACHE, setting=row["setting"], runs=runs)
+
+    made = [setting(0.2, 1 / 2.0, {0: [50.0, 31.5, 60.0], 1: [44.0, 55.0, 58.0]}),
+            setting(0.3, 1 / 2.5, {0: [48.0, 30.0, 61.0], 1: [52.0, 41.2, 57.0]})]
+    rows, runs = [r for r, _ in made], [d for _, d in made]
+    lines = Q.patterns_table(rows, runs, [qm.DICACHE], 1.5, 3.0, worst=2)
+    body = [ln for ln in lines if ln.startswith("| wan_digits")]
+    assert body[0].endswith("| a | 31.5@0:1, 44.0@1:0 |") and body[1].endswith("| a | 30.0@0:1, 41.2@1:1 |")
+    assert lines[-1] == "* wan_digits 50, among the 2 lowest samples of the 2 settings: 0:1 (2), 1:0 (1), 1:1 (1)"
+    assert "lowest samples" not in Q.patterns_table(rows, runs, [qm.DICACHE], 1.5, 3.0)[0]  # off by default
+    # a run that recorded no per-sample PSNR shows none
+    bare = [dict(d, runs=[{k: v for k, v in r.items() if k != "sample_psnr"} for r in d["runs"]]) for d in runs]
+    assert all(ln.endswith("| a | – |") for ln in Q.patterns_table(rows, bare, [qm.DICACHE], 1.5, 3.0, worst=2)
+               if ln.startswith("| wan_digits"))
+    Q.write_csv(rows, str(tmp_path / "quality.csv"))
+    (tmp_path / "quality_details.json").write_text(json.dumps(dict(meta={}, runs=runs)))
+    assert Q.patterns_main([str(tmp_path), "--families", qm.DICACHE, "--savings", "1.5,3", "--worst", "1"]) == 0
+    assert "30.0@0:1 |" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        Q.patterns_main([str(tmp_path), "--families", qm.DICACHE, "--savings", "1.5,3", "--worst", "-1"])
+    assert "--worst" in capsys.readouterr().err
+
+
 def test_step_sizes_script_prints_each_step_s_error_beside_its_size(capsys):
     import step_sizes
 
