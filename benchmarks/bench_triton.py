@@ -37,6 +37,9 @@ import torch
 SHAPES: Tuple[Tuple[int, int, int], ...] = ((1, 4096, 3072), (1, 32760, 1536), (2, 75600, 5120))
 DTYPES: Tuple[torch.dtype, ...] = (torch.float32, torch.bfloat16)
 OPS: Tuple[str, ...] = ("probe_decide", "reconstruct", "refresh")
+#: The grid's rows: the ops, with ``reconstruct3`` = ``reconstruct`` given ``R[-3]`` and its weight (the
+#: second-order path of ``alignment_order=2`` and ``"auto"``, the presets' setting).
+GRID_OPS: Tuple[str, ...] = ("probe_decide", "reconstruct", "reconstruct3", "refresh")
 
 _STATE_BYTES = 4  # acc, den, gamma, sums are fp32; flag int32
 
@@ -50,27 +53,38 @@ class Case:
     dtype: torch.dtype
     has_old: bool = True  # probe_decide: p_old given; reconstruct: r_old given; refresh: p_other given
     error_mode: int = 0  # probe_decide only (1 = delta-minus, reads and rewrites x_prev)
+    has_oldest: bool = False  # reconstruct only: r_oldest (R[-3]) and its weight c_oldest given
+
+    def __post_init__(self):
+        if self.has_oldest and (self.op != "reconstruct" or not self.has_old):
+            raise ValueError("has_oldest is for reconstruct with r_old given")
 
     @property
     def label(self) -> str:
         dt = str(self.dtype).replace("torch.", "")
         extra = "" if self.op != "probe_decide" or self.error_mode == 0 else ",delta-minus"
         opt = "" if self.has_old else ",no-old"
-        return f"{self.op}[{'x'.join(map(str, self.shape))},{dt}{opt}{extra}]"
+        three = ",three" if self.has_oldest else ""
+        return f"{self.op}[{'x'.join(map(str, self.shape))},{dt}{opt}{extra}{three}]"
+
+    @property
+    def grid_op(self) -> str:
+        """The row's name in :data:`GRID_OPS` (``reconstruct3`` for the three-entry reconstruction)."""
+        return "reconstruct3" if self.has_oldest else self.op
 
 
 def element_size(dtype: torch.dtype) -> int:
     return torch.empty((), dtype=dtype).element_size()
 
 
-def tensor_traffic(op: str, *, has_old: bool = True, error_mode: int = 0) -> Tuple[int, int]:
+def tensor_traffic(op: str, *, has_old: bool = True, error_mode: int = 0, has_oldest: bool = False) -> Tuple[int, int]:
     """(big tensors read, big tensors written) at the minimum, for one call of ``op``.
 
     * ``probe_decide`` reads ``p`` and ``p_prev`` and writes ``p_prev ← p``;
       it reads ``x`` when ``p_old`` is given (alignment sum) and ``p_old``
       itself; in delta-minus mode it also reads ``x`` and ``x_prev`` and writes
       ``x_prev ← x``.
-    * ``reconstruct`` reads ``x``, ``r_new`` (and ``r_old``) and writes ``out``.
+    * ``reconstruct`` reads ``x``, ``r_new`` (and ``r_old``, and ``r_oldest``) and writes ``out``.
     * ``refresh`` reads ``h``, ``p``, ``x`` (and ``p_other``) and writes
       ``r_slot`` and ``p_slot``.
     """
@@ -82,19 +96,19 @@ def tensor_traffic(op: str, *, has_old: bool = True, error_mode: int = 0) -> Tup
             reads, writes = reads + 1, writes + 1  # x_prev / x_prev
         return reads, writes
     if op == "reconstruct":
-        return 2 + int(has_old), 1
+        return 2 + int(has_old) + int(has_oldest), 1
     if op == "refresh":
         return 3 + int(has_old), 2
     raise ValueError(f"unknown op {op!r}; expected one of {OPS}")
 
 
-def state_bytes(op: str, batch: int) -> int:
+def state_bytes(op: str, batch: int, *, has_oldest: bool = False) -> int:
     """Bytes of the small per-sample state each op reads and writes."""
     if op == "probe_decide":
         # read acc, den; write acc, sums[B,5], gamma, flag
         return _STATE_BYTES * (batch * (2 + 1 + 5 + 1) + 1)
     if op == "reconstruct":
-        return _STATE_BYTES * batch  # gamma
+        return _STATE_BYTES * batch * (1 + int(has_oldest))  # gamma (and c_oldest)
     if op == "refresh":
         return _STATE_BYTES * batch * 2  # write den, acc
     raise ValueError(f"unknown op {op!r}; expected one of {OPS}")
@@ -102,9 +116,10 @@ def state_bytes(op: str, batch: int) -> int:
 
 def min_bytes(case: Case) -> int:
     """The minimum number of bytes ``case.op`` must move (all tensors in ``case.dtype``)."""
-    reads, writes = tensor_traffic(case.op, has_old=case.has_old, error_mode=case.error_mode)
+    reads, writes = tensor_traffic(case.op, has_old=case.has_old, error_mode=case.error_mode,
+                                   has_oldest=case.has_oldest)
     big = math.prod(case.shape) * element_size(case.dtype)
-    return (reads + writes) * big + state_bytes(case.op, case.shape[0])
+    return (reads + writes) * big + state_bytes(case.op, case.shape[0], has_oldest=case.has_oldest)
 
 
 def gbps(nbytes: int, ms: float) -> float:
@@ -112,12 +127,20 @@ def gbps(nbytes: int, ms: float) -> float:
     return nbytes / (ms * 1e-3) / 1e9
 
 
-def cases(shapes: Sequence[Tuple[int, int, int]] = SHAPES, dtypes: Sequence[torch.dtype] = DTYPES) -> Iterator[Case]:
-    """The default benchmark grid: every op × shape × dtype, with the optional tensors given."""
+def cases(shapes: Sequence[Tuple[int, int, int]] = SHAPES, dtypes: Sequence[torch.dtype] = DTYPES,
+          ops: Sequence[str] = GRID_OPS) -> Iterator[Case]:
+    """The benchmark grid: every op of :data:`GRID_OPS` (or ``ops``) × shape × dtype, with the optional
+    tensors given."""
+    unknown = [op for op in ops if op not in GRID_OPS]
+    if unknown:
+        raise ValueError(f"ops: unknown {unknown}; expected some of {GRID_OPS}")
     for shape in shapes:
         for dtype in dtypes:
-            for op in OPS:
-                yield Case(op, tuple(shape), dtype)
+            for op in ops:
+                if op == "reconstruct3":
+                    yield Case("reconstruct", tuple(shape), dtype, has_oldest=True)
+                else:
+                    yield Case(op, tuple(shape), dtype)
 
 
 # ---------------------------------------------------------------------------
@@ -144,8 +167,11 @@ def _make_args(case: Case, device: torch.device):
         scalars = dict(threshold=0.1, gamma_lo=1.0, gamma_hi=1.5, policy=0, error_mode=case.error_mode)
         return tensors, scalars
     if case.op == "reconstruct":
-        return dict(x=big(), r_new=big(), r_old=big() if case.has_old else None,
-                    gamma=torch.rand(B, device=device) + 1, out=torch.empty(case.shape, dtype=case.dtype, device=device)), {}
+        args = dict(x=big(), r_new=big(), r_old=big() if case.has_old else None,
+                    gamma=torch.rand(B, device=device) + 1, out=torch.empty(case.shape, dtype=case.dtype, device=device))
+        if case.has_oldest:  # Lagrange-like weights: c in [-0.5, 0.5]
+            args.update(r_oldest=big(), c_oldest=torch.rand(B, device=device) - 0.5)
+        return args, {}
     return dict(h=big(), p=big(), x=big(), r_slot=torch.empty(case.shape, dtype=case.dtype, device=device),
                 p_slot=torch.empty(case.shape, dtype=case.dtype, device=device),
                 p_other=big() if case.has_old else None,
@@ -216,7 +242,7 @@ def time_case(case: Case, device: torch.device, impls: Dict[str, object], *, rep
     nbytes = min_bytes(case)
     rows: Dict[str, Dict] = {}
     for name, fn in fns.items():
-        row = {"case": case.label, "op": case.op, "shape": "x".join(map(str, case.shape)),
+        row = {"case": case.label, "op": case.grid_op, "shape": "x".join(map(str, case.shape)),
                "dtype": str(case.dtype).replace("torch.", ""), "variant": name, "ms": None, "GBps": None,
                "of_copy": None, "vs_eager": None, "vs_compiled": None, "note": ""}
         try:
@@ -258,6 +284,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shapes", nargs="+", help="BxNxC shapes (default: the Flux, Wan 1.3B and Wan 14B sizes)")
     parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
+    parser.add_argument("--ops", nargs="+", default=list(GRID_OPS), choices=GRID_OPS,
+                        help="rows to time (reconstruct3: reconstruct with R[-3], the presets' path)")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     parser.add_argument("--rep-ms", type=int, default=100, help="do_bench repetition time per measurement")
     parser.add_argument("--json", help="also write the rows to this JSON file")
@@ -300,7 +328,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"  {name}: not timed: {why}", file=sys.stderr)
     rows: List[Dict] = []
     failed = False
-    for case in cases(shapes, dtypes):
+    for case in cases(shapes, dtypes, args.ops):
         checks = {name: verify(case, device, name) for name in ("triton", "cuda") if name in impls}
         failed |= not all(checks.values())
         case_impls = dict(impls)

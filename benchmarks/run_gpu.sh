@@ -3,17 +3,19 @@
 #
 #   1. the machine: GPU, driver, torch, triton, nvcc;
 #   2. the CUDA extension (csrc/): built just in time by dicache.build, timed;
-#   3. benchmarks/bench_triton.py: the fused ops (Triton, CUDA, eager and compiled reference, copy) at the
+#   3. the tests compiled for the GPU: tests/test_cuda_kernels.py and tests/test_triton_kernels.py with
+#      TRITON_INTERPRET=0, and the end-to-end pipelines on CUDA tensors (tests/test_backends_e2e.py -k cuda);
+#   4. benchmarks/bench_triton.py: the fused ops (Triton, CUDA, eager and compiled reference, copy) at the
 #      Flux, Wan 1.3B and Wan 14B sizes, fp32 and bf16, each backend checked against the reference first;
 #      then the same at two small shapes, where launch latency dominates;
-#   4. benchmarks/skip_cost.py on the GPU at Flux.1 size (width 3072, 19 + 38 blocks, 4096 image + 512
+#   5. benchmarks/skip_cost.py on the GPU at Flux.1 size (width 3072, 19 + 38 blocks, 4096 image + 512
 #      text tokens, bf16, random weights): a skipped call against a full call, DiCache on the torch,
-#      triton and cuda backends and every peer;
-#   5. the tests compiled for the GPU: tests/test_cuda_kernels.py and tests/test_triton_kernels.py with
-#      TRITON_INTERPRET=0, and the end-to-end pipelines on CUDA tensors (tests/test_backends_e2e.py -k cuda).
+#      triton and cuda backends and every peer.
 #
 # Usage, from the repository root:  OUT=dir benchmarks/run_gpu.sh   (default OUT: bench_out/gpu_<UTC time>)
 #                                   STEPS="build skip_cost" benchmarks/run_gpu.sh   (only those steps)
+#                                   BENCH_OPS_ARGS="--ops reconstruct3" SKIP_COST_ARGS="--methods dicache fbc" ...
+#                                   (extra arguments for bench_triton.py / skip_cost.py, to fit a shorter lease)
 # Where diffusers (or cache-dit) is missing, wheels in .whl/ are installed into /tmp/site first (the GPU
 # machine of this project has torch and triton but no diffusers and no network).
 # Each step has its own time limit; a step that fails is reported and the next one runs. What comes back
@@ -35,7 +37,8 @@ fi
 [ -e dicache/kernels ] || ln -s ../kernels dicache/kernels
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 
-STEPS="${STEPS:-build bench_ops bench_ops_small skip_cost tests}"  # a subset reruns only those
+# In this order: correctness first, so that a lease that runs out still brings it back.
+STEPS="${STEPS:-build tests bench_ops bench_ops_small skip_cost}"  # a subset reruns only those
 step() {  # step NAME SECONDS CMD...: run with a limit, log to $OUT/NAME.log, report the wall time
   local name="$1" limit="$2"; shift 2
   [[ " $STEPS " == *" $name "* ]] || return 0
@@ -65,11 +68,12 @@ import dicache
 info = dicache.build_info()
 print(json.dumps(info, indent=1, default=str))
 print(f"build_info in {time.time() - t:.1f} s")'
-step bench_ops 180 "$PY" benchmarks/bench_triton.py --json "$OUT/bench_ops.json"
+step tests 240 "$PY" -m pytest -q -p no:cacheprovider tests/test_cuda_kernels.py tests/test_triton_kernels.py \
+  tests/test_backends_e2e.py -k "cuda or not e2e"
+# shellcheck disable=SC2086  # the extra arguments are meant to split
+step bench_ops 240 "$PY" benchmarks/bench_triton.py --json "$OUT/bench_ops.json" ${BENCH_OPS_ARGS:-}
 step bench_ops_small 60 "$PY" benchmarks/bench_triton.py --shapes 1x256x3072 1x1000x1536
 step skip_cost 180 "$PY" benchmarks/skip_cost.py --device cuda --dtype bfloat16 --width 3072 --heads 24 --layers 19 \
   --single-layers 38 --tokens 4096 --text-tokens 512 --repeats 3 --calls 8 --warmup 3 --backend torch triton cuda \
-  --json "$OUT/skip_cost.json"
-step tests 240 "$PY" -m pytest -q -p no:cacheprovider tests/test_cuda_kernels.py tests/test_triton_kernels.py \
-  tests/test_backends_e2e.py -k "cuda or not e2e"
+  --json "$OUT/skip_cost.json" ${SKIP_COST_ARGS:-}
 echo "done in $SECONDS s"

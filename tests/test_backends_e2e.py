@@ -50,13 +50,15 @@ def test_same_decisions_as_reference(backend, case):
 
 
 # On a GPU: the same pipelines on CUDA tensors, each kernel backend against the reference ops on the same GPU,
-# with the options of the presets and the newer ones (predictive skips, the order picked by the probe).
+# with the options of the presets and the newer ones (predictive skips, the order picked by the probe, the
+# compute budget with its unprobed skips).
 FUSED_CUDA = [n for n in ("cuda", "triton") if torch.cuda.is_available() and ops.availability("cuda")[n] is None]
 CUDA_CASES = {
     "flux": CASES["flux"],
     "wan": CASES["wan"],
     "flux_predictive_auto": (tiny.flux_pipeline, lambda p: tiny.flux_pipeline_call(p, steps=12),
                              dict(threshold=0.3, predictive_skip=True, alignment_order="auto")),
+    "flux_budget": (tiny.flux_pipeline, lambda p: tiny.flux_pipeline_call(p, steps=12), dict(target_speedup=2.0)),
 }
 
 

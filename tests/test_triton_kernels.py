@@ -484,15 +484,24 @@ def test_bench_byte_accounting():
     assert bench.tensor_traffic("probe_decide", error_mode=1) == (5, 2)
     assert bench.tensor_traffic("reconstruct") == (3, 1)
     assert bench.tensor_traffic("reconstruct", has_old=False) == (2, 1)
+    assert bench.tensor_traffic("reconstruct", has_oldest=True) == (4, 1)
     assert bench.tensor_traffic("refresh") == (4, 2)
     case = bench.Case("reconstruct", shape, torch.bfloat16)
     assert bench.min_bytes(case) == 4 * n * 2 + 4 * 2
+    case = bench.Case("reconstruct", shape, torch.bfloat16, has_oldest=True)
+    assert bench.min_bytes(case) == 5 * n * 2 + 4 * 2 * 2  # gamma and c_oldest per sample
+    assert case.grid_op == "reconstruct3" and case.label.endswith(",three]")
+    with pytest.raises(ValueError, match="has_oldest"):
+        bench.Case("refresh", shape, torch.float32, has_oldest=True)
     case = bench.Case("probe_decide", shape, torch.float32)
     assert bench.min_bytes(case) == 5 * n * 4 + bench.state_bytes("probe_decide", 2)
     assert bench.gbps(10**9, 1.0) == pytest.approx(1000.0)
     grid = list(bench.cases())
-    assert len(grid) == len(bench.SHAPES) * len(bench.DTYPES) * len(bench.OPS) == 18
+    assert len(grid) == len(bench.SHAPES) * len(bench.DTYPES) * len(bench.GRID_OPS) == 24
     assert {c.shape for c in grid} == {(1, 4096, 3072), (1, 32760, 1536), (2, 75600, 5120)}
+    assert [c.grid_op for c in bench.cases(ops=["reconstruct3"])] == ["reconstruct3"] * 6
+    with pytest.raises(ValueError, match="ops"):
+        list(bench.cases(ops=["reconstruct4"]))
     with pytest.raises(ValueError):
         bench.tensor_traffic("nope")
     if not torch.cuda.is_available():
@@ -507,6 +516,8 @@ def test_bench_cases_run_and_verify():
             for error_mode in ((0, 1) if op == "probe_decide" else (0,)):
                 case = bench.Case(op, (2, 5, 7), torch.bfloat16, has_old=has_old, error_mode=error_mode)
                 assert bench.verify(case, DEVICE), case.label
+    case = bench.Case("reconstruct", (2, 5, 7), torch.bfloat16, has_oldest=True)
+    assert bench.verify(case, DEVICE), case.label
 
 
 @pytest.mark.filterwarnings("ignore:invalid value encountered in subtract")  # inf - inf, by design
