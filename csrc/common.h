@@ -28,6 +28,10 @@ constexpr const char* kReconstructSchema =
 constexpr const char* kRefreshSchema =
     "refresh(Tensor h, Tensor p, Tensor x, Tensor(a!) r_slot, Tensor(b!) p_slot, "
     "Tensor? p_other, Tensor(c!) den, Tensor(d!) acc) -> ()";
+constexpr const char* kQuadBlendSchema =
+    "quad_blend(Tensor gamma, Tensor(a!) w, Tensor(b!) c0, Tensor(c!) c2, float t0, float t1, float t2, "
+    "Tensor? p=None, Tensor? x=None, Tensor? p0=None, Tensor? p1=None, Tensor? p2=None, "
+    "int stride=1, int policy=0) -> ()";
 
 // ---------------------------------------------------------------------------
 // validation
@@ -195,6 +199,53 @@ inline void check_refresh_args(const at::Tensor& h, const at::Tensor& p, const a
   if (p_other) check_big("p_other", *p_other, h);
   check_state("den", den, B, at::kFloat, h.device());
   check_state("acc", acc, B, at::kFloat, h.device());
+}
+
+// quad_blend: gamma, w, c0, c2 are [B] fp32 on one device; p, x, p0, p1, p2 all given (same shape,
+// batch B, on that device) or none. Returns true when the probe tensors are given (w is fitted).
+inline bool check_quad_blend_args(const at::Tensor& gamma, const at::Tensor& w, const at::Tensor& c0,
+                                  const at::Tensor& c2, const std::optional<at::Tensor>& p,
+                                  const std::optional<at::Tensor>& x, const std::optional<at::Tensor>& p0,
+                                  const std::optional<at::Tensor>& p1, const std::optional<at::Tensor>& p2,
+                                  int64_t stride, int64_t policy) {
+  const int64_t B = gamma.numel();
+  check_state("gamma", gamma, B, at::kFloat, gamma.device());
+  check_state("w", w, B, at::kFloat, gamma.device());
+  check_state("c0", c0, B, at::kFloat, gamma.device());
+  check_state("c2", c2, B, at::kFloat, gamma.device());
+  const int given = int(p.has_value()) + int(x.has_value()) + int(p0.has_value()) + int(p1.has_value()) +
+                    int(p2.has_value());
+  TORCH_CHECK_VALUE(given == 0 || given == 5,
+                    "p, x, p0, p1 and p2 go together (all given to fit w, or none to read it)");
+  TORCH_CHECK_VALUE(stride >= 1, "stride must be >= 1, got ", stride);
+  TORCH_CHECK_VALUE(policy == kPolicyGlobal || policy == kPolicyMax, "policy must be ", kPolicyGlobal,
+                    " (global) or ", kPolicyMax, " (max), got ", policy);
+  if (given == 0) return false;
+  TORCH_CHECK_VALUE(batch_of(*p) == B, "p has batch ", p->size(0), ", expected ", B, " (gamma's numel)");
+  TORCH_CHECK_VALUE(p->device() == gamma.device(), "p is on ", p->device(), ", expected ", gamma.device());
+  check_big("p", *p, *p);
+  check_big("x", *x, *p);
+  check_big("p0", *p0, *p);
+  check_big("p1", *p1, *p);
+  check_big("p2", *p2, *p);
+  return true;
+}
+
+// quad_blend's fit runs on every `stride`-th index of dim 1 of a [B, N, ...] tensor (a [B] tensor: its
+// one element per sample): rows of `inner` elements each, `rows` of them per sample, `row_step`
+// elements apart.
+struct FitLayout {
+  int64_t rows;      // ceil(N / stride)
+  int64_t inner;     // elements per index of dim 1
+  int64_t row_step;  // stride * inner
+};
+inline FitLayout fit_layout(const at::Tensor& p, int64_t stride) {
+  const int64_t B = p.size(0);
+  const int64_t N = p.dim() >= 2 ? p.size(1) : 1;
+  const int64_t inner = (B == 0 || N == 0) ? 0 : p.numel() / (B * N);
+  // a stride past N leaves row 0 alone: clamp it (s * inner then cannot overflow)
+  const int64_t s = p.dim() >= 2 ? (stride < N ? stride : (N > 0 ? N : 1)) : 1;
+  return FitLayout{N == 0 ? 0 : (N + s - 1) / s, inner, s * inner};
 }
 
 }  // namespace dicache

@@ -1,11 +1,21 @@
-// C++ CPU kernels of the three fused cache ops (backend="cpu").
+// C++ CPU kernels of the fused cache ops (backend="cpu").
 //
-// Semantics: dicache/ops/reference.py (probe_decide, reconstruct, refresh).
-// Registered as torch.ops.dicache_cpu.{probe_decide,reconstruct,refresh} for
-// CPU tensors; dicache/ops/cpu_backend.py wraps them.
+// Semantics: dicache/ops/reference.py (probe_decide, reconstruct, refresh,
+// quad_blend). Registered as
+// torch.ops.dicache_cpu.{probe_decide,reconstruct,refresh,quad_blend} for CPU
+// tensors; dicache/ops/cpu_backend.py wraps them.
 //
-// Layout of the work: every [B, ...] tensor is seen as B rows of L elements.
-// Each row is cut into chunks of kChunk elements; OpenMP threads take whole
+// * probe_decide: the five per-sample probe sums, then the decision epilogue
+//   (decide.h::decide); p_prev <- p, x_prev <- x.
+// * reconstruct: out = x + R[-2] + gamma (R[-1] - R[-2]) (+ c (R[-3] - R[-2])).
+// * refresh: r_slot <- h - x, p_slot <- p - x, den = sum |p_slot - p_other|.
+// * quad_blend: the fit sums of w on every stride-th index of dim 1 (only
+//   reads its big tensors), then the epilogue decide.h::quad_blend_finish
+//   (w, c0, c2).
+//
+// Layout of the work: every [B, ...] tensor is seen as B rows of L elements
+// (quad_blend: of the L subsampled elements it fits on). Each row is cut into
+// chunks of kChunk elements; OpenMP threads take whole
 // chunks (across all rows), each chunk writes its own partial sums, and the
 // partials are combined afterwards in chunk order. The chunking does not
 // depend on the thread count, so the sums are bitwise reproducible for a given
@@ -412,6 +422,68 @@ void refresh_rows(const T* h, const T* p, const T* x, T* rs, T* ps, const T* po,
 }
 
 // ---------------------------------------------------------------------------
+// quad_blend: the fit sums sum miss*bend and sum bend^2 per sample, over the subsample
+//
+//   d21 = P2 - P1,  miss = ((p - x) - P1) - g d21,  bend = (l2 - g) d21 + l0 (P0 - P1)
+//
+// in the reference's order of fp32 operations (only the order of the additions differs).
+// The subsample of a sample is `rows` runs of `inner` contiguous elements, `row_step`
+// apart (common.h::fit_layout); it is chunked as a flat index space of rows * inner
+// elements, and each chunk walks its runs tile by tile.
+
+// One tile (a piece of one run). a = l2 - g. S as in probe_tile.
+template <typename S>
+inline void quad_fit_tile(const S* __restrict__ p, const S* __restrict__ x,
+                          const S* __restrict__ p0, const S* __restrict__ p1,
+                          const S* __restrict__ p2, float g, float a, float l0, int64_t n,
+                          double* part) {
+  float sn = 0.f, sd = 0.f;
+#pragma omp simd reduction(+ : sn, sd)
+  for (int64_t i = 0; i < n; ++i) {
+    const float v1 = Elem<S>::to(p1[i]);
+    const float d21 = Elem<S>::to(p2[i]) - v1;
+    const float miss = ((Elem<S>::to(p[i]) - Elem<S>::to(x[i])) - v1) - g * d21;
+    const float bend = a * d21 + l0 * (Elem<S>::to(p0[i]) - v1);
+    sn += miss * bend;
+    sd += bend * bend;
+  }
+  part[0] += sn;
+  part[1] += sd;
+}
+
+// fit[B][2]: the per-sample sums. L: elements per sample of the (contiguous) tensors.
+template <typename T>
+void quad_fit_rows(const T* p, const T* x, const T* p0, const T* p1, const T* p2,
+                   const float* gamma, int64_t B, int64_t L, const FitLayout& lay, float t0,
+                   float t1, float t2, float* fit) {
+  const int64_t M = lay.rows * lay.inner;  // subsampled elements per sample
+  for_each_chunk(B, M, 2, fit, [&](int64_t b, int64_t off, int64_t n, double* part) {
+    alignas(64) float bp[kTile], bx[kTile], b0[kTile], b1[kTile], b2[kTile];
+    const float g = gamma[b];
+    float l0, l2;
+    lagrange_weights(g, t0, t1, t2, &l0, &l2);
+    const float a = l2 - g;
+    // The chunk's runs: from (row r, column j) on, n elements in all (n > 0: inner > 0).
+    int64_t r = off / lay.inner, j = off % lay.inner;
+    while (n > 0) {
+      const int64_t m = std::min(lay.inner - j, n);
+      for_each_tile(b * L + r * lay.row_step + j, m, [&](int64_t i0, int64_t k) {
+        if constexpr (kDirect<T>) {
+          quad_fit_tile<raw_t<T>>(raw(p + i0), raw(x + i0), raw(p0 + i0), raw(p1 + i0),
+                                  raw(p2 + i0), g, a, l0, k, part);
+        } else {
+          quad_fit_tile<float>(widen(p + i0, bp, k), widen(x + i0, bx, k), widen(p0 + i0, b0, k),
+                               widen(p1 + i0, b1, k), widen(p2 + i0, b2, k), g, a, l0, k, part);
+        }
+      });
+      n -= m;
+      ++r;
+      j = 0;
+    }
+  });
+}
+
+// ---------------------------------------------------------------------------
 // op entry points (registered below)
 
 bool cpu_native(at::ScalarType t) { return is_float_dtype(t); }
@@ -542,6 +614,46 @@ void refresh(const at::Tensor& h, const at::Tensor& p, const at::Tensor& x,
   acc.zero_();
 }
 
+void quad_blend(const at::Tensor& gamma, const at::Tensor& w, const at::Tensor& c0,
+                const at::Tensor& c2, double t0, double t1, double t2,
+                const std::optional<at::Tensor>& p, const std::optional<at::Tensor>& x,
+                const std::optional<at::Tensor>& p0, const std::optional<at::Tensor>& p1,
+                const std::optional<at::Tensor>& p2, int64_t stride, int64_t policy) {
+  check_cpu(gamma);
+  const bool fit = check_quad_blend_args(gamma, w, c0, c2, p, x, p0, p1, p2, stride, policy);
+  const int64_t B = gamma.numel();
+  const float ft0 = static_cast<float>(t0), ft1 = static_cast<float>(t1),
+              ft2 = static_cast<float>(t2);
+  const at::Tensor g = gamma.contiguous();
+  // w is read when it is not fitted.
+  Output w_o = state_output(w, /*kernel_reads=*/!fit);
+  Output c0_o = state_output(c0, false), c2_o = state_output(c2, false);
+  std::vector<float> sums;
+  if (fit) {
+    const int64_t L = row_of(*p);
+    FitLayout lay = fit_layout(*p, stride);
+    if (lay.row_step == lay.inner) {  // stride 1 (or one row): the subsample is contiguous
+      lay = FitLayout{lay.rows == 0 ? 0 : 1, lay.rows * lay.inner, lay.rows * lay.inner};
+    }
+    const at::ScalarType dt = compute_dtype({&*p, &*x, &*p0, &*p1, &*p2}, cpu_native);
+    const at::Tensor cp = as_input(*p, dt), cx = as_input(*x, dt), cp0 = as_input(*p0, dt),
+                     cp1 = as_input(*p1, dt), cp2 = as_input(*p2, dt);
+    sums.assign(static_cast<size_t>(std::max<int64_t>(2 * B, 1)), 0.0f);
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dt, "dicache_cpu::quad_blend", [&] {
+      quad_fit_rows<scalar_t>(cp.data_ptr<scalar_t>(), cx.data_ptr<scalar_t>(),
+                              cp0.data_ptr<scalar_t>(), cp1.data_ptr<scalar_t>(),
+                              cp2.data_ptr<scalar_t>(), g.data_ptr<float>(), B, L, lay, ft0, ft1,
+                              ft2, sums.data());
+    });
+  }
+  quad_blend_finish(B, g.data_ptr<float>(), fit ? sums.data() : nullptr, w_o.work.data_ptr<float>(),
+                    c0_o.work.data_ptr<float>(), c2_o.work.data_ptr<float>(), ft0, ft1, ft2,
+                    static_cast<int>(policy));
+  w_o.finish();
+  c0_o.finish();
+  c2_o.finish();
+}
+
 }  // namespace cpu
 }  // namespace dicache
 
@@ -549,10 +661,12 @@ TORCH_LIBRARY(dicache_cpu, m) {
   m.def(dicache::kProbeDecideSchema);
   m.def(dicache::kReconstructSchema);
   m.def(dicache::kRefreshSchema);
+  m.def(dicache::kQuadBlendSchema);
 }
 
 TORCH_LIBRARY_IMPL(dicache_cpu, CPU, m) {
   m.impl("probe_decide", &dicache::cpu::probe_decide);
   m.impl("reconstruct", &dicache::cpu::reconstruct);
   m.impl("refresh", &dicache::cpu::refresh);
+  m.impl("quad_blend", &dicache::cpu::quad_blend);
 }

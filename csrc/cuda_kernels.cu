@@ -1,4 +1,5 @@
-// CUDA kernels of the three fused cache ops (backend="cuda").
+// CUDA kernels of the fused cache ops (backend="cuda"): probe_decide,
+// reconstruct, refresh and quad_blend.
 //
 // Semantics: dicache/ops/reference.py. One launch per op:
 //
@@ -12,7 +13,10 @@
 //   not depend on scheduling); the last block to finish, found with an atomic
 //   ticket, adds the partials in a fixed order and runs the epilogue on the
 //   device (decision, gamma, den) — nothing goes back to the host;
-// * reconstruct reads gamma from device memory.
+// * reconstruct reads gamma from device memory;
+// * quad_blend reads its subsample (every stride-th index of dim 1) with scalar
+//   loads (a strided subsample is not 16-byte aligned in general, and it is
+//   small) and runs decide.h::quad_blend_finish in its last block.
 //
 // Only CUDA headers here (no ATen): see cuda_kernels.h.
 
@@ -281,6 +285,68 @@ __global__ void __launch_bounds__(kThreads) refresh_kernel(RefreshArgs a) {
 }
 
 // ---------------------------------------------------------------------------
+// quad_blend
+
+// The fit sums of sample blockIdx.y over its subsample, in the reference's order of fp32 operations
+// (no FMA; only the order of the additions differs):
+//   d21 = P2 - P1,  miss = ((p - x) - P1) - g d21,  bend = (l2 - g) d21 + l0 (P0 - P1).
+// The subsample is `rows` runs of `inner` contiguous elements, `row_step` apart: a flat index i
+// of rows * inner is run r = i / inner, column i - r * inner. Then the last block to finish
+// combines the partials and runs the epilogue.
+template <typename T>
+__global__ void __launch_bounds__(kThreads) quad_blend_fit_kernel(QuadBlendArgs a) {
+  const int64_t b = blockIdx.y;
+  const float g = a.gamma[b];  // each block derives its sample's weights itself
+  float l0, l2;
+  lagrange_weights(g, a.t0, a.t1, a.t2, &l0, &l2);
+  const float lg = __fsub_rn(l2, g);
+  const T* p = static_cast<const T*>(a.p);
+  const T* x = static_cast<const T*>(a.x);
+  const T* p0 = static_cast<const T*>(a.p0);
+  const T* p1 = static_cast<const T*>(a.p1);
+  const T* p2 = static_cast<const T*>(a.p2);
+  const int64_t m = a.rows * a.inner;  // subsampled elements per sample (inner > 0 when m > 0)
+  const int64_t base = b * a.L;
+  float s[2] = {0.f, 0.f};
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; i < m;
+       i += static_cast<int64_t>(gridDim.x) * kThreads) {
+    const int64_t r = i / a.inner;
+    const int64_t j = base + r * a.row_step + (i - r * a.inner);
+    const float v1 = Cvt<T>::to(p1[j]);
+    const float d21 = __fsub_rn(Cvt<T>::to(p2[j]), v1);
+    const float miss = __fsub_rn(__fsub_rn(__fsub_rn(Cvt<T>::to(p[j]), Cvt<T>::to(x[j])), v1),
+                                 __fmul_rn(g, d21));
+    const float bend =
+        __fadd_rn(__fmul_rn(lg, d21), __fmul_rn(l0, __fsub_rn(Cvt<T>::to(p0[j]), v1)));
+    s[0] += miss * bend;
+    s[1] += bend * bend;
+  }
+
+  // Every block writes its partial, even one without elements (N = 0: sums 0, w = 0), so that
+  // the last block always runs the epilogue.
+  block_sum(s);
+  if (threadIdx.x == 0) {
+    float* part = a.partials + (b * gridDim.x + blockIdx.x) * 2;
+    part[0] = s[0];
+    part[1] = s[1];
+  }
+  if (!last_block(a.ticket)) return;
+
+  // Last block: per-sample sums [B][2] after the partials in the workspace, then the epilogue.
+  float* fit = a.partials + a.B * gridDim.x * 2;
+  combine_partials<2>(a.partials, a.B, gridDim.x, fit);
+  __syncthreads();  // fit visible to thread 0
+  if (threadIdx.x == 0) {
+    quad_blend_finish(a.B, a.gamma, fit, a.w, a.c0, a.c2, a.t0, a.t1, a.t2, a.policy);
+  }
+}
+
+// No probe tensors: w is read; the epilogue alone (one block of one thread).
+__global__ void quad_blend_weights_kernel(QuadBlendArgs a) {
+  quad_blend_finish(a.B, a.gamma, nullptr, a.w, a.c0, a.c2, a.t0, a.t1, a.t2, a.policy);
+}
+
+// ---------------------------------------------------------------------------
 // launchers
 
 dim3 grid_of(int blocks_per_row, int64_t B) {
@@ -320,6 +386,12 @@ cudaError_t refresh_launch(const RefreshArgs& a, cudaStream_t stream) {
   return cudaGetLastError();
 }
 
+template <typename T>
+cudaError_t quad_blend_launch(const QuadBlendArgs& a, cudaStream_t stream) {
+  quad_blend_fit_kernel<T><<<grid_of(a.blocks_per_row, a.B), kThreads, 0, stream>>>(a);
+  return cudaGetLastError();
+}
+
 }  // namespace
 
 cudaError_t launch_probe_decide(DType dtype, const ProbeArgs& a, cudaStream_t stream) {
@@ -350,6 +422,19 @@ cudaError_t launch_refresh(DType dtype, const RefreshArgs& a, cudaStream_t strea
       }
     case DType::kFloat16: return refresh_launch<__half, __half>(a, stream);
     case DType::kBFloat16: return refresh_launch<__nv_bfloat16, __nv_bfloat16>(a, stream);
+  }
+  return cudaErrorInvalidValue;
+}
+
+cudaError_t launch_quad_blend(DType dtype, const QuadBlendArgs& a, cudaStream_t stream) {
+  if (!a.fit) {
+    quad_blend_weights_kernel<<<1, 1, 0, stream>>>(a);
+    return cudaGetLastError();
+  }
+  switch (dtype) {
+    case DType::kFloat32: return quad_blend_launch<float>(a, stream);
+    case DType::kFloat16: return quad_blend_launch<__half>(a, stream);
+    case DType::kBFloat16: return quad_blend_launch<__nv_bfloat16>(a, stream);
   }
   return cudaErrorInvalidValue;
 }

@@ -103,9 +103,39 @@ struct RefreshArgs {
   DType slot_dtype;
 };
 
+// quad_blend: with the probe tensors, the fit sums (sum miss*bend, sum bend^2) of each sample
+// over its subsample (common.h::fit_layout), then in the last block to finish (atomic ticket)
+// the epilogue decide.h::quad_blend_finish (w, c0, c2). Without them (fit false) one block of
+// one thread runs the epilogue alone (w read). The big tensors are only read.
+struct QuadBlendArgs {
+  bool fit;              // the probe tensors are given (their pointers may be null when empty)
+  const void* p;
+  const void* x;
+  const void* p0;        // P[-3]
+  const void* p1;        // P[-2]
+  const void* p2;        // P[-1]
+  const float* gamma;    // [B]
+  float* w;              // [B] written with the probe tensors, else read
+  float* c0;             // [B] written
+  float* c2;             // [B] written
+  float* partials;       // [B][blocks_per_row][2], then fit [B][2] (workspace, no initialisation)
+  unsigned int* ticket;  // as in ProbeArgs (used with the probe tensors)
+  int64_t B;
+  int64_t L;             // elements per sample of the probe tensors
+  int64_t rows;          // subsampled indices of dim 1 per sample (fit_layout)
+  int64_t inner;         // elements per index of dim 1
+  int64_t row_step;      // elements between two subsampled indices
+  float t0;
+  float t1;
+  float t2;
+  int policy;
+  int blocks_per_row;
+};
+
 cudaError_t launch_probe_decide(DType dtype, const ProbeArgs& args, cudaStream_t stream);
 cudaError_t launch_reconstruct(DType dtype, const ReconstructArgs& args, cudaStream_t stream);
 cudaError_t launch_refresh(DType dtype, const RefreshArgs& args, cudaStream_t stream);
+cudaError_t launch_quad_blend(DType dtype, const QuadBlendArgs& args, cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace dicache

@@ -1,7 +1,7 @@
 // Torch binding of the CUDA kernels (backend="cuda"): argument checks, dtype
 // and contiguity handling, workspace and stream, then one kernel launch per op.
-// Registered as torch.ops.dicache_cuda.{probe_decide,reconstruct,refresh} for
-// CUDA tensors; dicache/ops/cuda_backend.py wraps them.
+// Registered as torch.ops.dicache_cuda.{probe_decide,reconstruct,refresh,quad_blend}
+// for CUDA tensors; dicache/ops/cuda_backend.py wraps them.
 //
 // Light headers: ATen/ATen.h, torch/library.h and c10/cuda/*.h — not
 // ATen/cuda/CUDAContext.h (needs cuBLAS/cuSPARSE headers) nor torch/extension.h.
@@ -251,6 +251,68 @@ void refresh(const at::Tensor& h, const at::Tensor& p, const at::Tensor& x,
   acc_o.finish();
 }
 
+void quad_blend(const at::Tensor& gamma, const at::Tensor& w, const at::Tensor& c0,
+                const at::Tensor& c2, double t0, double t1, double t2,
+                const std::optional<at::Tensor>& p, const std::optional<at::Tensor>& x,
+                const std::optional<at::Tensor>& p0, const std::optional<at::Tensor>& p1,
+                const std::optional<at::Tensor>& p2, int64_t stride, int64_t policy) {
+  TORCH_CHECK_VALUE(gamma.is_cuda(), "dicache_cuda ops run on CUDA tensors, got ", gamma.device());
+  const bool fit = check_quad_blend_args(gamma, w, c0, c2, p, x, p0, p1, p2, stride, policy);
+  if (fit) check_cuda(*p);  // the batch is the grid's y
+  const int64_t B = gamma.numel();
+  if (B == 0) return;
+
+  c10::cuda::CUDAGuard guard(gamma.device());
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(gamma.device().index()).stream();
+  const at::Tensor g = gamma.contiguous();
+  Output w_o = state_output(w, /*kernel_reads=*/!fit);  // read when it is not fitted
+  Output c0_o = state_output(c0, false), c2_o = state_output(c2, false);
+
+  QuadBlendArgs a{};
+  a.fit = fit;
+  a.gamma = g.data_ptr<float>();
+  a.w = w_o.work.data_ptr<float>();
+  a.c0 = c0_o.work.data_ptr<float>();
+  a.c2 = c2_o.work.data_ptr<float>();
+  a.B = B;
+  a.t0 = static_cast<float>(t0);
+  a.t1 = static_cast<float>(t1);
+  a.t2 = static_cast<float>(t2);
+  a.policy = static_cast<int>(policy);
+  a.blocks_per_row = 1;
+  DType dt = DType::kFloat32;
+  at::Tensor cp, cx, cp0, cp1, cp2, partials;
+  if (fit) {
+    const at::ScalarType st = compute_dtype({&*p, &*x, &*p0, &*p1, &*p2}, cuda_native);
+    dt = kernel_dtype(st);
+    cp = as_input(*p, st);
+    cx = as_input(*x, st);
+    cp0 = as_input(*p0, st);
+    cp1 = as_input(*p1, st);
+    cp2 = as_input(*p2, st);
+    const FitLayout lay = fit_layout(*p, stride);
+    a.p = cp.data_ptr();
+    a.x = cx.data_ptr();
+    a.p0 = cp0.data_ptr();
+    a.p1 = cp1.data_ptr();
+    a.p2 = cp2.data_ptr();
+    a.L = row_of(*p);
+    a.rows = lay.rows;
+    a.inner = lay.inner;
+    a.row_step = lay.row_step;
+    // At least one block per sample (N = 0 included): the last one runs the epilogue.
+    a.blocks_per_row = blocks_per_row(lay.rows * lay.inner, B, sm_count(gamma.device().index()));
+    // [B][blocks_per_row][2] partials, then the [B][2] per-sample sums.
+    partials = at::empty({B * (a.blocks_per_row + 1) * 2}, g.options());
+    a.partials = partials.data_ptr<float>();
+    a.ticket = ticket(gamma.device(), stream);
+  }
+  C10_CUDA_CHECK(launch_quad_blend(dt, a, stream));
+  w_o.finish();
+  c0_o.finish();
+  c2_o.finish();
+}
+
 }  // namespace
 }  // namespace cuda
 }  // namespace dicache
@@ -259,10 +321,12 @@ TORCH_LIBRARY(dicache_cuda, m) {
   m.def(dicache::kProbeDecideSchema);
   m.def(dicache::kReconstructSchema);
   m.def(dicache::kRefreshSchema);
+  m.def(dicache::kQuadBlendSchema);
 }
 
 TORCH_LIBRARY_IMPL(dicache_cuda, CUDA, m) {
   m.impl("probe_decide", &dicache::cuda::probe_decide);
   m.impl("reconstruct", &dicache::cuda::reconstruct);
   m.impl("refresh", &dicache::cuda::refresh);
+  m.impl("quad_blend", &dicache::cuda::quad_blend);
 }

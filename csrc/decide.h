@@ -109,4 +109,47 @@ DICACHE_HD inline void decide(int64_t B, const float* sums, const float* den, fl
   flag[0] = reuse ? 1 : 0;
 }
 
+// ---------------------------------------------------------------------------
+// quad_blend (reference.quad_blend): the weights of the line bent towards the quadratic.
+
+// Lagrange weights (c0 of the oldest, c2 of the newest entry) of the quadratic through entries stored
+// at steps t0 < t1 < t2, at tau = t1 + gamma (t2 - t1) (reference.lagrange_weights).
+DICACHE_HD inline void lagrange_weights(float gamma, float t0, float t1, float t2, float* c0, float* c2) {
+  const float tau = t1 + gamma * (t2 - t1);
+  *c0 = (tau - t1) * (tau - t2) / ((t0 - t1) * (t0 - t2));
+  *c2 = (tau - t0) * (tau - t1) / ((t2 - t0) * (t2 - t1));
+}
+
+// w = clip(num / den, 0, 1); 0 where den <= 0 (or NaN) or the ratio is NaN.
+DICACHE_HD inline float fit_weight(float num, float den) {
+  float r = den > 0.0f ? num / den : 0.0f;
+  if (r != r) r = 0.0f;
+  return clamp_f(r, 0.0f, 1.0f);
+}
+
+// Epilogue of quad_blend. Single-threaded. `fit` [B][2] holds the per-sample sums (sum miss*bend,
+// sum bend^2) of the fit, or is nullptr: w is then read, not written.
+DICACHE_HD inline void quad_blend_finish(int64_t B, const float* gamma, const float* fit, float* w,
+                                         float* c0, float* c2, float t0, float t1, float t2, int policy) {
+  if (fit != nullptr) {
+    if (policy == kPolicyGlobal) {
+      float num = 0.f, den = 0.f;
+      for (int64_t b = 0; b < B; ++b) {
+        num += fit[2 * b];
+        den += fit[2 * b + 1];
+      }
+      const float wg = fit_weight(num, den);
+      for (int64_t b = 0; b < B; ++b) w[b] = wg;
+    } else {
+      for (int64_t b = 0; b < B; ++b) w[b] = fit_weight(fit[2 * b], fit[2 * b + 1]);
+    }
+  }
+  for (int64_t b = 0; b < B; ++b) {
+    float l0, l2;
+    lagrange_weights(gamma[b], t0, t1, t2, &l0, &l2);
+    c0[b] = w[b] * l0;
+    c2[b] = gamma[b] + w[b] * (l2 - gamma[b]);
+  }
+}
+
 }  // namespace dicache

@@ -357,8 +357,9 @@ class DiCacheEngine:
         entries stored at steps t0 < t1 < t2: the quadratic through them, evaluated at the step
         the probe says the call is at, ``τ = t1 + γ·(t2 − t1)`` (γ = 1 at t2): ``x + Σ c_i(τ)·R_i``
         with the Lagrange weights ``c_i`` (they sum to 1). ``"auto"``: the line plus ``w·(quadratic −
-        line)``, ``w`` the branch's fitted weight (:meth:`_fit_quad_weight`). The weights stay on the
-        device; one fused pass does ``x + R1 + c2·(R2 − R1) + c0·(R0 − R1)``.
+        line)``, ``w`` the branch's fitted weight (:meth:`_fit_quad_weight`). The weights come from the
+        fused op ``quad_blend`` and stay on the device; one fused pass does
+        ``x + R1 + c2·(R2 − R1) + c0·(R0 − R1)``.
         ``weights``: ``(c0, c2)`` already computed for this call (by :meth:`_fit_quad_weight`).
         """
         ops = self.backend_for(x.device)
@@ -370,10 +371,9 @@ class DiCacheEngine:
         if order == 1 or state.n_stored < 3 or (order == "auto" and weights is None and state.quad_weight is None):
             ops.reconstruct(x, r2, r1, state.gamma, state.out)
             return
-        if weights is None:
-            weights = self._lagrange(state)
-            if order == "auto":
-                weights = self._blend(state, *weights, state.quad_weight)
+        if weights is None:  # order 2: the quadratic whole; "auto": the weight fitted (or led) for this call
+            w = state.quad_weight if order == "auto" else torch.ones_like(state.gamma)
+            weights = self._quad_weights(state, w)
         c0, c2 = weights
         ops.reconstruct(x, r2, r1, c2, state.out, state.R[state.newest(3)], c0)
 
@@ -394,22 +394,25 @@ class DiCacheEngine:
         state.gamma.fill_((self._cur_step - t1) / (t2 - t1))
         return True
 
-    @staticmethod
-    def _lagrange(state: BranchState) -> Tuple[torch.Tensor, torch.Tensor]:
-        """The weights ``c0`` (of the oldest entry) and ``c2`` (of the newest) of the quadratic through the
-        three newest entries at ``τ = t1 + γ·(t2 − t1)``; ``c1 = 1 − c0 − c2``."""
+    def _quad_weights(self, state: BranchState, w: torch.Tensor,
+                      probe: Optional[Tuple[torch.Tensor, torch.Tensor]] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The weights ``(c0, c2)`` of ``line + w·(quadratic − line)`` through the three newest entries at
+        ``τ = t1 + γ·(t2 − t1)`` (the fused op ``quad_blend``, one launch). With ``probe`` = ``(p, x)``,
+        ``w`` is first fitted on the probe and written (:meth:`_fit_quad_weight`)."""
         s0, s1, s2 = state.newest(3), state.newest(2), state.newest(1)
         t0, t1, t2 = (float(state.slot_step[i]) for i in (s0, s1, s2))
-        tau = t1 + state.gamma * (t2 - t1)
-        c0 = (tau - t1) * (tau - t2) / ((t0 - t1) * (t0 - t2))
-        c2 = (tau - t0) * (tau - t1) / ((t2 - t0) * (t2 - t1))
+        c0, c2 = torch.empty_like(state.gamma), torch.empty_like(state.gamma)
+        ops = self.backend_for(state.gamma.device)
+        if probe is None:
+            ops.quad_blend(state.gamma, w, c0, c2, t0, t1, t2)
+            return c0, c2
+        p, x = probe
+        # on at most ~ORDER_TOKENS tokens: two sums per sample need no more, and the fit then costs a
+        # small fraction of one pass over the tensors at any size
+        stride = max(1, -(-x.shape[1] // ORDER_TOKENS)) if x.dim() >= 2 else 1
+        ops.quad_blend(state.gamma, w, c0, c2, t0, t1, t2, p, x, state.P[s0], state.P[s1], state.P[s2],
+                       stride, self._policy)
         return c0, c2
-
-    @staticmethod
-    def _blend(state: BranchState, c0: torch.Tensor, c2: torch.Tensor, w: torch.Tensor
-               ) -> Tuple[torch.Tensor, torch.Tensor]:
-        """The weights ``(c0, c2)`` of ``line + w·(quadratic − line)``: the line is ``c0 = 0, c2 = γ``."""
-        return w * c0, state.gamma + w * (c2 - state.gamma)
 
     def _fit_quad_weight(self, state: BranchState, p: torch.Tensor, x: torch.Tensor
                          ) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
@@ -420,38 +423,18 @@ class DiCacheEngine:
         ``P0, P1, P2`` at the same step: ``w`` (per sample, pooled over the batch for
         ``batch_policy="global"``) is the least-squares weight of the quadratic's correction, clipped
         to [0, 1] (0 when the two coincide). The deep residual takes the same weight. On at most
-        ``ORDER_TOKENS`` tokens (an even stride over dim 1); everything stays on the device (no
-        host read). With γ from the steps (``gamma_source``), w = 1. Returns the blended weights
+        ``ORDER_TOKENS`` tokens (an even stride over dim 1); one fused launch (``quad_blend``), no
+        host read. With γ from the steps (``gamma_source``), w = 1. Returns the blended weights
         ``(c0, c2)`` for :meth:`_reconstruct`, or None with fewer than three entries."""
         if state.n_stored < 3:
             state.quad_weight = None
             return None
         if self._gamma_from_steps():
             # the step is known exactly: the quadratic whole (the fit hedges against a misread γ)
-            c0, c2 = self._lagrange(state)
-            state.quad_weight = torch.ones_like(c0)
-            return self._blend(state, c0, c2, state.quad_weight)
-        f = torch.float32
-        # on at most ~ORDER_TOKENS tokens: two sums per sample need no more, and the fit then costs a
-        # small fraction of one pass over the tensors at any size
-        step = max(1, -(-x.shape[1] // ORDER_TOKENS)) if x.dim() >= 2 else 1
-
-        def sub(t: torch.Tensor) -> torch.Tensor:
-            return (t[:, ::step] if step > 1 else t).to(f)
-
-        P0, P1, P2 = (sub(state.P[state.newest(k)]) for k in (3, 2, 1))
-        d21 = P2 - P1
-        shape = (-1,) + (1,) * (x.dim() - 1)
-        c0, c2 = self._lagrange(state)
-        g = state.gamma.view(shape)
-        miss = sub(p) - sub(x) - P1 - g * d21  # what the line misses of the measured probe residual
-        bend = (c2.view(shape) - g) * d21 + c0.view(shape) * (P0 - P1)  # quadratic − line
-        num, den = (miss * bend).flatten(1).sum(1), (bend * bend).flatten(1).sum(1)
-        if self._policy == reference.POLICY_GLOBAL:
-            num, den = num.sum().expand_as(num), den.sum().expand_as(den)
-        w = torch.where(den > 0, num / torch.where(den > 0, den, torch.ones_like(den)), torch.zeros_like(den))
-        state.quad_weight = torch.nan_to_num(w, nan=0.0).clamp_(0.0, 1.0)
-        return self._blend(state, c0, c2, state.quad_weight)
+            state.quad_weight = torch.ones_like(state.gamma)
+            return self._quad_weights(state, state.quad_weight)
+        state.quad_weight = torch.empty_like(state.gamma)
+        return self._quad_weights(state, state.quad_weight, (p, x))
 
     def _probe(self, state: BranchState, p: torch.Tensor, x: torch.Tensor, threshold: float) -> None:
         cfg = self.config

@@ -1,6 +1,6 @@
 """Fused Triton kernels for the DiCache cache arithmetic.
 
-Three kernels, one launch each, implementing the ops specified in
+Four kernels, one launch each, implementing the ops specified in
 ``dicache/ops/reference.py`` (the launchers, argument checks and workspace
 management live in ``dicache/ops/triton_backend.py``):
 
@@ -17,6 +17,11 @@ management live in ``dicache/ops/triton_backend.py``):
     ``r_slot <- h - x``, ``p_slot <- p - x`` and
     ``den[b] = sum |stored p_slot - p_other|`` (atomics + ticket epilogue),
     ``acc <- 0``.
+``quad_blend_kernel``
+    The reconstruction weights of ``alignment_order="auto"``: optionally fits
+    how far to bend the line towards the quadratic on a strided subsample of
+    the probe (two sums per sample, atomics + ticket epilogue), then writes
+    ``w``, ``c0``, ``c2`` from ``gamma`` and the three entries' steps.
 
 Layout: every ``[B, ...]`` tensor is contiguous and seen as ``[B, S]`` with
 ``S = numel / B``. The grid is ``(chunks, B)``: program ``(c, b)`` handles
@@ -336,3 +341,106 @@ def refresh_kernel(
         if pid_c == 0:
             tl.store(den_ptr + b, 0.0)
             tl.store(acc_ptr + b, 0.0)
+
+
+@triton.jit
+def _lagrange(g, t0, t1, t2):
+    """Weights ``(c0, c2)`` of the oldest and newest of three entries at ``t1 + g·(t2 − t1)``."""
+    tau = t1 + g * (t2 - t1)
+    c0 = tl.math.div_rn((tau - t1) * (tau - t2), (t0 - t1) * (t0 - t2))
+    c2 = tl.math.div_rn((tau - t0) * (tau - t1), (t2 - t0) * (t2 - t1))
+    return c0, c2
+
+
+@triton.jit
+def quad_blend_kernel(
+    p_ptr,
+    x_ptr,
+    p0_ptr,
+    p1_ptr,
+    p2_ptr,
+    gamma_ptr,
+    w_ptr,
+    c0_ptr,
+    c2_ptr,
+    ws_ptr,
+    ticket_ptr,
+    S,
+    inner,
+    row_step,
+    n_sub,
+    B,
+    iters,
+    num_programs,
+    t0,
+    t1,
+    t2,
+    FIT: tl.constexpr,
+    PER_SAMPLE: tl.constexpr,
+    BLOCK: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+):
+    """``dicache.ops.reference.quad_blend``: the weights ``c0, c2`` of the line bent towards the quadratic.
+
+    ``FIT``: fit ``w`` on the probe first. Each sample's subsample is ``n_sub`` elements: index ``j`` is
+    element ``(j // inner) * row_step + j % inner`` of the sample's ``S`` (every ``stride``-th index of
+    dim 1). The two sums per sample (Σ miss·bend, Σ bend²) go through the workspace/ticket protocol
+    (columns 0 and 1 of the sample's row of 5); the last program pools them (policy "global"), fits
+    ``w`` and writes ``w``, ``c0``, ``c2``. Without ``FIT`` the grid is one program that reads ``w``.
+    """
+    if FIT:
+        pid_c = tl.program_id(0)
+        b = tl.program_id(1)
+        gb = tl.load(gamma_ptr + b).to(tl.float32)
+        l0b, l2b = _lagrange(gb, t0, t1, t2)
+        a = l2b - gb
+        base = b.to(tl.int64) * S
+        start = pid_c.to(tl.int64) * iters * BLOCK
+        lane = tl.arange(0, BLOCK)
+        s_num = tl.zeros([BLOCK], dtype=tl.float32)
+        s_den = tl.zeros([BLOCK], dtype=tl.float32)
+        for _ in range(iters):
+            j = start + lane
+            start += BLOCK
+            m = j < n_sub
+            off = base + (j // inner) * row_step + j % inner
+            pv = tl.load(p_ptr + off, mask=m, other=0.0).to(tl.float32)
+            xv = tl.load(x_ptr + off, mask=m, other=0.0).to(tl.float32)
+            v0 = tl.load(p0_ptr + off, mask=m, other=0.0).to(tl.float32)
+            v1 = tl.load(p1_ptr + off, mask=m, other=0.0).to(tl.float32)
+            v2 = tl.load(p2_ptr + off, mask=m, other=0.0).to(tl.float32)
+            d21 = v2 - v1
+            miss = ((pv - xv) - v1) - gb * d21
+            bend = a * d21 + l0b * (v0 - v1)  # masked lanes: 0
+            s_num += miss * bend
+            s_den += bend * bend
+        row = ws_ptr + b * 5
+        tl.atomic_add(row + 0, tl.sum(s_num, axis=0), sem="relaxed")
+        tl.atomic_add(row + 1, tl.sum(s_den, axis=0), sem="relaxed")
+        tl.debug_barrier()
+        ticket = tl.atomic_add(ticket_ptr, 1, sem="acq_rel")
+        last = ticket == num_programs - 1
+    else:
+        last = tl.program_id(0) == 0
+
+    if last:
+        rows = tl.arange(0, BLOCK_B)
+        rmask = rows < B
+        g = tl.load(gamma_ptr + rows, mask=rmask, other=1.0).to(tl.float32)
+        if FIT:
+            num = _take(ws_ptr + rows * 5, rmask)
+            den = _take(ws_ptr + rows * 5 + 1, rmask)
+            tl.atomic_xchg(ticket_ptr, 0, sem="relaxed")  # ready for the next launch
+            if not PER_SAMPLE:
+                num = _pool(num, rmask)
+                den = _pool(den, rmask)
+            ok = den > 0.0
+            r = tl.where(ok, tl.math.div_rn(num, tl.where(ok, den, 1.0)), 0.0)
+            r = tl.where(r == r, r, 0.0)
+            w = tl.minimum(tl.maximum(r, 0.0), 1.0)
+            tl.store(w_ptr + rows, w.to(w_ptr.dtype.element_ty), mask=rmask)
+        else:
+            w = tl.load(w_ptr + rows, mask=rmask, other=0.0).to(tl.float32)
+        l0, l2 = _lagrange(g, t0, t1, t2)
+        tl.store(c0_ptr + rows, (w * l0).to(c0_ptr.dtype.element_ty), mask=rmask)
+        tl.store(c2_ptr + rows, (g + w * (l2 - g)).to(c2_ptr.dtype.element_ty), mask=rmask)

@@ -444,6 +444,229 @@ def test_empty_rows(cpu):
 
 
 # ---------------------------------------------------------------------------
+# quad_blend
+
+QB_TOL = dict(rtol=1e-4, atol=1e-4)  # w, c0, c2: fp32 sums in another order
+# [B, N, ...]: odd sizes, a [B] tensor (one element per sample), a 4-d one, and one of ~2e5
+# elements per sample (several parallel chunks per sample, starting mid-row for stride > 1).
+QB_SHAPES = [(1, 7, 5), (3, 33, 17), (2, 1000, 24), (2, 999, 97), (5,), (2, 9, 4, 3)]
+QB_STEPS = [(3.0, 5.0, 6.0), (0.0, 1.0, 2.0)]
+
+
+def _qb_op():
+    return torch.ops.dicache_cpu.quad_blend
+
+
+def _qb_inputs(shape, dtype, g, w_true=None, noise=0.3):
+    """p, x, p0, p1, p2 (dtype) and gamma ([B] fp32 in [0.8, 1.6]). p - x is the line plus
+    ``w_true`` (per sample; default random in [-0.3, 1.3]) times the quadratic's correction,
+    plus noise scaled by the correction (so w lands inside [0, 1] and clipped at either end)."""
+    B = shape[0]
+    gamma = 0.8 + 0.8 * torch.rand(B, generator=g)
+    P0, P1, P2 = _randn(shape, dtype, g, 1.0, 0.2), _randn(shape, dtype, g, 0.8, -0.1), _randn(shape, dtype, g, 0.9)
+    x = _randn(shape, dtype, g, 0.7, 0.1)
+    if w_true is None:
+        w_true = torch.rand(B, generator=g) * 1.6 - 0.3
+    return {"gamma": gamma, "x": x, "p0": P0, "p1": P1, "p2": P2, "w_true": w_true, "noise": noise}
+
+
+def _qb_set_probe(t, steps):
+    """p for the given steps (the correction depends on them)."""
+    gamma, x, P0, P1, P2 = t["gamma"], t["x"].float(), t["p0"].float(), t["p1"].float(), t["p2"].float()
+    shape = (-1,) + (1,) * (x.dim() - 1)
+    l0, l2 = R.lagrange_weights(gamma, *steps)
+    gb = gamma.view(shape)
+    d21 = P2 - P1
+    bend = (l2 - gamma).view(shape) * d21 + l0.view(shape) * (P0 - P1)
+    g = _gen("qb_noise", tuple(x.shape), steps)
+    scale = bend.reshape(x.shape[0], -1).abs().mean(1).view(shape) if x.numel() else bend
+    miss = t["w_true"].view(shape) * bend + t["noise"] * scale * torch.randn(x.shape, generator=g)
+    t["p"] = (x + P1 + gb * d21 + miss).to(t["x"].dtype)
+    return t
+
+
+def _qb_run(impl, t, steps, stride=1, policy=R.POLICY_GLOBAL, fit=True, w0=None):
+    """Run one implementation on fresh outputs (w poisoned when it is fitted); returns (w, c0, c2).
+    The reference cannot fit on [B] tensors (flatten(1)): it gets the same elements as [B, 1]."""
+    B = t["gamma"].numel()
+    w = torch.full((B,), float("nan")) if fit else w0.clone()
+    c0, c2 = torch.full((B,), float("nan")), torch.full((B,), float("nan"))
+    probes = [t[k] for k in ("p", "x", "p0", "p1", "p2")] if fit else [None] * 5
+    if impl is R.quad_blend and fit and probes[0].dim() == 1:
+        probes = [v.unsqueeze(1) for v in probes]
+    impl(t["gamma"], w, c0, c2, *steps, *probes, stride, policy)
+    return w, c0, c2
+
+
+def _qb_compare(got, want, what=""):
+    for name, a, b in zip(("w", "c0", "c2"), got, want):
+        torch.testing.assert_close(a, b, **QB_TOL, msg=lambda m, n=name: f"{what} {n}: {m}")
+        assert torch.isfinite(a).all(), f"{what} {name} not written: {a}"
+
+
+@pytest.mark.parametrize("policy", [R.POLICY_GLOBAL, R.POLICY_MAX], ids=["global", "max"])
+@pytest.mark.parametrize("stride", [1, 2, 3, 64])
+@pytest.mark.parametrize("shape", QB_SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).replace("torch.", ""))
+def test_quad_blend_fit(cpu, dtype, shape, stride, policy):
+    g = _gen("quad_blend", dtype, shape, stride, policy)
+    t = _qb_inputs(shape, dtype, g)
+    for steps in QB_STEPS:
+        _qb_set_probe(t, steps)
+        want = _qb_run(R.quad_blend, t, steps, stride, policy)
+        got = _qb_run(_qb_op(), t, steps, stride, policy)
+        _qb_compare(got, want, f"steps={steps}")
+        assert ((got[0] >= 0) & (got[0] <= 1)).all()
+        if policy == R.POLICY_GLOBAL:
+            assert torch.equal(got[0], got[0][:1].expand_as(got[0])), "global: one w for the batch"
+
+
+@pytest.mark.parametrize("steps", QB_STEPS, ids=["steps356", "steps012"])
+@pytest.mark.parametrize("policy", [R.POLICY_GLOBAL, R.POLICY_MAX], ids=["global", "max"])
+def test_quad_blend_no_fit(cpu, policy, steps):
+    """Without the probe tensors w is read (not written), whatever the policy."""
+    B = 5
+    g = _gen("quad_blend_nofit", policy, steps)
+    t = {"gamma": 0.8 + 0.8 * torch.rand(B, generator=g)}
+    w0 = torch.rand(B, generator=g)
+    want = _qb_run(R.quad_blend, t, steps, policy=policy, fit=False, w0=w0)
+    for impl in (_qb_op(), cpu.quad_blend):
+        got = _qb_run(impl, t, steps, policy=policy, fit=False, w0=w0)
+        _qb_compare(got, want)
+        assert torch.equal(got[0], w0)
+    # w = 1: the quadratic's Lagrange weights; w = 0: the line (c0 = 0, c2 = gamma)
+    l0, l2 = R.lagrange_weights(t["gamma"], *steps)
+    _, c0, c2 = _qb_run(_qb_op(), t, steps, fit=False, w0=torch.ones(B))
+    torch.testing.assert_close(c0, l0, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(c2, l2, rtol=1e-6, atol=1e-7)
+    _, c0, c2 = _qb_run(_qb_op(), t, steps, fit=False, w0=torch.zeros(B))
+    assert torch.equal(c0, torch.zeros(B)) and torch.equal(c2, t["gamma"])
+
+
+def test_quad_blend_recovers_weight_and_clips(cpu):
+    """p - x = line + w_true * correction (+ noise): w ~ w_true inside [0, 1], exactly 0 / 1 outside."""
+    shape, steps = (4, 65, 33), (3.0, 5.0, 6.0)
+    t = _qb_inputs(shape, torch.float32, _gen("qb_clip"), w_true=torch.tensor([-0.5, 1.5, 0.3, 0.8]), noise=0.05)
+    t["gamma"] = torch.tensor([0.8, 1.3, 1.6, 1.2])
+    _qb_set_probe(t, steps)
+    want = _qb_run(R.quad_blend, t, steps, policy=R.POLICY_MAX)
+    got = _qb_run(_qb_op(), t, steps, policy=R.POLICY_MAX)
+    _qb_compare(got, want)
+    w = got[0]
+    assert w[0].item() == 0.0 and w[1].item() == 1.0, w
+    torch.testing.assert_close(w[2:], torch.tensor([0.3, 0.8]), rtol=0, atol=0.02)
+    # pooled: every sample far above 1 -> exactly 1; far below 0 -> exactly 0
+    for w_true, expected in ((2.0, 1.0), (-1.0, 0.0)):
+        t["w_true"] = torch.full((4,), w_true)
+        _qb_set_probe(t, steps)
+        want = _qb_run(R.quad_blend, t, steps, policy=R.POLICY_GLOBAL)
+        got = _qb_run(_qb_op(), t, steps, policy=R.POLICY_GLOBAL)
+        _qb_compare(got, want)
+        assert torch.equal(got[0], torch.full((4,), expected))
+
+
+@pytest.mark.parametrize("policy", [R.POLICY_GLOBAL, R.POLICY_MAX], ids=["global", "max"])
+def test_quad_blend_zero_den(cpu, policy):
+    """P0 = P1 = P2 -> bend = 0 everywhere -> sum bend^2 = 0 -> w = 0 (c0 = 0, c2 = gamma)."""
+    shape, steps = (3, 33, 17), (3.0, 5.0, 6.0)
+    g = _gen("qb_den0", policy)
+    t = _qb_inputs(shape, torch.float32, g)
+    t["p0"], t["p1"], t["p2"] = (t["p1"].clone() for _ in range(3))
+    t["p"] = _randn(shape, torch.float32, g, 1.1, 0.3)
+    want = _qb_run(R.quad_blend, t, steps, policy=policy)
+    got = _qb_run(_qb_op(), t, steps, policy=policy)
+    _qb_compare(got, want)
+    assert torch.equal(got[0], torch.zeros(3)) and torch.equal(got[1], torch.zeros(3))
+    assert torch.equal(got[2], t["gamma"])
+
+
+@pytest.mark.parametrize("policy", [R.POLICY_GLOBAL, R.POLICY_MAX], ids=["global", "max"])
+@pytest.mark.parametrize("shape", [(0, 7, 5), (0,), (2, 0, 5), (2, 7, 0)], ids=lambda s: "x".join(map(str, s)))
+def test_quad_blend_empty(cpu, shape, policy):
+    """B = 0: nothing to do; no elements to fit on: sums 0 -> w = 0."""
+    B = shape[0]
+    t = {"gamma": 0.8 + 0.8 * torch.rand(B, generator=_gen("qb_empty", shape)),
+         **{k: torch.empty(shape) for k in ("p", "x", "p0", "p1", "p2")}}
+    got = _qb_run(_qb_op(), t, (3.0, 5.0, 6.0), 2, policy)
+    if B > 0:  # the reference cannot fit an empty batch (reshape(0, -1))
+        want = _qb_run(R.quad_blend, t, (3.0, 5.0, 6.0), 2, policy)
+        _qb_compare(got, want)
+    assert torch.equal(got[0], torch.zeros(B)) and torch.equal(got[1], torch.zeros(B))
+    assert torch.equal(got[2], t["gamma"])
+
+
+@pytest.mark.parametrize("dtype", DTYPES + [torch.float64], ids=lambda d: str(d).replace("torch.", ""))
+def test_quad_blend_layouts(cpu, dtype):
+    """Non-contiguous big tensors and state, mixed dtypes: contiguous copies / temporaries."""
+    shape, steps, B = (3, 33, 17), (0.0, 1.0, 2.0), 3
+    g = _gen("qb_layouts", dtype)
+    t = _qb_inputs(shape, dtype, g)
+    _qb_set_probe(t, steps)
+    want = _qb_run(R.quad_blend, t, steps, 2, R.POLICY_MAX)
+    # the same values in transposed views, a strided gamma, and strided outputs
+    nc = dict(t)
+    for k in ("p", "x", "p0", "p1", "p2"):
+        nc[k] = t[k].transpose(1, 2).contiguous().transpose(1, 2)
+        assert not nc[k].is_contiguous()
+    nc["gamma"] = _strided_vec(t["gamma"])
+    outs = [_strided_vec(torch.full((B,), float("nan"))) for _ in range(3)]
+    _qb_op()(nc["gamma"], *outs, *steps, *(nc[k] for k in ("p", "x", "p0", "p1", "p2")), 2, R.POLICY_MAX)
+    _qb_compare(outs, want, "non-contiguous")
+    # no fit: a strided w is read
+    w = _strided_vec(want[0].clone())
+    c0, c2 = _strided_vec(torch.full((B,), float("nan"))), _strided_vec(torch.full((B,), float("nan")))
+    _qb_op()(nc["gamma"], w, c0, c2, *steps)
+    _qb_compare((w, c0, c2), want, "non-contiguous, no fit")
+    # mixed dtypes: fp32 window slots
+    mixed = dict(t, p0=t["p0"].float(), p1=t["p1"].float())
+    _qb_compare(_qb_run(_qb_op(), mixed, steps, 2, R.POLICY_MAX), want, "mixed dtypes")
+
+
+def test_quad_blend_deterministic_across_thread_counts(cpu):
+    shape, steps = (2, 999, 97), (3.0, 5.0, 6.0)
+    t = _qb_set_probe(_qb_inputs(shape, torch.float32, _gen("qb_threads")), steps)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = _qb_run(_qb_op(), t, steps, 2, R.POLICY_MAX)
+        torch.set_num_threads(max(2, threads))
+        many = _qb_run(_qb_op(), t, steps, 2, R.POLICY_MAX)
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(one, many):
+        assert torch.equal(a, b)
+
+
+def test_quad_blend_invalid_arguments(cpu):
+    shape, B = (2, 7, 13), 2
+    t = _qb_inputs(shape, torch.float32, _gen("qb_errors"))
+    _qb_set_probe(t, (3.0, 5.0, 6.0))
+    w, c0, c2 = torch.full((B,), 0.5), torch.full((B,), 7.0), torch.full((B,), 7.0)
+    args = lambda **kw: dict(  # noqa: E731
+        gamma=t["gamma"], w=w, c0=c0, c2=c2, t0=3.0, t1=5.0, t2=6.0, p=t["p"], x=t["x"], p0=t["p0"],
+        p1=t["p1"], p2=t["p2"], stride=1, policy=0) | kw
+    for bad, exc in (
+        (dict(x=torch.randn(2, 7, 14)), ValueError),
+        (dict(p2=torch.randn(2, 8, 13)), ValueError),
+        (dict(p=torch.randn(3, 7, 13), x=torch.randn(3, 7, 13), p0=torch.randn(3, 7, 13),
+              p1=torch.randn(3, 7, 13), p2=torch.randn(3, 7, 13)), ValueError),  # batch != gamma's numel
+        (dict(p0=None, p1=None, p2=None), ValueError),  # only some probe tensors
+        (dict(p=None), ValueError),
+        (dict(stride=0), ValueError),
+        (dict(policy=2), ValueError),
+        (dict(w=torch.zeros(B, dtype=torch.float64)), TypeError),
+        (dict(w=torch.zeros(B + 1)), ValueError),
+        (dict(c2=torch.zeros(B - 1)), ValueError),
+        (dict(gamma=torch.ones(B, dtype=torch.float16)), TypeError),
+        (dict(p1=torch.ones(shape, dtype=torch.int32)), TypeError),
+    ):
+        with pytest.raises(exc):
+            _qb_op()(**args(**bad))
+        assert torch.equal(w, torch.full((B,), 0.5)) and torch.equal(c0, torch.full((B,), 7.0)), \
+            f"{bad}: nothing may be written before the checks pass"
+
+
+# ---------------------------------------------------------------------------
 # errors
 
 

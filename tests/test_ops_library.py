@@ -73,6 +73,15 @@ def _refresh_args(gen, *, has_other=True, dtype=torch.float32):
     ]
 
 
+def _quad_args(gen, *, fit=True, dtype=torch.float32, policy=1):
+    args = [1.0 + torch.rand(B, generator=gen),  # gamma
+            torch.rand(B, generator=gen) if not fit else torch.full((B,), float("nan")),  # w
+            torch.full((B,), float("nan")), torch.full((B,), float("nan")), 3.0, 5.0, 6.0]
+    if fit:
+        args += [torch.randn(SHAPE, generator=gen).to(dtype) for _ in range(5)] + [2, policy]
+    return args
+
+
 def _clone(args):
     return [a.clone() if isinstance(a, torch.Tensor) else a for a in args]
 
@@ -90,7 +99,7 @@ def _assert_same(mine, theirs):
 
 
 def test_ops_are_registered_in_one_namespace():
-    for name in ("probe_decide", "reconstruct", "refresh"):
+    for name in ("probe_decide", "reconstruct", "refresh", "quad_blend"):
         op = getattr(torch.ops.dicache, name).default
         assert op.name() == f"dicache::{name}"
 
@@ -102,6 +111,7 @@ def test_mutation_annotations():
     assert mutated(torch.ops.dicache.probe_decide) == {"p_prev", "x_prev", "acc", "sums", "flag", "gamma"}
     assert mutated(torch.ops.dicache.reconstruct) == {"out"}
     assert mutated(torch.ops.dicache.refresh) == {"r_slot", "p_slot", "den", "acc"}
+    assert mutated(torch.ops.dicache.quad_blend) == {"w", "c0", "c2"}
 
 
 def test_registration_is_idempotent():
@@ -151,6 +161,17 @@ def test_reconstruct_and_refresh_ops_match_reference(dtype):
         _assert_same(mine, theirs)
 
 
+@pytest.mark.parametrize("fit,policy,dtype", [(False, 1, torch.float32), (True, 0, torch.float32),
+                                              (True, 1, torch.bfloat16)])
+def test_quad_blend_op_matches_reference(fit, policy, dtype):
+    args = _quad_args(_gen("quad", fit, policy, dtype), fit=fit, policy=policy, dtype=dtype)
+    mine, theirs = _clone(args), _clone(args)
+    lib.quad_blend(*mine)
+    ref.quad_blend(*theirs)
+    _assert_same(mine, theirs)
+    assert torch.isfinite(mine[1]).all() and torch.isfinite(mine[2]).all()
+
+
 # ---------------------------------------------------------------------------
 # opcheck: schema, fake tensor, AOT dispatch
 
@@ -174,6 +195,11 @@ def test_opcheck_reconstruct(has_old, oldest):
 @pytest.mark.parametrize("has_other", [False, True])
 def test_opcheck_refresh(has_other):
     torch.library.opcheck(torch.ops.dicache.refresh.default, _refresh_args(_gen("oc-f", has_other), has_other=has_other))
+
+
+@pytest.mark.parametrize("fit", [False, True])
+def test_opcheck_quad_blend(fit):
+    torch.library.opcheck(torch.ops.dicache.quad_blend.default, _quad_args(_gen("oc-q", fit), fit=fit))
 
 
 def test_fake_tensors():
@@ -201,6 +227,14 @@ def test_fake_tensors():
         bad[9] = torch.empty(B + 1)
         with pytest.raises(ValueError, match="gamma"):
             lib.probe_decide(*bad)
+        quad = [mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in _quad_args(gen)]
+        lib.quad_blend(*quad)
+        with pytest.raises(ValueError, match="go together"):
+            lib.quad_blend(*quad[:8])  # p without x, p0, p1, p2
+        bad = list(quad)
+        bad[1] = torch.empty(B + 1)
+        with pytest.raises(ValueError, match="w must have"):
+            lib.quad_blend(*bad)
 
 
 # ---------------------------------------------------------------------------

@@ -121,6 +121,45 @@ def test_refresh_writes_slots_den_and_clears_acc(backend):
     assert torch.equal(den, torch.zeros(3))
 
 
+@pytest.mark.parametrize("backend", _backends())
+@pytest.mark.parametrize("policy", [ref.POLICY_GLOBAL, ref.POLICY_MAX])
+def test_quad_blend_reconstructs_the_line_bent_towards_the_quadratic(backend, policy):
+    """Residuals on a quadratic in the step: the weights quad_blend fits from probe residuals on a known mix of
+    line and quadratic make reconstruct return that same mix of the deep residuals, per sample."""
+    g = torch.Generator().manual_seed(5)
+    t = (2.0, 4.0, 5.0)
+    gamma = torch.tensor([1.4, 1.8, 1.1])
+    tau = (t[1] + gamma * (t[2] - t[1])).view(-1, 1, 1)
+
+    def on_quadratic(shape):
+        a, b, c = (torch.randn(shape, generator=g) for _ in range(3))
+        return [a + b * s + c * s * s for s in t], a + b * tau + c * tau * tau
+
+    (P0, P1, P2), p_quad = on_quadratic((3, 40, 6))
+    (R0, R1, R2), r_quad = on_quadratic((3, 40, 6))
+    mix = torch.tensor([0.25, 0.6, 1.0]).view(-1, 1, 1)  # how far each sample's probe bends to the quadratic
+    p_line, r_line = P1 + gamma.view(-1, 1, 1) * (P2 - P1), R1 + gamma.view(-1, 1, 1) * (R2 - R1)
+    x = torch.randn(3, 40, 6, generator=g)
+    p = x + p_line + mix * (p_quad - p_line)
+    w, c0, c2 = (torch.full((3,), float("nan")) for _ in range(3))
+    backend_ops = ops.load_backend(backend)
+    backend_ops.quad_blend(gamma, w, c0, c2, *t, p, x, P0, P1, P2, 1, policy)
+    if policy == ref.POLICY_MAX:
+        torch.testing.assert_close(w, mix.flatten(), atol=1e-4, rtol=0)
+    else:  # one weight for the batch, between the samples' own
+        assert torch.all(w == w[0]) and 0.25 < float(w[0]) < 1.0
+    out = torch.full_like(x, float("nan"))
+    backend_ops.reconstruct(x, R2, R1, c2, out, R0, c0)
+    wv = w.view(-1, 1, 1)
+    torch.testing.assert_close(out, x + r_line + wv * (r_quad - r_line), atol=1e-4, rtol=1e-4)
+    # w given, not fitted: 1 is the quadratic's Lagrange weights, 0 the line
+    for given, (e0, e2) in ((1.0, ref.lagrange_weights(gamma, *t)), (0.0, (torch.zeros(3), gamma))):
+        w.fill_(given)
+        backend_ops.quad_blend(gamma, w, c0, c2, *t)
+        torch.testing.assert_close(c0, e0, atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(c2, e2, atol=1e-6, rtol=1e-6)
+
+
 def test_backend_dispatch_names_and_auto():
     assert ops.select_backend("torch", "cpu").name == "torch"
     assert ops.select_backend("auto", "cpu").name in ("cpu", "torch")

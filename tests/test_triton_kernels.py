@@ -462,6 +462,132 @@ def test_check_device_needs_interpreter_on_cpu(monkeypatch):
 
 
 # ---------------------------------------------------------------------------
+# quad_blend
+
+
+STEPS = [(3.0, 5.0, 6.0), (0.0, 1.0, 2.0)]
+
+
+def _quad_case(shape, dtype, gen, *, fit=True):
+    """Random stored probe residuals and a probe between the line and the quadratic (w inside (0, 1) for most
+    samples, the fitted ratio outside [0, 1] for some), γ in [0.8, 1.6]."""
+    B = shape[0]
+    P0, P1, P2 = (_randn(shape, dtype, gen) for _ in range(3))
+    x = _randn(shape, dtype, gen)
+    p = _randn(shape, dtype, gen, scale=0.5, offset=(x.float() + P2.float()).cpu())
+    # γ kept 0.03 away from 1, where the bend vanishes and w turns sensitive to one rounding of c2(τ)
+    # (torch divides a CUDA tensor by a number through its reciprocal, the kernels divide)
+    u = torch.rand(B, generator=gen)
+    gamma = torch.where(torch.arange(B) % 2 == 0, 1.03 + 0.57 * u, 0.8 + 0.17 * u)
+    out = dict(gamma=gamma.to(DEVICE),
+               w=(torch.rand(B, generator=gen) if not fit else torch.full((B,), float("nan"))).to(DEVICE),
+               c0=torch.full((B,), float("nan"), device=DEVICE), c2=torch.full((B,), float("nan"), device=DEVICE))
+    if fit:
+        out.update(p=p, x=x, p0=P0, p1=P1, p2=P2)
+    return out
+
+
+def _run_quad_both(args, steps, **kw):
+    mine, theirs = _clone(args), _clone(args)
+    tb.quad_blend(**mine, t0=steps[0], t1=steps[1], t2=steps[2], **kw)
+    kw.pop("block", None), kw.pop("iters", None)
+    ref.quad_blend(**theirs, t0=steps[0], t1=steps[1], t2=steps[2], **kw)
+    for name in ("w", "c0", "c2"):
+        torch.testing.assert_close(mine[name].cpu(), theirs[name].cpu(), rtol=1e-4, atol=1e-4,
+                                   msg=lambda m, name=name: f"{name}: {m}")
+    return mine, theirs
+
+
+@pytest.mark.parametrize("stride", [1, 3, 1000], ids=["stride1", "stride3", "stride-beyond-N"])
+@pytest.mark.parametrize("policy", POLICIES, ids=["global", "max"])
+@pytest.mark.parametrize("shape", SHAPES + [(5,), (2, 9, 3, 5)], ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).replace("torch.", ""))
+def test_quad_blend_fit_matches_reference(dtype, shape, policy, stride):
+    steps = STEPS[stride % 2]
+    args = _quad_case(shape, dtype, _gen("quad", dtype, shape, policy, stride))
+    mine, _ = _run_quad_both(args, steps, stride=stride, policy=policy)
+    assert ((mine["w"] >= 0) & (mine["w"] <= 1)).all()
+
+
+@pytest.mark.parametrize("steps", STEPS, ids=["steps-3-5-6", "steps-0-1-2"])
+def test_quad_blend_without_fit_reads_w(steps):
+    args = _quad_case((6, 4, 3), torch.float32, _gen("quad-nofit", steps), fit=False)
+    mine, _ = _run_quad_both(args, steps)
+    assert torch.equal(mine["w"], args["w"])  # read, not written
+    # the blended weights: the line at w = 0 (c0 = 0, c2 = γ), the quadratic's Lagrange weights at w = 1
+    for w, (c0, c2) in ((0.0, (torch.zeros(6), args["gamma"])), (1.0, ref.lagrange_weights(args["gamma"], *steps))):
+        a = dict(args, w=torch.full((6,), w, device=DEVICE))
+        tb.quad_blend(**a, t0=steps[0], t1=steps[1], t2=steps[2])
+        torch.testing.assert_close(a["c0"].cpu(), c0.float().cpu(), rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(a["c2"].cpu(), c2.float().cpu(), rtol=1e-6, atol=1e-6)
+
+
+def test_quad_blend_fit_finds_the_line_and_the_quadratic():
+    """A probe residual on the quadratic through the stored ones gives w = 1, one on the line w = 0, one past
+    the quadratic is clipped to 1, and stored residuals that coincide (no bend) give w = 0."""
+    g = _gen("quad-exact")
+    shape, steps = (3, 17, 8), (0.0, 1.0, 2.0)
+    A, Bq, C = (torch.randn(shape, generator=g) for _ in range(3))
+    P = [A + Bq * k + C * k * k for k in range(3)]
+    x = torch.randn(shape, generator=g)
+    gamma = torch.tensor([1.5, 2.0, 1.2])
+    tau = (steps[1] + gamma * (steps[2] - steps[1])).view(-1, 1, 1)
+    quad, line = A + Bq * tau + C * tau * tau, P[1] + gamma.view(-1, 1, 1) * (P[2] - P[1])
+    for probe, want in ((quad, 1.0), (line, 0.0), (quad + 0.5 * (quad - line), 1.0), (line - (quad - line), 0.0)):
+        args = dict(gamma=gamma.to(DEVICE), w=torch.full((3,), float("nan"), device=DEVICE),
+                    c0=torch.empty(3, device=DEVICE), c2=torch.empty(3, device=DEVICE),
+                    p=(x + probe).to(DEVICE), x=x.to(DEVICE), p0=P[0].to(DEVICE), p1=P[1].to(DEVICE),
+                    p2=P[2].to(DEVICE))
+        mine, _ = _run_quad_both(args, steps, policy=ref.POLICY_MAX)
+        torch.testing.assert_close(mine["w"].cpu(), torch.full((3,), want), atol=2e-3, rtol=0)
+    same = P[1].to(DEVICE)
+    args = dict(gamma=gamma.to(DEVICE), w=torch.full((3,), float("nan"), device=DEVICE),
+                c0=torch.empty(3, device=DEVICE), c2=torch.empty(3, device=DEVICE),
+                p=(x + quad).to(DEVICE), x=x.to(DEVICE), p0=same, p1=same, p2=same)
+    mine, _ = _run_quad_both(args, steps, policy=ref.POLICY_GLOBAL)
+    assert torch.equal(mine["w"].cpu(), torch.zeros(3))
+    torch.testing.assert_close(mine["c2"].cpu(), gamma)
+
+
+@pytest.mark.parametrize("block,iters", [(256, 1), (256, 3)])
+def test_quad_blend_many_programs_and_workspace_reuse(block, iters):
+    """Several programs per sample, calls repeated and interleaved with probe_decide on the same workspace."""
+    shape = (2, 129, 40)
+    for k in range(3):
+        args = _quad_case(shape, torch.bfloat16, _gen("quad-ws", block, iters, k))
+        _run_quad_both(args, STEPS[0], stride=2, policy=POLICIES[k % 2], block=block, iters=iters)
+        pargs = _probe_case(shape, torch.float32, has_old=True, with_xprev=False, gen=_gen("quad-ws-probe", k))
+        scalars = dict(threshold=0.3, gamma_lo=1.0, gamma_hi=1.5, policy=ref.POLICY_MAX, error_mode=ref.ERROR_PROBE)
+        mine, theirs = _run_probe_both(pargs, scalars, block=block, iters=iters)
+        _assert_probe_equal(mine, theirs, torch.float32, scalars)
+
+
+def test_quad_blend_non_contiguous_outputs_and_empty():
+    args = _quad_case((3, 11, 5), torch.float32, _gen("quad-nc"))
+    buf = torch.full((3, 3), float("nan"), device=DEVICE)
+    mine = dict(_clone(args), w=buf[:, 0], c0=buf[:, 1], c2=buf[:, 2])
+    tb.quad_blend(**mine, t0=3.0, t1=5.0, t2=6.0, stride=2, policy=ref.POLICY_MAX)
+    theirs = _clone(args)
+    ref.quad_blend(**theirs, t0=3.0, t1=5.0, t2=6.0, stride=2, policy=ref.POLICY_MAX)
+    for name in ("w", "c0", "c2"):
+        torch.testing.assert_close(mine[name].cpu(), theirs[name].cpu(), rtol=1e-4, atol=1e-4)
+    empty = _quad_case((2, 0, 5), torch.float32, _gen("quad-empty"))
+    mine, _ = _run_quad_both(empty, STEPS[0], policy=ref.POLICY_MAX)
+    assert torch.equal(mine["w"].cpu(), torch.zeros(2))
+
+
+def test_quad_blend_rejects_bad_arguments():
+    args = _quad_case((2, 5, 3), torch.float32, _gen("quad-bad"))
+    steps = dict(t0=0.0, t1=1.0, t2=2.0)
+    for bad, match in ((dict(args, p0=None), "go together"), (dict(args, stride=0), "stride"),
+                       (dict(args, policy=3), "policy"), (dict(args, w=args["w"][:1]), "w must have"),
+                       (dict(args, x=args["x"][:, :4]), "x has shape")):
+        for impl in (tb.quad_blend, ref.quad_blend):
+            with pytest.raises(ValueError, match=match):
+                impl(**_clone(bad), **steps)
+
+
+# ---------------------------------------------------------------------------
 # benchmark script: its byte accounting runs anywhere
 
 
@@ -567,6 +693,10 @@ for dt, full in (("bf16", True), ("fp32", False)):
     assert "atom.global.gpu.acq_rel.add" in ptx and "atom.global.gpu.acq_rel.exch" in ptx
     build(k.reconstruct_kernel, types, dict(HAS_OLD=full, HAS_OLDEST=full, BLOCK=4096))
     build(k.refresh_kernel, types, dict(HAS_OTHER=full, BLOCK=4096, BLOCK_B=4))
+    qtypes = dict(big, p0_ptr="*" + dt, p1_ptr="*" + dt, p2_ptr="*" + dt, w_ptr="*fp32", c0_ptr="*fp32",
+                  c2_ptr="*fp32", inner="i64", row_step="i64", n_sub="i64", t0="fp32", t1="fp32", t2="fp32",
+                  **state)
+    build(k.quad_blend_kernel, qtypes, dict(FIT=full, PER_SAMPLE=full, BLOCK=4096, BLOCK_B=4))
 print("compiled")
 """
 

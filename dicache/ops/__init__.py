@@ -1,12 +1,14 @@
 """The fused cache ops and the backend dispatch.
 
-Every backend implements the three ops of :mod:`dicache.ops.reference` with
+Every backend implements the four ops of :mod:`dicache.ops.reference` with
 the same signatures and the same in-place contract:
 
 * ``probe_decide`` — probe statistics, error accumulation, decision flag and γ;
 * ``reconstruct`` — ``h = x + R[-2] + γ·(R[-1] − R[-2])`` (or ``x + R[-1]``), plus ``c·(R[-3] − R[-2])``
   when given ``R[-3]`` (the quadratic of ``alignment_order`` 2 and "auto");
-* ``refresh`` — write ``R = h − x`` and ``P = p − x`` into window slots.
+* ``refresh`` — write ``R = h − x`` and ``P = p − x`` into window slots;
+* ``quad_blend`` — the reconstruction weights of ``alignment_order`` "auto" and 2 (the line bent
+  towards the quadratic, the bend optionally fitted on the probe), on the device.
 
 A backend is loaded lazily by name. Loading or device checks that fail raise
 :class:`BackendUnavailableError` with the reason, so that ``select_backend``
@@ -35,7 +37,7 @@ class BackendUnavailableError(RuntimeError):
 
 @dataclass(frozen=True)
 class Backend:
-    """One implementation of the three fused ops.
+    """One implementation of the four fused ops.
 
     ``check_device(device)`` returns ``None`` when the backend can run tensors
     on ``device``, or a short reason why it cannot.
@@ -45,6 +47,7 @@ class Backend:
     probe_decide: Callable[..., None]
     reconstruct: Callable[..., None]
     refresh: Callable[..., None]
+    quad_blend: Callable[..., None]
     check_device: Callable[[torch.device], Optional[str]]
 
 
@@ -54,6 +57,7 @@ def _load_torch() -> Backend:
         probe_decide=reference.probe_decide,
         reconstruct=reference.reconstruct,
         refresh=reference.refresh,
+        quad_blend=reference.quad_blend,
         check_device=lambda device: None,
     )
 

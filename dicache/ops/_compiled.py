@@ -1,6 +1,6 @@
 """A Backend over the ops of a compiled extension (``csrc/``), shared by the cpu and cuda backends.
 
-The extension registers ``torch.ops.<namespace>.{probe_decide,reconstruct,refresh}`` with the
+The extension registers ``torch.ops.<namespace>.{probe_decide,reconstruct,refresh,quad_blend}`` with the
 signatures and the in-place contract of :mod:`dicache.ops.reference`; it is built just in time on
 first use by :mod:`dicache.build`.
 """
@@ -29,10 +29,16 @@ def load_compiled(kind: str, label: str, check_device: Callable[[torch.device], 
         ops.probe_decide(p, x, p_prev, p_old, x_prev, acc, den, sums, flag, gamma,
                          float(threshold), float(gamma_lo), float(gamma_hi), int(policy), int(error_mode))
 
+    def quad_blend(gamma, w, c0, c2, t0, t1, t2, p=None, x=None, p0=None, p1=None, p2=None,
+                   stride=1, policy=0) -> None:
+        ops.quad_blend(gamma, w, c0, c2, float(t0), float(t1), float(t2), p, x, p0, p1, p2, int(stride),
+                       int(policy))
+
     return Backend(
         name=kind,
         probe_decide=probe_decide,
         reconstruct=ops.reconstruct,
         refresh=ops.refresh,
+        quad_blend=quad_blend,
         check_device=check_device,
     )

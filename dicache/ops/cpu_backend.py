@@ -1,7 +1,7 @@
 """The ``"cpu"`` backend: the C++ kernels of ``csrc/cpu_ops.cpp`` for CPU tensors.
 
 Built just in time on first use (see :mod:`dicache.build`); registers
-``torch.ops.dicache_cpu.{probe_decide,reconstruct,refresh}`` with the signatures and
+``torch.ops.dicache_cpu.{probe_decide,reconstruct,refresh,quad_blend}`` with the signatures and
 the in-place contract of :mod:`dicache.ops.reference`. Each op is one OpenMP-parallel
 pass over its tensors (fp32 arithmetic for fp32/fp16/bf16/fp64 inputs), with the
 decision epilogue of ``probe_decide`` in C++ as well.

@@ -2,7 +2,7 @@
 
 Built just in time on first use where torch is a CUDA build and nvcc exists (see
 :mod:`dicache.build`; ``DICACHE_BUILD_CUDA=0`` skips it); registers
-``torch.ops.dicache_cuda.{probe_decide,reconstruct,refresh}`` with the signatures and
+``torch.ops.dicache_cuda.{probe_decide,reconstruct,refresh,quad_blend}`` with the signatures and
 the in-place contract of :mod:`dicache.ops.reference`. Each op is one kernel launch
 on the current stream for contiguous tensors: 16-byte vectorized grid-stride loops,
 fp32 accumulation, and for ``probe_decide`` / ``refresh`` the epilogue (decision flag,

@@ -8,7 +8,9 @@ namespace:
   (mutates ``p_prev``, ``x_prev``, ``acc``, ``sums``, ``flag``, ``gamma``);
 * ``dicache::reconstruct(x, r_new, r_old?, gamma, out, r_oldest?, c_oldest?) -> ()`` (mutates ``out``);
 * ``dicache::refresh(h, p, x, r_slot, p_slot, p_other?, den, acc) -> ()``
-  (mutates ``r_slot``, ``p_slot``, ``den``, ``acc``).
+  (mutates ``r_slot``, ``p_slot``, ``den``, ``acc``);
+* ``dicache::quad_blend(gamma, w, c0, c2, t0, t1, t2, p?, x?, p0?, p1?, p2?, stride, policy) -> ()``
+  (mutates ``w``, ``c0``, ``c2``).
 
 They are defined with :func:`torch.library.custom_op` (so ``torch.compile``
 sees them as opaque in-place ops and does not break the graph) plus
@@ -23,7 +25,7 @@ backend when it is built, else the PyTorch reference; on CUDA ``"cuda"``, then
 The ops are inference ops: no autograd formula is registered (call them
 under ``torch.no_grad()`` / ``torch.inference_mode()``, as the cache does).
 
-The module-level names ``probe_decide``, ``reconstruct`` and ``refresh`` are
+The module-level names ``probe_decide``, ``reconstruct``, ``refresh`` and ``quad_blend`` are
 the registered ops, called with the arguments of :mod:`dicache.ops.reference`.
 """
 
@@ -86,7 +88,7 @@ def _registered(name: str) -> bool:
 
 
 def _register() -> None:
-    """Define the three custom ops unless this process already has them."""
+    """Define the four custom ops unless this process already has them."""
     if not _registered("probe_decide"):
 
         @torch.library.custom_op(
@@ -180,6 +182,32 @@ def _register() -> None:
             _numel("den", den, h.shape[0])
             _numel("acc", acc, h.shape[0])
 
+    if not _registered("quad_blend"):
+
+        @torch.library.custom_op(f"{NAMESPACE}::quad_blend", mutates_args=("w", "c0", "c2"))
+        def _quad_blend(
+            gamma: torch.Tensor,
+            w: torch.Tensor,
+            c0: torch.Tensor,
+            c2: torch.Tensor,
+            t0: float,
+            t1: float,
+            t2: float,
+            p: Optional[torch.Tensor] = None,
+            x: Optional[torch.Tensor] = None,
+            p0: Optional[torch.Tensor] = None,
+            p1: Optional[torch.Tensor] = None,
+            p2: Optional[torch.Tensor] = None,
+            stride: int = 1,
+            policy: int = reference.POLICY_GLOBAL,
+        ) -> None:
+            backend_for(gamma.device).quad_blend(gamma, w, c0, c2, t0, t1, t2, p, x, p0, p1, p2, stride, policy)
+
+        @_quad_blend.register_fake
+        def _(gamma, w, c0, c2, t0, t1, t2, p=None, x=None, p0=None, p1=None, p2=None, stride=1,
+              policy=reference.POLICY_GLOBAL) -> None:
+            reference.check_quad_blend_args(gamma, w, c0, c2, p, x, p0, p1, p2, stride, policy)
+
 
 _register()
 
@@ -188,6 +216,7 @@ _register()
 probe_decide = torch.ops.dicache.probe_decide
 reconstruct = torch.ops.dicache.reconstruct
 refresh = torch.ops.dicache.refresh
+quad_blend = torch.ops.dicache.quad_blend
 
 
 __all__ = [
@@ -195,6 +224,7 @@ __all__ = [
     "backend_for",
     "clear_backend_cache",
     "probe_decide",
+    "quad_blend",
     "reconstruct",
     "refresh",
 ]

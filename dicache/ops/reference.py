@@ -188,3 +188,105 @@ def refresh(
     else:
         den.copy_(_per_sample_abs_sum(p_slot.float() - p_other.float()))
     acc.zero_()
+
+
+def lagrange_weights(gamma, t0: float, t1: float, t2: float):
+    """The weights ``(c0, c2)`` of the oldest and the newest of three entries stored at steps
+    ``t0 < t1 < t2`` in the quadratic through them, evaluated at ``τ = t1 + γ·(t2 − t1)`` (γ = 1 at
+    ``t2``); the middle entry's weight is ``1 − c0 − c2``. ``gamma``: a float or a tensor."""
+    tau = t1 + gamma * (t2 - t1)
+    c0 = (tau - t1) * (tau - t2) / ((t0 - t1) * (t0 - t2))
+    c2 = (tau - t0) * (tau - t1) / ((t2 - t0) * (t2 - t1))
+    return c0, c2
+
+
+def fit_subsample(t: torch.Tensor, stride: int) -> torch.Tensor:
+    """The elements :func:`quad_blend` fits on: every ``stride``-th index of dim 1 (all of a [B] tensor)."""
+    return t[:, ::stride] if t.dim() >= 2 and stride > 1 else t
+
+
+def check_quad_blend_args(gamma, w, c0, c2, p, x, p0, p1, p2, stride, policy) -> bool:
+    """The shape checks of :func:`quad_blend` (shared by the backends and the fake op); True to fit ``w``.
+
+    ``w``, ``c0``, ``c2``: ``B = gamma.numel()`` elements each; ``p, x, p0, p1, p2``: all given, of one shape
+    ``[B, ...]``, or none; ``stride >= 1``; ``policy`` global or max. Raises ValueError naming the argument."""
+    probes = (p, x, p0, p1, p2)
+    if sum(t is not None for t in probes) not in (0, len(probes)):
+        raise ValueError("p, x, p0, p1 and p2 go together (all given to fit w, or none to read it)")
+    if stride < 1:
+        raise ValueError(f"stride must be >= 1, got {stride}")
+    if policy not in (POLICY_GLOBAL, POLICY_MAX):
+        raise ValueError(f"policy must be {POLICY_GLOBAL} (global) or {POLICY_MAX} (max), got {policy}")
+    B = gamma.numel()
+    for name, t in (("w", w), ("c0", c0), ("c2", c2)):
+        if t.numel() != B:
+            raise ValueError(f"{name} must have {B} elements, got shape {tuple(t.shape)}")
+    if p is None:
+        return False
+    if p.dim() < 1 or p.shape[0] != B:
+        raise ValueError(f"p must be [B, ...] with B = {B} (gamma's numel), got shape {tuple(p.shape)}")
+    for name, t in (("x", x), ("p0", p0), ("p1", p1), ("p2", p2)):
+        if t.shape != p.shape:
+            raise ValueError(f"{name} has shape {tuple(t.shape)}, expected {tuple(p.shape)}")
+    return True
+
+
+def quad_blend(
+    gamma: torch.Tensor,
+    w: torch.Tensor,
+    c0: torch.Tensor,
+    c2: torch.Tensor,
+    t0: float,
+    t1: float,
+    t2: float,
+    p: Optional[torch.Tensor] = None,
+    x: Optional[torch.Tensor] = None,
+    p0: Optional[torch.Tensor] = None,
+    p1: Optional[torch.Tensor] = None,
+    p2: Optional[torch.Tensor] = None,
+    stride: int = 1,
+    policy: int = POLICY_GLOBAL,
+) -> None:
+    """The reconstruction weights of ``alignment_order="auto"`` (and 2): the line bent towards the quadratic.
+
+    With the three newest entries stored at steps ``t0 < t1 < t2`` and the call at ``τ = t1 + γ_b·(t2 − t1)``
+    (``gamma`` [B] fp32), the line is ``R1 + γ·(R2 − R1)`` and the quadratic ``Σ c_i(τ)·R_i``
+    (:func:`lagrange_weights`). The output ``line + w·(quadratic − line)`` is
+    ``R1 + c2·(R2 − R1) + c0·(R0 − R1)`` with, written in place ([B] fp32 each)::
+
+        c0[b] = w_b · c0(τ_b)        c2[b] = γ_b + w_b · (c2(τ_b) − γ_b)
+
+    — the arguments :func:`reconstruct` takes as ``c_oldest`` and ``gamma``.
+
+    ``w``: read when the probe tensors are not given (``w = 1``: the quadratic whole; the weight of a
+    leading branch). With ``p`` (probe output), ``x`` (input of block 0) and the stored probe residuals
+    ``p0, p1, p2`` (``P[-3], P[-2], P[-1]``, all of one shape ``[B, N, ...]``), ``w`` is first fitted on
+    the probe and written: the line's miss of the measured probe residual and the quadratic's correction,
+
+        miss = (p − x − P1) − γ·(P2 − P1)        bend = (c2(τ) − γ)·(P2 − P1) + c0(τ)·(P0 − P1),
+
+    summed per sample (pooled over the batch for ``POLICY_GLOBAL``) on every ``stride``-th index of dim 1,
+    give ``w = clip(Σ miss·bend / Σ bend², 0, 1)``, and ``w = 0`` where ``Σ bend² ≤ 0`` or the ratio is
+    NaN. Arithmetic in fp32.
+    """
+    check_quad_blend_args(gamma, w, c0, c2, p, x, p0, p1, p2, stride, policy)
+    B = gamma.numel()
+    if B == 0:
+        return
+    g = gamma.float()
+    l0, l2 = lagrange_weights(g, t0, t1, t2)
+    if p is not None:
+        P0, P1, P2, pf, xf = (fit_subsample(t, stride).float() for t in (p0, p1, p2, p, x))
+        shape = (-1,) + (1,) * (pf.dim() - 1)
+        gb = g.view(shape)
+        d21 = P2 - P1
+        miss = (pf - xf - P1) - gb * d21
+        bend = (l2 - g).view(shape) * d21 + l0.view(shape) * (P0 - P1)
+        num, den = (miss * bend).reshape(B, -1).sum(1), (bend * bend).reshape(B, -1).sum(1)
+        if policy == POLICY_GLOBAL:
+            num, den = num.sum().expand_as(num), den.sum().expand_as(den)
+        ratio = torch.where(den > 0, num / torch.where(den > 0, den, torch.ones_like(den)), torch.zeros_like(den))
+        w.copy_(torch.nan_to_num(ratio, nan=0.0).clamp(0.0, 1.0))
+    wf = w.float()
+    c0.copy_(wf * l0)
+    c2.copy_(g + wf * (l2 - g))

@@ -91,6 +91,7 @@ def load() -> Backend:
         probe_decide=probe_decide,
         reconstruct=reconstruct,
         refresh=refresh,
+        quad_blend=quad_blend,
         check_device=check_device,
     )
 
@@ -233,7 +234,7 @@ def _dummy(t: torch.Tensor) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------
-# the three ops
+# the ops
 
 
 def probe_decide(
@@ -406,11 +407,75 @@ def refresh(
     outs.commit()
 
 
+def quad_blend(
+    gamma: torch.Tensor,
+    w: torch.Tensor,
+    c0: torch.Tensor,
+    c2: torch.Tensor,
+    t0: float,
+    t1: float,
+    t2: float,
+    p: Optional[torch.Tensor] = None,
+    x: Optional[torch.Tensor] = None,
+    p0: Optional[torch.Tensor] = None,
+    p1: Optional[torch.Tensor] = None,
+    p2: Optional[torch.Tensor] = None,
+    stride: int = 1,
+    policy: int = reference.POLICY_GLOBAL,
+    *,
+    block: Optional[int] = None,
+    iters: Optional[int] = None,
+) -> None:
+    """Fused :func:`dicache.ops.reference.quad_blend` (one launch, nothing read to the host)."""
+    fit = reference.check_quad_blend_args(gamma, w, c0, c2, p, x, p0, p1, p2, stride, policy)
+    B = gamma.numel()
+    for name, t in (("w", w), ("c0", c0), ("c2", c2)):
+        _check_state(name, t, B, gamma.device)
+    if fit:
+        for name, t in (("p", p), ("x", x), ("p0", p0), ("p1", p1), ("p2", p2)):
+            _check_big(name, t, p)
+        if p.device != gamma.device:
+            raise ValueError(f"p is on {p.device}, expected {gamma.device}")
+    if B == 0:
+        return
+    outs = _Outputs()
+    g_c, w_c, c0_c, c2_c = _contig(gamma), outs(w), outs(c0), outs(c2)
+    BLOCK_B = max(2, triton.next_power_of_2(B))
+    if not fit:
+        _k.quad_blend_kernel[(1,)](
+            g_c, g_c, g_c, g_c, g_c, g_c, w_c, c0_c, c2_c, g_c, g_c,
+            0, 1, 1, 0, B, 1, 1, float(t0), float(t1), float(t2),
+            FIT=False, PER_SAMPLE=policy == reference.POLICY_MAX, BLOCK=16, BLOCK_B=BLOCK_B,
+        )
+        outs.commit()
+        return
+    N = p.shape[1] if p.dim() >= 2 else 1
+    S = p.numel() // B
+    inner = S // N if N else 0
+    s = stride if p.dim() >= 2 else 1
+    n_sub = -(-N // s) * inner
+    p_c, x_c, p0_c, p1_c, p2_c = (_contig(t) for t in (p, x, p0, p1, p2))
+    BLOCK, n_iters, chunks, num_warps = _launch_shape(n_sub, B, p.device, block, iters, reduce=True)
+    key, ws = _workspace(p.device, B)
+    try:
+        _k.quad_blend_kernel[(chunks, B)](
+            p_c, x_c, p0_c, p1_c, p2_c, g_c, w_c, c0_c, c2_c, ws.sums, ws.ticket,
+            S, max(inner, 1), s * inner, n_sub, B, n_iters, chunks * B, float(t0), float(t1), float(t2),
+            FIT=True, PER_SAMPLE=policy == reference.POLICY_MAX, BLOCK=BLOCK, BLOCK_B=BLOCK_B,
+            num_warps=num_warps,
+        )
+    except BaseException:
+        _drop_workspace(key)
+        raise
+    outs.commit()
+
+
 __all__ = [
     "check_device",
     "interpreter_active",
     "load",
     "probe_decide",
+    "quad_blend",
     "reconstruct",
     "refresh",
     "reset_workspaces",
