@@ -406,3 +406,18 @@ print("raised")
     done = subprocess.run([sys.executable, "-X", "faulthandler", "-c", code], capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0 and "raised" in done.stdout, (done.returncode, done.stderr[-2000:])
+
+
+@pytest.mark.parametrize("load", [False, True], ids=["torch_alone", "with_our_extension_loaded"])
+def test_a_torch_error_on_cuda_tensors_raises(cuda, load):
+    """Where the case above crashes, this says whether any C++ exception does (torch's own, before and after our
+    extension is loaded): a crash in the unwinder, not in our checks (cf. pytorch/pytorch#117597)."""
+    import subprocess
+    import sys
+
+    code = ("import torch\n" + ("from dicache.ops import load_backend\nload_backend('cuda')\n" if load else "")
+            + "try:\n    torch.zeros(2, device='cuda') + torch.zeros(3, device='cuda')\n"
+            + "except RuntimeError:\n    print('raised')\n")
+    done = subprocess.run([sys.executable, "-X", "faulthandler", "-c", code], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0 and "raised" in done.stdout, (done.returncode, done.stderr[-2000:])
