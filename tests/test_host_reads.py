@@ -109,3 +109,45 @@ def test_planned_runs_read_one_value_per_computed_call_and_none_when_skipping(fa
             assert got - base <= 1, (st, base, got)  # the error its probe measured, to plan the next run
         else:
             assert got - min(baseline) <= 0, (st, base, got)  # a planned or following skip reads nothing
+
+
+# ---------------------------------------------------------------------------
+# What a probed skip dispatches: with a fused backend, the fused ops and a few allocations, no elementwise
+# PyTorch op (each would be one more launch on a GPU; "auto" once cost ~40 of them, 24 % of a block at
+# Flux.1 size on an H200).
+
+
+class _RecordOps(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.ops = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.append(str(func.overloadpacket))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.skipif(ops.availability("cpu")["cpu"] is not None, reason="the C++ CPU kernels are not built here")
+@pytest.mark.parametrize("order", [1, 2, "auto"])
+def test_a_probed_skip_dispatches_the_fused_ops_only(order):
+    from dicache.engine import DiCacheEngine
+
+    g = torch.Generator().manual_seed(0)
+    R, P = ([torch.randn(2, 64, 8, generator=g) for _ in range(3)] for _ in range(2))
+    x = torch.randn(2, 64, 8, generator=g)
+    engine = DiCacheEngine(dicache.DiCacheConfig(threshold=1e9, warmup=3, alignment_order=order), 4, "cpu")
+    for k, (r, q) in enumerate(zip(R, P)):
+        engine.begin_call("c", k, 10)
+        assert engine.after_probe(x, x + q) is None
+        engine.after_full(x + r)
+    p = x + 1.1 * P[2]
+    engine.begin_call("c", 3, 10)  # 10 steps: γ from the probe, so "auto" fits its weight on it
+    with _RecordOps() as rec:
+        assert engine.after_probe(x, p) is not None
+    fused = [op for op in rec.ops if op.startswith("dicache_cpu.")]
+    want = ["dicache_cpu.probe_decide"] + (["dicache_cpu.quad_blend"] if order != 1 else []) + ["dicache_cpu.reconstruct"]
+    assert fused == want, rec.ops
+    # besides them: the error and γ kept for the summary (clones), the flag read, the weights' buffers
+    others = [op for op in rec.ops if not op.startswith("dicache_cpu.")]
+    assert set(others) <= {"aten.clone", "aten._local_scalar_dense", "aten.empty_like", "aten.ones_like"}, others
+    assert len(others) <= 6, others
