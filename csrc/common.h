@@ -16,7 +16,7 @@
 
 namespace dicache {
 
-// Schemas of the three ops (identical for every backend namespace). The (x!)
+// Schemas of the four ops (identical for every backend namespace). The (x!)
 // annotations list the tensors each op writes in place.
 constexpr const char* kProbeDecideSchema =
     "probe_decide(Tensor p, Tensor x, Tensor(a!) p_prev, Tensor? p_old, Tensor(b!)? x_prev, "

@@ -249,7 +249,7 @@ def _one_skipped_call(p, x, p_prev, p_old, x_prev, acc, den, sums, flag, gamma, 
 
 @pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
 def test_torch_compile_fullgraph(backend):
-    """The three ops compile into one graph (no graph break) and mutate like eager."""
+    """probe_decide, reconstruct and refresh compile into one graph (no graph break) and mutate like eager."""
     gen = _gen("compile", backend)
     probe = _probe_args(gen)[:10]
     r_new, r_old, h = (torch.randn(SHAPE, generator=gen) for _ in range(3))
@@ -263,3 +263,25 @@ def test_torch_compile_fullgraph(backend):
         _one_skipped_call(*theirs)
     _assert_same(mine, theirs)
     assert not torch.isnan(mine[12]).any() and not torch.isnan(mine[14]).any()
+
+
+def _quad_skip(gamma, w, c0, c2, p, x, p0, p1, p2, r0, r1, r2, out):
+    lib.quad_blend(gamma, w, c0, c2, 3.0, 5.0, 6.0, p, x, p0, p1, p2, 2, 1)
+    lib.reconstruct(x, r2, r1, c2, out, r0, c0)
+
+
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+def test_torch_compile_fullgraph_quad_blend(backend):
+    """The presets' reconstruction (quad_blend's fit, then reconstruct with three entries) compiles into one
+    graph and computes what eager does."""
+    gen = _gen("compile-quad", backend)
+    args = _quad_args(gen)[:4] + [torch.randn(SHAPE, generator=gen) for _ in range(8)] + [
+        torch.full(SHAPE, float("nan"))]
+    mine, theirs = _clone(args), _clone(args)
+    torch._dynamo.reset()
+    compiled = torch.compile(_quad_skip, fullgraph=True, backend=backend)
+    with torch.no_grad():
+        compiled(*mine)
+        _quad_skip(*theirs)
+    _assert_same(mine, theirs)
+    assert torch.isfinite(mine[1]).all() and not torch.isnan(mine[12]).any()

@@ -1,4 +1,4 @@
-"""Pure-PyTorch reference of the three fused cache ops.
+"""Pure-PyTorch reference of the four fused cache ops.
 
 This file *is* the specification every backend (Triton, C++, CUDA) is tested
 against. Each function works on image-token tensors of shape ``[B, N, C]`` (any
