@@ -793,3 +793,17 @@ def test_sources_found_in_installed_layout(tmp_path):
         assert mod.source_dir() == pkg / "csrc"
     finally:
         del sys.modules[spec.name]
+
+
+def test_quad_blend_backend_checks_arguments_before_the_extension():
+    """The backend's quad_blend raises ValueError in Python before calling the compiled op (whose own errors
+    crashed the process on a GPU machine), so the C++ op is never reached with bad arguments."""
+    from unittest import mock
+
+    from dicache.ops import load_backend
+
+    backend = load_backend("cpu")
+    g = torch.rand(2) + 1
+    with mock.patch.object(torch.ops.dicache_cpu, "quad_blend", side_effect=AssertionError("reached C++")):
+        with pytest.raises(ValueError, match="stride"):
+            backend.quad_blend(g, torch.zeros(2), torch.zeros(2), torch.zeros(2), 3.0, 5.0, 6.0, stride=0)
