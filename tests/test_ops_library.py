@@ -254,15 +254,21 @@ def test_torch_compile_fullgraph(backend):
     probe = _probe_args(gen)[:10]
     r_new, r_old, h = (torch.randn(SHAPE, generator=gen) for _ in range(3))
     out, r_slot, p_slot = (torch.full(SHAPE, float("nan")) for _ in range(3))
-    args = probe + [r_new, r_old, out, h, r_slot, p_slot]
+    mine = _compiled_like_eager(_one_skipped_call, probe + [r_new, r_old, out, h, r_slot, p_slot], backend)
+    assert not torch.isnan(mine[12]).any() and not torch.isnan(mine[14]).any()
+
+
+def _compiled_like_eager(fn, args, backend):
+    """``fn`` under ``torch.compile(fullgraph=True)`` and eagerly, on copies of ``args``: the same in-place
+    results. Returns the compiled run's arguments."""
     mine, theirs = _clone(args), _clone(args)
     torch._dynamo.reset()
-    compiled = torch.compile(_one_skipped_call, fullgraph=True, backend=backend)
+    compiled = torch.compile(fn, fullgraph=True, backend=backend)
     with torch.no_grad():
         compiled(*mine)
-        _one_skipped_call(*theirs)
+        fn(*theirs)
     _assert_same(mine, theirs)
-    assert not torch.isnan(mine[12]).any() and not torch.isnan(mine[14]).any()
+    return mine
 
 
 def _quad_skip(gamma, w, c0, c2, p, x, p0, p1, p2, r0, r1, r2, out):
@@ -277,11 +283,5 @@ def test_torch_compile_fullgraph_quad_blend(backend):
     gen = _gen("compile-quad", backend)
     args = _quad_args(gen)[:4] + [torch.randn(SHAPE, generator=gen) for _ in range(8)] + [
         torch.full(SHAPE, float("nan"))]
-    mine, theirs = _clone(args), _clone(args)
-    torch._dynamo.reset()
-    compiled = torch.compile(_quad_skip, fullgraph=True, backend=backend)
-    with torch.no_grad():
-        compiled(*mine)
-        _quad_skip(*theirs)
-    _assert_same(mine, theirs)
+    mine = _compiled_like_eager(_quad_skip, args, backend)
     assert torch.isfinite(mine[1]).all() and not torch.isnan(mine[12]).any()
