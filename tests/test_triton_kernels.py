@@ -585,6 +585,8 @@ def test_quad_blend_rejects_bad_arguments():
         for impl in (tb.quad_blend, ref.quad_blend):
             with pytest.raises(ValueError, match=match):
                 impl(**_clone(bad), **steps)
+    with pytest.raises(TypeError, match="p1 must be a float tensor"):
+        tb.quad_blend(**dict(_clone(args), p1=args["p1"].to(torch.int32)), **steps)
 
 
 # ---------------------------------------------------------------------------

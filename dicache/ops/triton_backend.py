@@ -427,15 +427,15 @@ def quad_blend(
     iters: Optional[int] = None,
 ) -> None:
     """Fused :func:`dicache.ops.reference.quad_blend` (one launch, nothing read to the host)."""
-    fit = reference.check_quad_blend_args(gamma, w, c0, c2, p, x, p0, p1, p2, stride, policy)
+    fit = reference.check_quad_blend_args(gamma, w, c0, c2, p, x, p0, p1, p2, stride, policy)  # sizes, shapes
     B = gamma.numel()
-    for name, t in (("w", w), ("c0", c0), ("c2", c2)):
-        _check_state(name, t, B, gamma.device)
-    if fit:
-        for name, t in (("p", p), ("x", x), ("p0", p0), ("p1", p1), ("p2", p2)):
-            _check_big(name, t, p)
-        if p.device != gamma.device:
-            raise ValueError(f"p is on {p.device}, expected {gamma.device}")
+    probes = (("p", p), ("x", x), ("p0", p0), ("p1", p1), ("p2", p2)) if fit else ()
+    for name, t in (("w", w), ("c0", c0), ("c2", c2)) + probes:
+        if t.device != gamma.device:
+            raise ValueError(f"{name} is on {t.device}, expected {gamma.device}")
+    for name, t in probes:
+        if t.dtype not in _FLOAT_DTYPES:
+            raise TypeError(f"{name} must be a float tensor, got {t.dtype}")
     if B == 0:
         return
     outs = _Outputs()
