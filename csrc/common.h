@@ -33,6 +33,12 @@ constexpr const char* kQuadBlendSchema =
     "Tensor? p=None, Tensor? x=None, Tensor? p0=None, Tensor? p1=None, Tensor? p2=None, "
     "int stride=1, int policy=0) -> ()";
 
+// Not a kernel: raises ValueError("dicache exception probe") through the same TORCH_CHECK path as the ops'
+// argument checks. dicache.build calls it in a separate process after each build: some toolchains link
+// libraries whose C++ exceptions end the process (seen on a GPU machine whose CXX was a relocated g++).
+constexpr const char* kExceptionProbeSchema = "_exception_probe() -> ()";
+inline void exception_probe() { TORCH_CHECK_VALUE(false, "dicache exception probe"); }
+
 // ---------------------------------------------------------------------------
 // validation
 

@@ -662,6 +662,7 @@ TORCH_LIBRARY(dicache_cpu, m) {
   m.def(dicache::kReconstructSchema);
   m.def(dicache::kRefreshSchema);
   m.def(dicache::kQuadBlendSchema);
+  m.def(dicache::kExceptionProbeSchema, &dicache::exception_probe);
 }
 
 TORCH_LIBRARY_IMPL(dicache_cpu, CPU, m) {

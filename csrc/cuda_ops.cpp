@@ -322,6 +322,7 @@ TORCH_LIBRARY(dicache_cuda, m) {
   m.def(dicache::kReconstructSchema);
   m.def(dicache::kRefreshSchema);
   m.def(dicache::kQuadBlendSchema);
+  m.def(dicache::kExceptionProbeSchema, &dicache::exception_probe);
 }
 
 TORCH_LIBRARY_IMPL(dicache_cuda, CUDA, m) {

@@ -713,7 +713,7 @@ def test_build_info(cpu):
     c = info["cpu"]
     assert c["built"] and c["reason"] is None
     assert Path(c["library"]).is_file()
-    assert c["compiler"] and "-O3" in c["cflags"]
+    assert c["compiler"] and "-O3" in c["cflags"] and c["rejected"] == []
     assert isinstance(c["seconds"], float) and isinstance(c["cached"], bool)
     assert info["sources"] == str(REPO / "csrc")
     if torch.version.cuda is None:  # a CPU-only torch: CUDA not built, and says why
@@ -795,15 +795,76 @@ def test_sources_found_in_installed_layout(tmp_path):
         del sys.modules[spec.name]
 
 
-def test_quad_blend_backend_checks_arguments_before_the_extension():
-    """The backend's quad_blend raises ValueError in Python before calling the compiled op (whose own errors
-    crashed the process on a GPU machine), so the C++ op is never reached with bad arguments."""
-    from unittest import mock
+# A toolchain whose libraries' C++ exceptions end the process: without the .eh_frame_hdr section the
+# unwinder finds no frame data for the library, so an error raised in it aborts (SIGABRT) instead of
+# arriving in Python. (On a GPU machine, CXX=/opt/gcc/bin/g++, a relocated g++, did this with SIGSEGV.)
+_CRASHING_CXX = """#!/bin/sh
+exec c++ "$@" -Wl,--no-eh-frame-hdr
+"""
 
-    from dicache.ops import load_backend
+_PROBE_SCRIPT = """
+    import json, logging
+    logging.basicConfig(level=logging.INFO, format="LOG %(levelname)s %(message)s")
+    import torch
+    from dicache import build
+    from dicache.ops import select_backend
+    name = select_backend("auto", "cpu").name
+    info = build.build_info()["cpu"]
+    try:
+        torch.ops.dicache_cpu.quad_blend(torch.ones(2), torch.zeros(3), torch.zeros(2), torch.zeros(2), 3., 5., 6.)
+        raised = None
+    except ValueError as exc:
+        raised = str(exc)
+    print(json.dumps({"name": name, "raised": raised, **{k: info[k] for k in ("built", "cached", "compiler", "rejected")}}))
+"""
 
-    backend = load_backend("cpu")
-    g = torch.rand(2) + 1
-    with mock.patch.object(torch.ops.dicache_cpu, "quad_blend", side_effect=AssertionError("reached C++")):
-        with pytest.raises(ValueError, match="stride"):
-            backend.quad_blend(g, torch.zeros(2), torch.zeros(2), torch.zeros(2), 3.0, 5.0, 6.0, stride=0)
+
+def test_a_library_whose_errors_crash_is_not_loaded(cpu, tmp_path):
+    """The build probes, in a separate process, that an error raised in the library arrives as ValueError;
+    a compiler whose library crashes instead is rejected (said once, kept as the verdict) and the next C++
+    compiler on PATH builds the library that is loaded."""
+    wrapper = tmp_path / "crashing-c++"
+    wrapper.write_text(_CRASHING_CXX)
+    wrapper.chmod(0o755)
+    env = {"CXX": str(wrapper), "DICACHE_BUILD_DIR": str(tmp_path / "cache")}
+    outs = []
+    for _ in range(2):  # the second process reads both verdicts: nothing is compiled or probed again
+        r = _python(_PROBE_SCRIPT, env)
+        assert r.returncode == 0, r.stderr[-3000:]
+        outs.append(json.loads(r.stdout.strip().splitlines()[-1]))
+        warned = [line for line in r.stderr.splitlines() if line.startswith("LOG WARNING") and str(wrapper) in line]
+        assert len(warned) == 1, r.stderr[-3000:]
+    for out in outs:
+        assert out["name"] == "cpu" and out["built"], out
+        assert out["raised"] and "w must have 2 elements" in out["raised"]
+        assert not out["compiler"].startswith(str(wrapper)), out
+        assert len(out["rejected"]) == 1 and out["rejected"][0].startswith(str(wrapper)), out
+        assert "ended the process (SIGABRT)" in out["rejected"][0], out
+    assert not outs[0]["cached"] and outs[1]["cached"], outs
+    verdicts = sorted(json.loads(f.read_text())["verdict"] for f in (tmp_path / "cache").rglob(build._PROBE_FILE))
+    assert len(verdicts) == 2 and verdicts[1] == "ok" and "SIGABRT" in verdicts[0], verdicts
+
+
+def test_compiler_candidates_and_build_key(monkeypatch, tmp_path):
+    """As configured first, then the other C++ compilers on PATH (each file once, CC unset); the verdict's key
+    follows the compiler and the flags."""
+    monkeypatch.delenv("CC", raising=False)
+    monkeypatch.delenv("CXX", raising=False)
+    plain = build._compiler_candidates()
+    assert plain[0] == {} and all(c["CXX"] != "c++" and c["CC"] is None for c in plain[1:])
+    assert len({build._resolve(c.get("CXX") or "c++") for c in plain}) == len(plain)
+    spec = {"name": "x", "extra_cflags": ["-O3"]}
+    key = build._build_key(spec)
+    assert build._build_key(dict(spec)) == key and build._build_key({**spec, "extra_cflags": ["-O2"]}) != key
+
+    wrapper = tmp_path / "my-c++"
+    wrapper.write_text(_CRASHING_CXX)
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("CXX", str(wrapper))
+    assert build._compiler_candidates()[:2] == [{}, {"CXX": "c++", "CC": None}]
+    assert build._build_key(spec) != key
+    wrapped_dir = build._build_dir("e", "t")
+    with build._compiler_env({"CXX": "c++", "CC": None}):
+        assert os.environ["CXX"] == "c++" and "CC" not in os.environ
+        assert build._build_key(spec) == key and build._build_dir("e", "t") != wrapped_dir
+    assert os.environ["CXX"] == str(wrapper)

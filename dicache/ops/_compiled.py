@@ -11,7 +11,7 @@ from typing import Callable, Optional
 
 import torch
 
-from . import Backend, BackendUnavailableError, reference
+from . import Backend, BackendUnavailableError
 
 
 def load_compiled(kind: str, label: str, check_device: Callable[[torch.device], Optional[str]]) -> Backend:
@@ -31,9 +31,6 @@ def load_compiled(kind: str, label: str, check_device: Callable[[torch.device], 
 
     def quad_blend(gamma, w, c0, c2, t0, t1, t2, p=None, x=None, p0=None, p1=None, p2=None,
                    stride=1, policy=0) -> None:
-        # checked here as well as in C++: on the H200 of 2026-12-04 the CUDA extension's own argument errors
-        # crashed the process (benchmarks/RESULTS.md); a few microseconds of Python keep them ValueErrors
-        reference.check_quad_blend_args(gamma, w, c0, c2, p, x, p0, p1, p2, stride, policy)
         ops.quad_blend(gamma, w, c0, c2, float(t0), float(t1), float(t2), p, x, p0, p1, p2, int(stride),
                        int(policy))
 
