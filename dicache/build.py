@@ -337,7 +337,7 @@ def _compiler_env(overrides: Dict[str, Optional[str]]):
 def _build_key(spec: Dict[str, Any]) -> str:
     """What the library built from ``spec`` depends on: sources, headers, flags, compilers, torch."""
     h = hashlib.sha1()
-    settings = [spec, torch.__version__, sys.version, _resolve(os.environ.get("CXX") or "c++"),
+    settings = [{k: v for k, v in spec.items() if k != "verbose"}, torch.__version__, sys.version, _resolve(os.environ.get("CXX") or "c++"),
                 _resolve(os.environ.get("CC") or ""), os.environ.get("TORCH_CUDA_ARCH_LIST")]
     h.update(json.dumps(settings, sort_keys=True, default=str).encode())
     for name in sorted(set(CPU_SOURCES + CUDA_SOURCES + HEADERS)):
@@ -355,8 +355,10 @@ def _read_verdict(build_dir: Path, key: str) -> Optional[str]:
 
 
 def _write_verdict(build_dir: Path, key: str, verdict: str) -> None:
-    try:
-        (build_dir / _PROBE_FILE).write_text(json.dumps({"key": key, "verdict": verdict}))
+    tmp = build_dir / f"{_PROBE_FILE}.{os.getpid()}"
+    try:  # written whole, then renamed: a process building beside this one never reads half of it
+        tmp.write_text(json.dumps({"key": key, "verdict": verdict}))
+        os.replace(tmp, build_dir / _PROBE_FILE)
     except OSError:  # a read-only cache: probe again next time
         pass
 

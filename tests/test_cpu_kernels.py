@@ -856,6 +856,7 @@ def test_compiler_candidates_and_build_key(monkeypatch, tmp_path):
     spec = {"name": "x", "extra_cflags": ["-O3"]}
     key = build._build_key(spec)
     assert build._build_key(dict(spec)) == key and build._build_key({**spec, "extra_cflags": ["-O2"]}) != key
+    assert build._build_key({**spec, "verbose": True}) == key  # showing the commands builds the same library
 
     wrapper = tmp_path / "my-c++"
     wrapper.write_text(_CRASHING_CXX)
