@@ -274,7 +274,7 @@ def _jit_load(status: ExtensionStatus, kind: str, sources: List[str], flags: Dic
             build_dir = _build_dir(status.name, isa_tag)
             build_dir.mkdir(parents=True, exist_ok=True)
             cxx = cpp_extension.get_cxx_compiler()
-            spec = dict(
+            spec = dict(  # fresh lists: torch appends its own flags to them in place
                 name=status.name,
                 sources=sources,
                 extra_cflags=list(flags.get("cflags", [])),
@@ -337,8 +337,9 @@ def _compiler_env(overrides: Dict[str, Optional[str]]):
 def _build_key(spec: Dict[str, Any]) -> str:
     """What the library built from ``spec`` depends on: sources, headers, flags, compilers, torch."""
     h = hashlib.sha1()
-    settings = [{k: v for k, v in spec.items() if k != "verbose"}, torch.__version__, sys.version, _resolve(os.environ.get("CXX") or "c++"),
-                _resolve(os.environ.get("CC") or ""), os.environ.get("TORCH_CUDA_ARCH_LIST")]
+    settings = [{k: v for k, v in spec.items() if k != "verbose"}, torch.__version__, sys.version,
+                _resolve(os.environ.get("CXX") or "c++"), _resolve(os.environ.get("CC") or ""),
+                os.environ.get("TORCH_CUDA_ARCH_LIST")]
     h.update(json.dumps(settings, sort_keys=True, default=str).encode())
     for name in sorted(set(CPU_SOURCES + CUDA_SOURCES + HEADERS)):
         path = source_dir() / name
@@ -364,7 +365,7 @@ def _write_verdict(build_dir: Path, key: str, verdict: str) -> None:
 
 
 def _build_and_probe(status: ExtensionStatus, kind: str, spec: Dict[str, Any], namespace: str) -> Tuple[str, bool]:
-    """Build in a separate process and make the library raise an error there (``_exception_probe``).
+    """Build in a separate process and make the library raise errors there (:func:`_probe_calls`).
 
     Returns the verdict, ``"ok"`` when the error arrived in Python as ValueError, else what happened
     instead (on a GPU machine whose ``CXX`` was a relocated g++, the process died with SIGSEGV), and
