@@ -318,20 +318,19 @@ def _compiler_candidates() -> List[Dict[str, Optional[str]]]:
 @contextlib.contextmanager
 def _compiler_env(overrides: Dict[str, Optional[str]]):
     """Set (a str) or unset (None) environment variables for the duration of the block."""
+    def apply(values: Dict[str, Optional[str]]) -> None:
+        for name, value in values.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
     saved = {name: os.environ.get(name) for name in overrides}
     try:
-        for name, value in overrides.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+        apply(overrides)
         yield
     finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+        apply(saved)
 
 
 def _build_key(spec: Dict[str, Any]) -> str:
