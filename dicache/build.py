@@ -24,6 +24,7 @@ Environment:
 ``DICACHE_CPU_ARCH_FLAGS``  instruction-set flags for the CPU build (default ``-mavx2 -mf16c``
                             where the CPU has both, else none); part of the cache key.
 ``DICACHE_BUILD_VERBOSE=1`` show the compiler commands and output.
+``DICACHE_BUILD_PROBE=0``   build in this process with ``CXX`` and load the library unprobed (see below).
 ``MAX_JOBS``                parallel compile jobs (read by torch's ninja driver).
 
 Each build runs in a separate process, which then calls every op of the new
@@ -287,6 +288,10 @@ def _jit_load(status: ExtensionStatus, kind: str, sources: List[str], flags: Dic
                 verbose=_env_switch("DICACHE_BUILD_VERBOSE") is True,
             )
             status.build_dir, status.compiler = str(build_dir), f"{cxx} ({_version_line(cxx)})"
+            if _env_switch("DICACHE_BUILD_PROBE") is False:  # build here, load unprobed
+                _load_built(status, spec, namespace, compiled=False)
+                status.seconds = round(time.perf_counter() - start, 3)
+                return
             key = _build_key(spec)
             verdict, compiled = _read_verdict(build_dir, key), False
             if verdict is None:

@@ -17,6 +17,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
@@ -843,6 +844,10 @@ def test_a_library_whose_errors_crash_is_not_loaded(cpu, tmp_path):
     assert not outs[0]["cached"] and outs[1]["cached"], outs
     verdicts = sorted(json.loads(f.read_text())["verdict"] for f in (tmp_path / "cache").rglob(build._PROBE_FILE))
     assert len(verdicts) == 2 and verdicts[1] == "ok" and "SIGABRT" in verdicts[0], verdicts
+
+    # DICACHE_BUILD_PROBE=0: CXX's library (up to date in its folder) is loaded unprobed, and its error crashes
+    r = _python(_PROBE_SCRIPT, {**env, "DICACHE_BUILD_PROBE": "0"})
+    assert r.returncode == -signal.SIGABRT and "w must have 2 elements" in r.stderr, (r.returncode, r.stderr[-2000:])
 
 
 def test_compiler_candidates_and_build_key(monkeypatch, tmp_path):
