@@ -390,6 +390,22 @@ _BAD_CASES = {
 }
 
 
+def test_the_loaded_library_passed_the_build_probe(cuda):
+    """dicache.build loads the CUDA library only once a probe process saw its errors raise ValueError; a compiler
+    it rejected (on the H200 of 2026-12-04 that would be CXX=/opt/gcc/bin/g++) is listed with what happened."""
+    import json
+    from pathlib import Path
+
+    from dicache import build
+
+    info = build.build_info(build=False)["cuda"]
+    assert info["built"], info
+    for entry in info["rejected"]:
+        assert "ended the process" in entry or "instead of" in entry, entry
+    saved = json.loads((Path(info["build_dir"]) / build._PROBE_FILE).read_text())
+    assert saved["verdict"] == "ok", saved
+
+
 @pytest.mark.parametrize("case", sorted(_BAD_CASES))
 def test_bad_input_raises_value_error(cuda, case):
     """The kernel op raises ValueError (in a process of its own); for quad_blend the reference does too."""
