@@ -77,12 +77,15 @@ DICACHE_NOALIGN = "DiCache γ=1"  # preset + gamma_clip=(1, 1), γ from the prob
 DICACHE_M2 = "DiCache m=2"
 DICACHE_M3 = "DiCache m=3"
 DICACHE_NO_PREDICTIVE = "DiCache no predictive"  # preset + predictive_skip=False (the preset skips probes by prediction)
+# preset + warmup=3: three leading calls computed where the preset's 5 % computes fewer (2 at 30 steps), the three
+# entries the quadratic of the planned runs reads
+DICACHE_WARMUP3 = "DiCache warm-up 3"
 DICACHE_NORUN = "DiCache run_power=0"  # preset + run_power=0 + cap 2: every reuse of a run under δ (the earlier rule)
 PEERS = (UNIFORM, FBC, TAYLORSEER, TAYLORSEER_LITE, MAGCACHE, SEACACHE, DBCACHE)
 DICACHES = (DICACHE, DICACHE_PAPER, DICACHE_BUDGET, DICACHE_BUDGET_ONLINE, DICACHE_ORDER1, DICACHE_ORDER2,
             DICACHE_STEPS, DICACHE_PROBE, DICACHE_PROBED, DICACHE_REACH2, DICACHE_NOREACH,
             DICACHE_SEPARATE, DICACHE_CAP2, DICACHE_SCHED, DICACHE_LAST10, DICACHE_STEP_RUNS, DICACHE_PER_SAMPLE, DICACHE_NOALIGN, DICACHE_M2, DICACHE_M3, DICACHE_NO_PREDICTIVE,
-            DICACHE_NORUN)
+            DICACHE_NORUN, DICACHE_WARMUP3)
 FAMILIES = (NO_CACHE,) + PEERS + DICACHES
 
 
@@ -239,6 +242,8 @@ for _m in SETTINGS:
             # was 2.37×): two more, 4/3 and 2 times its larger δ, keep the rival on both sides of 2–2.5×
             _s = SETTINGS[_m][_st][DICACHE_SCHED]
             SETTINGS[_m][_st][DICACHE_SCHED] = sorted(set(_s) | {float(f"{k * max(_s):.2g}") for k in (4 / 3, 2)})
+    # three warm-up calls where the preset's ratio computes fewer and runs are planned (30 steps; 3 already at 50)
+    SETTINGS[_m][30][DICACHE_WARMUP3] = list(SETTINGS[_m][30][DICACHE])
 
 # --quick: one setting per family (the smoke test checks every family has a row).
 QUICK_FAMILIES = {fam: (lambda s: s[1:2] if len(s) > 1 else s[:1]) for fam in FAMILIES[1:]}
@@ -451,6 +456,8 @@ def dicache_method(family: str, value: float) -> Method:
         opts["batch_policy"] = "max"
     elif family == DICACHE_NO_PREDICTIVE:
         opts["predictive_skip"] = False
+    elif family == DICACHE_WARMUP3:
+        opts["warmup"] = 3
     elif family == DICACHE_NORUN:
         opts["run_power"] = 0.0
         opts["max_consecutive_reuse"] = 2
