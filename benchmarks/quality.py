@@ -756,7 +756,8 @@ _STYLE = {
     qm.DICACHE_M2: ("peru", "h"), qm.DICACHE_M3: ("sienna", "8"), qm.DICACHE_NO_PREDICTIVE: ("crimson", "*"),
     qm.DICACHE_NORUN: ("lightcoral", "s"), qm.DICACHE_STEPS: ("maroon", "o"), qm.DICACHE_PROBE: ("firebrick", "o"),
     qm.DICACHE_PROBED: ("darkorange", "D"), qm.DICACHE_LAST10: ("orangered", "v"),
-    qm.DICACHE_STEP_RUNS: ("mediumvioletred", "^"),
+    qm.DICACHE_STEP_RUNS: ("mediumvioletred", "^"), qm.DICACHE_REACH1: ("dimgray", "s"),
+    qm.DICACHE_REACH2: ("black", "o"), qm.DICACHE_NOREACH: ("slategray", "D"), qm.DICACHE_PER_SAMPLE: ("purple", "<"),
 }
 
 

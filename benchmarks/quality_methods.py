@@ -27,7 +27,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import torch
 
 import dicache
-from dicache.config import STEPS_GAMMA_MIN_STEPS
+from dicache.config import REACH_MIN_STEPS, STEPS_GAMMA_MIN_STEPS
 
 from uniform_cache import enable_uniform
 
@@ -59,6 +59,9 @@ DICACHE_PROBED = "DiCache every call probed"  # preset + plan_runs=False, max_ex
 # = 1), which bounds how fast runs grow: these two loosen it
 DICACHE_REACH2 = "DiCache reach 2"  # preset + max_extrapolation=2
 DICACHE_NOREACH = "DiCache no reach"  # preset + max_extrapolation=None
+# below REACH_MIN_STEPS (45) the preset's planned runs are unbounded: this family bounds them as at 50 steps (the
+# preset there before the twenty-first round)
+DICACHE_REACH1 = "DiCache reach 1"  # preset + max_extrapolation=1
 DICACHE_SEPARATE = "DiCache separate CFG"  # preset + cfg_decision="separate"
 DICACHE_CAP2 = "DiCache cap 2"  # preset + max_consecutive_reuse=2 (SeaCache's cap; the earlier preset's)
 # preset + threshold_end = 2·threshold, monotone_runs=False: a rising δ lengthens the planned runs towards the end on
@@ -77,15 +80,12 @@ DICACHE_NOALIGN = "DiCache γ=1"  # preset + gamma_clip=(1, 1), γ from the prob
 DICACHE_M2 = "DiCache m=2"
 DICACHE_M3 = "DiCache m=3"
 DICACHE_NO_PREDICTIVE = "DiCache no predictive"  # preset + predictive_skip=False (the preset skips probes by prediction)
-# preset + warmup=3: three leading calls computed where the preset's 5 % computes fewer (2 at 30 steps), the three
-# entries the quadratic of the planned runs reads
-DICACHE_WARMUP3 = "DiCache warm-up 3"
 DICACHE_NORUN = "DiCache run_power=0"  # preset + run_power=0 + cap 2: every reuse of a run under δ (the earlier rule)
 PEERS = (UNIFORM, FBC, TAYLORSEER, TAYLORSEER_LITE, MAGCACHE, SEACACHE, DBCACHE)
 DICACHES = (DICACHE, DICACHE_PAPER, DICACHE_BUDGET, DICACHE_BUDGET_ONLINE, DICACHE_ORDER1, DICACHE_ORDER2,
-            DICACHE_STEPS, DICACHE_PROBE, DICACHE_PROBED, DICACHE_REACH2, DICACHE_NOREACH,
+            DICACHE_STEPS, DICACHE_PROBE, DICACHE_PROBED, DICACHE_REACH1, DICACHE_REACH2, DICACHE_NOREACH,
             DICACHE_SEPARATE, DICACHE_CAP2, DICACHE_SCHED, DICACHE_LAST10, DICACHE_STEP_RUNS, DICACHE_PER_SAMPLE, DICACHE_NOALIGN, DICACHE_M2, DICACHE_M3, DICACHE_NO_PREDICTIVE,
-            DICACHE_NORUN, DICACHE_WARMUP3)
+            DICACHE_NORUN)
 FAMILIES = (NO_CACHE,) + PEERS + DICACHES
 
 
@@ -204,6 +204,8 @@ for _m in SETTINGS:
     _t = {fam: list(v) for fam, v in SETTINGS[_m][20].items()}
     _t[DICACHE] = sorted(set(_t[DICACHE]) | {2.4, 4.8})
     _t.update({fam: list(_t[DICACHE]) for fam in (DICACHE_PROBE, DICACHE_REACH2, DICACHE_NOREACH)})
+    if 30 < REACH_MIN_STEPS:  # the preset's runs are unbounded there: "no reach" would be the preset; bound them instead
+        _t[DICACHE_REACH1] = _t.pop(DICACHE_NOREACH)
     for _same in (DICACHE_STEPS, DICACHE_NO_PREDICTIVE, DICACHE_ORDER2):
         _t.pop(_same, None)
     SETTINGS[_m][30] = _t
@@ -242,8 +244,6 @@ for _m in SETTINGS:
             # was 2.37×): two more, 4/3 and 2 times its larger δ, keep the rival on both sides of 2–2.5×
             _s = SETTINGS[_m][_st][DICACHE_SCHED]
             SETTINGS[_m][_st][DICACHE_SCHED] = sorted(set(_s) | {float(f"{k * max(_s):.2g}") for k in (4 / 3, 2)})
-    # three warm-up calls where the preset's ratio computes fewer and runs are planned (30 steps; 3 already at 50)
-    SETTINGS[_m][30][DICACHE_WARMUP3] = list(SETTINGS[_m][30][DICACHE])
 
 # --quick: one setting per family (the smoke test checks every family has a row).
 QUICK_FAMILIES = {fam: (lambda s: s[1:2] if len(s) > 1 else s[:1]) for fam in FAMILIES[1:]}
@@ -437,6 +437,8 @@ def dicache_method(family: str, value: float) -> Method:
     elif family == DICACHE_PROBED:
         opts["plan_runs"] = False
         opts["max_extrapolation"] = None
+    elif family == DICACHE_REACH1:
+        opts["max_extrapolation"] = 1.0
     elif family == DICACHE_REACH2:
         opts["max_extrapolation"] = 2.0
     elif family == DICACHE_NOREACH:
@@ -456,8 +458,6 @@ def dicache_method(family: str, value: float) -> Method:
         opts["batch_policy"] = "max"
     elif family == DICACHE_NO_PREDICTIVE:
         opts["predictive_skip"] = False
-    elif family == DICACHE_WARMUP3:
-        opts["warmup"] = 3
     elif family == DICACHE_NORUN:
         opts["run_power"] = 0.0
         opts["max_consecutive_reuse"] = 2

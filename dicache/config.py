@@ -14,6 +14,9 @@ CFG_DECISIONS = ("separate", "shared")
 GAMMA_SOURCES = ("probe", "steps", "auto")
 # gamma_source="auto": the step distance from this many denoising steps on, the probe's γ below
 STEPS_GAMMA_MIN_STEPS = 25
+# max_extrapolation="auto": planned runs bounded to one spacing past the newest entry from this many steps on, unbounded
+# below (measured at 30, 40 and 50 steps on three models: the bound wins at 50, loses at 30 and at 8 of 13 points at 40)
+REACH_MIN_STEPS = 45
 
 
 @dataclass(frozen=True)
@@ -112,8 +115,10 @@ class DiCacheConfig:
             consecutive computed calls: one reuse, then two, …): a long run right after closely spaced
             entries extrapolates a line or quadratic fitted on a short stretch far past it, which costs
             far more than the probe's error says (Wan at 50 steps, at the same cost: ``FFFF..F..F…``
-            9 dB below ``FFF.F..F..F…``). ``"auto"``: 1 where runs are planned (``plan_runs``), no
-            bound elsewhere.
+            9 dB below ``FFF.F..F..F…``). ``"auto"``: 1 where runs are planned (``plan_runs``) on
+            trajectories of at least ``REACH_MIN_STEPS`` (45) steps, no bound elsewhere: at 30 and 40 steps
+            the unbounded planned runs scored higher on the three shipped models at most savings from 2× to
+            3×, at 50 steps the bounded ones (benchmarks/RESULTS.md, twenty-first round).
         monotone_runs: where runs are planned (``plan_runs``), once a run of reuses is shorter than the one
             before it, no later run outlasts the shortest since: the runs only shorten towards the end of the
             trajectory (runs of none, two computed calls in a row, do not count). The probe error of a
@@ -218,10 +223,12 @@ class DiCacheConfig:
         return 2.0 if whole else 1.0
 
     def max_extrapolation_at(self, num_steps: Optional[int]) -> Optional[float]:
-        """``max_extrapolation`` on a trajectory of ``num_steps`` (``"auto"``: 1 where runs are planned)."""
+        """``max_extrapolation`` on a trajectory of ``num_steps`` (``"auto"``: 1 where runs are planned on at least
+        ``REACH_MIN_STEPS`` steps, or of an unknown count)."""
         if self.max_extrapolation != "auto":
             return self.max_extrapolation
-        return 1.0 if self.plans_runs(num_steps) else None
+        planned = self.plans_runs(num_steps) and (num_steps is None or num_steps >= REACH_MIN_STEPS)
+        return 1.0 if planned else None
 
     def monotone_runs_at(self, num_steps: Optional[int]) -> bool:
         """Whether runs of reuses only shorten on a trajectory of ``num_steps`` (``monotone_runs``, where runs
@@ -347,7 +354,8 @@ PAPER_PRESETS: Dict[str, DiCacheConfig] = {
 #   50 steps +2.8 dB on Flux and +1.4 dB on Wan at 2× against the probe's γ; at 20 steps the probe's γ wins
 #   by 5.3 and 1.7 dB);
 # * ``plan_runs="auto"``, ``max_extrapolation="auto"``: where γ comes from the steps, the skipped calls run no
-#   probe (the computed calls' probes plan each run) and runs grow by at most one call per refresh;
+#   probe (the computed calls' probes plan each run), and from 45 steps on runs grow by at most one call per
+#   refresh (at 30 and 40 steps the bound cost more than it saved; twenty-first round);
 # * ``monotone_runs=True``: where runs are planned, once they shorten they never lengthen again (each run is
 #   planned on the error measured over the run before it, and a longer run measures less per step, so the plan
 #   alternated: ``…F__F___F__F…``; sorted into shortening order, the same runs scored higher at 6 of 7 places);

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import dicache
-from dicache.config import STEPS_GAMMA_MIN_STEPS, DiCacheConfig
+from dicache.config import REACH_MIN_STEPS, STEPS_GAMMA_MIN_STEPS, DiCacheConfig
 from dicache.budget import ONLINE_MAX_GROWTH, Budget
 from dicache.engine import DiCacheEngine
 from dicache.state import BranchState, next_shortening, planned_error
@@ -749,6 +749,9 @@ def test_presets_are_the_studied_rule_and_the_paper_settings_stay_available():
         assert not cfg.plans_runs(20) and cfg.run_power_at(20) == 1.0, family
         assert cfg.plans_runs(50) and cfg.run_power_at(50) == 2.0, family
         assert cfg.max_extrapolation_at(20) is None and cfg.max_extrapolation_at(50) == 1.0, family
+        # planned runs are bounded from REACH_MIN_STEPS steps on only (30 steps: unbounded)
+        assert cfg.max_extrapolation_at(30) is None and cfg.max_extrapolation_at(REACH_MIN_STEPS - 1) is None, family
+        assert cfg.max_extrapolation_at(REACH_MIN_STEPS) == 1.0, family
         assert not cfg.plans_runs(None) and cfg.run_power_at(None) == 1.0, family
         paper = dicache.PAPER_PRESETS[family]
         assert paper.max_consecutive_reuse is None and paper.cfg_decision == "separate" and paper.warmup == 0.2
@@ -1032,6 +1035,18 @@ def test_max_extrapolation_grows_runs_by_one_call_per_refresh():
     b = drive(DiCacheConfig(threshold=100.0, warmup=3, max_extrapolation=1.0, plan_runs=True), {"c": errors})
     assert b.branches["c"].pattern == "FFF_F__F___F"
     assert b.branches["c"].block_evaluations == 6 * M
+
+
+@pytest.mark.parametrize("num_steps", [30, REACH_MIN_STEPS - 1, REACH_MIN_STEPS, 50, None])
+def test_auto_reach_bounds_planned_runs_from_reach_min_steps_on(num_steps):
+    # max_extrapolation="auto": the same planned runs, bounded to one spacing past the newest entry on trajectories
+    # of REACH_MIN_STEPS steps or more (or an unknown count: plan_runs=True without a step count), unbounded below
+    cfg = DiCacheConfig(threshold=100.0, warmup=3, plan_runs=True, max_extrapolation="auto")
+    b = drive(cfg, {"c": scales([0.01] * 11)}, num_steps=num_steps).branches["c"]
+    bounded = num_steps is None or num_steps >= REACH_MIN_STEPS
+    assert b.pattern == ("FFF_F__F___F" if bounded else "FFF_________")
+    assert cfg.max_extrapolation_at(num_steps) == (1.0 if bounded else None)
+    assert ("reach" in [st.reason for st in b.steps]) == bounded
 
 
 def _runs(pattern):
