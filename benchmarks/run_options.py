@@ -4,7 +4,8 @@
 Where ``fixed_patterns.py`` takes the decisions away, this script keeps them: each JSON option set is passed to
 ``dicache.enable`` on top of the model family's preset, and the run prints the leading branch's skip pattern
 (first seed: ``F`` computed, ``.`` skipped after its probe, ``_`` skipped without one), the flops saved
-(torch's FlopCounterMode, as ``quality.py`` counts them) and PSNR / SSIM against the uncached output over
+(torch's FlopCounterMode, as ``quality.py`` counts them) and PSNR (over all samples, and the mean of the samples'
+PSNR) / SSIM against the uncached output over
 2 seeds × 10 labels (``--seeds``, ``--labels``).
 
     .venv/bin/python benchmarks/run_options.py wan_digits 50 '{"threshold": 0.3}' '{"threshold": 0.3, "run_power": 1}'
@@ -28,7 +29,7 @@ import torch  # noqa: E402
 
 import dicache  # noqa: E402
 from dicache import zoo  # noqa: E402
-from dicache.metrics import psnr, ssim  # noqa: E402
+from dicache.metrics import psnr, psnr_per_sample, ssim  # noqa: E402
 
 from block_counter import BlockCounter  # noqa: E402
 
@@ -52,7 +53,9 @@ def run(model: str, steps: int, option_sets, seeds, labels):
         imgs, refs = torch.cat([r.images for r in runs]), torch.cat([ref[r.seed].images for r in runs])
         fewer = sum(ref[r.seed].flops for r in runs) / sum(r.flops for r in runs)
         pattern = runs[0].pattern.get("cond") or next(iter(runs[0].pattern.values()), "")
-        yield dict(options=options, fewer_flops=fewer, psnr=psnr(imgs, refs), ssim=ssim(imgs, refs), pattern=pattern)
+        per_sample = psnr_per_sample(imgs, refs)
+        yield dict(options=options, fewer_flops=fewer, psnr=psnr(imgs, refs), psnr_mean=sum(per_sample) / len(per_sample),
+                   ssim=ssim(imgs, refs), pattern=pattern)
 
 
 def main(argv=None) -> int:
@@ -88,10 +91,10 @@ def main(argv=None) -> int:
 
     seeds, labels = Q._int_list(args.seeds), Q._int_list(args.labels)
     print(f"{args.model}, {args.steps} steps, seeds {seeds}, {len(labels)} labels, on the preset")
-    print(f"{'options':<44} fewer flops  PSNR dB    SSIM  pattern (first seed)")
+    print(f"{'options':<44} fewer flops  PSNR dB  mean dB    SSIM  pattern (first seed)")
     for r in run(args.model, args.steps, option_sets, seeds, labels):
-        print(f"{json.dumps(r['options']):<44} {r['fewer_flops']:10.3f}×  {r['psnr']:7.2f}  {r['ssim']:.4f}  "
-              f"{r['pattern']}", flush=True)
+        print(f"{json.dumps(r['options']):<44} {r['fewer_flops']:10.3f}×  {r['psnr']:7.2f}  {r['psnr_mean']:7.2f}  "
+              f"{r['ssim']:.4f}  {r['pattern']}", flush=True)
     return 0
 
 

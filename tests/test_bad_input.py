@@ -61,6 +61,24 @@ def test_unsupported_model_lists_supported_classes_and_adapter_how_to():
         dicache.enable("not a model")
 
 
+def test_find_class_reads_the_registry_by_class_and_base_class():
+    from diffusers import FluxTransformer2DModel, WanTransformer3DModel
+
+    from dicache.adapters import find, find_class
+
+    assert find_class(FluxTransformer2DModel).family == "flux"
+    assert find_class(WanTransformer3DModel).family == "wan"
+
+    class MyFlux(FluxTransformer2DModel):  # a subclass finds its base class's adapter
+        pass
+
+    assert find_class(MyFlux).family == "flux"
+    assert find_class(torch.nn.Linear) is None
+    assert find(tiny.flux_transformer()) is find_class(FluxTransformer2DModel)
+    with pytest.raises(TypeError, match="model_class"):
+        find_class(tiny.flux_transformer())
+
+
 def test_bad_config_object():
     with pytest.raises(TypeError, match="config"):
         dicache.enable(tiny.flux_transformer(), config={"threshold": 0.1})

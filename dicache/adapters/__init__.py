@@ -43,7 +43,14 @@ def register(model_class: Union[Type[torch.nn.Module], str], adapter: Adapter) -
 
 def find(model: torch.nn.Module) -> Optional[Adapter]:
     """The adapter of ``model``'s class or nearest base class, or None."""
-    for cls in type(model).__mro__:
+    return find_class(type(model))
+
+
+def find_class(model_class: type) -> Optional[Adapter]:
+    """The adapter of ``model_class`` or its nearest base class, or None."""
+    if not isinstance(model_class, type):
+        raise TypeError(f"model_class must be a class, got {type(model_class).__name__}")
+    for cls in model_class.__mro__:
         for key in (cls, cls.__name__):
             if key in _REGISTRY:
                 return _REGISTRY[key]
@@ -62,6 +69,7 @@ __all__ = [
     "ENCODER",
     "HIDDEN",
     "find",
+    "find_class",
     "image_of",
     "pack",
     "register",
