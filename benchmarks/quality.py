@@ -609,6 +609,60 @@ def budget_table(rows: List[Dict], metric: str = "psnr") -> List[str]:
     return lines
 
 
+def _delta_of(setting: str) -> Optional[float]:
+    """δ of a row of the preset's family (setting ``δ=0.4``), None for any other setting."""
+    if not setting.startswith("δ=") or "," in setting:
+        return None
+    try:
+        return float(setting[2:])
+    except ValueError:
+        return None
+
+
+def default_points(rows: List[Dict], metric: str = "psnr") -> List[Dict]:
+    """Per (model, steps): ``dicache.enable(pipe)`` with no options, the preset's family (DICACHE) at the preset's
+    own δ (:func:`quality_methods.default_threshold`): its savings and value; the best DiCache setting of any family
+    that saves at least as much (the default sits on DiCache's front when nothing there scores higher); and the
+    best peer's setting that does. Model and step counts whose rows lack the default δ are left out."""
+    _check_metric(metric)
+    points = []
+    for m, st in dict.fromkeys((r["model"], r["steps"]) for r in rows):
+        delta = qm.default_threshold(m)
+        rs = [r for r in rows if r["model"] == m and r["steps"] == st and r["status"] == "ok" and r.get("flop_fraction")
+              and _number(r.get(metric))]
+        own = [r for r in rs if r["family"] == qm.DICACHE and _delta_of(r["setting"]) is not None
+               and math.isclose(_delta_of(r["setting"]), delta)]
+        if not own:
+            continue
+        d = own[0]
+        fewer = 1.0 / d["flop_fraction"]
+
+        def best(families):
+            got = [(r[metric], 1.0 / r["flop_fraction"], r["family"], r["setting"]) for r in rs
+                   if r["family"] in families and 1.0 / r["flop_fraction"] >= fewer * (1.0 - 1e-9)]
+            return max(got, key=lambda t: (t[0], t[2] == qm.DICACHE)) if got else None
+
+        points.append(dict(model=m, steps=st, delta=delta, fewer=fewer, value=d[metric],
+                           best=best(qm.DICACHES), peer=best(qm.PEERS)))
+    return points
+
+
+def default_table(rows: List[Dict], metric: str = "psnr") -> List[str]:
+    """:func:`default_points` as markdown: the default against DiCache's front and the peers' at its savings."""
+    lines = ["| model | steps | default δ | fewer flops | dB | best DiCache saving at least as much | dB (×) "
+             "| default − best (≥ −0.5) | best peer saving at least as much | dB (×) | default − peer |",
+             "| --- | ---: | ---: | ---: | ---: | --- | ---: | ---: | --- | ---: | ---: |"]
+    for p in default_points(rows, metric):
+        b, pe = p["best"], p["peer"]
+        gap = p["value"] - b[0]
+        peer_cells = ("– | – | –" if pe is None else
+                      f"{pe[2]} ({pe[3]}) | {pe[0]:.1f} ({pe[1]:.2f}×) | {p['value'] - pe[0]:+.1f}")
+        lines.append(f"| {p['model']} | {p['steps']} | {p['delta']:g} | {p['fewer']:.2f}× | {p['value']:.1f} "
+                     f"| {b[2]} ({b[3]}) | {b[0]:.1f} ({b[1]:.2f}×) | {gap:+.1f} {'✓' if gap >= -0.5 else '✗'} "
+                     f"| {peer_cells} |")
+    return lines
+
+
 def criteria_table(rows: List[Dict]) -> List[str]:
     """The issue's margins counted over the points from 2× to 3× (:func:`lead_points`, :func:`budget_points`), on
     the PSNR over all samples and, where the rows have it, on the mean of the samples' PSNR: the lead of DiCache's
@@ -647,6 +701,11 @@ def criteria_table(rows: List[Dict]) -> List[str]:
             cells.append(" / ".join(count(p["value"] - (p[key] if key == "preset" else p[key][0]) >= -0.5
                                           for p in ref[rule]) for rule in ("replay", "online")))
         lines.append(f"| budget within 0.5 dB of the fixed δ, {how}: replay / online | " + " | ".join(cells) + " |")
+    defaults = {m: default_points(rows, m) for m in metrics}
+    if any(defaults.values()):
+        lines.append("| the default (no options) within 0.5 dB of DiCache's front at its savings | "
+                     + " | ".join(count(p["value"] - p["best"][0] >= -0.5 for p in defaults[m]) for m in metrics)
+                     + " |")
     return lines
 
 
@@ -700,6 +759,12 @@ def markdown(rows: List[Dict], meta: Dict) -> str:
         "",
         *budget_table(rows),
         "",
+        "The default, `dicache.enable(pipe)` with no options (the preset at its own δ), against the best setting of "
+        "any DiCache family that saves at least as much (it sits on DiCache's Pareto front when none scores higher) "
+        "and the best peer's that does.",
+        "",
+        *default_table(rows),
+        "",
     ]
     if _has_sample_mean(rows):
         lines += [
@@ -716,6 +781,8 @@ def markdown(rows: List[Dict], meta: Dict) -> str:
             *lead_table(rows, front=True, metric="psnr_mean"),
             "",
             *budget_table(rows, "psnr_mean"),
+            "",
+            *default_table(rows, "psnr_mean"),
             "",
         ]
     groups: Dict = {}

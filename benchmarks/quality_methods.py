@@ -26,7 +26,12 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
 
+import diffusers
+
 import dicache
+import dicache.adapters
+import dicache.config
+from dicache import zoo
 from dicache.config import REACH_MIN_STEPS, STEPS_GAMMA_MIN_STEPS
 
 from uniform_cache import enable_uniform
@@ -121,7 +126,7 @@ class Method:
 # Chosen with sweeps on the shipped models (1 seed, 10 labels): each list spans ~1.3–3× fewer flops where
 # the method gets there at all. The preset's own list also fills the gap around 1.5× (the budget's lowest
 # target, compared with the fixed δ there): Flux 20 0.07, Flux 50 0.033–0.037, Wan 20 0.08, Wan 50 0.03.
-# DiCache's own families sit around its preset (δ=0.3 Flux, 0.16 Wan);
+# DiCache's own families sit around its preset (δ=0.3 Flux, 0.16 Wan, when they were set);
 # "run_power=0" sits around the earlier preset (δ=0.2 Flux, 0.12 Wan, cap 2).
 # Step counts not listed use the nearest one.
 _PEERS_FLUX20 = {UNIFORM: [2, 3], FBC: [0.2, 0.3, 0.4], TAYLORSEER: [("default", 3)], TAYLORSEER_LITE: [2, 3, 4],
@@ -244,6 +249,19 @@ for _m in SETTINGS:
             # was 2.37×): two more, 4/3 and 2 times its larger δ, keep the rival on both sides of 2–2.5×
             _s = SETTINGS[_m][_st][DICACHE_SCHED]
             SETTINGS[_m][_st][DICACHE_SCHED] = sorted(set(_s) | {float(f"{k * max(_s):.2g}") for k in (4 / 3, 2)})
+
+
+def default_threshold(model: str) -> float:
+    """δ of ``dicache.enable(pipe)`` with no options on a zoo model: its family preset's."""
+    adapter = dicache.adapters.find_class(getattr(diffusers, zoo.get_spec(model).transformer_class))
+    return float(dicache.config.preset(adapter.family if adapter is not None else None).threshold)
+
+
+# The default (the preset's own δ) is a setting of the preset's family at every step count, added after the lists
+# are made denser so that no other δ moves: the report reads where ``dicache.enable(pipe)`` sits on the front.
+for _m in SETTINGS:
+    for _st in SETTINGS[_m]:
+        SETTINGS[_m][_st][DICACHE] = sorted(set(SETTINGS[_m][_st][DICACHE]) | {default_threshold(_m)})
 
 # --quick: one setting per family (the smoke test checks every family has a row).
 QUICK_FAMILIES = {fam: (lambda s: s[1:2] if len(s) > 1 else s[:1]) for fam in FAMILIES[1:]}

@@ -610,3 +610,46 @@ def test_denser_fills_the_wide_gaps_of_a_delta_list():
             lst = qm.SETTINGS[model][steps][qm.DICACHE]
             assert qm.denser(lst, ratio=r * 1.06) == lst
     assert len(qm.SETTINGS["wan_digits"][30][qm.DICACHE]) > len(qm.SETTINGS["wan_digits"][30][qm.DICACHE_REACH2]) + 6
+
+
+def test_default_points_read_the_presets_own_delta_against_the_front():
+    import quality as Q
+    import quality_methods as qm
+
+    import dicache
+
+    delta = qm.default_threshold("flux_digits")
+    assert delta == dicache.PRESETS["flux"].threshold and qm.default_threshold("wan_digits") == dicache.PRESETS["wan"].threshold
+    assert qm.default_threshold("hunyuan_digits") == dicache.PRESETS["hunyuan_video"].threshold
+    for model in qm.SETTINGS:  # the default is a setting of the preset's family at every step count
+        for steps in qm.SETTINGS[model]:
+            assert qm.default_threshold(model) in qm.SETTINGS[model][steps][qm.DICACHE]
+
+    def row(family, setting, fewer, psnr, model="flux_digits", steps=30, status="ok"):
+        return dict(model=model, steps=steps, family=family, setting=setting, status=status,
+                    flop_fraction=1.0 / fewer, psnr=psnr, psnr_mean=psnr + 1.0, ssim=0.99)
+
+    rows = [row(qm.DICACHE, f"δ={delta}", 2.3, 52.8), row(qm.DICACHE, "δ=0.3", 1.9, 50.6),
+            row(qm.DICACHE, "δ=0.6", 2.5, 51.7), row(qm.DICACHE_SCHED, f"δ={delta}, δ_end=0.8", 2.2, 60.0),
+            row(qm.TAYLORSEER_LITE, "interval=3", 2.49, 47.0), row(qm.UNIFORM, "k=2", 1.8, 70.0),
+            # Wan: the default is dominated by a setting of another family that saves more and scores higher
+            row(qm.DICACHE, f"δ={qm.default_threshold('wan_digits')}", 1.76, 45.5, model="wan_digits"),
+            row(qm.DICACHE_BUDGET_ONLINE, "target_speedup=2 (no δ)", 1.99, 46.7, model="wan_digits"),
+            # hunyuan: no row at its default δ, left out
+            row(qm.DICACHE, "δ=0.123", 2.0, 40.0, model="hunyuan_digits")]
+    pts = {p["model"]: p for p in Q.default_points(rows)}
+    assert set(pts) == {"flux_digits", "wan_digits"}
+    f, w = pts["flux_digits"], pts["wan_digits"]
+    assert f["fewer"] == pytest.approx(2.3) and f["value"] == 52.8
+    assert f["best"][0] == 52.8 and f["best"][2:] == (qm.DICACHE, f"δ={delta}")  # the δ schedule saves less
+    assert f["peer"][0] == 47.0 and f["peer"][2] == qm.TAYLORSEER_LITE  # uniform saves less
+    assert w["best"][0] == 46.7 and w["best"][2] == qm.DICACHE_BUDGET_ONLINE and w["peer"] is None
+    lines = Q.default_table(rows)
+    assert any(ln.startswith(f"| flux_digits | 30 | {delta:g} | 2.30× | 52.8 |") and "+0.0 ✓" in ln and "+5.8 |" in ln
+               for ln in lines)
+    assert any(ln.startswith("| wan_digits | 30 |") and "-1.2 ✗" in ln and ln.endswith("| – | – | – |")
+               for ln in lines)
+    crit = Q.criteria_table(rows)
+    assert crit[-1] == "| the default (no options) within 0.5 dB of DiCache's front at its savings | 1 of 2 | 1 of 2 |"
+    assert Q.default_points(rows, "psnr_mean")[0]["value"] == 53.8
+    assert Q._delta_of("δ=0.25") == 0.25 and Q._delta_of("δ=0.2, δ_end=0.4") is None and Q._delta_of("k=2") is None
