@@ -372,10 +372,14 @@ PAPER_PRESETS: Dict[str, DiCacheConfig] = {
 #   skip runs no probe while the last increment says the error stays under δ (at 20 steps, against the same
 #   preset without it on the same δ values: +0.4 / +1.3 / +0.8 dB on Flux at 2× / 2.25× / 2.5×, +0.6 on Wan at
 #   2×); where runs are planned it has no effect;
-# * δ set so that ``dicache.enable(pipe)`` saves about 2× on the shipped models.
+# * δ set so that ``dicache.enable(pipe)`` saves about 2× on the shipped models and sits near the front of every
+#   DiCache setting measured. Flux: the authors' 0.4 (0.3 until the twenty-second round: 1.75–1.9× at 28 and 30
+#   steps, FLUX.1's own step counts, under the front there, where 0.4 saves 2.15× and 2.30×, at 30 steps 2.2 dB
+#   higher pooled; at 50 steps 2.49× at the PSNR 0.3 gives at 2.38×, at 40 steps 2.49× 1.0 dB under 0.3's 2.35×;
+#   at 20 steps 2.36× for 2.35×, 1.0 dB lower on seeds 0–3; benchmarks/RESULTS.md, twenty-second round).
 PRESETS: Dict[str, DiCacheConfig] = {
     "flux": PAPER_PRESETS["flux"].replace(
-        threshold=0.3, warmup=0.05, run_power="auto", force_last_step=0.04, cfg_decision="shared", alignment_order="auto",
+        threshold=0.4, warmup=0.05, run_power="auto", force_last_step=0.04, cfg_decision="shared", alignment_order="auto",
         gamma_source="auto", plan_runs="auto", plan_error="auto", max_extrapolation="auto", monotone_runs=True,
         predictive_skip=True),
     "hunyuan_video": PAPER_PRESETS["hunyuan_video"].replace(
