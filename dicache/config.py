@@ -374,7 +374,7 @@ PAPER_PRESETS: Dict[str, DiCacheConfig] = {
 #   2×); where runs are planned it has no effect;
 # * δ set so that ``dicache.enable(pipe)`` saves about 2× on the shipped models and sits near the front of every
 #   DiCache setting measured. Flux: the authors' 0.4 (0.3 until the twenty-second round: 1.75–1.9× at 28 and 30
-#   steps, FLUX.1's own step counts, under the front there, where 0.4 saves 2.15× and 2.30×, at 30 steps 2.2 dB
+#   steps, FLUX.1's own step counts, under the front at 30, where 0.4 saves 2.15× and 2.30×, at 30 steps 2.2 dB
 #   higher pooled; at 50 steps 2.49× at the PSNR 0.3 gives at 2.38×, at 40 steps 2.49× 1.0 dB under 0.3's 2.35×;
 #   at 20 steps 2.36× for 2.35×, 1.0 dB lower on seeds 0–3; benchmarks/RESULTS.md, twenty-second round).
 PRESETS: Dict[str, DiCacheConfig] = {
