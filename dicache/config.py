@@ -69,6 +69,14 @@ class DiCacheConfig:
             trajectories of at least ``STEPS_GAMMA_MIN_STEPS`` (25) steps, ``"probe"`` for shorter
             ones and when the step count is unknown (measured on the shipped models: the step
             distance wins at 50 steps, the probe at 20).
+        quad_balance: where ``alignment_order="auto"`` takes the quadratic whole (γ from the steps,
+            ``gamma_source``), it takes it only through three entries whose two spacings are balanced, the
+            shorter at least this fraction of the longer; through unbalanced entries (the warm-up's two
+            neighbouring calls and one far after them: steps 0, 1 and 4) the line through the two newest.
+            The deep residual of a denoising trajectory jitters from step to step around its trend, and
+            the quadratic through a close pair amplifies that jitter wherever it extrapolates past them
+            (its Lagrange weights at step 7 through steps 0, 1, 4: 4.5, −7, 3.5). None: the quadratic
+            through any three entries. Needs ``alignment_order="auto"``; no effect where the probe sets γ.
         run_power: the j-th reuse in a row must keep the accumulated error
             under ``δ / j^run_power`` (0: under δ, the method). The error of
             extrapolating ``j`` steps past the stored residuals grows faster
@@ -165,6 +173,7 @@ class DiCacheConfig:
     cfg_decision: str = "separate"
     alignment_order: Union[int, str] = 1
     gamma_source: str = "probe"
+    quad_balance: Optional[float] = None
     run_power: Union[float, str] = 0.0
     predictive_skip: bool = False
     plan_runs: Union[bool, str] = False
@@ -299,6 +308,9 @@ def validate(cfg: DiCacheConfig, num_blocks: Optional[int] = None) -> None:
         raise ValueError(f"alignment_order must be 1, 2 or 'auto', got {ao!r}")
     if cfg.gamma_source not in GAMMA_SOURCES:
         raise ValueError(f"gamma_source must be one of {GAMMA_SOURCES}, got {cfg.gamma_source!r}")
+    qb = cfg.quad_balance
+    if qb is not None and (not _is_real(qb) or not 0 < qb <= 1):
+        raise ValueError(f"quad_balance must be None or a number in (0, 1], got {qb!r}")
     rp = cfg.run_power
     if rp != "auto" and (not _is_real(rp) or not math.isfinite(rp) or rp < 0):
         raise ValueError(f"run_power must be a finite number >= 0 or 'auto', got {rp!r}")
@@ -353,6 +365,16 @@ PAPER_PRESETS: Dict[str, DiCacheConfig] = {
 # * ``gamma_source="auto"``: from 25 steps on, γ is the step distance and the quadratic is taken whole (at
 #   50 steps +2.8 dB on Flux and +1.4 dB on Wan at 2× against the probe's γ; at 20 steps the probe's γ wins
 #   by 5.3 and 1.7 dB);
+# * ``quad_balance=0.5``: the line, not the quadratic, through the warm-up's close pair and a far entry
+#   (``FF__F___F…``: steps 0, 1, 4; 20 steps take γ from the probe, and at 50 the three warm-up calls and the reach
+#   bound never leave such entries). On the uncached trajectories of the three shipped models the quadratic through
+#   such entries misses the deep residual of the next steps 1.4–4× more than the line in the first third of the
+#   steps (benchmarks/extrapolation_error.py). Against the quadratic there, at 2–3× fewer flops on seeds 0–3 and
+#   4–5 (pooled / mean of the samples): Flux at 28 steps +2.5 to +5.3 / +2.1 to +4.4 dB from 2.25× on, the held-out
+#   model at 30 steps +0.9 to +2.6 / −0.1 to +1.3; Flux and Wan at 30 steps mixed (Flux 2.25×: −2.5 and −3.2 /
+#   −1.4 and −1.3; Wan 2×: −3.8 and −1.9 / −3.1 and −2.8; Wan from 2.25×: +2.3 to +5.7 pooled on seeds 0–3);
+#   over the 40 points at 28–30 steps +1.2 dB on average pooled, +0.7 on the mean of the samples
+#   (benchmarks/RESULTS.md, twenty-third round);
 # * ``plan_runs="auto"``, ``max_extrapolation="auto"``: where γ comes from the steps, the skipped calls run no
 #   probe (the computed calls' probes plan each run), and from 45 steps on runs grow by at most one call per
 #   refresh (at 30 and 40 steps the bound cost more than it saved; twenty-first round);
@@ -379,17 +401,17 @@ PAPER_PRESETS: Dict[str, DiCacheConfig] = {
 #   at 20 steps 2.36× for 2.35×, 1.0 dB lower on seeds 0–3; benchmarks/RESULTS.md, twenty-second round).
 PRESETS: Dict[str, DiCacheConfig] = {
     "flux": PAPER_PRESETS["flux"].replace(
-        threshold=0.4, warmup=0.05, run_power="auto", force_last_step=0.04, cfg_decision="shared", alignment_order="auto",
-        gamma_source="auto", plan_runs="auto", plan_error="auto", max_extrapolation="auto", monotone_runs=True,
-        predictive_skip=True),
+        threshold=0.4, warmup=0.05, run_power="auto", force_last_step=0.04, cfg_decision="shared",
+        alignment_order="auto", gamma_source="auto", quad_balance=0.5, plan_runs="auto", plan_error="auto",
+        max_extrapolation="auto", monotone_runs=True, predictive_skip=True),
     "hunyuan_video": PAPER_PRESETS["hunyuan_video"].replace(
         threshold=0.2, warmup=0.05, run_power="auto", force_last_step=0.04, cfg_decision="shared",
-        alignment_order="auto", gamma_source="auto", plan_runs="auto", plan_error="auto", max_extrapolation="auto",
-        monotone_runs=True, predictive_skip=True),
+        alignment_order="auto", gamma_source="auto", quad_balance=0.5, plan_runs="auto", plan_error="auto",
+        max_extrapolation="auto", monotone_runs=True, predictive_skip=True),
     "wan": PAPER_PRESETS["wan"].replace(
         threshold=0.16, warmup=0.05, run_power="auto", force_last_step=0.04, cfg_decision="shared",
-        alignment_order="auto", gamma_source="auto", plan_runs="auto", plan_error="auto", max_extrapolation="auto",
-        monotone_runs=True, predictive_skip=True),
+        alignment_order="auto", gamma_source="auto", quad_balance=0.5, plan_runs="auto", plan_error="auto",
+        max_extrapolation="auto", monotone_runs=True, predictive_skip=True),
 }
 DEFAULT = DiCacheConfig()
 

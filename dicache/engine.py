@@ -21,7 +21,7 @@ from .budget import Budget
 from .config import DiCacheConfig
 from .ops import Backend, reference, select_backend
 from .state import (CAP, FOLLOW, LAST_STEP, PLANNED, PREDICTED, REACH, REFRESH, REUSE, REUSE_ONE, SHORTEN,
-                    WARMUP, BranchState, CallRecord, at_shorten_bound, next_shortening, planned_error)
+                    WARMUP, BranchState, CallRecord, at_shorten_bound, balanced, next_shortening, planned_error)
 
 #: alignment_order="auto" fits the quadratic's weight on at most about this many tokens.
 ORDER_TOKENS = 512
@@ -260,7 +260,7 @@ class DiCacheEngine:
             lo, hi = (float(g) for g in cfg.gamma_clip)
             state.gamma.fill_(min(max((self._cur_step - t1) / (t2 - t1), lo), hi))
         elif cfg.alignment_order == "auto":
-            state.quad_weight = torch.ones_like(state.gamma)  # the step is known exactly: the quadratic whole
+            state.quad_weight = self._whole_quadratic(state)  # the step is known exactly
         return self._unprobed_skip(state, x, PLANNED)
 
     def _run_error(self, state: BranchState) -> float:
@@ -414,6 +414,14 @@ class DiCacheEngine:
                        stride, self._policy)
         return c0, c2
 
+    def _whole_quadratic(self, state: BranchState) -> Optional[torch.Tensor]:
+        """The quadratic's weight where the step is known exactly: 1 (whole), or None (the line through the two
+        newest) where the three entries' spacings are unbalanced (``quad_balance``)."""
+        if state.n_stored >= 3 and not balanced(*(state.slot_step[state.newest(i)] for i in (3, 2, 1)),
+                                                self.config.quad_balance):
+            return None
+        return torch.ones_like(state.gamma)
+
     def _fit_quad_weight(self, state: BranchState, p: torch.Tensor, x: torch.Tensor
                          ) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
         """``alignment_order="auto"``: how far to bend the line towards the quadratic, fitted on the probe.
@@ -424,15 +432,16 @@ class DiCacheEngine:
         ``batch_policy="global"``) is the least-squares weight of the quadratic's correction, clipped
         to [0, 1] (0 when the two coincide). The deep residual takes the same weight. On at most
         ``ORDER_TOKENS`` tokens (an even stride over dim 1); one fused launch (``quad_blend``), no
-        host read. With γ from the steps (``gamma_source``), w = 1. Returns the blended weights
-        ``(c0, c2)`` for :meth:`_reconstruct`, or None with fewer than three entries."""
+        host read. With γ from the steps (``gamma_source``), w = 1 (None, the line, through unbalanced
+        entries: ``quad_balance``). Returns the blended weights ``(c0, c2)`` for :meth:`_reconstruct`, or
+        None with fewer than three entries or for the line."""
         if state.n_stored < 3:
             state.quad_weight = None
             return None
         if self._gamma_from_steps():
             # the step is known exactly: the quadratic whole (the fit hedges against a misread γ)
-            state.quad_weight = torch.ones_like(state.gamma)
-            return self._quad_weights(state, state.quad_weight)
+            state.quad_weight = self._whole_quadratic(state)
+            return None if state.quad_weight is None else self._quad_weights(state, state.quad_weight)
         state.quad_weight = torch.empty_like(state.gamma)
         return self._quad_weights(state, state.quad_weight, (p, x))
 

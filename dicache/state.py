@@ -143,6 +143,12 @@ def at_shorten_bound(config: DiCacheConfig, state: BranchState, n: Optional[int]
     return state.shorten_to is not None and state.run >= state.shorten_to and config.monotone_runs_at(n)
 
 
+def balanced(t0: int, t1: int, t2: int, ratio: Optional[float]) -> bool:
+    """``quad_balance``: whether three entries stored at steps ``t0 < t1 < t2`` are spaced evenly enough for the
+    quadratic through them, the shorter spacing at least ``ratio`` times the longer (None: always)."""
+    return ratio is None or min(t1 - t0, t2 - t1) >= ratio * max(t1 - t0, t2 - t1)
+
+
 def planned_error(e: float, t1: Optional[int], t2: int, k: int, sizes: Optional[Sequence[float]] = None) -> float:
     """The error a run planned at the computed call ``t2`` (``plan_runs``) predicts for the call at step ``k > t2``
     from the per-step error ``e`` measured since the computed call ``t1``: ``(k − t2)·e``, or with the step sizes

@@ -366,6 +366,12 @@ def test_budget_mode_needs_a_step_count():
         (dict(predictive_skip="yes"), "predictive_skip"),
         (dict(gamma_source="step"), "gamma_source"),
         (dict(gamma_source=None), "gamma_source"),
+        (dict(quad_balance=0), "quad_balance"),
+        (dict(quad_balance=-0.5), "quad_balance"),
+        (dict(quad_balance=1.5), "quad_balance"),
+        (dict(quad_balance=float("nan")), "quad_balance"),
+        (dict(quad_balance=True), "quad_balance"),
+        (dict(quad_balance="0.5"), "quad_balance"),
     ],
 )
 def test_bad_policy_values(options, word):
@@ -581,6 +587,62 @@ def test_gamma_source_steps_places_the_call_at_its_step(order):
             torch.testing.assert_close(gam, torch.full_like(gam, (t - 2) / 2))  # unclipped: 1.5, 2.5
             want = x + R(t) if order == 2 else x + R(2) + (t - 2) / 2 * (R(4) - R(2))
             torch.testing.assert_close(h, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("planned", [False, True])
+def test_quad_balance_takes_the_line_through_unbalanced_entries(planned):
+    # entries at steps 0, 1 and 4 (the warm-up's pair and one three steps on) of a deep trajectory with jitter:
+    # with γ from the steps the quadratic through them weighs 4.5, −7, 3.5 at step 7 and amplifies the jitter;
+    # quad_balance takes the line through the two newest there (spacings 1 and 3: 1 < 0.5·3), and the quadratic
+    # again once the entries are balanced (steps 1, 4, 6: spacings 3 and 2)
+    g = torch.Generator().manual_seed(31)
+    A, B = (torch.randn(2, 5, 7, generator=g) for _ in range(2))
+    noise = {k: 0.3 * torch.randn(2, 5, 7, generator=g) for k in range(12)}
+    x = torch.randn(2, 5, 7, generator=g)
+
+    def R(k):
+        return A + B * k + noise[k]
+
+    def run(balance):
+        cfg = DiCacheConfig(threshold=1e9, warmup=0, alignment_order="auto", gamma_source="steps",
+                            quad_balance=balance, plan_runs=planned)
+        engine = DiCacheEngine(cfg, M, "torch")
+        outs = {}
+        for k in range(8):
+            engine.begin_call("c", k, 30)
+            if k in (0, 1, 4, 6):
+                engine._forced = "test"  # computed: store the entry of step k
+                assert engine.before_probe(x) is None
+                assert engine.after_probe(x, x + torch.randn(2, 5, 7, generator=g)) is None
+                engine.after_full(x + R(k))
+                continue
+            h = engine.before_probe(x)
+            if h is None:
+                h = engine.after_probe(x, x + torch.randn(2, 5, 7, generator=g))
+            assert h is not None, (k, balance)
+            outs[k] = (h.clone(), engine.branches["c"].quad_weight)
+        return outs
+
+    def line(k, t1, t2):
+        return x + R(t1) + (k - t1) / (t2 - t1) * (R(t2) - R(t1))
+
+    def quad(k, t0, t1, t2):
+        c = [(k - t1) * (k - t2) / ((t0 - t1) * (t0 - t2)), (k - t0) * (k - t2) / ((t1 - t0) * (t1 - t2)),
+             (k - t0) * (k - t1) / ((t2 - t0) * (t2 - t1))]
+        return x + c[0] * R(t0) + c[1] * R(t1) + c[2] * R(t2)
+
+    balanced, whole = run(0.5), run(None)
+    for k in (5,):  # after steps 0, 1, 4: unbalanced
+        torch.testing.assert_close(balanced[k][0], line(k, 1, 4), rtol=1e-4, atol=1e-4)
+        assert balanced[k][1] is None
+        torch.testing.assert_close(whole[k][0], quad(k, 0, 1, 4), rtol=1e-4, atol=1e-4)
+    # the line's error on the jittering trajectory is the smaller one there
+    assert (balanced[5][0] - (x + R(5))).abs().mean() < (whole[5][0] - (x + R(5))).abs().mean()
+    for out in (balanced, whole):  # after steps 1, 4, 6: balanced, the quadratic for both
+        torch.testing.assert_close(out[7][0], quad(7, 1, 4, 6), rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(out[7][1], torch.ones(2))
+    # a bound of 1 takes the quadratic only through evenly spaced entries
+    assert run(1.0)[7][1] is None
 
 
 @pytest.mark.parametrize("num_steps", [20, STEPS_GAMMA_MIN_STEPS - 1, STEPS_GAMMA_MIN_STEPS, 50, None])
