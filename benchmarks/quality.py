@@ -17,6 +17,8 @@
     .venv/bin/python benchmarks/quality.py patterns DIR... --families A,B --savings 2.8,3.2
                                                                       # their settings there, a label per call
                                                                       # pattern: which patterns each δ list hits
+    .venv/bin/python benchmarks/quality.py entries DIR...             # per family, the settings that skip after
+                                                                      # unbalanced entries (quad_balance)
 
 For each shipped model (``flux_digits``: FluxPipeline with true CFG; ``wan_digits``: WanPipeline with
 CFG; ``hunyuan_digits``: HunyuanVideoPipeline with true CFG, the held-out model), each step count (``--steps``, default 20 and 50) and each seed (``--seeds``), the model samples
@@ -83,6 +85,8 @@ import torch  # noqa: E402
 import dicache  # noqa: E402
 from dicache import zoo  # noqa: E402
 from dicache.hooks import session_of  # noqa: E402
+from dicache.config import STEPS_GAMMA_MIN_STEPS  # noqa: E402
+from dicache.state import balanced  # noqa: E402
 from dicache.metrics import psnr, psnr_per_sample, ssim  # noqa: E402
 
 import quality_methods as qm  # noqa: E402
@@ -1271,6 +1275,64 @@ def _label(i: int) -> str:
     return s
 
 
+def _read_reports(ap: argparse.ArgumentParser, dirs: Sequence[str]) -> Tuple[List[Dict], List[Dict]]:
+    """The rows (quality.csv) and per-run details (quality_details.json) of report directories."""
+    rows: List[Dict] = []
+    runs: List[Dict] = []
+    for d in dirs:
+        paths = [os.path.join(d, n) for n in ("quality.csv", "quality_details.json")]
+        if not all(os.path.isfile(p) for p in paths):
+            ap.error(f"not a report directory (quality.csv and quality_details.json): {d!r}")
+        rows += read_csv(paths[0])
+        with open(paths[1]) as f:
+            runs += json.load(f)["runs"]
+    return rows, runs
+
+
+def unbalanced_skips(pattern: str, ratio: float) -> List[int]:
+    """The skipped calls of a pattern (``F`` computed) whose three newest computed calls are unbalanced
+    (``quad_balance``: where the preset takes the line instead of the quadratic)."""
+    computed: List[int] = []
+    out: List[int] = []
+    for k, c in enumerate(pattern):
+        if c == "F":
+            computed.append(k)
+        elif len(computed) >= 3 and not balanced(*computed[-3:], ratio):
+            out.append(k)
+    return out
+
+
+def entries_main(argv: Sequence[str]) -> int:
+    """``quality.py entries REPORT_DIR [...] [--balance 0.5]``: per model, step count and family, how many of the
+    DiCache settings put a skip after three unbalanced computed calls on some seed's pattern (``quad_balance``):
+    the rows a change of that rule can move. Only at step counts where the presets take γ from the steps (25 and
+    more); a family whose γ comes from the probe (``DiCache probe γ``) or whose order is fixed is counted too, and the
+    rule leaves it alone."""
+    ap = argparse.ArgumentParser(prog="quality.py entries", description=entries_main.__doc__)
+    ap.add_argument("reports", nargs="+", help="report directories (quality.csv and quality_details.json)")
+    ap.add_argument("--balance", type=float, default=0.5, help="the ratio of quad_balance (default 0.5)")
+    a = ap.parse_args(argv)
+    if not 0 < a.balance <= 1:
+        ap.error(f"--balance: a number in (0, 1], got {a.balance}")
+    _, runs = _read_reports(ap, a.reports)
+    total: Dict[Tuple[str, int, str], int] = {}
+    hit: Dict[Tuple[str, int, str], int] = {}
+    for det in runs:
+        if int(det["steps"]) < STEPS_GAMMA_MIN_STEPS or not det["family"].startswith("DiCache"):
+            continue
+        key = (det["model"], int(det["steps"]), det["family"])
+        patterns = [q for r in det.get("runs", []) for q in (r.get("pattern") or {}).values()]
+        if not patterns:
+            continue
+        total[key] = total.get(key, 0) + 1
+        hit[key] = hit.get(key, 0) + any(unbalanced_skips(q, a.balance) for q in patterns)
+    print("| model | steps | family | settings | with a skip after unbalanced entries |")
+    print("| --- | ---: | --- | ---: | ---: |")
+    for key in sorted(total):
+        print(f"| {key[0]} | {key[1]} | {key[2]} | {total[key]} | {hit[key]} |")
+    return 0
+
+
 def patterns_main(argv: Sequence[str]) -> int:
     """``quality.py patterns REPORT_DIR [...] --families A,B --savings LO,HI [--steps 50] [--worst N]``: the families'
     settings between LO× and HI× fewer flops with a label per call pattern and, with ``--worst``, their N lowest
@@ -1291,15 +1353,7 @@ def patterns_main(argv: Sequence[str]) -> int:
         ap.error(f"--savings: two numbers LO,HI, got {a.savings!r}")
     if not 1.0 <= lo <= hi:
         ap.error(f"--savings: 1 <= LO <= HI, got {a.savings!r}")
-    rows: List[Dict] = []
-    runs: List[Dict] = []
-    for d in a.reports:
-        paths = [os.path.join(d, n) for n in ("quality.csv", "quality_details.json")]
-        if not all(os.path.isfile(p) for p in paths):
-            ap.error(f"not a report directory (quality.csv and quality_details.json): {d!r}")
-        rows += read_csv(paths[0])
-        with open(paths[1]) as f:
-            runs += json.load(f)["runs"]
+    rows, runs = _read_reports(ap, a.reports)
     families = [f.strip() for f in a.families.split(",") if f.strip()]
     missing = [f for f in families if not any(r["family"] == f for r in rows)]
     if missing:
@@ -1481,6 +1535,8 @@ def main(argv=None) -> int:
         return at_main(sys.argv[2:])
     if argv is None and len(sys.argv) > 1 and sys.argv[1] == "spread":
         return spread_main(sys.argv[2:])
+    if argv is None and len(sys.argv) > 1 and sys.argv[1] == "entries":
+        return entries_main(sys.argv[2:])
     if argv is None and len(sys.argv) > 1 and sys.argv[1] == "patterns":
         return patterns_main(sys.argv[2:])
     if argv is None and len(sys.argv) > 1 and sys.argv[1] == "merge":

@@ -535,6 +535,35 @@ def test_patterns_labels_the_calls_each_setting_made(tmp_path, capsys):
     assert "not a report directory" in capsys.readouterr().err
 
 
+def test_entries_counts_the_settings_a_quad_balance_change_can_move(tmp_path, capsys):
+    """``quality.py entries``: the skips after three unbalanced computed calls (the warm-up's pair and a far call:
+    steps 0, 1, 4), counted per family over every seed's pattern; step counts where the probe sets γ are left out."""
+    import quality as Q
+    from dicache.config import STEPS_GAMMA_MIN_STEPS
+
+    assert Q.unbalanced_skips("FF__F___F__F_", 0.5) == [5, 6, 7]  # after 0, 1, 4 (then 1, 4, 8 and 4, 8, 11)
+    assert Q.unbalanced_skips("FF__F___F__F_", 0.8) == [5, 6, 7, 9, 10, 12]  # 1, 4, 8 and 4, 8, 11: 3 < 0.8·4
+    assert Q.unbalanced_skips("FFF_F__F___F", 0.5) == []  # a three-call warm-up and runs growing by one
+    assert Q.unbalanced_skips("F_F", 0.5) == []  # fewer than three computed calls: nothing to bend
+
+    def details(steps, family, pats):
+        runs = [dict(seed=k, flops=1, calls=2 * len(p), pattern={"cond": p, "uncond": p}) for k, p in enumerate(pats)]
+        return dict(model="flux_digits", steps=str(steps), family=family, setting="δ=1", runs=runs)
+
+    runs = [details(28, "DiCache", ["FFF_F__F___F", "FF__F___F__F"]), details(28, "DiCache", ["FFF_F__F___F"]),
+            details(28, "DiCache budget", ["FF_F_F_F"]), details(STEPS_GAMMA_MIN_STEPS - 1, "DiCache", ["FF___F"]),
+            details(28, "TaylorSeer", ["FF___F"]), details(28, "DiCache", [])]
+    (tmp_path / "quality.csv").write_text("model,steps,family,setting\n")
+    (tmp_path / "quality_details.json").write_text(json.dumps({"meta": {}, "runs": runs}))
+    assert Q.entries_main([str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "| flux_digits | 28 | DiCache | 2 | 1 |" in out and "| flux_digits | 28 | DiCache budget | 1 | 0 |" in out
+    assert "TaylorSeer" not in out and f"| {STEPS_GAMMA_MIN_STEPS - 1} |" not in out
+    with pytest.raises(SystemExit):
+        Q.entries_main([str(tmp_path), "--balance", "0"])
+    assert "--balance" in capsys.readouterr().err
+
+
 def test_patterns_lists_the_lowest_samples_that_set_the_pooled_psnr(tmp_path, capsys):
     """``quality.py patterns --worst N``: each setting's N lowest samples (PSNR@seed:index) and how many settings
     have each sample among their lowest."""
