@@ -800,7 +800,7 @@ def test_presets_are_the_studied_rule_and_the_paper_settings_stay_available():
     for family, cfg in dicache.PRESETS.items():
         assert cfg.max_consecutive_reuse is None and cfg.cfg_decision == "shared" and cfg.warmup == 0.05, family
         assert cfg.run_power == "auto" and cfg.force_last_step == 0.04 and cfg.predictive_skip, family
-        assert cfg.alignment_order == "auto" and cfg.gamma_source == "auto", family
+        assert cfg.alignment_order == "auto" and cfg.gamma_source == "auto" and cfg.quad_balance == 0.5, family
         assert cfg.plan_runs == "auto" and cfg.max_extrapolation == "auto" and cfg.monotone_runs is True, family
         assert cfg.plan_error == "auto" and cfg.plan_on_step_sizes(), family
         assert not cfg.replace(target_speedup=2.5).plan_on_step_sizes(), family  # budget mode: the count of steps
