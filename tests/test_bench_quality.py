@@ -12,6 +12,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "benchmarks", "quality.py")
@@ -533,6 +534,26 @@ def test_patterns_labels_the_calls_each_setting_made(tmp_path, capsys):
     with pytest.raises(SystemExit):
         Q.patterns_main([str(tmp_path / "nothing"), "--families", qm.DICACHE, "--savings", "2,3"])
     assert "not a report directory" in capsys.readouterr().err
+
+
+def test_extrapolation_error_rebuilds_a_polynomial_through_its_entries():
+    """``extrapolation_error.py``: the Lagrange extrapolation is exact on a polynomial of its order, the relative L1
+    miss is per sample, and the script refuses a step count too short for its tables."""
+    import extrapolation_error as E
+
+    g = torch.Generator().manual_seed(5)
+    a, b, c = (torch.randn(2, 3, 4, generator=g) for _ in range(3))
+
+    def f(t):
+        return a + b * t + c * t * t
+
+    nodes = (0, 1, 4)
+    torch.testing.assert_close(E.extrapolate([f(n) for n in nodes], nodes, 7), f(7), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(E.extrapolate([f(1), f(4)], (1, 4), 7), f(1) + 2 * (f(4) - f(1)))
+    true = torch.ones(2, 3)
+    assert E.rel_error(true * torch.tensor([[1.5], [1.0]]), true) == pytest.approx(0.25)  # (0.5 + 0) / 2
+    with pytest.raises(SystemExit):
+        E.main(["flux_digits", "4"])
 
 
 def test_entries_counts_the_settings_a_quad_balance_change_can_move(tmp_path, capsys):
