@@ -117,6 +117,7 @@ class DiCacheEngine:
         self._cur_step = step
         self._num_steps = num_steps
         state.num_steps = num_steps
+        self._pending_error = None  # the probe error this call measured, for its record
         cfg = self.config
         if step < cfg.warmup_calls(num_steps):
             self._forced = WARMUP
@@ -317,6 +318,7 @@ class DiCacheEngine:
             if (budget or self._planning()) and state.has_prev and state.n_stored >= 1:
                 # the budget rule learns the error rate on computed calls too; plan_runs plans the next run
                 self._measure(state, p, x)
+                self._pending_error = state.acc.clone()  # for the record (summary): read only when summarized
             else:
                 state.p_prev.copy_(p)
                 if state.x_prev is not None:
@@ -486,10 +488,7 @@ class DiCacheEngine:
         state.full_calls += 1
         state.acc_host = 0.0  # refresh zeroed acc on the device
         state.probe_step = self._cur_step  # p_prev now holds this call's probe
-        if self._forced is not None:
-            state.records.append(CallRecord(self._cur_step, True, self._forced))
-        else:
-            state.records.append(CallRecord(self._cur_step, True, REFRESH, self._pending_error))
+        state.records.append(CallRecord(self._cur_step, True, self._forced or REFRESH, self._pending_error))
         state.calls += 1
         self._cur = None
         self._x = None

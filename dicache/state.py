@@ -38,7 +38,7 @@ class CallRecord:
     index: int
     computed: bool
     reason: str
-    error: Optional[torch.Tensor] = None  # acc after this call's probe ([B] fp32), None for forced calls
+    error: Optional[torch.Tensor] = None  # acc after this call's probe ([B] fp32), None where none was measured
     gamma: Optional[torch.Tensor] = None  # γ used ([B] fp32), only for REUSE
     probed: bool = True  # False: skipped before its probe (a follower of a reusing leader)
 

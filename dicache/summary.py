@@ -14,8 +14,10 @@ class CallSummary:
     """One call of a branch: computed or skipped, why, the accumulated error and γ.
 
     ``error`` is the probe error accumulated since the last full call, after
-    this call (the max over samples); None for calls forced without a probe
-    decision (warm-up, last step). ``gamma`` is the alignment step used by a
+    this call (the max over samples); None for a call that measured none: one
+    forced without a probe decision (warm-up, last step) outside budget mode
+    and planned runs, or skipped without a probe. A computed call that ends a
+    planned run (``plan_runs``) shows the error its probe measured over the run. ``gamma`` is the alignment step used by a
     skipped call with two stored residuals (the max over samples), else None.
     ``probed`` is False for a call skipped before its probe (a CFG branch
     following a reusing leader, ``cfg_decision="shared"``, or a ``predictive_skip``

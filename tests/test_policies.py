@@ -968,6 +968,11 @@ def test_plan_runs_skips_without_probes_while_the_predicted_error_stays_under_de
     assert [st.reason for st in b.steps if not st.computed] == ["planned"] * 9
     assert [st.reason for st in b.steps if st.computed][2:] == ["refresh"] * 2
     assert b.block_evaluations == 4 * M  # no skipped call runs a block
+    # the summary shows the error each computed call's probe measured since the one before (none at the first call;
+    # a planned skip measures none)
+    assert [None if st.error is None else round(st.error, 4) for st in b.steps if st.computed] == \
+        [None, 0.05, round(1.05 ** 6 - 1, 4), round(1.05 ** 5 - 1, 4)]
+    assert all(st.error is None for st in b.steps if not st.computed)
     # γ is the step distance from the two newest entries (steps 0 and 1, then 1 and 7), clipped to gamma_clip
     assert [round(b.steps[i].gamma, 5) for i in (2, 3, 6)] == [2.0, 3.0, 6.0]
     assert b.steps[8].gamma == pytest.approx(7 / 6, rel=1e-5)
