@@ -65,6 +65,7 @@ class Session:
         # per-call state
         self.active = False
         self.skipping = False
+        self.recon: Optional[torch.Tensor] = None  # a skipped call's output, returned by the last block
         self.x: Optional[torch.Tensor] = None
         # bare-loop trajectory tracking (no cache_context)
         self._last_t: Optional[float] = None
@@ -128,11 +129,13 @@ class Session:
         self.engine.begin_call(branch, step_index, num_steps)
         self.active = True
         self.skipping = False
+        self.recon = None
         self.x = None
 
     def end_call(self) -> None:
         self.active = False
         self.skipping = False
+        self.recon = None
         self.x = None
         self.engine.abort_call()  # no-op after a completed call; drops an unfinished one
 
@@ -223,19 +226,20 @@ class _BlockHook(ModelHook):
             s.x = self.hidden.get(args, kwargs)
             h = s.engine.before_probe(s.x)
             if h is not None:  # skipped without a probe: every block hands its inputs on
-                s.skipping = True
-                encoder = self.encoder.get(args, kwargs) if self.encoder is not None else None
-                return pack(self.returns, h, encoder)
+                s.skipping, s.recon = True, h
         if s.skipping:
-            hidden = self.hidden.get(args, kwargs)
+            # The skipped blocks hand their inputs on, and the last one returns the reconstruction: whatever the
+            # model's own code adds to the stream between blocks (ControlNet residuals) is part of the stored
+            # deep output up to the last block, and is added after the last block as on a computed call.
+            hidden = s.recon if self.is_last else self.hidden.get(args, kwargs)
             encoder = self.encoder.get(args, kwargs) if self.encoder is not None else None
             return pack(self.returns, hidden, encoder)
         out = self.fn_ref.original_forward(*args, **kwargs)
         if self.is_probe_end:
             h = s.engine.after_probe(s.x, image_of(out, self.returns))
             if h is not None:
-                s.skipping = True
-                return with_image(out, self.returns, h)
+                s.skipping, s.recon = True, h
+                return with_image(out, self.returns, h) if self.is_last else out
         if self.is_last:
             s.engine.after_full(image_of(out, self.returns))
         return out

@@ -187,3 +187,30 @@ def hunyuan_pipeline_call(pipe, steps: int = 6, seed: int = 3):
         prompt_attention_mask=torch.ones(1, 8, dtype=torch.long), height=32, width=32, num_frames=1,
         num_inference_steps=steps, generator=_seeded(seed), output_type="latent",
     ).frames
+
+
+# -- one call of each built-in family's transformer (tests/test_adapters.py) --------------------------------
+
+def flux_call(batch: int = 1, seed: int = 1):
+    return dict(flux_inputs(batch, seed), timestep=torch.full((batch,), 0.5))
+
+
+def wan_call(batch: int = 1, seed: int = 1):
+    x, text = video_inputs(batch, seed)
+    return dict(hidden_states=x, timestep=torch.full((batch,), 500.0), encoder_hidden_states=text)
+
+
+def hunyuan_call(batch: int = 1, seed: int = 1):
+    x, text = video_inputs(batch, seed)
+    return dict(hidden_states=x, timestep=torch.full((batch,), 500.0), encoder_hidden_states=text,
+                encoder_attention_mask=torch.ones(batch, text.shape[1], dtype=torch.bool),
+                pooled_projections=torch.randn(batch, 16, generator=_seeded(seed + 1)),
+                guidance=torch.full((batch,), 6000.0))
+
+
+#: model class name -> (tiny model, forward kwargs of one call)
+ADAPTER_CASES = {
+    "FluxTransformer2DModel": (flux_transformer, flux_call),
+    "WanTransformer3DModel": (wan_transformer, wan_call),
+    "HunyuanVideoTransformer3DModel": (hunyuan_transformer, hunyuan_call),
+}

@@ -1,0 +1,118 @@
+"""Every built-in adapter on a tiny random model of its class: the hooks hand the streams on as the model expects.
+
+For each model class with an adapter (``dicache.adapters.supported()``): with δ = 0 the hooked model's output is
+bitwise the unhooked one's; of three identical calls in one ``cache_context`` the third is skipped, and since the
+stored residuals are then equal, its reconstruction must reproduce the computed output. That fails when the code a
+model runs after its blocks reads anything the skipped blocks would have changed besides the image stream, or when
+an adapter names the wrong argument or return order. Last, ``disable`` restores the model bitwise.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import dicache
+from dicache import adapters
+
+import tiny
+import tiny_families
+
+
+def _forward(model, kwargs):
+    with torch.no_grad():
+        return model(**kwargs, return_dict=False)[0]
+
+
+CASES = {**tiny.ADAPTER_CASES, **tiny_families.CASES}
+
+
+def test_every_built_in_adapter_has_a_case():
+    assert sorted(CASES) == adapters.supported()
+
+
+def _skipped_repeat(model, kwargs, **options):
+    """Three identical calls in one ``cache_context``, the third skipped: (its output, the pattern)."""
+    options = {**dict(threshold=1e9, warmup=2, force_last_step=False, gamma_source="probe", plan_runs=False,
+                      alignment_order=1, predictive_skip=False, cfg_decision="separate"), **options}
+    dicache.enable(model, backend="torch", **options)
+    outs = []
+    try:
+        for i in range(3):
+            with model.cache_context("cond", step_index=i, num_inference_steps=4):
+                outs.append(_forward(model, kwargs))
+        pattern = dicache.summary(model).branches["cond"].pattern
+    finally:
+        dicache.disable(model)
+    return outs[2], pattern
+
+
+def _close(out, ref):
+    return torch.allclose(out, ref, rtol=1e-4, atol=1e-4 * float(ref.abs().max()))
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_the_adapter_hands_the_streams_on(name):
+    make_model, make_kwargs = CASES[name]
+    model = make_model()
+    assert type(model).__name__ == name and adapters.find(model) is not None
+    kwargs = make_kwargs()
+    ref = _forward(model, kwargs)
+    assert torch.isfinite(ref).all() and ref.abs().max() > 0
+
+    dicache.enable(model, backend="torch", threshold=0.0)
+    computed = [_forward(model, kwargs) for _ in range(2)]
+    dicache.disable(model)
+    assert all(torch.equal(out, ref) for out in computed)
+
+    # δ huge, two warm-up calls, the probe's γ on the line: the third identical call is skipped
+    out, pattern = _skipped_repeat(model, kwargs)
+    assert pattern == "FF." and _close(out, ref)
+
+    assert torch.equal(_forward(model, kwargs), ref)  # restored
+
+
+def test_the_check_sees_a_wrong_return_order():
+    """The same check on a Flux model whose adapter swaps the streams' order fails: the test can fail. (As many text
+    tokens as image tokens, so that the swapped streams still run.)"""
+    from diffusers import FluxTransformer2DModel
+
+    from dicache.adapters.base import ENCODER, HIDDEN, Adapter, BlockList
+
+    class SwappedFlux(FluxTransformer2DModel):
+        pass
+
+    torch.manual_seed(0)
+    model = SwappedFlux(**tiny.FLUX_CONFIG).eval()
+    adapters.register(SwappedFlux, Adapter(family="flux", block_lists=(
+        BlockList("transformer_blocks", returns=(HIDDEN, ENCODER)),
+        BlockList("single_transformer_blocks", returns=(HIDDEN, ENCODER)),
+    )))
+    try:
+        kwargs = tiny.flux_call()
+        n_img = kwargs["hidden_states"].shape[1]
+        kwargs.update(encoder_hidden_states=torch.randn(1, n_img, 32, generator=torch.Generator().manual_seed(5)),
+                      txt_ids=torch.zeros(n_img, 3))
+        ref = _forward(model, kwargs)
+        out, pattern = _skipped_repeat(model, kwargs)
+        assert pattern == "FF." and not _close(out, ref)
+    finally:
+        adapters._REGISTRY.pop(SwappedFlux, None)
+
+
+@pytest.mark.parametrize("unprobed", [False, True])
+def test_a_skip_adds_controlnet_residuals_once(unprobed):
+    """Flux adds ControlNet residuals to the image stream after each block (``controlnet_block_samples``,
+    ``controlnet_single_block_samples``): on a skipped call, with or without its probe, they were added again on top
+    of the reconstruction, which already holds them (0.42 off at an output scale of 1.9 on this model)."""
+    model = tiny.flux_transformer()
+    g = torch.Generator().manual_seed(7)
+    kwargs = tiny.flux_call()
+    n_img = kwargs["hidden_states"].shape[1]
+    kwargs["controlnet_block_samples"] = [torch.randn(1, n_img, 32, generator=g) for _ in range(2)]
+    kwargs["controlnet_single_block_samples"] = [torch.randn(1, n_img, 32, generator=g) for _ in range(3)]
+    ref = _forward(model, kwargs)
+    assert not torch.allclose(ref, _forward(model, tiny.flux_call()))  # the residuals change the output
+    # plan_runs: the skipped call runs no probe (the hooks hand the inputs on from the first block)
+    out, pattern = _skipped_repeat(model, kwargs, **({"plan_runs": True} if unprobed else {}))
+    assert pattern == ("FF_" if unprobed else "FF.") and _close(out, ref)
