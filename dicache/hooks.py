@@ -43,6 +43,17 @@ class _ContextSink(StateManager):
         return self._context
 
 
+def _against(direction: int, last: float, t: float) -> Tuple[bool, int]:
+    """A timestep ``t`` after a different one, ``last``, in a loop that does not tell its steps: (whether it moved
+    against the direction the trajectory's timesteps move in, which starts a new trajectory; that direction after
+    ``t``). Most schedules count down (Flux, Wan, HunyuanVideo); some pipelines pass rising ones (Lumina2, Z-Image,
+    Mochi's inverted sigmas): the second timestep of a trajectory sets its direction."""
+    moved = 1 if t > last else -1
+    if direction == 0:
+        return False, moved
+    return moved != direction, direction
+
+
 class Session:
     """DiCache enabled on one transformer: its engine, its hooks, its trajectory tracking."""
 
@@ -70,7 +81,9 @@ class Session:
         # bare-loop trajectory tracking (no cache_context)
         self._last_t: Optional[float] = None
         self._calls_at_t = 0
+        self._direction = 0  # +1 / −1: the timesteps of the trajectory rise / fall; 0: not known yet
         self._branch_t: Dict[str, Optional[float]] = {}  # per named branch, when no step index is given
+        self._branch_dir: Dict[str, int] = {}
         self._installed: List[Tuple[torch.nn.Module, str, bool, bool]] = []
 
     # -- trajectory -------------------------------------------------------
@@ -83,7 +96,9 @@ class Session:
             self.engine.set_step_sizes(step_sizes)
         self._last_t = None
         self._calls_at_t = 0
+        self._direction = 0
         self._branch_t.clear()
+        self._branch_dir.clear()
 
     def _read_timestep(self, args, kwargs) -> Optional[float]:
         t = self.timestep.get(args, kwargs)
@@ -106,24 +121,30 @@ class Session:
                 if step_index == 0 and state is not None and state.calls > 0:
                     self.engine.reset(branch)
             elif self.pipeline_steps is None:
-                # A context without step index and no pipeline to tell when a trajectory starts:
-                # the timestep tells (it does not decrease within a trajectory's branch).
+                # A context without step index and no pipeline to tell when a trajectory starts: the timestep
+                # tells (a named branch is called once per step: the same timestep again, or one against the
+                # direction its timesteps move in, starts a new trajectory).
                 t = self._read_timestep(args, kwargs)
                 last = self._branch_t.get(branch)
-                if t is not None and last is not None and t >= last:
-                    self.engine.reset(branch)
+                if t is not None and last is not None:
+                    again, self._branch_dir[branch] = _against(self._branch_dir.get(branch, 0), last, t)
+                    if again or t == last:
+                        self.engine.reset(branch)
+                        self._branch_dir[branch] = 0
                 self._branch_t[branch] = t
         else:
             # No cache_context: calls at the same timestep are different branches (CFG as two calls);
-            # a timestep above the previous one starts a new trajectory.
+            # a timestep against the direction the timesteps move in starts a new trajectory.
             t = self._read_timestep(args, kwargs)
-            if t is not None and self._last_t is not None and t > self._last_t:
-                self.engine.reset()
-                self._calls_at_t = 0
-            elif t is not None and t == self._last_t:
+            if t is not None and self._last_t is not None and t == self._last_t:
                 self._calls_at_t += 1
             else:
                 self._calls_at_t = 0
+                if t is not None and self._last_t is not None:
+                    again, self._direction = _against(self._direction, self._last_t, t)
+                    if again:
+                        self.engine.reset()
+                        self._direction = 0
             self._last_t = t
             branch = "default" if self._calls_at_t == 0 else f"default{self._calls_at_t}"
         self.engine.begin_call(branch, step_index, num_steps)

@@ -117,6 +117,49 @@ def test_bare_loop_repeats_without_reset():
     dicache.disable(model)
 
 
+def _rising_loop(model, steps: int = 8, context: bool = False, cfg: bool = False):
+    """A bare loop whose timesteps rise, as Lumina2's and Z-Image's pipelines pass them (t = 1 − σ); with ``cfg``,
+    two calls a step at the same timestep; with ``context``, named branches without a step index."""
+    inputs = tiny.flux_inputs()
+    x = inputs.pop("hidden_states")
+    with torch.no_grad():
+        for i in range(steps):
+            t = torch.tensor([(i + 0.5) / steps])
+            for name in (("cond", "uncond") if cfg else ("cond",)):
+                kwargs = dict(inputs, hidden_states=x, timestep=t, return_dict=False)
+                if context:
+                    with model.cache_context(name):
+                        v = model(**kwargs)[0]
+                else:
+                    v = model(**kwargs)[0]
+            x = x - v / steps
+    return x
+
+
+@pytest.mark.parametrize("context", [False, True])
+def test_bare_loop_with_rising_timesteps_is_one_trajectory(context):
+    """Rising timesteps once started a new trajectory at every call (nothing ever skipped); the second timestep of
+    a trajectory now sets the direction, and a timestep against it starts the next trajectory."""
+    model = tiny.flux_transformer()
+    dicache.enable(model, backend="torch", threshold=2.0, warmup=1, num_inference_steps=8)
+    a = _rising_loop(model, context=context)
+    b = _rising_loop(model, context=context)  # its first timestep is below the last: a new trajectory
+    branch = dicache.summary(model).branches["cond" if context else "default"]
+    dicache.disable(model)
+    assert torch.equal(a, b)
+    assert branch.calls == 8 and branch.pattern.startswith("F") and "." in branch.pattern
+
+
+def test_bare_loop_with_rising_timesteps_and_cfg_keeps_two_branches():
+    model = tiny.flux_transformer()
+    dicache.enable(model, backend="torch", threshold=2.0, warmup=1, num_inference_steps=8)
+    _rising_loop(model, cfg=True)
+    s = dicache.summary(model)
+    dicache.disable(model)
+    assert set(s.branches) == {"default", "default1"}
+    assert all(b.calls == 8 and b.skipped_calls > 0 for b in s.branches.values())  # default1 follows default
+
+
 def test_wan_pipeline_cfg_branches_keep_separate_state():
     """Scaled negative embeddings make the uncond branch move differently: its decisions differ."""
     pipe = tiny.wan_pipeline()
