@@ -1,7 +1,8 @@
 """Model adapters: one small declaration per model family, and their registry.
 
-Built in: Flux, Wan and HunyuanVideo (see the files beside this one). To use
-DiCache on another DiT, declare its block lists once::
+Built in: Flux, Wan and HunyuanVideo (with presets), their fine-tunes SkyReels-V2 and FramePack, and QwenImage,
+CogView4, SD3, Sana, Lumina2, CogVideoX, Mochi and LTX-Video (see the files beside this one). To use DiCache on
+another DiT, declare its block lists once::
 
     from dicache.adapters import Adapter, BlockList, register
 
@@ -21,14 +22,34 @@ from typing import Dict, Optional, Type, Union
 import torch
 
 from .base import ENCODER, HIDDEN, Adapter, ArgLocator, BlockList, image_of, pack, with_image
+from .cogvideox import COGVIDEOX
+from .cogview4 import COGVIEW4
 from .flux import FLUX
 from .hunyuan_video import HUNYUAN_VIDEO
+from .ltx_video import LTX_VIDEO
+from .lumina2 import LUMINA2
+from .mochi import MOCHI
+from .qwenimage import QWENIMAGE
+from .sana import SANA
+from .sd3 import SD3
 from .wan import WAN
 
 _REGISTRY: Dict[Union[str, type], Adapter] = {
     "FluxTransformer2DModel": FLUX,
     "WanTransformer3DModel": WAN,
     "HunyuanVideoTransformer3DModel": HUNYUAN_VIDEO,
+    # fine-tunes with the same blocks as a family above: that family's declaration and preset (not measured on them)
+    "SkyReelsV2Transformer3DModel": WAN,
+    "HunyuanVideoFramepackTransformer3DModel": HUNYUAN_VIDEO,
+    # families without a preset: the generic default (the method as published)
+    "QwenImageTransformer2DModel": QWENIMAGE,
+    "CogView4Transformer2DModel": COGVIEW4,
+    "SD3Transformer2DModel": SD3,
+    "SanaTransformer2DModel": SANA,
+    "Lumina2Transformer2DModel": LUMINA2,
+    "CogVideoXTransformer3DModel": COGVIDEOX,
+    "MochiTransformer3DModel": MOCHI,
+    "LTXVideoTransformer3DModel": LTX_VIDEO,
 }
 
 
