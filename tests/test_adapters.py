@@ -147,3 +147,37 @@ def test_a_skip_adds_controlnet_residuals_once(name, n_tokens, unprobed):
     # plan_runs: the skipped call runs no probe (the hooks hand the inputs on from the first block)
     out, pattern = _skipped_repeat(model, kwargs, **({"plan_runs": True} if unprobed else {}))
     assert pattern == ("FF_" if unprobed else "FF.") and _close(out, ref)
+
+
+def test_lumina2_pipeline_skips_with_its_rising_timesteps():
+    """Lumina2Pipeline passes t = 1 − σ (rising) and runs CFG as two calls without ``cache_context``: one trajectory
+    per pipeline call, two branches, each skipping; with δ = 0 the pipeline's output is bitwise its own."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, Lumina2Pipeline
+
+    torch.manual_seed(0)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+                        up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 8), latent_channels=4,
+                        norm_num_groups=4, sample_size=32).eval()
+    pipe = Lumina2Pipeline(transformer=CASES["Lumina2Transformer2DModel"][0](),
+                           scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=None, tokenizer=None)
+    g = torch.Generator().manual_seed(100)
+    embeds = dict(prompt_embeds=torch.randn(1, 8, 32, generator=g),
+                  negative_prompt_embeds=torch.randn(1, 8, 32, generator=g),
+                  prompt_attention_mask=torch.ones(1, 8, dtype=torch.long),
+                  negative_prompt_attention_mask=torch.ones(1, 8, dtype=torch.long))
+
+    def call():
+        return pipe(**embeds, height=16, width=16, num_inference_steps=8, guidance_scale=4.0,
+                    generator=torch.Generator().manual_seed(3), output_type="latent").images
+
+    ref = call()
+    dicache.enable(pipe, backend="torch", threshold=0.0)
+    assert torch.equal(call(), ref)
+    dicache.disable(pipe)
+    dicache.enable(pipe, backend="torch", threshold=1e9, warmup=2, force_last_step=1, cfg_decision="separate")
+    call()
+    s = dicache.summary(pipe)
+    dicache.disable(pipe)
+    assert set(s.branches) == {"default", "default1"}
+    assert all(b.calls == 8 and b.pattern.startswith("FF") and b.pattern.endswith("F") and b.skipped_calls >= 4
+               for b in s.branches.values())
