@@ -24,7 +24,7 @@ import torch
 from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.hooks.hooks import StateManager
 
-from .adapters import Adapter, ArgLocator, image_of, pack, with_image
+from .adapters import Adapter, ArgLocator, image_of, image_part, pack, with_image, with_image_part
 from .config import DiCacheConfig
 from .engine import DiCacheEngine
 
@@ -235,6 +235,7 @@ class _BlockHook(ModelHook):
         self.in_tail = index >= probe_depth
         self.is_last = index == last
         self.returns = spec.returns
+        self.joint = spec.joint
         forward = type(block).forward
         self.hidden = ArgLocator(forward, spec.hidden_arg)
         self.encoder = ArgLocator(forward, spec.encoder_arg) if spec.encoder_arg else None
@@ -252,18 +253,27 @@ class _BlockHook(ModelHook):
             # The skipped blocks hand their inputs on, and the last one returns the reconstruction: whatever the
             # model's own code adds to the stream between blocks (ControlNet residuals) is part of the stored
             # deep output up to the last block, and is added after the last block as on a computed call.
-            hidden = s.recon if self.is_last else self.hidden.get(args, kwargs)
+            hidden = self.hidden.get(args, kwargs)
+            if self.is_last:
+                hidden = with_image_part(hidden, s.recon) if self.joint else s.recon
             encoder = self.encoder.get(args, kwargs) if self.encoder is not None else None
             return pack(self.returns, hidden, encoder)
         out = self.fn_ref.original_forward(*args, **kwargs)
         if self.is_probe_end:
-            h = s.engine.after_probe(s.x, image_of(out, self.returns))
+            h = s.engine.after_probe(s.x, self._image(image_of(out, self.returns), s))
             if h is not None:
                 s.skipping, s.recon = True, h
-                return with_image(out, self.returns, h) if self.is_last else out
+                if not self.is_last:
+                    return out
+                stream = image_of(out, self.returns)
+                return with_image(out, self.returns, with_image_part(stream, h) if self.joint else h)
         if self.is_last:
-            s.engine.after_full(image_of(out, self.returns))
+            s.engine.after_full(self._image(image_of(out, self.returns), s))
         return out
+
+    def _image(self, stream: torch.Tensor, s: Session) -> torch.Tensor:
+        """The image tokens of this block's stream: all of it, or the tail of a joint ``[text | image]`` one."""
+        return image_part(stream, s.x.shape[1]) if self.joint else stream
 
 
 def session_of(model: torch.nn.Module) -> Optional[Session]:

@@ -181,3 +181,32 @@ def test_lumina2_pipeline_skips_with_its_rising_timesteps():
     assert set(s.branches) == {"default", "default1"}
     assert all(b.calls == 8 and b.pattern.startswith("FF") and b.pattern.endswith("F") and b.skipped_calls >= 4
                for b in s.branches.values())
+
+
+@pytest.mark.parametrize("name", ["ChromaTransformer2DModel", "Flux2Transformer2DModel"])
+def test_a_probe_ending_in_the_joint_blocks_reads_their_image_tokens(name):
+    """Chroma's and FLUX.2's single-stream blocks take ``[text | image]`` (``BlockList.joint``): a probe of the two
+    double blocks and one single block measures the image tokens of that block's joint output."""
+    make_model, make_kwargs = CASES[name]
+    model, kwargs = make_model(), make_kwargs()
+    ref = _forward(model, kwargs)
+    out, pattern = _skipped_repeat(model, kwargs, probe_depth=3)
+    assert pattern == "FF." and _close(out, ref)
+
+
+def test_a_joint_list_declared_as_image_only_is_refused_by_the_shapes():
+    """Without ``joint=True`` the single blocks' stream is longer than the image stream the cache keeps."""
+    from dicache.adapters.base import ENCODER, HIDDEN, Adapter, BlockList
+
+    make_model, make_kwargs = CASES["ChromaTransformer2DModel"]
+    model = make_model()
+    wrong = Adapter(family="chroma", block_lists=(
+        BlockList("transformer_blocks", returns=(ENCODER, HIDDEN)),
+        BlockList("single_transformer_blocks", returns=(HIDDEN,), encoder_arg=None),
+    ))
+    adapters.register(type(model), wrong)
+    try:
+        with pytest.raises(RuntimeError, match="size"):
+            _skipped_repeat(model, make_kwargs())
+    finally:
+        adapters._REGISTRY.pop(type(model), None)  # the built-in declaration, by class name, again

@@ -123,9 +123,37 @@ def framepack_call(batch: int = 1, seed: int = 1):
     )
 
 
+def chroma_call(batch: int = 1, seed: int = 1):
+    g, n_img, n_txt = _gen(seed), 16, 8
+    return dict(hidden_states=torch.randn(batch, n_img, 16, generator=g),
+                encoder_hidden_states=torch.randn(batch, n_txt, 32, generator=g), timestep=torch.full((batch,), 0.7),
+                img_ids=torch.zeros(n_img, 3), txt_ids=torch.zeros(n_txt, 3),
+                # as ChromaPipeline builds it: the text mask (two padded tokens), then ones for the image tokens
+                attention_mask=torch.cat([torch.ones(batch, n_txt - 2, dtype=torch.bool),
+                                          torch.zeros(batch, 2, dtype=torch.bool),
+                                          torch.ones(batch, n_img, dtype=torch.bool)], dim=1))
+
+
+def flux2_call(batch: int = 1, seed: int = 1):
+    g, h, w, n_txt = _gen(seed), 4, 4, 8
+    img_ids = torch.stack(torch.meshgrid(torch.zeros(1), torch.arange(h).float(), torch.arange(w).float(),
+                                         torch.zeros(1), indexing="ij"), -1).reshape(-1, 4)
+    txt_ids = torch.stack([torch.zeros(n_txt)] * 3 + [torch.arange(n_txt).float()], -1)
+    return dict(hidden_states=torch.randn(batch, h * w, 16, generator=g),
+                encoder_hidden_states=torch.randn(batch, n_txt, 32, generator=g), timestep=torch.full((batch,), 0.7),
+                img_ids=img_ids, txt_ids=txt_ids, guidance=torch.full((batch,), 4.0))
+
+
 HEADS = dict(num_attention_heads=2, attention_head_dim=16)
 
 CASES = {
+    "ChromaTransformer2DModel": (lambda: _model("ChromaTransformer2DModel", dict(
+        HEADS, patch_size=1, in_channels=16, num_layers=2, num_single_layers=3, joint_attention_dim=32,
+        axes_dims_rope=(4, 6, 6), approximator_num_channels=16, approximator_hidden_dim=32, approximator_layers=1)),
+        chroma_call),
+    "Flux2Transformer2DModel": (lambda: _model("Flux2Transformer2DModel", dict(
+        HEADS, patch_size=1, in_channels=16, num_layers=2, num_single_layers=3, joint_attention_dim=32,
+        timestep_guidance_channels=32, axes_dims_rope=(4, 4, 4, 4), guidance_embeds=True)), flux2_call),
     "QwenImageTransformer2DModel": (lambda: _model("QwenImageTransformer2DModel", dict(
         HEADS, patch_size=2, in_channels=16, out_channels=4, num_layers=3, joint_attention_dim=32,
         axes_dims_rope=(4, 6, 6))), qwenimage_call),

@@ -1,8 +1,8 @@
 """Model adapters: one small declaration per model family, and their registry.
 
-Built in: Flux, Wan and HunyuanVideo (with presets), their fine-tunes SkyReels-V2 and FramePack, and QwenImage,
-CogView4, SD3, Sana, Lumina2, CogVideoX, Mochi and LTX-Video (see the files beside this one). To use DiCache on
-another DiT, declare its block lists once::
+Built in: Flux, Wan and HunyuanVideo (with presets), their fine-tunes SkyReels-V2 and FramePack, and Chroma,
+FLUX.2, QwenImage, CogView4, SD3, Sana, Lumina2, CogVideoX, Mochi and LTX-Video (see the files beside this one).
+To use DiCache on another DiT, declare its block lists once::
 
     from dicache.adapters import Adapter, BlockList, register
 
@@ -21,10 +21,13 @@ from typing import Dict, Optional, Type, Union
 
 import torch
 
-from .base import ENCODER, HIDDEN, Adapter, ArgLocator, BlockList, image_of, pack, with_image
+from .base import (ENCODER, HIDDEN, Adapter, ArgLocator, BlockList, image_of, image_part, pack, with_image,
+                   with_image_part)
+from .chroma import CHROMA
 from .cogvideox import COGVIDEOX
 from .cogview4 import COGVIEW4
 from .flux import FLUX
+from .flux2 import FLUX2
 from .hunyuan_video import HUNYUAN_VIDEO
 from .ltx_video import LTX_VIDEO
 from .lumina2 import LUMINA2
@@ -42,6 +45,8 @@ _REGISTRY: Dict[Union[str, type], Adapter] = {
     "SkyReelsV2Transformer3DModel": WAN,
     "HunyuanVideoFramepackTransformer3DModel": HUNYUAN_VIDEO,
     # families without a preset: the generic default (the method as published)
+    "ChromaTransformer2DModel": CHROMA,
+    "Flux2Transformer2DModel": FLUX2,
     "QwenImageTransformer2DModel": QWENIMAGE,
     "CogView4Transformer2DModel": COGVIEW4,
     "SD3Transformer2DModel": SD3,
@@ -92,8 +97,10 @@ __all__ = [
     "find",
     "find_class",
     "image_of",
+    "image_part",
     "pack",
     "register",
     "supported",
     "with_image",
+    "with_image_part",
 ]

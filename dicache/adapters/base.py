@@ -29,18 +29,24 @@ class BlockList:
             tensor, ``("encoder", "hidden")`` or ``("hidden", "encoder")`` for tuples.
         hidden_arg: name of the block argument carrying image/video tokens.
         encoder_arg: name of the block argument carrying text tokens, or None.
+        joint: the ``hidden_arg`` stream of these blocks is the text and image tokens as one sequence, the image
+            tokens last (the model concatenates them before this list, as Chroma's and Flux.2's single-stream
+            blocks take them); the cache keeps and reconstructs the image tokens, the first list's stream.
     """
 
     attr: str
     returns: Tuple[str, ...] = (HIDDEN,)
     hidden_arg: str = "hidden_states"
     encoder_arg: Optional[str] = "encoder_hidden_states"
+    joint: bool = False
 
     def __post_init__(self) -> None:
         if HIDDEN not in self.returns or not set(self.returns) <= {HIDDEN, ENCODER}:
             raise ValueError(f"returns must contain 'hidden' and only 'hidden'/'encoder', got {self.returns!r}")
         if ENCODER in self.returns and self.encoder_arg is None:
             raise ValueError("a block list that returns 'encoder' needs encoder_arg")
+        if not isinstance(self.joint, bool):
+            raise TypeError(f"joint must be a bool, got {type(self.joint).__name__}")
 
 
 @dataclass(frozen=True)
@@ -100,6 +106,17 @@ def with_image(output: Any, returns: Tuple[str, ...], hidden: torch.Tensor) -> A
     items = list(output)
     items[returns.index(HIDDEN)] = hidden
     return type(output)(items) if isinstance(output, tuple) else items
+
+
+def image_part(stream: torch.Tensor, n: int) -> torch.Tensor:
+    """The image tokens of a joint ``[text | image]`` stream (``BlockList.joint``): its last ``n`` tokens."""
+    return stream if stream.shape[1] == n else stream[:, stream.shape[1] - n:]
+
+
+def with_image_part(stream: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+    """A joint ``[text | image]`` stream with its image tokens replaced by ``image``."""
+    n = image.shape[1]
+    return image if stream.shape[1] == n else torch.cat([stream[:, :stream.shape[1] - n], image], dim=1)
 
 
 def pack(returns: Tuple[str, ...], hidden: torch.Tensor, encoder: Any) -> Any:

@@ -1,0 +1,12 @@
+"""Flux2Transformer2DModel (FLUX.2): double-stream blocks returning (encoder, hidden), then single-stream blocks on
+the [text | image] sequence the model concatenates between the lists (the image tokens last)."""
+
+from .base import ENCODER, HIDDEN, Adapter, BlockList
+
+FLUX2 = Adapter(
+    family="flux2",
+    block_lists=(
+        BlockList("transformer_blocks", returns=(ENCODER, HIDDEN)),
+        BlockList("single_transformer_blocks", returns=(HIDDEN,), encoder_arg=None, joint=True),
+    ),
+)
