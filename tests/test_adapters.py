@@ -210,3 +210,10 @@ def test_a_joint_list_declared_as_image_only_is_refused_by_the_shapes():
             _skipped_repeat(model, make_kwargs())
     finally:
         adapters._REGISTRY.pop(type(model), None)  # the built-in declaration, by class name, again
+
+
+def test_block_list_joint_must_be_a_bool():
+    from dicache.adapters.base import BlockList
+
+    with pytest.raises(TypeError, match="joint must be a bool"):
+        BlockList("single_blocks", encoder_arg=None, joint="yes")
