@@ -144,6 +144,15 @@ def flux2_call(batch: int = 1, seed: int = 1):
                 img_ids=img_ids, txt_ids=txt_ids, guidance=torch.full((batch,), 4.0))
 
 
+def z_image_call(batch: int = 1, seed: int = 1):
+    """Lists of latents and captions (unequal caption lengths from a batch of 2); its pipeline passes t rising from
+    0 (noise) to 1 (image)."""
+    g = _gen(seed)
+    return dict(x=[torch.randn(4, 1, 8, 8, generator=g) for _ in range(batch)],
+                cap_feats=[torch.randn(8 if i % 2 == 0 else 5, 32, generator=g) for i in range(batch)],
+                t=torch.full((batch,), 0.5))
+
+
 HEADS = dict(num_attention_heads=2, attention_head_dim=16)
 
 CASES = {
@@ -182,6 +191,10 @@ CASES = {
     "SkyReelsV2Transformer3DModel": (lambda: _model("SkyReelsV2Transformer3DModel", dict(
         HEADS, patch_size=(1, 2, 2), in_channels=4, out_channels=4, text_dim=32, freq_dim=64, ffn_dim=64,
         num_layers=4, qk_norm="rms_norm_across_heads", rope_max_seq_len=32)), skyreels_call),
+    "ZImageTransformer2DModel": (lambda: _model("ZImageTransformer2DModel", dict(
+        all_patch_size=(2,), all_f_patch_size=(1,), in_channels=4, dim=32, n_layers=4, n_refiner_layers=1, n_heads=2,
+        n_kv_heads=2, norm_eps=1e-5, qk_norm=True, cap_feat_dim=32, rope_theta=256.0, t_scale=1000.0,
+        axes_dims=[4, 6, 6], axes_lens=[128, 32, 32])), z_image_call),
     "HunyuanVideoFramepackTransformer3DModel": (lambda: _model("HunyuanVideoFramepackTransformer3DModel", dict(
         HEADS, in_channels=4, out_channels=4, num_layers=2, num_single_layers=2, num_refiner_layers=1,
         patch_size=2, patch_size_t=1, guidance_embeds=True, text_embed_dim=32, pooled_projection_dim=16,

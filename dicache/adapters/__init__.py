@@ -1,7 +1,8 @@
 """Model adapters: one small declaration per model family, and their registry.
 
 Built in: Flux, Wan and HunyuanVideo (with presets), their fine-tunes SkyReels-V2 and FramePack, and Chroma,
-FLUX.2, QwenImage, CogView4, SD3, Sana, Lumina2, CogVideoX, Mochi and LTX-Video (see the files beside this one).
+FLUX.2, QwenImage, CogView4, SD3, Sana, Lumina2, Z-Image, CogVideoX, Mochi and LTX-Video (see the files beside
+this one).
 To use DiCache on another DiT, declare its block lists once::
 
     from dicache.adapters import Adapter, BlockList, register
@@ -36,6 +37,7 @@ from .qwenimage import QWENIMAGE
 from .sana import SANA
 from .sd3 import SD3
 from .wan import WAN
+from .z_image import Z_IMAGE
 
 _REGISTRY: Dict[Union[str, type], Adapter] = {
     "FluxTransformer2DModel": FLUX,
@@ -55,6 +57,7 @@ _REGISTRY: Dict[Union[str, type], Adapter] = {
     "CogVideoXTransformer3DModel": COGVIDEOX,
     "MochiTransformer3DModel": MOCHI,
     "LTXVideoTransformer3DModel": LTX_VIDEO,
+    "ZImageTransformer2DModel": Z_IMAGE,
 }
 
 
