@@ -71,12 +71,14 @@ class Session:
             raise TypeError(f"engine_factory must return a dicache.engine.DiCacheEngine, got {type(self.engine).__name__}")
         self.sink = _ContextSink()
         self.timestep = ArgLocator(type(model).forward, adapter.timestep_arg)
+        self.bypass = [ArgLocator(type(model).forward, name) for name in adapter.bypass_args]
         self.pipeline_steps: Optional[int] = None  # set by the pipeline's scheduler hook
         self.user_steps: Optional[int] = config.num_inference_steps
         # per-call state
         self.active = False
         self.skipping = False
         self.recon: Optional[torch.Tensor] = None  # a skipped call's output, returned by the last block
+        self.recon_returned = False
         self.x: Optional[torch.Tensor] = None
         # bare-loop trajectory tracking (no cache_context)
         self._last_t: Optional[float] = None
@@ -99,6 +101,14 @@ class Session:
         self._direction = 0
         self._branch_t.clear()
         self._branch_dir.clear()
+
+    def bypassed(self, args, kwargs) -> bool:
+        """Whether this call passes one of the adapter's ``bypass_args`` (it leaves blocks out: no cache)."""
+        for arg in self.bypass:
+            v = arg.get(args, kwargs)
+            if v is not None and not (hasattr(v, "__len__") and len(v) == 0):
+                return True
+        return False
 
     def _read_timestep(self, args, kwargs) -> Optional[float]:
         t = self.timestep.get(args, kwargs)
@@ -151,6 +161,7 @@ class Session:
         self.active = True
         self.skipping = False
         self.recon = None
+        self.recon_returned = False
         self.x = None
 
     def end_call(self) -> None:
@@ -211,9 +222,17 @@ class _RootHook(ModelHook):
 
     def new_forward(self, module, *args, **kwargs):
         s = self.session
+        if s.bypassed(args, kwargs):
+            return self.fn_ref.original_forward(*args, **kwargs)  # the blocks see no active call
         s.begin_call(args, kwargs)
         try:
-            return self.fn_ref.original_forward(*args, **kwargs)
+            out = self.fn_ref.original_forward(*args, **kwargs)
+            if s.skipping and not s.recon_returned:
+                raise RuntimeError(
+                    f"DiCache skipped the deep blocks of this {type(module).__name__} call, but the model did not run "
+                    "its last block, which returns the reconstruction: the output would be wrong. Declare the "
+                    "forward argument that leaves blocks out in the adapter's bypass_args.")
+            return out
         finally:
             s.end_call()
 
@@ -242,7 +261,8 @@ class _BlockHook(ModelHook):
 
     def new_forward(self, module, *args, **kwargs):
         s = self.session
-        if not s.active:
+        if not s.active or (self.index > 0 and s.x is None):
+            # no call of ours, or the model left the first block out of this one: it runs uncached (not recorded)
             return self.fn_ref.original_forward(*args, **kwargs)
         if self.index == 0:
             s.x = self.hidden.get(args, kwargs)
@@ -256,6 +276,7 @@ class _BlockHook(ModelHook):
             hidden = self.hidden.get(args, kwargs)
             if self.is_last:
                 hidden = with_image_part(hidden, s.recon) if self.joint else s.recon
+                s.recon_returned = True
             encoder = self.encoder.get(args, kwargs) if self.encoder is not None else None
             return pack(self.returns, hidden, encoder)
         out = self.fn_ref.original_forward(*args, **kwargs)
@@ -265,6 +286,7 @@ class _BlockHook(ModelHook):
                 s.skipping, s.recon = True, h
                 if not self.is_last:
                     return out
+                s.recon_returned = True
                 stream = image_of(out, self.returns)
                 return with_image(out, self.returns, with_image_part(stream, h) if self.joint else h)
         if self.is_last:

@@ -14,6 +14,7 @@ import torch
 
 import dicache
 from dicache import adapters
+from dicache.adapters.base import Adapter
 from dicache.engine import DiCacheEngine
 
 import tiny
@@ -219,3 +220,63 @@ def test_block_list_joint_must_be_a_bool():
 
     with pytest.raises(TypeError, match="joint must be a bool"):
         BlockList("single_blocks", encoder_arg=None, joint="yes")
+
+
+@pytest.mark.parametrize("skip_layers", [[0], [1, 2], [3]])
+def test_sd3_skip_layer_guidance_calls_run_uncached(skip_layers):
+    """SD3's skip-layer guidance calls the transformer with ``skip_layers``, which leaves blocks out (the probe
+    block, or the last, which returns the reconstruction): such calls run without the cache and are not recorded
+    (``bypass_args``); leaving out block 0 crashed before, even at δ = 0."""
+    make_model, make_kwargs = CASES["SD3Transformer2DModel"]
+    model, kwargs = make_model(), make_kwargs()
+    slg = dict(kwargs, skip_layers=skip_layers)
+    ref, ref_slg = _forward(model, kwargs), _forward(model, slg)
+    assert not torch.equal(ref, ref_slg)
+    dicache.enable(model, backend="torch", threshold=1e9, warmup=2, force_last_step=False, gamma_source="probe",
+                   plan_runs=False, alignment_order=1, cfg_decision="separate")
+    outs = []
+    for i in range(3):
+        with model.cache_context("cond", step_index=i, num_inference_steps=4):
+            outs.append(_forward(model, kwargs))
+            assert torch.equal(_forward(model, slg), ref_slg)  # uncached, between the cached calls
+    branch = dicache.summary(model).branches["cond"]
+    dicache.disable(model)
+    assert branch.pattern == "FF." and _close(outs[2], ref)
+
+
+def test_a_model_that_leaves_blocks_out_runs_uncached_or_refuses():
+    """Without ``bypass_args``: a call that leaves out the first block runs uncached; one whose skip would need the
+    last block it leaves out raises instead of returning a wrong output."""
+    from dicache.adapters.sd3 import SD3
+
+    make_model, make_kwargs = CASES["SD3Transformer2DModel"]
+    model = make_model()
+    kwargs = make_kwargs()
+    adapters.register(type(model), Adapter(family="sd3", block_lists=SD3.block_lists))
+    try:
+        first_out = dict(kwargs, skip_layers=[0])
+        ref = _forward(model, first_out)
+        dicache.enable(model, backend="torch", threshold=0.0)
+        assert torch.equal(_forward(model, first_out), ref)
+        dicache.disable(model)
+        dicache.enable(model, backend="torch", threshold=1e9, warmup=2, force_last_step=False, gamma_source="probe",
+                       plan_runs=False, alignment_order=1, cfg_decision="separate")
+        last_out = dict(kwargs, skip_layers=[3])
+        for i in range(2):  # computed (warm-up) calls that leave the last block out are dropped: nothing stored
+            with model.cache_context("cond", step_index=i, num_inference_steps=4):
+                _forward(model, last_out)
+        assert dicache.summary(model).branches["cond"].calls == 0
+        for i in range(2):
+            with model.cache_context("cond", step_index=i, num_inference_steps=4):
+                _forward(model, kwargs)
+        with pytest.raises(RuntimeError, match="did not run its last block"):
+            with model.cache_context("cond", step_index=2, num_inference_steps=4):
+                _forward(model, last_out)  # skipped after its probe, with no last block to return the output
+        dicache.disable(model)
+    finally:
+        adapters._REGISTRY.pop(type(model), None)
+
+
+def test_bypass_args_must_be_a_tuple_of_names():
+    with pytest.raises(TypeError, match="bypass_args"):
+        Adapter(family="x", block_lists=(), bypass_args="skip_layers")

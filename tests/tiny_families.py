@@ -153,7 +153,50 @@ def z_image_call(batch: int = 1, seed: int = 1):
                 t=torch.full((batch,), 0.5))
 
 
+def wan_vace_call(batch: int = 1, seed: int = 1):
+    """VACE's control input and per-layer scales: its control blocks add hints after blocks 0, 2 and 3."""
+    g = _gen(seed)
+    return dict(hidden_states=torch.randn(batch, 4, 2, 8, 8, generator=g), timestep=torch.full((batch,), 500.0),
+                encoder_hidden_states=torch.randn(batch, 8, 32, generator=g),
+                control_hidden_states=torch.randn(batch, 8, 2, 8, 8, generator=g),
+                control_hidden_states_scale=torch.tensor([1.0, 0.8, 1.2]))
+
+
+def chronoedit_call(batch: int = 1, seed: int = 1):
+    """Latents and the image condition on channels (4 + 4), 2 latent frames."""
+    g = _gen(seed)
+    return dict(hidden_states=torch.randn(batch, 8, 2, 8, 8, generator=g), timestep=torch.full((batch,), 500.0),
+                encoder_hidden_states=torch.randn(batch, 8, 32, generator=g))
+
+
+def hunyuan_video15_call(batch: int = 1, seed: int = 1):
+    """Latents, condition latents and mask (4 + 4 + 1); padded Qwen (8) and ByT5 (6) prompts; image embeddings."""
+    g = _gen(seed)
+    mask, mask_2 = torch.ones(batch, 8, dtype=torch.long), torch.ones(batch, 6, dtype=torch.long)
+    mask[:, 6:] = 0
+    mask_2[:, 4:] = 0
+    return dict(hidden_states=torch.randn(batch, 9, 2, 4, 4, generator=g), timestep=torch.full((batch,), 500.0),
+                encoder_hidden_states=torch.randn(batch, 8, 32, generator=g), encoder_attention_mask=mask,
+                encoder_hidden_states_2=torch.randn(batch, 6, 24, generator=g), encoder_attention_mask_2=mask_2,
+                image_embeds=torch.randn(batch, 5, 24, generator=g))
+
+
+def qwenimage21_call(batch: int = 1, seed: int = 1):
+    """An edit call without the KV cache: a 4×4 condition image, then the 4×4 target; 12 prompt positions (3 text,
+    4 image slots, 5 text of which 2 padded); the target's slots appended to ``img_mask``; t/1000."""
+    g, h, w = _gen(seed), 4, 4
+    slots = torch.tensor([False] * 3 + [True] * 4 + [False] * 5)
+    text_mask = torch.ones(batch, 12, dtype=torch.bool)
+    text_mask[:, -2:] = False
+    return dict(hidden_states=torch.randn(batch, 2 * h * w, 16, generator=g),
+                encoder_hidden_states=torch.randn(batch, 12, 32, generator=g), encoder_hidden_states_mask=text_mask,
+                timestep=torch.full((batch,), 0.7), img_shapes=[[(1, h, w), (1, h, w)]] * batch,
+                img_mask=torch.cat([slots, torch.ones(h * w // 4, dtype=torch.bool)]).repeat(batch, 1))
+
+
 HEADS = dict(num_attention_heads=2, attention_head_dim=16)
+WAN_BLOCKS = dict(HEADS, patch_size=(1, 2, 2), text_dim=32, freq_dim=64, ffn_dim=64, num_layers=4,
+                  qk_norm="rms_norm_across_heads", rope_max_seq_len=32)
 
 CASES = {
     "ChromaTransformer2DModel": (lambda: _model("ChromaTransformer2DModel", dict(
@@ -189,12 +232,21 @@ CASES = {
         HEADS, in_channels=8, out_channels=8, patch_size=1, patch_size_t=1, cross_attention_dim=32, num_layers=3,
         caption_channels=16)), ltx_call),
     "SkyReelsV2Transformer3DModel": (lambda: _model("SkyReelsV2Transformer3DModel", dict(
-        HEADS, patch_size=(1, 2, 2), in_channels=4, out_channels=4, text_dim=32, freq_dim=64, ffn_dim=64,
-        num_layers=4, qk_norm="rms_norm_across_heads", rope_max_seq_len=32)), skyreels_call),
+        WAN_BLOCKS, in_channels=4, out_channels=4)), skyreels_call),
     "ZImageTransformer2DModel": (lambda: _model("ZImageTransformer2DModel", dict(
         all_patch_size=(2,), all_f_patch_size=(1,), in_channels=4, dim=32, n_layers=4, n_refiner_layers=1, n_heads=2,
         n_kv_heads=2, norm_eps=1e-5, qk_norm=True, cap_feat_dim=32, rope_theta=256.0, t_scale=1000.0,
         axes_dims=[4, 6, 6], axes_lens=[128, 32, 32])), z_image_call),
+    "WanVACETransformer3DModel": (lambda: _model("WanVACETransformer3DModel", dict(
+        WAN_BLOCKS, in_channels=4, out_channels=4, vace_layers=[0, 2, 3], vace_in_channels=8)), wan_vace_call),
+    "ChronoEditTransformer3DModel": (lambda: _model("ChronoEditTransformer3DModel", dict(
+        WAN_BLOCKS, in_channels=8, out_channels=4)), chronoedit_call),
+    "HunyuanVideo15Transformer3DModel": (lambda: _model("HunyuanVideo15Transformer3DModel", dict(
+        HEADS, in_channels=9, out_channels=4, num_layers=3, num_refiner_layers=1, patch_size=1, patch_size_t=1,
+        text_embed_dim=32, text_embed_2_dim=24, image_embed_dim=24, rope_axes_dim=(4, 6, 6))), hunyuan_video15_call),
+    "QwenImage21Transformer2DModel": (lambda: _model("QwenImage21Transformer2DModel", dict(
+        HEADS, patch_size=1, in_channels=16, out_channels=16, num_layers=3, context_in_dim=32,
+        axes_dims_rope=(4, 6, 6))), qwenimage21_call),
     "HunyuanVideoFramepackTransformer3DModel": (lambda: _model("HunyuanVideoFramepackTransformer3DModel", dict(
         HEADS, in_channels=4, out_channels=4, num_layers=2, num_single_layers=2, num_refiner_layers=1,
         patch_size=2, patch_size_t=1, guidance_embeds=True, text_embed_dim=32, pooled_projection_dim=16,

@@ -1,8 +1,8 @@
 """Model adapters: one small declaration per model family, and their registry.
 
-Built in: Flux, Wan and HunyuanVideo (with presets), their fine-tunes SkyReels-V2 and FramePack, and Chroma,
-FLUX.2, QwenImage, CogView4, SD3, Sana, Lumina2, Z-Image, CogVideoX, Mochi and LTX-Video (see the files beside
-this one).
+Built in: Flux, Wan and HunyuanVideo (with presets), models with their blocks (SkyReels-V2, Wan VACE, ChronoEdit,
+FramePack), and Chroma, FLUX.2, QwenImage, Qwen-Image 2.1, CogView4, SD3, Sana, Lumina2, Z-Image, CogVideoX, Mochi,
+LTX-Video and HunyuanVideo 1.5 (see the files beside this one).
 To use DiCache on another DiT, declare its block lists once::
 
     from dicache.adapters import Adapter, BlockList, register
@@ -30,10 +30,12 @@ from .cogview4 import COGVIEW4
 from .flux import FLUX
 from .flux2 import FLUX2
 from .hunyuan_video import HUNYUAN_VIDEO
+from .hunyuan_video15 import HUNYUAN_VIDEO15
 from .ltx_video import LTX_VIDEO
 from .lumina2 import LUMINA2
 from .mochi import MOCHI
 from .qwenimage import QWENIMAGE
+from .qwenimage21 import QWENIMAGE21
 from .sana import SANA
 from .sd3 import SD3
 from .wan import WAN
@@ -45,11 +47,14 @@ _REGISTRY: Dict[Union[str, type], Adapter] = {
     "HunyuanVideoTransformer3DModel": HUNYUAN_VIDEO,
     # fine-tunes with the same blocks as a family above: that family's declaration and preset (not measured on them)
     "SkyReelsV2Transformer3DModel": WAN,
+    "WanVACETransformer3DModel": WAN,
+    "ChronoEditTransformer3DModel": WAN,
     "HunyuanVideoFramepackTransformer3DModel": HUNYUAN_VIDEO,
     # families without a preset: the generic default (the method as published)
     "ChromaTransformer2DModel": CHROMA,
     "Flux2Transformer2DModel": FLUX2,
     "QwenImageTransformer2DModel": QWENIMAGE,
+    "QwenImage21Transformer2DModel": QWENIMAGE21,
     "CogView4Transformer2DModel": COGVIEW4,
     "SD3Transformer2DModel": SD3,
     "SanaTransformer2DModel": SANA,
@@ -58,6 +63,7 @@ _REGISTRY: Dict[Union[str, type], Adapter] = {
     "MochiTransformer3DModel": MOCHI,
     "LTXVideoTransformer3DModel": LTX_VIDEO,
     "ZImageTransformer2DModel": Z_IMAGE,
+    "HunyuanVideo15Transformer3DModel": HUNYUAN_VIDEO15,
 }
 
 

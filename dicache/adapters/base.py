@@ -60,11 +60,19 @@ class Adapter:
             covers all the rest.
         timestep_arg: name of the model ``forward`` argument holding the
             timestep (used to detect a new trajectory in bare sampling loops).
+        bypass_args: ``forward`` arguments with which the model leaves some of its blocks out (SD3's
+            ``skip_layers``, for skip-layer guidance): a call that passes one (not None, not empty) runs
+            without the cache and is not recorded.
     """
 
     family: str
     block_lists: Tuple[BlockList, ...]
     timestep_arg: str = "timestep"
+    bypass_args: Tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.bypass_args, tuple) or not all(isinstance(a, str) for a in self.bypass_args):
+            raise TypeError(f"bypass_args must be a tuple of argument names, got {self.bypass_args!r}")
 
 
 class ArgLocator:

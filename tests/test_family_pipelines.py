@@ -1,0 +1,244 @@
+"""DiCache through the real pipelines of four generic-preset families, each built offline on a tiny random transformer.
+
+The pipelines call their transformer in different ways, and each way decides what dicache sees as a branch and as a
+trajectory (``dicache/hooks.py``):
+
+* ``StableDiffusion3Pipeline``: CFG batched into one call per step, no ``cache_context``: one branch, ``"default"``
+  (calls at a new timestep start over at ``"default"``);
+* ``QwenImagePipeline``: true CFG as two calls per step, in ``cache_context("cond")`` and ``("uncond")``;
+* ``CogVideoXPipeline``: CFG batched in ``cache_context("cond_uncond")``, a DDIM-type scheduler (integer timesteps,
+  no ``sigmas``);
+* ``LTXPipeline``: CFG batched in ``cache_context("cond_uncond")``, a flow-matching scheduler.
+
+For each: with δ = 0 the pipeline's output is bitwise its own; with δ huge, a warm-up of two calls and the last step
+forced, each expected branch makes one call per step, computes the first two and the last and skips all the others;
+the scheduler's ``set_timesteps`` starts a new trajectory at every pipeline call, so a second identical call gives
+the bitwise identical output and the same pattern; ``disable`` restores the pipeline bitwise.
+
+No text encoder, tokenizer or VAE: the prompt embeddings (and masks, pooled embeddings) are passed directly and the
+latents are returned (``output_type="latent"``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Callable, FrozenSet
+
+import pytest
+import torch
+
+import dicache
+
+import tiny_families
+
+SKIPPING = dict(backend="torch", threshold=1e9, warmup=2, force_last_step=1)
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _transformer(name: str) -> torch.nn.Module:
+    return tiny_families.CASES[name][0]()
+
+
+def _sd3():
+    """8×8 latents in 2×2 patches: 16 image tokens; 8 text tokens; CFG batched (negative first)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline
+
+    pipe = StableDiffusion3Pipeline(
+        transformer=_transformer("SD3Transformer2DModel"), scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+        vae=None, text_encoder=None, tokenizer=None, text_encoder_2=None, tokenizer_2=None, text_encoder_3=None,
+        tokenizer_3=None,
+    )
+    g = _gen(100)
+    embeds = dict(prompt_embeds=torch.randn(1, 8, 32, generator=g),
+                  negative_prompt_embeds=torch.randn(1, 8, 32, generator=g),
+                  pooled_prompt_embeds=torch.randn(1, 16, generator=g),
+                  negative_pooled_prompt_embeds=torch.randn(1, 16, generator=g))
+
+    def call(steps: int) -> torch.Tensor:
+        # no VAE: the pipeline's scale factor is 8, so 64 pixels are 8 latents
+        return pipe(**embeds, height=64, width=64, num_inference_steps=steps, guidance_scale=4.0,
+                    generator=_gen(3), output_type="latent").images
+
+    return pipe, call
+
+
+def _qwenimage():
+    """8×8 latents packed in 2×2: 16 image tokens; a negative prompt shorter than the prompt (a padded mask)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, QwenImagePipeline
+
+    pipe = QwenImagePipeline(transformer=_transformer("QwenImageTransformer2DModel"),
+                             scheduler=FlowMatchEulerDiscreteScheduler(), vae=None, text_encoder=None, tokenizer=None)
+    g = _gen(100)
+    neg_mask = torch.ones(1, 8, dtype=torch.long)
+    neg_mask[:, 5:] = 0
+    embeds = dict(prompt_embeds=torch.randn(1, 8, 32, generator=g),
+                  prompt_embeds_mask=torch.ones(1, 8, dtype=torch.long),
+                  negative_prompt_embeds=torch.randn(1, 8, 32, generator=g),
+                  negative_prompt_embeds_mask=neg_mask)
+
+    def call(steps: int) -> torch.Tensor:
+        return pipe(**embeds, height=64, width=64, num_inference_steps=steps, true_cfg_scale=4.0,
+                    generator=_gen(3), output_type="latent").images
+
+    return pipe, call
+
+
+def _cogvideox():
+    """5 frames of 64² pixels: 2 latent frames of 8×8 in 2×2 patches, 32 video tokens (the model's sample size);
+    CogVideoX-2b's DDIM scheduler settings (v-prediction, zero terminal SNR, trailing spacing)."""
+    from diffusers import CogVideoXDDIMScheduler, CogVideoXPipeline
+
+    scheduler = CogVideoXDDIMScheduler(prediction_type="v_prediction", rescale_betas_zero_snr=True,
+                                       timestep_spacing="trailing", clip_sample=False, snr_shift_scale=3.0)
+    pipe = CogVideoXPipeline(transformer=_transformer("CogVideoXTransformer3DModel"), scheduler=scheduler, vae=None,
+                             text_encoder=None, tokenizer=None)
+    g = _gen(100)
+    embeds = dict(prompt_embeds=torch.randn(1, 8, 32, generator=g),
+                  negative_prompt_embeds=torch.randn(1, 8, 32, generator=g))
+
+    def call(steps: int) -> torch.Tensor:
+        return pipe(**embeds, height=64, width=64, num_frames=5, num_inference_steps=steps, guidance_scale=6.0,
+                    generator=_gen(3), output_type="latent").frames
+
+    return pipe, call
+
+
+def _ltx():
+    """9 frames of 128² pixels (no VAE: compression 8 in time, 32 in space): 2 × 4 × 4 = 32 video tokens; padded
+    text masks."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, LTXPipeline
+
+    pipe = LTXPipeline(transformer=_transformer("LTXVideoTransformer3DModel"),
+                       scheduler=FlowMatchEulerDiscreteScheduler(), vae=None, text_encoder=None, tokenizer=None)
+    g = _gen(100)
+    mask = torch.ones(1, 8, dtype=torch.long)
+    mask[:, 6:] = 0
+    neg_mask = torch.ones(1, 8, dtype=torch.long)
+    neg_mask[:, 3:] = 0
+    embeds = dict(prompt_embeds=torch.randn(1, 8, 16, generator=g), prompt_attention_mask=mask,
+                  negative_prompt_embeds=torch.randn(1, 8, 16, generator=g),
+                  negative_prompt_attention_mask=neg_mask)
+
+    def call(steps: int) -> torch.Tensor:
+        return pipe(**embeds, height=128, width=128, num_frames=9, num_inference_steps=steps, guidance_scale=3.0,
+                    generator=_gen(3), output_type="latent").frames
+
+    return pipe, call
+
+
+@dataclass(frozen=True)
+class Case:
+    build: Callable
+    steps: int
+    branches: FrozenSet[str]
+
+
+CASES = {
+    "StableDiffusion3Pipeline": Case(_sd3, 8, frozenset({"default"})),
+    "QwenImagePipeline": Case(_qwenimage, 6, frozenset({"cond", "uncond"})),
+    "CogVideoXPipeline": Case(_cogvideox, 7, frozenset({"cond_uncond"})),
+    "LTXPipeline": Case(_ltx, 8, frozenset({"cond_uncond"})),
+}
+
+
+@dataclass
+class Built:
+    name: str
+    pipe: object
+    call: Callable[[], torch.Tensor]
+    steps: int
+    branches: FrozenSet[str]
+    ref: torch.Tensor
+
+
+@pytest.fixture(scope="module", params=sorted(CASES))
+def built(request):
+    case = CASES[request.param]
+    pipe, call = case.build()
+    assert type(pipe).__name__ == request.param
+    pipe.set_progress_bar_config(disable=True)
+    ref = call(case.steps)
+    assert torch.isfinite(ref).all() and ref.abs().max() > 0
+    return Built(request.param, pipe, lambda: call(case.steps), case.steps, case.branches, ref)
+
+
+@contextlib.contextmanager
+def _enabled(pipe, **options):
+    dicache.enable(pipe, **options)
+    try:
+        yield
+    finally:
+        dicache.disable(pipe)
+
+
+def test_threshold_zero_is_bitwise_the_pipeline(built):
+    with _enabled(built.pipe, backend="torch", threshold=0.0):
+        out = built.call()
+        s = dicache.summary(built.pipe)
+    assert torch.equal(out, built.ref)
+    # the hooks did run: every call of every branch was decided and computed
+    assert set(s.branches) == built.branches
+    assert all(b.calls == built.steps and b.pattern == "F" * built.steps for b in s.branches.values())
+
+
+def test_branches_and_patterns(built):
+    with _enabled(built.pipe, **SKIPPING):
+        out = built.call()
+        s = dicache.summary(built.pipe)
+    n = built.steps
+    assert set(s.branches) == built.branches, str(s)
+    for name, b in s.branches.items():
+        assert b.calls == n and len(b.pattern) == n, (name, b.pattern)
+        assert b.pattern.startswith("FF") and b.pattern.endswith("F"), (name, b.pattern)
+        # δ huge: every call between the warm-up and the last step is skipped
+        assert b.skipped_calls == n - 3 and set(b.pattern[2:-1]) <= set("._"), (name, b.pattern)
+        assert b.block_evaluations < b.block_evaluations_uncached
+    # the skips changed the output (the reconstruction is not the computed deep output), and it stays finite
+    assert torch.isfinite(out).all() and not torch.equal(out, built.ref)
+
+
+def test_a_second_call_is_a_new_trajectory(built):
+    with _enabled(built.pipe, **SKIPPING):
+        first = built.call()
+        patterns = {k: b.pattern for k, b in dicache.summary(built.pipe).branches.items()}
+        second = built.call()
+        s = dicache.summary(built.pipe)
+    assert not torch.equal(first, built.ref)  # it skipped
+    assert torch.equal(second, first)
+    # the records start over too: one call per step and branch, the same decisions
+    assert {k: b.pattern for k, b in s.branches.items()} == patterns
+    assert all(b.calls == built.steps for b in s.branches.values())
+    # and disable leaves the pipeline as it was
+    assert torch.equal(built.call(), built.ref)
+
+
+@pytest.mark.parametrize("layers", [[0], [2]])
+def test_sd3_skip_layer_guidance_runs_its_extra_calls_uncached(layers):
+    """Skip-layer guidance adds a call per step with ``skip_layers`` (the block list left out): it runs without the
+    cache (``bypass_args``), so at δ = 0 the pipeline is bitwise its own (leaving out block 0, the probe, crashed),
+    and with skips only the batched CFG call is cached and recorded."""
+    pipe, _ = _sd3()
+    pipe.set_progress_bar_config(disable=True)
+    g = _gen(100)
+    embeds = dict(prompt_embeds=torch.randn(1, 8, 32, generator=g),
+                  negative_prompt_embeds=torch.randn(1, 8, 32, generator=g),
+                  pooled_prompt_embeds=torch.randn(1, 16, generator=g),
+                  negative_pooled_prompt_embeds=torch.randn(1, 16, generator=g))
+
+    def call():
+        return pipe(**embeds, height=64, width=64, num_inference_steps=8, guidance_scale=4.0, generator=_gen(3),
+                    output_type="latent", skip_guidance_layers=layers, skip_layer_guidance_start=0.0,
+                    skip_layer_guidance_stop=1.0).images
+
+    ref = call()
+    with _enabled(pipe, backend="torch", threshold=0.0):
+        assert torch.equal(call(), ref)
+    with _enabled(pipe, **SKIPPING):
+        out = call()
+        s = dicache.summary(pipe)
+    assert set(s.branches) == {"default"} and s.branches["default"].pattern == "FF" + "." * 5 + "F"
+    assert torch.isfinite(out).all() and not torch.equal(out, ref)
