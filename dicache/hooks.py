@@ -106,8 +106,14 @@ class Session:
         """Whether this call passes one of the adapter's ``bypass_args`` (it leaves blocks out: no cache)."""
         for arg in self.bypass:
             v = arg.get(args, kwargs)
-            if v is not None and not (hasattr(v, "__len__") and len(v) == 0):
-                return True
+            if v is None:
+                continue
+            try:
+                if len(v) == 0:
+                    continue
+            except TypeError:  # no length (a number, a 0-d tensor): given
+                pass
+            return True
         return False
 
     def _read_timestep(self, args, kwargs) -> Optional[float]:

@@ -280,3 +280,12 @@ def test_a_model_that_leaves_blocks_out_runs_uncached_or_refuses():
 def test_bypass_args_must_be_a_tuple_of_names():
     with pytest.raises(TypeError, match="bypass_args"):
         Adapter(family="x", block_lists=(), bypass_args="skip_layers")
+
+
+def test_an_empty_skip_layers_is_a_cached_call():
+    make_model, make_kwargs = CASES["SD3Transformer2DModel"]
+    model = make_model()
+    kwargs = dict(make_kwargs(), skip_layers=[])
+    ref = _forward(model, kwargs)
+    out, pattern = _skipped_repeat(model, kwargs)
+    assert pattern == "FF." and _close(out, ref)
