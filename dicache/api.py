@@ -72,16 +72,24 @@ class _PipelineLink:
             delattr(self.pipeline, _PIPELINE_ATTR)
 
 
+def _unwrapped(model: torch.nn.Module) -> torch.nn.Module:
+    """The module itself under ``torch.compile``'s wrapper (``OptimizedModule._orig_mod``): the hooks go on it, and
+    the compiled wrapper runs them."""
+    while isinstance(getattr(model, "_orig_mod", None), torch.nn.Module):
+        model = model._orig_mod
+    return model
+
+
 def _transformers_of(target: Any) -> Tuple[List[torch.nn.Module], Optional[Any]]:
     """The transformer(s) to hook, and the pipeline if ``target`` is one."""
     if isinstance(target, torch.nn.Module):
-        return [target], None
+        return [_unwrapped(target)], None
     main = getattr(target, "transformer", None)
     if isinstance(main, torch.nn.Module):
-        models = [main]
+        models = [_unwrapped(main)]
         second = getattr(target, "transformer_2", None)  # Wan 2.2's low-noise expert
         if isinstance(second, torch.nn.Module):
-            models.append(second)
+            models.append(_unwrapped(second))
         return models, target
     raise TypeError(
         f"dicache.enable expects a diffusers pipeline with a .transformer or a transformer model "

@@ -65,15 +65,16 @@ class DiCacheEngine:
     # -- state -----------------------------------------------------------
     def reset(self, branch: Optional[str] = None) -> None:
         """Forget one branch, or all of them (a new trajectory). The compute budget keeps the error profile
-        of each finished trajectory for the next one (:meth:`~dicache.budget.Budget.remember`)."""
+        of each finished trajectory for the next one (:meth:`~dicache.budget.Budget.remember`). The shared CFG
+        decisions per step go either way: one branch restarts at the first step of a new trajectory, where the
+        others follow it."""
         names = list(self.branches) if branch is None else [branch]
         for name in names:
             state = self.branches.pop(name, None)
             if state is not None:
                 self._budget.remember(state)
-        if branch is None:
-            self._leads.clear()
-            self._lead = None
+        self._leads.clear()
+        self._lead = None
         self._cur = None
 
     def set_step_sizes(self, sizes: Optional[Sequence[float]]) -> None:

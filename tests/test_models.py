@@ -203,6 +203,58 @@ def test_context_with_step_index_uses_it():
     assert b.pattern == "FFFF...F"
 
 
+@pytest.mark.parametrize("cfg", [False, True])
+def test_context_loop_twice_is_the_same(cfg):
+    """A hand-written loop in ``cache_context(name, step_index=i)`` run twice: the second run starts afresh. The
+    leads of a shared CFG decision (the presets) are kept per step; a branch's restart at step 0 left the last
+    trajectory's leads behind, and the second run followed them (its call 5 skipped without a probe)."""
+    model = tiny.flux_transformer()
+    dicache.enable(model, backend="torch", threshold=0.3, warmup=1)
+    runs = []
+    for _ in range(2):
+        inputs = tiny.flux_inputs()
+        x = inputs.pop("hidden_states")
+        with torch.no_grad():
+            for i, s in enumerate(torch.linspace(1.0, 0.125, 8)):
+                vs = []
+                for name in (("cond", "uncond") if cfg else ("cond",)):
+                    with model.cache_context(name, step_index=i, num_inference_steps=8):
+                        vs.append(model(**dict(inputs, hidden_states=x, timestep=s.expand(1)), return_dict=False)[0])
+                x = x - vs[0] / 8
+        runs.append((x, {k: b.pattern for k, b in dicache.summary(model).branches.items()}))
+    dicache.disable(model)
+    assert runs[0][1] == runs[1][1] and "." in runs[0][1]["cond"]
+    assert torch.equal(runs[0][0], runs[1][0])
+
+
+@pytest.mark.parametrize("compile_first", [False, True])
+def test_a_compiled_transformer_gives_the_eager_result(compile_first):
+    """``torch.compile`` on the transformer, before or after ``enable`` (dynamo's eager backend: its tracing, graph
+    breaks and replayed side effects on the hooks' state, without inductor's compile time): the same decisions and
+    outputs as eager; ``enable``, ``summary``, ``reset`` and ``disable`` take the compiled module too."""
+    def run(model):
+        dicache.reset(model)
+        out = tiny.flux_loop(model, steps=8, context=True)
+        return out, dicache.summary(model).branches["cond"].pattern
+
+    options = dict(backend="torch", threshold=0.3, warmup=1)
+    model = tiny.flux_transformer()
+    dicache.enable(model, **options)
+    eager, pattern = run(model)
+    dicache.disable(model)
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend="eager")
+    if compile_first:
+        dicache.enable(compiled, **options)
+    else:
+        dicache.enable(model, **options)
+    out, compiled_pattern = run(compiled)
+    dicache.disable(compiled)
+    assert compiled_pattern == pattern and "." in pattern and "_" in pattern
+    assert torch.allclose(out, eager, rtol=1e-5, atol=1e-5)
+    assert dicache.hooks.session_of(model) is None
+
+
 def test_batch_policies_run_and_differ_in_gamma_shape():
     model = tiny.flux_transformer()
     outs = {}
