@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 
@@ -140,6 +140,9 @@ def enable(
         raise TypeError(f"engine_factory must be a callable (config, num_blocks, backend) -> DiCacheEngine, "
                         f"got {type(engine_factory).__name__}")
     models, pipeline = _transformers_of(target)
+    linked = _link_another_pipeline(pipeline, models, backend, config, engine_factory, options)
+    if linked:
+        return target
 
     plans = []
     for model in models:
@@ -180,7 +183,7 @@ def enable(
             link = _PipelineLink(pipeline, sessions)
             link.install()
             for s in sessions:
-                s.pipeline_link = link
+                s.pipeline_links.append(link)
     except BaseException:
         if link is not None:
             link.uninstall()
@@ -198,15 +201,42 @@ def _sessions(target: Any) -> List[Session]:
     return sessions
 
 
+def _link_another_pipeline(pipeline: Any, models: List[torch.nn.Module], backend: str,
+                           config: Optional[DiCacheConfig], engine_factory: Any, options: Dict[str, Any]) -> bool:
+    """``enable`` on a pipeline whose transformer(s) another pipeline already enabled (built on the same
+    components with a scheduler of its own): with no settings given, link this pipeline's scheduler to the same
+    cache, so that each of its calls starts a trajectory too, and return True; with settings, refuse. False where
+    nothing is enabled yet."""
+    sessions = [session_of(m) for m in models]
+    if pipeline is None or not all(sessions):
+        return False
+    if config is not None or options or engine_factory is not None or backend != "auto":
+        raise AlreadyEnabledError(
+            f"DiCache is already enabled on this pipeline's {type(models[0]).__name__} (through another pipeline "
+            "that shares it): call dicache.enable(pipe) without settings to link this pipeline to it, or "
+            "dicache.disable() first to change them.")
+    links = [link for s in sessions for link in s.pipeline_links]
+    if any(link.pipeline is pipeline for link in links):
+        raise AlreadyEnabledError(f"DiCache is already enabled on this {type(pipeline).__name__}; "
+                                  "call dicache.disable() first.")
+    if any(link.scheduler is getattr(pipeline, "scheduler", None) for link in links):
+        return True  # its scheduler is linked already (a pipeline made with from_pipe shares it)
+    link = _PipelineLink(pipeline, sessions)
+    link.install()
+    for s in sessions:
+        s.pipeline_links.append(link)
+    return True
+
+
 def disable(target: Any) -> Any:
     """Remove DiCache: the model behaves exactly as if it had never been enabled. Returns ``target``."""
     for s in _sessions(target):
-        link = getattr(s, "pipeline_link", None)
         s.uninstall()
-        if link is not None:
+        for link in s.pipeline_links:
             link.sessions.remove(s)
             if not link.sessions:
                 link.uninstall()
+        s.pipeline_links.clear()
     return target
 
 

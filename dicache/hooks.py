@@ -73,6 +73,7 @@ class Session:
         self.timestep = ArgLocator(type(model).forward, adapter.timestep_arg)
         self.bypass = [ArgLocator(type(model).forward, name) for name in adapter.bypass_args]
         self.pipeline_steps: Optional[int] = None  # set by the pipeline's scheduler hook
+        self.pipeline_links: List[Any] = []  # the pipelines whose scheduler starts this cache's trajectories (api)
         self.user_steps: Optional[int] = config.num_inference_steps
         # per-call state
         self.active = False

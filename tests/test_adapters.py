@@ -31,7 +31,10 @@ CASES = {**tiny.ADAPTER_CASES, **tiny_families.CASES}
 
 
 def test_every_built_in_adapter_has_a_case():
-    assert sorted(CASES) == adapters.supported()
+    import diffusers
+
+    built_in = [name for name in adapters.supported() if hasattr(diffusers, name)]  # not the tests' own toys
+    assert sorted(CASES) == built_in and len(built_in) == 20
 
 
 def _skipped_repeat(model, kwargs, **options):

@@ -301,3 +301,35 @@ def test_reset_clears_state():
     dicache.reset(model)
     assert dicache.summary(model).calls == 0
     dicache.disable(model)
+
+
+def test_a_second_pipeline_on_the_same_transformer_links_its_scheduler():
+    """A pipeline built on an enabled pipeline's transformer with a scheduler of its own: its calls ran on as one
+    trajectory with the first pipeline's (18 calls for three calls of 6 steps, the later ones all computed) until
+    ``dicache.enable(second)`` links its scheduler; ``from_pipe`` shares the scheduler and needs nothing."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
+
+    pipe = tiny.flux_pipeline()
+    pipe.set_progress_bar_config(disable=True)
+    dicache.enable(pipe, backend="torch", threshold=0.3, warmup=1)
+    first = tiny.flux_pipeline_call(pipe)
+    pattern = dicache.summary(pipe).branches["cond"].pattern
+    assert "." in pattern or "_" in pattern
+    with pytest.raises(dicache.AlreadyEnabledError, match="already enabled on this FluxPipeline"):
+        dicache.enable(pipe)
+
+    shared = FluxPipeline.from_pipe(pipe)
+    dicache.enable(shared)  # nothing to do: the scheduler is the first pipeline's
+    other = FluxPipeline(**dict(pipe.components, scheduler=FlowMatchEulerDiscreteScheduler()))
+    other.set_progress_bar_config(disable=True)
+    with pytest.raises(dicache.AlreadyEnabledError, match="without settings"):
+        dicache.enable(other, threshold=0.5)
+    dicache.enable(other)
+    for p in (shared, other, other):
+        assert torch.equal(tiny.flux_pipeline_call(p), first)
+        branch = dicache.summary(p).branches["cond"]
+        assert branch.calls == 6 and branch.pattern == pattern
+
+    dicache.disable(other)  # the transformer's hooks and both schedulers' links
+    assert not dicache.is_enabled(pipe)
+    assert "set_timesteps" not in vars(pipe.scheduler) and "set_timesteps" not in vars(other.scheduler)
