@@ -36,38 +36,64 @@ def _step_sizes(scheduler: Any, n: Optional[int]) -> Optional[List[float]]:
 
 class _PipelineLink:
     """Wraps the pipeline scheduler's ``set_timesteps``: each pipeline call starts a new trajectory
-    and tells the step count, with no host read and whatever the pipeline passes to ``cache_context``."""
+    and tells the step count, with no host read and whatever the pipeline passes to ``cache_context``.
+    A scheduler swapped in after ``enable`` (``pipe.scheduler = …from_config(…)``) is followed at the next
+    transformer call (:meth:`follow`)."""
 
     def __init__(self, pipeline: Any, sessions: List[Session]):
         self.pipeline = pipeline
         self.sessions = sessions
         self.scheduler = getattr(pipeline, "scheduler", None)
-        self._had_attr = self.scheduler is not None and "set_timesteps" in vars(self.scheduler)
+        self._had_attr = False
 
     def install(self) -> None:
-        if self.scheduler is None or not hasattr(self.scheduler, "set_timesteps"):
+        self._wrap()
+        setattr(self.pipeline, _PIPELINE_ATTR, self)
+
+    def _wrap(self) -> None:
+        scheduler = self.scheduler
+        if scheduler is None or not hasattr(scheduler, "set_timesteps"):
             return
-        original = self.scheduler.set_timesteps
+        self._had_attr = "set_timesteps" in vars(scheduler)
+        original = scheduler.set_timesteps
 
         def set_timesteps(*args, **kwargs):
             out = original(*args, **kwargs)
-            timesteps = getattr(self.scheduler, "timesteps", None)
-            n = len(timesteps) if timesteps is not None else kwargs.get("num_inference_steps")
-            sizes = _step_sizes(self.scheduler, n)
-            for s in self.sessions:
-                s.new_trajectory(n, sizes)
+            self._start(scheduler, kwargs.get("num_inference_steps"))
             return out
 
         set_timesteps.__wrapped__ = original
-        self.scheduler.set_timesteps = set_timesteps
-        setattr(self.pipeline, _PIPELINE_ATTR, self)
+        scheduler.set_timesteps = set_timesteps
+
+    def _start(self, scheduler: Any, num_steps: Optional[int] = None) -> None:
+        """A trajectory starts on ``scheduler``'s timesteps."""
+        timesteps = getattr(scheduler, "timesteps", None)
+        n = len(timesteps) if timesteps is not None else num_steps
+        sizes = _step_sizes(scheduler, n)
+        for s in self.sessions:
+            s.new_trajectory(n, sizes)
+
+    def _unwrap(self) -> None:
+        scheduler = self.scheduler
+        if scheduler is not None and "set_timesteps" in vars(scheduler):
+            if self._had_attr:
+                scheduler.set_timesteps = scheduler.set_timesteps.__wrapped__
+            else:
+                del scheduler.set_timesteps
+
+    def follow(self) -> None:
+        """At each transformer call: if the pipeline's scheduler was replaced since the link was made, link the new
+        one; the pipeline call in progress has already set its timesteps, so a trajectory starts on them now."""
+        current = getattr(self.pipeline, "scheduler", None)
+        if current is self.scheduler or current is None or not hasattr(current, "set_timesteps"):
+            return
+        self._unwrap()
+        self.scheduler = current
+        self._wrap()
+        self._start(current)
 
     def uninstall(self) -> None:
-        if self.scheduler is not None and "set_timesteps" in vars(self.scheduler):
-            if self._had_attr:
-                self.scheduler.set_timesteps = self.scheduler.set_timesteps.__wrapped__
-            else:
-                del self.scheduler.set_timesteps
+        self._unwrap()
         if vars(self.pipeline).get(_PIPELINE_ATTR) is self:
             delattr(self.pipeline, _PIPELINE_ATTR)
 

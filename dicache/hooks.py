@@ -126,6 +126,8 @@ class Session:
         return float(t)
 
     def begin_call(self, args, kwargs) -> None:
+        for link in self.pipeline_links:
+            link.follow()  # a scheduler swapped in since enable
         ctx = self.sink.current()
         step_index = getattr(ctx, "step_index", None) if ctx is not None else None
         num_steps = getattr(ctx, "num_inference_steps", None) if ctx is not None else None

@@ -333,3 +333,25 @@ def test_a_second_pipeline_on_the_same_transformer_links_its_scheduler():
     dicache.disable(other)  # the transformer's hooks and both schedulers' links
     assert not dicache.is_enabled(pipe)
     assert "set_timesteps" not in vars(pipe.scheduler) and "set_timesteps" not in vars(other.scheduler)
+
+
+def test_a_scheduler_swapped_in_after_enable_is_followed():
+    """``pipe.scheduler = …from_config(…)`` after ``enable``: the new scheduler's calls ran on as one trajectory (18
+    calls for three pipeline calls of 6 steps, uncached after the first); the link now moves to it at the next
+    transformer call, and the old scheduler is left as it was."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    pipe = tiny.flux_pipeline()
+    pipe.set_progress_bar_config(disable=True)
+    dicache.enable(pipe, backend="torch", threshold=0.3, warmup=1)
+    first = tiny.flux_pipeline_call(pipe)
+    pattern = dicache.summary(pipe).branches["cond"].pattern
+    old = pipe.scheduler
+    pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(old.config)
+    for _ in range(2):
+        assert torch.equal(tiny.flux_pipeline_call(pipe), first)
+        branch = dicache.summary(pipe).branches["cond"]
+        assert branch.calls == 6 and branch.pattern == pattern
+    assert "set_timesteps" not in vars(old)
+    dicache.disable(pipe)
+    assert "set_timesteps" not in vars(pipe.scheduler)
