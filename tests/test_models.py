@@ -355,3 +355,32 @@ def test_a_scheduler_swapped_in_after_enable_is_followed():
     assert "set_timesteps" not in vars(old)
     dicache.disable(pipe)
     assert "set_timesteps" not in vars(pipe.scheduler)
+
+
+def test_wan22_two_experts_each_keep_their_own_cache():
+    """Wan 2.2's pipeline runs ``transformer`` on the high-noise steps and ``transformer_2`` on the rest, both in
+    ``cache_context(…, step_index=i)``: one cache per expert, each computing its first call (nothing stored yet),
+    the pipeline's step indices kept, the final step forced on the second; at δ = 0 the pipeline is bitwise its
+    own."""
+    from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline
+
+    torch.manual_seed(0)
+    vae = AutoencoderKLWan(base_dim=3, z_dim=4, dim_mult=[1, 1, 1, 1], num_res_blocks=1).eval()
+    pipe = WanPipeline(tokenizer=None, text_encoder=None, vae=vae, transformer=tiny.wan_transformer(0),
+                       transformer_2=tiny.wan_transformer(1), scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+                       boundary_ratio=0.5)
+    pipe.set_progress_bar_config(disable=True)
+    ref = tiny.wan_pipeline_call(pipe, steps=12)
+    dicache.enable(pipe, backend="torch", threshold=0.0)
+    assert torch.equal(tiny.wan_pipeline_call(pipe, steps=12), ref)
+    dicache.disable(pipe)
+    dicache.enable(pipe, backend="torch", threshold=1e9, warmup=1, force_last_step=1, cfg_decision="separate")
+    tiny.wan_pipeline_call(pipe, steps=12)
+    s = dicache.summary(pipe)
+    dicache.disable(pipe)
+    assert set(s.branches) == {"cond", "uncond", "1:cond", "1:uncond"}
+    high, low = s.branches["cond"], s.branches["1:cond"]
+    assert high.calls + low.calls == 12 and high.calls > 0 and low.calls > 0
+    assert [st.index for st in low.steps] == list(range(high.calls, 12))  # the pipeline's own step indices
+    assert high.pattern.startswith("F.") and low.pattern.startswith("F.") and low.pattern.endswith("F")
+    assert low.steps[0].reason == "warmup" and low.steps[-1].reason == "last_step"
