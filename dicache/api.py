@@ -110,12 +110,10 @@ def _transformers_of(target: Any) -> Tuple[List[torch.nn.Module], Optional[Any]]
     """The transformer(s) to hook, and the pipeline if ``target`` is one."""
     if isinstance(target, torch.nn.Module):
         return [_unwrapped(target)], None
-    main = getattr(target, "transformer", None)
-    if isinstance(main, torch.nn.Module):
-        models = [_unwrapped(main)]
-        second = getattr(target, "transformer_2", None)  # Wan 2.2's low-noise expert
-        if isinstance(second, torch.nn.Module):
-            models.append(_unwrapped(second))
+    # Wan 2.2's low-noise expert is transformer_2 (either may be left out of a pipeline)
+    models = [_unwrapped(m) for m in (getattr(target, name, None) for name in ("transformer", "transformer_2"))
+              if isinstance(m, torch.nn.Module)]
+    if models:
         return models, target
     raise TypeError(
         f"dicache.enable expects a diffusers pipeline with a .transformer or a transformer model "

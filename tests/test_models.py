@@ -384,3 +384,20 @@ def test_wan22_two_experts_each_keep_their_own_cache():
     assert [st.index for st in low.steps] == list(range(high.calls, 12))  # the pipeline's own step indices
     assert high.pattern.startswith("F.") and low.pattern.startswith("F.") and low.pattern.endswith("F")
     assert low.steps[0].reason == "warmup" and low.steps[-1].reason == "last_step"
+
+
+def test_a_pipeline_with_only_its_second_expert_is_enabled():
+    """Wan 2.2's pipeline may leave ``transformer`` out and run ``transformer_2`` alone."""
+    from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline
+
+    torch.manual_seed(0)
+    vae = AutoencoderKLWan(base_dim=3, z_dim=4, dim_mult=[1, 1, 1, 1], num_res_blocks=1).eval()
+    pipe = WanPipeline(tokenizer=None, text_encoder=None, vae=vae, transformer=None,
+                       transformer_2=tiny.wan_transformer(1), scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+                       boundary_ratio=1.5)  # every timestep below the boundary: transformer_2 runs them all
+    pipe.set_progress_bar_config(disable=True)
+    dicache.enable(pipe, backend="torch", threshold=1e9, warmup=1, force_last_step=1)
+    tiny.wan_pipeline_call(pipe, steps=6)
+    s = dicache.summary(pipe)
+    dicache.disable(pipe)
+    assert s.model == "WanTransformer3DModel" and s.branches["cond"].calls == 6 and s.skipped_calls > 0
