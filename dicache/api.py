@@ -44,42 +44,51 @@ class _PipelineLink:
         self.pipeline = pipeline
         self.sessions = sessions
         self.scheduler = getattr(pipeline, "scheduler", None)
-        self._had_attr = False
+        self._had_attr: Dict[str, bool] = {}
 
     def install(self) -> None:
         self._wrap()
         setattr(self.pipeline, _PIPELINE_ATTR, self)
 
+    #: the scheduler methods that (re)start a trajectory: its timesteps, and where img2img / inpaint pipelines begin in
+    #: them (``set_begin_index``: ``strength`` < 1 runs the last part of the schedule only)
+    WRAPPED = ("set_timesteps", "set_begin_index")
+
     def _wrap(self) -> None:
         scheduler = self.scheduler
         if scheduler is None or not hasattr(scheduler, "set_timesteps"):
             return
-        self._had_attr = "set_timesteps" in vars(scheduler)
-        original = scheduler.set_timesteps
+        self._had_attr = {name: name in vars(scheduler) for name in self.WRAPPED if hasattr(scheduler, name)}
+        for name in self._had_attr:
+            original = getattr(scheduler, name)
 
-        def set_timesteps(*args, **kwargs):
-            out = original(*args, **kwargs)
-            self._start(scheduler, kwargs.get("num_inference_steps"))
-            return out
+            def wrapper(*args, _original=original, **kwargs):
+                out = _original(*args, **kwargs)
+                self._start(scheduler, kwargs.get("num_inference_steps"))
+                return out
 
-        set_timesteps.__wrapped__ = original
-        scheduler.set_timesteps = set_timesteps
+            wrapper.__wrapped__ = original
+            setattr(scheduler, name, wrapper)
 
     def _start(self, scheduler: Any, num_steps: Optional[int] = None) -> None:
-        """A trajectory starts on ``scheduler``'s timesteps."""
+        """A trajectory starts on ``scheduler``'s timesteps, from its begin index on where one is set."""
         timesteps = getattr(scheduler, "timesteps", None)
         n = len(timesteps) if timesteps is not None else num_steps
         sizes = _step_sizes(scheduler, n)
+        begin = getattr(scheduler, "begin_index", None)
+        if n is not None and isinstance(begin, int) and 0 < begin < n:
+            n, sizes = n - begin, (sizes[begin:] if sizes is not None else None)
         for s in self.sessions:
             s.new_trajectory(n, sizes)
 
     def _unwrap(self) -> None:
         scheduler = self.scheduler
-        if scheduler is not None and "set_timesteps" in vars(scheduler):
-            if self._had_attr:
-                scheduler.set_timesteps = scheduler.set_timesteps.__wrapped__
-            else:
-                del scheduler.set_timesteps
+        for name, had in (self._had_attr or {}).items():
+            if scheduler is not None and name in vars(scheduler):
+                if had:
+                    setattr(scheduler, name, getattr(scheduler, name).__wrapped__)
+                else:
+                    delattr(scheduler, name)
 
     def follow(self) -> None:
         """At each transformer call: if the pipeline's scheduler was replaced since the link was made, link the new

@@ -401,3 +401,28 @@ def test_a_pipeline_with_only_its_second_expert_is_enabled():
     s = dicache.summary(pipe)
     dicache.disable(pipe)
     assert s.model == "WanTransformer3DModel" and s.branches["cond"].calls == 6 and s.skipped_calls > 0
+
+
+def test_img2img_trajectories_begin_where_the_scheduler_does():
+    """``strength`` < 1 (img2img, inpaint) runs the last part of the schedule, from ``set_begin_index`` on: the
+    trajectory's count and step sizes are that part's. It was read as the whole schedule, so the final steps of
+    an img2img call were never forced (``F.....`` with the last step skipped)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxImg2ImgPipeline
+
+    base = tiny.flux_pipeline()
+    base.vae.register_to_config(shift_factor=0.0, scaling_factor=1.0)
+    pipe = FluxImg2ImgPipeline(**base.components)
+    pipe.set_progress_bar_config(disable=True)
+    g = torch.Generator().manual_seed(100)
+    kwargs = dict(prompt_embeds=torch.randn(1, 8, 32, generator=g), pooled_prompt_embeds=torch.randn(1, 16, generator=g),
+                  image=torch.rand(1, 3, 16, 16, generator=g), strength=0.5, height=16, width=16,
+                  num_inference_steps=12, guidance_scale=3.5, output_type="latent")
+    dicache.enable(pipe, backend="torch", threshold=1e9, warmup=1, force_last_step=1)
+    pipe(**kwargs, generator=torch.Generator().manual_seed(3))
+    branch = dicache.summary(pipe).branches["default"]  # the img2img pipeline calls no cache_context
+    sizes = dicache.hooks.session_of(pipe.transformer).engine._budget.step_sizes
+    dicache.disable(pipe)
+    assert branch.calls == 6 and branch.pattern == "F....F" and branch.steps[-1].reason == "last_step"
+    full = dicache.api._step_sizes(pipe.scheduler, len(pipe.scheduler.timesteps))
+    assert sizes == full[6:] and len(sizes) == 6
+    assert not any(name in vars(pipe.scheduler) for name in ("set_timesteps", "set_begin_index"))
