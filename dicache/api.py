@@ -74,12 +74,47 @@ class _PipelineLink:
         """A trajectory starts on ``scheduler``'s timesteps, from its begin index on where one is set."""
         timesteps = getattr(scheduler, "timesteps", None)
         n = len(timesteps) if timesteps is not None else num_steps
-        sizes = _step_sizes(scheduler, n)
+        self._full = (n, _step_sizes(scheduler, n))
         begin = getattr(scheduler, "begin_index", None)
-        if n is not None and isinstance(begin, int) and 0 < begin < n:
+        self._begin = begin if isinstance(begin, int) and n is not None and 0 <= begin < n else None
+        self._seen: List[Optional[int]] = []
+        self._rebase(self._begin or 0)
+
+    def _rebase(self, begin: int) -> None:
+        """The trajectory runs the schedule from ``begin`` on: its count and step sizes are that part's."""
+        n, sizes = self._full
+        if begin > 0 and n is not None:
             n, sizes = n - begin, (sizes[begin:] if sizes is not None else None)
         for s in self.sessions:
-            s.new_trajectory(n, sizes)
+            if begin == 0:
+                s.new_trajectory(n, sizes)
+            else:  # learnt at the trajectory's second step: the calls so far stay
+                s.pipeline_steps = n
+                s.engine.set_step_sizes(sizes)
+
+    def position(self) -> Optional[Tuple[Optional[int], int]]:
+        """Where the current transformer call sits on the trajectory, read off the scheduler's ``step_index`` (the
+        index of the timestep it steps next; None before its first step): (that index, the step from the
+        trajectory's start), or None where the scheduler keeps no step index. A pipeline that does not pass its
+        step to ``cache_context`` (Wan 2.2's image-to-video with its second expert, Heun's two calls per step, video-
+        to-video that runs the end of a schedule without ``set_begin_index``) is numbered by it: the beginning is
+        learnt from the first index the scheduler reports, as many steps into the trajectory as were seen before."""
+        scheduler = self.scheduler
+        if scheduler is None or not hasattr(scheduler, "step_index") or not hasattr(self, "_seen"):
+            return None
+        index = scheduler.step_index
+        n = self._full[0]
+        if not (index is None or isinstance(index, int)) or (index is not None and n is not None and index >= n):
+            return None  # no index, or past the schedule's end: a call outside the pipeline's loop
+        if index not in self._seen:
+            self._seen.append(index)
+        if index is None:
+            return None, 0  # before the scheduler's first step: the trajectory's first step
+        if self._begin is None:
+            self._begin = max(0, index - self._seen.index(index))
+            if self._begin > 0:
+                self._rebase(self._begin)
+        return index, index - self._begin
 
     def _unwrap(self) -> None:
         scheduler = self.scheduler

@@ -83,6 +83,7 @@ class Session:
         self.x: Optional[torch.Tensor] = None
         # bare-loop trajectory tracking (no cache_context)
         self._last_t: Optional[float] = None
+        self._last_pos = False  # _last_t holds the scheduler's step index of the last call (None: its first step)
         self._calls_at_t = 0
         self._direction = 0  # +1 / −1: the timesteps of the trajectory rise / fall; 0: not known yet
         self._branch_t: Dict[str, Optional[float]] = {}  # per named branch, when no step index is given
@@ -98,6 +99,7 @@ class Session:
             self.pipeline_steps = num_steps
             self.engine.set_step_sizes(step_sizes)
         self._last_t = None
+        self._last_pos = False
         self._calls_at_t = 0
         self._direction = 0
         self._branch_t.clear()
@@ -125,9 +127,19 @@ class Session:
             return float(t.reshape(-1)[0])  # a host read; only in loops without cache_context
         return float(t)
 
-    def begin_call(self, args, kwargs) -> None:
+    def _position(self):
+        """(the scheduler's step index, the step in the trajectory) of this call, from a linked pipeline's
+        scheduler (``_PipelineLink.position``), or None."""
         for link in self.pipeline_links:
             link.follow()  # a scheduler swapped in since enable
+        for link in self.pipeline_links:
+            pos = link.position()
+            if pos is not None:
+                return pos
+        return None
+
+    def begin_call(self, args, kwargs) -> None:
+        pos = self._position()
         ctx = self.sink.current()
         step_index = getattr(ctx, "step_index", None) if ctx is not None else None
         num_steps = getattr(ctx, "num_inference_steps", None) if ctx is not None else None
@@ -139,6 +151,8 @@ class Session:
             if step_index is not None:
                 if step_index == 0 and state is not None and state.calls > 0:
                     self.engine.reset(branch)
+            elif pos is not None:
+                step_index = pos[1]  # the pipeline's scheduler numbers the call
             elif self.pipeline_steps is None:
                 # A context without step index and no pipeline to tell when a trajectory starts: the timestep
                 # tells (a named branch is called once per step: the same timestep again, or one against the
@@ -151,11 +165,21 @@ class Session:
                         self.engine.reset(branch)
                         self._branch_dir[branch] = 0
                 self._branch_t[branch] = t
+        elif pos is not None:
+            # No cache_context, a linked pipeline: calls at the same scheduler step are different branches (CFG as
+            # two calls; Heun's two calls at one timestep are two steps), and the scheduler numbers them
+            if self._last_pos and pos[0] == self._last_t:
+                self._calls_at_t += 1
+            else:
+                self._calls_at_t = 0
+            self._last_t, self._last_pos = pos[0], True
+            step_index = pos[1]
+            branch = "default" if self._calls_at_t == 0 else f"default{self._calls_at_t}"
         else:
             # No cache_context: calls at the same timestep are different branches (CFG as two calls);
             # a timestep against the direction the timesteps move in starts a new trajectory.
             t = self._read_timestep(args, kwargs)
-            if t is not None and self._last_t is not None and t == self._last_t:
+            if t is not None and self._last_t is not None and t == self._last_t and not self._last_pos:
                 self._calls_at_t += 1
             else:
                 self._calls_at_t = 0
@@ -164,7 +188,7 @@ class Session:
                     if again:
                         self.engine.reset()
                         self._direction = 0
-            self._last_t = t
+            self._last_t, self._last_pos = t, False
             branch = "default" if self._calls_at_t == 0 else f"default{self._calls_at_t}"
         self.engine.begin_call(branch, step_index, num_steps)
         self.active = True

@@ -426,3 +426,91 @@ def test_img2img_trajectories_begin_where_the_scheduler_does():
     full = dicache.api._step_sizes(pipe.scheduler, len(pipe.scheduler.timesteps))
     assert sizes == full[6:] and len(sizes) == 6
     assert not any(name in vars(pipe.scheduler) for name in ("set_timesteps", "set_begin_index"))
+
+
+def _tiny_wan_vae():
+    from diffusers import AutoencoderKLWan
+
+    torch.manual_seed(0)
+    return AutoencoderKLWan(base_dim=3, z_dim=4, dim_mult=[1, 1, 1, 1], num_res_blocks=1, latents_mean=[0.0] * 4,
+                            latents_std=[1.0] * 4).eval()
+
+
+def _last_computed(branch):
+    return branch.steps[-1].computed and branch.steps[-1].reason == "last_step"
+
+
+def test_wan22_image_to_video_numbers_its_experts_by_the_scheduler():
+    """WanImageToVideoPipeline passes no step index to ``cache_context``: each expert counted its calls from 0, so
+    the second expert's last call (the last step of the generation) was never forced. The scheduler's step index
+    numbers them now."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, WanImageToVideoPipeline, WanTransformer3DModel
+
+    def expert(seed):
+        torch.manual_seed(seed)
+        return WanTransformer3DModel(**dict(tiny.WAN_CONFIG, in_channels=12)).eval()
+
+    pipe = WanImageToVideoPipeline(tokenizer=None, text_encoder=None, vae=_tiny_wan_vae(), transformer=expert(0),
+                                   transformer_2=expert(1), scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+                                   boundary_ratio=0.5)
+    pipe.set_progress_bar_config(disable=True)
+    g = torch.Generator().manual_seed(100)
+    kwargs = dict(image=torch.rand(1, 3, 32, 32, generator=g), prompt_embeds=torch.randn(1, 8, 32, generator=g),
+                  height=32, width=32, num_frames=5, num_inference_steps=8, guidance_scale=1.0, output_type="latent")
+    dicache.enable(pipe, backend="torch", threshold=1e9, warmup=1, force_last_step=1)
+    pipe(**kwargs, generator=torch.Generator().manual_seed(3))
+    s = dicache.summary(pipe)
+    dicache.disable(pipe)
+    high, low = s.branches["cond"], s.branches["1:cond"]
+    assert [st.index for st in high.steps + low.steps] == list(range(8))
+    assert _last_computed(low) and not high.steps[-1].computed
+
+
+def test_video_to_video_with_strength_runs_the_end_of_the_schedule():
+    """WanVideoToVideoPipeline with ``strength`` < 1 runs the end of the schedule without ``set_begin_index``: the
+    trajectory's count is learnt from the scheduler's step index at the second step (6 of 10, last forced)."""
+    import numpy as np
+    from PIL import Image
+
+    from diffusers import FlowMatchEulerDiscreteScheduler, WanVideoToVideoPipeline
+
+    pipe = WanVideoToVideoPipeline(tokenizer=None, text_encoder=None, vae=_tiny_wan_vae(),
+                                   scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+                                   transformer=tiny.wan_transformer(0))
+    pipe.set_progress_bar_config(disable=True)
+    rng = np.random.default_rng(0)
+    video = [Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)) for _ in range(5)]
+    kwargs = dict(video=video, prompt_embeds=torch.randn(1, 8, 32, generator=torch.Generator().manual_seed(100)),
+                  height=32, width=32, num_inference_steps=10, strength=0.6, guidance_scale=1.0, output_type="latent")
+    dicache.enable(pipe, backend="torch", threshold=1e9, warmup=1, force_last_step=1)
+    pipe(**kwargs, generator=torch.Generator().manual_seed(3))
+    branch = dicache.summary(pipe).branches["default"]  # no cache_context in this pipeline
+    sizes = dicache.hooks.session_of(pipe.transformer).engine._budget.step_sizes
+    dicache.disable(pipe)
+    assert branch.pattern == "F....F" and _last_computed(branch)
+    assert sizes == dicache.api._step_sizes(pipe.scheduler, 10)[4:]
+
+
+def test_a_second_order_scheduler_is_one_branch_of_all_its_calls():
+    """FlowMatchHeunDiscreteScheduler calls the transformer twice per step at the same timestep; in a pipeline
+    without ``cache_context`` (SD3) the repeated timesteps were read as a second CFG branch, and neither branch
+    reached the last call. The scheduler's step index tells the calls apart: one branch, the last call forced."""
+    from diffusers import FlowMatchHeunDiscreteScheduler, StableDiffusion3Pipeline
+
+    import tiny_families
+
+    pipe = StableDiffusion3Pipeline(transformer=tiny_families.CASES["SD3Transformer2DModel"][0](),
+                                    scheduler=FlowMatchHeunDiscreteScheduler(shift=3.0), vae=None, text_encoder=None,
+                                    tokenizer=None, text_encoder_2=None, tokenizer_2=None, text_encoder_3=None,
+                                    tokenizer_3=None)
+    pipe.set_progress_bar_config(disable=True)
+    g = torch.Generator().manual_seed(100)
+    kwargs = dict(prompt_embeds=torch.randn(1, 8, 32, generator=g), pooled_prompt_embeds=torch.randn(1, 16, generator=g),
+                  height=64, width=64, num_inference_steps=6, guidance_scale=1.0, output_type="latent")
+    dicache.enable(pipe, backend="torch", threshold=1e9, warmup=1, force_last_step=1)
+    pipe(**kwargs, generator=torch.Generator().manual_seed(3))
+    s = dicache.summary(pipe)
+    dicache.disable(pipe)
+    assert set(s.branches) == {"default"}
+    branch = s.branches["default"]
+    assert branch.calls == 11 and branch.pattern == "F" + "." * 9 + "F" and _last_computed(branch)
