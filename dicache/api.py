@@ -92,15 +92,28 @@ class _PipelineLink:
                 s.pipeline_steps = n
                 s.engine.set_step_sizes(sizes)
 
-    def position(self) -> Optional[Tuple[Optional[int], int]]:
+    def position(self, read_timestep: Optional[Callable[[], Optional[float]]] = None
+                 ) -> Optional[Tuple[Optional[int], int]]:
         """Where the current transformer call sits on the trajectory, read off the scheduler's ``step_index`` (the
         index of the timestep it steps next; None before its first step): (that index, the step from the
         trajectory's start), or None where the scheduler keeps no step index. A pipeline that does not pass its
         step to ``cache_context`` (Wan 2.2's image-to-video with its second expert, Heun's two calls per step, video-
         to-video that runs the end of a schedule without ``set_begin_index``) is numbered by it: the beginning is
-        learnt from the first index the scheduler reports, as many steps into the trajectory as were seen before."""
+        learnt from the first index the scheduler reports, as many steps into the trajectory as were seen before.
+        A scheduler without a step index (CogVideoX's DDIM) is placed once, at the trajectory's first call, by
+        finding that call's timestep (``read_timestep``: one host read) in the schedule."""
         scheduler = self.scheduler
-        if scheduler is None or not hasattr(scheduler, "step_index") or not hasattr(self, "_seen"):
+        if scheduler is None or not hasattr(self, "_seen"):
+            return None
+        if not hasattr(scheduler, "step_index"):
+            if self._begin is None and read_timestep is not None:
+                self._begin = 0
+                t, timesteps = read_timestep(), getattr(scheduler, "timesteps", None)
+                values = timesteps.tolist() if t is not None and isinstance(timesteps, torch.Tensor) else []
+                begin = next((k for k, v in enumerate(values) if float(v) == t), 0)
+                if begin > 0:
+                    self._begin = begin
+                    self._rebase(begin)
             return None
         index = scheduler.step_index
         n = self._full[0]

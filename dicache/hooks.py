@@ -127,19 +127,19 @@ class Session:
             return float(t.reshape(-1)[0])  # a host read; only in loops without cache_context
         return float(t)
 
-    def _position(self):
+    def _position(self, args, kwargs):
         """(the scheduler's step index, the step in the trajectory) of this call, from a linked pipeline's
         scheduler (``_PipelineLink.position``), or None."""
         for link in self.pipeline_links:
             link.follow()  # a scheduler swapped in since enable
         for link in self.pipeline_links:
-            pos = link.position()
+            pos = link.position(lambda: self._read_timestep(args, kwargs))
             if pos is not None:
                 return pos
         return None
 
     def begin_call(self, args, kwargs) -> None:
-        pos = self._position()
+        pos = self._position(args, kwargs)
         ctx = self.sink.current()
         step_index = getattr(ctx, "step_index", None) if ctx is not None else None
         num_steps = getattr(ctx, "num_inference_steps", None) if ctx is not None else None

@@ -242,3 +242,32 @@ def test_sd3_skip_layer_guidance_runs_its_extra_calls_uncached(layers):
         s = dicache.summary(pipe)
     assert set(s.branches) == {"default"} and s.branches["default"].pattern == "FF" + "." * 5 + "F"
     assert torch.isfinite(out).all() and not torch.equal(out, ref)
+
+
+def test_cogvideox_video_to_video_runs_the_end_of_the_schedule():
+    """CogVideoXVideoToVideoPipeline with ``strength`` < 1 runs the end of the DDIM schedule, whose scheduler keeps
+    no step index and sets no begin index: the first call's timestep places the trajectory (6 of 10 steps, the
+    last forced). It counted the whole schedule and skipped the last step."""
+    import numpy as np
+    from PIL import Image
+
+    from diffusers import AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXVideoToVideoPipeline
+
+    torch.manual_seed(0)
+    vae = AutoencoderKLCogVideoX(in_channels=3, out_channels=3, down_block_types=("CogVideoXDownBlock3D",) * 4,
+                                 up_block_types=("CogVideoXUpBlock3D",) * 4, block_out_channels=(8, 8, 8, 8),
+                                 latent_channels=4, layers_per_block=1, norm_num_groups=2,
+                                 temporal_compression_ratio=4).eval()
+    scheduler = CogVideoXDDIMScheduler(prediction_type="v_prediction", rescale_betas_zero_snr=True,
+                                       timestep_spacing="trailing", clip_sample=False, snr_shift_scale=3.0)
+    pipe = CogVideoXVideoToVideoPipeline(transformer=_transformer("CogVideoXTransformer3DModel"), scheduler=scheduler,
+                                         vae=vae, text_encoder=None, tokenizer=None)
+    pipe.set_progress_bar_config(disable=True)
+    rng = np.random.default_rng(0)
+    video = [Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)) for _ in range(5)]
+    with _enabled(pipe, **SKIPPING):
+        pipe(prompt_embeds=torch.randn(1, 8, 32, generator=_gen(100)),
+             negative_prompt_embeds=torch.randn(1, 8, 32, generator=_gen(101)), video=video, strength=0.6, height=64,
+             width=64, num_inference_steps=10, guidance_scale=6.0, generator=_gen(3), output_type="latent")
+        branch = dicache.summary(pipe).branches["cond_uncond"]
+    assert branch.pattern == "FF...F" and branch.steps[-1].reason == "last_step"  # warm-up of 2
