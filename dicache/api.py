@@ -122,7 +122,9 @@ class _PipelineLink:
         if index not in self._seen:
             self._seen.append(index)
         if index is None:
-            return None, 0  # before the scheduler's first step: the trajectory's first step
+            # before the scheduler's first step (the trajectory's first step), or a scheduler the pipeline does not
+            # step (SkyReels-V2's diffusion forcing steps copies of it): not a clock until it has moved
+            return None
         if self._begin is None:
             self._begin = max(0, index - self._seen.index(index))
             if self._begin > 0:

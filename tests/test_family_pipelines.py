@@ -271,3 +271,31 @@ def test_cogvideox_video_to_video_runs_the_end_of_the_schedule():
              width=64, num_inference_steps=10, guidance_scale=6.0, generator=_gen(3), output_type="latent")
         branch = dicache.summary(pipe).branches["cond_uncond"]
     assert branch.pattern == "FF...F" and branch.steps[-1].reason == "last_step"  # warm-up of 2
+
+
+def test_skyreels_diffusion_forcing_steps_copies_of_its_scheduler():
+    """SkyReelsV2DiffusionForcingPipeline steps deep copies of its scheduler, so the linked one never moves: its
+    step index is no clock, and the calls are numbered by their count as before (the presets still skip; at δ = 0
+    the pipeline is bitwise its own)."""
+    from diffusers import AutoencoderKLWan, SkyReelsV2DiffusionForcingPipeline, UniPCMultistepScheduler
+
+    torch.manual_seed(0)
+    vae = AutoencoderKLWan(base_dim=3, z_dim=4, dim_mult=[1, 1, 1, 1], num_res_blocks=1).eval()
+    pipe = SkyReelsV2DiffusionForcingPipeline(
+        tokenizer=None, text_encoder=None, vae=vae, transformer=_transformer("SkyReelsV2Transformer3DModel"),
+        scheduler=UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0))
+    pipe.set_progress_bar_config(disable=True)
+    g = _gen(100)
+    embeds = dict(prompt_embeds=torch.randn(1, 8, 32, generator=g), negative_prompt_embeds=torch.randn(1, 8, 32, generator=g))
+
+    def call():
+        return pipe(prompt=None, **embeds, height=16, width=16, num_frames=9, num_inference_steps=10, guidance_scale=5.0,
+                    generator=_gen(3), output_type="latent", ar_step=2, causal_block_size=1).frames
+
+    ref = call()
+    with _enabled(pipe, backend="torch", threshold=0.0):
+        assert torch.equal(call(), ref)
+    with _enabled(pipe, backend="torch"):
+        call()
+        branch = dicache.summary(pipe).branches["cond"]
+    assert [st.index for st in branch.steps] == list(range(branch.calls)) and branch.skipped_calls >= 3
