@@ -45,6 +45,11 @@ class _PipelineLink:
         self.sessions = sessions
         self.scheduler = getattr(pipeline, "scheduler", None)
         self._had_attr: Dict[str, bool] = {}
+        # the trajectory the scheduler's timesteps set (``_start``): (its count, step sizes) over the whole schedule,
+        # the index it begins at (None: not known yet), whether a call came before the scheduler's first step
+        self._full: Optional[Tuple[Optional[int], Optional[List[float]]]] = None
+        self._begin: Optional[int] = None
+        self._saw_start = False
 
     def install(self) -> None:
         self._wrap()
@@ -77,7 +82,7 @@ class _PipelineLink:
         self._full = (n, _step_sizes(scheduler, n))
         begin = getattr(scheduler, "begin_index", None)
         self._begin = begin if isinstance(begin, int) and n is not None and 0 <= begin < n else None
-        self._seen: List[Optional[int]] = []
+        self._saw_start = False
         self._rebase(self._begin or 0)
 
     def _rebase(self, begin: int) -> None:
@@ -95,15 +100,16 @@ class _PipelineLink:
     def position(self, read_timestep: Optional[Callable[[], Optional[float]]] = None
                  ) -> Optional[Tuple[Optional[int], int]]:
         """Where the current transformer call sits on the trajectory, read off the scheduler's ``step_index`` (the
-        index of the timestep it steps next; None before its first step): (that index, the step from the
-        trajectory's start), or None where the scheduler keeps no step index. A pipeline that does not pass its
-        step to ``cache_context`` (Wan 2.2's image-to-video with its second expert, Heun's two calls per step, video-
-        to-video that runs the end of a schedule without ``set_begin_index``) is numbered by it: the beginning is
-        learnt from the first index the scheduler reports, as many steps into the trajectory as were seen before.
+        index of the timestep it steps next): (that index, the step from the trajectory's start), or None where it
+        is no clock (no step index, or the scheduler has not stepped yet: the trajectory's first step, or a
+        scheduler the pipeline never steps). A pipeline that does not pass its step to ``cache_context`` (Wan 2.2's
+        image-to-video with its second expert, Heun's two calls per step, video-to-video that runs the end of a
+        schedule without ``set_begin_index``) is numbered by it: the beginning is learnt from the first index the
+        scheduler reports, one step before it where calls came before the scheduler's first step.
         A scheduler without a step index (CogVideoX's DDIM) is placed once, at the trajectory's first call, by
         finding that call's timestep (``read_timestep``: one host read) in the schedule."""
         scheduler = self.scheduler
-        if scheduler is None or not hasattr(self, "_seen"):
+        if scheduler is None or self._full is None:
             return None
         if not hasattr(scheduler, "step_index"):
             if self._begin is None and read_timestep is not None:
@@ -119,14 +125,13 @@ class _PipelineLink:
         n = self._full[0]
         if not (index is None or isinstance(index, int)) or (index is not None and n is not None and index >= n):
             return None  # no index, or past the schedule's end: a call outside the pipeline's loop
-        if index not in self._seen:
-            self._seen.append(index)
         if index is None:
             # before the scheduler's first step (the trajectory's first step), or a scheduler the pipeline does not
             # step (SkyReels-V2's diffusion forcing steps copies of it): not a clock until it has moved
+            self._saw_start = True
             return None
         if self._begin is None:
-            self._begin = max(0, index - self._seen.index(index))
+            self._begin = max(0, index - int(self._saw_start))
             if self._begin > 0:
                 self._rebase(self._begin)
         return index, index - self._begin
