@@ -174,7 +174,6 @@ class Session:
                 self._calls_at_t = 0
             self._last_t, self._last_pos = pos[0], True
             step_index = pos[1]
-            branch = "default" if self._calls_at_t == 0 else f"default{self._calls_at_t}"
         else:
             # No cache_context: calls at the same timestep are different branches (CFG as two calls);
             # a timestep against the direction the timesteps move in starts a new trajectory.
@@ -189,6 +188,7 @@ class Session:
                         self.engine.reset()
                         self._direction = 0
             self._last_t, self._last_pos = t, False
+        if ctx is None:
             branch = "default" if self._calls_at_t == 0 else f"default{self._calls_at_t}"
         self.engine.begin_call(branch, step_index, num_steps)
         self.active = True
