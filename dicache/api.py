@@ -253,7 +253,7 @@ def enable(
                     f"adapter {adapter.family!r} expects a ModuleList at {type(model).__name__}.{spec.attr}"
                 )
             num_blocks += len(blocks)
-        cfg = resolve(adapter.family, config, options)
+        cfg = resolve(adapter.family, config, options, pipeline=pipeline is not None)
         if num_blocks < 2:
             raise ValueError(f"DiCache needs a model with at least 2 blocks; {type(model).__name__} has {num_blocks}")
         validate(cfg, num_blocks)

@@ -22,7 +22,8 @@ def _need_steps(n: Optional[int]) -> None:
     if n is None:
         raise RuntimeError(
             "target_speedup needs the number of steps: enable DiCache on the pipeline, pass "
-            "num_inference_steps to cache_context, or set num_inference_steps in the config"
+            "num_inference_steps to cache_context, set num_inference_steps in the config, or decide on a fixed δ "
+            "(threshold=…) instead"
         )
 
 

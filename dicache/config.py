@@ -399,31 +399,49 @@ PAPER_PRESETS: Dict[str, DiCacheConfig] = {
 #   steps, FLUX.1's own step counts, under the front at 30, where 0.4 saves 2.15× and 2.30×, at 30 steps 2.2 dB
 #   higher pooled; at 50 steps 2.49× at the PSNR 0.3 gives at 2.38×, at 40 steps 2.49× 1.0 dB under 0.3's 2.35×;
 #   at 20 steps 2.36× for 2.35×, 1.0 dB lower on seeds 0–3; benchmarks/RESULTS.md, twenty-second round).
+_RULE = dict(warmup=0.05, run_power="auto", force_last_step=0.04, cfg_decision="shared", alignment_order="auto",
+             gamma_source="auto", quad_balance=0.5, plan_runs="auto", plan_error="auto", max_extrapolation="auto",
+             monotone_runs=True, predictive_skip=True)
 PRESETS: Dict[str, DiCacheConfig] = {
-    "flux": PAPER_PRESETS["flux"].replace(
-        threshold=0.4, warmup=0.05, run_power="auto", force_last_step=0.04, cfg_decision="shared",
-        alignment_order="auto", gamma_source="auto", quad_balance=0.5, plan_runs="auto", plan_error="auto",
-        max_extrapolation="auto", monotone_runs=True, predictive_skip=True),
-    "hunyuan_video": PAPER_PRESETS["hunyuan_video"].replace(
-        threshold=0.2, warmup=0.05, run_power="auto", force_last_step=0.04, cfg_decision="shared",
-        alignment_order="auto", gamma_source="auto", quad_balance=0.5, plan_runs="auto", plan_error="auto",
-        max_extrapolation="auto", monotone_runs=True, predictive_skip=True),
-    "wan": PAPER_PRESETS["wan"].replace(
-        threshold=0.16, warmup=0.05, run_power="auto", force_last_step=0.04, cfg_decision="shared",
-        alignment_order="auto", gamma_source="auto", quad_balance=0.5, plan_runs="auto", plan_error="auto",
-        max_extrapolation="auto", monotone_runs=True, predictive_skip=True),
+    "flux": PAPER_PRESETS["flux"].replace(threshold=0.4, **_RULE),
+    "hunyuan_video": PAPER_PRESETS["hunyuan_video"].replace(threshold=0.2, **_RULE),
+    "wan": PAPER_PRESETS["wan"].replace(threshold=0.16, **_RULE),
 }
+#: ``DiCacheConfig()``: the method as published (m = 1, a 20 % warm-up, each CFG branch deciding alone, δ = 0.1).
 DEFAULT = DiCacheConfig()
 
+# A model family without a preset (SD3, Qwen-Image, CogVideoX, …, or an adapter of your own): the presets' rule.
+# Its δ does not carry over from one model to another (about 2× fewer flops take δ = 0.4 on Flux, 0.16 on Wan, 0.45
+# on the held-out HunyuanVideo model), so on a pipeline, where the step count is known, the compute budget at 2× takes
+# its place. Read as the default on the reports of the shipped and held-out models at 20–50 steps, its first call
+# saved 1.98–2.09× fewer flops and sat within 0.5 dB of DiCache's front at its savings at 7 of 10 models and step
+# counts (4 of 10 on the mean of the samples' PSNR), where one δ for all, 0.2, saved 1.73–2.26× and sat there at 4 of
+# 9 (4 of 9), and the presets' own δ, chosen on those models, at 7 of 10 (6 of 10) (benchmarks/RESULTS.md,
+# twenty-fifth round). On a transformer alone, or with a δ option, the rule at δ = 0.2 (the HunyuanVideo preset's).
+GENERIC = PAPER_PRESETS["flux"].replace(threshold=0.2, **_RULE)
+GENERIC_BUDGET = GENERIC.replace(target_speedup=2.0)
+#: Options that set a fixed δ: given with no config, a family without a preset keeps :data:`GENERIC`'s δ rule.
+THRESHOLD_OPTIONS = frozenset({"threshold", "threshold_end", "max_consecutive_reuse"})
 
-def preset(family: Optional[str], paper: bool = False) -> DiCacheConfig:
-    """The preset of a model family (``paper=True``: the authors' settings), or the generic default."""
-    return (PAPER_PRESETS if paper else PRESETS).get(family or "", DEFAULT)
+
+def preset(family: Optional[str], paper: bool = False, budget: bool = False) -> DiCacheConfig:
+    """The preset of a model family (``paper=True``: the authors' settings; :data:`DEFAULT` for other families).
+
+    A family without a preset gets :data:`GENERIC`, or :data:`GENERIC_BUDGET` with ``budget=True`` (on a pipeline).
+    """
+    if paper:
+        return PAPER_PRESETS.get(family or "", DEFAULT)
+    if family in PRESETS:
+        return PRESETS[family]
+    return GENERIC_BUDGET if budget else GENERIC
 
 
-def resolve(family: Optional[str], config: Optional[DiCacheConfig], options: Dict[str, Any]) -> DiCacheConfig:
-    """Options override ``config``, which overrides the family preset."""
+def resolve(family: Optional[str], config: Optional[DiCacheConfig], options: Dict[str, Any],
+            pipeline: bool = False) -> DiCacheConfig:
+    """Options override ``config``, which overrides the family preset (``pipeline``: enabled on a pipeline, where a
+    family without a preset budgets its calls unless ``options`` set a δ)."""
     if config is not None and not isinstance(config, DiCacheConfig):
         raise TypeError(f"config must be a dicache.DiCacheConfig, got {type(config).__name__}")
-    base = config if config is not None else preset(family)
+    budget = pipeline and not THRESHOLD_OPTIONS.intersection(options)
+    base = config if config is not None else preset(family, budget=budget)
     return base.replace(**options) if options else base

@@ -8,12 +8,12 @@ import os
 
 import pytest
 
-from dicache.config import DEFAULT, PRESETS, DiCacheConfig
+from dicache.config import DEFAULT, GENERIC_BUDGET, PRESETS, DiCacheConfig
 
 README = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "README.md")
 
 #: the table's value columns and the configs they show
-COLUMNS = {"generic default": DEFAULT, "Flux": PRESETS["flux"], "HunyuanVideo": PRESETS["hunyuan_video"],
+COLUMNS = {"`DiCacheConfig()`": DEFAULT, "other families": GENERIC_BUDGET, "Flux": PRESETS["flux"], "HunyuanVideo": PRESETS["hunyuan_video"],
            "Wan": PRESETS["wan"]}
 
 

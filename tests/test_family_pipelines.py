@@ -32,7 +32,8 @@ import dicache
 
 import tiny_families
 
-SKIPPING = dict(backend="torch", threshold=1e9, warmup=2, force_last_step=1)
+# the method's rule (DiCacheConfig()), not the generic default's: every call after the warm-up skips under a huge δ
+SKIPPING = dict(backend="torch", config=dicache.DiCacheConfig(), threshold=1e9, warmup=2, force_last_step=1)
 
 
 def _gen(seed: int) -> torch.Generator:
@@ -153,6 +154,7 @@ class Built:
     steps: int
     branches: FrozenSet[str]
     ref: torch.Tensor
+    call_at: Callable[[int], torch.Tensor]  # the call at another step count
 
 
 @pytest.fixture(scope="module", params=sorted(CASES))
@@ -163,7 +165,7 @@ def built(request):
     pipe.set_progress_bar_config(disable=True)
     ref = call(case.steps)
     assert torch.isfinite(ref).all() and ref.abs().max() > 0
-    return Built(request.param, pipe, lambda: call(case.steps), case.steps, case.branches, ref)
+    return Built(request.param, pipe, lambda: call(case.steps), case.steps, case.branches, ref, call)
 
 
 @contextlib.contextmanager
@@ -214,6 +216,29 @@ def test_a_second_call_is_a_new_trajectory(built):
     assert all(b.calls == built.steps for b in s.branches.values())
     # and disable leaves the pipeline as it was
     assert torch.equal(built.call(), built.ref)
+
+
+def test_the_default_of_a_family_without_a_preset_budgets_two_times(built):
+    """``dicache.enable(pipe)`` with no options on a family without a preset: the presets' rule with a compute budget
+    of 2× (a δ does not carry over between models); its calls fall by about half. On the transformer alone (no step
+    count to budget) and with a δ option: the same rule at its δ, no budget."""
+    steps = 20
+    with _enabled(built.pipe, backend="torch"):
+        built.call_at(steps)
+        s = dicache.summary(built.pipe)
+        assert s.config == dicache.config.GENERIC_BUDGET
+        assert set(s.branches) == built.branches and all(b.calls == steps for b in s.branches.values())
+        assert 1.8 <= 1.0 / (1.0 - s.saved_fraction) <= 2.2, str(s)
+        assert "target_speedup=2" in str(s)
+        second = built.call_at(steps)  # the second call of a step count replays the first's error profile
+        assert torch.isfinite(second).all()
+        assert 1.8 <= 1.0 / (1.0 - dicache.summary(built.pipe).saved_fraction) <= 2.2
+    with _enabled(built.pipe.transformer, backend="torch"):
+        assert dicache.summary(built.pipe.transformer).config == dicache.config.GENERIC
+    with _enabled(built.pipe, backend="torch", threshold=0.3):
+        assert dicache.summary(built.pipe).config == dicache.config.GENERIC.replace(threshold=0.3)
+    with _enabled(built.pipe, backend="torch", max_consecutive_reuse=2):
+        assert dicache.summary(built.pipe).config.target_speedup is None
 
 
 @pytest.mark.parametrize("layers", [[0], [2]])
@@ -271,6 +296,14 @@ def test_cogvideox_video_to_video_runs_the_end_of_the_schedule():
              width=64, num_inference_steps=10, guidance_scale=6.0, generator=_gen(3), output_type="latent")
         branch = dicache.summary(pipe).branches["cond_uncond"]
     assert branch.pattern == "FF...F" and branch.steps[-1].reason == "last_step"  # warm-up of 2
+    # the default there (no preset: a budget of 2×) counts the calls the pipeline runs, 12 of 20 steps
+    with _enabled(pipe, backend="torch"):
+        pipe(prompt_embeds=torch.randn(1, 8, 32, generator=_gen(100)),
+             negative_prompt_embeds=torch.randn(1, 8, 32, generator=_gen(101)), video=video, strength=0.6, height=64,
+             width=64, num_inference_steps=20, guidance_scale=6.0, generator=_gen(3), output_type="latent")
+        branch = dicache.summary(pipe).branches["cond_uncond"]
+    assert branch.calls == 12 and branch.steps[-1].computed and branch.budget.startswith("online")
+    assert 1.8 <= 1.0 / (1.0 - branch.saved_fraction) <= 2.2, branch.pattern
 
 
 def test_skyreels_diffusion_forcing_steps_copies_of_its_scheduler():
