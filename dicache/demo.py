@@ -12,8 +12,8 @@ import torch
 from . import api, zoo
 from .metrics import psnr, ssim
 
-# What the demo samples: every digit as an image, three of them as videos.
-LABELS = {"flux_digits": (0, 1, 2, 3, 4, 5, 6, 7, 8, 9), "wan_digits": (0, 1), "hunyuan_digits": (0, 1)}
+# What the demo samples: every digit as an image, two of them as videos.
+LABELS = {"flux_digits": tuple(range(10)), "wan_digits": (0, 1), "hunyuan_digits": (0, 1), "sd3_digits": tuple(range(10))}
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,8 @@ def _generate(pipe, name: str, labels: Sequence[int], seed: int, steps: Optional
 
 def run_model(name: str, out_dir: str, backend: str = "auto", seed: int = 0, steps: Optional[int] = None,
               repeats: int = 2, labels: Optional[Sequence[int]] = None, **options) -> List[DemoRow]:
-    """Uncached and DiCache (the family preset, or ``options``) on one shipped model; writes a PNG.
+    """Uncached and DiCache (``dicache.enable(pipe)``'s default: the family preset, or ``options``) on one shipped
+    model; writes a PNG.
 
     The PNG has three rows of samples: uncached, DiCache, and 4× their absolute difference
     (for videos: three videos per block of rows, frames across).
@@ -62,7 +63,7 @@ def run_model(name: str, out_dir: str, backend: str = "auto", seed: int = 0, ste
         api.disable(pipe)
     rows = [
         DemoRow(name, "no cache", 1.0, t_base, 1.0, float("inf"), 1.0),
-        DemoRow(name, f"DiCache ({s.backend}, δ={s.config.threshold:g})", 1.0 - s.saved_fraction, t_cached,
+        DemoRow(name, f"DiCache ({s.backend}, {s.rule})", 1.0 - s.saved_fraction, t_cached,
                 t_base / t_cached, psnr(cached, base), ssim(cached, base)),
     ]
     # side by side: uncached | DiCache | 4×|difference|, one row of samples each
@@ -76,12 +77,13 @@ def run_model(name: str, out_dir: str, backend: str = "auto", seed: int = 0, ste
 
 def format_table(rows: List[DemoRow]) -> str:
     w = max([len("model")] + [len(r.model) for r in rows])
-    head = f"{'model':<{w}} {'method':<30} {'blocks computed':>15} {'wall s':>8} {'speedup':>8} {'PSNR dB':>8} {'SSIM':>6}"
+    wm = max([30] + [len(r.method) for r in rows])
+    head = f"{'model':<{w}} {'method':<{wm}} {'blocks computed':>15} {'wall s':>8} {'speedup':>8} {'PSNR dB':>8} {'SSIM':>6}"
     lines = [head, "-" * len(head)]
     for r in rows:
         p = "inf" if r.psnr == float("inf") else f"{r.psnr:.2f}"
         lines.append(
-            f"{r.model:<{w}} {r.method:<30} {100 * r.blocks_computed:>14.1f}% {r.seconds:>8.3f} {r.speedup:>7.2f}× "
+            f"{r.model:<{w}} {r.method:<{wm}} {100 * r.blocks_computed:>14.1f}% {r.seconds:>8.3f} {r.speedup:>7.2f}× "
             f"{p:>8} {r.ssim:>6.3f}"
         )
     return "\n".join(lines)

@@ -87,9 +87,15 @@ class Summary:
         done = sum(b.block_evaluations for b in self.branches.values())
         return 0.0 if total == 0 else 1.0 - done / total
 
+    @property
+    def rule(self) -> str:
+        """How the calls were decided: ``"δ=0.4"`` or, in budget mode, ``"target_speedup=2"``."""
+        c = self.config
+        return f"target_speedup={c.target_speedup:g}" if c.target_speedup is not None else f"δ={c.threshold:g}"
+
     def __str__(self) -> str:
         c = self.config
-        rule = f"target_speedup={c.target_speedup:g}" if c.target_speedup is not None else f"δ={c.threshold:g}"
+        rule = self.rule
         clip = f"γ∈[{c.gamma_clip[0]:g}, {c.gamma_clip[1]:g}]"
         gamma = {"probe": clip, "steps": "γ from the steps",
                  "auto": f"γ from the steps on ≥ {STEPS_GAMMA_MIN_STEPS} steps, else {clip}"}[c.gamma_source]

@@ -18,6 +18,7 @@ EXPECTED = {
     "flux_digits": ("FluxTransformer2DModel", (16, 16)),
     "wan_digits": ("WanTransformer3DModel", (8, 16, 16)),
     "hunyuan_digits": ("HunyuanVideoTransformer3DModel", (8, 16, 16)),
+    "sd3_digits": ("SD3Transformer2DModel", (16, 16)),
 }
 
 
@@ -54,7 +55,7 @@ def test_shipped_files_and_size():
             path = os.path.join(d, f)
             assert os.path.isfile(path), path
             total += os.path.getsize(path)
-    assert total <= 15 * 1024 * 1024, f"zoo weights are {total / 2**20:.1f} MiB"
+    assert total <= 24 * 1024 * 1024, f"zoo weights are {total / 2**20:.1f} MiB"
 
 
 @pytest.mark.parametrize("name", zoo.NAMES)
@@ -72,7 +73,7 @@ def test_load_offline(name, monkeypatch):
         assert json.load(f)["_class_name"] == cls_name
     emb, pooled = zoo.class_embeddings(name)
     assert emb.shape[0] == zoo.NUM_CLASSES + 1
-    assert (pooled is not None) == (name in ("flux_digits", "hunyuan_digits"))
+    assert (pooled is not None) == (name in ("flux_digits", "hunyuan_digits", "sd3_digits"))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
@@ -100,8 +101,12 @@ def test_sample_deterministic(name_and_model):
 
 
 def test_pipeline_calls_cache_contexts(name_and_model):
-    """The real pipeline runs every transformer call inside cache_context("cond") / ("uncond")."""
+    """The real pipeline runs every transformer call inside cache_context("cond") / ("uncond"); SD3's batches the
+    two into one call per step, and its transformer has no cache context."""
     name, model = name_and_model
+    if name == "sd3_digits":  # SD3Transformer2DModel has no cache_context (no CacheMixin in diffusers 0.42)
+        assert not hasattr(model, "cache_context")
+        return
     seen = []
     orig = model.cache_context
 
@@ -131,8 +136,9 @@ def test_samples_are_recognisable(name_and_model):
     """A k-NN digit classifier fitted on load_digits reads the asked-for class from most samples."""
     pytest.importorskip("sklearn")
     name, model = name_and_model
-    labels = list(range(10)) * (2 if name == "flux_digits" else 1)
-    steps = 12 if name == "flux_digits" else 10
+    image = not zoo.get_spec(name).video
+    labels = list(range(10)) * (2 if image else 1)
+    steps = 12 if image else 10
     imgs = zoo.sample(name, labels, seed=0, num_inference_steps=steps, transformer=model)
     assert zoo.class_accuracy(name, imgs, labels) >= 0.8
 

@@ -1,7 +1,7 @@
 """A small zoo of trained diffusion transformers in the real diffusers classes.
 
 Caching methods should be judged on real denoising trajectories, not on random
-weights. The zoo ships three tiny class-conditional models trained on
+weights. The zoo ships four tiny class-conditional models trained on
 scikit-learn's ``load_digits()``:
 
 ==============  ==================================  ==========================================
@@ -10,12 +10,13 @@ name            transformer                         sample
 flux_digits     ``FluxTransformer2DModel``          16×16 grey digit, 2 double + 6 single blocks
 wan_digits      ``WanTransformer3DModel``           8 frames of 16×16, a digit moving; 6 blocks
 hunyuan_digits  ``HunyuanVideoTransformer3DModel``  the same clips; 2 double + 4 single blocks
+sd3_digits      ``SD3Transformer2DModel``           16×16 grey digit, 6 joint blocks
 ==============  ==================================  ==========================================
 
 All sample through the real diffusers pipelines (``FluxPipeline`` and
-``HunyuanVideoPipeline`` with true classifier-free guidance, ``WanPipeline``), so every transformer call happens
-inside ``transformer.cache_context("cond")`` / ``("uncond")`` exactly as in the
-big models::
+``HunyuanVideoPipeline`` with true classifier-free guidance, ``WanPipeline``, ``StableDiffusion3Pipeline``), so
+every transformer call happens exactly as in the big models: inside ``transformer.cache_context("cond")`` /
+``("uncond")``, or, in SD3's pipeline, one call per step with both halves of the guidance batched::
 
     from dicache import zoo
     tr = zoo.load("flux_digits")            # diffusers' own from_pretrained, offline
@@ -149,7 +150,7 @@ def make_scheduler(name: str):
 def pipeline(name: str, transformer: Optional[torch.nn.Module] = None, scheduler=None, progress: bool = False):
     """The real diffusers pipeline around the zoo transformer (no VAE, no text encoders).
 
-    ``FluxPipeline`` / ``WanPipeline`` / ``HunyuanVideoPipeline`` with ``vae=None`` and the text encoders
+    ``FluxPipeline`` / ``WanPipeline`` / ``HunyuanVideoPipeline`` / ``StableDiffusion3Pipeline`` with ``vae=None`` and the text encoders
     and tokenizers set to None; call it with :func:`pipeline_call_kwargs` and
     ``output_type="latent"``, then :func:`decode` the (unpacked) latents.
     """
@@ -176,6 +177,11 @@ def pipeline(name: str, transformer: Optional[torch.nn.Module] = None, scheduler
         pipe = diffusers.HunyuanVideoPipeline(
             text_encoder=None, tokenizer=None, transformer=transformer, vae=None, scheduler=scheduler,
             text_encoder_2=None, tokenizer_2=None,
+        )
+    elif name == "sd3_digits":
+        pipe = diffusers.StableDiffusion3Pipeline(
+            transformer=transformer, scheduler=scheduler, vae=None, text_encoder=None, tokenizer=None,
+            text_encoder_2=None, tokenizer_2=None, text_encoder_3=None, tokenizer_3=None,
         )
     else:  # pragma: no cover - get_spec raised already
         raise KeyError(name)
@@ -230,6 +236,14 @@ def pipeline_call_kwargs(
             true_cfg_scale=g,
             guidance_scale=1.0,  # no guidance embedding (guidance_embeds=False): unused
         )
+    elif name == "sd3_digits":  # classifier-free guidance batched into one call per step
+        kw.update(
+            prompt_embeds=cond,
+            pooled_prompt_embeds=pooled.to(device),
+            negative_prompt_embeds=neg,
+            negative_pooled_prompt_embeds=neg_pooled.to(device),
+            guidance_scale=g,
+        )
     else:
         kw.update(prompt_embeds=cond, negative_prompt_embeds=neg, guidance_scale=g)
     return kw
@@ -248,10 +262,11 @@ def sample(
 ) -> torch.Tensor:
     """Sample class ``labels`` through the diffusers pipeline; images in [0, 1] on the CPU.
 
-    Returns ``(N, 16, 16)`` for flux_digits and ``(N, 8, 16, 16)`` for the video models.
+    Returns ``(N, 16, 16)`` for the image models (flux_digits, sd3_digits) and ``(N, 8, 16, 16)`` for the video models.
     Deterministic for a seed (one CPU generator draws the whole batch's noise,
     so a sample also depends on its position in ``labels``). Defaults:
-    flux_digits 30 steps, true CFG 3.0; wan_digits 50 steps, CFG 4.0; hunyuan_digits 50 steps, true CFG 4.0.
+    flux_digits 30 steps, true CFG 3.0; wan_digits 50 steps, CFG 4.0; hunyuan_digits 50 steps, true CFG 4.0;
+    sd3_digits 28 steps, CFG 4.0 (batched).
     ``transformer`` may be a (hooked/cached) instance of the model; by default
     the shipped one is loaded. ``path``: a directory written by
     ``scripts/train_zoo.py --out`` to take the model and class embeddings from.
@@ -322,9 +337,9 @@ def save_samples_grid(
 ) -> str:
     """The docs grid: rows = classes 0–9.
 
-    flux_digits: ``per_class`` samples per row. Video models: one clip per row, its 8 frames across.
+    Image models: ``per_class`` samples per row. Video models: one clip per row, its 8 frames across.
     """
-    if name == "flux_digits":
+    if not get_spec(name).video:
         labels = [c for c in range(NUM_CLASSES) for _ in range(per_class)]
         nrow = per_class
     else:

@@ -12,6 +12,9 @@ The models work directly on pixels (there is no learned VAE):
 * ``hunyuan_digits`` — the same clips and latent as ``wan_digits``, patchified by
   HunyuanVideo's ``patch_size=2, patch_size_t=1`` into the same 128 video tokens;
   text tokens pass HunyuanVideo's token refiner, with an attention mask, as in the real model.
+* ``sd3_digits`` — the latent of ``flux_digits``, ``(B, 1, 16, 16)``, patchified by SD3's own 2×2 patch
+  embedding into the same 64 image tokens; ``StableDiffusion3Pipeline`` batches the two halves of
+  classifier-free guidance into one transformer call per step.
 
 The pipelines are built with ``vae=None``; they then assume a VAE scale factor
 of 8 (spatial) and 4 (temporal, Wan), which is why the pipeline is called with
@@ -174,7 +177,38 @@ HUNYUAN_DIGITS = ZooSpec(
     ),
 )
 
-SPECS: Dict[str, ZooSpec] = {s.name: s for s in (FLUX_DIGITS, WAN_DIGITS, HUNYUAN_DIGITS)}
+SD3_DIGITS = ZooSpec(
+    name="sd3_digits",
+    transformer_class="SD3Transformer2DModel",
+    config=dict(
+        sample_size=16,
+        patch_size=2,
+        in_channels=1,
+        out_channels=1,
+        num_layers=6,
+        attention_head_dim=32,
+        num_attention_heads=4,
+        joint_attention_dim=64,
+        caption_projection_dim=128,  # = heads × head dim: the text stream's width in the joint blocks
+        pooled_projection_dim=32,
+        pos_embed_max_size=16,
+        qk_norm="rms_norm",
+    ),
+    text_tokens=4,
+    text_dim=64,
+    pooled_dim=32,
+    pixel_shape=(16, 16),
+    pipeline_kwargs=dict(height=128, width=128),  # the same 16×16 latent as flux_digits, in SD3's 2×2 patches
+    default_steps=28,  # StableDiffusion3Pipeline's own default
+    default_guidance=4.0,
+    # SD3's scheduler: flow-matching Euler with a fixed shift of 3
+    scheduler_config=dict(num_train_timesteps=1000, shift=3.0),
+    train=TrainRecipe(
+        steps=2000, batch_size=32, lr=1e-3, warmup=100, ema_decay=0.998, p_uncond=0.1, seed=0
+    ),
+)
+
+SPECS: Dict[str, ZooSpec] = {s.name: s for s in (FLUX_DIGITS, WAN_DIGITS, HUNYUAN_DIGITS, SD3_DIGITS)}
 
 
 def get_spec(name: str) -> ZooSpec:
@@ -278,6 +312,14 @@ def training_forward(
             timestep=sigma * 1000.0,
             encoder_hidden_states=prompt_embeds,
             encoder_attention_mask=mask,
+            pooled_projections=pooled_prompt_embeds,
+            return_dict=False,
+        )[0]
+    if name == "sd3_digits":
+        return transformer(
+            hidden_states=latents,
+            timestep=sigma * 1000.0,
+            encoder_hidden_states=prompt_embeds,
             pooled_projections=pooled_prompt_embeds,
             return_dict=False,
         )[0]
