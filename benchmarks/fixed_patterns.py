@@ -101,7 +101,7 @@ def run(model: str, steps: int, patterns: List[str], seeds: List[int], labels: L
         pipe, counter = zoo.pipeline(model, tr), BlockCounter(tr)
         dicache.enable(pipe, engine_factory=pattern_engine(pat), **(options or {}))
         runs = [sample(pipe, counter, s) for s in seeds]
-        got = "".join(st for st in runs[0].pattern.get("cond", ""))
+        got = runs[0].pattern.get("cond") or next(iter(runs[0].pattern.values()), "")
         imgs, refs = torch.cat([r.images for r in runs]), torch.cat([ref[r.seed].images for r in runs])
         fewer = sum(ref[r.seed].flops for r in runs) / sum(r.flops for r in runs)
         names = [f"s{r.seed}/{lab}" for r in runs for lab in labels]  # one batch per seed, one sample per label

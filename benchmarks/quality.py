@@ -12,6 +12,8 @@
                                                                       # --models M1,M2: only theirs)
     .venv/bin/python benchmarks/quality.py pool OUT DIR_A DIR_B       # the settings both ran, on both runs' seeds
     .venv/bin/python benchmarks/quality.py at DIR... --families A,B   # their PSNR interpolated at chosen savings
+    .venv/bin/python benchmarks/quality.py default DIR...             # `dicache.enable(pipe)` against DiCache's front
+                                                                      # (--family F --value V: another setting)
     .venv/bin/python benchmarks/quality.py spread DIR                 # each acceptance margin resampled over the
                                                                       # report's samples: how far it rests on them
     .venv/bin/python benchmarks/quality.py patterns DIR... --families A,B --savings 2.8,3.2
@@ -21,7 +23,9 @@
                                                                       # unbalanced entries (quad_balance)
 
 For each shipped model (``flux_digits``: FluxPipeline with true CFG; ``wan_digits``: WanPipeline with
-CFG; ``hunyuan_digits``: HunyuanVideoPipeline with true CFG, the held-out model), each step count (``--steps``, default 20 and 50) and each seed (``--seeds``), the model samples
+CFG; ``hunyuan_digits``: HunyuanVideoPipeline with true CFG, the held-out model; ``sd3_digits``:
+StableDiffusion3Pipeline with CFG batched, a held-out model of a family without a preset), each step count
+(``--steps``, default 20 and 50) and each seed (``--seeds``), the model samples
 all ``--labels`` in one batch through the real diffusers pipeline, with
 
 * no cache (the reference every other output is compared with);
@@ -623,19 +627,28 @@ def _delta_of(setting: str) -> Optional[float]:
         return None
 
 
-def default_points(rows: List[Dict], metric: str = "psnr") -> List[Dict]:
-    """Per (model, steps): ``dicache.enable(pipe)`` with no options, the preset's family (DICACHE) at the preset's
-    own δ (:func:`quality_methods.default_threshold`): its savings and value; the best DiCache setting of any family
-    that saves at least as much (the default sits on DiCache's front when nothing there scores higher); and the
-    best peer's setting that does. Model and step counts whose rows lack the default δ are left out."""
+def _setting_value(family: str, setting: str) -> Optional[float]:
+    """δ of a row of the preset's family (setting ``δ=0.4``) or the target of a budget row; None otherwise."""
+    if family in BUDGET_RULES:
+        return float(setting.split("=")[1].split()[0])
+    return _delta_of(setting) if family == qm.DICACHE else None
+
+
+def default_points(rows: List[Dict], metric: str = "psnr", default: Optional[Tuple[str, float]] = None) -> List[Dict]:
+    """Per (model, steps): ``dicache.enable(pipe)`` with no options (:func:`quality_methods.default_of`: the
+    preset's family at the preset's own δ, or the first call of the budget where the model's family has no preset;
+    ``default``: another (family, δ or target) read as the default on every model): its savings and value; the best
+    DiCache setting of any family that saves at least as much (the default sits on DiCache's front when nothing
+    there scores higher); and the best peer's setting that does. Model and step counts whose rows lack the default
+    are left out."""
     _check_metric(metric)
     points = []
     for m, st in dict.fromkeys((r["model"], r["steps"]) for r in rows):
-        delta = qm.default_threshold(m)
+        family, value = default or qm.default_of(m)
         rs = [r for r in rows if r["model"] == m and r["steps"] == st and r["status"] == "ok" and r.get("flop_fraction")
               and _number(r.get(metric))]
-        own = [r for r in rs if r["family"] == qm.DICACHE and _delta_of(r["setting"]) is not None
-               and math.isclose(_delta_of(r["setting"]), delta)]
+        own = [r for r in rs if r["family"] == family and _setting_value(family, r["setting"]) is not None
+               and math.isclose(_setting_value(family, r["setting"]), value)]
         if not own:
             continue
         d = own[0]
@@ -644,24 +657,24 @@ def default_points(rows: List[Dict], metric: str = "psnr") -> List[Dict]:
         def best(families):
             got = [(r[metric], 1.0 / r["flop_fraction"], r["family"], r["setting"]) for r in rs
                    if r["family"] in families and 1.0 / r["flop_fraction"] >= fewer * (1.0 - 1e-9)]
-            return max(got, key=lambda t: (t[0], t[2] == qm.DICACHE)) if got else None
+            return max(got, key=lambda t: (t[0], t[2] == family)) if got else None
 
-        points.append(dict(model=m, steps=st, delta=delta, fewer=fewer, value=d[metric],
-                           best=best(qm.DICACHES), peer=best(qm.PEERS)))
+        points.append(dict(model=m, steps=st, default=("δ=" if family == qm.DICACHE else "target_speedup=")
+                           + f"{value:g}", fewer=fewer, value=d[metric], best=best(qm.DICACHES), peer=best(qm.PEERS)))
     return points
 
 
-def default_table(rows: List[Dict], metric: str = "psnr") -> List[str]:
+def default_table(rows: List[Dict], metric: str = "psnr", default: Optional[Tuple[str, float]] = None) -> List[str]:
     """:func:`default_points` as markdown: the default against DiCache's front and the peers' at its savings."""
-    lines = ["| model | steps | default δ | fewer flops | dB | best DiCache saving at least as much | dB (×) "
+    lines = ["| model | steps | default | fewer flops | dB | best DiCache saving at least as much | dB (×) "
              "| default − best (≥ −0.5) | best peer saving at least as much | dB (×) | default − peer |",
              "| --- | ---: | ---: | ---: | ---: | --- | ---: | ---: | --- | ---: | ---: |"]
-    for p in default_points(rows, metric):
+    for p in default_points(rows, metric, default):
         b, pe = p["best"], p["peer"]
         gap = p["value"] - b[0]
         peer_cells = ("– | – | –" if pe is None else
                       f"{pe[2]} ({pe[3]}) | {pe[0]:.1f} ({pe[1]:.2f}×) | {p['value'] - pe[0]:+.1f}")
-        lines.append(f"| {p['model']} | {p['steps']} | {p['delta']:g} | {p['fewer']:.2f}× | {p['value']:.1f} "
+        lines.append(f"| {p['model']} | {p['steps']} | {p['default']} | {p['fewer']:.2f}× | {p['value']:.1f} "
                      f"| {b[2]} ({b[3]}) | {b[0]:.1f} ({b[1]:.2f}×) | {gap:+.1f} {'✓' if gap >= -0.5 else '✗'} "
                      f"| {peer_cells} |")
     return lines
@@ -763,9 +776,9 @@ def markdown(rows: List[Dict], meta: Dict) -> str:
         "",
         *budget_table(rows),
         "",
-        "The default, `dicache.enable(pipe)` with no options (the preset at its own δ), against the best setting of "
-        "any DiCache family that saves at least as much (it sits on DiCache's Pareto front when none scores higher) "
-        "and the best peer's that does.",
+        "The default, `dicache.enable(pipe)` with no options (the preset at its own δ; on a model whose family has no "
+        "preset, the first call of the budget at 2×), against the best setting of any DiCache family that saves at "
+        "least as much (it sits on DiCache's Pareto front when none scores higher) and the best peer's that does.",
         "",
         *default_table(rows),
         "",
@@ -1198,6 +1211,37 @@ def at_main(argv: Sequence[str]) -> int:
     return 0
 
 
+def default_main(argv: Sequence[str]) -> int:
+    """``quality.py default REPORT_DIR [...] [--family F --value V]``: ``dicache.enable(pipe)`` with no options
+    against DiCache's front and the best peer at its savings, on each model and step count of the reports, on both
+    PSNR readings; with ``--family``/``--value`` another setting (a δ, or a budget's target) read as the default."""
+    ap = argparse.ArgumentParser(prog="quality.py default", description=default_main.__doc__)
+    ap.add_argument("reports", nargs="+", help="report directories (quality.csv)")
+    ap.add_argument("--family", default=None, help="a DiCache family of the reports (with --value)")
+    ap.add_argument("--value", type=float, default=None, help="its δ, or its target for a budget family")
+    a = ap.parse_args(argv)
+    if (a.family is None) != (a.value is None):
+        ap.error("--family and --value go together")
+    if a.family is not None and a.family not in qm.DICACHES:
+        ap.error(f"--family must be one of {list(qm.DICACHES)}, got {a.family!r}")
+    rows: List[Dict] = []
+    for d in a.reports:
+        path = os.path.join(d, "quality.csv")
+        if not os.path.isfile(path):
+            ap.error(f"no quality.csv in {d!r}")
+        rows += read_csv(path)
+    default = None if a.family is None else (a.family, a.value)
+    lines = []
+    for metric, name in (("psnr", "PSNR over all samples"), ("psnr_mean", "mean of the samples' PSNR")):
+        if metric == "psnr_mean" and not _has_sample_mean(rows):
+            continue
+        table = default_table(rows, metric, default)
+        ok = sum(ln.split("|")[8].strip().endswith("✓") for ln in table[2:])
+        lines += [f"{name}: within 0.5 dB of DiCache's front at {ok} of {len(table) - 2}", "", *table, ""]
+    print("\n".join(lines))
+    return 0
+
+
 def call_patterns(run: Dict) -> Optional[Tuple]:
     """The calls a setting made (every seed's pattern per branch, in seed order) from a report's per-run details,
     or None where the run recorded none (peers, failed runs)."""
@@ -1535,6 +1579,8 @@ def main(argv=None) -> int:
         return at_main(sys.argv[2:])
     if argv is None and len(sys.argv) > 1 and sys.argv[1] == "spread":
         return spread_main(sys.argv[2:])
+    if argv is None and len(sys.argv) > 1 and sys.argv[1] == "default":
+        return default_main(sys.argv[2:])
     if argv is None and len(sys.argv) > 1 and sys.argv[1] == "entries":
         return entries_main(sys.argv[2:])
     if argv is None and len(sys.argv) > 1 and sys.argv[1] == "patterns":

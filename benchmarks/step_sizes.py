@@ -29,13 +29,15 @@ from dicache import hooks, zoo  # noqa: E402
 
 
 def profile(name: str, steps: int):
-    """[(step, σ_k, step size, increment or None)] of one budget-mode call of ``name`` (the cond branch)."""
+    """[(step, σ_k, step size, increment or None)] of one budget-mode call of ``name`` (the cond branch, or the one
+    branch of a pipeline that batches its guidance)."""
     pipe = zoo.pipeline(name, zoo.load(name))
     dicache.enable(pipe, target_speedup=2.0)
     try:
         pipe(**zoo.pipeline_call_kwargs(name, list(range(10)), seed=0, num_inference_steps=steps))
         engine = hooks.session_of(pipe.transformer).engine
-        incs = dict(engine.branches["cond"].increments)
+        branch = engine.branches.get("cond") or next(iter(engine.branches.values()))
+        incs = dict(branch.increments)
         sizes = engine._budget.step_sizes
     finally:
         dicache.disable(pipe)
