@@ -187,6 +187,16 @@ def test_lumina2_pipeline_skips_with_its_rising_timesteps():
     assert set(s.branches) == {"default", "default1"}
     assert all(b.calls == 8 and b.pattern.startswith("FF") and b.pattern.endswith("F") and b.skipped_calls >= 4
                for b in s.branches.values())
+    # the default (no preset: the presets' rule on a 2× budget) reads the rising timesteps as one trajectory too
+    dicache.enable(pipe, backend="torch")
+    call()
+    s = dicache.summary(pipe)
+    dicache.disable(pipe)
+    assert s.rule == "target_speedup=2" and set(s.branches) == {"default", "default1"}
+    assert all(b.calls == 8 and b.steps[-1].computed for b in s.branches.values())
+    # 2× on the deciding branch; the follower skips without a probe, so it saves a little more (4 blocks, 8 steps)
+    assert 1.0 / (1.0 - s.branches["default"].saved_fraction) == 2.0
+    assert 2.0 < 1.0 / (1.0 - s.saved_fraction) <= 2.4, str(s)
 
 
 @pytest.mark.parametrize("name", ["ChromaTransformer2DModel", "Flux2Transformer2DModel"])
