@@ -213,7 +213,9 @@ def enable(
             ``HunyuanVideoTransformer3DModel``, or a class with a registered adapter).
         backend: how the cache arithmetic runs: ``"auto"`` (default), ``"torch"``,
             ``"triton"``, ``"cuda"`` or ``"cpu"``.
-        config: a :class:`DiCacheConfig`; defaults to the model family's preset.
+        config: a :class:`DiCacheConfig`; defaults to the model family's preset. A family without one gets
+            the presets' rule: on a pipeline with a compute budget of 2× (``dicache.config.GENERIC_BUDGET``),
+            on a transformer alone or with a δ option at δ = 0.2 (``dicache.config.GENERIC``).
         engine_factory: the extension point for other caches built on dicache's hooks, state
             and kernels: called as ``engine_factory(config, num_blocks, backend)`` per
             transformer, it returns a :class:`dicache.engine.DiCacheEngine` (usually a
