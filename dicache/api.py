@@ -214,8 +214,9 @@ def enable(
         backend: how the cache arithmetic runs: ``"auto"`` (default), ``"torch"``,
             ``"triton"``, ``"cuda"`` or ``"cpu"``.
         config: a :class:`DiCacheConfig`; defaults to the model family's preset. A family without one gets
-            the presets' rule: on a pipeline with a compute budget of 2× (``dicache.config.GENERIC_BUDGET``),
-            on a transformer alone or with a δ option at δ = 0.2 (``dicache.config.GENERIC``).
+            the presets' rule with a compute budget of 2× from 20 steps on, δ = 0.2 below or where the step
+            count is unknown (``dicache.config.GENERIC_BUDGET``); with a δ option, no budget
+            (``dicache.config.GENERIC``).
         engine_factory: the extension point for other caches built on dicache's hooks, state
             and kernels: called as ``engine_factory(config, num_blocks, backend)`` per
             transformer, it returns a :class:`dicache.engine.DiCacheEngine` (usually a
@@ -255,7 +256,7 @@ def enable(
                     f"adapter {adapter.family!r} expects a ModuleList at {type(model).__name__}.{spec.attr}"
                 )
             num_blocks += len(blocks)
-        cfg = resolve(adapter.family, config, options, pipeline=pipeline is not None)
+        cfg = resolve(adapter.family, config, options)
         if num_blocks < 2:
             raise ValueError(f"DiCache needs a model with at least 2 blocks; {type(model).__name__} has {num_blocks}")
         validate(cfg, num_blocks)

@@ -155,6 +155,11 @@ class DiCacheConfig:
             Overrides
             ``threshold`` and ``max_consecutive_reuse``. Needs the step count, and
             reads the accumulated error back with the flag (one transfer).
+        target_min_steps: ``target_speedup`` only on trajectories of at least this
+            many steps; a shorter one, or one whose step count nothing tells,
+            decides on ``threshold`` as if no budget were set (None: the budget
+            always, and an unknown step count raises). At few steps a fixed budget
+            skips calls the trajectory cannot spare, where the δ rule backs off.
         num_inference_steps: the step count of the trajectory when nothing else
             tells it (a bare transformer without ``cache_context``). Pipelines
             and ``cache_context(num_inference_steps=…)`` override it. Without
@@ -182,6 +187,7 @@ class DiCacheConfig:
     monotone_runs: bool = False
     threshold_end: Optional[float] = None
     target_speedup: Optional[float] = None
+    target_min_steps: Optional[int] = None
     num_inference_steps: Optional[int] = None
 
     def __post_init__(self) -> None:
@@ -208,6 +214,12 @@ class DiCacheConfig:
         else:
             n = int(fl)  # True = 1, False = 0
         return max(1, n) if self.target_speedup is not None else n
+
+    def budgets(self, num_steps: Optional[int]) -> bool:
+        """Whether a trajectory of ``num_steps`` (None: unknown) runs the compute budget: ``target_speedup``, from
+        ``target_min_steps`` steps on where that is set."""
+        tm = self.target_min_steps
+        return self.target_speedup is not None and (tm is None or (num_steps is not None and num_steps >= tm))
 
     def gamma_from_steps(self, num_steps: Optional[int]) -> bool:
         """Whether γ is the step distance on a trajectory of ``num_steps`` (``gamma_source``)."""
@@ -331,6 +343,9 @@ def validate(cfg: DiCacheConfig, num_blocks: Optional[int] = None) -> None:
     ts = cfg.target_speedup
     if ts is not None and (not _is_real(ts) or not math.isfinite(ts) or ts <= 1):
         raise ValueError(f"target_speedup must be None or a finite number > 1, got {ts!r}")
+    tm = cfg.target_min_steps
+    if tm is not None and (not isinstance(tm, int) or isinstance(tm, bool) or tm < 1):
+        raise ValueError(f"target_min_steps must be None or an int >= 1, got {tm!r}")
     n = cfg.num_inference_steps
     if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
         raise ValueError(f"num_inference_steps must be None or an int >= 1, got {n!r}")
@@ -412,22 +427,25 @@ DEFAULT = DiCacheConfig()
 
 # A model family without a preset (SD3, Qwen-Image, CogVideoX, …, or an adapter of your own): the presets' rule.
 # Its δ does not carry over from one model to another (about 2× fewer flops take δ = 0.4 on Flux, 0.16 on Wan, 0.45
-# on the held-out HunyuanVideo model), so on a pipeline, where the step count is known, the compute budget at 2× takes
-# its place. Read as the default on the reports of the shipped and held-out models at 20–50 steps, its first call
-# saved 1.98–2.09× fewer flops and sat within 0.5 dB of DiCache's front at its savings at 7 of 10 models and step
-# counts (4 of 10 on the mean of the samples' PSNR), where one δ for all, 0.2, saved 1.73–2.26× and sat there at 4 of
-# 9 (4 of 9), and the presets' own δ, chosen on those models, at 7 of 10 (6 of 10) (benchmarks/RESULTS.md,
-# twenty-fifth round). On a transformer alone, or with a δ option, the rule at δ = 0.2 (the HunyuanVideo preset's).
+# on the held-out HunyuanVideo model), so from 20 steps on, the fewest the study measured, the compute budget at 2×
+# takes its place. Read as the default on the reports of the shipped and held-out models at 20–50 steps, its first
+# call saved 1.98–2.09× fewer flops and sat within 0.5 dB of DiCache's front at its savings at 7 of 10 models and
+# step counts (4 of 10 on the mean of the samples' PSNR), where one δ for all, 0.2, saved 1.73–2.26× and sat there at
+# 4 of 9 (4 of 9), and the presets' own δ, chosen on those models, at 7 of 10 (6 of 10) (benchmarks/RESULTS.md,
+# twenty-fifth round). Below 20 steps, or where nothing tells the step count, the rule at δ = 0.2 (the HunyuanVideo
+# preset's value): at 4 and 8 steps a 2× budget fell to 14–37 dB on the four zoo models (SD3 14 and 16), where the
+# rule at δ = 0.2 backed off to 1.0–1.8× at 26–44 dB (SD3 28 and 29); at 16 steps the two were level on SD3 and the
+# held-out model (benchmarks/run_options.py, seeds 0–1). With a δ option, the rule at that δ.
 GENERIC = PAPER_PRESETS["flux"].replace(threshold=0.2, **_RULE)
-GENERIC_BUDGET = GENERIC.replace(target_speedup=2.0)
-#: Options that set a fixed δ: given with no config, a family without a preset keeps :data:`GENERIC`'s δ rule.
+GENERIC_BUDGET = GENERIC.replace(target_speedup=2.0, target_min_steps=20)
+#: Options that set a fixed δ: given with no config, a family without a preset takes :data:`GENERIC`, no budget.
 THRESHOLD_OPTIONS = frozenset({"threshold", "threshold_end", "max_consecutive_reuse"})
 
 
-def preset(family: Optional[str], paper: bool = False, budget: bool = False) -> DiCacheConfig:
+def preset(family: Optional[str], paper: bool = False, budget: bool = True) -> DiCacheConfig:
     """The preset of a model family (``paper=True``: the authors' settings; :data:`DEFAULT` for other families).
 
-    A family without a preset gets :data:`GENERIC`, or :data:`GENERIC_BUDGET` with ``budget=True`` (on a pipeline).
+    A family without a preset gets :data:`GENERIC_BUDGET` (``budget=False``: :data:`GENERIC`).
     """
     if paper:
         return PAPER_PRESETS.get(family or "", DEFAULT)
@@ -436,12 +454,11 @@ def preset(family: Optional[str], paper: bool = False, budget: bool = False) -> 
     return GENERIC_BUDGET if budget else GENERIC
 
 
-def resolve(family: Optional[str], config: Optional[DiCacheConfig], options: Dict[str, Any],
-            pipeline: bool = False) -> DiCacheConfig:
-    """Options override ``config``, which overrides the family preset (``pipeline``: enabled on a pipeline, where a
-    family without a preset budgets its calls unless ``options`` set a δ)."""
+def resolve(family: Optional[str], config: Optional[DiCacheConfig], options: Dict[str, Any]) -> DiCacheConfig:
+    """Options override ``config``, which overrides the family preset (a family without one budgets its calls
+    unless ``options`` set a δ)."""
     if config is not None and not isinstance(config, DiCacheConfig):
         raise TypeError(f"config must be a dicache.DiCacheConfig, got {type(config).__name__}")
-    budget = pipeline and not THRESHOLD_OPTIONS.intersection(options)
+    budget = not THRESHOLD_OPTIONS.intersection(options)
     base = config if config is not None else preset(family, budget=budget)
     return base.replace(**options) if options else base

@@ -45,7 +45,12 @@ class DiCacheEngine:
     replay_budget = True
 
     def __init__(self, config: DiCacheConfig, num_blocks: int, backend: str = "auto"):
-        self.config = config
+        #: the config of the current trajectory: ``base_config``, the one the engine was built with, or, on a
+        #: trajectory that ``target_min_steps`` leaves out of the budget (:meth:`DiCacheConfig.budgets`), the same
+        #: without ``target_speedup``
+        self.config = self.base_config = config
+        self._no_budget = config if config.target_speedup is None else config.replace(
+            target_speedup=None, target_min_steps=None)
         self.num_blocks = num_blocks
         self.backend_name = backend
         self._backends: Dict[str, Backend] = {}
@@ -114,6 +119,8 @@ class DiCacheEngine:
         if state is None:
             state = self.branches[branch] = BranchState(branch)
         self._cur = state
+        self.config = self._budget.config = (
+            self.base_config if self.base_config.budgets(num_steps) else self._no_budget)
         step = state.calls if step_index is None else step_index
         self._cur_step = step
         self._num_steps = num_steps

@@ -65,9 +65,12 @@ class Summary:
 
     model: str
     backend: str
+    #: the config the last trajectory ran on (without ``target_speedup`` where ``target_min_steps`` left it out)
     config: DiCacheConfig
     num_blocks: int
     branches: Dict[str, BranchSummary]
+    #: the config DiCache was enabled with, where the last trajectory ran on another (``config``)
+    enabled_config: Optional[DiCacheConfig] = None
 
     @property
     def calls(self) -> int:
@@ -89,9 +92,14 @@ class Summary:
 
     @property
     def rule(self) -> str:
-        """How the calls were decided: ``"δ=0.4"`` or, in budget mode, ``"target_speedup=2"``."""
-        c = self.config
-        return f"target_speedup={c.target_speedup:g}" if c.target_speedup is not None else f"δ={c.threshold:g}"
+        """How the calls were decided: ``"δ=0.4"`` or, in budget mode, ``"target_speedup=2"`` (``"δ=0.2, no budget
+        under 20 steps"`` where ``target_min_steps`` left the budget out)."""
+        c, e = self.config, self.enabled_config
+        if c.target_speedup is not None:
+            return f"target_speedup={c.target_speedup:g}"
+        if e is not None and e.target_speedup is not None:
+            return f"δ={c.threshold:g}, no budget under {e.target_min_steps} steps or without a step count"
+        return f"δ={c.threshold:g}"
 
     def __str__(self) -> str:
         c = self.config
@@ -150,7 +158,10 @@ def summarize(engine: DiCacheEngine, model: str, prefix: str = "") -> Summary:
             budget=engine.budget_rule(name),
         )
     backend = ",".join(sorted({b.name for b in engine._backends.values()})) or engine.backend_name
-    return Summary(model=model, backend=backend, config=engine.config, num_blocks=M, branches=branches)
+    base = getattr(engine, "base_config", engine.config)  # (an engine of an older engine_factory has none)
+    enabled = None if base is engine.config else base
+    return Summary(model=model, backend=backend, config=engine.config, num_blocks=M, branches=branches,
+                   enabled_config=enabled)
 
 
 def merge(parts: Tuple[Summary, ...]) -> Summary:
@@ -167,4 +178,5 @@ def merge(parts: Tuple[Summary, ...]) -> Summary:
         config=first.config,
         num_blocks=first.num_blocks,
         branches=branches,
+        enabled_config=first.enabled_config,
     )

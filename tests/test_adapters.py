@@ -172,8 +172,8 @@ def test_lumina2_pipeline_skips_with_its_rising_timesteps():
                   prompt_attention_mask=torch.ones(1, 8, dtype=torch.long),
                   negative_prompt_attention_mask=torch.ones(1, 8, dtype=torch.long))
 
-    def call():
-        return pipe(**embeds, height=16, width=16, num_inference_steps=8, guidance_scale=4.0,
+    def call(steps=8):
+        return pipe(**embeds, height=16, width=16, num_inference_steps=steps, guidance_scale=4.0,
                     generator=torch.Generator().manual_seed(3), output_type="latent").images
 
     ref = call()
@@ -187,16 +187,17 @@ def test_lumina2_pipeline_skips_with_its_rising_timesteps():
     assert set(s.branches) == {"default", "default1"}
     assert all(b.calls == 8 and b.pattern.startswith("FF") and b.pattern.endswith("F") and b.skipped_calls >= 4
                for b in s.branches.values())
-    # the default (no preset: the presets' rule on a 2× budget) reads the rising timesteps as one trajectory too
+    # the default (no preset: the presets' rule on a 2× budget from 20 steps on) reads the rising timesteps as one
+    # trajectory too
     dicache.enable(pipe, backend="torch")
-    call()
+    call(20)
     s = dicache.summary(pipe)
     dicache.disable(pipe)
     assert s.rule == "target_speedup=2" and set(s.branches) == {"default", "default1"}
-    assert all(b.calls == 8 and b.steps[-1].computed for b in s.branches.values())
-    # 2× on the deciding branch; the follower skips without a probe, so it saves a little more (4 blocks, 8 steps)
-    assert 1.0 / (1.0 - s.branches["default"].saved_fraction) == 2.0
-    assert 2.0 < 1.0 / (1.0 - s.saved_fraction) <= 2.4, str(s)
+    assert all(b.calls == 20 and b.steps[-1].computed for b in s.branches.values())
+    # 2× over both branches: the follower runs no probe on a skip, the leader's probes count for both (4 blocks)
+    assert s.branches["default"].saved_fraction < s.branches["default1"].saved_fraction
+    assert 1.8 <= 1.0 / (1.0 - s.saved_fraction) <= 2.2, str(s)
 
 
 @pytest.mark.parametrize("name", ["ChromaTransformer2DModel", "Flux2Transformer2DModel"])

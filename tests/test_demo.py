@@ -34,7 +34,7 @@ def test_demo_on_a_family_without_a_preset_budgets(tmp_path, capsys):
     """sd3_digits: SD3 has no preset, so the demo's ``dicache.enable(pipe)`` runs the generic rule on a 2× budget."""
     threads = torch.get_num_threads()
     try:
-        rc = main(["demo", "--out", str(tmp_path), "--model", "sd3_digits", "--steps", "10", "--repeats", "1"])
+        rc = main(["demo", "--out", str(tmp_path), "--model", "sd3_digits", "--steps", "20", "--repeats", "1"])
     finally:
         torch.set_num_threads(threads)
     assert rc == 0 and (tmp_path / "sd3_digits_dicache.png").exists()

@@ -220,23 +220,29 @@ def test_a_second_call_is_a_new_trajectory(built):
 
 def test_the_default_of_a_family_without_a_preset_budgets_two_times(built):
     """``dicache.enable(pipe)`` with no options on a family without a preset: the presets' rule with a compute budget
-    of 2× (a δ does not carry over between models); its calls fall by about half. On the transformer alone (no step
-    count to budget) and with a δ option: the same rule at its δ, no budget."""
-    steps = 20
+    of 2× from 20 steps on (a δ does not carry over between models); its calls fall by about half. Below 20 steps, on
+    the transformer alone (no step count) and with a δ option: the same rule at its δ, no budget."""
+    generic, budget = dicache.config.GENERIC, dicache.config.GENERIC_BUDGET
     with _enabled(built.pipe, backend="torch"):
-        built.call_at(steps)
+        built.call_at(20)
         s = dicache.summary(built.pipe)
-        assert s.config == dicache.config.GENERIC_BUDGET
-        assert set(s.branches) == built.branches and all(b.calls == steps for b in s.branches.values())
+        assert s.config == budget and s.enabled_config is None and s.rule == "target_speedup=2"
+        assert set(s.branches) == built.branches and all(b.calls == 20 for b in s.branches.values())
         assert 1.8 <= 1.0 / (1.0 - s.saved_fraction) <= 2.2, str(s)
-        assert "target_speedup=2" in str(s)
-        second = built.call_at(steps)  # the second call of a step count replays the first's error profile
+        second = built.call_at(20)  # the second call of a step count replays the first's error profile
         assert torch.isfinite(second).all()
         assert 1.8 <= 1.0 / (1.0 - dicache.summary(built.pipe).saved_fraction) <= 2.2
+        built.call_at(12)  # fewer steps than target_min_steps: the δ rule, which backs off where it must
+        s = dicache.summary(built.pipe)
+        assert s.config == generic and s.enabled_config == budget and s.rule.startswith("δ=0.2, no budget under 20")
+        assert all(b.calls == 12 and b.budget is None for b in s.branches.values())
     with _enabled(built.pipe.transformer, backend="torch"):
-        assert dicache.summary(built.pipe.transformer).config == dicache.config.GENERIC
+        built.call_at(20)  # the pipeline's scheduler is not linked: no step count, no budget
+        s = dicache.summary(built.pipe.transformer)
+        assert s.enabled_config == budget and s.config == generic and s.saved_fraction > 0
     with _enabled(built.pipe, backend="torch", threshold=0.3):
-        assert dicache.summary(built.pipe).config == dicache.config.GENERIC.replace(threshold=0.3)
+        built.call_at(20)
+        assert dicache.summary(built.pipe).config == generic.replace(threshold=0.3)
     with _enabled(built.pipe, backend="torch", max_consecutive_reuse=2):
         assert dicache.summary(built.pipe).config.target_speedup is None
 
@@ -296,13 +302,13 @@ def test_cogvideox_video_to_video_runs_the_end_of_the_schedule():
              width=64, num_inference_steps=10, guidance_scale=6.0, generator=_gen(3), output_type="latent")
         branch = dicache.summary(pipe).branches["cond_uncond"]
     assert branch.pattern == "FF...F" and branch.steps[-1].reason == "last_step"  # warm-up of 2
-    # the default there (no preset: a budget of 2×) counts the calls the pipeline runs, 12 of 20 steps
+    # the default there (no preset: a budget of 2×) counts the calls the pipeline runs, 24 of 40 steps
     with _enabled(pipe, backend="torch"):
         pipe(prompt_embeds=torch.randn(1, 8, 32, generator=_gen(100)),
              negative_prompt_embeds=torch.randn(1, 8, 32, generator=_gen(101)), video=video, strength=0.6, height=64,
-             width=64, num_inference_steps=20, guidance_scale=6.0, generator=_gen(3), output_type="latent")
+             width=64, num_inference_steps=40, guidance_scale=6.0, generator=_gen(3), output_type="latent")
         branch = dicache.summary(pipe).branches["cond_uncond"]
-    assert branch.calls == 12 and branch.steps[-1].computed and branch.budget.startswith("online")
+    assert branch.calls == 24 and branch.steps[-1].computed and branch.budget.startswith("online")
     assert 1.8 <= 1.0 / (1.0 - branch.saved_fraction) <= 2.2, branch.pattern
 
 

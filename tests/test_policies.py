@@ -350,6 +350,25 @@ def test_budget_mode_needs_a_step_count():
         drive(DiCacheConfig(target_speedup=2.0, warmup=1), {"c": scales([0.1] * 5)})
 
 
+def test_budget_from_a_step_count_on():
+    """``target_min_steps``: the budget on trajectories of at least that many steps; a shorter one, or one of unknown
+    length (which would raise without it), decides on δ exactly as the same config without the budget."""
+    cfg = DiCacheConfig(target_speedup=2.0, target_min_steps=20, threshold=0.25, warmup=1)
+    fixed = cfg.replace(target_speedup=None, target_min_steps=None)
+    assert [cfg.budgets(n) for n in (None, 8, 19, 20, 50)] == [False, False, False, True, True]
+    assert cfg.replace(target_min_steps=None).budgets(None) and not fixed.budgets(50)
+    errors = [0.02, 0.3, 0.02, 0.02, 0.25, 0.02, 0.02, 0.02, 0.3, 0.02, 0.02]  # 12 calls
+    for n in (None, 12):
+        got, want = (drive(c, {"c": scales(errors)}, num_steps=n) for c in (cfg, fixed))
+        assert got.branches["c"].pattern == want.branches["c"].pattern and "." in want.branches["c"].pattern
+        assert got.config == fixed and got.enabled_config == cfg and got.branches["c"].budget is None
+        assert got.rule == "δ=0.25, no budget under 20 steps or without a step count"
+    long = drive(cfg, {"c": scales([0.02] * 29)}, num_steps=30)
+    b = long.branches["c"]
+    assert long.config == cfg and long.enabled_config is None and b.budget is not None
+    assert b.block_evaluations_uncached / b.block_evaluations == pytest.approx(2.0, rel=0.1)
+
+
 @pytest.mark.parametrize(
     "options,word",
     [
@@ -359,6 +378,9 @@ def test_budget_mode_needs_a_step_count():
         (dict(threshold_end=-1.0), "threshold_end"),
         (dict(target_speedup=1.0), "target_speedup"),
         (dict(target_speedup=float("inf")), "target_speedup"),
+        (dict(target_min_steps=0), "target_min_steps"),
+        (dict(target_min_steps=20.0), "target_min_steps"),
+        (dict(target_min_steps=True), "target_min_steps"),
         (dict(run_power=-1.0), "run_power"),
         (dict(run_power=float("inf")), "run_power"),
         (dict(run_power="1"), "run_power"),
