@@ -1197,12 +1197,7 @@ def at_main(argv: Sequence[str]) -> int:
     ap.add_argument("--savings", type=lambda t: [float(v) for v in t.split(",")], default=list(AT_SAVINGS))
     ap.add_argument("--steps", type=_int_list, default=None)
     a = ap.parse_args(argv)
-    rows: List[Dict] = []
-    for d in a.reports:
-        path = os.path.join(d, "quality.csv")
-        if not os.path.isfile(path):
-            ap.error(f"no quality.csv in {d!r}")
-        rows += read_csv(path)
+    rows, _ = _read_reports(ap, a.reports, details=False)
     families = [f.strip() for f in a.families.split(",") if f.strip()]
     missing = [f for f in families if not any(r["family"] == f for r in rows)]
     if missing:
@@ -1224,12 +1219,7 @@ def default_main(argv: Sequence[str]) -> int:
         ap.error("--family and --value go together")
     if a.family is not None and a.family not in qm.DICACHES:
         ap.error(f"--family must be one of {list(qm.DICACHES)}, got {a.family!r}")
-    rows: List[Dict] = []
-    for d in a.reports:
-        path = os.path.join(d, "quality.csv")
-        if not os.path.isfile(path):
-            ap.error(f"no quality.csv in {d!r}")
-        rows += read_csv(path)
+    rows, _ = _read_reports(ap, a.reports, details=False)
     default = None if a.family is None else (a.family, a.value)
     lines = []
     for metric, name in (("psnr", "PSNR over all samples"), ("psnr_mean", "mean of the samples' PSNR")):
@@ -1319,17 +1309,21 @@ def _label(i: int) -> str:
     return s
 
 
-def _read_reports(ap: argparse.ArgumentParser, dirs: Sequence[str]) -> Tuple[List[Dict], List[Dict]]:
-    """The rows (quality.csv) and per-run details (quality_details.json) of report directories."""
+def _read_reports(ap: argparse.ArgumentParser, dirs: Sequence[str], details: bool = True
+                  ) -> Tuple[List[Dict], List[Dict]]:
+    """The rows (quality.csv) and per-run details (quality_details.json; ``details=False``: none, and not needed) of
+    report directories, in order (``ap`` reports a directory without them)."""
     rows: List[Dict] = []
     runs: List[Dict] = []
+    names = ("quality.csv", "quality_details.json") if details else ("quality.csv",)
     for d in dirs:
-        paths = [os.path.join(d, n) for n in ("quality.csv", "quality_details.json")]
+        paths = [os.path.join(d, n) for n in names]
         if not all(os.path.isfile(p) for p in paths):
-            ap.error(f"not a report directory (quality.csv and quality_details.json): {d!r}")
+            ap.error(f"not a report directory ({' and '.join(names)}): {d!r}")
         rows += read_csv(paths[0])
-        with open(paths[1]) as f:
-            runs += json.load(f)["runs"]
+        if details:
+            with open(paths[1]) as f:
+                runs += json.load(f)["runs"]
     return rows, runs
 
 

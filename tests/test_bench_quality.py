@@ -723,3 +723,24 @@ def test_default_points_read_the_default_against_the_front():
     assert crit[-1] == "| the default (no options) within 0.5 dB of DiCache's front at its savings | 1 of 3 | 1 of 3 |"
     assert Q.default_points(rows, "psnr_mean")[0]["value"] == 53.8
     assert Q._delta_of("δ=0.25") == 0.25 and Q._delta_of("δ=0.2, δ_end=0.4") is None and Q._delta_of("k=2") is None
+
+
+def test_default_subcommand_reads_any_setting_as_the_default(capsys):
+    """``quality.py default``: the committed SD3 report's default (its budget's first call, no preset there), and
+    another setting read as the default; bad arguments are refused."""
+    import quality as Q
+
+    report = os.path.join(ROOT, "benchmarks", "results", "heldout_sd3")
+    assert Q.default_main([report]) == 0
+    out = capsys.readouterr().out
+    assert "PSNR over all samples: within 0.5 dB of DiCache's front at 1 of 2" in out
+    assert out.count("| sd3_digits | 20 | target_speedup=2 |") == 2  # on both readings
+    assert Q.default_main([report, "--family", "DiCache", "--value", "0.2"]) == 0
+    out = capsys.readouterr().out
+    assert "| sd3_digits | 50 | δ=0.2 | 2.37× |" in out and "target_speedup=2 |" not in out
+    for bad in (["--family", "DiCache"], ["--family", "MagCache", "--value", "0.1"]):
+        with pytest.raises(SystemExit):
+            Q.default_main([report, *bad])
+    with pytest.raises(SystemExit):
+        Q.default_main([os.path.join(ROOT, "benchmarks")])  # not a report directory
+    assert "not a report directory" in capsys.readouterr().err

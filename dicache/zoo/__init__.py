@@ -216,36 +216,17 @@ def pipeline_call_kwargs(
         output_type="latent",
         return_dict=False,
     )
+    kw.update(prompt_embeds=cond, negative_prompt_embeds=neg)
+    if pooled is not None:  # Flux, HunyuanVideo, SD3
+        kw.update(pooled_prompt_embeds=pooled.to(device), negative_pooled_prompt_embeds=neg_pooled.to(device))
     if name == "flux_digits":
-        kw.update(
-            prompt_embeds=cond,
-            pooled_prompt_embeds=pooled.to(device),
-            negative_prompt_embeds=neg,
-            negative_pooled_prompt_embeds=neg_pooled.to(device),
-            true_cfg_scale=g,
-        )
+        kw.update(true_cfg_scale=g)
     elif name == "hunyuan_digits":
         mask = torch.ones(cond.shape[:2], dtype=dtype, device=device)  # every class has all its tokens
-        kw.update(
-            prompt_embeds=cond,
-            pooled_prompt_embeds=pooled.to(device),
-            prompt_attention_mask=mask,
-            negative_prompt_embeds=neg,
-            negative_pooled_prompt_embeds=neg_pooled.to(device),
-            negative_prompt_attention_mask=mask.clone(),
-            true_cfg_scale=g,
-            guidance_scale=1.0,  # no guidance embedding (guidance_embeds=False): unused
-        )
-    elif name == "sd3_digits":  # classifier-free guidance batched into one call per step
-        kw.update(
-            prompt_embeds=cond,
-            pooled_prompt_embeds=pooled.to(device),
-            negative_prompt_embeds=neg,
-            negative_pooled_prompt_embeds=neg_pooled.to(device),
-            guidance_scale=g,
-        )
-    else:
-        kw.update(prompt_embeds=cond, negative_prompt_embeds=neg, guidance_scale=g)
+        kw.update(prompt_attention_mask=mask, negative_prompt_attention_mask=mask.clone(), true_cfg_scale=g,
+                  guidance_scale=1.0)  # no guidance embedding (guidance_embeds=False): unused
+    else:  # Wan; SD3, whose classifier-free guidance is batched into one call per step
+        kw.update(guidance_scale=g)
     return kw
 
 
