@@ -347,7 +347,9 @@ def _diffusers_disable(pipe) -> None:
 
 
 def _by_hand_check(pipe, ctx, warnings: List[str]) -> Optional[str]:
-    return BY_HAND + f": {type(pipe.transformer).__name__} has no enable_cache" if ctx.model == "sd3_digits" else None
+    """The row's note where :func:`_enable_diffusers_cache` attached the cache by hand (run before ``disable``)."""
+    cls = getattr(type(pipe.transformer), "_by_hand_from", None)
+    return None if cls is None else f"{BY_HAND}: {cls.__name__} has no enable_cache"
 
 
 def uniform(every: int) -> Method:
