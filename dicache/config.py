@@ -160,6 +160,8 @@ class DiCacheConfig:
             decides on ``threshold`` as if no budget were set (None: the budget
             always, and an unknown step count raises). At few steps a fixed budget
             skips calls the trajectory cannot spare, where the δ rule backs off.
+            A ``target_speedup`` passed to ``enable`` without it applies at every
+            step count (the generic default's 20 is for its own budget).
         num_inference_steps: the step count of the trajectory when nothing else
             tells it (a bare transformer without ``cache_context``). Pipelines
             and ``cache_context(num_inference_steps=…)`` override it. Without
@@ -456,9 +458,12 @@ def preset(family: Optional[str], paper: bool = False, budget: bool = True) -> D
 
 def resolve(family: Optional[str], config: Optional[DiCacheConfig], options: Dict[str, Any]) -> DiCacheConfig:
     """Options override ``config``, which overrides the family preset (a family without one budgets its calls
-    unless ``options`` set a δ)."""
+    unless ``options`` set a δ; a ``target_speedup`` among them applies at every step count unless they also set
+    ``target_min_steps``)."""
     if config is not None and not isinstance(config, DiCacheConfig):
         raise TypeError(f"config must be a dicache.DiCacheConfig, got {type(config).__name__}")
     budget = not THRESHOLD_OPTIONS.intersection(options)
     base = config if config is not None else preset(family, budget=budget)
+    if config is None and "target_speedup" in options and "target_min_steps" not in options:
+        base = base.replace(target_min_steps=None)  # a budget asked for applies at every step count
     return base.replace(**options) if options else base

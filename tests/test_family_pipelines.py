@@ -240,6 +240,11 @@ def test_the_default_of_a_family_without_a_preset_budgets_two_times(built):
         built.call_at(20)  # the pipeline's scheduler is not linked: no step count, no budget
         s = dicache.summary(built.pipe.transformer)
         assert s.enabled_config == budget and s.config == generic and s.saved_fraction > 0
+    with _enabled(built.pipe, backend="torch", target_speedup=2.5):  # a budget asked for: at every step count
+        built.call_at(12)
+        s = dicache.summary(built.pipe)
+        assert s.config == budget.replace(target_speedup=2.5, target_min_steps=None) and s.enabled_config is None
+        assert all(b.budget is not None for b in s.branches.values())
     with _enabled(built.pipe, backend="torch", threshold=0.3):
         built.call_at(20)
         assert dicache.summary(built.pipe).config == generic.replace(threshold=0.3)
