@@ -184,8 +184,8 @@ SETTINGS["hunyuan_digits"] = {
          DICACHE_M2: [0.2, 0.45], DICACHE_M3: [0.2, 0.45], DICACHE_NORUN: [0.05, 0.1, 0.15, 0.2]}
     for st, peers in ((20, _PEERS_HY20), (50, _PEERS_HY50))
 }
-# sd3_digits, a second held-out model (trained in the twenty-fifth round, after every setting was chosen) and the
-# only zoo model of a family without a preset: its DiCache families run the generic rule (dicache.config.GENERIC)
+# sd3_digits, a second held-out model (trained in the twenty-fifth round; nothing at 20 steps or more was chosen on
+# it) and the only zoo model of a family without a preset: its DiCache families run the generic rule (dicache.config.GENERIC)
 # at their δ, and `dicache.enable(pipe)` budgets 2× there. Lists read off a scouting run on seed 10, as above (the
 # peers'; DiCache's are the held-out HunyuanVideo model's, which span 1.2–3.8× there too).
 # FirstBlockCache and TaylorSeer-Lite crash on SD3 (they subtract the last block's text stream, which SD3's last
@@ -278,7 +278,7 @@ def _family_preset(model: str) -> Optional[dicache.DiCacheConfig]:
 
 def default_threshold(model: str) -> float:
     """δ of ``dicache.enable(pipe)`` with no options on a zoo model: its family preset's (a family without one: the
-    generic rule's δ, which the default takes on a transformer alone; on a pipeline it budgets, :func:`default_of`)."""
+    generic rule's δ, which the default decides on where it does not budget, :func:`default_of`)."""
     return float((_family_preset(model) or dicache.config.GENERIC).threshold)
 
 
@@ -478,7 +478,7 @@ def dbcache(threshold: float) -> Method:
             # The Flux, Wan and HunyuanVideo zoo pipelines run CFG as two transformer calls per step (Flux:
             # true CFG); cache-dit assumes FluxPipeline does one, and would then compare cond with uncond. SD3's
             # pipeline batches both into one call.
-            enable_separate_cfg=ctx.model != "sd3_digits",
+            enable_separate_cfg=not zoo.get_spec(ctx.model).cfg_batched,
         )
         with contextlib.redirect_stdout(io.StringIO()):
             cache_dit.enable_cache(pipe, cache_config=cfg)

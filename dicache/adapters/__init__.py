@@ -50,7 +50,7 @@ _REGISTRY: Dict[Union[str, type], Adapter] = {
     "WanVACETransformer3DModel": WAN,
     "ChronoEditTransformer3DModel": WAN,
     "HunyuanVideoFramepackTransformer3DModel": HUNYUAN_VIDEO,
-    # families without a preset: the presets' rule, on a 2× compute budget on a pipeline (dicache.config.GENERIC)
+    # families without a preset: the presets' rule on a 2× compute budget from 20 steps on (config.GENERIC_BUDGET)
     "ChromaTransformer2DModel": CHROMA,
     "Flux2Transformer2DModel": FLUX2,
     "QwenImageTransformer2DModel": QWENIMAGE,

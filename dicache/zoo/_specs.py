@@ -60,6 +60,7 @@ class ZooSpec:
     train: TrainRecipe
     scheduler_config: Dict[str, Any] = field(default_factory=dict)
     scheduler_class: str = "FlowMatchEulerDiscreteScheduler"
+    cfg_batched: bool = False  # the pipeline runs both halves of the guidance in one call, outside any cache context
 
     @property
     def video(self) -> bool:
@@ -203,6 +204,7 @@ SD3_DIGITS = ZooSpec(
     default_guidance=4.0,
     # SD3's scheduler: flow-matching Euler with a fixed shift of 3
     scheduler_config=dict(num_train_timesteps=1000, shift=3.0),
+    cfg_batched=True,
     train=TrainRecipe(
         steps=2000, batch_size=32, lr=1e-3, warmup=100, ema_decay=0.998, p_uncond=0.1, seed=0
     ),
