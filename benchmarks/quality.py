@@ -24,7 +24,9 @@
 
 For each shipped model (``flux_digits``: FluxPipeline with true CFG; ``wan_digits``: WanPipeline with
 CFG; ``hunyuan_digits``: HunyuanVideoPipeline with true CFG, the held-out model; ``sd3_digits``:
-StableDiffusion3Pipeline with CFG batched, a held-out model of a family without a preset), each step count
+StableDiffusion3Pipeline with CFG batched, a held-out model of a family without a preset; ``cogvideox_digits``:
+CogVideoXPipeline with CFG batched and a DDIM scheduler, a third held-out model, of a family without a preset and
+not flow matching), each step count
 (``--steps``, default 20 and 50) and each seed (``--seeds``), the model samples
 all ``--labels`` in one batch through the real diffusers pipeline, with
 
@@ -203,9 +205,7 @@ def sample(pipe, name: str, labels: Sequence[int], seed: int, steps: int, path: 
         c0, t0 = time.process_time(), time.perf_counter()
         latents = pipe(**kw)[0]
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-    if name == "flux_digits":
-        latents = type(pipe)._unpack_latents(latents, kw["height"], kw["width"], pipe.vae_scale_factor)
-    images = zoo.decode(name, latents).cpu()
+    images = zoo.images(name, pipe, latents, kw)
     res = RunResult(seed, wall, cpu, list(counter.macs), counter.calls, images, flops)
     if session_of(pipe.transformer) is not None:
         s = dicache.summary(pipe)

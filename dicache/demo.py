@@ -13,7 +13,8 @@ from . import api, zoo
 from .metrics import psnr, ssim
 
 # What the demo samples: every digit as an image, two of them as videos.
-LABELS = {"flux_digits": tuple(range(10)), "wan_digits": (0, 1), "hunyuan_digits": (0, 1), "sd3_digits": tuple(range(10))}
+LABELS = {"flux_digits": tuple(range(10)), "wan_digits": (0, 1), "hunyuan_digits": (0, 1), "sd3_digits": tuple(range(10)),
+          "cogvideox_digits": (0, 1)}
 
 
 @dataclass(frozen=True)
@@ -35,10 +36,8 @@ def _generate(pipe, name: str, labels: Sequence[int], seed: int, steps: Optional
         t0 = time.perf_counter()
         latents = pipe(**kwargs)[0]
         times.append(time.perf_counter() - t0)
-    if name == "flux_digits":
-        latents = type(pipe)._unpack_latents(latents, kwargs["height"], kwargs["width"], pipe.vae_scale_factor)
     times.sort()
-    return zoo.decode(name, latents).cpu(), times[len(times) // 2]
+    return zoo.images(name, pipe, latents, kwargs), times[len(times) // 2]
 
 
 def run_model(name: str, out_dir: str, backend: str = "auto", seed: int = 0, steps: Optional[int] = None,

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Train a dicache zoo model from scratch and write its weights.
 
-    python scripts/train_zoo.py flux_digits|wan_digits|hunyuan_digits|sd3_digits [--steps N] [--out DIR] [--seed S]
+    python scripts/train_zoo.py flux_digits|wan_digits|hunyuan_digits|sd3_digits|cogvideox_digits [--steps N] [--out DIR] [--seed S]
 
 With the defaults (no --steps/--seed/--batch-size) this reproduces the shipped
 weights in dicache/zoo/weights/<name>/ (one thread, fixed seed). Needs

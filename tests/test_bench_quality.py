@@ -22,6 +22,8 @@ sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 def test_quick_run_writes_every_family(tmp_path):
     import quality_methods as qm
 
+    from dicache import zoo
+
     out = tmp_path / "bench"
     proc = subprocess.run(
         [sys.executable, SCRIPT, "--out", str(out), "--quick", "--labels", "0,1", "--threads", "1", "--no-plot"],
@@ -30,13 +32,13 @@ def test_quick_run_writes_every_family(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     with open(out / "quality.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert {r["model"] for r in rows} == {"flux_digits", "wan_digits", "hunyuan_digits", "sd3_digits"}  # every one
+    assert {r["model"] for r in rows} == set(zoo.NAMES)  # every one
     assert (out / "quality.md").is_file() and (out / "quality_details.json").is_file()
 
     # every family runs at some step count of the full benchmark (the γ-source families at one each)
     tabled = {f for m in qm.SETTINGS for st in qm.SETTINGS[m] for f, v in qm.SETTINGS[m][st].items() if v}
     assert tabled == set(qm.FAMILIES[1:]), set(qm.FAMILIES[1:]) - tabled
-    for model in ("flux_digits", "wan_digits", "hunyuan_digits", "sd3_digits"):
+    for model in zoo.NAMES:
         mine = [r for r in rows if r["model"] == model]
         families = {r["family"] for r in mine}
         table = qm.settings_for(model, int(mine[0]["steps"]))
@@ -71,7 +73,8 @@ def test_quick_run_writes_every_family(tmp_path):
         # every cache counted the same way: uniform k=3 computes calls 0 and 3 of each 6-call branch fully
         # and the 1-block probe otherwise
         (uni,) = [r for r in mine if r["family"] == qm.UNIFORM]
-        n_blocks = 8 if model == "flux_digits" else 6
+        config = zoo.get_spec(model).config
+        n_blocks = config["num_layers"] + config.get("num_single_layers", 0)
         assert abs(float(uni["block_fraction"]) - (2 * n_blocks + 4) / (6 * n_blocks)) < 1e-9
 
     # the failures peers are known for are rows with the reason, not crashes

@@ -19,6 +19,7 @@ EXPECTED = {
     "wan_digits": ("WanTransformer3DModel", (8, 16, 16)),
     "hunyuan_digits": ("HunyuanVideoTransformer3DModel", (8, 16, 16)),
     "sd3_digits": ("SD3Transformer2DModel", (16, 16)),
+    "cogvideox_digits": ("CogVideoXTransformer3DModel", (8, 16, 16)),
 }
 
 
@@ -66,7 +67,8 @@ def test_load_offline(name, monkeypatch):
     model = zoo.load(name)
     cls_name, _ = EXPECTED[name]
     assert type(model) is getattr(diffusers, cls_name)
-    assert _num_blocks(model) >= 6
+    config = zoo.get_spec(name).config
+    assert _num_blocks(model) == config["num_layers"] + config.get("num_single_layers", 0) >= 5  # a 1-block probe and 4+ to skip
     assert not model.training
     assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in model.parameters())
     with open(os.path.join(zoo.weights_dir(name), "config.json")) as f:
@@ -74,6 +76,7 @@ def test_load_offline(name, monkeypatch):
     emb, pooled = zoo.class_embeddings(name)
     assert emb.shape[0] == zoo.NUM_CLASSES + 1
     assert (pooled is not None) == (name in ("flux_digits", "hunyuan_digits", "sd3_digits"))
+    assert (zoo.get_spec(name).objective == "v") == (name == "cogvideox_digits")
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
@@ -101,11 +104,13 @@ def test_sample_deterministic(name_and_model):
 
 
 def test_pipeline_calls_cache_contexts(name_and_model):
-    """The real pipeline runs every transformer call inside cache_context("cond") / ("uncond"); SD3's batches the
-    two into one call per step, and its transformer has no cache context."""
+    """The real pipeline runs every transformer call inside cache_context("cond") / ("uncond"); SD3's and CogVideoX's
+    batch the two into one call per step, CogVideoX's in cache_context("cond_uncond"), SD3's in none (its transformer
+    has no cache context)."""
     name, model = name_and_model
-    if zoo.get_spec(name).cfg_batched:  # SD3Transformer2DModel has no cache_context (no CacheMixin in diffusers 0.42)
-        assert not hasattr(model, "cache_context")
+    batched = zoo.get_spec(name).cfg_batched
+    if not hasattr(model, "cache_context"):  # SD3Transformer2DModel: no CacheMixin in diffusers 0.42
+        assert batched and name == "sd3_digits"
         return
     seen = []
     orig = model.cache_context
@@ -117,10 +122,10 @@ def test_pipeline_calls_cache_contexts(name_and_model):
     model.cache_context = spy
     try:
         zoo.sample(name, [0], seed=0, num_inference_steps=3, transformer=model)
-        assert seen == ["cond", "uncond"] * 3
+        assert seen == (["cond_uncond"] if batched else ["cond", "uncond"]) * 3
         seen.clear()
         zoo.sample(name, [0], seed=0, num_inference_steps=3, guidance_scale=1.0, transformer=model)
-        assert seen == ["cond"] * 3
+        assert seen == (["cond_uncond"] if batched else ["cond"]) * 3
     finally:
         del model.cache_context
 
@@ -161,6 +166,24 @@ def test_encode_decode_roundtrip(name):
     assert torch.allclose(zoo.decode(name, zoo.encode(name, pix)), pix, atol=1e-6)
 
 
+def test_v_objective_is_the_schedulers_noising():
+    """cogvideox_digits trains on v-prediction: x_t and v from the scheduler it samples with, so that
+    x0 = √ᾱ·x_t − √(1 − ᾱ)·v and ε = √(1 − ᾱ)·x_t + √ᾱ·v hold at every drawn timestep (fresh random inputs)."""
+    from dicache.zoo.train import _noising
+
+    g = torch.Generator().manual_seed(5)
+    x0, eps = torch.randn(64, 4, 3, 5, 7, generator=g), torch.randn(64, 4, 3, 5, 7, generator=g)
+    xt, t, v = _noising("cogvideox_digits", g)(x0, eps)
+    assert t.dtype == torch.int64 and t.shape == (64,) and 0 <= int(t.min()) and int(t.max()) < 1000
+    assert len(set(t.tolist())) > 30  # drawn, not one timestep
+    ac = zoo.make_scheduler("cogvideox_digits").alphas_cumprod[t].float().view(-1, 1, 1, 1, 1)
+    assert torch.allclose(ac.sqrt() * xt - (1 - ac).sqrt() * v, x0, atol=1e-5)
+    assert torch.allclose((1 - ac).sqrt() * xt + ac.sqrt() * v, eps, atol=1e-5)
+    xt_f, sigma, target = _noising("flux_digits", g)(x0, eps)  # rectified flow: σ in (0, 1), velocity ε − x0
+    s = sigma.view(-1, 1, 1, 1, 1)
+    assert sigma.dtype == torch.float32 and torch.allclose(xt_f, (1 - s) * x0 + s * eps) and torch.equal(target, eps - x0)
+
+
 def test_train_script_runs(tmp_path):
     """scripts/train_zoo.py trains a few steps from scratch and writes loadable weights."""
     pytest.importorskip("sklearn")
@@ -179,7 +202,7 @@ def test_train_script_runs(tmp_path):
     assert imgs.shape == (1, 16, 16)
 
 
-@pytest.mark.parametrize("name", ["wan_digits", "hunyuan_digits"])
+@pytest.mark.parametrize("name", ["wan_digits", "hunyuan_digits", "cogvideox_digits"])
 def test_train_is_deterministic(tmp_path, name):
     """Two runs of the same recipe write bit-identical weights (what makes the shipped ones reproducible)."""
     pytest.importorskip("sklearn")

@@ -1,22 +1,24 @@
 """A small zoo of trained diffusion transformers in the real diffusers classes.
 
 Caching methods should be judged on real denoising trajectories, not on random
-weights. The zoo ships four tiny class-conditional models trained on
+weights. The zoo ships five tiny class-conditional models trained on
 scikit-learn's ``load_digits()``:
 
-==============  ==================================  ==========================================
-name            transformer                         sample
-==============  ==================================  ==========================================
-flux_digits     ``FluxTransformer2DModel``          16×16 grey digit, 2 double + 6 single blocks
-wan_digits      ``WanTransformer3DModel``           8 frames of 16×16, a digit moving; 6 blocks
-hunyuan_digits  ``HunyuanVideoTransformer3DModel``  the same clips; 2 double + 4 single blocks
-sd3_digits      ``SD3Transformer2DModel``           16×16 grey digit, 6 joint blocks
-==============  ==================================  ==========================================
+================  ==================================  ==========================================
+name              transformer                         sample
+================  ==================================  ==========================================
+flux_digits       ``FluxTransformer2DModel``          16×16 grey digit, 2 double + 6 single blocks
+wan_digits        ``WanTransformer3DModel``           8 frames of 16×16, a digit moving; 6 blocks
+hunyuan_digits    ``HunyuanVideoTransformer3DModel``  the same clips; 2 double + 4 single blocks
+sd3_digits        ``SD3Transformer2DModel``           16×16 grey digit, 6 joint blocks
+cogvideox_digits  ``CogVideoXTransformer3DModel``     the same clips; 6 blocks; DDIM, v-prediction
+================  ==================================  ==========================================
 
 All sample through the real diffusers pipelines (``FluxPipeline`` and
-``HunyuanVideoPipeline`` with true classifier-free guidance, ``WanPipeline``, ``StableDiffusion3Pipeline``), so
-every transformer call happens exactly as in the big models: inside ``transformer.cache_context("cond")`` /
-``("uncond")``, or, in SD3's pipeline, one call per step with both halves of the guidance batched::
+``HunyuanVideoPipeline`` with true classifier-free guidance, ``WanPipeline``, ``StableDiffusion3Pipeline``,
+``CogVideoXPipeline``), so every transformer call happens exactly as in the big models: inside
+``transformer.cache_context("cond")`` / ``("uncond")``, or, in SD3's and CogVideoX's pipelines, one call per step
+with both halves of the guidance batched::
 
     from dicache import zoo
     tr = zoo.load("flux_digits")            # diffusers' own from_pretrained, offline
@@ -53,6 +55,7 @@ __all__ = [
     "save_grid",
     "encode",
     "decode",
+    "images",
     "class_accuracy",
     "save_samples_grid",
 ]
@@ -150,9 +153,9 @@ def make_scheduler(name: str):
 def pipeline(name: str, transformer: Optional[torch.nn.Module] = None, scheduler=None, progress: bool = False):
     """The real diffusers pipeline around the zoo transformer (no VAE, no text encoders).
 
-    ``FluxPipeline`` / ``WanPipeline`` / ``HunyuanVideoPipeline`` / ``StableDiffusion3Pipeline`` with ``vae=None`` and the text encoders
-    and tokenizers set to None; call it with :func:`pipeline_call_kwargs` and
-    ``output_type="latent"``, then :func:`decode` the (unpacked) latents.
+    ``FluxPipeline`` / ``WanPipeline`` / ``HunyuanVideoPipeline`` / ``StableDiffusion3Pipeline`` /
+    ``CogVideoXPipeline`` with ``vae=None`` and the text encoders and tokenizers set to None; call it with
+    :func:`pipeline_call_kwargs` (``output_type="latent"``), then :func:`images` turns its output into images.
     """
     import diffusers
 
@@ -182,6 +185,10 @@ def pipeline(name: str, transformer: Optional[torch.nn.Module] = None, scheduler
         pipe = diffusers.StableDiffusion3Pipeline(
             transformer=transformer, scheduler=scheduler, vae=None, text_encoder=None, tokenizer=None,
             text_encoder_2=None, tokenizer_2=None, text_encoder_3=None, tokenizer_3=None,
+        )
+    elif name == "cogvideox_digits":
+        pipe = diffusers.CogVideoXPipeline(
+            tokenizer=None, text_encoder=None, vae=None, transformer=transformer, scheduler=scheduler
         )
     else:  # pragma: no cover - get_spec raised already
         raise KeyError(name)
@@ -225,7 +232,7 @@ def pipeline_call_kwargs(
         mask = torch.ones(cond.shape[:2], dtype=dtype, device=device)  # every class has all its tokens
         kw.update(prompt_attention_mask=mask, negative_prompt_attention_mask=mask.clone(), true_cfg_scale=g,
                   guidance_scale=1.0)  # no guidance embedding (guidance_embeds=False): unused
-    else:  # Wan; SD3, whose classifier-free guidance is batched into one call per step
+    else:  # Wan; SD3 and CogVideoX, whose classifier-free guidance is batched into one call per step
         kw.update(guidance_scale=g)
     return kw
 
@@ -247,7 +254,7 @@ def sample(
     Deterministic for a seed (one CPU generator draws the whole batch's noise,
     so a sample also depends on its position in ``labels``). Defaults:
     flux_digits 30 steps, true CFG 3.0; wan_digits 50 steps, CFG 4.0; hunyuan_digits 50 steps, true CFG 4.0;
-    sd3_digits 28 steps, CFG 4.0 (batched).
+    sd3_digits 28 steps, CFG 4.0 (batched); cogvideox_digits 50 steps, CFG 6.0 (batched).
     ``transformer`` may be a (hooked/cached) instance of the model; by default
     the shipped one is loaded. ``path``: a directory written by
     ``scripts/train_zoo.py --out`` to take the model and class embeddings from.
@@ -258,9 +265,16 @@ def sample(
     tr = pipe.transformer
     p = next(tr.parameters())
     kw = pipeline_call_kwargs(name, labels, seed, num_inference_steps, guidance_scale, p.dtype, p.device, path)
-    latents = pipe(**kw)[0]
+    return images(name, pipe, pipe(**kw)[0], kw)
+
+
+def images(name: str, pipe, latents: torch.Tensor, kwargs: dict) -> torch.Tensor:
+    """Images in [0, 1] on the CPU from the latents ``pipe(**kwargs)`` returned (``output_type="latent"``):
+    Flux's packed tokens unpacked, CogVideoX's frames-first latent put channels first, then :func:`decode`."""
     if name == "flux_digits":
-        latents = pipe.__class__._unpack_latents(latents, kw["height"], kw["width"], pipe.vae_scale_factor)
+        latents = type(pipe)._unpack_latents(latents, kwargs["height"], kwargs["width"], pipe.vae_scale_factor)
+    elif name == "cogvideox_digits":
+        latents = latents.permute(0, 2, 1, 3, 4)
     return decode(name, latents).cpu()
 
 

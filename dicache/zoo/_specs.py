@@ -15,6 +15,10 @@ The models work directly on pixels (there is no learned VAE):
 * ``sd3_digits`` — the latent of ``flux_digits``, ``(B, 1, 16, 16)``, patchified by SD3's own 2×2 patch
   embedding into the same 64 image tokens; ``StableDiffusion3Pipeline`` batches the two halves of
   classifier-free guidance into one transformer call per step.
+* ``cogvideox_digits`` — the clips and latent of ``wan_digits``, which ``CogVideoXPipeline`` holds frames first,
+  ``(B, F, C, H, W)``; CogVideoX-2b's 2×2 patches and 3-D sin-cos positions give the same 128 video tokens after the
+  text's 4. Not a flow-matching model: CogVideoX-2b's DDIM scheduler (v-prediction on a DDPM noise schedule with
+  zero terminal SNR), classifier-free guidance batched as in SD3.
 
 The pipelines are built with ``vae=None``; they then assume a VAE scale factor
 of 8 (spatial) and 4 (temporal, Wan), which is why the pipeline is called with
@@ -61,6 +65,7 @@ class ZooSpec:
     scheduler_config: Dict[str, Any] = field(default_factory=dict)
     scheduler_class: str = "FlowMatchEulerDiscreteScheduler"
     cfg_batched: bool = False  # the pipeline runs both halves of the guidance in one call, outside any cache context
+    objective: str = "flow"  # "flow": rectified flow (velocity, σ); "v": v-prediction on the scheduler's DDPM alphas
 
     @property
     def video(self) -> bool:
@@ -210,7 +215,54 @@ SD3_DIGITS = ZooSpec(
     ),
 )
 
-SPECS: Dict[str, ZooSpec] = {s.name: s for s in (FLUX_DIGITS, WAN_DIGITS, HUNYUAN_DIGITS, SD3_DIGITS)}
+COGVIDEOX_DIGITS = ZooSpec(
+    name="cogvideox_digits",
+    transformer_class="CogVideoXTransformer3DModel",
+    config=dict(
+        num_attention_heads=4,
+        attention_head_dim=32,
+        in_channels=4,
+        out_channels=4,
+        time_embed_dim=64,
+        text_embed_dim=64,
+        num_layers=5,  # 1.5 M parameters: the five models' weights stay under 24 MiB
+        sample_width=8,  # latent 8×8, 29 pixel frames (8 latent frames): the positions are computed at this size
+        sample_height=8,
+        sample_frames=29,
+        patch_size=2,
+        max_text_seq_length=4,  # = text_tokens: the model adds positions to exactly this many text tokens
+    ),
+    text_tokens=4,
+    text_dim=64,
+    pooled_dim=None,
+    pixel_shape=(8, 16, 16),
+    pipeline_kwargs=dict(height=64, width=64, num_frames=29),  # latent 8×8, 8 latent frames (as wan_digits)
+    default_steps=50,  # CogVideoXPipeline's own default
+    default_guidance=6.0,
+    # CogVideoX-2b's scheduler: DDIM, v-prediction, zero terminal SNR, trailing timesteps, SNR shifted by 3
+    scheduler_class="CogVideoXDDIMScheduler",
+    scheduler_config=dict(
+        num_train_timesteps=1000,
+        beta_schedule="scaled_linear",
+        beta_start=0.00085,
+        beta_end=0.012,
+        prediction_type="v_prediction",
+        rescale_betas_zero_snr=True,
+        timestep_spacing="trailing",
+        clip_sample=False,
+        set_alpha_to_one=True,
+        snr_shift_scale=3.0,
+    ),
+    cfg_batched=True,
+    objective="v",
+    train=TrainRecipe(
+        steps=2400, batch_size=16, lr=1e-3, warmup=100, ema_decay=0.998, p_uncond=0.1, seed=0
+    ),
+)
+
+SPECS: Dict[str, ZooSpec] = {
+    s.name: s for s in (FLUX_DIGITS, WAN_DIGITS, HUNYUAN_DIGITS, SD3_DIGITS, COGVIDEOX_DIGITS)
+}
 
 
 def get_spec(name: str) -> ZooSpec:
@@ -273,11 +325,12 @@ def training_forward(
     pooled_prompt_embeds: Optional[torch.Tensor],
     cache: Dict[str, Any],
 ) -> torch.Tensor:
-    """Velocity prediction for unpacked ``latents`` at noise level ``sigma`` (B,), as the pipeline calls it.
+    """The model's prediction for unpacked ``latents`` at noise level ``sigma`` (B,), as the pipeline calls it.
 
     Flux: the pipeline passes ``timestep = t / 1000 = sigma`` and packed latents.
-    Wan, HunyuanVideo: the pipeline passes ``timestep = t = 1000 · sigma``; HunyuanVideo also the text
+    Wan, HunyuanVideo, SD3: the pipeline passes ``timestep = t = 1000 · sigma``; HunyuanVideo also the text
     tokens' attention mask (all ones here: every class has ``text_tokens`` tokens).
+    CogVideoX (``objective="v"``): ``sigma`` is the integer DDPM timestep the pipeline passes; the prediction is v.
     """
     if name == "flux_digits":
         from diffusers import FluxPipeline
@@ -325,4 +378,12 @@ def training_forward(
             pooled_projections=pooled_prompt_embeds,
             return_dict=False,
         )[0]
+    if name == "cogvideox_digits":  # ``sigma`` is the DDPM timestep here; the pipeline holds the latent frames first
+        out = transformer(
+            hidden_states=latents.permute(0, 2, 1, 3, 4),
+            timestep=sigma,
+            encoder_hidden_states=prompt_embeds,
+            return_dict=False,
+        )[0]
+        return out.permute(0, 2, 1, 3, 4)
     raise KeyError(name)

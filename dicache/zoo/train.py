@@ -1,8 +1,11 @@
-"""Train a zoo model from scratch (rectified flow, class-conditional, with condition dropout).
+"""Train a zoo model from scratch (class-conditional, with condition dropout).
 
-Objective (as Flux / Wan / diffusers' ``FlowMatchEulerDiscreteScheduler``):
+Objective of the flow-matching models (as Flux / Wan / diffusers' ``FlowMatchEulerDiscreteScheduler``):
 ``x_σ = (1 − σ)·x0 + σ·ε``, the transformer predicts the velocity ``ε − x0``;
 σ is drawn half from a logit-normal(0, 1) and half uniformly on (0, 1).
+``objective="v"`` (CogVideoX): the scheduler's own DDPM noising at a timestep drawn uniformly from its training
+timesteps, ``x_t = √ᾱ_t·x0 + √(1 − ᾱ_t)·ε``, and the transformer predicts ``v = √ᾱ_t·ε − √(1 − ᾱ_t)·x0``
+(``add_noise`` / ``get_velocity`` of the scheduler the pipeline samples with).
 With probability ``p_uncond`` the class is replaced by the learned null class,
 so classifier-free guidance works at sampling time.
 
@@ -80,6 +83,31 @@ def _sample_sigma(b: int, generator: torch.Generator) -> torch.Tensor:
     return torch.where(pick, logit_normal, uniform).clamp(1e-4, 1.0 - 1e-4)
 
 
+def _noising(name: str, generator: torch.Generator):
+    """``noising(x0, noise) -> (x_t, noise level passed to the model, target)`` for the model's objective."""
+    spec = get_spec(name)
+    if spec.objective == "flow":
+
+        def flow(x0, noise):
+            sigma = _sample_sigma(x0.shape[0], generator)
+            s = sigma.view(-1, *([1] * (x0.dim() - 1)))
+            return (1.0 - s) * x0 + s * noise, sigma, noise - x0
+
+        return flow
+    if spec.objective == "v":
+        from . import make_scheduler
+
+        scheduler = make_scheduler(name)
+        n = scheduler.config.num_train_timesteps
+
+        def v(x0, noise):
+            t = torch.randint(0, n, (x0.shape[0],), generator=generator)
+            return scheduler.add_noise(x0, noise, t), t, scheduler.get_velocity(x0, noise, t)
+
+        return v
+    raise ValueError(f"{name}: objective must be 'flow' or 'v', got {spec.objective!r}")
+
+
 def train(
     name: str,
     steps: Optional[int] = None,
@@ -130,6 +158,7 @@ def train(
     ema_params = list(ema_model.parameters()) + list(ema_embeds.parameters())
 
     batch = _make_batch_source(name, gen)
+    noising = _noising(name, gen)
     cache: Dict = {}
     losses = []
     t0, c0 = time.perf_counter(), time.process_time()
@@ -140,12 +169,10 @@ def train(
         labels = torch.where(drop, torch.full_like(labels, NULL_CLASS), labels)
         x0 = encode(name, pixels)
         noise = torch.randn(x0.shape, generator=gen)
-        sigma = _sample_sigma(bsz, gen)
-        s = sigma.view(-1, *([1] * (x0.dim() - 1)))
-        xt = (1.0 - s) * x0 + s * noise
+        xt, level, target = noising(x0, noise)
         prompt_embeds, pooled = embeds(labels)
-        pred = training_forward(name, model, xt, sigma, prompt_embeds, pooled, cache)
-        loss = torch.nn.functional.mse_loss(pred, noise - x0)
+        pred = training_forward(name, model, xt, level, prompt_embeds, pooled, cache)
+        loss = torch.nn.functional.mse_loss(pred, target)
 
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
