@@ -1,13 +1,14 @@
 #!/usr/bin/env python
 """How a call's probe error follows the scheduler's step size, on the shipped models.
 
-    .venv/bin/python benchmarks/step_sizes.py [--steps 20] [--models flux_digits,wan_digits,hunyuan_digits]
+    .venv/bin/python benchmarks/step_sizes.py [--steps 20] [--models flux_digits,wan_digits,…]
 
 One pipeline call per model (seed 0, labels 0–9) with the compute budget on (``target_speedup=2``), which records
 each step's probe error increment (every call probes below 25 steps; from 25 on, where the preset plans its runs,
 only the computed calls probe and the steps of a run share the mean increment measured at its end); printed
 beside the scheduler's step size
-``|σ_k − σ_(k+1)|`` (what the pipeline tells the engine) and their ratio. The online budget rule predicts the
+``|σ_k − σ_(k+1)|`` (what the pipeline tells the engine; for a scheduler of the DDPM family such as CogVideoX's DDIM,
+σ on the flow scale, ``dicache.api._noise_levels``) and their ratio. The online budget rule predicts the
 increments to come as ``c · |σ_k − σ_(k+1)|`` (``dicache.budget.Budget.online_profile``): the ratio column says
 how far that holds.
 """
@@ -26,6 +27,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import dicache  # noqa: E402
 from dicache import hooks, zoo  # noqa: E402
+from dicache.api import _noise_levels  # noqa: E402
 
 
 def profile(name: str, steps: int):
@@ -41,7 +43,7 @@ def profile(name: str, steps: int):
         sizes = engine._budget.step_sizes
     finally:
         dicache.disable(pipe)
-    sig = pipe.scheduler.sigmas.tolist()
+    sig = _noise_levels(pipe.scheduler, steps)  # σ_k, on the flow scale for a DDPM-family scheduler (CogVideoX's)
     return [(k, sig[k], sizes[k], incs.get(k)) for k in range(steps)]
 
 

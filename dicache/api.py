@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
@@ -24,14 +25,43 @@ class NotEnabledError(RuntimeError):
     """DiCache is not enabled on this target."""
 
 
-def _step_sizes(scheduler: Any, n: Optional[int]) -> Optional[List[float]]:
-    """``|σ_k − σ_(k+1)|`` for the ``n`` calls of a trajectory, from the scheduler's ``sigmas`` (n + 1 values, the
-    flow-matching schedulers' and the diffusers schedulers' with flow sigmas); None where they are not that."""
-    sigmas = getattr(scheduler, "sigmas", None)
-    if n is None or not isinstance(sigmas, torch.Tensor) or sigmas.dim() != 1 or sigmas.numel() != n + 1:
+def _noise_levels(scheduler: Any, n: Optional[int]) -> Optional[List[float]]:
+    """The noise level before each of the ``n`` steps of a trajectory and after the last (n + 1 values), on the
+    rectified-flow scale ``s`` of ``x = (1 − s)·x0 + s·ε``; None where the scheduler does not tell them.
+
+    * flow sigmas (the flow-matching schedulers, and the diffusers schedulers with ``use_flow_sigmas`` or
+      ``prediction_type="flow_prediction"``): ``s = σ``;
+    * the other schedulers of the DDPM family (``alphas_cumprod``), whose state is ``√ᾱ·x0 + √(1 − ᾱ)·ε``: divided by
+      ``√ᾱ + √(1 − ᾱ)`` it is the flow state at ``s = √(1 − ᾱ) / (√ᾱ + √(1 − ᾱ))``; from their ``sigmas``
+      (``σ = √((1 − ᾱ)/ᾱ)``, n + 1 values: Euler, DPM-Solver++, UniPC), ``s = σ / (1 + σ)``; without sigmas
+      (DDIM, CogVideoX's DDIM and DPM), from ``alphas_cumprod`` at the ``n`` timesteps and at the end
+      (``final_alpha_cumprod``, else ᾱ = 1). That read may be one host read per pipeline call (the schedulers move
+      ``alphas_cumprod`` to the device)."""
+    if n is None:
         return None
-    sig = sigmas.detach().float().cpu().tolist()  # kept on the CPU by diffusers: no device sync
-    return [abs(sig[k] - sig[k + 1]) for k in range(n)]
+    config = getattr(scheduler, "config", None) or {}
+    alphas = getattr(scheduler, "alphas_cumprod", None)
+    flow = (not isinstance(alphas, torch.Tensor) or bool(config.get("use_flow_sigmas", False))
+            or config.get("prediction_type") == "flow_prediction")
+    sigmas = getattr(scheduler, "sigmas", None)
+    if isinstance(sigmas, torch.Tensor) and sigmas.dim() == 1 and sigmas.numel() == n + 1:
+        sig = sigmas.detach().float().cpu().tolist()  # kept on the CPU by diffusers: no device sync
+        return sig if flow else [v / (1.0 + v) if math.isfinite(v) else 1.0 for v in sig]
+    timesteps = getattr(scheduler, "timesteps", None)
+    if flow or not isinstance(timesteps, torch.Tensor) or timesteps.dim() != 1 or timesteps.numel() != n:
+        return None
+    ac = alphas.detach().double().cpu()
+    index = timesteps.detach().cpu().double().round().long().clamp(0, ac.numel() - 1)
+    final = getattr(scheduler, "final_alpha_cumprod", None)
+    levels = ac[index].tolist() + [float(final) if final is not None else 1.0]
+    return [math.sqrt(1.0 - a) / (math.sqrt(a) + math.sqrt(1.0 - a)) for a in (min(max(a, 0.0), 1.0) for a in levels)]
+
+
+def _step_sizes(scheduler: Any, n: Optional[int]) -> Optional[List[float]]:
+    """``|s_k − s_(k+1)|`` for the ``n`` calls of a trajectory: the steps on the flow scale the scheduler's noise levels
+    take (:func:`_noise_levels`; ``|σ_k − σ_(k+1)|`` on flow sigmas); None where it does not tell them."""
+    levels = _noise_levels(scheduler, n)
+    return None if levels is None else [abs(levels[k] - levels[k + 1]) for k in range(n)]
 
 
 class _PipelineLink:

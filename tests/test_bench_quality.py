@@ -633,12 +633,15 @@ def test_patterns_lists_the_lowest_samples_that_set_the_pooled_psnr(tmp_path, ca
 def test_step_sizes_script_prints_each_step_s_error_beside_its_size(capsys):
     import step_sizes
 
-    assert step_sizes.main(["--steps", "5", "--models", "wan_digits"]) == 0
-    out = capsys.readouterr().out
-    rows = [ln for ln in out.splitlines() if ln.startswith("| ") and ln[2].isdigit()]
-    assert len(rows) == 5 and rows[0].split(" | ")[3] == "–"  # the first call measures no increment
-    assert all(float(r.split(" | ")[2]) > 0 for r in rows)  # the step sizes the scheduler told
-    assert "their ratio" in out and "x = step size / σ:" in out
+    for model in ("wan_digits", "cogvideox_digits"):  # flow sigmas; DDIM's alphas on the flow scale
+        assert step_sizes.main(["--steps", "5", "--models", model]) == 0
+        out = capsys.readouterr().out
+        rows = [ln for ln in out.splitlines() if ln.startswith("| ") and ln[2].isdigit()]
+        assert len(rows) == 5 and rows[0].split(" | ")[3] == "–"  # the first call measures no increment
+        assert all(float(r.split(" | ")[2]) > 0 for r in rows)  # the step sizes the scheduler told
+        sigmas = [float(r.split(" | ")[1]) for r in rows]
+        assert sigmas == sorted(sigmas, reverse=True) and 0 < sigmas[-1] and sigmas[0] <= 1
+        assert "their ratio" in out and "x = step size / σ:" in out
     with pytest.raises(SystemExit):
         step_sizes.main(["--models", "sdxl_digits"])
     # increments exactly proportional to the step size: that scaling has no spread, the others some
