@@ -8,7 +8,7 @@ each step's probe error increment (every call probes below 25 steps; from 25 on,
 only the computed calls probe and the steps of a run share the mean increment measured at its end); printed
 beside the scheduler's step size
 ``|σ_k − σ_(k+1)|`` (what the pipeline tells the engine; for a scheduler of the DDPM family such as CogVideoX's DDIM,
-σ on the flow scale, ``dicache.api._noise_levels``) and their ratio. The online budget rule predicts the
+which tells it none, the same steps with σ on the flow scale, ``dicache.api._noise_levels``) and their ratio. The online budget rule predicts the
 increments to come as ``c · |σ_k − σ_(k+1)|`` (``dicache.budget.Budget.online_profile``): the ratio column says
 how far that holds.
 """
@@ -44,6 +44,8 @@ def profile(name: str, steps: int):
     finally:
         dicache.disable(pipe)
     sig = _noise_levels(pipe.scheduler, steps)  # σ_k, on the flow scale for a DDPM-family scheduler (CogVideoX's)
+    if sizes is None:  # a DDPM-family scheduler tells the engine no step sizes: the same steps on the flow scale
+        sizes = [abs(sig[k] - sig[k + 1]) for k in range(steps)]
     return [(k, sig[k], sizes[k], incs.get(k)) for k in range(steps)]
 
 

@@ -25,24 +25,27 @@ class NotEnabledError(RuntimeError):
     """DiCache is not enabled on this target."""
 
 
+def _flow_sigmas(scheduler: Any) -> bool:
+    """Whether ``scheduler``'s sigmas are flow sigmas: a flow-matching scheduler (no ``alphas_cumprod``), or a
+    diffusers scheduler of the DDPM family set to flow sigmas (``use_flow_sigmas``, ``prediction_type="flow_prediction"``;
+    Wan's UniPC)."""
+    config = getattr(scheduler, "config", None) or {}
+    return (not isinstance(getattr(scheduler, "alphas_cumprod", None), torch.Tensor)
+            or bool(config.get("use_flow_sigmas", False)) or config.get("prediction_type") == "flow_prediction")
+
+
 def _noise_levels(scheduler: Any, n: Optional[int]) -> Optional[List[float]]:
     """The noise level before each of the ``n`` steps of a trajectory and after the last (n + 1 values), on the
     rectified-flow scale ``s`` of ``x = (1 − s)·x0 + s·ε``; None where the scheduler does not tell them.
 
-    * flow sigmas (the flow-matching schedulers, and the diffusers schedulers with ``use_flow_sigmas`` or
-      ``prediction_type="flow_prediction"``): ``s = σ``;
-    * the other schedulers of the DDPM family (``alphas_cumprod``), whose state is ``√ᾱ·x0 + √(1 − ᾱ)·ε``: divided by
-      ``√ᾱ + √(1 − ᾱ)`` it is the flow state at ``s = √(1 − ᾱ) / (√ᾱ + √(1 − ᾱ))``; from their ``sigmas``
-      (``σ = √((1 − ᾱ)/ᾱ)``, n + 1 values: Euler, DPM-Solver++, UniPC), ``s = σ / (1 + σ)``; without sigmas
-      (DDIM, CogVideoX's DDIM and DPM), from ``alphas_cumprod`` at the ``n`` timesteps and at the end
-      (``final_alpha_cumprod``, else ᾱ = 1). That read may be one host read per pipeline call (the schedulers move
-      ``alphas_cumprod`` to the device)."""
+    Flow sigmas (:func:`_flow_sigmas`): ``s = σ``. A scheduler of the DDPM family steps ``√ᾱ·x0 + √(1 − ᾱ)·ε``, which
+    divided by ``√ᾱ + √(1 − ᾱ)`` is the flow state at ``s = √(1 − ᾱ)/(√ᾱ + √(1 − ᾱ))``: from its VE sigmas
+    (``σ = √((1 − ᾱ)/ᾱ)``, n + 1 values: Euler, DPM-Solver++, UniPC), ``s = σ/(1 + σ)``; without sigmas (DDIM,
+    CogVideoX's DDIM and DPM), from ``alphas_cumprod`` at the ``n`` timesteps and at the end (``final_alpha_cumprod``,
+    else ᾱ = 1: one host read where the scheduler moved ``alphas_cumprod`` to the device)."""
     if n is None:
         return None
-    config = getattr(scheduler, "config", None) or {}
-    alphas = getattr(scheduler, "alphas_cumprod", None)
-    flow = (not isinstance(alphas, torch.Tensor) or bool(config.get("use_flow_sigmas", False))
-            or config.get("prediction_type") == "flow_prediction")
+    flow = _flow_sigmas(scheduler)
     sigmas = getattr(scheduler, "sigmas", None)
     if isinstance(sigmas, torch.Tensor) and sigmas.dim() == 1 and sigmas.numel() == n + 1:
         sig = sigmas.detach().float().cpu().tolist()  # kept on the CPU by diffusers: no device sync
@@ -50,7 +53,7 @@ def _noise_levels(scheduler: Any, n: Optional[int]) -> Optional[List[float]]:
     timesteps = getattr(scheduler, "timesteps", None)
     if flow or not isinstance(timesteps, torch.Tensor) or timesteps.dim() != 1 or timesteps.numel() != n:
         return None
-    ac = alphas.detach().double().cpu()
+    ac = scheduler.alphas_cumprod.detach().double().cpu()
     index = timesteps.detach().cpu().double().round().long().clamp(0, ac.numel() - 1)
     final = getattr(scheduler, "final_alpha_cumprod", None)
     levels = ac[index].tolist() + [float(final) if final is not None else 1.0]
@@ -58,8 +61,14 @@ def _noise_levels(scheduler: Any, n: Optional[int]) -> Optional[List[float]]:
 
 
 def _step_sizes(scheduler: Any, n: Optional[int]) -> Optional[List[float]]:
-    """``|s_k − s_(k+1)|`` for the ``n`` calls of a trajectory: the steps on the flow scale the scheduler's noise levels
-    take (:func:`_noise_levels`; ``|σ_k − σ_(k+1)|`` on flow sigmas); None where it does not tell them."""
+    """``|σ_k − σ_(k+1)|`` for the ``n`` calls of a trajectory, from the flow sigmas of a flow-matching scheduler (or
+    one set to flow sigmas); None elsewhere. The engine predicts probe errors from them (the online budget rule,
+    planned runs on the step sizes), a model measured on the flow-matching models. On the one DDPM-family model
+    measured (``cogvideox_digits``, DDIM) the same steps on the flow scale (:func:`_noise_levels`) did not help: they
+    put long runs of skips early, where that model's samples are most sensitive, and its errors' own growth predicted
+    as well (``benchmarks/RESULTS.md``, twenty-sixth round); DDPM-family schedulers tell no step sizes."""
+    if n is None or not _flow_sigmas(scheduler):
+        return None
     levels = _noise_levels(scheduler, n)
     return None if levels is None else [abs(levels[k] - levels[k + 1]) for k in range(n)]
 

@@ -229,10 +229,10 @@ def test_the_default_of_a_family_without_a_preset_budgets_two_times(built):
         assert s.config == budget and s.enabled_config is None and s.rule == "target_speedup=2"
         assert set(s.branches) == built.branches and all(b.calls == 20 for b in s.branches.values())
         assert 1.8 <= 1.0 / (1.0 - s.saved_fraction) <= 2.2, str(s)
-        # the first call predicts its errors from the scheduler's step sizes: flow sigmas, and on CogVideoX's DDIM
-        # (no sigmas) the flow-scale levels of its alphas
-        budgets = [b.budget for b in s.branches.values()]
-        assert "online, step sizes" in budgets and set(budgets) <= {"online, step sizes", "follows"}, budgets
+        # the first call predicts its errors from the step sizes of flow sigmas; CogVideoX's DDIM tells none (its
+        # first call predicts from its errors' own growth)
+        budgets = {b.budget for b in s.branches.values()} - {"follows"}
+        assert budgets == {"online" if built.name == "CogVideoXPipeline" else "online, step sizes"}, budgets
         second = built.call_at(20)  # the second call of a step count replays the first's error profile
         assert torch.isfinite(second).all()
         assert 1.8 <= 1.0 / (1.0 - dicache.summary(built.pipe).saved_fraction) <= 2.2
@@ -317,7 +317,7 @@ def test_cogvideox_video_to_video_runs_the_end_of_the_schedule():
              negative_prompt_embeds=torch.randn(1, 8, 32, generator=_gen(101)), video=video, strength=0.6, height=64,
              width=64, num_inference_steps=40, guidance_scale=6.0, generator=_gen(3), output_type="latent")
         branch = dicache.summary(pipe).branches["cond_uncond"]
-    assert branch.calls == 24 and branch.steps[-1].computed and branch.budget == "online, step sizes"
+    assert branch.calls == 24 and branch.steps[-1].computed and branch.budget == "online"  # DDIM: no step sizes
     assert 1.8 <= 1.0 / (1.0 - branch.saved_fraction) <= 2.2, branch.pattern
 
 
