@@ -91,7 +91,6 @@ import torch  # noqa: E402
 import dicache  # noqa: E402
 from dicache import zoo  # noqa: E402
 from dicache.hooks import session_of  # noqa: E402
-from dicache.api import _noise_levels  # noqa: E402
 from dicache.config import STEPS_GAMMA_MIN_STEPS  # noqa: E402
 from dicache.state import balanced  # noqa: E402
 from dicache.metrics import psnr, psnr_per_sample, ssim  # noqa: E402
@@ -932,7 +931,7 @@ def sigma_weighted_step_sizes(step_sizes: Callable, a: float) -> Callable:
         sizes = step_sizes(scheduler, n)
         if sizes is None:
             return None
-        sig = _noise_levels(scheduler, n)  # σ_k on the flow scale
+        sig = scheduler.sigmas.detach().float().cpu().tolist()
         return [d * (1.0 + a / max(sig[k], 1e-6)) for k, d in enumerate(sizes)]
 
     return weighted

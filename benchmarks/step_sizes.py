@@ -8,7 +8,7 @@ each step's probe error increment (every call probes below 25 steps; from 25 on,
 only the computed calls probe and the steps of a run share the mean increment measured at its end); printed
 beside the scheduler's step size
 ``|σ_k − σ_(k+1)|`` (what the pipeline tells the engine; for a scheduler of the DDPM family such as CogVideoX's DDIM,
-which tells it none, the same steps with σ on the flow scale, ``dicache.api._noise_levels``) and their ratio. The online budget rule predicts the
+which tells it none, the same steps with σ on the flow scale, :func:`noise_levels`) and their ratio. The online budget rule predicts the
 increments to come as ``c · |σ_k − σ_(k+1)|`` (``dicache.budget.Budget.online_profile``): the ratio column says
 how far that holds.
 """
@@ -27,7 +27,22 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import dicache  # noqa: E402
 from dicache import hooks, zoo  # noqa: E402
-from dicache.api import _noise_levels  # noqa: E402
+
+
+def noise_levels(scheduler, n: int):
+    """σ before each of the ``n`` steps and after the last, on the rectified-flow scale of ``(1 − σ)·x0 + σ·ε``: the
+    flow sigmas as they are; for a scheduler of the DDPM family, whose state ``√ᾱ·x0 + √(1 − ᾱ)·ε`` divided by
+    ``√ᾱ + √(1 − ᾱ)`` is that flow state, ``√(1 − ᾱ)/(√ᾱ + √(1 − ᾱ))`` at its timesteps and at the end
+    (``final_alpha_cumprod``, else ᾱ = 1)."""
+    from dicache.api import _flow_sigmas
+
+    if _flow_sigmas(scheduler):
+        return scheduler.sigmas.detach().float().cpu().tolist()
+    ac = scheduler.alphas_cumprod.detach().double().cpu()
+    index = scheduler.timesteps.detach().cpu().double().round().long().clamp(0, ac.numel() - 1)
+    final = getattr(scheduler, "final_alpha_cumprod", None)
+    alphas = ac[index].tolist()[:n] + [float(final) if final is not None else 1.0]
+    return [math.sqrt(1.0 - a) / (math.sqrt(a) + math.sqrt(1.0 - a)) for a in (min(max(a, 0.0), 1.0) for a in alphas)]
 
 
 def profile(name: str, steps: int):
@@ -43,7 +58,7 @@ def profile(name: str, steps: int):
         sizes = engine._budget.step_sizes
     finally:
         dicache.disable(pipe)
-    sig = _noise_levels(pipe.scheduler, steps)  # σ_k, on the flow scale for a DDPM-family scheduler (CogVideoX's)
+    sig = noise_levels(pipe.scheduler, steps)
     if sizes is None:  # a DDPM-family scheduler tells the engine no step sizes: the same steps on the flow scale
         sizes = [abs(sig[k] - sig[k + 1]) for k in range(steps)]
     return [(k, sig[k], sizes[k], incs.get(k)) for k in range(steps)]

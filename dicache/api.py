@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
@@ -34,43 +33,19 @@ def _flow_sigmas(scheduler: Any) -> bool:
             or bool(config.get("use_flow_sigmas", False)) or config.get("prediction_type") == "flow_prediction")
 
 
-def _noise_levels(scheduler: Any, n: Optional[int]) -> Optional[List[float]]:
-    """The noise level before each of the ``n`` steps of a trajectory and after the last (n + 1 values), on the
-    rectified-flow scale ``s`` of ``x = (1 − s)·x0 + s·ε``; None where the scheduler does not tell them.
-
-    Flow sigmas (:func:`_flow_sigmas`): ``s = σ``. A scheduler of the DDPM family steps ``√ᾱ·x0 + √(1 − ᾱ)·ε``, which
-    divided by ``√ᾱ + √(1 − ᾱ)`` is the flow state at ``s = √(1 − ᾱ)/(√ᾱ + √(1 − ᾱ))``: from its VE sigmas
-    (``σ = √((1 − ᾱ)/ᾱ)``, n + 1 values: Euler, DPM-Solver++, UniPC), ``s = σ/(1 + σ)``; without sigmas (DDIM,
-    CogVideoX's DDIM and DPM), from ``alphas_cumprod`` at the ``n`` timesteps and at the end (``final_alpha_cumprod``,
-    else ᾱ = 1: one host read where the scheduler moved ``alphas_cumprod`` to the device)."""
-    if n is None:
-        return None
-    flow = _flow_sigmas(scheduler)
-    sigmas = getattr(scheduler, "sigmas", None)
-    if isinstance(sigmas, torch.Tensor) and sigmas.dim() == 1 and sigmas.numel() == n + 1:
-        sig = sigmas.detach().float().cpu().tolist()  # kept on the CPU by diffusers: no device sync
-        return sig if flow else [v / (1.0 + v) if math.isfinite(v) else 1.0 for v in sig]
-    timesteps = getattr(scheduler, "timesteps", None)
-    if flow or not isinstance(timesteps, torch.Tensor) or timesteps.dim() != 1 or timesteps.numel() != n:
-        return None
-    ac = scheduler.alphas_cumprod.detach().double().cpu()
-    index = timesteps.detach().cpu().double().round().long().clamp(0, ac.numel() - 1)
-    final = getattr(scheduler, "final_alpha_cumprod", None)
-    levels = ac[index].tolist() + [float(final) if final is not None else 1.0]
-    return [math.sqrt(1.0 - a) / (math.sqrt(a) + math.sqrt(1.0 - a)) for a in (min(max(a, 0.0), 1.0) for a in levels)]
-
-
 def _step_sizes(scheduler: Any, n: Optional[int]) -> Optional[List[float]]:
-    """``|σ_k − σ_(k+1)|`` for the ``n`` calls of a trajectory, from the flow sigmas of a flow-matching scheduler (or
-    one set to flow sigmas); None elsewhere. The engine predicts probe errors from them (the online budget rule,
-    planned runs on the step sizes), a model measured on the flow-matching models. On the one DDPM-family model
-    measured (``cogvideox_digits``, DDIM) the same steps on the flow scale (:func:`_noise_levels`) did not help: they
-    put long runs of skips early, where that model's samples are most sensitive, and its errors' own growth predicted
-    as well (``benchmarks/RESULTS.md``, twenty-sixth round); DDPM-family schedulers tell no step sizes."""
-    if n is None or not _flow_sigmas(scheduler):
+    """``|σ_k − σ_(k+1)|`` for the ``n`` calls of a trajectory, from the scheduler's flow sigmas (n + 1 values, the
+    flow-matching schedulers' and the diffusers schedulers' set to flow sigmas); None elsewhere. The engine predicts
+    probe errors from them (the online budget rule, planned runs on the step sizes), a model measured on the
+    flow-matching models. A DDPM-family scheduler tells none: its VE sigmas are another scale, and on the one such
+    model measured (``cogvideox_digits``, DDIM) its steps put on the flow scale did not help (``benchmarks/RESULTS.md``,
+    twenty-sixth round)."""
+    sigmas = getattr(scheduler, "sigmas", None)
+    if (n is None or not _flow_sigmas(scheduler) or not isinstance(sigmas, torch.Tensor) or sigmas.dim() != 1
+            or sigmas.numel() != n + 1):
         return None
-    levels = _noise_levels(scheduler, n)
-    return None if levels is None else [abs(levels[k] - levels[k + 1]) for k in range(n)]
+    sig = sigmas.detach().float().cpu().tolist()  # kept on the CPU by diffusers: no device sync
+    return [abs(sig[k] - sig[k + 1]) for k in range(n)]
 
 
 class _PipelineLink:

@@ -652,6 +652,36 @@ def test_step_sizes_script_prints_each_step_s_error_beside_its_size(capsys):
     assert step_sizes.scaling_spread(rows[:3]) == {}  # one step from step 2 on: nothing to spread
 
 
+@pytest.mark.parametrize("steps", [7, 20])
+def test_step_sizes_script_reads_ddpm_noise_levels_on_the_flow_scale(steps):
+    """A DDPM-family state ``√ᾱ·x0 + √(1 − ᾱ)·ε`` divided by ``√ᾱ + √(1 − ᾱ)`` is the flow state at
+    ``s = √(1 − ᾱ)/(√ᾱ + √(1 − ᾱ))``: the study reads DDIM's levels there, from ``alphas_cumprod`` at its timesteps and
+    at the end; flow sigmas as they are."""
+    import diffusers
+    import step_sizes
+
+    def flow_scale(ac):
+        return (1 - ac).sqrt() / (ac.sqrt() + (1 - ac).sqrt())
+
+    kw = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
+    for sched in (diffusers.DDIMScheduler(**kw, set_alpha_to_one=False),
+                  diffusers.CogVideoXDDIMScheduler(**kw, prediction_type="v_prediction", snr_shift_scale=3.0,
+                                                   rescale_betas_zero_snr=True, timestep_spacing="trailing")):
+        sched.set_timesteps(steps)
+        ac = sched.alphas_cumprod.double()
+        want = flow_scale(torch.cat([ac[sched.timesteps.long()], sched.final_alpha_cumprod.double().view(1)]))
+        levels = step_sizes.noise_levels(sched, steps)
+        assert levels == pytest.approx(want.tolist(), abs=1e-12) and len(levels) == steps + 1
+        assert all(a >= b for a, b in zip(levels, levels[1:])) and levels[0] > levels[-1]
+        # the same as the VE sigma σ = √((1 − ᾱ)/ᾱ) of those timesteps read as σ/(1 + σ)
+        ve = ((1 - ac[sched.timesteps.long()]) / ac[sched.timesteps.long()]).sqrt()
+        as_ve = torch.where(torch.isinf(ve), torch.ones_like(ve), ve / (1 + ve))  # zero terminal SNR: σ = ∞, s = 1
+        assert levels[:-1] == pytest.approx(as_ve.tolist(), abs=1e-12)
+    flow = diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0)
+    flow.set_timesteps(steps)
+    assert step_sizes.noise_levels(flow, steps) == pytest.approx(flow.sigmas.tolist())
+
+
 def test_denser_fills_the_wide_gaps_of_a_delta_list():
     import quality_methods as qm
 

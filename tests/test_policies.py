@@ -1438,46 +1438,25 @@ def test_step_sizes_come_from_the_scheduler_sigmas_when_they_fit():
 
 
 @pytest.mark.parametrize("steps", [7, 20])
-def test_noise_levels_of_ddpm_schedulers_on_the_flow_scale_and_no_step_sizes(steps):
-    """A scheduler of the DDPM family steps ``√ᾱ·x0 + √(1 − ᾱ)·ε``, the flow state at ``s = √(1 − ᾱ)/(√ᾱ + √(1 − ᾱ))``
-    once divided by ``√ᾱ + √(1 − ᾱ)``: its noise levels read on that scale from its VE sigmas (``s = σ/(1 + σ)``) or,
-    without sigmas (DDIM, CogVideoX's), from ``alphas_cumprod`` at its timesteps and at the end. It tells the engine
-    no step sizes (measured not to help on a DDIM model); flow sigmas, on a DDPM-family scheduler too, do."""
+def test_step_sizes_only_from_flow_sigmas(steps):
+    """Flow sigmas tell the engine their steps, on a DDPM-family scheduler set to them too (Wan's UniPC); the other
+    DDPM-family schedulers tell none: VE sigmas (Euler, DPM-Solver++) are another scale, DDIM has no sigmas."""
     import diffusers
 
-    from dicache.api import _noise_levels, _step_sizes
+    from dicache.api import _step_sizes
 
-    def flow_scale(ac):
-        return (1 - ac).sqrt() / (ac.sqrt() + (1 - ac).sqrt())
-
-    kw = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
-    for cls, extra in ((diffusers.DDIMScheduler, dict(set_alpha_to_one=False)),
-                       (diffusers.CogVideoXDDIMScheduler, dict(prediction_type="v_prediction", snr_shift_scale=3.0,
-                                                               rescale_betas_zero_snr=True, timestep_spacing="trailing")),
-                       (diffusers.CogVideoXDPMScheduler, dict(prediction_type="v_prediction", snr_shift_scale=3.0))):
-        sched = cls(**kw, **extra)
-        sched.set_timesteps(steps)
-        ac = sched.alphas_cumprod.double()
-        want = flow_scale(torch.cat([ac[sched.timesteps.long()], sched.final_alpha_cumprod.double().view(1)]))
-        levels = _noise_levels(sched, steps)
-        assert levels == pytest.approx(want.tolist(), abs=1e-12), cls.__name__
-        assert all(a >= b for a, b in zip(levels, levels[1:])) and levels[0] > levels[-1]
-        assert _noise_levels(sched, steps + 1) is None  # not the scheduler's step count
-        assert _step_sizes(sched, steps) is None
-    for cls in (diffusers.DPMSolverMultistepScheduler, diffusers.EulerDiscreteScheduler):  # VE sigmas
-        sched = cls(**kw)
-        sched.set_timesteps(steps)
-        sig = sched.sigmas.double()
-        assert _noise_levels(sched, steps) == pytest.approx(flow_scale(1 / (1 + sig ** 2)).tolist(), abs=1e-6)
-        assert 0.9 < _noise_levels(sched, steps)[0] < 1 and _noise_levels(sched, steps)[-1] == 0.0
-        assert _step_sizes(sched, steps) is None
-    for sched in (diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0),  # flow sigmas: as they are
+    for sched in (diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0),
                   diffusers.UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True,
                                                     flow_shift=3.0)):
         sched.set_timesteps(steps)
         sig = sched.sigmas.float().tolist()
-        assert _noise_levels(sched, steps) == pytest.approx(sig)
         assert _step_sizes(sched, steps) == pytest.approx([abs(a - b) for a, b in zip(sig, sig[1:])])
+    kw = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
+    for sched in (diffusers.DPMSolverMultistepScheduler(**kw), diffusers.EulerDiscreteScheduler(**kw),
+                  diffusers.UniPCMultistepScheduler(**kw), diffusers.DDIMScheduler(**kw),
+                  diffusers.CogVideoXDDIMScheduler(**kw, prediction_type="v_prediction")):
+        sched.set_timesteps(steps)
+        assert _step_sizes(sched, steps) is None, type(sched).__name__
 
 
 def test_budget_online_rule_on_step_sizes_solves_once_per_call(monkeypatch):

@@ -11,7 +11,7 @@ flux_digits       ``FluxTransformer2DModel``          16×16 grey digit, 2 doubl
 wan_digits        ``WanTransformer3DModel``           8 frames of 16×16, a digit moving; 6 blocks
 hunyuan_digits    ``HunyuanVideoTransformer3DModel``  the same clips; 2 double + 4 single blocks
 sd3_digits        ``SD3Transformer2DModel``           16×16 grey digit, 6 joint blocks
-cogvideox_digits  ``CogVideoXTransformer3DModel``     the same clips; 6 blocks; DDIM, v-prediction
+cogvideox_digits  ``CogVideoXTransformer3DModel``     the same clips; 5 blocks; DDIM, v-prediction
 ================  ==================================  ==========================================
 
 All sample through the real diffusers pipelines (``FluxPipeline`` and

@@ -64,7 +64,7 @@ class ZooSpec:
     train: TrainRecipe
     scheduler_config: Dict[str, Any] = field(default_factory=dict)
     scheduler_class: str = "FlowMatchEulerDiscreteScheduler"
-    cfg_batched: bool = False  # the pipeline runs both halves of the guidance in one call, outside any cache context
+    cfg_batched: bool = False  # the pipeline runs both halves of the guidance in one call per step (SD3, CogVideoX)
     objective: str = "flow"  # "flow": rectified flow (velocity, σ); "v": v-prediction on the scheduler's DDPM alphas
 
     @property
