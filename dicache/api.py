@@ -25,9 +25,9 @@ class NotEnabledError(RuntimeError):
 
 
 def _flow_sigmas(scheduler: Any) -> bool:
-    """Whether ``scheduler``'s sigmas are flow sigmas: a flow-matching scheduler (no ``alphas_cumprod``), or a
-    diffusers scheduler of the DDPM family set to flow sigmas (``use_flow_sigmas``, ``prediction_type="flow_prediction"``;
-    Wan's UniPC)."""
+    """Whether ``scheduler``'s sigmas can be flow sigmas: a scheduler without ``alphas_cumprod`` (the flow-matching
+    ones; :func:`_step_sizes` also checks that its sigmas lie in [0, 1], which EDM's do not), or a diffusers scheduler
+    of the DDPM family set to flow sigmas (``use_flow_sigmas``, ``prediction_type="flow_prediction"``; Wan's UniPC)."""
     config = getattr(scheduler, "config", None) or {}
     return (not isinstance(getattr(scheduler, "alphas_cumprod", None), torch.Tensor)
             or bool(config.get("use_flow_sigmas", False)) or config.get("prediction_type") == "flow_prediction")
@@ -45,6 +45,8 @@ def _step_sizes(scheduler: Any, n: Optional[int]) -> Optional[List[float]]:
             or sigmas.numel() != n + 1):
         return None
     sig = sigmas.detach().float().cpu().tolist()  # kept on the CPU by diffusers: no device sync
+    if not all(0.0 <= v <= 1.0 + 1e-6 for v in sig):  # not flow sigmas after all: EDM's (σ up to 80), say
+        return None
     return [abs(sig[k] - sig[k + 1]) for k in range(n)]
 
 

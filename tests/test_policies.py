@@ -1440,7 +1440,8 @@ def test_step_sizes_come_from_the_scheduler_sigmas_when_they_fit():
 @pytest.mark.parametrize("steps", [7, 20])
 def test_step_sizes_only_from_flow_sigmas(steps):
     """Flow sigmas tell the engine their steps, on a DDPM-family scheduler set to them too (Wan's UniPC); the other
-    DDPM-family schedulers tell none: VE sigmas (Euler, DPM-Solver++) are another scale, DDIM has no sigmas."""
+    DDPM-family schedulers tell none: VE sigmas (Euler, DPM-Solver++) are another scale, DDIM has no sigmas; nor do
+    EDM's sigmas (no alphas, but not in [0, 1])."""
     import diffusers
 
     from dicache.api import _step_sizes
@@ -1454,7 +1455,8 @@ def test_step_sizes_only_from_flow_sigmas(steps):
     kw = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
     for sched in (diffusers.DPMSolverMultistepScheduler(**kw), diffusers.EulerDiscreteScheduler(**kw),
                   diffusers.UniPCMultistepScheduler(**kw), diffusers.DDIMScheduler(**kw),
-                  diffusers.CogVideoXDDIMScheduler(**kw, prediction_type="v_prediction")):
+                  diffusers.CogVideoXDDIMScheduler(**kw, prediction_type="v_prediction"),
+                  diffusers.EDMEulerScheduler()):  # EDM: no alphas, but sigmas from 80 down
         sched.set_timesteps(steps)
         assert _step_sizes(sched, steps) is None, type(sched).__name__
 
