@@ -73,6 +73,14 @@ class ZooSpec:
         return len(self.pixel_shape) == 3
 
 
+def _clips() -> Dict[str, Any]:
+    """What the three video models share: 8-frame 16×16 digit clips, ``(F, H, W)`` pixels in a 2×2 space-to-depth
+    latent of 8 × 8 × 8, asked of the pipeline as 64×64 pixels and 29 frames (its assumed VAE: 8× in space, 4× in
+    time), and 4 text tokens of width 64 per class."""
+    return dict(text_tokens=4, text_dim=64, pixel_shape=(8, 16, 16),
+                pipeline_kwargs=dict(height=64, width=64, num_frames=29))
+
+
 FLUX_DIGITS = ZooSpec(
     name="flux_digits",
     transformer_class="FluxTransformer2DModel",
@@ -128,11 +136,8 @@ WAN_DIGITS = ZooSpec(
         qk_norm="rms_norm_across_heads",
         rope_max_seq_len=32,
     ),
-    text_tokens=4,
-    text_dim=64,
+    **_clips(),
     pooled_dim=None,
-    pixel_shape=(8, 16, 16),
-    pipeline_kwargs=dict(height=64, width=64, num_frames=29),  # latent 8×8, 8 latent frames
     default_steps=50,
     default_guidance=4.0,
     # Wan 2.1's own scheduler: UniPC on flow sigmas with a flow shift
@@ -169,11 +174,8 @@ HUNYUAN_DIGITS = ZooSpec(
         rope_theta=256.0,
         rope_axes_dim=(8, 12, 12),
     ),
-    text_tokens=4,
-    text_dim=64,
+    **_clips(),
     pooled_dim=32,
-    pixel_shape=(8, 16, 16),
-    pipeline_kwargs=dict(height=64, width=64, num_frames=29),  # latent 8×8, 8 latent frames (as wan_digits)
     default_steps=50,
     default_guidance=4.0,
     # HunyuanVideo's scheduler: flow-matching Euler with a fixed shift of 7
@@ -232,11 +234,8 @@ COGVIDEOX_DIGITS = ZooSpec(
         patch_size=2,
         max_text_seq_length=4,  # = text_tokens: the model adds positions to exactly this many text tokens
     ),
-    text_tokens=4,
-    text_dim=64,
+    **_clips(),
     pooled_dim=None,
-    pixel_shape=(8, 16, 16),
-    pipeline_kwargs=dict(height=64, width=64, num_frames=29),  # latent 8×8, 8 latent frames (as wan_digits)
     default_steps=50,  # CogVideoXPipeline's own default
     default_guidance=6.0,
     # CogVideoX-2b's scheduler: DDIM, v-prediction, zero terminal SNR, trailing timesteps, SNR shifted by 3
