@@ -65,9 +65,11 @@ class PatternEngine(DiCacheEngine):
 
 def pattern_engine(pattern: str):
     def factory(config, num_blocks, backend):
-        # the pattern alone decides: no cap, warm-up, forced last step or predictive skips of the engine's own
+        # the pattern alone decides: no cap, warm-up, forced last step, predictive skips, bound on the runs
+        # (reach, shortening) or budget of the engine's own
         eng = PatternEngine(config.replace(max_consecutive_reuse=None, warmup=1, force_last_step=False,
-                                           predictive_skip=False, run_power=0.0), num_blocks, backend)
+                                           predictive_skip=False, run_power=0.0, max_extrapolation=None,
+                                           monotone_runs=False, target_speedup=None), num_blocks, backend)
         eng.pattern = pattern
         return eng
 

@@ -184,6 +184,11 @@ def test_fixed_patterns_runs_the_given_pattern():
     assert list(per) == ["s0/0", "s0/1"] and len(set(per.values())) == 2
     mse = sum(10 ** (-v / 10) for v in per.values()) / len(per)
     assert probed["psnr"] == pytest.approx(-10 * math.log10(mse), abs=1e-6)
+    # where runs are planned (26 steps), on a family whose default is a budget (no preset): the pattern still
+    # decides alone, runs that lengthen after shortening included (no budget, reach bound or monotone runs)
+    pat = "FFF.F...F.F....FFFFFFFFFFF"
+    (row,) = fp.run("sd3_digits", 26, [pat], seeds=[0], labels=[0])
+    assert row["ran"] == pat.replace(".", "_")  # a planned skip runs no probe
 
 
 def test_run_options_reports_the_engine_s_own_decisions():
