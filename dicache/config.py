@@ -12,6 +12,7 @@ BATCH_POLICIES = ("global", "max")
 PLAN_ERRORS = ("steps", "step_sizes", "auto")
 CFG_DECISIONS = ("separate", "shared")
 GAMMA_SOURCES = ("probe", "steps", "auto")
+RECONSTRUCT_AT = ("blocks", "output", "auto")
 # gamma_source="auto": the step distance from this many denoising steps on, the probe's γ below
 STEPS_GAMMA_MIN_STEPS = 25
 # max_extrapolation="auto": planned runs bounded to one spacing past the newest entry from this many steps on, unbounded
@@ -77,6 +78,16 @@ class DiCacheConfig:
             the quadratic through a close pair amplifies that jitter wherever it extrapolates past them
             (its Lagrange weights at step 7 through steps 0, 1, 4: 4.5, −7, 3.5). None: the quadratic
             through any three entries. Needs ``alignment_order="auto"``; no effect where the probe sets γ.
+        reconstruct_at: what a reused call rebuilds from the stored entries. ``"blocks"`` (the method): the
+            deep blocks' output, ``x + R`` (``x`` the call's own input to them), which the model's last layers
+            (the output norm and projection) then turn into its output. ``"output"``: the model's output itself,
+            the same line or quadratic at the same weights through the outputs of its output module
+            (``proj_out``; the adapter names it) at the stored calls, as step-indexed extrapolation of the final
+            features (TaylorSeer-Lite) does; a skip with one stored entry, and a model whose adapter names no
+            output module, rebuild the blocks' output. ``"auto"``: the output where γ comes from the steps
+            (``gamma_source``), the blocks where the probe's γ, read off the deep stream, sets it. On the same
+            call patterns at 50 steps the output scored +0.0 to +3.2 dB pooled on five zoo models; at 20 steps,
+            with the probe's γ, −1.6 to +0.1 (``benchmarks/RESULTS.md``, twenty-seventh round).
         run_power: the j-th reuse in a row must keep the accumulated error
             under ``δ / j^run_power`` (0: under δ, the method). The error of
             extrapolating ``j`` steps past the stored residuals grows faster
@@ -181,6 +192,7 @@ class DiCacheConfig:
     alignment_order: Union[int, str] = 1
     gamma_source: str = "probe"
     quad_balance: Optional[float] = None
+    reconstruct_at: str = "blocks"
     run_power: Union[float, str] = 0.0
     predictive_skip: bool = False
     plan_runs: Union[bool, str] = False
@@ -228,6 +240,12 @@ class DiCacheConfig:
         if self.gamma_source == "auto":
             return num_steps is not None and num_steps >= STEPS_GAMMA_MIN_STEPS
         return self.gamma_source == "steps"
+
+    def reconstructs_output(self, num_steps: Optional[int]) -> bool:
+        """Whether a reused call on a trajectory of ``num_steps`` rebuilds the model's output (``reconstruct_at``)."""
+        if self.reconstruct_at == "auto":
+            return self.gamma_from_steps(num_steps)
+        return self.reconstruct_at == "output"
 
     def plan_on_step_sizes(self) -> bool:
         """Whether a planned run reads its error on the step sizes ahead (``plan_error``; ``"auto"``: with a fixed
@@ -325,6 +343,8 @@ def validate(cfg: DiCacheConfig, num_blocks: Optional[int] = None) -> None:
     qb = cfg.quad_balance
     if qb is not None and (not _is_real(qb) or not 0 < qb <= 1):
         raise ValueError(f"quad_balance must be None or a number in (0, 1], got {qb!r}")
+    if cfg.reconstruct_at not in RECONSTRUCT_AT:
+        raise ValueError(f"reconstruct_at must be one of {RECONSTRUCT_AT}, got {cfg.reconstruct_at!r}")
     rp = cfg.run_power
     if rp != "auto" and (not _is_real(rp) or not math.isfinite(rp) or rp < 0):
         raise ValueError(f"run_power must be a finite number >= 0 or 'auto', got {rp!r}")
@@ -417,7 +437,7 @@ PAPER_PRESETS: Dict[str, DiCacheConfig] = {
 #   higher pooled; at 50 steps 2.49× at the PSNR 0.3 gives at 2.38×, at 40 steps 2.49× 1.0 dB under 0.3's 2.35×;
 #   at 20 steps 2.36× for 2.35×, 1.0 dB lower on seeds 0–3; benchmarks/RESULTS.md, twenty-second round).
 _RULE = dict(warmup=0.05, run_power="auto", force_last_step=0.04, cfg_decision="shared", alignment_order="auto",
-             gamma_source="auto", quad_balance=0.5, plan_runs="auto", plan_error="auto", max_extrapolation="auto",
+             gamma_source="auto", quad_balance=0.5, reconstruct_at="auto", plan_runs="auto", plan_error="auto", max_extrapolation="auto",
              monotone_runs=True, predictive_skip=True)
 PRESETS: Dict[str, DiCacheConfig] = {
     "flux": PAPER_PRESETS["flux"].replace(threshold=0.4, **_RULE),

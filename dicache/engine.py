@@ -63,6 +63,10 @@ class DiCacheEngine:
         self._leads: Dict[int, bool] = {}  # step -> the leading branch reused it (cfg_decision="shared")
         # (step, the leader's γ, its quadratic weight) when the step's leading branch reused
         self._lead: Optional[Tuple[int, torch.Tensor, Optional[torch.Tensor]]] = None
+        # reconstruct_at="output": (state, slot) a computed call's output goes to; (state, the three newest slots
+        # or None, γ or c2, c0) of a skipped call's reconstruction, for its output
+        self._out_store: Optional[Tuple[BranchState, int]] = None
+        self._out_plan: Optional[tuple] = None
         self._budget = Budget(config, num_blocks, replay=self.replay_budget)
         self._policy = _POLICY[config.batch_policy]
         self._error = _ERROR[config.error]
@@ -126,6 +130,7 @@ class DiCacheEngine:
         self._num_steps = num_steps
         state.num_steps = num_steps
         self._pending_error = None  # the probe error this call measured, for its record
+        self._out_store = self._out_plan = None
         cfg = self.config
         if step < cfg.warmup_calls(num_steps):
             self._forced = WARMUP
@@ -375,17 +380,52 @@ class DiCacheEngine:
         ops = self.backend_for(x.device)
         if state.n_stored < 2:
             ops.reconstruct(x, state.R[state.newest()], None, state.gamma, state.out)
-            return
-        r2, r1 = state.R[state.newest(1)], state.R[state.newest(2)]
+            return  # one entry: no line through the outputs either (reconstruct_at rebuilds the blocks' output)
+        s2, s1 = state.newest(1), state.newest(2)
         order = self.config.alignment_order
         if order == 1 or state.n_stored < 3 or (order == "auto" and weights is None and state.quad_weight is None):
-            ops.reconstruct(x, r2, r1, state.gamma, state.out)
+            ops.reconstruct(x, state.R[s2], state.R[s1], state.gamma, state.out)
+            self._plan_output(state, (s2, s1, None), state.gamma, None)
             return
         if weights is None:  # order 2: the quadratic whole; "auto": the weight fitted (or led) for this call
             w = state.quad_weight if order == "auto" else torch.ones_like(state.gamma)
             weights = self._quad_weights(state, w)
         c0, c2 = weights
-        ops.reconstruct(x, r2, r1, c2, state.out, state.R[state.newest(3)], c0)
+        s0 = state.newest(3)
+        ops.reconstruct(x, state.R[s2], state.R[s1], c2, state.out, state.R[s0], c0)
+        self._plan_output(state, (s2, s1, s0), c2, c0)
+
+    # -- the model's output (reconstruct_at="output") ----------------------
+    def _plan_output(self, state: BranchState, slots: Tuple[int, int, Optional[int]], c2: torch.Tensor,
+                     c0: Optional[torch.Tensor]) -> None:
+        """Keep a skipped call's reconstruction weights for its output (:meth:`skipped_output`)."""
+        if self.config.reconstructs_output(self._num_steps):
+            self._out_plan = (state, slots, c2, c0)
+
+    @torch.no_grad()
+    def skipped_output(self) -> Optional[torch.Tensor]:
+        """``reconstruct_at="output"``, a skipped call, at the model's output module: its output rebuilt from the
+        stored outputs with the weights the blocks' reconstruction took (the same line or quadratic, at the same
+        γ), a new tensor; None where the blocks' output serves instead (one stored entry, an output not stored,
+        or ``"blocks"``): the module then runs on it."""
+        plan, self._out_plan = self._out_plan, None
+        if plan is None:
+            return None
+        state, (s2, s1, s0), c2, c0 = plan
+        if not {s2, s1, s0} - {None} <= state.o_slots:
+            return None
+        out = torch.empty_like(state.O[s2])
+        self.backend_for(out.device).reconstruct(state.o_zero, state.O[s2], state.O[s1], c2, out,
+                                                 None if s0 is None else state.O[s0], c0)
+        return out
+
+    @torch.no_grad()
+    def computed_output(self, o: torch.Tensor) -> None:
+        """``reconstruct_at="output"``, a computed call, at the model's output module: store its output beside the
+        entry the call stored (:meth:`after_full`)."""
+        pending, self._out_store = self._out_store, None
+        if pending is not None:
+            pending[0].store_output(pending[1], o)
 
     def _gamma_from_steps(self) -> bool:
         """Whether γ is the step distance in this call (``gamma_source`` ``"steps"``, or ``"auto"`` on a
@@ -491,6 +531,8 @@ class DiCacheEngine:
         # p_prev holds a copy of this call's probe output (written by probe_decide or the forced path).
         ops.refresh(h, state.p_prev, self._x, state.R[slot], state.P[slot], other, state.den, state.acc)
         state.store(slot, self._cur_step)
+        if self.config.reconstructs_output(self._num_steps):
+            self._out_store = (state, slot)
         state.last_run, state.shorten_to = next_shortening(state.last_run, state.shorten_to, state.run)
         state.run = 0
         state.full_calls += 1
@@ -502,6 +544,7 @@ class DiCacheEngine:
         self._x = None
 
     def abort_call(self) -> None:
-        """Drop a call that did not finish (an exception inside the model)."""
+        """Drop a call that did not finish (an exception inside the model); the call's output hook has run."""
         self._cur = None
         self._x = None
+        self._out_store = self._out_plan = None

@@ -10,7 +10,10 @@ FirstBlockCache does):
 * a hook on every block: block 0 records the image tokens ``x``; the last probe
   block asks the engine; on a skip the remaining blocks hand their inputs on
   unchanged, in the order their successor expects; on a full call the last
-  block's output refreshes the cache.
+  block's output refreshes the cache;
+* where the config rebuilds the model's output (``reconstruct_at``), a hook on
+  the adapter's output module (``proj_out``) stores its output on a full call
+  and returns the rebuilt one on a skip.
 
 Everything installed here is recorded and removed by :func:`uninstall`, which
 leaves the model as if it had never been enabled.
@@ -30,6 +33,7 @@ from .engine import DiCacheEngine
 
 _ROOT_HOOK = "dicache_root"
 _BLOCK_HOOK = "dicache_block"
+_OUTPUT_HOOK = "dicache_output"
 SESSION_ATTR = "_dicache_session"
 
 
@@ -219,11 +223,25 @@ class Session:
             last = len(self.blocks) - 1
             for i, (block, spec) in enumerate(self.blocks):
                 self._register(block, _BlockHook(self, i, m, last, spec, block), _BLOCK_HOOK)
+            output = self.output_module()
+            if output is not None:
+                self._register(output, _OutputHook(self), _OUTPUT_HOOK)
             setattr(self.model, SESSION_ATTR, self)
         except BaseException:
             self.uninstall()
             raise
         HookRegistry.check_if_exists_or_initialize(self.model).invalidate_child_registries_cache()
+
+    def output_module(self) -> Optional[torch.nn.Module]:
+        """The adapter's output module on this model, where the config may rebuild the model's output
+        (``reconstruct_at``); None otherwise, or where the model has no such submodule."""
+        name = self.adapter.output_module
+        if name is None or self.config.reconstruct_at == "blocks":
+            return None
+        try:
+            return self.model.get_submodule(name)
+        except AttributeError:
+            return None
 
     def uninstall(self) -> None:
         for module, name, had_registry, had_forward in reversed(self._installed):
@@ -329,6 +347,27 @@ class _BlockHook(ModelHook):
     def _image(self, stream: torch.Tensor, s: Session) -> torch.Tensor:
         """The image tokens of this block's stream: all of it, or the tail of a joint ``[text | image]`` one."""
         return image_part(stream, s.x.shape[1]) if self.joint else stream
+
+
+class _OutputHook(ModelHook):
+    """On the model's output module (``reconstruct_at``): a skipped call returns the output rebuilt from the stored
+    outputs without running the module; a computed call's output is stored."""
+
+    def __init__(self, session: Session):
+        super().__init__()
+        self.session = session
+
+    def new_forward(self, module, *args, **kwargs):
+        s = self.session
+        if s.active and s.skipping:
+            out = s.engine.skipped_output()
+            if out is not None:
+                return out
+            return self.fn_ref.original_forward(*args, **kwargs)
+        out = self.fn_ref.original_forward(*args, **kwargs)
+        if s.active and s.x is not None:
+            s.engine.computed_output(out)
+        return out
 
 
 def session_of(model: torch.nn.Module) -> Optional[Session]:

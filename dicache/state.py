@@ -77,6 +77,11 @@ class BranchState:
         self.ring: List[int] = []  # slot indices of the stored entries, oldest first (R[-1] is R[ring[-1]])
         self.slot_step: Dict[int, int] = {}  # slot -> the step index its entry was stored at
         self.has_prev = False
+        # reconstruct_at="output": the model's outputs at the stored calls, by slot (as R), allocated on the first
+        # one stored; o_slots: the slots whose output belongs to their current entry
+        self.O: Optional[List[torch.Tensor]] = None
+        self.o_slots: set = set()
+        self.o_zero: Optional[torch.Tensor] = None
 
     @property
     def n_stored(self) -> int:
@@ -105,6 +110,7 @@ class BranchState:
         self.slot_step = {}
         self.has_prev = False
         self.quad_weight = None
+        self.O, self.o_slots, self.o_zero = None, set(), None
 
     def next_slot(self) -> int:
         """The slot a refresh writes: a free one, else the oldest entry's."""
@@ -114,10 +120,21 @@ class BranchState:
     def store(self, slot: int, step: int) -> None:
         self.ring = [i for i in self.ring if i != slot] + [slot]
         self.slot_step[slot] = step
+        self.o_slots.discard(slot)  # its output, if any, is the old entry's
+
+    def store_output(self, slot: int, o: torch.Tensor) -> None:
+        """``reconstruct_at="output"``: the model's output at the call whose entry is in ``slot``."""
+        if self.O is None or self.O[0].shape != o.shape or self.O[0].dtype != o.dtype or self.O[0].device != o.device:
+            self.O = [torch.empty_like(o) for _ in self.R]
+            self.o_zero = torch.zeros_like(o)
+            self.o_slots = set()
+        self.O[slot].copy_(o)
+        self.o_slots.add(slot)
 
     def release(self) -> None:
         for name in ("R", "P", "p_prev", "x_prev", "out", "acc", "den", "sums", "gamma", "flag"):
             self.__dict__.pop(name, None)
+        self.O, self.o_slots, self.o_zero = None, set(), None
         self.shape = None
         self.ring = []
         self.slot_step = {}

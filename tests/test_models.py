@@ -1,5 +1,7 @@
 """DiCache on tiny Flux, Wan and HunyuanVideo models: exactness, restore, branches, repeatability."""
 
+import math
+
 import pytest
 import torch
 
@@ -514,3 +516,64 @@ def test_a_second_order_scheduler_is_one_branch_of_all_its_calls():
     assert set(s.branches) == {"default"}
     branch = s.branches["default"]
     assert branch.calls == 11 and branch.pattern == "F" + "." * 9 + "F" and _last_computed(branch)
+
+
+def _outputs_of(model, order, reconstruct_at, output_module="proj_out"):
+    """A context loop of 10 steps on the tiny Flux model with skips after 3 warm-up calls (γ from the steps), and
+    the model's output module's output at every call: (pattern, outputs)."""
+    from dicache import adapters
+
+    seen = []
+    handle = model.proj_out.register_forward_hook(lambda mod, args, out: seen.append(out.detach().clone()))
+    # a subclass of the model's class, with the Flux adapter naming another output module
+    model.__class__ = type("FluxOut_" + str(output_module), (type(model),), {})
+    adapters.register(type(model), adapters.Adapter(family="flux", block_lists=adapters.FLUX.block_lists,
+                                                    output_module=output_module))
+    dicache.enable(model, backend="torch", threshold=0.5, warmup=3, gamma_source="steps",
+                   alignment_order=order, reconstruct_at=reconstruct_at, plan_runs=False, run_power=0.0,
+                   quad_balance=None, force_last_step=1)
+    tiny.flux_loop(model, steps=10, context=True)
+    pattern = dicache.summary(model).branches["cond"].pattern
+    dicache.disable(model)
+    handle.remove()
+    adapters._REGISTRY.pop(type(model))
+    model.__class__ = type(model).__mro__[1]
+    return pattern, seen
+
+
+@pytest.mark.parametrize("order", [1, 2])
+def test_reconstruct_at_output_extrapolates_the_model_outputs(order):
+    """``reconstruct_at="output"``: a skipped call's output is the line (or quadratic) through the output module's
+    outputs at the newest computed calls, at the call's step; the decisions are those of ``"blocks"``, whose
+    outputs differ (the output norm and projection run on the rebuilt blocks' output there)."""
+    model = tiny.flux_transformer()
+    pattern, out = _outputs_of(model, order, "output")
+    blocks_pattern, out_blocks = _outputs_of(model, order, "blocks")
+    assert pattern == blocks_pattern and pattern.count(".") >= 3 and pattern[:3] == "FFF"
+    computed = []
+    for k, c in enumerate(pattern):
+        if c == "F":
+            computed.append(k)
+            assert torch.equal(out[k], out_blocks[k]) or k > pattern.index(".")  # identical until the first skip
+            continue
+        t = computed[-(order + 1):]
+        # the Lagrange weights of the stored calls at step k
+        w = [math.prod((k - t[j]) / (t[i] - t[j]) for j in range(len(t)) if j != i) for i in range(len(t))]
+        expected = sum(wi * out[ti] for wi, ti in zip(w, t))
+        torch.testing.assert_close(out[k], expected, rtol=1e-5, atol=1e-5)
+        assert not torch.allclose(out_blocks[k], expected, rtol=1e-3, atol=1e-4)
+
+
+def test_reconstruct_at_output_without_an_output_module_rebuilds_the_blocks():
+    """An adapter that names no output module (Z-Image's final layer is picked per call): the blocks' output is
+    rebuilt, exactly as with ``reconstruct_at="blocks"``; a one-entry skip also rebuilds the blocks' output."""
+    model = tiny.flux_transformer()
+    p1, none = _outputs_of(model, 1, "output", output_module=None)
+    p2, blocks = _outputs_of(model, 1, "blocks")
+    assert p1 == p2 and all(torch.equal(a, b) for a, b in zip(none, blocks))
+    p3, missing = _outputs_of(model, 1, "output", output_module="no_such_module")
+    assert p3 == p2 and all(torch.equal(a, b) for a, b in zip(missing, blocks))
+    cfg = dicache.DiCacheConfig(reconstruct_at="auto", gamma_source="auto")
+    assert not cfg.reconstructs_output(20) and cfg.reconstructs_output(50) and not cfg.reconstructs_output(None)
+    assert dicache.DiCacheConfig().reconstruct_at == "blocks"
+    assert all(p.reconstruct_at == "auto" for p in dicache.PRESETS.values())

@@ -394,6 +394,8 @@ def test_budget_from_a_step_count_on():
         (dict(quad_balance=float("nan")), "quad_balance"),
         (dict(quad_balance=True), "quad_balance"),
         (dict(quad_balance="0.5"), "quad_balance"),
+        (dict(reconstruct_at="proj_out"), "reconstruct_at"),
+        (dict(reconstruct_at=None), "reconstruct_at"),
     ],
 )
 def test_bad_policy_values(options, word):

@@ -63,14 +63,20 @@ class Adapter:
         bypass_args: ``forward`` arguments with which the model leaves some of its blocks out (SD3's
             ``skip_layers``, for skip-layer guidance): a call that passes one (not None, not empty) runs
             without the cache and is not recorded.
+        output_module: the submodule whose output is the model's output before unpatchifying, run once per call
+            after the blocks (``reconstruct_at="output"`` rebuilds it on a skipped call), or None where there is
+            none (the blocks' output is rebuilt then).
     """
 
     family: str
     block_lists: Tuple[BlockList, ...]
     timestep_arg: str = "timestep"
     bypass_args: Tuple[str, ...] = ()
+    output_module: Optional[str] = "proj_out"
 
     def __post_init__(self) -> None:
+        if self.output_module is not None and not isinstance(self.output_module, str):
+            raise TypeError(f"output_module must be a submodule name or None, got {self.output_module!r}")
         if not isinstance(self.bypass_args, tuple) or not all(isinstance(a, str) for a in self.bypass_args):
             raise TypeError(f"bypass_args must be a tuple of argument names, got {self.bypass_args!r}")
 
