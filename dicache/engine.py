@@ -417,6 +417,7 @@ class DiCacheEngine:
         out = torch.empty_like(state.O[s2])
         self.backend_for(out.device).reconstruct(state.o_zero, state.O[s2], state.O[s1], c2, out,
                                                  None if s0 is None else state.O[s0], c0)
+        state.outputs_rebuilt += 1
         return out
 
     @torch.no_grad()

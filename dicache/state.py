@@ -58,6 +58,7 @@ class BranchState:
         self.calls = 0
         self.full_calls = 0
         self.unprobed_skips = 0  # predicted skips: no probe ran (budget mode credits the blocks saved)
+        self.outputs_rebuilt = 0  # skipped calls whose model output was rebuilt from the stored ones (reconstruct_at)
         self.run = 0  # consecutive reuses since the last computed call
         self.last_run: Optional[int] = None  # the length of the last run of reuses that ended (runs of none aside)
         self.shorten_to: Optional[int] = None  # monotone_runs: the most reuses in a row from here on, once runs shorten

@@ -45,6 +45,9 @@ class BranchSummary:
     #: error profile of the previous trajectories), ``"online"`` (a first call; ``"online, step sizes"`` where it
     #: predicted the errors from the scheduler's step sizes) or ``"follows"`` (a CFG follower)
     budget: Optional[str] = None
+    #: skipped calls whose model output was rebuilt from the stored outputs (``reconstruct_at``); the others
+    #: rebuilt the deep blocks' output
+    outputs_rebuilt: int = 0
 
     @property
     def saved_fraction(self) -> float:
@@ -121,6 +124,7 @@ class Summary:
                 f"  {b.name}: {b.calls} calls, {b.full_calls} computed, {b.skipped_calls} skipped, "
                 f"{100 * b.saved_fraction:.1f}% of block evaluations saved"
                 + (f" (budget: {b.budget})" if b.budget else "")
+                + (f"; {b.outputs_rebuilt} skipped outputs rebuilt at the model's output" if b.outputs_rebuilt else "")
             )
             lines.append(f"    pattern  {b.pattern}")
             errs = " ".join("-" if s.error is None else f"{s.error:.3g}" for s in b.steps)
@@ -156,6 +160,7 @@ def summarize(engine: DiCacheEngine, model: str, prefix: str = "") -> Summary:
             block_evaluations_uncached=len(steps) * M,
             steps=steps,
             budget=engine.budget_rule(name),
+            outputs_rebuilt=state.outputs_rebuilt,
         )
     backend = ",".join(sorted({b.name for b in engine._backends.values()})) or engine.backend_name
     base = getattr(engine, "base_config", engine.config)  # (an engine of an older engine_factory has none)
