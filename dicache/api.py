@@ -63,7 +63,7 @@ class _PipelineLink:
         self._had_attr: Dict[str, bool] = {}
         # the trajectory the scheduler's timesteps set (``_start``): (its count, step sizes) over the whole schedule,
         # the index it begins at (None: not known yet), whether a call came before the scheduler's first step
-        self._full: Optional[Tuple[Optional[int], Optional[List[float]]]] = None
+        self._full: Optional[Tuple[Optional[int], Optional[List[float]], bool]] = None
         self._begin: Optional[int] = None
         self._saw_start = False
 
@@ -95,7 +95,7 @@ class _PipelineLink:
         """A trajectory starts on ``scheduler``'s timesteps, from its begin index on where one is set."""
         timesteps = getattr(scheduler, "timesteps", None)
         n = len(timesteps) if timesteps is not None else num_steps
-        self._full = (n, _step_sizes(scheduler, n))
+        self._full = (n, _step_sizes(scheduler, n), _flow_sigmas(scheduler))
         begin = getattr(scheduler, "begin_index", None)
         self._begin = begin if isinstance(begin, int) and n is not None and 0 <= begin < n else None
         self._saw_start = False
@@ -103,10 +103,11 @@ class _PipelineLink:
 
     def _rebase(self, begin: int) -> None:
         """The trajectory runs the schedule from ``begin`` on: its count and step sizes are that part's."""
-        n, sizes = self._full
+        n, sizes, flow = self._full
         if begin > 0 and n is not None:
             n, sizes = n - begin, (sizes[begin:] if sizes is not None else None)
         for s in self.sessions:
+            s.engine.flow_matching = flow
             if begin == 0:
                 s.new_trajectory(n, sizes)
             else:  # learnt at the trajectory's second step: the calls so far stay

@@ -85,9 +85,12 @@ class DiCacheConfig:
             (``proj_out``; the adapter names it) at the stored calls, as step-indexed extrapolation of the final
             features (TaylorSeer-Lite) does; a skip with one stored entry, and a model whose adapter names no
             output module, rebuild the blocks' output. ``"auto"``: the output where γ comes from the steps
-            (``gamma_source``), the blocks where the probe's γ, read off the deep stream, sets it. On the same
-            call patterns at 50 steps the output scored +0.0 to +3.2 dB pooled on five zoo models; at 20 steps,
-            with the probe's γ, −1.6 to +0.1 (``benchmarks/RESULTS.md``, twenty-seventh round).
+            (``gamma_source``) on a trajectory that a pipeline's scheduler of the DDPM family samples (ε- or
+            v-prediction: CogVideoX's DDIM), the blocks elsewhere (flow matching, a probe's γ, no pipeline).
+            Measured at 50 steps (``benchmarks/RESULTS.md``, twenty-seventh round): on the DDPM-family zoo model
+            the output scored up to 3.2 dB higher on the same calls; on the four flow-matching ones it was level
+            (±0.4 dB) but on Wan, which lost 2.4 dB at 2×; at 20 steps, with the probe's γ, the blocks scored
+            higher on every model (up to 1.6 dB).
         run_power: the j-th reuse in a row must keep the accumulated error
             under ``δ / j^run_power`` (0: under δ, the method). The error of
             extrapolating ``j`` steps past the stored residuals grows faster
@@ -241,10 +244,11 @@ class DiCacheConfig:
             return num_steps is not None and num_steps >= STEPS_GAMMA_MIN_STEPS
         return self.gamma_source == "steps"
 
-    def reconstructs_output(self, num_steps: Optional[int]) -> bool:
-        """Whether a reused call on a trajectory of ``num_steps`` rebuilds the model's output (``reconstruct_at``)."""
+    def reconstructs_output(self, num_steps: Optional[int], flow_matching: Optional[bool] = None) -> bool:
+        """Whether a reused call on a trajectory of ``num_steps`` rebuilds the model's output (``reconstruct_at``);
+        ``flow_matching``: whether the trajectory's scheduler is a flow-matching one (None: not known)."""
         if self.reconstruct_at == "auto":
-            return self.gamma_from_steps(num_steps)
+            return flow_matching is False and self.gamma_from_steps(num_steps)
         return self.reconstruct_at == "output"
 
     def plan_on_step_sizes(self) -> bool:

@@ -68,6 +68,9 @@ class DiCacheEngine:
         # reconstruct_at="output": (state, slot) a computed call's output goes to; (state, the three newest slots
         # or None, γ or c2, c0) of a skipped call's reconstruction, for its output
         self._out_store: Optional[Tuple[BranchState, int]] = None
+        #: whether the pipeline's scheduler samples a flow-matching trajectory (None: no pipeline told it);
+        #: ``reconstruct_at="auto"`` reads it
+        self.flow_matching: Optional[bool] = None
         self._out_plan: Optional[tuple] = None
         self._budget = Budget(config, num_blocks, replay=self.replay_budget)
         self._policy = _POLICY[config.batch_policy]
@@ -401,7 +404,7 @@ class DiCacheEngine:
     def _plan_output(self, state: BranchState, slots: Tuple[int, int, Optional[int]], c2: torch.Tensor,
                      c0: Optional[torch.Tensor]) -> None:
         """Keep a skipped call's reconstruction weights for its output (:meth:`skipped_output`)."""
-        if self.config.reconstructs_output(self._num_steps):
+        if self.config.reconstructs_output(self._num_steps, self.flow_matching):
             self._out_plan = (state, slots, c2, c0)
 
     @torch.no_grad()
@@ -534,7 +537,7 @@ class DiCacheEngine:
         # p_prev holds a copy of this call's probe output (written by probe_decide or the forced path).
         ops.refresh(h, state.p_prev, self._x, state.R[slot], state.P[slot], other, state.den, state.acc)
         state.store(slot, self._cur_step)
-        if self.config.reconstructs_output(self._num_steps):
+        if self.config.reconstructs_output(self._num_steps, self.flow_matching):
             self._out_store = (state, slot)
         state.last_run, state.shorten_to = next_shortening(state.last_run, state.shorten_to, state.run)
         state.run = 0

@@ -218,6 +218,21 @@ def test_a_second_call_is_a_new_trajectory(built):
     assert torch.equal(built.call(), built.ref)
 
 
+def test_the_default_rebuilds_the_model_output_on_ddpm_family_trajectories_only(built):
+    """``reconstruct_at="auto"`` (the presets' rule): where γ comes from the steps (26 steps) a skipped call rebuilds
+    the model's output on the trajectory of a DDPM-family scheduler (CogVideoX's DDIM), the deep blocks' output on a
+    flow-matching one; the blocks at 20 steps, where the probe sets γ."""
+    with _enabled(built.pipe, backend="torch"):
+        for steps, rebuilds in ((26, built.name == "CogVideoXPipeline"), (20, False)):
+            built.call_at(steps)
+            s = dicache.summary(built.pipe)
+            skipped = sum(b.skipped_calls for b in s.branches.values())
+            rebuilt = sum(b.outputs_rebuilt for b in s.branches.values())
+            assert skipped >= 8, str(s)
+            # every skip but those with a single stored entry (none here: three warm-up calls at 26 steps)
+            assert rebuilt == (skipped if rebuilds else 0), str(s)
+
+
 def test_the_default_of_a_family_without_a_preset_budgets_two_times(built):
     """``dicache.enable(pipe)`` with no options on a family without a preset: the presets' rule with a compute budget
     of 2× from 20 steps on (a δ does not carry over between models); its calls fall by about half. Below 20 steps, on
