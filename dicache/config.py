@@ -87,10 +87,10 @@ class DiCacheConfig:
             output module, rebuild the blocks' output. ``"auto"``: the output where γ comes from the steps
             (``gamma_source``) on a trajectory that a pipeline's scheduler of the DDPM family samples (ε- or
             v-prediction: CogVideoX's DDIM), the blocks elsewhere (flow matching, a probe's γ, no pipeline).
-            Measured at 50 steps (``benchmarks/RESULTS.md``, twenty-seventh round): on the DDPM-family zoo model
-            the output scored up to 3.2 dB higher on the same calls; on the four flow-matching ones it was level
-            (±0.4 dB) but on Wan, which lost 2.4 dB at 2×; at 20 steps, with the probe's γ, the blocks scored
-            higher on every model (up to 1.6 dB).
+            Measured (``benchmarks/RESULTS.md``, twenty-seventh round): at 50 steps on the DDPM-family zoo model
+            the output lifted the preset by 0 to 3.1 dB pooled at 2–3× fewer flops; on the four flow-matching
+            ones it was within ±0.7 dB but on Wan, which lost 2.4 dB at 2× and 0.9 at 2.25×; at 20 steps, with
+            the probe's γ, the blocks scored higher on four of the five models on the same calls.
         run_power: the j-th reuse in a row must keep the accumulated error
             under ``δ / j^run_power`` (0: under δ, the method). The error of
             extrapolating ``j`` steps past the stored residuals grows faster
@@ -416,6 +416,11 @@ PAPER_PRESETS: Dict[str, DiCacheConfig] = {
 #   −1.4 and −1.3; Wan 2×: −3.8 and −1.9 / −3.1 and −2.8; Wan from 2.25×: +2.3 to +5.7 pooled on seeds 0–3);
 #   over the 40 points at 28–30 steps +1.2 dB on average pooled, +0.7 on the mean of the samples
 #   (benchmarks/RESULTS.md, twenty-third round);
+# * ``reconstruct_at="auto"``: a skip rebuilds the model's output (its ``proj_out``), not the deep blocks', where γ comes
+#   from the steps on a DDPM-family scheduler's trajectory (CogVideoX's DDIM): on ``cogvideox_digits`` at 50 steps
+#   the preset gained 0 to 3.1 dB pooled at 2–3× on seeds 0–3 (0.2 to 1.9 on seeds 4–5), where TaylorSeer-Lite, which
+#   extrapolates that output, had led; on the flow-matching models it was level but on Wan (−2.4 dB at 2×), so they
+#   keep the blocks. Chosen on that one model (benchmarks/RESULTS.md, twenty-seventh round);
 # * ``plan_runs="auto"``, ``max_extrapolation="auto"``: where γ comes from the steps, the skipped calls run no
 #   probe (the computed calls' probes plan each run), and from 45 steps on runs grow by at most one call per
 #   refresh (at 30 and 40 steps the bound cost more than it saved; twenty-first round);
