@@ -61,7 +61,8 @@ class _PipelineLink:
         self.sessions = sessions
         self.scheduler = getattr(pipeline, "scheduler", None)
         self._had_attr: Dict[str, bool] = {}
-        # the trajectory the scheduler's timesteps set (``_start``): (its count, step sizes) over the whole schedule,
+        # the trajectory the scheduler's timesteps set (``_start``): (its count, step sizes, whether the scheduler is a
+        # flow-matching one: ``reconstruct_at="auto"`` reads it) over the whole schedule,
         # the index it begins at (None: not known yet), whether a call came before the scheduler's first step
         self._full: Optional[Tuple[Optional[int], Optional[List[float]], bool]] = None
         self._begin: Optional[int] = None
