@@ -417,8 +417,8 @@ class DiCacheEngine:
         if plan is None:
             return None
         state, (s2, s1, s0), c2, c0 = plan
-        if not {s2, s1, s0} - {None} <= state.o_slots:
-            return None
+        if not {s2, s1, s0} - {None} <= state.o_slots or state.O[s2].shape[0] != c2.numel():
+            return None  # (an output whose leading dimension is not the blocks' batch: the weights are per sample)
         out = torch.empty_like(state.O[s2])
         self.backend_for(out.device).reconstruct(state.o_zero, state.O[s2], state.O[s1], c2, out,
                                                  None if s0 is None else state.O[s0], c0)
