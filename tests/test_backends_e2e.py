@@ -17,6 +17,9 @@ CASES = {
                         dict(threshold=0.3, batch_policy="max")),
     "flux_probe_minus_input": (tiny.flux_pipeline, lambda p: tiny.flux_pipeline_call(p, steps=10),
                                dict(threshold=0.05, error="probe_minus_input")),
+    # the model's output rebuilt (reconstruct_at): the same fused op on the output module's smaller tensors
+    "wan_output": (tiny.wan_pipeline, lambda p: tiny.wan_pipeline_call(p, steps=10, negative_scale=20.0),
+                   dict(threshold=0.25, warmup=2, gamma_source="steps", alignment_order=2, reconstruct_at="output")),
 }
 
 
@@ -38,8 +41,10 @@ def test_same_decisions_as_reference(backend, case):
     out, s = _run(make, call, backend, options)
     assert s.backend == backend
     assert ref_s.skipped_calls > 0
+    assert (sum(b.outputs_rebuilt for b in ref_s.branches.values()) > 0) == ("reconstruct_at" in options)
     for name, b in ref_s.branches.items():
         assert s.branches[name].pattern == b.pattern
+        assert s.branches[name].outputs_rebuilt == b.outputs_rebuilt
         for got, want in zip(s.branches[name].steps, b.steps):
             assert got.reason == want.reason
             if want.error is not None:
@@ -59,6 +64,7 @@ CUDA_CASES = {
     "flux_predictive_auto": (tiny.flux_pipeline, lambda p: tiny.flux_pipeline_call(p, steps=12),
                              dict(threshold=0.3, predictive_skip=True, alignment_order="auto")),
     "flux_budget": (tiny.flux_pipeline, lambda p: tiny.flux_pipeline_call(p, steps=12), dict(target_speedup=2.0)),
+    "wan_output": CASES["wan_output"],
 }
 
 
@@ -77,4 +83,5 @@ def test_same_decisions_as_reference_on_cuda(backend, case):
     assert ref_s.skipped_calls > 0
     for name, b in ref_s.branches.items():
         assert s.branches[name].pattern == b.pattern
+        assert s.branches[name].outputs_rebuilt == b.outputs_rebuilt
     torch.testing.assert_close(out, ref_out, rtol=1e-3, atol=1e-3)
