@@ -420,7 +420,9 @@ PAPER_PRESETS: Dict[str, DiCacheConfig] = {
 #   from the steps on a DDPM-family scheduler's trajectory (CogVideoX's DDIM): on ``cogvideox_digits`` at 50 steps
 #   the preset gained 0 to 3.1 dB pooled at 2–3× on seeds 0–3 (0.2 to 1.9 on seeds 4–5), where TaylorSeer-Lite, which
 #   extrapolates that output, had led; on the flow-matching models it was level but on Wan (−2.4 dB at 2×), so they
-#   keep the blocks. Chosen on that one model (benchmarks/RESULTS.md, twenty-seventh round);
+#   keep the blocks. Chosen on that model; Wan's transformer trained on DDIM (benchmarks/ddpm_wan.py) leans the same
+#   way: +0.4 to +1.4 dB at three of four fixed patterns, −0.9 at the fourth (benchmarks/RESULTS.md, twenty-seventh
+#   round);
 # * ``plan_runs="auto"``, ``max_extrapolation="auto"``: where γ comes from the steps, the skipped calls run no
 #   probe (the computed calls' probes plan each run), and from 45 steps on runs grow by at most one call per
 #   refresh (at 30 and 40 steps the bound cost more than it saved; twenty-first round);

@@ -785,3 +785,28 @@ def test_default_subcommand_reads_any_setting_as_the_default(capsys):
     with pytest.raises(SystemExit):
         Q.default_main([os.path.join(ROOT, "benchmarks")])  # not a report directory
     assert "not a report directory" in capsys.readouterr().err
+
+
+def test_ddpm_wan_trains_and_compares_the_two_reconstructions(tmp_path):
+    """``benchmarks/ddpm_wan.py``: Wan's zoo transformer on a DDIM v-prediction schedule (a few training steps here),
+    sampled by ``WanPipeline`` with DDIM; each pattern runs with the blocks' and with the output rebuilt. The zoo's
+    own ``wan_digits`` is back afterwards."""
+    import importlib.util
+
+    from dicache import zoo
+
+    path = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "ddpm_wan.py")
+    spec = importlib.util.spec_from_file_location("ddpm_wan", path)
+    dw = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(dw)
+    before = zoo.get_spec("wan_digits")
+    info = dw.train_variant(str(tmp_path), steps=20, threads=1)
+    assert info["steps"] == 20 and math.isfinite(info["final_loss"])
+    rows = dw.run_patterns(str(tmp_path), 8, ["FFF.F._F"], seeds=[0], labels=[0, 1])
+    assert zoo.get_spec("wan_digits") is before and zoo.make_scheduler("wan_digits").__class__.__name__ != "DDIMScheduler"
+    blocks, output = rows
+    assert (blocks["reconstruct_at"], output["reconstruct_at"]) == ("blocks", "output")
+    assert blocks["ran"] == output["ran"] == "FFF.F._F"
+    # the skips after two computed calls rebuild the output: steps 3, 5 and 6 (the follower branch's too)
+    assert blocks["rebuilt"] == 0 and output["rebuilt"] == 6
+    assert math.isfinite(blocks["psnr"]) and math.isfinite(output["psnr"]) and blocks["psnr"] != output["psnr"]
