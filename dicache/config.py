@@ -448,8 +448,8 @@ PAPER_PRESETS: Dict[str, DiCacheConfig] = {
 #   higher pooled; at 50 steps 2.49× at the PSNR 0.3 gives at 2.38×, at 40 steps 2.49× 1.0 dB under 0.3's 2.35×;
 #   at 20 steps 2.36× for 2.35×, 1.0 dB lower on seeds 0–3; benchmarks/RESULTS.md, twenty-second round).
 _RULE = dict(warmup=0.05, run_power="auto", force_last_step=0.04, cfg_decision="shared", alignment_order="auto",
-             gamma_source="auto", quad_balance=0.5, reconstruct_at="auto", plan_runs="auto", plan_error="auto", max_extrapolation="auto",
-             monotone_runs=True, predictive_skip=True)
+             gamma_source="auto", quad_balance=0.5, reconstruct_at="auto", plan_runs="auto", plan_error="auto",
+             max_extrapolation="auto", monotone_runs=True, predictive_skip=True)
 PRESETS: Dict[str, DiCacheConfig] = {
     "flux": PAPER_PRESETS["flux"].replace(threshold=0.4, **_RULE),
     "hunyuan_video": PAPER_PRESETS["hunyuan_video"].replace(threshold=0.2, **_RULE),

@@ -68,10 +68,11 @@ class DiCacheEngine:
         # reconstruct_at="output": (state, slot) a computed call's output goes to; (state, the three newest slots
         # or None, γ or c2, c0) of a skipped call's reconstruction, for its output
         self._out_store: Optional[Tuple[BranchState, int]] = None
+        self._out_plan: Optional[tuple] = None
+        self._h: Optional[torch.Tensor] = None  # a skipped call's blocks' output (:meth:`_reconstruct`)
         #: whether the pipeline's scheduler samples a flow-matching trajectory (None: no pipeline told it);
         #: ``reconstruct_at="auto"`` reads it
         self.flow_matching: Optional[bool] = None
-        self._out_plan: Optional[tuple] = None
         self._budget = Budget(config, num_blocks, replay=self.replay_budget)
         self._policy = _POLICY[config.batch_policy]
         self._error = _ERROR[config.error]
@@ -306,12 +307,13 @@ class DiCacheEngine:
         return state
 
     def _skipped(self, state: BranchState, record: CallRecord) -> torch.Tensor:
-        """Finish a skipped call whose output is in ``state.out``."""
+        """Finish a skipped call: the blocks' output :meth:`_reconstruct` left (``state.out``, or the call's input
+        where the model's output is rebuilt instead)."""
         state.records.append(record)
         state.calls += 1
         state.run += 1
         self._cur = None
-        return state.out
+        return self._h
 
     @torch.no_grad()
     def after_probe(self, x: torch.Tensor, p: torch.Tensor) -> Optional[torch.Tensor]:
@@ -383,42 +385,53 @@ class DiCacheEngine:
         ``weights``: ``(c0, c2)`` already computed for this call (by :meth:`_fit_quad_weight`).
         """
         ops = self.backend_for(x.device)
+        self._h = state.out
         if state.n_stored < 2:
             ops.reconstruct(x, state.R[state.newest()], None, state.gamma, state.out)
             return  # one entry: no line through the outputs either (reconstruct_at rebuilds the blocks' output)
         s2, s1 = state.newest(1), state.newest(2)
         order = self.config.alignment_order
         if order == 1 or state.n_stored < 3 or (order == "auto" and weights is None and state.quad_weight is None):
-            ops.reconstruct(x, state.R[s2], state.R[s1], state.gamma, state.out)
-            self._plan_output(state, (s2, s1, None), state.gamma, None)
+            if not self._plan_output(state, x, (s2, s1, None), state.gamma, None):
+                ops.reconstruct(x, state.R[s2], state.R[s1], state.gamma, state.out)
             return
         if weights is None:  # order 2: the quadratic whole; "auto": the weight fitted (or led) for this call
             w = state.quad_weight if order == "auto" else torch.ones_like(state.gamma)
             weights = self._quad_weights(state, w)
         c0, c2 = weights
         s0 = state.newest(3)
-        ops.reconstruct(x, state.R[s2], state.R[s1], c2, state.out, state.R[s0], c0)
-        self._plan_output(state, (s2, s1, s0), c2, c0)
+        if not self._plan_output(state, x, (s2, s1, s0), c2, c0):
+            ops.reconstruct(x, state.R[s2], state.R[s1], c2, state.out, state.R[s0], c0)
 
     # -- the model's output (reconstruct_at="output") ----------------------
-    def _plan_output(self, state: BranchState, slots: Tuple[int, int, Optional[int]], c2: torch.Tensor,
-                     c0: Optional[torch.Tensor]) -> None:
-        """Keep a skipped call's reconstruction weights for its output (:meth:`skipped_output`)."""
-        if self.config.reconstructs_output(self._num_steps, self.flow_matching):
-            self._out_plan = (state, slots, c2, c0)
+    def _plan_output(self, state: BranchState, x: torch.Tensor, slots: Tuple[int, int, Optional[int]],
+                     c2: torch.Tensor, c0: Optional[torch.Tensor]) -> bool:
+        """Whether this skipped call rebuilds the model's output (``reconstruct_at``, every output it needs stored,
+        their leading dimension the batch its per-sample weights are for); then its weights are kept for
+        :meth:`skipped_output`, and the blocks hand on ``x`` unrebuilt: the output module's result replaces
+        whatever the last layers make of it, so the pass over the image tokens that rebuilds them is not run."""
+        if not (self.config.reconstructs_output(self._num_steps, self.flow_matching)
+                and {s2 for s2 in slots if s2 is not None} <= state.o_slots
+                and state.O[slots[0]].shape[0] == c2.numel()):
+            return False
+        self._out_plan = (state, slots, c2, c0)
+        self._h = x
+        return True
+
+    def output_pending(self) -> bool:
+        """Whether this call's output is still to be rebuilt: the blocks handed on their input, and the model must
+        run its output module (where :meth:`skipped_output` returns the rebuilt output)."""
+        return self._out_plan is not None
 
     @torch.no_grad()
     def skipped_output(self) -> Optional[torch.Tensor]:
         """``reconstruct_at="output"``, a skipped call, at the model's output module: its output rebuilt from the
-        stored outputs with the weights the blocks' reconstruction took (the same line or quadratic, at the same
-        γ), a new tensor; None where the blocks' output serves instead (one stored entry, an output not stored,
-        or ``"blocks"``): the module then runs on it."""
+        stored outputs with the weights the skip took (the same line or quadratic, at the same γ), a new tensor;
+        None where the blocks' output was rebuilt instead (:meth:`_plan_output`): the module then runs on it."""
         plan, self._out_plan = self._out_plan, None
         if plan is None:
             return None
         state, (s2, s1, s0), c2, c0 = plan
-        if not {s2, s1, s0} - {None} <= state.o_slots or state.O[s2].shape[0] != c2.numel():
-            return None  # (an output whose leading dimension is not the blocks' batch: the weights are per sample)
         out = torch.empty_like(state.O[s2])
         self.backend_for(out.device).reconstruct(state.o_zero, state.O[s2], state.O[s1], c2, out,
                                                  None if s0 is None else state.O[s0], c0)

@@ -278,6 +278,11 @@ class _RootHook(ModelHook):
         s.begin_call(args, kwargs)
         try:
             out = self.fn_ref.original_forward(*args, **kwargs)
+            if s.skipping and s.engine.output_pending():
+                raise RuntimeError(
+                    f"DiCache skipped this {type(module).__name__} call to rebuild its output at its output module "
+                    f"({s.adapter.output_module!r}), but the model did not run it: the output would be wrong. Set "
+                    "reconstruct_at='blocks', or name the module the model runs last in the adapter's output_module.")
             if s.skipping and not s.recon_returned:
                 raise RuntimeError(
                     f"DiCache skipped the deep blocks of this {type(module).__name__} call, but the model did not run "

@@ -596,3 +596,25 @@ def test_reconstruct_at_output_without_an_output_module_rebuilds_the_blocks():
     p5, one_blocks = _outputs_of(model, 1, "blocks", warmup=1, threshold=0.12)
     assert p4 == p5 and p4[:2] == "F." and torch.equal(one[1], one_blocks[1]), p4
     assert any(not torch.equal(a, b) for a, b in zip(one, one_blocks)), p4  # the later skips rebuild the output
+
+
+def test_reconstruct_at_output_raises_when_the_model_skips_its_output_module():
+    """A skipped call whose output is to be rebuilt hands the blocks' input on unrebuilt: if the model then does not
+    run the hooked output module (here: swapped for a copy after enable), the call raises rather than return the
+    last layers' result on it."""
+    model = tiny.flux_transformer()
+    dicache.enable(model, backend="torch", threshold=10.0, warmup=3, gamma_source="steps", reconstruct_at="output",
+                   num_inference_steps=10)
+    inputs = tiny.flux_inputs()
+    x = inputs.pop("hidden_states")
+    with torch.no_grad():
+        for i in range(3):  # the warm-up: computed, their outputs stored
+            model(**dict(inputs, hidden_states=x, timestep=torch.tensor([1.0 - i / 10])), return_dict=False)
+        hooked = model.proj_out
+        fresh = torch.nn.Linear(hooked.in_features, hooked.out_features)
+        fresh.load_state_dict(hooked.state_dict())
+        model.proj_out = fresh
+        with pytest.raises(RuntimeError, match="did not run it"):
+            model(**dict(inputs, hidden_states=x, timestep=torch.tensor([0.7])), return_dict=False)
+        model.proj_out = hooked
+    dicache.disable(model)
