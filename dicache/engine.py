@@ -69,7 +69,7 @@ class DiCacheEngine:
         # or None, γ or c2, c0) of a skipped call's reconstruction, for its output
         self._out_store: Optional[Tuple[BranchState, int]] = None
         self._out_plan: Optional[tuple] = None
-        self._h: Optional[torch.Tensor] = None  # a skipped call's blocks' output (:meth:`_reconstruct`)
+        self._h: Optional[torch.Tensor] = None  # a skip's blocks' output where it is not state.out (_plan_output)
         #: whether the pipeline's scheduler samples a flow-matching trajectory (None: no pipeline told it);
         #: ``reconstruct_at="auto"`` reads it
         self.flow_matching: Optional[bool] = None
@@ -136,7 +136,7 @@ class DiCacheEngine:
         self._num_steps = num_steps
         state.num_steps = num_steps
         self._pending_error = None  # the probe error this call measured, for its record
-        self._out_store = self._out_plan = None
+        self._out_store = self._out_plan = self._h = None
         cfg = self.config
         if step < cfg.warmup_calls(num_steps):
             self._forced = WARMUP
@@ -307,13 +307,14 @@ class DiCacheEngine:
         return state
 
     def _skipped(self, state: BranchState, record: CallRecord) -> torch.Tensor:
-        """Finish a skipped call: the blocks' output :meth:`_reconstruct` left (``state.out``, or the call's input
-        where the model's output is rebuilt instead)."""
+        """Finish a skipped call whose blocks' output is in ``state.out`` (or is the call's input, where
+        :meth:`_reconstruct` rebuilds the model's output instead)."""
         state.records.append(record)
         state.calls += 1
         state.run += 1
         self._cur = None
-        return self._h
+        h, self._h = self._h, None
+        return state.out if h is None else h
 
     @torch.no_grad()
     def after_probe(self, x: torch.Tensor, p: torch.Tensor) -> Optional[torch.Tensor]:
@@ -385,7 +386,6 @@ class DiCacheEngine:
         ``weights``: ``(c0, c2)`` already computed for this call (by :meth:`_fit_quad_weight`).
         """
         ops = self.backend_for(x.device)
-        self._h = state.out
         if state.n_stored < 2:
             ops.reconstruct(x, state.R[state.newest()], None, state.gamma, state.out)
             return  # one entry: no line through the outputs either (reconstruct_at rebuilds the blocks' output)
@@ -566,4 +566,4 @@ class DiCacheEngine:
         """Drop a call that did not finish (an exception inside the model); the call's output hook has run."""
         self._cur = None
         self._x = None
-        self._out_store = self._out_plan = None
+        self._out_store = self._out_plan = self._h = None
