@@ -9,10 +9,12 @@ noise schedule (scaled-linear betas, zero terminal SNR, trailing timesteps), the
 ``get_velocity`` as for ``cogvideox_digits``. The model is not shipped (the zoo stays under 24 MiB): ``train`` writes it
 to ``--dir`` (about 7 minutes on two cores), ``patterns`` runs fixed skip patterns on it through ``WanPipeline`` with
 DDIM, each with the blocks' and with the output rebuilt (``benchmarks/fixed_patterns.py``'s engine), and prints pooled
-PSNR / mean of the samples' PSNR against the uncached output.
+PSNR / mean of the samples' PSNR against the uncached output; ``options`` runs DiCache's own decisions on it, JSON
+option sets on top of the Wan preset (``benchmarks/run_options.py``).
 
     .venv/bin/python benchmarks/ddpm_wan.py train --dir /tmp/wan_v
     .venv/bin/python benchmarks/ddpm_wan.py patterns --dir /tmp/wan_v --steps 50 FFF_F__F__F__F__F__F__F_F_F_F_F_F_F_F_F_F_F_F_F_FF
+    .venv/bin/python benchmarks/ddpm_wan.py options --dir /tmp/wan_v --steps 20 '{"threshold": 0.3}'
 
 The variant lives in this process only, and only while it trains or samples (:func:`ddpm_variant`).
 """
@@ -124,6 +126,16 @@ def _run_patterns(weights, steps, patterns, seeds, labels):
     return rows
 
 
+def run_options(weights: str, steps: int, option_sets: Sequence[dict], seeds: Sequence[int], labels: Sequence[int]
+                ) -> List[dict]:
+    """DiCache's own decisions on the variant (``benchmarks/run_options.py``'s rows), each option set on top of the
+    Wan preset."""
+    import run_options as ro
+
+    with ddpm_variant():
+        return list(ro.run(NAME, steps, option_sets, seeds, labels, weights=weights))
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -137,6 +149,12 @@ def main(argv=None) -> int:
     p.add_argument("patterns", nargs="+")
     p.add_argument("--seeds", default="0,1,2,3")
     p.add_argument("--labels", default="0-9")
+    o = sub.add_parser("options", help="DiCache's own decisions, JSON option sets on top of the Wan preset")
+    o.add_argument("--dir", required=True)
+    o.add_argument("--steps", type=int, default=50)
+    o.add_argument("options", nargs="+")
+    o.add_argument("--seeds", default="0,1,2,3")
+    o.add_argument("--labels", default="0-9")
     args = ap.parse_args(argv)
     warnings.filterwarnings("ignore")
     if args.cmd == "train":
@@ -151,11 +169,17 @@ def main(argv=None) -> int:
     torch.set_grad_enabled(False)
     if not os.path.isdir(args.dir):
         ap.error(f"--dir {args.dir!r} does not exist: train first (ddpm_wan.py train --dir …)")
+    seeds, labels = Q._int_list(args.seeds), Q._int_list(args.labels)
+    print(f"wan_digits on DDIM v-prediction, {args.steps} steps, seeds {args.seeds}, labels {args.labels}")
+    if args.cmd == "options":
+        import run_options as ro
+
+        ro.print_rows(run_options(args.dir, args.steps, ro.parse_option_sets(ap, args.options), seeds, labels))
+        return 0
     try:
-        rows = run_patterns(args.dir, args.steps, args.patterns, Q._int_list(args.seeds), Q._int_list(args.labels))
+        rows = run_patterns(args.dir, args.steps, args.patterns, seeds, labels)
     except ValueError as e:
         ap.error(str(e))
-    print(f"wan_digits on DDIM v-prediction, {args.steps} steps, seeds {args.seeds}, labels {args.labels}")
     for r in rows:
         print(f"{r['pattern']}  {r['reconstruct_at']:6s}  {r['fewer_flops']:.3f}×  {r['psnr']:6.2f} / {r['psnr_mean']:6.2f} dB"
               f"  ({r['rebuilt']} outputs rebuilt)", flush=True)

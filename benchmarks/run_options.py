@@ -34,21 +34,24 @@ from dicache.metrics import psnr, psnr_per_sample, ssim  # noqa: E402
 from block_counter import BlockCounter  # noqa: E402
 
 
-def run(model: str, steps: int, option_sets, seeds, labels):
+def run(model: str, steps: int, option_sets, seeds, labels, weights=None):
+    """Each option set's run: its options, fewer flops, pooled PSNR, mean of the samples' PSNR, SSIM and the leading
+    branch's pattern (first seed). ``weights``: a directory written by ``scripts/train_zoo.py --out`` (or
+    ``benchmarks/ddpm_wan.py train``) instead of the shipped weights."""
     import quality as Q  # the same sampling and flop counting as the quality benchmark
 
-    base = zoo.load(model)
+    base = zoo.load(model, path=weights)
 
     def fresh():
         tr = copy.deepcopy(base)
         return zoo.pipeline(model, tr), BlockCounter(tr)
 
     pipe, counter = fresh()
-    ref = {s: Q.sample(pipe, model, labels, s, steps, None, counter) for s in seeds}
+    ref = {s: Q.sample(pipe, model, labels, s, steps, weights, counter) for s in seeds}
     for options in option_sets:
         pipe, counter = fresh()
         dicache.enable(pipe, **options)
-        runs = [Q.sample(pipe, model, labels, s, steps, None, counter) for s in seeds]
+        runs = [Q.sample(pipe, model, labels, s, steps, weights, counter) for s in seeds]
         dicache.disable(pipe)
         imgs, refs = torch.cat([r.images for r in runs]), torch.cat([ref[r.seed].images for r in runs])
         fewer = sum(ref[r.seed].flops for r in runs) / sum(r.flops for r in runs)
@@ -56,6 +59,29 @@ def run(model: str, steps: int, option_sets, seeds, labels):
         per_sample = psnr_per_sample(imgs, refs)
         yield dict(options=options, fewer_flops=fewer, psnr=psnr(imgs, refs), psnr_mean=sum(per_sample) / len(per_sample),
                    ssim=ssim(imgs, refs), pattern=pattern)
+
+
+def parse_option_sets(ap: argparse.ArgumentParser, texts):
+    """The JSON option sets of the command line, each checked by ``DiCacheConfig`` (``ap.error`` on a bad one)."""
+    try:
+        option_sets = [json.loads(o) for o in texts]
+    except json.JSONDecodeError as e:
+        ap.error(f"options must be JSON objects: {e}")
+    if not all(isinstance(o, dict) for o in option_sets):
+        ap.error("options must be JSON objects, e.g. '{\"threshold\": 0.3}'")
+    for o in option_sets:
+        try:
+            dicache.DiCacheConfig().replace(**{k: tuple(v) if isinstance(v, list) else v for k, v in o.items()})
+        except (TypeError, ValueError) as e:
+            ap.error(str(e))
+    return option_sets
+
+
+def print_rows(rows) -> None:
+    print(f"{'options':<44} fewer flops  PSNR dB  mean dB    SSIM  pattern (first seed)")
+    for r in rows:
+        print(f"{json.dumps(r['options']):<44} {r['fewer_flops']:10.3f}×  {r['psnr']:7.2f}  {r['psnr_mean']:7.2f}  "
+              f"{r['ssim']:.4f}  {r['pattern']}", flush=True)
 
 
 def main(argv=None) -> int:
@@ -69,17 +95,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.steps < 2:
         ap.error("steps must be >= 2")
-    try:
-        option_sets = [json.loads(o) for o in args.options]
-    except json.JSONDecodeError as e:
-        ap.error(f"options must be JSON objects: {e}")
-    if not all(isinstance(o, dict) for o in option_sets):
-        ap.error("options must be JSON objects, e.g. '{\"threshold\": 0.3}'")
-    for o in option_sets:
-        try:
-            dicache.DiCacheConfig().replace(**{k: tuple(v) if isinstance(v, list) else v for k, v in o.items()})
-        except (TypeError, ValueError) as e:
-            ap.error(str(e))
+    option_sets = parse_option_sets(ap, args.options)
     torch.set_num_threads(args.threads)
     torch.set_grad_enabled(False)
     warnings.filterwarnings("ignore")
@@ -91,10 +107,7 @@ def main(argv=None) -> int:
 
     seeds, labels = Q._int_list(args.seeds), Q._int_list(args.labels)
     print(f"{args.model}, {args.steps} steps, seeds {seeds}, {len(labels)} labels, on the preset")
-    print(f"{'options':<44} fewer flops  PSNR dB  mean dB    SSIM  pattern (first seed)")
-    for r in run(args.model, args.steps, option_sets, seeds, labels):
-        print(f"{json.dumps(r['options']):<44} {r['fewer_flops']:10.3f}×  {r['psnr']:7.2f}  {r['psnr_mean']:7.2f}  "
-              f"{r['ssim']:.4f}  {r['pattern']}", flush=True)
+    print_rows(run(args.model, args.steps, option_sets, seeds, labels))
     return 0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Tuple, Union
@@ -67,9 +68,12 @@ class DiCacheConfig:
             extrapolation (TaylorSeer) does; the probe still decides when to refresh. With the
             step known exactly, ``alignment_order="auto"`` takes the quadratic (w = 1): its
             fitted weight hedges against a γ the probe misread. ``"auto"``: ``"steps"`` for
-            trajectories of at least ``STEPS_GAMMA_MIN_STEPS`` (25) steps, ``"probe"`` for shorter
-            ones and when the step count is unknown (measured on the shipped models: the step
-            distance wins at 50 steps, the probe at 20).
+            trajectories of at least ``STEPS_GAMMA_MIN_STEPS`` (25) steps, and for a trajectory of
+            any known length that a pipeline's DDPM-family scheduler samples (ε- or v-prediction:
+            CogVideoX's DDIM); ``"probe"`` for shorter flow-matching ones and when the step count
+            is unknown (measured on the zoo models: the step distance wins at 50 steps, the probe
+            at 20 on the flow-matching ones, the steps at 10 and 20 on the DDPM-family one; the
+            other rules that follow γ's source follow it: :meth:`on_trajectory`).
         quad_balance: where ``alignment_order="auto"`` takes the quadratic whole (γ from the steps,
             ``gamma_source``), it takes it only through three entries whose two spacings are balanced, the
             shorter at least this fraction of the longer; through unbalanced entries (the warm-up's two
@@ -238,17 +242,28 @@ class DiCacheConfig:
         tm = self.target_min_steps
         return self.target_speedup is not None and (tm is None or (num_steps is not None and num_steps >= tm))
 
-    def gamma_from_steps(self, num_steps: Optional[int]) -> bool:
-        """Whether γ is the step distance on a trajectory of ``num_steps`` (``gamma_source``)."""
+    def gamma_from_steps(self, num_steps: Optional[int], flow_matching: Optional[bool] = None) -> bool:
+        """Whether γ is the step distance on a trajectory of ``num_steps`` (``gamma_source``); ``flow_matching``:
+        whether the trajectory's scheduler is a flow-matching one (None: not known)."""
         if self.gamma_source == "auto":
-            return num_steps is not None and num_steps >= STEPS_GAMMA_MIN_STEPS
+            return num_steps is not None and (num_steps >= STEPS_GAMMA_MIN_STEPS or flow_matching is False)
         return self.gamma_source == "steps"
+
+    def on_trajectory(self, num_steps: Optional[int], flow_matching: Optional[bool]) -> "DiCacheConfig":
+        """This config on a trajectory of ``num_steps`` whose scheduler is (``flow_matching``) a flow-matching one:
+        itself, or, where ``gamma_source="auto"`` takes γ from the steps only because the scheduler is of the DDPM
+        family (under ``STEPS_GAMMA_MIN_STEPS`` steps), the same with ``gamma_source="steps"``, so that every rule
+        that follows γ's source (``plan_runs``, ``run_power``, ``alignment_order``, ``reconstruct_at``) follows it."""
+        if self.gamma_source != "auto" or self.gamma_from_steps(num_steps) == self.gamma_from_steps(
+                num_steps, flow_matching):
+            return self
+        return _steps_gamma(self)
 
     def reconstructs_output(self, num_steps: Optional[int], flow_matching: Optional[bool] = None) -> bool:
         """Whether a reused call on a trajectory of ``num_steps`` rebuilds the model's output (``reconstruct_at``);
         ``flow_matching``: whether the trajectory's scheduler is a flow-matching one (None: not known)."""
         if self.reconstruct_at == "auto":
-            return flow_matching is False and self.gamma_from_steps(num_steps)
+            return flow_matching is False and self.gamma_from_steps(num_steps, flow_matching)
         return self.reconstruct_at == "output"
 
     def plan_on_step_sizes(self) -> bool:
@@ -287,6 +302,13 @@ class DiCacheConfig:
         if num_steps is None:
             return 1
         return max(1, _ratio_calls(self.warmup, num_steps))
+
+
+@functools.lru_cache(maxsize=16)
+def _steps_gamma(config: DiCacheConfig) -> DiCacheConfig:
+    """``config`` with ``gamma_source="steps"`` (one copy per config: :meth:`DiCacheConfig.on_trajectory` runs at
+    every call)."""
+    return config.replace(gamma_source="steps")
 
 
 def _ratio_calls(ratio: float, num_steps: int) -> int:
@@ -405,9 +427,14 @@ PAPER_PRESETS: Dict[str, DiCacheConfig] = {
 #   the probe says the trajectory bends (one more pair of stored image-token tensors per branch);
 # * ``gamma_source="auto"``: from 25 steps on, γ is the step distance and the quadratic is taken whole (at
 #   50 steps +2.8 dB on Flux and +1.4 dB on Wan at 2× against the probe's γ; at 20 steps the probe's γ wins
-#   by 5.3 and 1.7 dB);
+#   by 5.3 and 1.7 dB; with the runs planned on the steps, as this rule now plans them, at 20 steps: Flux −0.1 and
+#   Wan +1.2 dB at 2×, 1 to 3 dB under the probe's γ from 2.2× on). On a DDPM-family scheduler's trajectory at every step count:
+#   on ``cogvideox_digits`` at 20 steps the probe does not see what an early run of two skips costs (two samples
+#   fall to 17 dB), the planned runs on the steps with the output rebuilt gain 1.7 to 4.9 dB pooled at a 2–2.75×
+#   budget and 4.6 dB at 2.5× with a fixed δ; on the unshipped DDPM Wan (benchmarks/ddpm_wan.py) +2.4 / +0.5 / +0.1
+#   dB at 2 / 2.25 / 2.5× (benchmarks/RESULTS.md, twenty-eighth round);
 # * ``quad_balance=0.5``: the line, not the quadratic, through the warm-up's close pair and a far entry
-#   (``FF__F___F…``: steps 0, 1, 4; 20 steps take γ from the probe, and at 50 the three warm-up calls and the reach
+#   (``FF__F___F…``: steps 0, 1, 4; 20 flow-matching steps take γ from the probe, and at 50 the three warm-up calls and the reach
 #   bound never leave such entries). On the uncached trajectories of the three shipped models the quadratic through
 #   such entries misses the deep residual of the next steps 1.4–4× more than the line in the first third of the
 #   steps (benchmarks/extrapolation_error.py). Against the quadratic there, at 2–3× fewer flops on seeds 0–3 and

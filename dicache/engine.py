@@ -49,7 +49,8 @@ class DiCacheEngine:
     def __init__(self, config: DiCacheConfig, num_blocks: int, backend: str = "auto"):
         #: the config of the current trajectory: ``base_config``, the one the engine was built with, or, on a
         #: trajectory that ``target_min_steps`` leaves out of the budget (:meth:`DiCacheConfig.budgets`), the same
-        #: without ``target_speedup``
+        #: without ``target_speedup``; γ's source resolved on a DDPM-family scheduler's trajectory
+        #: (:meth:`DiCacheConfig.on_trajectory`)
         self.config = self.base_config = config
         self._no_budget = config if config.target_speedup is None else config.replace(
             target_speedup=None, target_min_steps=None)
@@ -71,7 +72,7 @@ class DiCacheEngine:
         self._out_plan: Optional[tuple] = None
         self._h: Optional[torch.Tensor] = None  # a skip's blocks' output where it is not state.out (_plan_output)
         #: whether the pipeline's scheduler samples a flow-matching trajectory (None: no pipeline told it);
-        #: ``reconstruct_at="auto"`` reads it
+        #: ``gamma_source="auto"`` and ``reconstruct_at="auto"`` read it
         self.flow_matching: Optional[bool] = None
         self._budget = Budget(config, num_blocks, replay=self.replay_budget)
         self._policy = _POLICY[config.batch_policy]
@@ -129,8 +130,8 @@ class DiCacheEngine:
         if state is None:
             state = self.branches[branch] = BranchState(branch)
         self._cur = state
-        self.config = self._budget.config = (
-            self.base_config if self.base_config.budgets(num_steps) else self._no_budget)
+        cfg = self.base_config if self.base_config.budgets(num_steps) else self._no_budget
+        self.config = self._budget.config = cfg.on_trajectory(num_steps, self.flow_matching)
         step = state.calls if step_index is None else step_index
         self._cur_step = step
         self._num_steps = num_steps

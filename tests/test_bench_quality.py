@@ -806,7 +806,13 @@ def test_ddpm_wan_trains_and_compares_the_two_reconstructions(tmp_path):
     assert zoo.get_spec("wan_digits") is before and zoo.make_scheduler("wan_digits").__class__.__name__ != "DDIMScheduler"
     blocks, output = rows
     assert (blocks["reconstruct_at"], output["reconstruct_at"]) == ("blocks", "output")
-    assert blocks["ran"] == output["ran"] == "FFF.F._F"
+    # γ from the steps on a DDPM-family trajectory (gamma_source="auto"): the runs are planned, no skip probes
+    assert blocks["ran"] == output["ran"] == "FFF_F__F"
     # the skips after two computed calls rebuild the output: steps 3, 5 and 6 (the follower branch's too)
     assert blocks["rebuilt"] == 0 and output["rebuilt"] == 6
     assert math.isfinite(blocks["psnr"]) and math.isfinite(output["psnr"]) and blocks["psnr"] != output["psnr"]
+    # ``options``: DiCache's own decisions on the variant (on the Wan preset), the same rule
+    (row,) = dw.run_options(str(tmp_path), 8, [{"threshold": 0.5}], seeds=[0], labels=[0, 1])
+    assert zoo.get_spec("wan_digits") is before
+    assert row["options"] == {"threshold": 0.5} and "." not in row["pattern"] and row["fewer_flops"] > 1.0, row
+    assert math.isfinite(row["psnr"]) and len(row["pattern"]) == 8

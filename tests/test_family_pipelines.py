@@ -219,18 +219,27 @@ def test_a_second_call_is_a_new_trajectory(built):
 
 
 def test_the_default_rebuilds_the_model_output_on_ddpm_family_trajectories_only(built):
-    """``reconstruct_at="auto"`` (the presets' rule): where γ comes from the steps (26 steps) a skipped call rebuilds
-    the model's output on the trajectory of a DDPM-family scheduler (CogVideoX's DDIM), the deep blocks' output on a
-    flow-matching one; the blocks at 20 steps, where the probe sets γ."""
+    """``reconstruct_at="auto"`` (the presets' rule): where γ comes from the steps a skipped call rebuilds the model's
+    output on the trajectory of a DDPM-family scheduler (CogVideoX's DDIM), the deep blocks' output on a flow-matching
+    one. ``gamma_source="auto"`` takes γ from the steps from 25 steps on, and at any step count on a DDPM-family
+    trajectory: there the runs are planned (no skipped call runs a probe) at 20 steps too; on a flow-matching
+    trajectory of 20 steps the probe sets γ."""
+    ddpm = built.name == "CogVideoXPipeline"
     with _enabled(built.pipe, backend="torch"):
-        for steps, rebuilds in ((26, built.name == "CogVideoXPipeline"), (20, False)):
+        for steps in (26, 20):
             built.call_at(steps)
             s = dicache.summary(built.pipe)
             skipped = sum(b.skipped_calls for b in s.branches.values())
             rebuilt = sum(b.outputs_rebuilt for b in s.branches.values())
+            planned = all("." not in b.pattern for b in s.branches.values())
             assert skipped >= 8, str(s)
-            # every skip but those with a single stored entry (none here: three warm-up calls at 26 steps)
-            assert rebuilt == (skipped if rebuilds else 0), str(s)
+            assert s.config.gamma_source == ("steps" if ddpm and steps < 25 else "auto"), str(s)
+            assert planned == (ddpm or steps >= 25), str(s)
+            # under 25 steps the header says so (not "on ≥ 25 steps")
+            header = "γ from the steps, runs planned (skips unprobed, runs only shortening))" in str(s)
+            assert header == (ddpm and steps < 25), str(s)
+            # every skip but those with a single stored entry (none here: two computed calls lead)
+            assert rebuilt == (skipped if ddpm else 0), str(s)
 
 
 def test_the_default_of_a_family_without_a_preset_budgets_two_times(built):
@@ -238,22 +247,28 @@ def test_the_default_of_a_family_without_a_preset_budgets_two_times(built):
     of 2× from 20 steps on (a δ does not carry over between models); its calls fall by about half. Below 20 steps, on
     the transformer alone (no step count) and with a δ option: the same rule at its δ, no budget."""
     generic, budget = dicache.config.GENERIC, dicache.config.GENERIC_BUDGET
+    ddpm = built.name == "CogVideoXPipeline"
+
+    def on(cfg):  # the trajectory's config: a DDPM-family scheduler's takes γ from the steps (gamma_source="auto")
+        return cfg.replace(gamma_source="steps") if ddpm else cfg
+
     with _enabled(built.pipe, backend="torch"):
         built.call_at(20)
         s = dicache.summary(built.pipe)
-        assert s.config == budget and s.enabled_config is None and s.rule == "target_speedup=2"
+        assert s.config == on(budget) and s.enabled_config == (budget if ddpm else None)
+        assert s.rule == "target_speedup=2"
         assert set(s.branches) == built.branches and all(b.calls == 20 for b in s.branches.values())
         assert 1.8 <= 1.0 / (1.0 - s.saved_fraction) <= 2.2, str(s)
         # the first call predicts its errors from the step sizes of flow sigmas; CogVideoX's DDIM tells none (its
-        # first call predicts from its errors' own growth)
+        # first call predicts from its errors' own growth, and plans its runs: γ from the steps)
         budgets = {b.budget for b in s.branches.values()} - {"follows"}
-        assert budgets == {"online" if built.name == "CogVideoXPipeline" else "online, step sizes"}, budgets
+        assert budgets == {"planned, online" if ddpm else "online, step sizes"}, budgets
         second = built.call_at(20)  # the second call of a step count replays the first's error profile
         assert torch.isfinite(second).all()
         assert 1.8 <= 1.0 / (1.0 - dicache.summary(built.pipe).saved_fraction) <= 2.2
         built.call_at(12)  # fewer steps than target_min_steps: the δ rule, which backs off where it must
         s = dicache.summary(built.pipe)
-        assert s.config == generic and s.enabled_config == budget and s.rule.startswith("δ=0.2, no budget under 20")
+        assert s.config == on(generic) and s.enabled_config == budget and s.rule.startswith("δ=0.2, no budget under 20")
         assert all(b.calls == 12 and b.budget is None for b in s.branches.values())
     with _enabled(built.pipe.transformer, backend="torch"):
         built.call_at(20)  # the pipeline's scheduler is not linked: no step count, no budget
@@ -262,11 +277,12 @@ def test_the_default_of_a_family_without_a_preset_budgets_two_times(built):
     with _enabled(built.pipe, backend="torch", target_speedup=2.5):  # a budget asked for: at every step count
         built.call_at(12)
         s = dicache.summary(built.pipe)
-        assert s.config == budget.replace(target_speedup=2.5, target_min_steps=None) and s.enabled_config is None
+        asked = budget.replace(target_speedup=2.5, target_min_steps=None)
+        assert s.config == on(asked) and s.enabled_config == (asked if ddpm else None)
         assert all(b.budget is not None for b in s.branches.values())
     with _enabled(built.pipe, backend="torch", threshold=0.3):
         built.call_at(20)
-        assert dicache.summary(built.pipe).config == generic.replace(threshold=0.3)
+        assert dicache.summary(built.pipe).config == on(generic.replace(threshold=0.3))
     with _enabled(built.pipe, backend="torch", max_consecutive_reuse=2):
         assert dicache.summary(built.pipe).config.target_speedup is None
 
@@ -332,7 +348,8 @@ def test_cogvideox_video_to_video_runs_the_end_of_the_schedule():
              negative_prompt_embeds=torch.randn(1, 8, 32, generator=_gen(101)), video=video, strength=0.6, height=64,
              width=64, num_inference_steps=40, guidance_scale=6.0, generator=_gen(3), output_type="latent")
         branch = dicache.summary(pipe).branches["cond_uncond"]
-    assert branch.calls == 24 and branch.steps[-1].computed and branch.budget == "online"  # DDIM: no step sizes
+    # DDIM: no step sizes; γ from the steps on its trajectory, so the runs are planned
+    assert branch.calls == 24 and branch.steps[-1].computed and branch.budget == "planned, online"
     assert 1.8 <= 1.0 / (1.0 - branch.saved_fraction) <= 2.2, branch.pattern
 
 

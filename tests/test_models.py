@@ -586,9 +586,12 @@ def test_reconstruct_at_output_without_an_output_module_rebuilds_the_blocks():
     p3, missing = _outputs_of(model, 1, "output", output_module="no_such_module")
     assert p3 == p2 and all(torch.equal(a, b) for a, b in zip(missing, blocks))
     cfg = dicache.DiCacheConfig(reconstruct_at="auto", gamma_source="auto")
-    # "auto": the output where γ comes from the steps on a DDPM-family trajectory (flow_matching False) only
-    assert cfg.reconstructs_output(50, False) and not cfg.reconstructs_output(20, False)
+    # "auto": the output where γ comes from the steps on a DDPM-family trajectory (flow_matching False) only, which
+    # takes γ from the steps at any known step count (gamma_source="auto")
+    assert cfg.reconstructs_output(50, False) and cfg.reconstructs_output(20, False)
+    assert not cfg.reconstructs_output(None, False) and not cfg.reconstructs_output(20, True)
     assert not cfg.reconstructs_output(50, True) and not cfg.reconstructs_output(50) and not cfg.reconstructs_output(None)
+    assert not cfg.replace(gamma_source="probe").reconstructs_output(50, False)
     assert dicache.DiCacheConfig().reconstruct_at == "blocks"
     assert all(p.reconstruct_at == "auto" for p in dicache.PRESETS.values())
     # a skip with a single stored entry rebuilds the blocks' output (no line through one output)

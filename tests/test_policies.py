@@ -434,7 +434,9 @@ def test_budget_mode_on_a_pipeline():
     # the header says where γ comes from (the preset: the steps from STEPS_GAMMA_MIN_STEPS steps on, else the clipped probe's)
     plan = f", runs planned (skips unprobed, runs only shortening) on ≥ {STEPS_GAMMA_MIN_STEPS} steps)"
     assert f"γ from the steps on ≥ {STEPS_GAMMA_MIN_STEPS} steps, else γ∈[1, 1.5]{plan}" in str(s)
-    for source, text in (("steps", "γ from the steps" + plan), ("probe", "γ∈[1, 1.5]" + plan)):
+    # plan_runs="auto" follows γ's source: planned at any count with the steps', never with the probe's
+    for source, text in (("steps", "γ from the steps, runs planned (skips unprobed, runs only shortening))"),
+                         ("probe", "γ∈[1, 1.5])")):
         dicache.enable(pipe, backend="torch", target_speedup=2.0, gamma_source=source)
         tiny.flux_pipeline_call(pipe, steps=6)
         assert text in str(dicache.summary(pipe)), source
@@ -571,9 +573,10 @@ def test_alignment_order_auto_shared_follower_takes_the_leaders_choice():
     torch.testing.assert_close(h_uncond, h_cond)  # the same stored entries: the same reconstruction
 
 
-def _quadratic_entries_at_0_2_4(cfg, g, num_steps):
+def _quadratic_entries_at_0_2_4(cfg, g, num_steps, flow_matching=None):
     """An engine whose branch "c" computed steps 0, 2 and 4 (random probe residuals) of the deep trajectory
-    ``R(k) = A + B k + C k²``; returns the engine, the block input x and R."""
+    ``R(k) = A + B k + C k²``; returns the engine, the block input x and R. ``flow_matching``: what a pipeline
+    would have told the engine of its scheduler."""
     A, B, C = (torch.randn(2, 5, 7, generator=g) for _ in range(3))
     x = torch.randn(2, 5, 7, generator=g)
 
@@ -581,6 +584,7 @@ def _quadratic_entries_at_0_2_4(cfg, g, num_steps):
         return A + B * k + C * k * k
 
     engine = DiCacheEngine(cfg, M, "torch")
+    engine.flow_matching = flow_matching
     for k in (0, 2, 4):
         engine.begin_call("c", k, num_steps)
         engine._forced = "test"  # computed: store the entry of step k
@@ -669,19 +673,28 @@ def test_quad_balance_takes_the_line_through_unbalanced_entries(planned):
     assert run(1.0)[7][1] is None
 
 
-@pytest.mark.parametrize("num_steps", [20, STEPS_GAMMA_MIN_STEPS - 1, STEPS_GAMMA_MIN_STEPS, 50, None])
-def test_gamma_source_auto_takes_the_steps_on_long_trajectories(num_steps):
-    # gamma_source="auto" (the presets'): the step distance from STEPS_GAMMA_MIN_STEPS steps on, where
-    # alignment_order="auto" then takes the quadratic whole (w = 1): exact on a quadratic trajectory whatever
-    # the probe says; on shorter or unknown trajectories the probe's clipped γ and its fitted weight
+@pytest.mark.parametrize("flow_matching", [None, True, False])
+@pytest.mark.parametrize("num_steps", [8, 20, STEPS_GAMMA_MIN_STEPS - 1, STEPS_GAMMA_MIN_STEPS, 50, None])
+def test_gamma_source_auto_takes_the_steps_on_long_or_ddpm_trajectories(num_steps, flow_matching):
+    # gamma_source="auto" (the presets'): the step distance from STEPS_GAMMA_MIN_STEPS steps on, and at any known
+    # step count on a DDPM-family scheduler's trajectory (flow_matching False), where alignment_order="auto" then
+    # takes the quadratic whole (w = 1): exact on a quadratic trajectory whatever the probe says; on shorter
+    # flow-matching (or unknown) trajectories and unknown step counts the probe's clipped γ and its fitted weight
     g = torch.Generator().manual_seed(23)
     cfg = DiCacheConfig(threshold=1e9, warmup=0, gamma_clip=(1.0, 1.5), alignment_order="auto",
-                        gamma_source="auto")
-    engine, x, R = _quadratic_entries_at_0_2_4(cfg, g, num_steps)
+                        gamma_source="auto", plan_runs=False, run_power="auto")
+    engine, x, R = _quadratic_entries_at_0_2_4(cfg, g, num_steps, flow_matching)
     engine.begin_call("c", 7, num_steps)
     h = engine.after_probe(x, x + torch.randn(2, 5, 7, generator=g))
     state = engine.branches["c"]
-    if num_steps is not None and num_steps >= STEPS_GAMMA_MIN_STEPS:
+    steps = num_steps is not None and (num_steps >= STEPS_GAMMA_MIN_STEPS or flow_matching is False)
+    assert cfg.gamma_from_steps(num_steps, flow_matching) == steps
+    # the trajectory's config: γ's source resolved where only the scheduler's family decides it (one copy per config)
+    resolved = steps and num_steps < STEPS_GAMMA_MIN_STEPS
+    assert engine.config == (cfg.replace(gamma_source="steps") if resolved else cfg)
+    assert engine.config is cfg.on_trajectory(num_steps, flow_matching)
+    assert engine.config.run_power_at(num_steps) == (2.0 if steps else 1.0)
+    if steps:
         torch.testing.assert_close(state.gamma, torch.full_like(state.gamma, 2.5))
         torch.testing.assert_close(state.quad_weight, torch.ones_like(state.gamma))
         torch.testing.assert_close(h, x + R(7), rtol=1e-4, atol=1e-4)
