@@ -67,6 +67,7 @@ class _PipelineLink:
         self._full: Optional[Tuple[Optional[int], Optional[List[float]], bool]] = None
         self._begin: Optional[int] = None
         self._saw_start = False
+        self._loop_read = False  # whether this trajectory's first call read the pipeline's loop length (_read_loop)
 
     def install(self) -> None:
         self._wrap()
@@ -100,7 +101,21 @@ class _PipelineLink:
         begin = getattr(scheduler, "begin_index", None)
         self._begin = begin if isinstance(begin, int) and n is not None and 0 <= begin < n else None
         self._saw_start = False
+        self._loop_read = False
         self._rebase(self._begin or 0)
+
+    def _read_loop(self) -> None:
+        """At a trajectory's first transformer call: a pipeline whose loop runs more calls than its scheduler has
+        timesteps, and says so in ``_num_timesteps`` (set before the loop: SkyReels-V2's diffusion forcing with
+        ``ar_step`` > 0 runs ``num_inference_steps`` plus the frames' lag, each frame on its own copy of the
+        scheduler), has a trajectory of that many calls, without step sizes (no call steps one sigma to the next
+        of the schedule). Otherwise the calls after the scheduler's count would all count as the last steps
+        (``force_last_step``) and be computed."""
+        self._loop_read = True
+        loop, (n, _, flow) = getattr(self.pipeline, "_num_timesteps", None), self._full
+        if isinstance(loop, int) and not isinstance(loop, bool) and n is not None and loop > n and not self._begin:
+            self._full = (loop, None, flow)
+            self._rebase(0)
 
     def _rebase(self, begin: int) -> None:
         """The trajectory runs the schedule from ``begin`` on: its count and step sizes are that part's."""
@@ -129,6 +144,8 @@ class _PipelineLink:
         scheduler = self.scheduler
         if scheduler is None or self._full is None:
             return None
+        if not self._loop_read:
+            self._read_loop()
         if not hasattr(scheduler, "step_index"):
             if self._begin is None and read_timestep is not None:
                 self._begin = 0

@@ -356,7 +356,9 @@ def test_cogvideox_video_to_video_runs_the_end_of_the_schedule():
 def test_skyreels_diffusion_forcing_steps_copies_of_its_scheduler():
     """SkyReelsV2DiffusionForcingPipeline steps deep copies of its scheduler, so the linked one never moves: its
     step index is no clock, and the calls are numbered by their count as before (the presets still skip; at δ = 0
-    the pipeline is bitwise its own)."""
+    the pipeline is bitwise its own). With ``ar_step`` > 0 its loop runs more calls than the scheduler's timesteps
+    (the frames lag each other) and says so in ``_num_timesteps``: the trajectory is that long, so only its own last
+    call is forced (before, every call past the scheduler's count was)."""
     from diffusers import AutoencoderKLWan, SkyReelsV2DiffusionForcingPipeline, UniPCMultistepScheduler
 
     torch.manual_seed(0)
@@ -378,4 +380,8 @@ def test_skyreels_diffusion_forcing_steps_copies_of_its_scheduler():
     with _enabled(pipe, backend="torch"):
         call()
         branch = dicache.summary(pipe).branches["cond"]
+        assert dicache.hooks.session_of(pipe.transformer).pipeline_steps == pipe._num_timesteps == branch.calls > 10
     assert [st.index for st in branch.steps] == list(range(branch.calls)) and branch.skipped_calls >= 3
+    # force_last_step=0.04: the last call of the loop only; the calls past the scheduler's 10 timesteps skip too
+    assert [st.index for st in branch.steps if st.reason == "last_step"] == [branch.calls - 1], branch.pattern
+    assert any(not st.computed for st in branch.steps[10:]), branch.pattern
