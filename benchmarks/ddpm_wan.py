@@ -143,18 +143,14 @@ def main(argv=None) -> int:
     t.add_argument("--dir", required=True)
     t.add_argument("--train-steps", type=int, default=None, help="training steps (default: wan_digits's recipe)")
     t.add_argument("--threads", type=int, default=2)
-    p = sub.add_parser("patterns", help="fixed skip patterns, the blocks' and the output rebuilt")
-    p.add_argument("--dir", required=True)
-    p.add_argument("--steps", type=int, default=50)
-    p.add_argument("patterns", nargs="+")
-    p.add_argument("--seeds", default="0,1,2,3")
-    p.add_argument("--labels", default="0-9")
-    o = sub.add_parser("options", help="DiCache's own decisions, JSON option sets on top of the Wan preset")
-    o.add_argument("--dir", required=True)
-    o.add_argument("--steps", type=int, default=50)
-    o.add_argument("options", nargs="+")
-    o.add_argument("--seeds", default="0,1,2,3")
-    o.add_argument("--labels", default="0-9")
+    for cmd, help_ in (("patterns", "fixed skip patterns, the blocks' and the output rebuilt"),
+                       ("options", "DiCache's own decisions, JSON option sets on top of the Wan preset")):
+        p = sub.add_parser(cmd, help=help_)
+        p.add_argument("--dir", required=True)
+        p.add_argument("--steps", type=int, default=50)
+        p.add_argument(cmd, nargs="+")  # the patterns or the option sets
+        p.add_argument("--seeds", default="0,1,2,3")
+        p.add_argument("--labels", default="0-9")
     args = ap.parse_args(argv)
     warnings.filterwarnings("ignore")
     if args.cmd == "train":

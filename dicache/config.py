@@ -428,16 +428,16 @@ PAPER_PRESETS: Dict[str, DiCacheConfig] = {
 # * ``gamma_source="auto"``: from 25 steps on, γ is the step distance and the quadratic is taken whole (at
 #   50 steps +2.8 dB on Flux and +1.4 dB on Wan at 2× against the probe's γ; at 20 steps the probe's γ wins
 #   by 5.3 and 1.7 dB; with the runs planned on the steps, as this rule now plans them, at 20 steps: Flux −0.1 and
-#   Wan +1.2 dB at 2×, 1 to 3 dB under the probe's γ from 2.2× on). On a DDPM-family scheduler's trajectory at every step count:
-#   on ``cogvideox_digits`` at 20 steps the probe does not see what an early run of two skips costs (two samples
+#   Wan +1.2 dB at 2×, 1 to 3 dB under the probe's γ from 2.2× on). On a DDPM-family scheduler's trajectory at
+#   every step count: on ``cogvideox_digits`` at 20 steps the probe does not see what an early run of two skips costs (two samples
 #   fall to 17 dB); the planned runs on the steps with the output rebuilt gain, interpolated at 2 / 2.25 / 2.5 /
 #   2.75× on seeds 0–3, +5.7 / +2.7 / +4.0 / +1.6 dB pooled with the rule's δ and +4.6 / +2.7 / +0.9 / +2.7 with
 #   the budget's first call (seeds 4–5: +1.0 to +4.8 and +1.3 to +3.5), and at 10 steps +1.8 and +2.1 dB at 1.7×
 #   and 2×; on the unshipped DDPM Wan (benchmarks/ddpm_wan.py) +2.4 / +0.5 / +0.1 dB at 2 / 2.25 / 2.5× at 20 steps
 #   (benchmarks/RESULTS.md, twenty-eighth round);
 # * ``quad_balance=0.5``: the line, not the quadratic, through the warm-up's close pair and a far entry
-#   (``FF__F___F…``: steps 0, 1, 4; 20 flow-matching steps take γ from the probe, and at 50 the three warm-up calls and the reach
-#   bound never leave such entries). On the uncached trajectories of the three shipped models the quadratic through
+#   (``FF__F___F…``: steps 0, 1, 4; 20 flow-matching steps take γ from the probe, and at 50 the three warm-up calls
+#   and the reach bound never leave such entries). On the uncached trajectories of the three shipped models the quadratic through
 #   such entries misses the deep residual of the next steps 1.4–4× more than the line in the first third of the
 #   steps (benchmarks/extrapolation_error.py). Against the quadratic there, at 2–3× fewer flops on seeds 0–3 and
 #   4–5 (pooled / mean of the samples): Flux at 28 steps +2.5 to +5.3 / +2.1 to +4.4 dB from 2.25× on, the held-out

@@ -111,8 +111,9 @@ class Summary:
         gamma = {"probe": clip, "steps": "γ from the steps",
                  "auto": f"γ from the steps on ≥ {STEPS_GAMMA_MIN_STEPS} steps, else {clip}"}[c.gamma_source]
         how = "skips unprobed, runs only shortening" if c.monotone_runs else "skips unprobed"
-        # plan_runs="auto" follows γ's source (on a DDPM-family scheduler's trajectory it is the steps: on_trajectory)
-        planned = {"auto": {"steps": True, "probe": False, "auto": "auto"}[c.gamma_source]}.get(c.plan_runs, c.plan_runs)
+        planned = c.plan_runs
+        if planned == "auto" and c.gamma_source != "auto":  # it follows γ's source (on_trajectory may have set it)
+            planned = c.gamma_source == "steps"
         plan = {True: f", runs planned ({how})", False: "",
                 "auto": f", runs planned ({how}) on ≥ {STEPS_GAMMA_MIN_STEPS} steps"}[planned]
         lines = [
