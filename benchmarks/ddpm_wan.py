@@ -10,11 +10,15 @@ noise schedule (scaled-linear betas, zero terminal SNR, trailing timesteps), the
 to ``--dir`` (about 7 minutes on two cores), ``patterns`` runs fixed skip patterns on it through ``WanPipeline`` with
 DDIM, each with the blocks' and with the output rebuilt (``benchmarks/fixed_patterns.py``'s engine), and prints pooled
 PSNR / mean of the samples' PSNR against the uncached output; ``options`` runs DiCache's own decisions on it, JSON
-option sets on top of the Wan preset (``benchmarks/run_options.py``).
+option sets on top of the Wan preset (``benchmarks/run_options.py``); ``report`` runs ``benchmarks/quality.py`` on it,
+every peer and DiCache family (its ``--weights`` takes the directory above the one ``train`` wrote, so train into a
+directory named ``wan_digits``).
 
     .venv/bin/python benchmarks/ddpm_wan.py train --dir /tmp/wan_v
     .venv/bin/python benchmarks/ddpm_wan.py patterns --dir /tmp/wan_v --steps 50 FFF_F__F__F__F__F__F__F_F_F_F_F_F_F_F_F_F_F_F_F_FF
     .venv/bin/python benchmarks/ddpm_wan.py options --dir /tmp/wan_v --steps 20 '{"threshold": 0.3}'
+    .venv/bin/python benchmarks/ddpm_wan.py train --dir /tmp/ddpm/wan_digits
+    .venv/bin/python benchmarks/ddpm_wan.py report --dir /tmp/ddpm/wan_digits -- --steps 20 --seeds 0,1 --out bench_out/ddpm
 
 The variant lives in this process only, and only while it trains or samples (:func:`ddpm_variant`).
 """
@@ -136,6 +140,19 @@ def run_options(weights: str, steps: int, option_sets: Sequence[dict], seeds: Se
         return list(ro.run(NAME, steps, option_sets, seeds, labels, weights=weights))
 
 
+def run_report(weights: str, quality_args: Sequence[str]) -> int:
+    """``benchmarks/quality.py``'s report on the variant (every peer and DiCache family it runs), ``quality_args`` as
+    that script takes them (``--steps``, ``--seeds``, ``--families``, ``--out``, …). ``weights`` is the directory
+    ``train`` wrote, named ``wan_digits`` (``quality.py --weights`` takes the directory above it)."""
+    import quality as Q
+
+    weights = os.path.abspath(weights)
+    if os.path.basename(weights) != NAME:
+        raise ValueError(f"--dir must be a directory named {NAME} (train into …/{NAME}), got {weights!r}")
+    with ddpm_variant():
+        return Q.main(list(quality_args) + ["--models", NAME, "--weights", os.path.dirname(weights)])
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -151,8 +168,17 @@ def main(argv=None) -> int:
         p.add_argument(cmd, nargs="+")  # the patterns or the option sets
         p.add_argument("--seeds", default="0,1,2,3")
         p.add_argument("--labels", default="0-9")
+    r = sub.add_parser("report", help="quality.py's report (every peer and DiCache family) on the variant")
+    r.add_argument("--dir", required=True, help=f"the trained variant, a directory named {NAME}")
+    r.add_argument("quality_args", nargs=argparse.REMAINDER,
+                   help="quality.py's arguments after --: --out, --steps, --seeds, --families, --threads, --no-plot")
     args = ap.parse_args(argv)
     warnings.filterwarnings("ignore")
+    if args.cmd == "report":
+        try:
+            return run_report(args.dir, [a for a in args.quality_args if a != "--"])
+        except ValueError as e:
+            ap.error(str(e))
     if args.cmd == "train":
         print(train_variant(args.dir, args.train_steps, args.threads))
         return 0

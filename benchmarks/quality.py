@@ -1613,7 +1613,8 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     rows, details = run_benchmark(args)
     seconds = time.perf_counter() - t0
-    command = " ".join([".venv/bin/python", os.path.relpath(os.path.abspath(__file__), os.getcwd())] + sys.argv[1:])
+    # the script run (this one, or one that runs it on a variant: benchmarks/ddpm_wan.py report) and its arguments
+    command = " ".join([".venv/bin/python", os.path.relpath(os.path.abspath(sys.argv[0]), os.getcwd())] + sys.argv[1:])
     meta = dict(
         command=command, date=datetime.datetime.now().strftime("%Y-%m-%d %H:%M"), threads=args.threads,
         seconds=seconds, seeds=args.seeds, labels=args.labels, backend=args.backend, steps=args.steps,

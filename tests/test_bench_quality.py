@@ -800,9 +800,10 @@ def test_ddpm_wan_trains_and_compares_the_two_reconstructions(tmp_path):
     dw = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(dw)
     before = zoo.get_spec("wan_digits")
-    info = dw.train_variant(str(tmp_path), steps=20, threads=1)
+    weights = str(tmp_path / "wan_digits")
+    info = dw.train_variant(weights, steps=20, threads=1)
     assert info["steps"] == 20 and math.isfinite(info["final_loss"])
-    rows = dw.run_patterns(str(tmp_path), 8, ["FFF.F._F"], seeds=[0], labels=[0, 1])
+    rows = dw.run_patterns(weights, 8, ["FFF.F._F"], seeds=[0], labels=[0, 1])
     assert zoo.get_spec("wan_digits") is before and zoo.make_scheduler("wan_digits").__class__.__name__ != "DDIMScheduler"
     blocks, output = rows
     assert (blocks["reconstruct_at"], output["reconstruct_at"]) == ("blocks", "output")
@@ -812,7 +813,18 @@ def test_ddpm_wan_trains_and_compares_the_two_reconstructions(tmp_path):
     assert blocks["rebuilt"] == 0 and output["rebuilt"] == 6
     assert math.isfinite(blocks["psnr"]) and math.isfinite(output["psnr"]) and blocks["psnr"] != output["psnr"]
     # ``options``: DiCache's own decisions on the variant (on the Wan preset), the same rule
-    (row,) = dw.run_options(str(tmp_path), 8, [{"threshold": 0.5}], seeds=[0], labels=[0, 1])
+    (row,) = dw.run_options(weights, 8, [{"threshold": 0.5}], seeds=[0], labels=[0, 1])
     assert zoo.get_spec("wan_digits") is before
     assert row["options"] == {"threshold": 0.5} and "." not in row["pattern"] and row["fewer_flops"] > 1.0, row
     assert math.isfinite(row["psnr"]) and len(row["pattern"]) == 8
+    # ``report``: quality.py's report on the variant, from its weights, the DDIM scheduler driving WanPipeline
+    out = tmp_path / "report"
+    assert dw.run_report(weights, ["--quick", "--no-plot", "--families", "DiCache,TaylorSeer-Lite", "--out", str(out)]) == 0
+    assert zoo.get_spec("wan_digits") is before
+    with open(out / "quality.csv") as f:
+        rep = list(csv.DictReader(f))
+    assert {r["family"] for r in rep} >= {"DiCache", "TaylorSeer-Lite"} and {r["model"] for r in rep} == {"wan_digits"}
+    assert all(r["weights"] == f"trained weights from {weights}" for r in rep if r["status"] == "ok"), rep[0]
+    assert any(r["family"] == "DiCache" and float(r["fewer_flops"]) > 1.0 for r in rep)
+    with pytest.raises(ValueError, match="named wan_digits"):
+        dw.run_report(str(tmp_path), ["--quick", "--out", str(out)])
