@@ -149,8 +149,13 @@ def run_report(weights: str, quality_args: Sequence[str]) -> int:
     weights = os.path.abspath(weights)
     if os.path.basename(weights) != NAME:
         raise ValueError(f"--dir must be a directory named {NAME} (train into …/{NAME}), got {weights!r}")
-    with ddpm_variant():
-        return Q.main(list(quality_args) + ["--models", NAME, "--weights", os.path.dirname(weights)])
+    grad, threads = torch.is_grad_enabled(), torch.get_num_threads()  # quality.py sets both for the process
+    try:
+        with ddpm_variant():
+            return Q.main(list(quality_args) + ["--models", NAME, "--weights", os.path.dirname(weights)])
+    finally:
+        torch.set_grad_enabled(grad)
+        torch.set_num_threads(threads)
 
 
 def main(argv=None) -> int:
