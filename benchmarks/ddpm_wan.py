@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
 import dataclasses
 import os
 import sys
@@ -100,33 +99,20 @@ def run_patterns(weights: str, steps: int, patterns: Sequence[str], seeds: Seque
 def _run_patterns(weights, steps, patterns, seeds, labels):
     import dicache
     import fixed_patterns as fp
-    import quality as Q
-    from block_counter import BlockCounter
-    from dicache import zoo
-    from dicache.metrics import psnr, psnr_per_sample
+    import run_options as ro
 
-    base = zoo.load(NAME, path=weights)
-
-    def fresh():
-        tr = copy.deepcopy(base)
-        return zoo.pipeline(NAME, tr), BlockCounter(tr)
-
-    pipe, counter = fresh()
-    ref = {s: Q.sample(pipe, NAME, labels, s, steps, weights, counter) for s in seeds}
+    fresh, measure = ro.bench(NAME, steps, seeds, labels, weights)
     rows = []
     for pat in patterns:
         full = fp.check_pattern(pat, steps)
         for where in ("blocks", "output"):
             pipe, counter = fresh()
             dicache.enable(pipe, engine_factory=fp.pattern_engine(full), reconstruct_at=where)
-            runs = [Q.sample(pipe, NAME, labels, s, steps, weights, counter) for s in seeds]
+            m = measure(pipe, counter)
             rebuilt = sum(b.outputs_rebuilt for b in dicache.summary(pipe).branches.values())
             dicache.disable(pipe)
-            imgs, refs = torch.cat([r.images for r in runs]), torch.cat([ref[r.seed].images for r in runs])
-            per = psnr_per_sample(imgs, refs)
-            rows.append(dict(pattern=full, reconstruct_at=where, rebuilt=rebuilt,
-                             fewer_flops=sum(ref[r.seed].flops for r in runs) / sum(r.flops for r in runs),
-                             psnr=psnr(imgs, refs), psnr_mean=sum(per) / len(per), ran=runs[0].pattern.get("cond")))
+            rows.append(dict(pattern=full, reconstruct_at=where, rebuilt=rebuilt, fewer_flops=m["fewer_flops"],
+                             psnr=m["psnr"], psnr_mean=m["psnr_mean"], ran=m["runs"][0].pattern.get("cond")))
     return rows
 
 

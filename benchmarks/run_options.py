@@ -34,10 +34,11 @@ from dicache.metrics import psnr, psnr_per_sample, ssim  # noqa: E402
 from block_counter import BlockCounter  # noqa: E402
 
 
-def run(model: str, steps: int, option_sets, seeds, labels, weights=None):
-    """Each option set's run: its options, fewer flops, pooled PSNR, mean of the samples' PSNR, SSIM and the leading
-    branch's pattern (first seed). ``weights``: a directory written by ``scripts/train_zoo.py --out`` (or
-    ``benchmarks/ddpm_wan.py train``) instead of the shipped weights."""
+def bench(model: str, steps: int, seeds, labels, weights=None):
+    """The uncached reference, sampled once, and ``(fresh, measure)``: ``fresh()`` a new pipeline on a copy of the
+    model with its block counter; ``measure(pipe, counter)`` samples every seed with it and returns the runs, flops
+    saved, pooled PSNR, mean of the samples' PSNR and SSIM against the reference. ``weights``: a directory written by
+    ``scripts/train_zoo.py --out`` (or ``benchmarks/ddpm_wan.py train``) instead of the shipped weights."""
     import quality as Q  # the same sampling and flop counting as the quality benchmark
 
     base = zoo.load(model, path=weights)
@@ -46,19 +47,33 @@ def run(model: str, steps: int, option_sets, seeds, labels, weights=None):
         tr = copy.deepcopy(base)
         return zoo.pipeline(model, tr), BlockCounter(tr)
 
-    pipe, counter = fresh()
-    ref = {s: Q.sample(pipe, model, labels, s, steps, weights, counter) for s in seeds}
+    def sample_all(pipe, counter):
+        return [Q.sample(pipe, model, labels, s, steps, weights, counter) for s in seeds]
+
+    ref = {r.seed: r for r in sample_all(*fresh())}
+
+    def measure(pipe, counter):
+        runs = sample_all(pipe, counter)
+        imgs, refs = torch.cat([r.images for r in runs]), torch.cat([ref[r.seed].images for r in runs])
+        per_sample = psnr_per_sample(imgs, refs)
+        return dict(runs=runs, fewer_flops=sum(ref[r.seed].flops for r in runs) / sum(r.flops for r in runs),
+                    psnr=psnr(imgs, refs), psnr_mean=sum(per_sample) / len(per_sample), ssim=ssim(imgs, refs))
+
+    return fresh, measure
+
+
+def run(model: str, steps: int, option_sets, seeds, labels, weights=None):
+    """Each option set's run: its options, fewer flops, pooled PSNR, mean of the samples' PSNR, SSIM and the leading
+    branch's pattern (first seed). ``weights``: as :func:`bench`'s."""
+    fresh, measure = bench(model, steps, seeds, labels, weights)
     for options in option_sets:
         pipe, counter = fresh()
         dicache.enable(pipe, **options)
-        runs = [Q.sample(pipe, model, labels, s, steps, weights, counter) for s in seeds]
+        m = measure(pipe, counter)
         dicache.disable(pipe)
-        imgs, refs = torch.cat([r.images for r in runs]), torch.cat([ref[r.seed].images for r in runs])
-        fewer = sum(ref[r.seed].flops for r in runs) / sum(r.flops for r in runs)
-        pattern = runs[0].pattern.get("cond") or next(iter(runs[0].pattern.values()), "")
-        per_sample = psnr_per_sample(imgs, refs)
-        yield dict(options=options, fewer_flops=fewer, psnr=psnr(imgs, refs), psnr_mean=sum(per_sample) / len(per_sample),
-                   ssim=ssim(imgs, refs), pattern=pattern)
+        runs = m.pop("runs")
+        yield dict(options=options, pattern=runs[0].pattern.get("cond") or next(iter(runs[0].pattern.values()), ""),
+                   **m)
 
 
 def parse_option_sets(ap: argparse.ArgumentParser, texts):
