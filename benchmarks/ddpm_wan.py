@@ -163,8 +163,24 @@ def main(argv=None) -> int:
     r.add_argument("--dir", required=True, help=f"the trained variant, a directory named {NAME}")
     r.add_argument("quality_args", nargs=argparse.REMAINDER,
                    help="quality.py's arguments after --: --out, --steps, --seeds, --families, --threads, --no-plot")
+    f = sub.add_parser("fragile", help="fragile_samples.py on the variant: the samples a nudge already changes")
+    f.add_argument("--dir", required=True)
+    f.add_argument("--steps", type=int, default=50)
+    import fragile_samples as fs
+
+    fs.add_arguments(f)
     args = ap.parse_args(argv)
     warnings.filterwarnings("ignore")
+    if args.cmd == "fragile":
+        if not os.path.isdir(args.dir):
+            ap.error(f"--dir {args.dir!r} does not exist: train first (ddpm_wan.py train --dir …)")
+        torch.set_num_threads(1)
+        grad = torch.is_grad_enabled()
+        try:
+            with ddpm_variant():
+                return fs.run_main(ap, args, NAME, args.steps, weights=args.dir)
+        finally:
+            torch.set_grad_enabled(grad)
     if args.cmd == "report":
         try:
             return run_report(args.dir, [a for a in args.quality_args if a != "--"])

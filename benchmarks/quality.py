@@ -1439,6 +1439,75 @@ def _resampled(rows: List[Dict], errors: Dict[int, torch.Tensor], draws: Dict[Tu
     return out
 
 
+def rows_with_samples(rows: List[Dict], runs: List[Dict], what: str
+                      ) -> Tuple[List[Dict], Dict[int, torch.Tensor], Dict[Tuple[str, int], int]]:
+    """(the rows that can be recomputed sample by sample, their samples' squared errors by index in those rows
+    (:func:`sample_errors`), the number of samples per (model, steps)): rows without their samples' PSNR are left out
+    with a warning naming ``what`` leaves them (the reference, failed and unsupported runs count for nothing in
+    the margins and stay)."""
+    errors = sample_errors(rows, runs)
+    sizes: Dict[Tuple[str, int], int] = {}
+    for i, e in errors.items():
+        key = (rows[i]["model"], int(rows[i]["steps"]))
+        if sizes.setdefault(key, len(e)) != len(e):
+            raise ValueError(f"{key}: runs with different numbers of samples ({sizes[key]} and {len(e)})")
+    if not sizes:
+        raise ValueError("no run of the report has its samples' PSNR (quality_details.json from before them?)")
+    keep = [i for i, r in enumerate(rows) if i in errors or r["family"] == qm.NO_CACHE or r.get("status") != "ok"
+            or (r["model"], int(r["steps"])) not in sizes]
+    if len(keep) < len(rows):
+        dropped = sorted({f"{r['family']} ({r['model']} {r['steps']})" for i, r in enumerate(rows) if i not in keep})
+        warnings.warn(f"{what}: runs without their samples' PSNR left out: " + ", ".join(dropped))
+    return [rows[i] for i in keep], {j: errors[i] for j, i in enumerate(keep) if i in errors}, sizes
+
+
+def report_seeds(runs: List[Dict], model: str, steps: int) -> List[int]:
+    """The seeds of a report's runs of ``model`` at ``steps``, in the order :func:`sample_errors` lays their samples
+    out (ascending)."""
+    return sorted({int(r["seed"]) for det in runs if det["model"] == model and int(det["steps"]) == int(steps)
+                   for r in det.get("runs") or []})
+
+
+def without_samples(rows: List[Dict], runs: List[Dict],
+                    samples: Dict[Optional[int], Sequence[Tuple[int, int]]]) -> List[Dict]:
+    """The report's rows with PSNR over all samples and the mean of the samples' PSNR recomputed without the named
+    samples: ``samples`` maps a step count (None: every one) to (seed, index in its batch) pairs, as
+    ``patterns --worst`` and ``fragile_samples.py`` name them. Rows without their samples' PSNR are left out."""
+    kept, errors, sizes = rows_with_samples(rows, runs, "without")
+    draws: Dict[Tuple[str, int], torch.Tensor] = {}
+    for (model, st), n in sizes.items():
+        seeds = report_seeds(runs, model, st)
+        if not seeds or n % len(seeds):
+            raise ValueError(f"{model} {st}: {n} samples do not split evenly over the seeds {seeds}")
+        per = n // len(seeds)
+        drop = {(int(a), int(b)) for key in (None, st) for a, b in samples.get(key, ())}
+        bad = sorted((sd, i) for sd, i in drop if sd in seeds and not 0 <= i < per)
+        if bad:
+            raise ValueError(f"samples: index out of range for {model} {st} ({per} samples per seed): {bad}")
+        skip = {seeds.index(sd) * per + i for sd, i in drop if sd in seeds}
+        if len(skip) == n:
+            raise ValueError(f"samples: that leaves no sample of {model} {st}")
+        draws[(model, st)] = torch.tensor([j for j in range(n) if j not in skip], dtype=torch.long)
+    return _resampled(kept, errors, draws)
+
+
+def parse_samples(texts: Sequence[str]) -> Dict[Optional[int], List[Tuple[int, int]]]:
+    """``without``'s ``--samples`` values, each ``[STEPS=]SEED:INDEX,…`` (no ``STEPS=``: at every step count), as
+    :func:`without_samples` takes them; ValueError on anything else."""
+    out: Dict[Optional[int], List[Tuple[int, int]]] = {}
+    for text in texts:
+        steps, _, pairs = text.rpartition("=")
+        try:
+            key = int(steps) if steps else None
+            got = [tuple(int(v) for v in part.split(":")) for part in pairs.split(",") if part.strip()]
+        except ValueError:
+            got = []
+        if not got or any(len(p) != 2 for p in got):
+            raise ValueError(f"[STEPS=]SEED:INDEX,… such as 50=5:7,4:6, got {text!r}")
+        out.setdefault(key, []).extend(got)
+    return out
+
+
 def margins(rows: List[Dict], metric: str) -> Dict[Tuple, float]:
     """The acceptance margins of one report, by point: ``("lead", model, steps, x)``: best DiCache − best peer,
     ``("preset", …)``: preset − best DiCache (interpolated, :func:`lead_points`); ``("budget", model, steps,
@@ -1471,22 +1540,7 @@ def spread(rows: List[Dict], runs: List[Dict], resamples: int = 1000, seed: int 
     if not 0.0 < level < 1.0:
         raise ValueError(f"level must be in (0, 1), got {level}")
     _check_metric(metric)
-    errors = sample_errors(rows, runs)
-    sizes: Dict[Tuple[str, int], int] = {}
-    for i, e in errors.items():
-        key = (rows[i]["model"], int(rows[i]["steps"]))
-        if sizes.setdefault(key, len(e)) != len(e):
-            raise ValueError(f"{key}: runs with different numbers of samples ({sizes[key]} and {len(e)})")
-    if not sizes:
-        raise ValueError("no run of the report has its samples' PSNR (quality_details.json from before them?)")
-    # rows that count for nothing in the margins (the reference, failed or unsupported runs) stay as they are
-    keep = [i for i, r in enumerate(rows) if i in errors or r["family"] == qm.NO_CACHE or r.get("status") != "ok"
-            or (r["model"], int(r["steps"])) not in sizes]
-    if len(keep) < len(rows):
-        dropped = sorted({f"{r['family']} ({r['model']} {r['steps']})" for i, r in enumerate(rows) if i not in keep})
-        warnings.warn("spread: runs without their samples' PSNR left out: " + ", ".join(dropped))
-    kept = [rows[i] for i in keep]
-    errors = {j: errors[i] for j, i in enumerate(keep) if i in errors}
+    kept, errors, sizes = rows_with_samples(rows, runs, "spread")
     measured = margins(kept, metric)
     gen = torch.Generator().manual_seed(seed)
     samples: Dict[Tuple, List[float]] = {k: [] for k in measured}
@@ -1549,6 +1603,33 @@ def spread_main(argv: Sequence[str]) -> int:
     return 0
 
 
+def without_main(argv: Sequence[str]) -> int:
+    """``quality.py without REPORT_DIR --samples [STEPS=]SEED:INDEX,… [--samples …]``: the report's margins at a
+    glance (:func:`criteria_table`) and its lead table, with every sample and without the named ones (the samples
+    ``benchmarks/fragile_samples.py`` finds fragile: their outcome flips with a nudge, so whichever cache skips a step
+    there, PSNR over all samples reads that one sample). ``STEPS=``: only at that step count."""
+    ap = argparse.ArgumentParser(prog="quality.py without", description=without_main.__doc__)
+    ap.add_argument("report", help="report directory (quality.csv and quality_details.json)")
+    ap.add_argument("--samples", action="append", required=True,
+                    help="[STEPS=]SEED:INDEX,… (index in the seed's batch; STEPS=: only at that step count)")
+    a = ap.parse_args(argv)
+    try:
+        samples = parse_samples(a.samples)
+    except ValueError as e:
+        ap.error(f"--samples: {e}")
+    rows, runs = _read_reports(ap, [a.report])
+    try:
+        left = without_samples(rows, runs, samples)
+    except ValueError as e:
+        ap.error(str(e))
+    named = "; ".join(("" if k is None else f"{k} steps: ") + ", ".join(f"{sd}:{i}" for sd, i in v)
+                      for k, v in samples.items())
+    print("\n".join([f"{a.report}: every sample", "", *criteria_table(rows), "", f"without {named}", "",
+                     *criteria_table(left), "", f"The lead without {named}, PSNR over all samples:", "",
+                     *lead_table(left), ""]))
+    return 0
+
+
 def spread_summary(res: Dict[str, Dict[Tuple, Dict]]) -> List[str]:
     """Per margin and PSNR reading (``res``: metric → the points of :func:`spread`): how many points meet the goal
     as measured, and of those that miss it how many still meet it within the interval (the goal under its upper
@@ -1573,6 +1654,8 @@ def main(argv=None) -> int:
         return at_main(sys.argv[2:])
     if argv is None and len(sys.argv) > 1 and sys.argv[1] == "spread":
         return spread_main(sys.argv[2:])
+    if argv is None and len(sys.argv) > 1 and sys.argv[1] == "without":
+        return without_main(sys.argv[2:])
     if argv is None and len(sys.argv) > 1 and sys.argv[1] == "default":
         return default_main(sys.argv[2:])
     if argv is None and len(sys.argv) > 1 and sys.argv[1] == "entries":

@@ -37,7 +37,7 @@ from block_counter import BlockCounter  # noqa: E402
 def bench(model: str, steps: int, seeds, labels, weights=None):
     """The uncached reference, sampled once, and ``(fresh, measure)``: ``fresh()`` a new pipeline on a copy of the
     model with its block counter; ``measure(pipe, counter)`` samples every seed with it and returns the runs, flops
-    saved, pooled PSNR, mean of the samples' PSNR and SSIM against the reference. ``weights``: a directory written by
+    saved, pooled PSNR, mean of the samples' PSNR, SSIM and each sample's PSNR (seed by seed) against the reference. ``weights``: a directory written by
     ``scripts/train_zoo.py --out`` (or ``benchmarks/ddpm_wan.py train``) instead of the shipped weights."""
     import quality as Q  # the same sampling and flop counting as the quality benchmark
 
@@ -57,7 +57,8 @@ def bench(model: str, steps: int, seeds, labels, weights=None):
         imgs, refs = torch.cat([r.images for r in runs]), torch.cat([ref[r.seed].images for r in runs])
         per_sample = psnr_per_sample(imgs, refs)
         return dict(runs=runs, fewer_flops=sum(ref[r.seed].flops for r in runs) / sum(r.flops for r in runs),
-                    psnr=psnr(imgs, refs), psnr_mean=sum(per_sample) / len(per_sample), ssim=ssim(imgs, refs))
+                    psnr=psnr(imgs, refs), psnr_mean=sum(per_sample) / len(per_sample), ssim=ssim(imgs, refs),
+                    sample_psnr=per_sample)
 
     return fresh, measure
 

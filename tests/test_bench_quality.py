@@ -427,23 +427,26 @@ def test_at_reads_families_at_chosen_savings_from_reports(tmp_path, capsys):
     assert "not in the reports" in capsys.readouterr().err
 
 
-def test_spread_resamples_the_samples_behind_each_margin(tmp_path, capsys):
-    """``quality.py spread``: the margins recomputed on resampled samples (one draw per model and steps, shared by
-    every setting); a margin one sample sets has a wide interval, one every sample agrees on a narrow one."""
+def _pooled(samples):
+    return -10 * math.log10(sum(10 ** (-v / 10) for v in samples) / len(samples))
+
+
+def _sampled_report(seeds=(0, 1)):
+    """A report's rows and per-run details made up sample by sample (2 seeds × 10 labels, 20 steps): the preset's
+    setting at 0.45 of the flops has one sample (the first seed's index 7) at 20 dB, which sets its pooled PSNR;
+    the rest of the samples agree. Returns (rows, runs, the samples every setting shares)."""
     import random
 
-    import quality as Q
     import quality_methods as qm
 
     rnd = random.Random(3)
-    n = 20  # 2 seeds × 10 labels
+    n = 10 * len(seeds)
 
     def setting(family, frac, samples, steps=20):
-        pooled = -10 * math.log10(sum(10 ** (-v / 10) for v in samples) / len(samples))
         row = dict(model="wan_digits", steps=steps, family=family, setting=f"{family} {frac}", status="ok",
-                   flop_fraction=frac, psnr=pooled, psnr_mean=sum(samples) / len(samples), ssim=0.99)
-        runs = [dict(seed=str(k), flops="1", calls="20", sample_psnr=str([round(v, 3) for v in samples[10 * k:10 * k + 10]]))
-                for k in range(2)]
+                   flop_fraction=frac, psnr=_pooled(samples), psnr_mean=sum(samples) / len(samples), ssim=0.99)
+        runs = [dict(seed=str(sd), flops="1", calls="20",
+                     sample_psnr=str([round(v, 3) for v in samples[10 * k:10 * k + 10]])) for k, sd in enumerate(seeds)]
         return row, dict(model="wan_digits", steps=steps, family=family, setting=row["setting"], runs=runs)
 
     base = [rnd.uniform(40.0, 50.0) for _ in range(n)]
@@ -455,6 +458,23 @@ def test_spread_resamples_the_samples_behind_each_margin(tmp_path, capsys):
     rows, runs = [r for r, _ in made], [d for _, d in made]
     rows.append(dict(model="wan_digits", steps=20, family=qm.NO_CACHE, setting="", status="ok", flop_fraction=1.0,
                      psnr=math.inf, psnr_mean=math.inf, ssim=1.0))
+    return rows, runs, base
+
+
+def _write_report(Q, rows, runs, path):
+    Q.write_csv([dict(r, block_fraction=r["flop_fraction"], mac_fraction=r["flop_fraction"], savings=0,
+                      fewer_flops=1 / r["flop_fraction"], calls=20, wall_s=1.0, speedup=1.0, cpu_s=1.0,
+                      speedup_cpu=1.0, seeds=2, labels=10, weights="", note="", lpips="") for r in rows],
+                str(path / "quality.csv"))
+    (path / "quality_details.json").write_text(json.dumps(dict(meta={}, runs=runs)))
+
+
+def test_spread_resamples_the_samples_behind_each_margin(tmp_path, capsys):
+    """``quality.py spread``: the margins recomputed on resampled samples (one draw per model and steps, shared by
+    every setting); a margin one sample sets has a wide interval, one every sample agrees on a narrow one."""
+    import quality as Q
+
+    rows, runs, _ = _sampled_report()
     res = {(r["kind"], r["point"]): r for r in Q.spread(rows, runs, resamples=200, seed=1)}
     # the measured margins are the report's (lead_points on the same rows)
     pt = next(p for p in Q.lead_points(rows) if p["fewer"] == 2.0)
@@ -482,11 +502,7 @@ def test_spread_resamples_the_samples_behind_each_margin(tmp_path, capsys):
     assert not any(r["kind"] == "lead" for r in partial)  # no peer left to lead
 
     # the command reads a report directory
-    Q.write_csv([dict(r, block_fraction=r["flop_fraction"], mac_fraction=r["flop_fraction"], savings=0,
-                      fewer_flops=1 / r["flop_fraction"], calls=20, wall_s=1.0, speedup=1.0, cpu_s=1.0,
-                      speedup_cpu=1.0, seeds=2, labels=10, weights="", note="", lpips="") for r in rows],
-                str(tmp_path / "quality.csv"))
-    (tmp_path / "quality_details.json").write_text(json.dumps(dict(meta={}, runs=runs)))
+    _write_report(Q, rows, runs, tmp_path)
     assert Q.spread_main([str(tmp_path), "--resamples", "20"]) == 0
     out = capsys.readouterr().out
     assert "| preset − best DiCache (≥ −0.5) | wan_digits | 20 | 2× |" in out
@@ -498,6 +514,52 @@ def test_spread_resamples_the_samples_behind_each_margin(tmp_path, capsys):
     assert "not a report directory" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         Q.spread_main([str(tmp_path), "--level", "90"])
+
+
+def test_without_recomputes_the_readings_without_the_named_samples(tmp_path, capsys):
+    """``quality.py without``: PSNR over all samples and the mean of the samples' PSNR of every setting recomputed
+    without the named (seed, index) samples, at the step counts named; the margins read from them."""
+    import quality as Q
+    import quality_methods as qm
+
+    rows, runs, base = _sampled_report(seeds=(4, 5))
+    left = Q.without_samples(rows, runs, {None: [(4, 7)]})
+    by = {(r["family"], r["setting"]): r for r in left}
+    others = [v for i, v in enumerate(base) if i != 7]
+    bad = by[(qm.DICACHE, f"{qm.DICACHE} 0.45")]
+    assert bad["psnr"] == pytest.approx(_pooled(others), abs=2e-3)  # the 20 dB sample is gone
+    assert bad["psnr_mean"] == pytest.approx(sum(others) / len(others), abs=2e-3)
+    peer = by[(qm.UNIFORM, f"{qm.UNIFORM} 0.5")]
+    assert peer["psnr"] == pytest.approx(_pooled([v - 5.0 for v in others]), abs=2e-3)  # the same samples left out
+    assert by[(qm.NO_CACHE, "")]["psnr"] == math.inf
+    # with every sample the preset's pooled margin misses (one sample); without it, the preset holds
+    full = {p["fewer"]: p for p in Q.lead_points(rows)}[2.0]
+    cut = {p["fewer"]: p for p in Q.lead_points(left)}[2.0]
+    assert full["preset"][0] - full["best"][0] < -0.5 <= cut["preset"][0] - cut["best"][0]
+    # the second seed's sample 7 is another sample: leaving it out moves the bad setting by little
+    other = {(r["family"], r["setting"]): r for r in Q.without_samples(rows, runs, {20: [(5, 7)]})}
+    assert other[(qm.DICACHE, f"{qm.DICACHE} 0.45")]["psnr"] < bad["psnr"] - 5.0
+    # only at the step counts named: the report runs 20 steps, so at 50 nothing changes
+    same = Q.without_samples(rows, runs, {50: [(4, 7)]})
+    assert [r["psnr"] for r in same] == pytest.approx([r["psnr"] for r in rows], abs=2e-3)
+    with pytest.raises(ValueError, match="index out of range"):
+        Q.without_samples(rows, runs, {None: [(4, 10)]})
+    with pytest.raises(ValueError, match="no sample"):
+        Q.without_samples(rows, runs, {None: [(sd, i) for sd in (4, 5) for i in range(10)]})
+    # the command prints both readings
+    _write_report(Q, rows, runs, tmp_path)
+    assert Q.without_main([str(tmp_path), "--samples", "4:7"]) == 0
+    out = capsys.readouterr().out
+    assert "without 4:7" in out and out.count("| lead ≥ 1 dB over the best peer, interpolated |") == 2
+    assert "| preset within 0.5 dB of DiCache's best, interpolated | 0 of 1 |" in out
+    assert "| preset within 0.5 dB of DiCache's best, interpolated | 1 of 1 |" in out
+    assert Q.parse_samples(["50=4:7,5:1", "4:2", "50=4:3"]) == {50: [(4, 7), (5, 1), (4, 3)], None: [(4, 2)]}
+    assert Q.without_main([str(tmp_path), "--samples", "20=4:7", "--samples", "50=5:1"]) == 0
+    assert "without 20 steps: 4:7; 50 steps: 5:1" in capsys.readouterr().out
+    for bad_arg in ("4", "a:b", "", "x=4:7", "20="):
+        with pytest.raises(SystemExit):
+            Q.without_main([str(tmp_path), "--samples", bad_arg])
+        assert "--samples" in capsys.readouterr().err
 
 
 def test_patterns_labels_the_calls_each_setting_made(tmp_path, capsys):
@@ -787,7 +849,7 @@ def test_default_subcommand_reads_any_setting_as_the_default(capsys):
     assert "not a report directory" in capsys.readouterr().err
 
 
-def test_ddpm_wan_trains_and_compares_the_two_reconstructions(tmp_path):
+def test_ddpm_wan_trains_and_compares_the_two_reconstructions(tmp_path, capsys):
     """``benchmarks/ddpm_wan.py``: Wan's zoo transformer on a DDIM v-prediction schedule (a few training steps here),
     sampled by ``WanPipeline`` with DDIM; each pattern runs with the blocks' and with the output rebuilt. The zoo's
     own ``wan_digits`` is back afterwards."""
@@ -828,3 +890,43 @@ def test_ddpm_wan_trains_and_compares_the_two_reconstructions(tmp_path):
     assert any(r["family"] == "DiCache" and float(r["fewer_flops"]) > 1.0 for r in rep)
     with pytest.raises(ValueError, match="named wan_digits"):
         dw.run_report(str(tmp_path), ["--quick", "--out", str(out)])
+    # ``fragile``: fragile_samples.py on the variant (DDIM driving WanPipeline, the variant's weights)
+    capsys.readouterr()
+    assert dw.main(["fragile", "--dir", weights, "--steps", "6", "--seeds", "0", "--labels", "0,1", "--at", "2",
+                    "--all"]) == 0
+    text = capsys.readouterr().out
+    assert "| 0:1 | 1 |" in text and "nudged after step 2" in text, text
+    assert zoo.get_spec("wan_digits") is before and torch.is_grad_enabled()
+
+
+def test_fragile_samples_nudges_the_uncached_trajectory(capsys):
+    """``benchmarks/fragile_samples.py``: each sample's PSNR against its uncached output after a nudge of the latents
+    at each named step; a larger nudge changes the output more, the same arguments repeat, bad arguments are
+    refused; ``flag`` picks the samples far under the median."""
+    import fragile_samples as fs
+
+    assert fs.default_steps(50) == [5, 10, 15, 20] and fs.default_steps(4) == [1, 2]
+    small = fs.fragile("wan_digits", 5, [3], [0, 4], at=[1, 2], eps=1e-4)
+    assert [(r["seed"], r["index"], r["label"]) for r in small] == [(3, 0, 0), (3, 1, 4)]
+    for r in small:
+        assert r["at"] == [1, 2] and len(r["psnr"]) == 2 and r["lowest"] == min(r["psnr"])
+        assert all(math.isfinite(v) and v > 30.0 for v in r["psnr"])  # nudged, not broken
+    big = fs.fragile("wan_digits", 5, [3], [0, 4], at=[1, 2], eps=1e-2)
+    assert all(b["psnr"][j] < s["psnr"][j] - 5.0 for s, b in zip(small, big) for j in range(2))
+    assert fs.fragile("wan_digits", 5, [3], [0, 4], at=[1, 2], eps=1e-4) == small
+    for kw, msg in ((dict(at=[4]), "at"), (dict(eps=0.0), "eps"), (dict(at=[]), "at")):
+        with pytest.raises(ValueError, match=msg):
+            fs.fragile("wan_digits", 5, [3], [0], **kw)
+    rows = [dict(seed=0, index=i, label=i, at=[1], psnr=[v], lowest=v) for i, v in enumerate([60, 62, 40, 61, 59])]
+    assert [r["index"] for r in fs.flag(rows)] == [2] and fs.flag(rows, margin=25.0) == []
+    assert fs.flag(rows, floor=40.0) == []  # 40 dB is not under a floor of 40
+    stable = [dict(r, psnr=[r["lowest"] + 30], lowest=r["lowest"] + 30) for r in rows]  # 70 dB: 20 under the median
+    assert fs.flag(stable) == [] and [r["index"] for r in fs.flag(stable, floor=80.0)] == [2]
+    text = "\n".join(fs.table(rows))
+    assert "| 0:2 | 2 | 40.0 | 40.0 | yes |" in text and "1 of 5 samples fragile" in text and "0:1" not in text
+    assert fs.main(["wan_digits", "5", "--seeds", "3", "--labels", "0,4", "--at", "1", "--all"]) == 0
+    out = capsys.readouterr().out
+    assert "| 3:1 | 4 |" in out and out.rstrip().endswith("fragile: none")
+    with pytest.raises(SystemExit):
+        fs.main(["wan_digits", "5", "--at", "9"])
+    assert "at:" in capsys.readouterr().err
