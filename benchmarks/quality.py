@@ -287,7 +287,8 @@ def run_benchmark(args) -> List[Dict]:
     for name in args.models:
         path, desc = resolve_model_path(name, args)
         for steps in args.steps:
-            plan.append((name, path, desc, steps, qm.build_methods(name, steps, quick=args.quick, families=families)))
+            plan.append((name, path, desc, steps, qm.build_methods(name, steps, quick=args.quick, families=families,
+                                                                   values=args.values)))
     # per (model, steps): counted runs of every seed for no cache and each method, one timed run of the
     # first seed for each method and two for no cache (before and after), MagCache's calibration
     total = sum((len(args.seeds) + 1) * (1 + len(m)) + 1 + any(x.family == qm.MAGCACHE for x in m) for *_, m in plan)
@@ -960,9 +961,15 @@ def parse_args(argv=None):
     ap.add_argument("--online-sigma-weight", type=float, default=None, metavar="A",
                     help="a study of the budget's online rule: the step sizes it predicts the errors from weighted "
                          "by 1 + A/σ (default: none)")
+    ap.add_argument("--values", action="append", default=[], metavar="FAMILY=V1,V2",
+                    help="a study: this family's settings in place of its list (repeatable)")
     ap.add_argument("--no-plot", action="store_true")
     ap.add_argument("--list", action="store_true", help="print the methods and settings that would run, and exit")
     args = ap.parse_args(argv)
+    try:
+        args.values = dict(qm.parse_values(v) for v in args.values)
+    except ValueError as e:
+        ap.error(f"--values: {e}")
     for rule in DELTA_POSITIONS:
         p = getattr(args, f"{rule}_delta_position")
         if p is not None and not 0.0 <= p <= 1.0:
@@ -1680,7 +1687,7 @@ def main(argv=None) -> int:
     if args.list:
         for name in args.models:
             for steps in args.steps:
-                for m in qm.build_methods(name, steps, quick=args.quick):
+                for m in qm.build_methods(name, steps, quick=args.quick, values=args.values):
                     print(f"{name:12} {steps:3d}  {m.family:24} {m.setting}")
         return 0
     os.makedirs(args.out, exist_ok=True)

@@ -591,8 +591,39 @@ def dicache_method(family: str, value: float) -> Method:
     return Method(family, text, enable, dicache.disable, None, opts)
 
 
-def build_methods(model: str, steps: int, quick: bool = False, families: Optional[Sequence[str]] = None) -> List[Method]:
-    table = settings_for(model, steps)
+#: Families whose settings are one integer (an interval) and those whose settings are not one number (a study's
+#: ``--values`` cannot list them).
+_INT_VALUES = (UNIFORM, TAYLORSEER_LITE)
+_NOT_NUMBERS = (TAYLORSEER,)
+
+
+def parse_values(text: str) -> Tuple[str, list]:
+    """``FAMILY=v1,v2,…`` (``quality.py --values``): the family and its settings in place of its list (integers for
+    the interval families); ValueError naming what is wrong."""
+    fam, sep, vals = text.partition("=")
+    fam = fam.strip()
+    if not sep or fam not in FAMILIES[1:]:
+        raise ValueError(f"FAMILY=v1,v2,… with FAMILY among {list(FAMILIES[1:])}, got {text!r}")
+    if fam in _NOT_NUMBERS:
+        raise ValueError(f"{fam}'s settings are not numbers; its list stays as it is")
+    try:
+        got = [float(v) for v in vals.split(",") if v.strip()]
+    except ValueError:
+        got = []
+    if not got or not all(math.isfinite(v) and v > 0 for v in got):
+        raise ValueError(f"{fam}: positive numbers after '=', got {vals!r}")
+    if fam in _INT_VALUES:
+        if any(v != int(v) for v in got):
+            raise ValueError(f"{fam}: whole intervals, got {vals!r}")
+        got = [int(v) for v in got]
+    return fam, got
+
+
+def build_methods(model: str, steps: int, quick: bool = False, families: Optional[Sequence[str]] = None,
+                  values: Optional[Dict[str, list]] = None) -> List[Method]:
+    """The methods a report runs on ``model`` at ``steps``: each family's settings (``values``: a family's settings
+    in place of its list, :func:`parse_values`)."""
+    table = dict(settings_for(model, steps), **(values or {}))
     methods: List[Method] = []
     for fam in FAMILIES[1:]:
         if families is not None and fam not in families:

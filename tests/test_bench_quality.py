@@ -930,3 +930,28 @@ def test_fragile_samples_nudges_the_uncached_trajectory(capsys):
     with pytest.raises(SystemExit):
         fs.main(["wan_digits", "5", "--at", "9"])
     assert "at:" in capsys.readouterr().err
+
+
+def test_values_replace_a_familys_settings_for_a_study(capsys):
+    """``quality.py --values FAMILY=v1,v2``: the family runs those settings in place of its list (whole intervals
+    for the interval families); anything else is refused with the reason."""
+    import quality as Q
+    import quality_methods as qm
+
+    assert qm.parse_values("DiCache order 1=0.3, 0.6") == (qm.DICACHE_ORDER1, [0.3, 0.6])
+    assert qm.parse_values("uniform=2,4") == (qm.UNIFORM, [2, 4])
+    methods = qm.build_methods("cogvideox_digits", 50, families=[qm.DICACHE_ORDER1, qm.UNIFORM],
+                               values={qm.DICACHE_ORDER1: [0.3, 0.6]})
+    assert [(m.family, m.setting) for m in methods] == [
+        (qm.UNIFORM, "k=2 (x + R[-1])"), (qm.UNIFORM, "k=3 (x + R[-1])"),
+        (qm.DICACHE_ORDER1, "δ=0.3, alignment_order=1"), (qm.DICACHE_ORDER1, "δ=0.6, alignment_order=1")]
+    for text, msg in (("DiCache order 1", "FAMILY="), ("no such=1", "FAMILY="), ("TaylorSeer=3", "not numbers"),
+                      ("DiCache=", "positive"), ("DiCache=0,1", "positive"), ("DiCache=a", "positive"),
+                      ("uniform=2.5", "whole")):
+        with pytest.raises(ValueError, match=msg):
+            qm.parse_values(text)
+    args = Q.parse_args(["--out", "x", "--values", "DiCache=0.2,0.4", "--values", "uniform=3"])
+    assert args.values == {qm.DICACHE: [0.2, 0.4], qm.UNIFORM: [3]}
+    with pytest.raises(SystemExit):
+        Q.parse_args(["--out", "x", "--values", "uniform=2.5"])
+    assert "--values: uniform: whole" in capsys.readouterr().err
