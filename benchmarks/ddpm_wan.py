@@ -88,15 +88,16 @@ def train_variant(out_dir: str, steps: Optional[int] = None, threads: int = 2) -
         return train.train(NAME, steps=steps, out_dir=out_dir, threads=threads, progress=False)
 
 
-def run_patterns(weights: str, steps: int, patterns: Sequence[str], seeds: Sequence[int], labels: Sequence[int]
-                 ) -> List[dict]:
+def run_patterns(weights: str, steps: int, patterns: Sequence[str], seeds: Sequence[int], labels: Sequence[int],
+                 options: Optional[dict] = None) -> List[dict]:
     """Each pattern with the blocks' and with the output rebuilt: rows of (pattern, reconstruct_at, fewer flops,
-    pooled PSNR, mean of the samples' PSNR, the leading branch's pattern as run)."""
+    pooled PSNR, mean of the samples' PSNR, the leading branch's pattern as run, each sample's PSNR in seed order).
+    ``options``: more ``dicache.enable`` options on top of the Wan preset (``reconstruct_at`` is each row's)."""
     with ddpm_variant():
-        return _run_patterns(weights, steps, patterns, seeds, labels)
+        return _run_patterns(weights, steps, patterns, seeds, labels, options)
 
 
-def _run_patterns(weights, steps, patterns, seeds, labels):
+def _run_patterns(weights, steps, patterns, seeds, labels, options=None):
     import dicache
     import fixed_patterns as fp
     import run_options as ro
@@ -107,12 +108,13 @@ def _run_patterns(weights, steps, patterns, seeds, labels):
         full = fp.check_pattern(pat, steps)
         for where in ("blocks", "output"):
             pipe, counter = fresh()
-            dicache.enable(pipe, engine_factory=fp.pattern_engine(full), reconstruct_at=where)
+            dicache.enable(pipe, engine_factory=fp.pattern_engine(full), **dict(options or {}, reconstruct_at=where))
             m = measure(pipe, counter)
             rebuilt = sum(b.outputs_rebuilt for b in dicache.summary(pipe).branches.values())
             dicache.disable(pipe)
             rows.append(dict(pattern=full, reconstruct_at=where, rebuilt=rebuilt, fewer_flops=m["fewer_flops"],
-                             psnr=m["psnr"], psnr_mean=m["psnr_mean"], ran=m["runs"][0].pattern.get("cond")))
+                             psnr=m["psnr"], psnr_mean=m["psnr_mean"], ran=m["runs"][0].pattern.get("cond"),
+                             sample_psnr=m["sample_psnr"]))
     return rows
 
 
@@ -145,6 +147,17 @@ def run_report(weights: str, quality_args: Sequence[str]) -> int:
 
 
 def main(argv=None) -> int:
+    """The command line; the process's grad mode and thread count are as they were afterwards (the subcommands set
+    both, and tests call this in one process)."""
+    grad, threads = torch.is_grad_enabled(), torch.get_num_threads()
+    try:
+        return _main(argv)
+    finally:
+        torch.set_grad_enabled(grad)
+        torch.set_num_threads(threads)
+
+
+def _main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("train", help="train the DDPM variant into --dir")
@@ -159,6 +172,10 @@ def main(argv=None) -> int:
         p.add_argument(cmd, nargs="+")  # the patterns or the option sets
         p.add_argument("--seeds", default="0,1,2,3")
         p.add_argument("--labels", default="0-9")
+        if cmd == "patterns":
+            p.add_argument("--per-sample", action="store_true", help="each sample's PSNR too (seed/index)")
+            p.add_argument("--options", default=None,
+                           help="JSON options for dicache.enable on top of the Wan preset (e.g. alignment_order)")
     r = sub.add_parser("report", help="quality.py's report (every peer and DiCache family) on the variant")
     r.add_argument("--dir", required=True, help=f"the trained variant, a directory named {NAME}")
     r.add_argument("quality_args", nargs=argparse.REMAINDER,
@@ -175,12 +192,8 @@ def main(argv=None) -> int:
         if not os.path.isdir(args.dir):
             ap.error(f"--dir {args.dir!r} does not exist: train first (ddpm_wan.py train --dir …)")
         torch.set_num_threads(1)
-        grad = torch.is_grad_enabled()
-        try:
-            with ddpm_variant():
-                return fs.run_main(ap, args, NAME, args.steps, weights=args.dir)
-        finally:
-            torch.set_grad_enabled(grad)
+        with ddpm_variant():
+            return fs.run_main(ap, args, NAME, args.steps, weights=args.dir)
     if args.cmd == "report":
         try:
             return run_report(args.dir, [a for a in args.quality_args if a != "--"])
@@ -200,18 +213,22 @@ def main(argv=None) -> int:
         ap.error(f"--dir {args.dir!r} does not exist: train first (ddpm_wan.py train --dir …)")
     seeds, labels = Q._int_list(args.seeds), Q._int_list(args.labels)
     print(f"wan_digits on DDIM v-prediction, {args.steps} steps, seeds {args.seeds}, labels {args.labels}")
-    if args.cmd == "options":
-        import run_options as ro
+    import run_options as ro
 
+    if args.cmd == "options":
         ro.print_rows(run_options(args.dir, args.steps, ro.parse_option_sets(ap, args.options), seeds, labels))
         return 0
     try:
-        rows = run_patterns(args.dir, args.steps, args.patterns, seeds, labels)
+        options = ro.parse_option_sets(ap, [args.options])[0] if args.options else None
+        rows = run_patterns(args.dir, args.steps, args.patterns, seeds, labels, options)
     except ValueError as e:
         ap.error(str(e))
     for r in rows:
         print(f"{r['pattern']}  {r['reconstruct_at']:6s}  {r['fewer_flops']:.3f}×  {r['psnr']:6.2f} / {r['psnr_mean']:6.2f} dB"
               f"  ({r['rebuilt']} outputs rebuilt)", flush=True)
+        if args.per_sample:
+            names = [f"s{sd}/{i}" for sd in seeds for i in range(len(labels))]
+            print("    per sample (dB): " + "  ".join(f"{k} {v:.1f}" for k, v in zip(names, r["sample_psnr"])), flush=True)
     return 0
 
 

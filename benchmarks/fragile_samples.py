@@ -78,6 +78,11 @@ def fragile(model: str, steps: int, seeds: Sequence[int], labels: Sequence[int],
     at = default_steps(steps) if at is None else sorted(set(int(k) for k in at))
     if not at or at[0] < 0 or at[-1] > steps - 2:
         raise ValueError(f"at: steps within [0, {steps - 2}] (a nudge after the last step changes nothing), got {at}")
+    with torch.no_grad():
+        return _fragile(model, steps, seeds, labels, at, eps, weights, progress)
+
+
+def _fragile(model, steps, seeds, labels, at, eps, weights, progress) -> List[Dict]:
     pipe = zoo.pipeline(model, zoo.load(model, path=weights))
     rows: List[Dict] = []
     for seed in seeds:
@@ -143,7 +148,6 @@ def run_main(ap: argparse.ArgumentParser, args, model: str, steps: int, weights:
         ap.error(f"--at: {e}")
     if not args.margin > 0:
         ap.error(f"--margin must be > 0, got {args.margin}")
-    torch.set_grad_enabled(False)
     n_at = len(at) if at is not None else len(default_steps(max(steps, 3)))
     with tqdm(total=len(seeds) * n_at, desc="fragile samples", unit="run") as bar:
         try:
@@ -164,8 +168,12 @@ def main(argv=None) -> int:
     add_arguments(ap)
     args = ap.parse_args(argv)
     warnings.filterwarnings("ignore")
+    threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
-    return run_main(ap, args, args.model, args.steps)
+    try:
+        return run_main(ap, args, args.model, args.steps)
+    finally:
+        torch.set_num_threads(threads)
 
 
 if __name__ == "__main__":

@@ -874,6 +874,7 @@ def test_ddpm_wan_trains_and_compares_the_two_reconstructions(tmp_path, capsys):
     # the skips after two computed calls rebuild the output: steps 3, 5 and 6 (the follower branch's too)
     assert blocks["rebuilt"] == 0 and output["rebuilt"] == 6
     assert math.isfinite(blocks["psnr"]) and math.isfinite(output["psnr"]) and blocks["psnr"] != output["psnr"]
+    assert len(output["sample_psnr"]) == 2 and min(output["sample_psnr"]) <= output["psnr_mean"] <= max(output["sample_psnr"])
     # ``options``: DiCache's own decisions on the variant (on the Wan preset), the same rule
     (row,) = dw.run_options(weights, 8, [{"threshold": 0.5}], seeds=[0], labels=[0, 1])
     assert zoo.get_spec("wan_digits") is before
@@ -890,6 +891,15 @@ def test_ddpm_wan_trains_and_compares_the_two_reconstructions(tmp_path, capsys):
     assert any(r["family"] == "DiCache" and float(r["fewer_flops"]) > 1.0 for r in rep)
     with pytest.raises(ValueError, match="named wan_digits"):
         dw.run_report(str(tmp_path), ["--quick", "--out", str(out)])
+    # ``patterns --options``: more options for the fixed patterns (the line instead of the quadratic)
+    capsys.readouterr()
+    assert dw.main(["patterns", "--dir", weights, "--steps", "8", "--seeds", "0", "--labels", "0,1", "--per-sample",
+                    "--options", '{"alignment_order": 1}', "FFF.F._F"]) == 0
+    text = capsys.readouterr().out
+    assert text.count("per sample (dB): s0/0") == 2 and "output" in text
+    line = [float(ln.split("×")[1].split("/")[0]) for ln in text.splitlines() if "  output  " in ln][0]
+    assert line != pytest.approx(output["psnr"], abs=1e-3)  # the quadratic's row above, the line here
+    assert torch.is_grad_enabled()  # the command sets no-grad for itself only
     # ``fragile``: fragile_samples.py on the variant (DDIM driving WanPipeline, the variant's weights)
     capsys.readouterr()
     assert dw.main(["fragile", "--dir", weights, "--steps", "6", "--seeds", "0", "--labels", "0,1", "--at", "2",
@@ -927,6 +937,7 @@ def test_fragile_samples_nudges_the_uncached_trajectory(capsys):
     assert fs.main(["wan_digits", "5", "--seeds", "3", "--labels", "0,4", "--at", "1", "--all"]) == 0
     out = capsys.readouterr().out
     assert "| 3:1 | 4 |" in out and out.rstrip().endswith("fragile: none")
+    assert torch.is_grad_enabled()  # the process is as it was
     with pytest.raises(SystemExit):
         fs.main(["wan_digits", "5", "--at", "9"])
     assert "at:" in capsys.readouterr().err
