@@ -14,8 +14,8 @@ apart) comes out 15–30 dB lower: any cache that skips a step around there chan
 cache it is, and since PSNR over all samples pools the samples' squared errors, that one sample sets it. A sample
 is *fragile* where its lowest PSNR is under ``--floor`` dB (55: a nudge already leaves it where one skipped step
 leaves most samples) and more than ``--margin`` dB (15) under the median sample's lowest (on a model whose samples
-all come out at 90 dB, one at 70 is no bifurcation). The last line lists them as ``seed:index`` (the index in the batch, as
-``quality.py patterns --worst`` names samples) for ``quality.py without REPORT --samples …``.
+all come out at 90 dB, one at 70 is no bifurcation). The last line lists them as ``seed:index`` (the index in the
+batch, as ``quality.py patterns --worst`` names samples) for ``quality.py without REPORT --samples …``.
 """
 
 from __future__ import annotations
@@ -120,8 +120,8 @@ def table(rows: List[Dict], margin: float = DEFAULT_MARGIN, every: bool = False,
     for r in show:
         lines.append(f"| {r['seed']}:{r['index']} | {r['label']} | " + " | ".join(f"{v:.1f}" for v in r["psnr"])
                      + f" | {r['lowest']:.1f} | {'yes' if r in bad else ''} |")
-    lines += ["", f"{len(bad)} of {len(rows)} samples fragile (lowest PSNR under {floor:g} dB and more than {margin:g} dB "
-                  f"under the median sample's lowest, {med:.1f} dB)"]
+    lines += ["", f"{len(bad)} of {len(rows)} samples fragile (lowest PSNR under {floor:g} dB and more than "
+                  f"{margin:g} dB under the median sample's lowest, {med:.1f} dB)"]
     return lines
 
 

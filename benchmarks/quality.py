@@ -1481,6 +1481,15 @@ def without_samples(rows: List[Dict], runs: List[Dict],
     samples: ``samples`` maps a step count (None: every one) to (seed, index in its batch) pairs, as
     ``patterns --worst`` and ``fragile_samples.py`` name them. Rows without their samples' PSNR are left out."""
     kept, errors, sizes = rows_with_samples(rows, runs, "without")
+    missing = [k for k in samples if k is not None and k not in {st for _, st in sizes}]
+    if missing:
+        raise ValueError(f"samples: the report has no run at {missing} steps (it has {sorted({st for _, st in sizes})})")
+    for key, pairs in samples.items():
+        known = {sd for (m, st) in sizes if key is None or st == key for sd in report_seeds(runs, m, st)}
+        unknown = sorted({int(sd) for sd, _ in pairs} - known)
+        if unknown:
+            raise ValueError(f"samples: seeds {unknown} are not among the report's seeds {sorted(known)}"
+                             + ("" if key is None else f" at {key} steps"))
     draws: Dict[Tuple[str, int], torch.Tensor] = {}
     for (model, st), n in sizes.items():
         seeds = report_seeds(runs, model, st)

@@ -539,11 +539,19 @@ def test_without_recomputes_the_readings_without_the_named_samples(tmp_path, cap
     # the second seed's sample 7 is another sample: leaving it out moves the bad setting by little
     other = {(r["family"], r["setting"]): r for r in Q.without_samples(rows, runs, {20: [(5, 7)]})}
     assert other[(qm.DICACHE, f"{qm.DICACHE} 0.45")]["psnr"] < bad["psnr"] - 5.0
-    # only at the step counts named: the report runs 20 steps, so at 50 nothing changes
-    same = Q.without_samples(rows, runs, {50: [(4, 7)]})
-    assert [r["psnr"] for r in same] == pytest.approx([r["psnr"] for r in rows], abs=2e-3)
+    # only at the step counts named: a second step count's rows keep every sample
+    rows50, runs50, _ = _sampled_report(seeds=(4, 5))
+    for r in rows50 + runs50:
+        r["steps"] = 50
+    both = Q.without_samples(rows + rows50, runs + runs50, {20: [(4, 7)]})
+    assert [r["psnr"] for r in both if r["steps"] == 50] == pytest.approx([r["psnr"] for r in rows50], abs=2e-3)
+    assert [r["psnr"] for r in both if r["steps"] == 20] == pytest.approx([r["psnr"] for r in left], abs=2e-3)
     with pytest.raises(ValueError, match="index out of range"):
         Q.without_samples(rows, runs, {None: [(4, 10)]})
+    with pytest.raises(ValueError, match=r"seeds \[6\] are not among the report's seeds \[4, 5\]"):
+        Q.without_samples(rows, runs, {None: [(6, 1)]})
+    with pytest.raises(ValueError, match="no run at \\[50\\] steps"):
+        Q.without_samples(rows, runs, {50: [(4, 1)]})
     with pytest.raises(ValueError, match="no sample"):
         Q.without_samples(rows, runs, {None: [(sd, i) for sd in (4, 5) for i in range(10)]})
     # the command prints both readings
@@ -554,8 +562,11 @@ def test_without_recomputes_the_readings_without_the_named_samples(tmp_path, cap
     assert "| preset within 0.5 dB of DiCache's best, interpolated | 0 of 1 |" in out
     assert "| preset within 0.5 dB of DiCache's best, interpolated | 1 of 1 |" in out
     assert Q.parse_samples(["50=4:7,5:1", "4:2", "50=4:3"]) == {50: [(4, 7), (5, 1), (4, 3)], None: [(4, 2)]}
-    assert Q.without_main([str(tmp_path), "--samples", "20=4:7", "--samples", "50=5:1"]) == 0
-    assert "without 20 steps: 4:7; 50 steps: 5:1" in capsys.readouterr().out
+    assert Q.without_main([str(tmp_path), "--samples", "20=4:7", "--samples", "5:1"]) == 0
+    assert "without 20 steps: 4:7; 5:1" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        Q.without_main([str(tmp_path), "--samples", "50=5:1"])
+    assert "no run at [50] steps" in capsys.readouterr().err
     for bad_arg in ("4", "a:b", "", "x=4:7", "20="):
         with pytest.raises(SystemExit):
             Q.without_main([str(tmp_path), "--samples", bad_arg])
