@@ -188,9 +188,9 @@ def _main(argv=None) -> int:
     fs.add_arguments(f)
     args = ap.parse_args(argv)
     warnings.filterwarnings("ignore")
+    if args.cmd in ("patterns", "options", "fragile") and not os.path.isdir(args.dir):
+        ap.error(f"--dir {args.dir!r} does not exist: train first (ddpm_wan.py train --dir …)")
     if args.cmd == "fragile":
-        if not os.path.isdir(args.dir):
-            ap.error(f"--dir {args.dir!r} does not exist: train first (ddpm_wan.py train --dir …)")
         torch.set_num_threads(1)
         with ddpm_variant():
             return fs.run_main(ap, args, NAME, args.steps, weights=args.dir)
@@ -209,8 +209,6 @@ def _main(argv=None) -> int:
     dlog.disable_progress_bar()
     torch.set_num_threads(1)
     torch.set_grad_enabled(False)
-    if not os.path.isdir(args.dir):
-        ap.error(f"--dir {args.dir!r} does not exist: train first (ddpm_wan.py train --dir …)")
     seeds, labels = Q._int_list(args.seeds), Q._int_list(args.labels)
     print(f"wan_digits on DDIM v-prediction, {args.steps} steps, seeds {args.seeds}, labels {args.labels}")
     import run_options as ro
@@ -227,8 +225,10 @@ def _main(argv=None) -> int:
         print(f"{r['pattern']}  {r['reconstruct_at']:6s}  {r['fewer_flops']:.3f}×  {r['psnr']:6.2f} / {r['psnr_mean']:6.2f} dB"
               f"  ({r['rebuilt']} outputs rebuilt)", flush=True)
         if args.per_sample:
-            names = [f"s{sd}/{i}" for sd in seeds for i in range(len(labels))]
-            print("    per sample (dB): " + "  ".join(f"{k} {v:.1f}" for k, v in zip(names, r["sample_psnr"])), flush=True)
+            import fixed_patterns as fp
+
+            names = [f"s{sd}/{lab}" for sd in seeds for lab in labels]  # as fixed_patterns.py names them
+            print(fp.per_sample_line(dict(zip(names, r["sample_psnr"]))), flush=True)
     return 0
 
 

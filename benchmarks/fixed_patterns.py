@@ -114,6 +114,11 @@ def run(model: str, steps: int, patterns: List[str], seeds: List[int], labels: L
     return out
 
 
+def per_sample_line(per_sample: dict) -> str:
+    """``--per-sample``'s line: each sample's PSNR, named ``s<seed>/<label>``."""
+    return "    per sample (dB): " + "  ".join(f"{k} {v:.1f}" for k, v in per_sample.items())
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("model", choices=zoo.NAMES)
@@ -156,7 +161,7 @@ def main(argv=None) -> int:
         print(f"{r['pattern']:<{max(8, args.steps)}}  {r['fewer_flops']:10.3f}×  {r['psnr']:7.2f}  {r['ssim']:.4f}"
               + ("" if r["ran"] == r["pattern"] else f"  (ran {r['ran']})"), flush=True)
         if args.per_sample:
-            print("    per sample (dB): " + "  ".join(f"{k} {v:.1f}" for k, v in r["per_sample"].items()), flush=True)
+            print(per_sample_line(r["per_sample"]), flush=True)
     return 0
 
 

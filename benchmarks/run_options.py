@@ -37,8 +37,9 @@ from block_counter import BlockCounter  # noqa: E402
 def bench(model: str, steps: int, seeds, labels, weights=None):
     """The uncached reference, sampled once, and ``(fresh, measure)``: ``fresh()`` a new pipeline on a copy of the
     model with its block counter; ``measure(pipe, counter)`` samples every seed with it and returns the runs, flops
-    saved, pooled PSNR, mean of the samples' PSNR, SSIM and each sample's PSNR (seed by seed) against the reference. ``weights``: a directory written by
-    ``scripts/train_zoo.py --out`` (or ``benchmarks/ddpm_wan.py train``) instead of the shipped weights."""
+    saved, pooled PSNR, mean of the samples' PSNR, SSIM and each sample's PSNR (seed by seed) against the reference.
+    ``weights``: a directory written by ``scripts/train_zoo.py --out`` (or ``benchmarks/ddpm_wan.py train``) instead
+    of the shipped weights."""
     import quality as Q  # the same sampling and flop counting as the quality benchmark
 
     base = zoo.load(model, path=weights)
