@@ -10,6 +10,8 @@ follower branch (uncond) follows each step as ``cfg_decision="shared"`` does.
     .venv/bin/python benchmarks/fixed_patterns.py wan_digits 20 FF._F._F.F.F.F.F.F.F FF._F._F._F.F.F.F.FF
     .venv/bin/python benchmarks/fixed_patterns.py wan_digits 50 --single-skips        # one skip at a time
     .venv/bin/python benchmarks/fixed_patterns.py wan_digits 20 FF..F..F --options '{"gamma_clip": [0, 10]}'
+    .venv/bin/python benchmarks/fixed_patterns.py wan_digits 50 FFF_F__F --weights DIR   # DIR/wan_digits: weights
+                                                                      # from scripts/train_zoo.py --out
 
 For each pattern it prints the flops saved (torch's FlopCounterMode, as ``quality.py`` counts them), PSNR and
 SSIM against the uncached output over 2 seeds × 10 labels (``--seeds``, ``--labels``), and with ``--per-sample`` each
@@ -86,13 +88,15 @@ def check_pattern(p: str, steps: int) -> str:
 
 
 def run(model: str, steps: int, patterns: List[str], seeds: List[int], labels: List[int],
-        options: Optional[dict] = None) -> List[dict]:
+        options: Optional[dict] = None, weights: Optional[str] = None) -> List[dict]:
+    """Each pattern's flops saved, PSNR, SSIM and per-sample PSNR against the uncached output. ``weights``: the
+    model's directory (``quality.trained_weights``) instead of the shipped weights."""
     import quality as Q  # the same sampling and flop counting as the quality benchmark
 
-    base = zoo.load(model)
+    base = zoo.load(model, path=weights)
 
     def sample(pipe, counter, seed):
-        return Q.sample(pipe, model, labels, seed, steps, None, counter)
+        return Q.sample(pipe, model, labels, seed, steps, weights, counter)
 
     tr = copy.deepcopy(base)
     pipe, counter = zoo.pipeline(model, tr), BlockCounter(tr)
@@ -129,16 +133,11 @@ def main(argv=None) -> int:
     ap.add_argument("--labels", default="0-9")
     ap.add_argument("--options", default=None, help="JSON options for dicache.enable (on top of the preset)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--weights", default=None, help="directory with <model>/ trained by scripts/train_zoo.py --out "
+                    "(as quality.py's; default: the shipped weights)")
     ap.add_argument("--per-sample", action="store_true",
                     help="also print each sample's PSNR (seed/label): the PSNR over all samples is set by the worst")
     args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    torch.set_grad_enabled(False)
-    warnings.filterwarnings("ignore")
-    from diffusers.utils import logging as dlog
-
-    dlog.set_verbosity_error()
-    dlog.disable_progress_bar()
     if args.steps < 2:
         ap.error("steps must be >= 2")
     pats = list(args.patterns)
@@ -155,13 +154,29 @@ def main(argv=None) -> int:
     seeds = Q._int_list(args.seeds)
     labels = Q._int_list(args.labels)
     options = json.loads(args.options) if args.options else None
-    print(f"{args.model}, {args.steps} steps, seeds {seeds}, {len(labels)} labels; options {options or '{}'}")
-    print(f"{'pattern':<{max(8, args.steps)}}  fewer flops  PSNR dB    SSIM")
-    for r in run(args.model, args.steps, pats, seeds, labels, options):
-        print(f"{r['pattern']:<{max(8, args.steps)}}  {r['fewer_flops']:10.3f}×  {r['psnr']:7.2f}  {r['ssim']:.4f}"
-              + ("" if r["ran"] == r["pattern"] else f"  (ran {r['ran']})"), flush=True)
-        if args.per_sample:
-            print(per_sample_line(r["per_sample"]), flush=True)
+    try:
+        weights = None if args.weights is None else Q.trained_weights(args.weights, args.model)
+    except ValueError as e:
+        ap.error(str(e))
+    warnings.filterwarnings("ignore")
+    from diffusers.utils import logging as dlog
+
+    dlog.set_verbosity_error()
+    dlog.disable_progress_bar()
+    threads, grad = torch.get_num_threads(), torch.is_grad_enabled()
+    torch.set_num_threads(args.threads)
+    torch.set_grad_enabled(False)
+    try:
+        print(f"{args.model}, {args.steps} steps, seeds {seeds}, {len(labels)} labels; options {options or '{}'}")
+        print(f"{'pattern':<{max(8, args.steps)}}  fewer flops  PSNR dB    SSIM")
+        for r in run(args.model, args.steps, pats, seeds, labels, options, weights):
+            print(f"{r['pattern']:<{max(8, args.steps)}}  {r['fewer_flops']:10.3f}×  {r['psnr']:7.2f}  "
+                  f"{r['ssim']:.4f}" + ("" if r["ran"] == r["pattern"] else f"  (ran {r['ran']})"), flush=True)
+            if args.per_sample:
+                print(per_sample_line(r["per_sample"]), flush=True)
+    finally:  # the process as it was (a test or another script may run next)
+        torch.set_num_threads(threads)
+        torch.set_grad_enabled(grad)
     return 0
 
 

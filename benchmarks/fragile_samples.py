@@ -3,6 +3,7 @@
 
     .venv/bin/python benchmarks/fragile_samples.py cogvideox_digits 50 --seeds 4,5
     .venv/bin/python benchmarks/fragile_samples.py wan_digits 50 --seeds 0,1,2,3 --at 5,10,15,20 --eps 1e-3
+    .venv/bin/python benchmarks/fragile_samples.py wan_digits 50 --weights DIR   # DIR/wan_digits: train_zoo.py --out
 
 No cache runs here. Each seed's batch is sampled once uncached, then once per step ``k`` of ``--at`` (default: a
 tenth, a fifth, three tenths and two fifths of the steps) with the latents nudged at the end of step ``k``: each
@@ -165,13 +166,22 @@ def main(argv=None) -> int:
     ap.add_argument("model", choices=zoo.NAMES)
     ap.add_argument("steps", type=int)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--weights", default=None, help="directory with <model>/ trained by scripts/train_zoo.py --out "
+                    "(as quality.py's; default: the shipped weights)")
     add_arguments(ap)
     args = ap.parse_args(argv)
+    weights = None
+    if args.weights is not None:
+        import quality as Q
+        try:
+            weights = Q.trained_weights(args.weights, args.model)
+        except ValueError as e:
+            ap.error(str(e))
     warnings.filterwarnings("ignore")
     threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     try:
-        return run_main(ap, args, args.model, args.steps)
+        return run_main(ap, args, args.model, args.steps, weights)
     finally:
         torch.set_num_threads(threads)
 

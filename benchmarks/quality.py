@@ -135,12 +135,22 @@ def random_model_dir(name: str, root: str, seed: int = 0) -> str:
     return out
 
 
+def trained_weights(root: str, name: str) -> str:
+    """``--weights ROOT``: the directory ``scripts/train_zoo.py --out ROOT/name`` wrote ``name`` to; ValueError
+    naming ``--weights`` where there is no model."""
+    d = os.path.join(root, name)
+    if not _has_weights(d):
+        raise ValueError(f"--weights {root}: no model in {d}")
+    return d
+
+
 def resolve_model_path(name: str, args):
     """The directory to load ``name`` from (None: the shipped weights), and a description."""
     if args.weights:
-        d = os.path.join(args.weights, name)
-        if not _has_weights(d):
-            raise SystemExit(f"--weights {args.weights}: no model in {d}")
+        try:
+            d = trained_weights(args.weights, name)
+        except ValueError as e:
+            raise SystemExit(str(e)) from None
         return d, f"trained weights from {d}"
     if _has_weights(zoo.weights_dir(name)):
         return None, "shipped weights"

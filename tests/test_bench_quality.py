@@ -954,6 +954,34 @@ def test_fragile_samples_nudges_the_uncached_trajectory(capsys):
     assert "at:" in capsys.readouterr().err
 
 
+def test_weights_replace_the_shipped_model_in_the_pattern_tools(tmp_path, capsys):
+    """``--weights DIR`` (``DIR/<model>`` written by ``scripts/train_zoo.py --out``): ``fixed_patterns.py`` and
+    ``fragile_samples.py`` sample that model instead of the shipped one, as ``quality.py`` does; a directory with no
+    model is refused, naming the argument."""
+    import fixed_patterns as fp
+    import fragile_samples as fs
+    import quality as Q
+
+    with pytest.raises(ValueError, match="--weights .*no model in"):
+        Q.trained_weights(str(tmp_path), "wan_digits")
+    d = Q.random_model_dir("wan_digits", str(tmp_path))  # untrained: another model of the same configuration
+    assert Q.trained_weights(str(tmp_path), "wan_digits") == d
+    (shipped,) = fp.run("wan_digits", 6, ["FF..FF"], seeds=[0], labels=[0, 1])
+    (other,) = fp.run("wan_digits", 6, ["FF..FF"], seeds=[0], labels=[0, 1], weights=d)
+    assert other["ran"] == "FF..FF" and list(other["per_sample"]) == ["s0/0", "s0/1"]
+    assert all(abs(a - b) > 0.1 for a, b in zip(shipped["per_sample"].values(), other["per_sample"].values()))
+    mine = fs.fragile("wan_digits", 5, [3], [0], at=[1], weights=d)
+    assert mine != fs.fragile("wan_digits", 5, [3], [0], at=[1])
+    assert fp.main(["wan_digits", "5", "FF.FF", "--seeds", "0", "--labels", "0", "--weights", str(tmp_path)]) == 0
+    assert "FF.FF" in capsys.readouterr().out and torch.is_grad_enabled()
+    missing = str(tmp_path / "none")
+    for main, argv in ((fp.main, ["wan_digits", "6", "FF"]), (fs.main, ["wan_digits", "6"])):
+        with pytest.raises(SystemExit):
+            main(argv + ["--weights", missing])
+        assert f"--weights {missing}: no model in" in capsys.readouterr().err
+    assert torch.is_grad_enabled()  # the process is as it was
+
+
 def test_values_replace_a_familys_settings_for_a_study(capsys):
     """``quality.py --values FAMILY=v1,v2``: the family runs those settings in place of its list (whole intervals
     for the interval families); anything else is refused with the reason."""
