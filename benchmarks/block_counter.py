@@ -12,6 +12,9 @@ block's own code really runs. From the tallies:
   counts 1, a skipped one 0, a partly computed one (TaylorSeer's predicted attention) its share.
   For whole-block caches this is exactly "blocks run / blocks of the uncached model".
 * ``mac_fraction`` — the same weighted by each block's cost (linear-layer MACs of all blocks).
+* ``call_pattern()`` — what each model call ran, in call order: ``F`` every block, ``.`` a part of them (a
+  probe, a first block, TaylorSeer's predicted attention), ``_`` none. It shows where any cache computed,
+  peers included (a pipeline with separate CFG calls interleaves its branches' calls).
 
 The attention products themselves (``softmax(QKᵀ)V``) are not counted; at the zoo's 64–128 tokens
 per sample they are a few percent of a block.
@@ -45,6 +48,7 @@ class BlockCounter:
             raise ValueError(f"{type(model).__name__} has no block list among {BLOCK_LISTS}")
         self.macs = [0] * len(self.names)
         self.calls = 0
+        self._starts: List[int] = []  # the total MACs counted when each model call began
         self._handles = []
         for i, (_, block) in enumerate(block_modules(model)):
             for mod in block.modules():
@@ -63,10 +67,20 @@ class BlockCounter:
 
     def _count_call(self, _m, _args):
         self.calls += 1
+        self._starts.append(sum(self.macs))
 
     def reset(self) -> None:
         self.macs = [0] * len(self.names)
         self.calls = 0
+        self._starts = []
+
+    def call_pattern(self) -> str:
+        """One character per model call since the last reset: ``F`` where its blocks ran at least 99 % of the
+        most any call ran, ``_`` where none ran, ``.`` in between."""
+        ends = self._starts[1:] + [sum(self.macs)]
+        per_call = [e - b for b, e in zip(self._starts, ends)]
+        most = max(per_call, default=0)
+        return "".join("_" if m == 0 else "F" if m >= 0.99 * most else "." for m in per_call)
 
     def snapshot(self) -> Dict[str, object]:
         return {"macs": list(self.macs), "calls": self.calls}

@@ -221,6 +221,8 @@ def sample(pipe, name: str, labels: Sequence[int], seed: int, steps: int, path: 
         s = dicache.summary(pipe)
         res.pattern = {b.name: b.pattern for b in s.branches.values()}
         res.dicache_fraction = 1.0 - s.saved_fraction
+    else:  # any other cache: what each model call ran, as the block counter saw it (branches interleaved)
+        res.pattern = {"calls": counter.call_pattern()}
     return res
 
 
@@ -1251,7 +1253,8 @@ def default_main(argv: Sequence[str]) -> int:
 
 def call_patterns(run: Dict) -> Optional[Tuple]:
     """The calls a setting made (every seed's pattern per branch, in seed order) from a report's per-run details,
-    or None where the run recorded none (peers, failed runs)."""
+    or None where the run recorded none (failed runs; peers in reports before the thirtieth round, since which a
+    peer's run records what each model call ran, ``{"calls": …}``, from the block counter)."""
     key = []
     for r in sorted(run.get("runs") or [], key=lambda r: int(r["seed"])):
         pat = r.get("pattern")

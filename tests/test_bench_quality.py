@@ -34,6 +34,8 @@ def test_quick_run_writes_every_family(tmp_path):
         rows = list(csv.DictReader(f))
     assert {r["model"] for r in rows} == set(zoo.NAMES)  # every one
     assert (out / "quality.md").is_file() and (out / "quality_details.json").is_file()
+    with open(out / "quality_details.json") as f:
+        details = json.load(f)
 
     # every family runs at some step count of the full benchmark (the γ-source families at one each)
     tabled = {f for m in qm.SETTINGS for st in qm.SETTINGS[m] for f, v in qm.SETTINGS[m][st].items() if v}
@@ -76,6 +78,14 @@ def test_quick_run_writes_every_family(tmp_path):
         config = zoo.get_spec(model).config
         n_blocks = config["num_layers"] + config.get("num_single_layers", 0)
         assert abs(float(uni["block_fraction"]) - (2 * n_blocks + 4) / (6 * n_blocks)) < 1e-9
+        # a cache that is not DiCache records what each model call ran, as the block counter saw it
+        peers = [d for d in details["runs"] if d["model"] == model and d.get("status") == "ok"
+                 and not d["family"].startswith(("DiCache", qm.UNIFORM, qm.NO_CACHE))]
+        for d in peers:
+            for run in d["runs"]:
+                calls = run["pattern"]["calls"]
+                assert len(calls) == run["calls"] and set(calls) <= set("F._") and calls[0] == "F", (d, calls)
+        assert any(set(r["pattern"]["calls"]) > {"F"} for d in peers for r in d["runs"]), model  # some peer skipped
 
     # the failures peers are known for are rows with the reason, not crashes
     (ts_wan,) = [r for r in rows if r["model"] == "wan_digits" and r["family"] == qm.TAYLORSEER
@@ -149,6 +159,34 @@ def test_quick_run_writes_every_family(tmp_path):
             assert float(a["psnr"]) == pytest.approx(float(b["psnr"]), abs=0.006)
             assert float(a["psnr_mean"]) == pytest.approx(float(b["psnr_mean"]), abs=0.006)
             assert float(a["flop_fraction"]) == pytest.approx(float(b["flop_fraction"]), abs=6e-4)
+
+
+def test_block_counter_names_what_each_call_ran():
+    """``BlockCounter.call_pattern``: per model call, ``F`` every block ran, ``.`` some, ``_`` none; reset forgets."""
+    from block_counter import BlockCounter
+
+    class Blocks(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.blocks = torch.nn.ModuleList(torch.nn.Sequential(torch.nn.Linear(4, 4)) for _ in range(3))
+
+        def forward(self, x, run):
+            for block in self.blocks[:run]:
+                x = block(x)
+            return x
+
+    model = Blocks()
+    counter = BlockCounter(model)
+    x = torch.randn(2, 5, 4)
+    for run in (3, 1, 0, 3, 2):
+        model(x, run)
+    assert counter.calls == 5 and counter.call_pattern() == "F._F."
+    counter.reset()
+    assert counter.call_pattern() == ""
+    model(x[:1], 3)  # fewer rows: still every block of the call
+    model(x, 0)
+    assert counter.call_pattern() == "F_"
+    counter.remove()
 
 
 def test_mag_calibration_parser():
