@@ -154,10 +154,7 @@ def main(argv=None) -> int:
     seeds = Q._int_list(args.seeds)
     labels = Q._int_list(args.labels)
     options = json.loads(args.options) if args.options else None
-    try:
-        weights = None if args.weights is None else Q.trained_weights(args.weights, args.model)
-    except ValueError as e:
-        ap.error(str(e))
+    weights = Q.weights_argument(ap, args.weights, args.model)
     warnings.filterwarnings("ignore")
     from diffusers.utils import logging as dlog
 

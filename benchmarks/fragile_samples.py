@@ -170,13 +170,9 @@ def main(argv=None) -> int:
                     "(as quality.py's; default: the shipped weights)")
     add_arguments(ap)
     args = ap.parse_args(argv)
-    weights = None
-    if args.weights is not None:
-        import quality as Q
-        try:
-            weights = Q.trained_weights(args.weights, args.model)
-        except ValueError as e:
-            ap.error(str(e))
+    import quality as Q
+
+    weights = Q.weights_argument(ap, args.weights, args.model)
     warnings.filterwarnings("ignore")
     threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)

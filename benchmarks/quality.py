@@ -144,6 +144,17 @@ def trained_weights(root: str, name: str) -> str:
     return d
 
 
+def weights_argument(ap, root: Optional[str], name: str) -> Optional[str]:
+    """A script's ``--weights ROOT`` for model ``name``: None without it, else the model's directory
+    (:func:`trained_weights`); the parser's error, naming ``--weights``, where there is no model."""
+    if root is None:
+        return None
+    try:
+        return trained_weights(root, name)
+    except ValueError as e:
+        ap.error(str(e))
+
+
 def resolve_model_path(name: str, args):
     """The directory to load ``name`` from (None: the shipped weights), and a description."""
     if args.weights:
