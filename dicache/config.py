@@ -19,6 +19,10 @@ STEPS_GAMMA_MIN_STEPS = 25
 # max_extrapolation="auto": planned runs bounded to one spacing past the newest entry from this many steps on, unbounded
 # below (measured at 30, 40 and 50 steps on three models: the bound wins at 50, loses at 30 and at 8 of 13 points at 40)
 REACH_MIN_STEPS = 45
+# quad_balance="auto": the balance asked of the quadratic's three entries from STEPS_GAMMA_MIN_STEPS steps on (none
+# below: only a DDPM-family trajectory takes γ from the steps there, and at 20 steps the quadratic through any three
+# entries scored higher on four of five readings of three DDIM-trained models; benchmarks/RESULTS.md, thirty-first round)
+QUAD_BALANCE_AUTO = 0.5
 
 
 @dataclass(frozen=True)
@@ -81,7 +85,11 @@ class DiCacheConfig:
             The deep residual of a denoising trajectory jitters from step to step around its trend, and
             the quadratic through a close pair amplifies that jitter wherever it extrapolates past them
             (its Lagrange weights at step 7 through steps 0, 1, 4: 4.5, −7, 3.5). None: the quadratic
-            through any three entries. Needs ``alignment_order="auto"``; no effect where the probe sets γ.
+            through any three entries. ``"auto"``: ``QUAD_BALANCE_AUTO`` (0.5) on trajectories of at least
+            ``STEPS_GAMMA_MIN_STEPS`` (25) steps or of an unknown count, None on shorter ones (where γ comes from
+            the steps only on a DDPM-family trajectory: at 20 steps the quadratic whole scored higher there on four
+            of five readings of three DDIM-trained models, ``benchmarks/RESULTS.md``, thirty-first round).
+            Needs ``alignment_order="auto"``; no effect where the probe sets γ.
         reconstruct_at: what a reused call rebuilds from the stored entries. ``"blocks"`` (the method): the
             deep blocks' output, ``x + R`` (``x`` the call's own input to them), which the model's last layers
             (the output norm and projection) then turn into its output. ``"output"``: the model's output itself,
@@ -198,7 +206,7 @@ class DiCacheConfig:
     cfg_decision: str = "separate"
     alignment_order: Union[int, str] = 1
     gamma_source: str = "probe"
-    quad_balance: Optional[float] = None
+    quad_balance: Union[float, str, None] = None
     reconstruct_at: str = "blocks"
     run_power: Union[float, str] = 0.0
     predictive_skip: bool = False
@@ -290,6 +298,13 @@ class DiCacheConfig:
         planned = self.plans_runs(num_steps) and (num_steps is None or num_steps >= REACH_MIN_STEPS)
         return 1.0 if planned else None
 
+    def quad_balance_at(self, num_steps: Optional[int]) -> Optional[float]:
+        """``quad_balance`` on a trajectory of ``num_steps`` (``"auto"``: ``QUAD_BALANCE_AUTO`` from
+        ``STEPS_GAMMA_MIN_STEPS`` steps on or where the count is unknown, None below)."""
+        if self.quad_balance != "auto":
+            return self.quad_balance
+        return QUAD_BALANCE_AUTO if num_steps is None or num_steps >= STEPS_GAMMA_MIN_STEPS else None
+
     def monotone_runs_at(self, num_steps: Optional[int]) -> bool:
         """Whether runs of reuses only shorten on a trajectory of ``num_steps`` (``monotone_runs``, where runs
         are planned)."""
@@ -367,8 +382,8 @@ def validate(cfg: DiCacheConfig, num_blocks: Optional[int] = None) -> None:
     if cfg.gamma_source not in GAMMA_SOURCES:
         raise ValueError(f"gamma_source must be one of {GAMMA_SOURCES}, got {cfg.gamma_source!r}")
     qb = cfg.quad_balance
-    if qb is not None and (not _is_real(qb) or not 0 < qb <= 1):
-        raise ValueError(f"quad_balance must be None or a number in (0, 1], got {qb!r}")
+    if qb is not None and qb != "auto" and (not _is_real(qb) or not 0 < qb <= 1):
+        raise ValueError(f"quad_balance must be None, a number in (0, 1] or 'auto', got {qb!r}")
     if cfg.reconstruct_at not in RECONSTRUCT_AT:
         raise ValueError(f"reconstruct_at must be one of {RECONSTRUCT_AT}, got {cfg.reconstruct_at!r}")
     rp = cfg.run_power
@@ -435,7 +450,7 @@ PAPER_PRESETS: Dict[str, DiCacheConfig] = {
 #   the budget's first call (seeds 4–5: +1.0 to +4.8 and +1.3 to +3.5), and at 10 steps +1.8 and +2.1 dB at 1.7×
 #   and 2×; on the unshipped DDPM Wan (benchmarks/ddpm_wan.py) +2.4 / +0.5 / +0.1 dB at 2 / 2.25 / 2.5× at 20 steps
 #   (benchmarks/RESULTS.md, twenty-eighth round);
-# * ``quad_balance=0.5``: the line, not the quadratic, through the warm-up's close pair and a far entry
+# * ``quad_balance="auto"`` (0.5 from 25 steps on): the line, not the quadratic, through the warm-up's close pair and a far entry
 #   (``FF__F___F…``: steps 0, 1, 4; 20 flow-matching steps take γ from the probe, and at 50 the three warm-up calls
 #   and the reach bound never leave such entries). On the uncached trajectories of the three shipped models the quadratic through
 #   such entries misses the deep residual of the next steps 1.4–4× more than the line in the first third of the
@@ -444,7 +459,12 @@ PAPER_PRESETS: Dict[str, DiCacheConfig] = {
 #   model at 30 steps +0.9 to +2.6 / −0.1 to +1.3; Flux and Wan at 30 steps mixed (Flux 2.25×: −2.5 and −3.2 /
 #   −1.4 and −1.3; Wan 2×: −3.8 and −1.9 / −3.1 and −2.8; Wan from 2.25×: +2.3 to +5.7 pooled on seeds 0–3);
 #   over the 40 points at 28–30 steps +1.2 dB on average pooled, +0.7 on the mean of the samples
-#   (benchmarks/RESULTS.md, twenty-third round);
+#   (benchmarks/RESULTS.md, twenty-third round). ``quad_balance="auto"`` asks it from 25 steps on only: below, γ
+#   comes from the steps only on a DDPM-family trajectory, and at 20 steps there the quadratic whole raised the
+#   preset's points within 0.5 dB of DiCache's best on four of five readings (three DDIM models; the shipped
+#   ``cogvideox_digits`` on seeds 0–3 lost two pooled: the every-third-step pattern ``FF__F__F__…`` loses 0.3–0.75 dB
+#   on the mean of the samples on three of the four CogVideoX readings, gains 2.2 on the DDIM Wan) and the online
+#   budget by 0.8–2.4 dB pooled at 2.25–2.75× on all five (benchmarks/RESULTS.md, thirty-first round);
 # * ``reconstruct_at="auto"``: a skip rebuilds the model's output (its ``proj_out``), not the deep blocks', where γ comes
 #   from the steps on a DDPM-family scheduler's trajectory (CogVideoX's DDIM): on ``cogvideox_digits`` at 50 steps
 #   the preset gained 0 to 3.1 dB pooled at 2–3× on seeds 0–3 (0.2 to 1.9 on seeds 4–5), where TaylorSeer-Lite, which
@@ -477,7 +497,7 @@ PAPER_PRESETS: Dict[str, DiCacheConfig] = {
 #   higher pooled; at 50 steps 2.49× at the PSNR 0.3 gives at 2.38×, at 40 steps 2.49× 1.0 dB under 0.3's 2.35×;
 #   at 20 steps 2.36× for 2.35×, 1.0 dB lower on seeds 0–3; benchmarks/RESULTS.md, twenty-second round).
 _RULE = dict(warmup=0.05, run_power="auto", force_last_step=0.04, cfg_decision="shared", alignment_order="auto",
-             gamma_source="auto", quad_balance=0.5, reconstruct_at="auto", plan_runs="auto", plan_error="auto",
+             gamma_source="auto", quad_balance="auto", reconstruct_at="auto", plan_runs="auto", plan_error="auto",
              max_extrapolation="auto", monotone_runs=True, predictive_skip=True)
 PRESETS: Dict[str, DiCacheConfig] = {
     "flux": PAPER_PRESETS["flux"].replace(threshold=0.4, **_RULE),

@@ -394,6 +394,7 @@ def test_budget_from_a_step_count_on():
         (dict(quad_balance=float("nan")), "quad_balance"),
         (dict(quad_balance=True), "quad_balance"),
         (dict(quad_balance="0.5"), "quad_balance"),
+        (dict(quad_balance="Auto"), "quad_balance"),
         (dict(reconstruct_at="proj_out"), "reconstruct_at"),
         (dict(reconstruct_at=None), "reconstruct_at"),
     ],
@@ -631,13 +632,13 @@ def test_quad_balance_takes_the_line_through_unbalanced_entries(planned):
     def R(k):
         return A + B * k + noise[k]
 
-    def run(balance):
+    def run(balance, num_steps=30):
         cfg = DiCacheConfig(threshold=1e9, warmup=0, alignment_order="auto", gamma_source="steps",
                             quad_balance=balance, plan_runs=planned)
         engine = DiCacheEngine(cfg, M, "torch")
         outs = {}
         for k in range(8):
-            engine.begin_call("c", k, 30)
+            engine.begin_call("c", k, num_steps)
             if k in (0, 1, 4, 6):
                 engine._forced = "test"  # computed: store the entry of step k
                 assert engine.before_probe(x) is None
@@ -671,6 +672,13 @@ def test_quad_balance_takes_the_line_through_unbalanced_entries(planned):
         torch.testing.assert_close(out[7][1], torch.ones(2))
     # a bound of 1 takes the quadratic only through evenly spaced entries
     assert run(1.0)[7][1] is None
+    # "auto": the bound of 0.5 from STEPS_GAMMA_MIN_STEPS steps on and at an unknown count, none below
+    for num_steps, same in ((30, balanced), (STEPS_GAMMA_MIN_STEPS, balanced), (None, balanced),
+                            (STEPS_GAMMA_MIN_STEPS - 1, whole), (20, whole)):
+        auto = run("auto", num_steps)
+        for k in (5, 7):
+            torch.testing.assert_close(auto[k][0], same[k][0], rtol=1e-5, atol=1e-5)
+            assert (auto[k][1] is None) == (same[k][1] is None), (num_steps, k)
 
 
 @pytest.mark.parametrize("flow_matching", [None, True, False])
@@ -837,7 +845,10 @@ def test_presets_are_the_studied_rule_and_the_paper_settings_stay_available():
     for family, cfg in dicache.PRESETS.items():
         assert cfg.max_consecutive_reuse is None and cfg.cfg_decision == "shared" and cfg.warmup == 0.05, family
         assert cfg.run_power == "auto" and cfg.force_last_step == 0.04 and cfg.predictive_skip, family
-        assert cfg.alignment_order == "auto" and cfg.gamma_source == "auto" and cfg.quad_balance == 0.5, family
+        assert cfg.alignment_order == "auto" and cfg.gamma_source == "auto" and cfg.quad_balance == "auto", family
+        # the quadratic's entries balanced from STEPS_GAMMA_MIN_STEPS steps on (and at an unknown count), any below
+        assert [cfg.quad_balance_at(n) for n in (20, STEPS_GAMMA_MIN_STEPS - 1, STEPS_GAMMA_MIN_STEPS, 50, None)] == [
+            None, None, 0.5, 0.5, 0.5], family
         assert cfg.plan_runs == "auto" and cfg.max_extrapolation == "auto" and cfg.monotone_runs is True, family
         assert cfg.plan_error == "auto" and cfg.plan_on_step_sizes(), family
         assert not cfg.replace(target_speedup=2.5).plan_on_step_sizes(), family  # budget mode: the count of steps
