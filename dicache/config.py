@@ -19,9 +19,9 @@ STEPS_GAMMA_MIN_STEPS = 25
 # max_extrapolation="auto": planned runs bounded to one spacing past the newest entry from this many steps on, unbounded
 # below (measured at 30, 40 and 50 steps on three models: the bound wins at 50, loses at 30 and at 8 of 13 points at 40)
 REACH_MIN_STEPS = 45
-# quad_balance="auto": the balance asked of the quadratic's three entries from STEPS_GAMMA_MIN_STEPS steps on (none
-# below: only a DDPM-family trajectory takes γ from the steps there, and at 20 steps the quadratic through any three
-# entries scored higher on four of five readings of three DDIM-trained models; benchmarks/RESULTS.md, thirty-first round)
+# quad_balance="auto": the balance asked of the quadratic's three entries on a flow-matching trajectory (or one whose
+# scheduler is not known); none on a DDPM-family scheduler's, where the quadratic through any three entries scored
+# higher at 20 and 30 steps on three DDIM-trained models (benchmarks/RESULTS.md, thirty-first round)
 QUAD_BALANCE_AUTO = 0.5
 
 
@@ -85,10 +85,11 @@ class DiCacheConfig:
             The deep residual of a denoising trajectory jitters from step to step around its trend, and
             the quadratic through a close pair amplifies that jitter wherever it extrapolates past them
             (its Lagrange weights at step 7 through steps 0, 1, 4: 4.5, −7, 3.5). None: the quadratic
-            through any three entries. ``"auto"``: ``QUAD_BALANCE_AUTO`` (0.5) on trajectories of at least
-            ``STEPS_GAMMA_MIN_STEPS`` (25) steps or of an unknown count, None on shorter ones (where γ comes from
-            the steps only on a DDPM-family trajectory: at 20 steps the quadratic whole scored higher there on four
-            of five readings of three DDIM-trained models, ``benchmarks/RESULTS.md``, thirty-first round).
+            through any three entries. ``"auto"``: None on a trajectory that a pipeline's DDPM-family scheduler
+            samples (the jitter that the bound guards against was measured on flow-matching trajectories; on three
+            DDIM-trained models the quadratic through any three entries scored higher at 20 steps on four of five
+            readings and at 30 steps at five of six points, ``benchmarks/RESULTS.md``, thirty-first round),
+            ``QUAD_BALANCE_AUTO`` (0.5) on any other (flow matching, or no scheduler known).
             Needs ``alignment_order="auto"``; no effect where the probe sets γ.
         reconstruct_at: what a reused call rebuilds from the stored entries. ``"blocks"`` (the method): the
             deep blocks' output, ``x + R`` (``x`` the call's own input to them), which the model's last layers
@@ -298,12 +299,12 @@ class DiCacheConfig:
         planned = self.plans_runs(num_steps) and (num_steps is None or num_steps >= REACH_MIN_STEPS)
         return 1.0 if planned else None
 
-    def quad_balance_at(self, num_steps: Optional[int]) -> Optional[float]:
-        """``quad_balance`` on a trajectory of ``num_steps`` (``"auto"``: ``QUAD_BALANCE_AUTO`` from
-        ``STEPS_GAMMA_MIN_STEPS`` steps on or where the count is unknown, None below)."""
+    def quad_balance_at(self, flow_matching: Optional[bool]) -> Optional[float]:
+        """``quad_balance`` on a trajectory whose scheduler is (``flow_matching``) a flow-matching one (None: not
+        known); ``"auto"``: None on a DDPM-family scheduler's, ``QUAD_BALANCE_AUTO`` on any other."""
         if self.quad_balance != "auto":
             return self.quad_balance
-        return QUAD_BALANCE_AUTO if num_steps is None or num_steps >= STEPS_GAMMA_MIN_STEPS else None
+        return None if flow_matching is False else QUAD_BALANCE_AUTO
 
     def monotone_runs_at(self, num_steps: Optional[int]) -> bool:
         """Whether runs of reuses only shorten on a trajectory of ``num_steps`` (``monotone_runs``, where runs
@@ -450,7 +451,7 @@ PAPER_PRESETS: Dict[str, DiCacheConfig] = {
 #   the budget's first call (seeds 4–5: +1.0 to +4.8 and +1.3 to +3.5), and at 10 steps +1.8 and +2.1 dB at 1.7×
 #   and 2×; on the unshipped DDPM Wan (benchmarks/ddpm_wan.py) +2.4 / +0.5 / +0.1 dB at 2 / 2.25 / 2.5× at 20 steps
 #   (benchmarks/RESULTS.md, twenty-eighth round);
-# * ``quad_balance="auto"`` (0.5 from 25 steps on): the line, not the quadratic, through the warm-up's close pair and a far entry
+# * ``quad_balance="auto"`` (0.5 on flow-matching trajectories): the line, not the quadratic, through the warm-up's close pair and a far entry
 #   (``FF__F___F…``: steps 0, 1, 4; 20 flow-matching steps take γ from the probe, and at 50 the three warm-up calls
 #   and the reach bound never leave such entries). On the uncached trajectories of the three shipped models the quadratic through
 #   such entries misses the deep residual of the next steps 1.4–4× more than the line in the first third of the
@@ -459,12 +460,14 @@ PAPER_PRESETS: Dict[str, DiCacheConfig] = {
 #   model at 30 steps +0.9 to +2.6 / −0.1 to +1.3; Flux and Wan at 30 steps mixed (Flux 2.25×: −2.5 and −3.2 /
 #   −1.4 and −1.3; Wan 2×: −3.8 and −1.9 / −3.1 and −2.8; Wan from 2.25×: +2.3 to +5.7 pooled on seeds 0–3);
 #   over the 40 points at 28–30 steps +1.2 dB on average pooled, +0.7 on the mean of the samples
-#   (benchmarks/RESULTS.md, twenty-third round). ``quad_balance="auto"`` asks it from 25 steps on only: below, γ
-#   comes from the steps only on a DDPM-family trajectory, and at 20 steps there the quadratic whole raised the
-#   preset's points within 0.5 dB of DiCache's best on four of five readings (three DDIM models; the shipped
-#   ``cogvideox_digits`` on seeds 0–3 lost two pooled: the every-third-step pattern ``FF__F__F__…`` loses 0.3–0.75 dB
-#   on the mean of the samples on three of the four CogVideoX readings, gains 2.2 on the DDIM Wan) and the online
-#   budget by 0.8–2.4 dB pooled at 2.25–2.75× on all five (benchmarks/RESULTS.md, thirty-first round);
+#   (benchmarks/RESULTS.md, twenty-third round). ``quad_balance="auto"`` asks it on flow-matching trajectories
+#   only: on a DDPM-family scheduler's trajectory (γ from the steps at every step count there) the quadratic through
+#   any three entries raised the preset's points within 0.5 dB of DiCache's best at 20 steps on four of five
+#   readings (three DDIM-trained models; the shipped ``cogvideox_digits`` on seeds 0–3 lost two pooled: its
+#   every-third-step pattern ``FF__F__F__…`` loses 0.3–0.75 dB on the mean of the samples on three of the four
+#   CogVideoX readings, gains 2.2 on the DDIM Wan) and the online budget by 0.8–2.4 dB pooled at 2.25–2.75× on all
+#   five, and at 30 steps scored higher at five of six points (up to +4.1 dB); at 50 steps no preset run puts a
+#   skip after unbalanced entries (benchmarks/RESULTS.md, thirty-first round);
 # * ``reconstruct_at="auto"``: a skip rebuilds the model's output (its ``proj_out``), not the deep blocks', where γ comes
 #   from the steps on a DDPM-family scheduler's trajectory (CogVideoX's DDIM): on ``cogvideox_digits`` at 50 steps
 #   the preset gained 0 to 3.1 dB pooled at 2–3× on seeds 0–3 (0.2 to 1.9 on seeds 4–5), where TaylorSeer-Lite, which

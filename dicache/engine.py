@@ -488,7 +488,7 @@ class DiCacheEngine:
         """The quadratic's weight where the step is known exactly: 1 (whole), or None (the line through the two
         newest) where the three entries' spacings are unbalanced (``quad_balance``)."""
         if state.n_stored >= 3 and not balanced(*(state.slot_step[state.newest(i)] for i in (3, 2, 1)),
-                                                self.config.quad_balance_at(self._num_steps)):
+                                                self.config.quad_balance_at(self.flow_matching)):
             return None
         return torch.ones_like(state.gamma)
 

@@ -632,13 +632,14 @@ def test_quad_balance_takes_the_line_through_unbalanced_entries(planned):
     def R(k):
         return A + B * k + noise[k]
 
-    def run(balance, num_steps=30):
+    def run(balance, flow_matching=None):
         cfg = DiCacheConfig(threshold=1e9, warmup=0, alignment_order="auto", gamma_source="steps",
                             quad_balance=balance, plan_runs=planned)
         engine = DiCacheEngine(cfg, M, "torch")
+        engine.flow_matching = flow_matching  # as a pipeline's scheduler tells it
         outs = {}
         for k in range(8):
-            engine.begin_call("c", k, num_steps)
+            engine.begin_call("c", k, 30)
             if k in (0, 1, 4, 6):
                 engine._forced = "test"  # computed: store the entry of step k
                 assert engine.before_probe(x) is None
@@ -672,13 +673,13 @@ def test_quad_balance_takes_the_line_through_unbalanced_entries(planned):
         torch.testing.assert_close(out[7][1], torch.ones(2))
     # a bound of 1 takes the quadratic only through evenly spaced entries
     assert run(1.0)[7][1] is None
-    # "auto": the bound of 0.5 from STEPS_GAMMA_MIN_STEPS steps on and at an unknown count, none below
-    for num_steps, same in ((30, balanced), (STEPS_GAMMA_MIN_STEPS, balanced), (None, balanced),
-                            (STEPS_GAMMA_MIN_STEPS - 1, whole), (20, whole)):
-        auto = run("auto", num_steps)
+    # "auto": the bound of 0.5 on a flow-matching trajectory and where the scheduler is not known, none on a
+    # DDPM-family scheduler's
+    for flow_matching, same in ((True, balanced), (None, balanced), (False, whole)):
+        auto = run("auto", flow_matching)
         for k in (5, 7):
             torch.testing.assert_close(auto[k][0], same[k][0], rtol=1e-5, atol=1e-5)
-            assert (auto[k][1] is None) == (same[k][1] is None), (num_steps, k)
+            assert (auto[k][1] is None) == (same[k][1] is None), (flow_matching, k)
 
 
 @pytest.mark.parametrize("flow_matching", [None, True, False])
@@ -846,9 +847,8 @@ def test_presets_are_the_studied_rule_and_the_paper_settings_stay_available():
         assert cfg.max_consecutive_reuse is None and cfg.cfg_decision == "shared" and cfg.warmup == 0.05, family
         assert cfg.run_power == "auto" and cfg.force_last_step == 0.04 and cfg.predictive_skip, family
         assert cfg.alignment_order == "auto" and cfg.gamma_source == "auto" and cfg.quad_balance == "auto", family
-        # the quadratic's entries balanced from STEPS_GAMMA_MIN_STEPS steps on (and at an unknown count), any below
-        assert [cfg.quad_balance_at(n) for n in (20, STEPS_GAMMA_MIN_STEPS - 1, STEPS_GAMMA_MIN_STEPS, 50, None)] == [
-            None, None, 0.5, 0.5, 0.5], family
+        # the quadratic's entries balanced on flow-matching (and unknown) trajectories, any on a DDPM-family one
+        assert [cfg.quad_balance_at(f) for f in (True, None, False)] == [0.5, 0.5, None], family
         assert cfg.plan_runs == "auto" and cfg.max_extrapolation == "auto" and cfg.monotone_runs is True, family
         assert cfg.plan_error == "auto" and cfg.plan_on_step_sizes(), family
         assert not cfg.replace(target_speedup=2.5).plan_on_step_sizes(), family  # budget mode: the count of steps
