@@ -1374,9 +1374,10 @@ def unbalanced_skips(pattern: str, ratio: float) -> List[int]:
 def entries_main(argv: Sequence[str]) -> int:
     """``quality.py entries REPORT_DIR [...] [--balance 0.5]``: per model, step count and family, how many of the
     DiCache settings put a skip after three unbalanced computed calls on some seed's pattern (``quad_balance``):
-    the rows a change of that rule can move. Only at step counts where the presets take γ from the steps (25 and
-    more); a family whose γ comes from the probe (``DiCache probe γ``) or whose order is fixed is counted too, and the
-    rule leaves it alone."""
+    the rows a change of that rule can move. Only at step counts where the presets take γ from the steps on every
+    scheduler (25 and more; on a DDPM-family one they take it at every count, and ``quad_balance="auto"`` leaves its
+    entries unbounded); a family whose γ comes from the probe (``DiCache probe γ``) or whose order is fixed is counted
+    too, and the rule leaves it alone."""
     ap = argparse.ArgumentParser(prog="quality.py entries", description=entries_main.__doc__)
     ap.add_argument("reports", nargs="+", help="report directories (quality.csv and quality_details.json)")
     ap.add_argument("--balance", type=float, default=0.5, help="the ratio of quad_balance (default 0.5)")
