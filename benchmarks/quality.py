@@ -55,6 +55,10 @@ Writes ``OUT/quality.csv``, ``OUT/quality.md`` (with PSNR interpolated at matche
 ``OUT/quality_pareto.png`` and ``OUT/quality_details.json`` (per run: times, counts, DiCache's per-branch
 skip patterns, MagCache's calibrated ratios). Failing peers are rows with the reason, not crashes.
 
+``--scheduler CLASS`` samples every model with another diffusers scheduler, built from the config of the model's
+own (as a user swaps one in: ``CLASS.from_config(pipe.scheduler.config)``; CogVideoX-5b's ``CogVideoXDPMScheduler``
+on ``cogvideox_digits``, say): a sampler the rules were not chosen on. The reports' model headings name it.
+
 Models: the shipped weights (``dicache/zoo/weights/``) when present; ``--weights DIR`` takes
 ``DIR/<name>/`` written by ``scripts/train_zoo.py --out`` instead; ``--random-init`` (implied by
 ``--quick`` when no weights exist) uses untrained models of the same configuration.
@@ -155,6 +159,38 @@ def weights_argument(ap, root: Optional[str], name: str) -> Optional[str]:
         ap.error(str(e))
 
 
+def use_scheduler(names: Sequence[str], class_name: str) -> None:
+    """``--scheduler``: the zoo models ``names`` sample with the diffusers scheduler ``class_name`` from here on, built
+    from the config of their own scheduler (keys it does not take are dropped, as ``from_config`` drops them).
+    ValueError naming ``--scheduler`` for a name that is not a diffusers scheduler, or one that cannot be built from
+    that config."""
+    import dataclasses
+    import inspect
+
+    import diffusers
+
+    from dicache.zoo import _specs
+
+    cls = getattr(diffusers, class_name, None)
+    if not (isinstance(cls, type) and issubclass(cls, diffusers.SchedulerMixin)):
+        raise ValueError(f"--scheduler: {class_name!r} is not a diffusers scheduler class (e.g. CogVideoXDPMScheduler, "
+                         "UniPCMultistepScheduler, FlowMatchEulerDiscreteScheduler)")
+    for name in names:
+        spec = _specs.get_spec(name)
+        try:
+            config = dict(cls.from_config(zoo.make_scheduler(name).config).config)
+        except Exception as e:  # noqa: BLE001 - the scheduler's own error, named after the argument
+            raise ValueError(f"--scheduler: {class_name} cannot be built from {name}'s scheduler config: {e}") from e
+        accepted = inspect.signature(cls.__init__).parameters
+        config = {k: v for k, v in config.items() if k in accepted}
+        _specs.SPECS[name] = dataclasses.replace(spec, scheduler_class=class_name, scheduler_config=config)
+
+
+def _sampled_with(args) -> str:
+    """The model headings' note of ``--scheduler``."""
+    return f", sampled with {args.scheduler}" if getattr(args, "scheduler", None) else ""
+
+
 def resolve_model_path(name: str, args):
     """The directory to load ``name`` from (None: the shipped weights), and a description."""
     if args.weights:
@@ -162,9 +198,9 @@ def resolve_model_path(name: str, args):
             d = trained_weights(args.weights, name)
         except ValueError as e:
             raise SystemExit(str(e)) from None
-        return d, f"trained weights from {d}"
+        return d, f"trained weights from {d}" + _sampled_with(args)
     if _has_weights(zoo.weights_dir(name)):
-        return None, "shipped weights"
+        return None, "shipped weights" + _sampled_with(args)
     if args.random_init or args.quick:
         root = os.path.join(tempfile.gettempdir(), "dicache_bench_random")
         return random_model_dir(name, root), "RANDOM-INIT (no shipped weights found)"
@@ -972,6 +1008,8 @@ def parse_args(argv=None):
     ap.add_argument("--quick", action="store_true", help="smoke run: 6 steps, 1 seed, 3 labels, 1 setting per family")
     ap.add_argument("--weights", default=None, help="directory with <model>/ trained by scripts/train_zoo.py --out")
     ap.add_argument("--random-init", action="store_true", help="untrained models when no weights are found")
+    ap.add_argument("--scheduler", default=None, metavar="CLASS",
+                    help="sample with this diffusers scheduler, built from the config of each model's own")
     ap.add_argument("--backend", default="auto", help="dicache backend (default auto: the C++ cpu kernels on CPU when they build, else torch)")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (default 1: on these tiny models 2 threads gain ~10%% on free cores and run "
@@ -1718,6 +1756,12 @@ def main(argv=None) -> int:
             return 2
         return pool(sys.argv[2], sys.argv[3], sys.argv[4])
     args = parse_args(argv)
+    if args.scheduler:
+        try:
+            use_scheduler(args.models, args.scheduler)
+        except ValueError as e:
+            print(f"quality.py: error: {e}", file=sys.stderr)
+            return 2
     if args.list:
         for name in args.models:
             for steps in args.steps:

@@ -1043,3 +1043,49 @@ def test_values_replace_a_familys_settings_for_a_study(capsys):
     with pytest.raises(SystemExit):
         Q.parse_args(["--out", "x", "--values", "uniform=2.5"])
     assert "--values: uniform: whole" in capsys.readouterr().err
+
+
+def test_scheduler_option_samples_with_another_diffusers_scheduler(monkeypatch, capsys):
+    """``--scheduler CLASS``: the models sample with that scheduler, built from their own's config (CogVideoX-5b's
+    DPM sampler on ``cogvideox_digits``); the reports' headings name it; a name that is not a diffusers scheduler is
+    refused, naming the argument."""
+    import diffusers
+
+    import quality as Q
+
+    import dicache
+    from dicache import zoo
+    from dicache.metrics import psnr
+    from dicache.zoo import _specs
+
+    name = "cogvideox_digits"
+    monkeypatch.setitem(_specs.SPECS, name, _specs.SPECS[name])  # restored after the test
+    for bad in ("Bogus", "torch", "DiffusionPipeline"):
+        with pytest.raises(ValueError, match="--scheduler: .*not a diffusers scheduler"):
+            Q.use_scheduler([name], bad)
+    assert Q.main(["--models", name, "--scheduler", "Bogus", "--out", "x", "--list"]) == 2
+    assert "--scheduler: 'Bogus'" in capsys.readouterr().err
+    own = zoo.make_scheduler(name).config
+    Q.use_scheduler([name], "CogVideoXDPMScheduler")
+    sched = zoo.make_scheduler(name)
+    assert isinstance(sched, diffusers.CogVideoXDPMScheduler)
+    for key in ("prediction_type", "snr_shift_scale", "rescale_betas_zero_snr", "timestep_spacing", "beta_end"):
+        assert sched.config[key] == own[key], key
+    args = Q.parse_args(["--out", "x", "--models", name, "--scheduler", "CogVideoXDPMScheduler"])
+    assert Q.resolve_model_path(name, args)[1] == "shipped weights, sampled with CogVideoXDPMScheduler"
+    # DiCache on the DPM sampler: a DDPM-family trajectory (the skipped outputs rebuilt at the model's output)
+    pipe = zoo.pipeline(name)
+
+    def kw():  # a fresh generator per call: the DPM sampler draws noise at every step
+        return zoo.pipeline_call_kwargs(name, [0, 1], seed=0, num_inference_steps=12)
+
+    ref = pipe(**kw())[0]
+    assert torch.equal(pipe(**kw())[0], ref)
+    dicache.enable(pipe, threshold=0.5)
+    out = pipe(**kw())[0]
+    branch = next(iter(dicache.summary(pipe).branches.values()))
+    dicache.disable(pipe)
+    assert branch.pattern.count("F") < 12 and branch.outputs_rebuilt > 0 and torch.isfinite(out).all()
+    # an SDE sampler: the noise it adds at every step is what a skipped call misses, so at 12 steps any cache lands
+    # far from the uncached output (benchmarks/RESULTS.md, thirty-second round); not garbage, not the same output
+    assert 8 < psnr(zoo.images(name, pipe, out, kw()), zoo.images(name, pipe, ref, kw())) < 80
