@@ -10,6 +10,8 @@ PSNR) / SSIM against the uncached output over
 
     .venv/bin/python benchmarks/run_options.py wan_digits 50 '{"threshold": 0.3}' '{"threshold": 0.3, "run_power": 1}'
     .venv/bin/python benchmarks/run_options.py flux_digits 20 '{"threshold": 0.6, "run_power": 2}'
+    .venv/bin/python benchmarks/run_options.py cogvideox_digits 20 '{"target_speedup": 1.5}' --seeds 1000,0 \
+        --scheduler CogVideoXDPMScheduler --summaries     # another sampler; each call's summary (a replayed budget)
 """
 
 from __future__ import annotations
@@ -36,8 +38,9 @@ from block_counter import BlockCounter  # noqa: E402
 
 def bench(model: str, steps: int, seeds, labels, weights=None):
     """The uncached reference, sampled once, and ``(fresh, measure)``: ``fresh()`` a new pipeline on a copy of the
-    model with its block counter; ``measure(pipe, counter)`` samples every seed with it and returns the runs, flops
-    saved, pooled PSNR, mean of the samples' PSNR, SSIM and each sample's PSNR (seed by seed) against the reference.
+    model with its block counter; ``measure(pipe, counter, after_each=None)`` samples every seed with it, in order
+    (``after_each(seed)`` after each), and returns the runs, flops saved, pooled PSNR, mean of the samples' PSNR,
+    SSIM and each sample's PSNR (seed by seed) against the reference.
     ``weights``: a directory written by ``scripts/train_zoo.py --out`` (or ``benchmarks/ddpm_wan.py train``) instead
     of the shipped weights."""
     import quality as Q  # the same sampling and flop counting as the quality benchmark
@@ -48,13 +51,18 @@ def bench(model: str, steps: int, seeds, labels, weights=None):
         tr = copy.deepcopy(base)
         return zoo.pipeline(model, tr), BlockCounter(tr)
 
-    def sample_all(pipe, counter):
-        return [Q.sample(pipe, model, labels, s, steps, weights, counter) for s in seeds]
+    def sample_all(pipe, counter, after_each=None):
+        runs = []
+        for s in seeds:
+            runs.append(Q.sample(pipe, model, labels, s, steps, weights, counter))
+            if after_each is not None:
+                after_each(s)
+        return runs
 
     ref = {r.seed: r for r in sample_all(*fresh())}
 
-    def measure(pipe, counter):
-        runs = sample_all(pipe, counter)
+    def measure(pipe, counter, after_each=None):
+        runs = sample_all(pipe, counter, after_each)
         imgs, refs = torch.cat([r.images for r in runs]), torch.cat([ref[r.seed].images for r in runs])
         per_sample = psnr_per_sample(imgs, refs)
         return dict(runs=runs, fewer_flops=sum(ref[r.seed].flops for r in runs) / sum(r.flops for r in runs),
@@ -64,14 +72,15 @@ def bench(model: str, steps: int, seeds, labels, weights=None):
     return fresh, measure
 
 
-def run(model: str, steps: int, option_sets, seeds, labels, weights=None):
+def run(model: str, steps: int, option_sets, seeds, labels, weights=None, summaries=None):
     """Each option set's run: its options, fewer flops, pooled PSNR, mean of the samples' PSNR, SSIM and the leading
-    branch's pattern (first seed). ``weights``: as :func:`bench`'s."""
+    branch's pattern (first seed). ``weights``: as :func:`bench`'s. ``summaries(seed, summary)``: called with
+    ``dicache.summary`` after each seed's call (a budget's second call replays the first's errors)."""
     fresh, measure = bench(model, steps, seeds, labels, weights)
     for options in option_sets:
         pipe, counter = fresh()
         dicache.enable(pipe, **options)
-        m = measure(pipe, counter)
+        m = measure(pipe, counter, None if summaries is None else lambda seed: summaries(seed, dicache.summary(pipe)))
         dicache.disable(pipe)
         runs = m.pop("runs")
         yield dict(options=options, pattern=runs[0].pattern.get("cond") or next(iter(runs[0].pattern.values()), ""),
@@ -109,12 +118,14 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", default="0,1")
     ap.add_argument("--labels", default="0-9")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--scheduler", default=None, metavar="CLASS",
+                    help="sample with this diffusers scheduler, built from the config of the model's own (as quality.py)")
+    ap.add_argument("--summaries", action="store_true",
+                    help="print dicache.summary after each seed's call: the pattern, each call's error and γ")
     args = ap.parse_args(argv)
     if args.steps < 2:
         ap.error("steps must be >= 2")
     option_sets = parse_option_sets(ap, args.options)
-    torch.set_num_threads(args.threads)
-    torch.set_grad_enabled(False)
     warnings.filterwarnings("ignore")
     from diffusers.utils import logging as dlog
 
@@ -122,9 +133,27 @@ def main(argv=None) -> int:
     dlog.disable_progress_bar()
     import quality as Q
 
+    if args.scheduler:
+        try:
+            Q.use_scheduler([args.model], args.scheduler)
+        except ValueError as e:
+            ap.error(str(e))
     seeds, labels = Q._int_list(args.seeds), Q._int_list(args.labels)
-    print(f"{args.model}, {args.steps} steps, seeds {seeds}, {len(labels)} labels, on the preset")
-    print_rows(run(args.model, args.steps, option_sets, seeds, labels))
+    sampled = f", sampled with {args.scheduler}" if args.scheduler else ""
+
+    def summaries(seed, summary):
+        print(f"seed {seed}: {summary}", flush=True)
+
+    threads, grad = torch.get_num_threads(), torch.is_grad_enabled()
+    torch.set_num_threads(args.threads)
+    torch.set_grad_enabled(False)
+    try:
+        print(f"{args.model}, {args.steps} steps{sampled}, seeds {seeds}, {len(labels)} labels, on the preset")
+        print_rows(run(args.model, args.steps, option_sets, seeds, labels,
+                       summaries=summaries if args.summaries else None))
+    finally:  # the process as it was (a test or another script may run next)
+        torch.set_num_threads(threads)
+        torch.set_grad_enabled(grad)
     return 0
 
 

@@ -248,6 +248,27 @@ def test_run_options_reports_the_engine_s_own_decisions():
         ro.main(["wan_digits", "8", '{"threshold": -1}'])
 
 
+def test_run_options_prints_each_call_s_summary_and_takes_another_scheduler(monkeypatch, capsys):
+    """``--summaries``: ``dicache.summary`` after each seed's call (a budget's second call replays the first's
+    errors); ``--scheduler``: as ``quality.py``'s, a bad name refused naming the argument; the process as it was."""
+    import run_options as ro
+
+    from dicache.zoo import _specs
+
+    monkeypatch.setitem(_specs.SPECS, "cogvideox_digits", _specs.SPECS["cogvideox_digits"])  # restored after
+    with pytest.raises(SystemExit):
+        ro.main(["cogvideox_digits", "8", '{"threshold": 0.1}', "--scheduler", "Bogus"])
+    assert "--scheduler: 'Bogus'" in capsys.readouterr().err
+    argv = ["cogvideox_digits", "10", '{"target_speedup": 1.5}', "--seeds", "3,4", "--labels", "0,1",
+            "--scheduler", "CogVideoXDPMScheduler", "--summaries"]
+    assert ro.main(argv) == 0 and torch.is_grad_enabled()
+    out = capsys.readouterr().out
+    assert "10 steps, sampled with CogVideoXDPMScheduler, seeds [3, 4]" in out
+    first, second = out.split("seed 3: ")[1].split("seed 4: ")
+    assert "budget: planned, online" in first and "budget: planned, replay, δ=" in second
+    assert all(len(part.split("pattern  ")[1].split()[0]) == 10 for part in (first, second))
+
+
 def test_front_reads_the_best_setting_saving_at_least_that_much():
     import quality as Q
     import quality_methods as qm
