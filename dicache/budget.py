@@ -56,6 +56,17 @@ ONLINE_MAX_GROWTH = 10.0
 ONLINE_DELTA_POSITION = 0.0
 
 
+#: Where runs are planned, a call right after a computed one is skipped when computing it would put the trajectory this
+#: many computed calls ahead of spending the budget evenly (:meth:`Budget.plan_skip`). A plan reads each run's error
+#: from the per-step error its computed call measured; where a sampler adds noise at every step (CogVideoX-5b's
+#: ``CogVideoXDPMScheduler``) that error measured over one step reads 1.4–1.5 times what it reads over two, so once two
+#: calls are computed in a row every later one is too, and the budget runs out with the final steps left to skip
+#: (``FFFFFFFFFFFFF______F`` at 20 steps and 1.5×). One call ahead is the ordinary lead of a computed call over even
+#: spending; two are more than any run's phase explains. On the shipped models' budget runs it changes no call on the
+#: deterministic samplers but one CogVideoX seed at 50 steps and 1.5× (benchmarks/RESULTS.md, thirty-second round).
+AHEAD_LIMIT = 2.0
+
+
 class Budget:
     """``target_speedup`` mode: spend a budget of computed calls where the probe error grows fastest.
 
@@ -105,7 +116,8 @@ class Budget:
 
     Either way the budget is a hard bound: when it is spent every call left reuses (the final steps
     excepted), and when the calls left are no more than the budget left (rounded to the nearest call)
-    every one is computed.
+    every one is computed. Where runs are planned, a call right after a computed one is skipped when computing it
+    would put the trajectory :data:`AHEAD_LIMIT` calls ahead of spending the budget evenly (:meth:`ahead`).
     """
 
     def __init__(self, config: DiCacheConfig, num_blocks: int, replay: bool = True):
@@ -138,6 +150,11 @@ class Budget:
             return n / s
         m = self._skip_blocks(branches)
         return max(0.0, n * (self.M / s - m) / (self.M - m))
+
+    def ahead(self, calls: int, steps: int, n: int, branches: int = 1, planned: bool = False) -> float:
+        """How many computed calls ``calls`` over the first ``steps`` calls of ``n`` are ahead of spending the budget
+        evenly over the trajectory."""
+        return calls - self.budget(n, branches, planned) * steps / n
 
     def _left(self, state: BranchState, step: int, n: int, branches: int, planned: bool = False
               ) -> Tuple[float, int]:
@@ -363,7 +380,9 @@ class Budget:
         left spread evenly over the calls left when the run started, ``S/F − 1``
         reuses, rounded up: the runs shorten by one when the budget left catches up, so their length
         changes once instead of alternating run by run. When the budget is spent every call skips; when the
-        calls left are no more than the budget left (to the nearest call) every one is computed."""
+        calls left are no more than the budget left (to the nearest call) every one is computed; right after a
+        computed call, a call that would put the trajectory :data:`AHEAD_LIMIT` calls ahead of spending the budget
+        evenly skips."""
         _need_steps(n)
         start = state.probe_step if state.probe_step is not None else step - 1
         left, steps_left = self._left(state, start + 1, n, 1, planned=True)
@@ -372,6 +391,8 @@ class Budget:
         if self._compute_all(left, self._left(state, step, n, 1, planned=True)[1]) or \
                 at_shorten_bound(self.config, state, n):
             return False
+        if start == step - 1 and self.ahead(state.full_calls + 1, step + 1, n, planned=True) >= AHEAD_LIMIT:
+            return True  # computing call after call, far ahead of the budget: the plan's errors read high
         delta = self._replay_delta(state, n, 1)
         if delta is None:
             delta = self._online_delta(state, start, n)

@@ -1505,3 +1505,28 @@ def test_budget_online_rule_on_step_sizes_solves_once_per_call(monkeypatch):
     assert solved and len(solved) == len(set(solved)), solved  # never twice at one step
     assert any(not st.probed for st in b.steps if not st.computed)  # predictive skips did ask
     assert b.block_evaluations_uncached / b.block_evaluations == pytest.approx(2.5, rel=0.1)
+
+
+def test_planned_budget_skips_a_call_that_computing_would_put_two_ahead(monkeypatch):
+    # a sampler that adds noise at every step: the probe jumps up and back, so its change over one step reads large
+    # and over two steps small; a replay solved on the first call's runs of one skip then reads every run's error
+    # above δ after the warm-up's two computed calls, computes call after call and spends the budget with six calls
+    # left to skip. A call right after a computed one is skipped when computing it would put the trajectory
+    # AHEAD_LIMIT calls ahead of spending the budget evenly.
+    import dicache.budget as budget_module
+
+    n, target = 20, 1.5
+    sc = [1.0 + (0.3 if k % 2 else 0.0) + 0.01 * k for k in range(n)]
+    cfg = DiCacheConfig(target_speedup=target, warmup=2, plan_runs=True, force_last_step=True)
+    monkeypatch.setattr(budget_module, "AHEAD_LIMIT", math.inf)
+    engine, s = drive_twice(cfg, {"c": sc}, n)
+    assert engine.budget_rule("c").startswith("planned, replay") and s.branches["c"].pattern == "F" * 13 + "_" * 6 + "F"
+    monkeypatch.setattr(budget_module, "AHEAD_LIMIT", 2.0)
+    engine, s = drive_twice(cfg, {"c": sc}, n)
+    b = s.branches["c"]
+    # the fifth call would be 5 − 13.33·6/20 = 1… computing the sixth 6 − 13.33·6/20 = 2 calls ahead: skipped
+    assert b.pattern == "FFFFF_F_F_F_F_F_F_FF", b.pattern
+    assert b.pattern.count("F") == round(n / target)
+    budget = engine._budget
+    assert budget.ahead(6, 6, n, planned=True) == pytest.approx(6 - n / target * 6 / n)
+    assert budget.ahead(5, 6, n, planned=True) < budget_module.AHEAD_LIMIT <= budget.ahead(6, 6, n, planned=True)
