@@ -186,8 +186,8 @@ def use_scheduler(names: Sequence[str], class_name: str) -> None:
         _specs.SPECS[name] = dataclasses.replace(spec, scheduler_class=class_name, scheduler_config=config)
 
 
-def _sampled_with(args) -> str:
-    """The model headings' note of ``--scheduler``."""
+def sampled_with(args) -> str:
+    """The note of ``--scheduler`` in the model headings (and ``run_options.py``'s first line)."""
     return f", sampled with {args.scheduler}" if getattr(args, "scheduler", None) else ""
 
 
@@ -198,9 +198,9 @@ def resolve_model_path(name: str, args):
             d = trained_weights(args.weights, name)
         except ValueError as e:
             raise SystemExit(str(e)) from None
-        return d, f"trained weights from {d}" + _sampled_with(args)
+        return d, f"trained weights from {d}" + sampled_with(args)
     if _has_weights(zoo.weights_dir(name)):
-        return None, "shipped weights" + _sampled_with(args)
+        return None, "shipped weights" + sampled_with(args)
     if args.random_init or args.quick:
         root = os.path.join(tempfile.gettempdir(), "dicache_bench_random")
         return random_model_dir(name, root), "RANDOM-INIT (no shipped weights found)"

@@ -139,7 +139,6 @@ def main(argv=None) -> int:
         except ValueError as e:
             ap.error(str(e))
     seeds, labels = Q._int_list(args.seeds), Q._int_list(args.labels)
-    sampled = f", sampled with {args.scheduler}" if args.scheduler else ""
 
     def summaries(seed, summary):
         print(f"seed {seed}: {summary}", flush=True)
@@ -148,7 +147,8 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     torch.set_grad_enabled(False)
     try:
-        print(f"{args.model}, {args.steps} steps{sampled}, seeds {seeds}, {len(labels)} labels, on the preset")
+        print(f"{args.model}, {args.steps} steps{Q.sampled_with(args)}, seeds {seeds}, {len(labels)} labels, "
+              "on the preset")
         print_rows(run(args.model, args.steps, option_sets, seeds, labels,
                        summaries=summaries if args.summaries else None))
     finally:  # the process as it was (a test or another script may run next)
