@@ -119,7 +119,8 @@ def main(argv=None) -> int:
     ap.add_argument("--labels", default="0-9")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--scheduler", default=None, metavar="CLASS",
-                    help="sample with this diffusers scheduler, built from the config of the model's own (as quality.py)")
+                    help="sample with this diffusers scheduler, built from the config of the model's own "
+                         "(as quality.py's --scheduler)")
     ap.add_argument("--summaries", action="store_true",
                     help="print dicache.summary after each seed's call: the pattern, each call's error and γ")
     args = ap.parse_args(argv)

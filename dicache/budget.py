@@ -56,15 +56,15 @@ ONLINE_MAX_GROWTH = 10.0
 ONLINE_DELTA_POSITION = 0.0
 
 
-#: Where runs are planned, a call right after a computed one is skipped when computing it would put the trajectory this
-#: many computed calls ahead of spending the budget evenly (:meth:`Budget.plan_skip`). A plan reads each run's error
-#: from the per-step error its computed call measured; where a sampler adds noise at every step (CogVideoX-5b's
-#: ``CogVideoXDPMScheduler``) that error measured over one step reads 1.4–1.5 times what it reads over two (1.2–1.3 on
-#: DDIM), so once two calls are computed in a row every later one is too, and the budget runs out with the final steps
-#: left to skip (``FFFFFFFFFFFFF______F`` at 20 steps and 1.5×). One call ahead is the ordinary lead of a computed call over even
-#: spending; two are more than any run's phase explains. Of the reports' budget runs it changes the replay at 1.5×
-#: only, on the DDPM-family trajectories: +1.3 to +12.5 dB pooled on that sampler, −1.6 to +1.5 on the DDIM-trained
-#: models at 50 steps (benchmarks/RESULTS.md, thirty-second round).
+#: Where runs are planned, a call right after a computed one is skipped when computing it would put the trajectory
+#: this many computed calls ahead of spending the budget evenly (:meth:`Budget.plan_skip`). A plan reads each run's
+#: error from the per-step error its computed call measured; where a sampler adds noise at every step (CogVideoX-5b's
+#: ``CogVideoXDPMScheduler``) that error measured over one step reads 1.4–1.5 times what it reads over two (1.2–1.3
+#: on DDIM), so once two calls are computed in a row every later one is too, and the budget runs out with the final
+#: steps left to skip (``FFFFFFFFFFFFF______F`` at 20 steps and 1.5×). One call ahead is the ordinary lead of a
+#: computed call over even spending; two are more than any run's phase explains. Of the reports' budget runs it
+#: changes the replay at 1.5× only, on the DDPM-family trajectories: +1.3 to +12.5 dB pooled on that sampler, −1.6
+#: to +1.5 on the DDIM-trained models at 50 steps (benchmarks/RESULTS.md, thirty-second round).
 AHEAD_LIMIT = 2.0
 
 
