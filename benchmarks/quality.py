@@ -159,11 +159,12 @@ def weights_argument(ap, root: Optional[str], name: str) -> Optional[str]:
         ap.error(str(e))
 
 
-def use_scheduler(names: Sequence[str], class_name: str) -> None:
+def use_scheduler(names: Sequence[str], class_name: str, overrides: Optional[Dict] = None) -> None:
     """``--scheduler``: the zoo models ``names`` sample with the diffusers scheduler ``class_name`` from here on, built
-    from the config of their own scheduler (keys it does not take are dropped, as ``from_config`` drops them).
-    ValueError naming ``--scheduler`` for a name that is not a diffusers scheduler, or one that cannot be built from
-    that config."""
+    from the config of their own scheduler (keys it does not take are dropped, as ``from_config`` drops them), with
+    ``overrides`` (``--scheduler-config``) on top. ValueError naming ``--scheduler`` for a name that is not a diffusers
+    scheduler, or one that cannot be built from that config, and ``--scheduler-config`` for a key the class does not
+    take."""
     import dataclasses
     import inspect
 
@@ -182,13 +183,38 @@ def use_scheduler(names: Sequence[str], class_name: str) -> None:
         except Exception as e:  # noqa: BLE001 - the scheduler's own error, named after the argument
             raise ValueError(f"--scheduler: {class_name} cannot be built from {name}'s scheduler config: {e}") from e
         accepted = inspect.signature(cls.__init__).parameters
+        unknown = sorted(set(overrides or {}) - set(accepted) - {"self"})
+        if unknown:
+            raise ValueError(f"--scheduler-config: {class_name} takes no {unknown}")
         config = {k: v for k, v in config.items() if k in accepted}
+        config.update(overrides or {})
         _specs.SPECS[name] = dataclasses.replace(spec, scheduler_class=class_name, scheduler_config=config)
 
 
 def sampled_with(args) -> str:
-    """The note of ``--scheduler`` in the model headings (and ``run_options.py``'s first line)."""
-    return f", sampled with {args.scheduler}" if getattr(args, "scheduler", None) else ""
+    """The note of ``--scheduler`` (and ``--scheduler-config``) in the model headings (and ``run_options.py``'s first
+    line)."""
+    if not getattr(args, "scheduler", None):
+        return ""
+    extra = scheduler_overrides(args)
+    return f", sampled with {args.scheduler}" + (f" ({', '.join(f'{k}={v}' for k, v in extra.items())})" if extra else "")
+
+
+def scheduler_overrides(args) -> Dict:
+    """``--scheduler-config JSON``: the scheduler options on top of the model's config ({} without it); ValueError
+    naming it for text that is not a JSON object, or without ``--scheduler``."""
+    text = getattr(args, "scheduler_config", None)
+    if not text:
+        return {}
+    if not getattr(args, "scheduler", None):
+        raise ValueError("--scheduler-config needs --scheduler CLASS")
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--scheduler-config: not JSON ({e}): {text!r}") from e
+    if not isinstance(value, dict):
+        raise ValueError(f"--scheduler-config must be a JSON object, e.g. '{{\"stochastic_sampling\": true}}', got {text!r}")
+    return value
 
 
 def resolve_model_path(name: str, args):
@@ -1010,6 +1036,8 @@ def parse_args(argv=None):
     ap.add_argument("--random-init", action="store_true", help="untrained models when no weights are found")
     ap.add_argument("--scheduler", default=None, metavar="CLASS",
                     help="sample with this diffusers scheduler, built from the config of each model's own")
+    ap.add_argument("--scheduler-config", default=None, metavar="JSON",
+                    help="options of --scheduler on top of that config, e.g. '{\"stochastic_sampling\": true}'")
     ap.add_argument("--backend", default="auto", help="dicache backend (default auto: the C++ cpu kernels on CPU when they build, else torch)")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (default 1: on these tiny models 2 threads gain ~10%% on free cores and run "
@@ -1756,9 +1784,9 @@ def main(argv=None) -> int:
             return 2
         return pool(sys.argv[2], sys.argv[3], sys.argv[4])
     args = parse_args(argv)
-    if args.scheduler:
+    if args.scheduler or args.scheduler_config:
         try:
-            use_scheduler(args.models, args.scheduler)
+            use_scheduler(args.models, args.scheduler, scheduler_overrides(args))
         except ValueError as e:
             print(f"quality.py: error: {e}", file=sys.stderr)
             return 2

@@ -121,6 +121,8 @@ def main(argv=None) -> int:
     ap.add_argument("--scheduler", default=None, metavar="CLASS",
                     help="sample with this diffusers scheduler, built from the config of the model's own "
                          "(as quality.py's --scheduler)")
+    ap.add_argument("--scheduler-config", default=None, metavar="JSON",
+                    help="options of --scheduler on top of that config (as quality.py's --scheduler-config)")
     ap.add_argument("--summaries", action="store_true",
                     help="print dicache.summary after each seed's call: the pattern, each call's error and γ")
     args = ap.parse_args(argv)
@@ -134,9 +136,9 @@ def main(argv=None) -> int:
     dlog.disable_progress_bar()
     import quality as Q
 
-    if args.scheduler:
+    if args.scheduler or args.scheduler_config:
         try:
-            Q.use_scheduler([args.model], args.scheduler)
+            Q.use_scheduler([args.model], args.scheduler, Q.scheduler_overrides(args))
         except ValueError as e:
             ap.error(str(e))
     seeds, labels = Q._int_list(args.seeds), Q._int_list(args.labels)

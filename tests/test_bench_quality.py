@@ -1110,3 +1110,35 @@ def test_scheduler_option_samples_with_another_diffusers_scheduler(monkeypatch, 
     # an SDE sampler: the noise it adds at every step is what a skipped call misses, so at 12 steps any cache lands
     # far from the uncached output (benchmarks/RESULTS.md, thirty-second round); not garbage, not the same output
     assert 8 < psnr(zoo.images(name, pipe, out, kw()), zoo.images(name, pipe, ref, kw())) < 80
+
+
+def test_scheduler_config_sets_the_swapped_schedulers_options(monkeypatch, capsys):
+    """``--scheduler-config JSON``: options of the swapped-in scheduler on top of the model's config (a flow-matching
+    sampler that adds noise at every step); a key the class does not take, text that is not a JSON object, or the
+    option without ``--scheduler`` is refused, naming the argument."""
+    import diffusers
+
+    import quality as Q
+
+    from dicache import zoo
+    from dicache.zoo import _specs
+
+    name = "flux_digits"
+    monkeypatch.setitem(_specs.SPECS, name, _specs.SPECS[name])  # restored after the test
+    shift = zoo.make_scheduler(name).config["shift"]
+    cls = "FlowMatchEulerDiscreteScheduler"
+    with pytest.raises(ValueError, match="--scheduler-config: .* takes no \\['bogus'\\]"):
+        Q.use_scheduler([name], cls, {"bogus": 1})
+    for text, word in (("[1]", "JSON object"), ("{x", "not JSON")):
+        args = Q.parse_args(["--out", "x", "--models", name, "--scheduler", cls, "--scheduler-config", text])
+        with pytest.raises(ValueError, match=word):
+            Q.scheduler_overrides(args)
+    assert Q.main(["--models", name, "--scheduler-config", '{"stochastic_sampling": true}', "--out", "x", "--list"]) == 2
+    assert "needs --scheduler" in capsys.readouterr().err
+    args = Q.parse_args(["--out", "x", "--models", name, "--scheduler", cls,
+                         "--scheduler-config", '{"stochastic_sampling": true}'])
+    Q.use_scheduler([name], cls, Q.scheduler_overrides(args))
+    sched = zoo.make_scheduler(name)
+    assert isinstance(sched, diffusers.FlowMatchEulerDiscreteScheduler)
+    assert sched.config["stochastic_sampling"] is True and sched.config["shift"] == shift
+    assert Q.sampled_with(args) == f", sampled with {cls} (stochastic_sampling=True)"
