@@ -14,7 +14,7 @@ from typing import Dict, List, Optional, Tuple
 
 from .config import DiCacheConfig
 from .state import (FOLLOW, PLANNED, PREDICTED, REFRESH, REUSE, REUSE_ONE, BranchState, at_shorten_bound,
-                    next_shortening, planned_error)
+                    next_shortening, planned_error, span_power)
 
 
 def _need_steps(n: Optional[int]) -> None:
@@ -129,6 +129,7 @@ class Budget:
         self.profiles: Dict[Tuple[str, int], Dict[int, float]] = {}
         self._seen: Dict[Tuple[str, int], int] = {}
         self._solved: Dict[Tuple[str, int], float] = {}  # (branch, N) -> δ of the replay, per trajectory
+        self.powers: Dict[Tuple[str, int], float] = {}  # (branch, N) -> the mean span_power of the profile's runs
         self.step_sizes: Optional[List[float]] = None  # |σ_k − σ_(k+1)| of the trajectory, when the pipeline tells
 
     def _skip_blocks(self, branches: int) -> float:
@@ -184,13 +185,27 @@ class Budget:
                 or len(state.increments) < n // 2):
             return
         mean, k = self.profiles.get(key, {}), self._seen.get(key, 0)
-        self.profiles[key] = {step: (mean[step] * k + v) / (k + 1) if step in mean else v
-                              for step, v in state.increments.items()}
+        incs = dict(state.increments)
+        alpha = span_power(self.config, state) if self.config.plans_runs(n) else 1.0
+        if alpha != 1.0:  # the increments at the power the trajectory ends with (it read the first ones at 1)
+            incs.update({step: err / steps ** alpha for step, (err, steps) in state.spans.items()})
+        self.profiles[key] = {step: (mean[step] * k + v) / (k + 1) if step in mean else v for step, v in incs.items()}
+        self.powers[key] = (self.powers.get(key, 1.0) * k + alpha) / (k + 1)
         self._seen[key] = k + 1
 
     def replays(self, state: BranchState, n: Optional[int]) -> bool:
         """Whether this trajectory of ``state`` is decided by the replay rule (a profile of its step count)."""
         return (state.name, n) in self.profiles
+
+    def power(self, state: BranchState, n: Optional[int]) -> float:
+        """α of ``span_power`` for the planned runs of ``state``'s trajectory: a number as configured; measured, a
+        replay's is its profile's (the mean of its trajectories', each read over the whole trajectory when it
+        ended: :func:`span_power`), any other trajectory's 1; 1 where runs are not planned."""
+        if not self.config.plans_runs(n):
+            return 1.0
+        if self.config.span_power != "measured":
+            return float(self.config.span_power)
+        return self.powers.get((state.name, n), 1.0) if self.config.target_speedup is not None else 1.0
 
     def rule(self, state: BranchState) -> str:
         """How this trajectory of ``state`` spends the budget: ``"replay, δ=…"``, ``"online"`` (``"online, step
@@ -213,15 +228,16 @@ class Budget:
         if key not in self._solved:
             planned = self.config.plans_runs(n)
             credit = 0.0 if planned else self._probe_credit(branches)
-            self._solved[key] = self.solve(self.profiles[key], n, self.budget(n, branches, planned), credit)
+            self._solved[key] = self.solve(self.profiles[key], n, self.budget(n, branches, planned), credit,
+                                           power=self.power(state, n))
         return self._solved[key]
 
     def simulate(self, incs: List[float], n: int, delta: float) -> int:
         """Computed calls of the fixed-δ rule (warm-up, run_power, final steps computed) on increments ``incs``."""
         return self.simulate_calls(incs, n, delta)[0]
 
-    def simulate_calls(self, incs: List[float], n: int, delta: float,
-                       begin: Optional[tuple] = None) -> Tuple[int, int]:
+    def simulate_calls(self, incs: List[float], n: int, delta: float, begin: Optional[tuple] = None,
+                       power: float = 1.0) -> Tuple[int, int]:
         """(computed calls, skips without a probe) of the fixed-δ rule on increments ``incs``; where runs are
         planned, ``begin = (t2, t1, e, last_run, shorten_to)`` simulates the calls after the computed call at step
         ``t2`` only (``t1`` the computed call before it, ``e`` the per-step error ``t2`` measured, the last two
@@ -235,7 +251,7 @@ class Budget:
         warm, p = self.config.warmup_calls(n), self.config.run_power_at(n)
         last = self.config.last_calls(n)
         if self.config.plans_runs(n):
-            return self._simulate_plan(incs, n, delta, warm, last, p, begin), 0
+            return self._simulate_plan(incs, n, delta, warm, last, p, begin, power), 0
         predict = bool(self.config.predictive_skip)
         full, acc, run, unprobed, probed_skip = 0, 0.0, 0, 0, False
         first, stored = 0, 0
@@ -258,7 +274,7 @@ class Budget:
         return full, unprobed
 
     def _simulate_plan(self, incs: List[float], n: int, delta: float, warm: int, last: int, p: float,
-                       begin: Optional[tuple] = None) -> int:
+                       begin: Optional[tuple] = None, power: float = 1.0) -> int:
         """Computed calls of the fixed-δ plan (``plan_runs``): each computed call measures the mean increment
         since the last one, the ``j``-th call after it skips while ``j·e < δ/j^p`` (``plan_error``), within
         ``max_extrapolation`` and ``monotone_runs``. ``begin``: see :meth:`simulate_calls`."""
@@ -278,7 +294,7 @@ class Budget:
                 forced = True
             if not forced and monotone and shorten_to is not None and run >= shorten_to:
                 forced = True
-            if not forced and planned_error(e, t1, t2, k, sizes) < delta / (run + 1) ** p:
+            if not forced and planned_error(e, t1, t2, k, sizes, power) < delta / (run + 1) ** p:
                 run += 1
                 continue
             if t2 is not None:
@@ -289,7 +305,7 @@ class Budget:
 
     def solve(self, profile: Dict[int, float], n: int, budget: float, credit: float = 0.0,
               begin: Optional[tuple] = None,
-              position: Optional[float] = None) -> float:
+              position: Optional[float] = None, power: float = 1.0) -> float:
         """The δ whose fixed-δ rule on ``profile`` computes the number of calls nearest the budget (ties: the
         fewer): ``position`` (default :data:`REPLAY_DELTA_POSITION`) of the way up, in log scale, the δ range
         that gives that count, on a log grid around the increments' scale. ``credit``: computed calls the
@@ -302,7 +318,7 @@ class Budget:
         incs = [v if math.isfinite(v) and v >= 0 else fill for v in incs]
         scale = max(max(incs), 1e-12)
         grid = [scale * 10 ** (i / 40.0) for i in range(-160, 121)]  # 1e-4 … 1e3 times the largest increment
-        sims = [self.simulate_calls(incs, n, d, begin) for d in grid]
+        sims = [self.simulate_calls(incs, n, d, begin, power) for d in grid]
         miss: Dict[int, float] = {}  # count -> how near it comes to the budget its δ values earn
         for full, unprobed in sims:
             miss[full] = min(miss.get(full, math.inf), abs(full - budget - credit * unprobed))
@@ -399,7 +415,7 @@ class Budget:
             delta = self._online_delta(state, start, n)
         if delta is not None:
             limit = delta / (state.run + 1) ** self.config.run_power_at(n)
-            return state.err_last * (step - start) < limit
+            return state.err_last * (step - start) ** self.power(state, n) < limit
         return state.run < math.ceil(steps_left / left - 1.0 - 1e-9)  # runs of ⌈S/F − 1⌉ reuses
 
     @staticmethod
@@ -459,7 +475,8 @@ class Budget:
             t1 = state.slot_step.get(state.newest(2)) if state.n_stored >= 2 else None
             left = self.budget(n, 1, planned=True) - state.full_calls
             begin = (start, t1, state.err_last, state.last_run, state.shorten_to)
-            delta = self.solve(profile, n, left, begin=begin, position=ONLINE_DELTA_POSITION)
+            delta = self.solve(profile, n, left, begin=begin, position=ONLINE_DELTA_POSITION,
+                               power=self.power(state, n))
             state.online_delta = (start, delta)
         return state.online_delta[1]
 
@@ -491,11 +508,12 @@ class Budget:
         if state.probe_step is not None and step > state.probe_step:
             steps = step - state.probe_step
         if math.isfinite(err) and err >= 0:
-            err /= steps
+            total, err = err, err / steps ** self.power(state, state.num_steps)
             state.err_sum += err
             state.err_n += 1
             state.err_last = err
             for k in range(step - steps + 1, step + 1):  # the steps since the last probe share the increment
                 state.increments[k] = err
+                state.spans[k] = (total, steps)
         state.acc_host = acc
         state.probe_step = step

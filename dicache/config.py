@@ -11,6 +11,16 @@ from typing import Any, Dict, Optional, Tuple, Union
 ERRORS = ("probe", "probe_minus_input")
 BATCH_POLICIES = ("global", "max")
 PLAN_ERRORS = ("steps", "step_sizes", "auto")
+#: The smallest exponent ``span_power`` takes (a measured one is clipped to it): a random walk's is 0.5.
+SPAN_POWER_MIN = 0.25
+#: ``span_power="measured"``: how many samples a trajectory's computed calls must have read for their median to
+#: count, and the median under which the probe's change reads as a random walk's (α = 0.5) rather than a drift's
+#: (α = 1). Over whole trajectories at 50 steps the median reads 0.68–1.06 on the shipped models' deterministic
+#: samplers (SD3 0.68–0.81, the lowest) and 0.32–0.43 on CogVideoX-5b's ``CogVideoXDPMScheduler``; over the first
+#: five computed calls it reads 0.3–0.5 on HunyuanVideo and SD3 too, so only a finished trajectory's median counts
+#: (``benchmarks/probe_spans.py``).
+SPAN_POWER_SAMPLES = 5
+SPAN_POWER_DRIFT = 0.55
 CFG_DECISIONS = ("separate", "shared")
 GAMMA_SOURCES = ("probe", "steps", "auto")
 RECONSTRUCT_AT = ("blocks", "output", "auto")
@@ -165,6 +175,19 @@ class DiCacheConfig:
             Wan 50 at 2.1× and 2.5×: +3.3 and +1.8; benchmarks/RESULTS.md). No effect where the probe
             decides every call. It undoes a rising ``threshold_end``, whose point is longer runs at the end.
             In budget mode the budget's hard bound comes first (a spent budget skips the calls left).
+        span_power: where runs are planned (``plan_runs``), how a run's error grows with its length: the probe
+            error measured over ``j`` steps is read as ``e·j^α`` (``e`` the error of one step), and a planned run
+            of ``j`` calls predicts ``e·j^α``. 1: the error adds up step by step (``j·e``). A number in
+            [``SPAN_POWER_MIN``, 1]: that α. ``"measured"``: in budget mode (``target_speedup``), the replay reads α
+            off the trajectories it replays, 1 elsewhere. Each computed call compares its probe residual with the two
+            newest stored entries' (``t1 < t2``): its change over ``k − t1`` steps against theirs over ``t2 − t1``
+            (the sums trajectory alignment's γ reads) is ``((k − t1)/(t2 − t1))^α``; a trajectory's α is the median
+            of those samples where it reads a random walk (under ``SPAN_POWER_DRIFT``, over at least
+            ``SPAN_POWER_SAMPLES``), else 1. Where a sampler adds noise at every step the probe's change grows as a
+            random walk's (α ≈ 0.4 on CogVideoX-5b's ``CogVideoXDPMScheduler``; 0.7–1 on the shipped models'
+            deterministic samplers: ``benchmarks/probe_spans.py``), and a replay planned at ``j·e`` after a call
+            measured over one step reads a long run too costly: at 20 steps and 2× it computed one call in two,
+            then left the final steps to skip in a row (``benchmarks/RESULTS.md``, thirty-third round).
         threshold_end: δ at the last step; δ moves linearly from ``threshold``
             at the first step (None: constant). Needs the step count.
         target_speedup: compute-budget mode (> 1): no δ to tune. The number of
@@ -215,6 +238,7 @@ class DiCacheConfig:
     plan_error: str = "steps"
     max_extrapolation: Union[None, float, str] = None
     monotone_runs: bool = False
+    span_power: Union[float, str] = 1.0
     threshold_end: Optional[float] = None
     target_speedup: Optional[float] = None
     target_min_steps: Optional[int] = None
@@ -401,6 +425,9 @@ def validate(cfg: DiCacheConfig, num_blocks: Optional[int] = None) -> None:
         raise ValueError(f"max_extrapolation must be None, 'auto' or a finite number > 0, got {mx!r}")
     if not isinstance(cfg.monotone_runs, bool):
         raise ValueError(f"monotone_runs must be True or False, got {cfg.monotone_runs!r}")
+    sp = cfg.span_power
+    if sp != "measured" and (not _is_real(sp) or not SPAN_POWER_MIN <= sp <= 1):
+        raise ValueError(f"span_power must be a number in [{SPAN_POWER_MIN}, 1] or 'measured', got {sp!r}")
     te = cfg.threshold_end
     if te is not None and (not _is_real(te) or not math.isfinite(te) or te < 0):
         raise ValueError(f"threshold_end must be None or a finite number >= 0, got {te!r}")
@@ -501,7 +528,7 @@ PAPER_PRESETS: Dict[str, DiCacheConfig] = {
 #   at 20 steps 2.36× for 2.35×, 1.0 dB lower on seeds 0–3; benchmarks/RESULTS.md, twenty-second round).
 _RULE = dict(warmup=0.05, run_power="auto", force_last_step=0.04, cfg_decision="shared", alignment_order="auto",
              gamma_source="auto", quad_balance="auto", reconstruct_at="auto", plan_runs="auto", plan_error="auto",
-             max_extrapolation="auto", monotone_runs=True, predictive_skip=True)
+             max_extrapolation="auto", monotone_runs=True, predictive_skip=True, span_power="measured")
 PRESETS: Dict[str, DiCacheConfig] = {
     "flux": PAPER_PRESETS["flux"].replace(threshold=0.4, **_RULE),
     "hunyuan_video": PAPER_PRESETS["hunyuan_video"].replace(threshold=0.2, **_RULE),

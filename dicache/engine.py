@@ -23,7 +23,8 @@ from .budget import Budget
 from .config import DiCacheConfig
 from .ops import Backend, reference, select_backend
 from .state import (CAP, FOLLOW, LAST_STEP, PLANNED, PREDICTED, REACH, REFRESH, REUSE, REUSE_ONE, SHORTEN,
-                    WARMUP, BranchState, CallRecord, at_shorten_bound, balanced, next_shortening, planned_error)
+                    WARMUP, BranchState, CallRecord, at_shorten_bound, balanced, next_shortening, planned_error,
+                    span_power_sample)
 
 #: alignment_order="auto" fits the quadratic's weight on at most about this many tokens.
 ORDER_TOKENS = 512
@@ -289,7 +290,8 @@ class DiCacheEngine:
         sizes = self._budget.sizes_for(self._num_steps) if (
             self.config.plan_on_step_sizes() and self._num_steps is not None) else None
         t1 = state.slot_step.get(state.newest(2)) if state.n_stored >= 2 else None
-        return planned_error(state.err_last, t1, state.probe_step, self._cur_step, sizes)
+        return planned_error(state.err_last, t1, state.probe_step, self._cur_step, sizes,
+                             self._budget.power(state, self._num_steps))
 
     def _lead_now(self) -> Optional[Tuple[int, torch.Tensor, Optional[torch.Tensor]]]:
         """The leading branch's (step, γ, quadratic weight) when it reused the current step, else None."""
@@ -537,7 +539,19 @@ class DiCacheEngine:
     def _measure(self, state: BranchState, p: torch.Tensor, x: torch.Tensor) -> None:
         """Budget mode, computed call: measure the probe error (never reuse) to learn its rate."""
         self._probe(state, p, x, -math.inf)
-        self._budget.observe(state, float(state.acc.max()), self._cur_step)
+        cfg = self.config
+        if cfg.span_power != "measured" or cfg.target_speedup is None or state.n_stored < 2 or not self._planning():
+            self._budget.observe(state, float(state.acc.max()), self._cur_step)
+            return
+        # span_power="measured" (read for the budget's replay): the residual's change since the entry before the
+        # newest against the stored entries' change, read back with the error (one transfer)
+        acc, align, den = torch.stack([state.acc.max(), state.sums[:, reference.SUM_ALIGN].sum(), state.den.sum()
+                                       ]).tolist()
+        t2, t1 = state.slot_step[state.newest(1)], state.slot_step[state.newest(2)]
+        alpha = span_power_sample(align, den, self._cur_step, t1, t2)
+        if alpha is not None:
+            state.span_powers.append(alpha)
+        self._budget.observe(state, acc, self._cur_step)
 
     @torch.no_grad()
     def after_full(self, h: torch.Tensor) -> None:

@@ -8,12 +8,14 @@ the reason constants name why. Shared by the engine (:mod:`dicache.engine`) and 
 
 from __future__ import annotations
 
+import math
+import statistics
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from .config import DiCacheConfig
+from .config import SPAN_POWER_DRIFT, SPAN_POWER_MIN, SPAN_POWER_SAMPLES, DiCacheConfig
 from .ops import reference
 
 
@@ -67,7 +69,11 @@ class BranchState:
         self.err_n = 0
         self.err_last = 0.0  # the last measured per-step increment of the accumulated error
         self.increments: Dict[int, float] = {}  # budget mode: step -> the per-step error increment measured
+        # where runs are planned: step -> (the error its measurement read, over how many steps), to read the
+        # increments again at the trajectory's span_power when it ends
+        self.spans: Dict[int, Tuple[float, int]] = {}
         self.probe_step: Optional[int] = None  # the step of the last probe that measured the error
+        self.span_powers: List[float] = []  # span_power="measured": the α each computed call read (span_power_sample)
         # budget mode, online rule: (run start where runs are planned, else the call's step, δ solved there)
         self.online_delta: Optional[Tuple[int, float]] = None
         # alignment_order="auto": the weight w ([B] fp32, on the device) of the quadratic against the line that
@@ -167,13 +173,36 @@ def balanced(t0: int, t1: int, t2: int, ratio: Optional[float]) -> bool:
     return ratio is None or min(t1 - t0, t2 - t1) >= ratio * max(t1 - t0, t2 - t1)
 
 
-def planned_error(e: float, t1: Optional[int], t2: int, k: int, sizes: Optional[Sequence[float]] = None) -> float:
+def planned_error(e: float, t1: Optional[int], t2: int, k: int, sizes: Optional[Sequence[float]] = None,
+                  power: float = 1.0) -> float:
     """The error a run planned at the computed call ``t2`` (``plan_runs``) predicts for the call at step ``k > t2``
-    from the per-step error ``e`` measured since the computed call ``t1``: ``(k − t2)·e``, or with the step sizes
-    (``plan_error="step_sizes"``) ``e · Σ sizes(t2, k] / mean sizes(t1, t2]``."""
-    if sizes is None or t1 is None or not 0 <= t1 < t2 < k <= len(sizes) - 1:
-        return e * (k - t2)
-    measured = sum(sizes[t1 + 1:t2 + 1]) / (t2 - t1)
-    if not measured > 0:
-        return e * (k - t2)
-    return e * sum(sizes[t2 + 1:k + 1]) / measured
+    from the one-step error ``e`` measured since the computed call ``t1``: ``(k − t2)^α·e`` (α: ``power``,
+    ``span_power``), or with the step sizes (``plan_error="step_sizes"``) ``e · (Σ sizes(t2, k] / mean sizes(t1,
+    t2])^α``."""
+    span = float(k - t2)
+    if sizes is not None and t1 is not None and 0 <= t1 < t2 < k <= len(sizes) - 1:
+        measured = sum(sizes[t1 + 1:t2 + 1]) / (t2 - t1)
+        if measured > 0:
+            span = sum(sizes[t2 + 1:k + 1]) / measured
+    return e * span ** power
+
+
+def span_power_sample(align: float, den: float, k: int, t1: int, t2: int) -> Optional[float]:
+    """``span_power="measured"``: the α one computed call at step ``k`` reads from its probe residual's change over
+    ``k − t1`` steps (``align``) against the stored entries' change over ``t2 − t1`` (``den``), as
+    ``((k − t1)/(t2 − t1))^α``; None where it cannot (a zero or non-finite sum)."""
+    if not (t1 < t2 < k and align > 0 and den > 0 and math.isfinite(align) and math.isfinite(den)):
+        return None
+    return math.log(align / den) / math.log((k - t1) / (t2 - t1))
+
+
+def span_power(config: DiCacheConfig, state: BranchState) -> float:
+    """α of ``span_power`` that ``state``'s trajectory read: the configured number, or measured: the median of the
+    samples its computed calls read (:func:`span_power_sample`) where there are ``SPAN_POWER_SAMPLES`` and it reads a
+    random walk (under ``SPAN_POWER_DRIFT``), at least ``SPAN_POWER_MIN``; else 1."""
+    if config.span_power != "measured":
+        return float(config.span_power)
+    if len(state.span_powers) < SPAN_POWER_SAMPLES:
+        return 1.0
+    alpha = statistics.median(state.span_powers)
+    return 1.0 if alpha >= SPAN_POWER_DRIFT else max(alpha, SPAN_POWER_MIN)

@@ -1142,3 +1142,29 @@ def test_scheduler_config_sets_the_swapped_schedulers_options(monkeypatch, capsy
     assert isinstance(sched, diffusers.FlowMatchEulerDiscreteScheduler)
     assert sched.config["stochastic_sampling"] is True and sched.config["shift"] == shift
     assert Q.sampled_with(args) == f", sampled with {cls} (stochastic_sampling=True)"
+
+
+def test_probe_spans_reads_a_drift_and_a_random_walk(capsys):
+    """``benchmarks/probe_spans.py``: a probe that drifts changes j times as much over j steps (α = 1), one that
+    takes a random walk √j times (α ≈ 0.5); the script runs on a shipped model."""
+    import probe_spans
+
+    g = torch.Generator().manual_seed(0)
+    base, v = torch.rand(4, 256, generator=g) + 5.0, torch.randn(4, 256, generator=g)
+    drift = {k: base + 0.01 * k * v for k in range(20)}
+    rows, alpha = probe_spans.span_table(drift, 20)
+    assert alpha == pytest.approx(1.0, abs=0.02)
+    assert rows[-1][2][3] == pytest.approx(3.0, rel=0.05)
+    walk = {0: base}
+    for k in range(1, 40):
+        walk[k] = walk[k - 1] + 0.01 * torch.randn(4, 256, generator=g)
+    assert probe_spans.span_table(walk, 40)[1] == pytest.approx(0.5, abs=0.08)
+    grad = torch.is_grad_enabled()
+    assert probe_spans.main(["cogvideox_digits", "--steps", "8"]) == 0
+    assert torch.is_grad_enabled() == grad  # left as it found it
+    out = capsys.readouterr().out
+    assert "| 7 |" in out and "median α over steps 1–5" in out and "the replay's α: " in out
+    assert probe_spans.main(["cogvideox_digits", "--steps", "8", "--targets", "2,3"]) == 0
+    assert capsys.readouterr().out.count("the replay's α: ") == 2
+    with pytest.raises(SystemExit):
+        probe_spans.main(["cogvideox_digits", "--targets", "1,x"])

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 import dicache
-from dicache.config import REACH_MIN_STEPS, STEPS_GAMMA_MIN_STEPS, DiCacheConfig
+from dicache.config import REACH_MIN_STEPS, SPAN_POWER_MIN, STEPS_GAMMA_MIN_STEPS, DiCacheConfig
 from dicache.budget import ONLINE_MAX_GROWTH, Budget
 from dicache.engine import DiCacheEngine
-from dicache.state import BranchState, next_shortening, planned_error
+from dicache.state import BranchState, next_shortening, planned_error, span_power, span_power_sample
 from dicache.summary import summarize
 
 import tiny
@@ -397,6 +397,12 @@ def test_budget_from_a_step_count_on():
         (dict(quad_balance="Auto"), "quad_balance"),
         (dict(reconstruct_at="proj_out"), "reconstruct_at"),
         (dict(reconstruct_at=None), "reconstruct_at"),
+        (dict(span_power=0.1), "span_power"),
+        (dict(span_power=1.5), "span_power"),
+        (dict(span_power=float("nan")), "span_power"),
+        (dict(span_power=True), "span_power"),
+        (dict(span_power="auto"), "span_power"),
+        (dict(span_power=None), "span_power"),
     ],
 )
 def test_bad_policy_values(options, word):
@@ -1093,6 +1099,73 @@ def test_planned_error_in_steps_or_in_step_sizes():
     # without the sizes, a first computed call or a step past them: per step
     for args in ((0.05, None, 1, 4, sizes), (0.05, 0, 1, 6, sizes), (0.05, 0, 1, 4, [0.0] * 6)):
         assert planned_error(*args) == pytest.approx(0.05 * (args[3] - args[2]))
+
+
+def test_planned_error_grows_as_the_span_power():
+    assert planned_error(0.05, 0, 1, 5, power=0.5) == pytest.approx(0.05 * 2.0)  # four steps: 4^0.5
+    sizes = [1.0, 1.0, 1.0, 2.0, 3.0, 3.0]
+    assert planned_error(0.05, 0, 1, 4, sizes, power=0.5) == pytest.approx(0.05 * 6.0 ** 0.5)
+    assert planned_error(0.05, 0, 1, 4, power=1.0) == planned_error(0.05, 0, 1, 4)
+
+
+def test_span_power_sample_and_its_median():
+    # the residual changed 3^0.4 times as much over the 3 steps since t1 as the stored entries over their 1
+    assert span_power_sample(3 ** 0.4, 1.0, 5, 2, 3) == pytest.approx(0.4)
+    assert span_power_sample(2.0, 1.0, 6, 2, 4) == pytest.approx(1.0)  # twice the change over twice the steps
+    for bad in ((0.0, 1.0), (1.0, 0.0), (float("inf"), 1.0), (float("nan"), 1.0)):
+        assert span_power_sample(*bad, 5, 2, 3) is None
+    state = BranchState("c")
+    measured = DiCacheConfig(span_power="measured")
+    assert span_power(measured, state) == 1.0  # nothing measured yet
+    state.span_powers = [0.3, 0.5, 0.45, 0.9]
+    assert span_power(measured, state) == 1.0  # too few samples to count
+    state.span_powers.append(0.2)
+    assert span_power(measured, state) == pytest.approx(0.45)  # the median, a random walk's
+    state.span_powers = [0.1, 0.05, 0.2, 0.0, 0.3]
+    assert span_power(measured, state) == SPAN_POWER_MIN
+    state.span_powers = [0.5, 0.6, 0.7, 0.3, 1.4]
+    assert span_power(measured, state) == 1.0  # a median of SPAN_POWER_DRIFT or more: a drift
+    assert span_power(DiCacheConfig(span_power=0.6), state) == 0.6
+
+
+def walk_twice(cfg, n, spread=0.1):
+    """Two trajectories on one engine whose probe output takes a random walk (each step adds fresh noise, as a
+    sampler that adds noise at every step does): its change over ``j`` steps grows as ``√j``. Returns the engine
+    and the summary of the second."""
+    g = torch.Generator().manual_seed(0)
+    walk = [torch.rand(2, 64, 16, generator=g) + 2.0]
+    for _ in range(1, n):
+        walk.append(walk[-1] + spread * torch.randn(2, 64, 16, generator=g))
+    x = torch.zeros(2, 64, 16)
+    engine = DiCacheEngine(cfg, M, "torch")
+    for _ in range(2):
+        engine.reset()
+        for k in range(n):
+            engine.begin_call("c", k, n)
+            if engine.before_probe(x) is None and engine.after_probe(x, walk[k]) is None:
+                engine.after_full(walk[k] * 3 + x)
+    return engine, summarize(engine, "toy")
+
+
+def test_measured_span_power_spreads_a_planned_budget_on_a_random_walk():
+    # read as j·e, a run's error after a computed call measured over one step is read √j times too high: the replay
+    # solved on the first call's runs of one skip locks into them and leaves a run of nine for the end; read as
+    # e·j^α with α measured (≈ 0.5), its runs are even
+    n, target = 30, 2.5
+    cfg = DiCacheConfig(target_speedup=target, warmup=2, plan_runs=True, force_last_step=True)
+    engine, s = walk_twice(cfg, n)
+    assert s.branches["c"].pattern == "FF" + "_F" * 9 + "_" * 9 + "F"
+    engine, s = walk_twice(cfg.replace(span_power="measured"), n)
+    b = s.branches["c"]
+    assert b.pattern == "FF" + "__F" * 9 + "F", b.pattern
+    assert b.pattern.count("F") == round(n / target)
+    assert 0.4 < engine._budget.powers[("c", n)] < 0.6  # the random walk's 0.5
+    assert 0.4 < span_power(engine.config, engine.branches["c"]) < 0.6
+    # measured, only a replay takes α (read over a whole trajectory); a fixed δ plans at 1 unless given a number
+    fixed = DiCacheConfig(threshold=0.06, warmup=2, plan_runs=True, force_last_step=True)
+    linear = walk_twice(fixed, n)[1].branches["c"].pattern
+    assert walk_twice(fixed.replace(span_power="measured"), n)[1].branches["c"].pattern == linear
+    assert walk_twice(fixed.replace(span_power=0.5), n)[1].branches["c"].pattern == "FF" + "___F" * 7, linear
 
 
 def test_plan_error_step_sizes_shortens_the_runs_where_the_steps_grow():
