@@ -36,6 +36,10 @@ from dicache.metrics import psnr, psnr_per_sample, ssim  # noqa: E402
 from block_counter import BlockCounter  # noqa: E402
 
 
+class NotDeterministicError(RuntimeError):
+    """The uncached pipeline gives another output on a second run of the same seed."""
+
+
 def bench(model: str, steps: int, seeds, labels, weights=None):
     """The uncached reference, sampled once, and ``(fresh, measure)``: ``fresh()`` a new pipeline on a copy of the
     model with its block counter; ``measure(pipe, counter, after_each=None)`` samples every seed with it, in order
@@ -60,6 +64,12 @@ def bench(model: str, steps: int, seeds, labels, weights=None):
         return runs
 
     ref = {r.seed: r for r in sample_all(*fresh())}
+    pipe, counter = fresh()
+    again = Q.sample(pipe, model, labels, seeds[0], steps, weights, counter, count_flops=False)
+    if not torch.equal(again.images, ref[seeds[0]].images):
+        raise NotDeterministicError(
+            f"{model}: two uncached runs of seed {seeds[0]} differ, so no cache can be compared with them (a scheduler "
+            "that draws noise in step() from the global generator: WanPipeline and FluxPipeline do not pass theirs)")
 
     def measure(pipe, counter, after_each=None):
         runs = sample_all(pipe, counter, after_each)
@@ -154,6 +164,9 @@ def main(argv=None) -> int:
               "on the preset")
         print_rows(run(args.model, args.steps, option_sets, seeds, labels,
                        summaries=summaries if args.summaries else None))
+    except NotDeterministicError as e:
+        print(f"run_options.py: error: {e}", file=sys.stderr)
+        return 2
     finally:  # the process as it was (a test or another script may run next)
         torch.set_num_threads(threads)
         torch.set_grad_enabled(grad)

@@ -1168,3 +1168,17 @@ def test_probe_spans_reads_a_drift_and_a_random_walk(capsys):
     assert capsys.readouterr().out.count("the replay's α: ") == 2
     with pytest.raises(SystemExit):
         probe_spans.main(["cogvideox_digits", "--targets", "1,x"])
+
+
+def test_run_options_refuses_a_pipeline_that_is_not_deterministic(monkeypatch, capsys):
+    """A sampler that draws its noise in ``step()`` from the global generator (FluxPipeline does not pass its own):
+    two uncached runs of a seed differ, and no cache can be compared with either; ``run_options.py`` says so."""
+    import run_options as ro
+
+    from dicache.zoo import _specs
+
+    monkeypatch.setitem(_specs.SPECS, "flux_digits", _specs.SPECS["flux_digits"])  # restored after
+    argv = ["flux_digits", "6", '{"threshold": 0.4}', "--seeds", "0", "--labels", "0,1",
+            "--scheduler", "FlowMatchEulerDiscreteScheduler", "--scheduler-config", '{"stochastic_sampling": true}']
+    assert ro.main(argv) == 2 and torch.is_grad_enabled()
+    assert "two uncached runs of seed 0 differ" in capsys.readouterr().err
