@@ -196,8 +196,8 @@ def sampled_with(args) -> str:
     line)."""
     if not getattr(args, "scheduler", None):
         return ""
-    extra = scheduler_overrides(args)
-    return f", sampled with {args.scheduler}" + (f" ({', '.join(f'{k}={v}' for k, v in extra.items())})" if extra else "")
+    extra = ", ".join(f"{k}={v}" for k, v in scheduler_overrides(args).items())
+    return f", sampled with {args.scheduler}" + (f" ({extra})" if extra else "")
 
 
 def scheduler_overrides(args) -> Dict:
@@ -213,7 +213,8 @@ def scheduler_overrides(args) -> Dict:
     except json.JSONDecodeError as e:
         raise ValueError(f"--scheduler-config: not JSON ({e}): {text!r}") from e
     if not isinstance(value, dict):
-        raise ValueError(f"--scheduler-config must be a JSON object, e.g. '{{\"stochastic_sampling\": true}}', got {text!r}")
+        example = '{"algorithm_type": "sde-dpmsolver++"}'
+        raise ValueError(f"--scheduler-config must be a JSON object, e.g. '{example}', got {text!r}")
     return value
 
 
@@ -1037,7 +1038,8 @@ def parse_args(argv=None):
     ap.add_argument("--scheduler", default=None, metavar="CLASS",
                     help="sample with this diffusers scheduler, built from the config of each model's own")
     ap.add_argument("--scheduler-config", default=None, metavar="JSON",
-                    help="options of --scheduler on top of that config, e.g. '{\"stochastic_sampling\": true}'")
+                    help="options of --scheduler on top of that config, "
+                         "e.g. '{\"algorithm_type\": \"sde-dpmsolver++\"}'")
     ap.add_argument("--backend", default="auto", help="dicache backend (default auto: the C++ cpu kernels on CPU when they build, else torch)")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (default 1: on these tiny models 2 threads gain ~10%% on free cores and run "

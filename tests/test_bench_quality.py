@@ -1133,7 +1133,8 @@ def test_scheduler_config_sets_the_swapped_schedulers_options(monkeypatch, capsy
         args = Q.parse_args(["--out", "x", "--models", name, "--scheduler", cls, "--scheduler-config", text])
         with pytest.raises(ValueError, match=word):
             Q.scheduler_overrides(args)
-    assert Q.main(["--models", name, "--scheduler-config", '{"stochastic_sampling": true}', "--out", "x", "--list"]) == 2
+    noisy = '{"stochastic_sampling": true}'
+    assert Q.main(["--models", name, "--scheduler-config", noisy, "--out", "x", "--list"]) == 2
     assert "needs --scheduler" in capsys.readouterr().err
     args = Q.parse_args(["--out", "x", "--models", name, "--scheduler", cls,
                          "--scheduler-config", '{"stochastic_sampling": true}'])
