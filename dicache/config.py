@@ -508,6 +508,11 @@ PAPER_PRESETS: Dict[str, DiCacheConfig] = {
 # * ``monotone_runs=True``: where runs are planned, once they shorten they never lengthen again (each run is
 #   planned on the error measured over the run before it, and a longer run measures less per step, so the plan
 #   alternated: ``…F__F___F__F…``; sorted into shortening order, the same runs scored higher at 6 of 7 places);
+# * ``span_power="measured"``: the budget's replay plans its runs at ``e·j^α``, α read off the trajectories it
+#   replays where their probe's change grows as a random walk's (a sampler that adds noise at every step); on
+#   CogVideoX-5b's ``CogVideoXDPMScheduler`` the 2× replay at 20 steps rose from 11.2 / 10.7 to 14.6 / 14.6 dB pooled
+#   (seeds 0–3 / 4–5), and on CogVideoX's ancestral ``DDPMScheduler`` by 0.3–2.1 dB at 2–2.5×; on every
+#   deterministic sampler measured α reads as a drift (1) and nothing changes (thirty-third round);
 # * ``plan_error="auto"``: with a fixed δ, a planned run predicts its error from the scheduler's step sizes ahead,
 #   not from the count of steps (the steps of a flow-matching schedule grow towards its end: 2.5× over 50 steps on
 #   Flux, 9× on Wan, 43× on the held-out model). Against the count, interpolated at 2–3× fewer flops on seeds 0–3:
