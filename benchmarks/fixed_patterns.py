@@ -12,6 +12,8 @@ follower branch (uncond) follows each step as ``cfg_decision="shared"`` does.
     .venv/bin/python benchmarks/fixed_patterns.py wan_digits 20 FF..F..F --options '{"gamma_clip": [0, 10]}'
     .venv/bin/python benchmarks/fixed_patterns.py wan_digits 50 FFF_F__F --weights DIR   # DIR/wan_digits: weights
                                                                       # from scripts/train_zoo.py --out
+    .venv/bin/python benchmarks/fixed_patterns.py cogvideox_digits 20 FF__F__F --scheduler CogVideoXDPMScheduler
+                                                   # another sampler (and --scheduler-config, as quality.py's)
 
 For each pattern it prints the flops saved (torch's FlopCounterMode, as ``quality.py`` counts them), PSNR and
 SSIM against the uncached output over 2 seeds × 10 labels (``--seeds``, ``--labels``), and with ``--per-sample`` each
@@ -23,7 +25,6 @@ is repeated.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import sys
@@ -39,9 +40,6 @@ import torch  # noqa: E402
 import dicache  # noqa: E402
 from dicache import zoo  # noqa: E402
 from dicache.engine import DiCacheEngine  # noqa: E402
-from dicache.metrics import psnr, psnr_per_sample, ssim  # noqa: E402
-
-from block_counter import BlockCounter  # noqa: E402
 
 
 class PatternEngine(DiCacheEngine):
@@ -89,32 +87,23 @@ def check_pattern(p: str, steps: int) -> str:
 
 def run(model: str, steps: int, patterns: List[str], seeds: List[int], labels: List[int],
         options: Optional[dict] = None, weights: Optional[str] = None) -> List[dict]:
-    """Each pattern's flops saved, PSNR, SSIM and per-sample PSNR against the uncached output. ``weights``: the
-    model's directory (``quality.trained_weights``) instead of the shipped weights."""
-    import quality as Q  # the same sampling and flop counting as the quality benchmark
+    """Each pattern's flops saved, PSNR, SSIM and per-sample PSNR against the uncached output (``run_options.bench``:
+    the same sampling and flop counting as the quality benchmark, a pipeline whose uncached runs differ refused).
+    ``weights``: the model's directory (``quality.trained_weights``) instead of the shipped weights."""
+    import run_options as ro
 
-    base = zoo.load(model, path=weights)
-
-    def sample(pipe, counter, seed):
-        return Q.sample(pipe, model, labels, seed, steps, weights, counter)
-
-    tr = copy.deepcopy(base)
-    pipe, counter = zoo.pipeline(model, tr), BlockCounter(tr)
-    ref = {s: sample(pipe, counter, s) for s in seeds}
+    fresh, measure = ro.bench(model, steps, seeds, labels, weights)
     out = []
     for pat in patterns:
-        tr = copy.deepcopy(base)
-        pipe, counter = zoo.pipeline(model, tr), BlockCounter(tr)
+        pipe, counter = fresh()
         dicache.enable(pipe, engine_factory=pattern_engine(pat), **(options or {}))
-        runs = [sample(pipe, counter, s) for s in seeds]
-        got = runs[0].pattern.get("cond") or next(iter(runs[0].pattern.values()), "")
-        imgs, refs = torch.cat([r.images for r in runs]), torch.cat([ref[r.seed].images for r in runs])
-        fewer = sum(ref[r.seed].flops for r in runs) / sum(r.flops for r in runs)
-        names = [f"s{r.seed}/{lab}" for r in runs for lab in labels]  # one batch per seed, one sample per label
-        per_sample = dict(zip(names, psnr_per_sample(imgs, refs)))
-        out.append(dict(pattern=pat, ran=got, fewer_flops=fewer, psnr=psnr(imgs, refs), ssim=ssim(imgs, refs),
-                        per_sample=per_sample))
+        m = measure(pipe, counter)
         dicache.disable(pipe)
+        runs = m["runs"]
+        got = runs[0].pattern.get("cond") or next(iter(runs[0].pattern.values()), "")
+        names = [f"s{r.seed}/{lab}" for r in runs for lab in labels]  # one batch per seed, one sample per label
+        out.append(dict(pattern=pat, ran=got, fewer_flops=m["fewer_flops"], psnr=m["psnr"], ssim=m["ssim"],
+                        per_sample=dict(zip(names, m["sample_psnr"]))))
     return out
 
 
@@ -137,6 +126,10 @@ def main(argv=None) -> int:
                     "(as quality.py's; default: the shipped weights)")
     ap.add_argument("--per-sample", action="store_true",
                     help="also print each sample's PSNR (seed/label): the PSNR over all samples is set by the worst")
+    ap.add_argument("--scheduler", default=None, metavar="CLASS",
+                    help="sample with this diffusers scheduler (as quality.py's --scheduler)")
+    ap.add_argument("--scheduler-config", default=None, metavar="JSON",
+                    help="options of --scheduler on top of that config (as quality.py's --scheduler-config)")
     args = ap.parse_args(argv)
     if args.steps < 2:
         ap.error("steps must be >= 2")
@@ -150,11 +143,17 @@ def main(argv=None) -> int:
     except ValueError as e:
         ap.error(str(e))
     import quality as Q
+    import run_options as ro
 
     seeds = Q._int_list(args.seeds)
     labels = Q._int_list(args.labels)
     options = json.loads(args.options) if args.options else None
     weights = Q.weights_argument(ap, args.weights, args.model)
+    if args.scheduler or args.scheduler_config:
+        try:
+            Q.use_scheduler([args.model], args.scheduler, Q.scheduler_overrides(args))
+        except ValueError as e:
+            ap.error(str(e))
     warnings.filterwarnings("ignore")
     from diffusers.utils import logging as dlog
 
@@ -164,13 +163,17 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     torch.set_grad_enabled(False)
     try:
-        print(f"{args.model}, {args.steps} steps, seeds {seeds}, {len(labels)} labels; options {options or '{}'}")
+        print(f"{args.model}, {args.steps} steps{Q.sampled_with(args)}, seeds {seeds}, {len(labels)} labels; "
+              f"options {options or '{}'}")
         print(f"{'pattern':<{max(8, args.steps)}}  fewer flops  PSNR dB    SSIM")
         for r in run(args.model, args.steps, pats, seeds, labels, options, weights):
             print(f"{r['pattern']:<{max(8, args.steps)}}  {r['fewer_flops']:10.3f}×  {r['psnr']:7.2f}  "
                   f"{r['ssim']:.4f}" + ("" if r["ran"] == r["pattern"] else f"  (ran {r['ran']})"), flush=True)
             if args.per_sample:
                 print(per_sample_line(r["per_sample"]), flush=True)
+    except ro.NotDeterministicError as e:
+        print(f"fixed_patterns.py: error: {e}", file=sys.stderr)
+        return 2
     finally:  # the process as it was (a test or another script may run next)
         torch.set_num_threads(threads)
         torch.set_grad_enabled(grad)

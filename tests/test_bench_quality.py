@@ -229,6 +229,25 @@ def test_fixed_patterns_runs_the_given_pattern():
     assert row["ran"] == pat.replace(".", "_")  # a planned skip runs no probe
 
 
+def test_fixed_patterns_takes_another_scheduler_and_refuses_noise_it_cannot_repeat(monkeypatch, capsys):
+    """``--scheduler`` / ``--scheduler-config`` as ``quality.py``'s; a sampler whose uncached runs of a seed differ
+    (FluxPipeline passes no generator to the scheduler's step) is refused, as ``run_options.py`` refuses it."""
+    import fixed_patterns as fp
+
+    from dicache.zoo import _specs
+
+    for name in ("cogvideox_digits", "flux_digits"):
+        monkeypatch.setitem(_specs.SPECS, name, _specs.SPECS[name])  # restored after the test
+    assert fp.main(["cogvideox_digits", "6", "FF_F_F", "--seeds", "0", "--labels", "0,1",
+                    "--scheduler", "CogVideoXDPMScheduler"]) == 0
+    out = capsys.readouterr().out
+    assert "6 steps, sampled with CogVideoXDPMScheduler, seeds [0]" in out and "FF_F_F" in out
+    noisy = '{"stochastic_sampling": true}'
+    assert fp.main(["flux_digits", "6", "FF_F_F", "--seeds", "0", "--labels", "0", "--scheduler",
+                    "FlowMatchEulerDiscreteScheduler", "--scheduler-config", noisy]) == 2
+    assert "differ" in capsys.readouterr().err
+
+
 def test_run_options_reports_the_engine_s_own_decisions():
     import importlib.util
 
