@@ -113,6 +113,9 @@ def per_sample_line(per_sample: dict) -> str:
 
 
 def main(argv=None) -> int:
+    import quality as Q
+    import run_options as ro
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("model", choices=zoo.NAMES)
     ap.add_argument("steps", type=int)
@@ -126,10 +129,7 @@ def main(argv=None) -> int:
                     "(as quality.py's; default: the shipped weights)")
     ap.add_argument("--per-sample", action="store_true",
                     help="also print each sample's PSNR (seed/label): the PSNR over all samples is set by the worst")
-    ap.add_argument("--scheduler", default=None, metavar="CLASS",
-                    help="sample with this diffusers scheduler (as quality.py's --scheduler)")
-    ap.add_argument("--scheduler-config", default=None, metavar="JSON",
-                    help="options of --scheduler on top of that config (as quality.py's --scheduler-config)")
+    Q.add_scheduler_arguments(ap)
     args = ap.parse_args(argv)
     if args.steps < 2:
         ap.error("steps must be >= 2")
@@ -142,18 +142,14 @@ def main(argv=None) -> int:
         pats = [check_pattern(p, args.steps) for p in pats]
     except ValueError as e:
         ap.error(str(e))
-    import quality as Q
-    import run_options as ro
-
     seeds = Q._int_list(args.seeds)
     labels = Q._int_list(args.labels)
     options = json.loads(args.options) if args.options else None
     weights = Q.weights_argument(ap, args.weights, args.model)
-    if args.scheduler or args.scheduler_config:
-        try:
-            Q.use_scheduler([args.model], args.scheduler, Q.scheduler_overrides(args))
-        except ValueError as e:
-            ap.error(str(e))
+    try:
+        Q.apply_scheduler(args, [args.model])
+    except ValueError as e:
+        ap.error(str(e))
     warnings.filterwarnings("ignore")
     from diffusers.utils import logging as dlog
 

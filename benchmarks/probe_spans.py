@@ -92,13 +92,12 @@ def engine_samples(name: str, steps: int, target: float = 2.0):
 
 
 def main(argv=None) -> int:
+    import quality as Q
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("models", nargs="+", choices=zoo.NAMES)
     ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--scheduler", default=None, metavar="CLASS",
-                    help="sample with this diffusers scheduler (as quality.py's --scheduler)")
-    ap.add_argument("--scheduler-config", default=None, metavar="JSON",
-                    help="options of --scheduler (as quality.py's --scheduler-config)")
+    Q.add_scheduler_arguments(ap)
     ap.add_argument("--targets", default="2", help="budgets (target_speedup) of the engine's calls, e.g. 1.5,2,3")
     args = ap.parse_args(argv)
     if args.steps < 6:
@@ -110,13 +109,10 @@ def main(argv=None) -> int:
     if not targets or not all(t > 1 for t in targets):
         ap.error(f"--targets must be numbers > 1 separated by commas, got {args.targets!r}")
     warnings.filterwarnings("ignore")
-    import quality as Q
-
-    if args.scheduler or args.scheduler_config:
-        try:
-            Q.use_scheduler(args.models, args.scheduler, Q.scheduler_overrides(args))
-        except ValueError as e:
-            ap.error(str(e))
+    try:
+        Q.apply_scheduler(args, args.models)
+    except ValueError as e:
+        ap.error(str(e))
     with torch.no_grad():
         for name in args.models:
             report(name, args, targets, Q.sampled_with(args))

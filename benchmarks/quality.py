@@ -200,6 +200,22 @@ def sampled_with(args) -> str:
     return f", sampled with {args.scheduler}" + (f" ({extra})" if extra else "")
 
 
+def add_scheduler_arguments(ap: argparse.ArgumentParser) -> None:
+    """``--scheduler CLASS`` and ``--scheduler-config JSON``, for this script and those that sample as it does."""
+    ap.add_argument("--scheduler", default=None, metavar="CLASS",
+                    help="sample with this diffusers scheduler, built from the config of each model's own")
+    ap.add_argument("--scheduler-config", default=None, metavar="JSON",
+                    help="options of --scheduler on top of that config, "
+                         "e.g. '{\"algorithm_type\": \"sde-dpmsolver++\"}'")
+
+
+def apply_scheduler(args, names: Sequence[str]) -> None:
+    """The zoo models ``names`` sample with ``--scheduler`` / ``--scheduler-config`` from here on, when given
+    (:func:`use_scheduler`); ValueError naming the argument."""
+    if args.scheduler or args.scheduler_config:
+        use_scheduler(names, args.scheduler, scheduler_overrides(args))
+
+
 def scheduler_overrides(args) -> Dict:
     """``--scheduler-config JSON``: the scheduler options on top of the model's config ({} without it); ValueError
     naming it for text that is not a JSON object, or without ``--scheduler``."""
@@ -1035,11 +1051,7 @@ def parse_args(argv=None):
     ap.add_argument("--quick", action="store_true", help="smoke run: 6 steps, 1 seed, 3 labels, 1 setting per family")
     ap.add_argument("--weights", default=None, help="directory with <model>/ trained by scripts/train_zoo.py --out")
     ap.add_argument("--random-init", action="store_true", help="untrained models when no weights are found")
-    ap.add_argument("--scheduler", default=None, metavar="CLASS",
-                    help="sample with this diffusers scheduler, built from the config of each model's own")
-    ap.add_argument("--scheduler-config", default=None, metavar="JSON",
-                    help="options of --scheduler on top of that config, "
-                         "e.g. '{\"algorithm_type\": \"sde-dpmsolver++\"}'")
+    add_scheduler_arguments(ap)
     ap.add_argument("--backend", default="auto", help="dicache backend (default auto: the C++ cpu kernels on CPU when they build, else torch)")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (default 1: on these tiny models 2 threads gain ~10%% on free cores and run "
@@ -1786,12 +1798,11 @@ def main(argv=None) -> int:
             return 2
         return pool(sys.argv[2], sys.argv[3], sys.argv[4])
     args = parse_args(argv)
-    if args.scheduler or args.scheduler_config:
-        try:
-            use_scheduler(args.models, args.scheduler, scheduler_overrides(args))
-        except ValueError as e:
-            print(f"quality.py: error: {e}", file=sys.stderr)
-            return 2
+    try:
+        apply_scheduler(args, args.models)
+    except ValueError as e:
+        print(f"quality.py: error: {e}", file=sys.stderr)
+        return 2
     if args.list:
         for name in args.models:
             for steps in args.steps:

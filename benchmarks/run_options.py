@@ -121,6 +121,8 @@ def print_rows(rows) -> None:
 
 
 def main(argv=None) -> int:
+    import quality as Q
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("model", choices=zoo.NAMES)
     ap.add_argument("steps", type=int)
@@ -128,11 +130,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", default="0,1")
     ap.add_argument("--labels", default="0-9")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--scheduler", default=None, metavar="CLASS",
-                    help="sample with this diffusers scheduler, built from the config of the model's own "
-                         "(as quality.py's --scheduler)")
-    ap.add_argument("--scheduler-config", default=None, metavar="JSON",
-                    help="options of --scheduler on top of that config (as quality.py's --scheduler-config)")
+    Q.add_scheduler_arguments(ap)
     ap.add_argument("--summaries", action="store_true",
                     help="print dicache.summary after each seed's call: the pattern, each call's error and γ")
     args = ap.parse_args(argv)
@@ -144,13 +142,10 @@ def main(argv=None) -> int:
 
     dlog.set_verbosity_error()
     dlog.disable_progress_bar()
-    import quality as Q
-
-    if args.scheduler or args.scheduler_config:
-        try:
-            Q.use_scheduler([args.model], args.scheduler, Q.scheduler_overrides(args))
-        except ValueError as e:
-            ap.error(str(e))
+    try:
+        Q.apply_scheduler(args, [args.model])
+    except ValueError as e:
+        ap.error(str(e))
     seeds, labels = Q._int_list(args.seeds), Q._int_list(args.labels)
 
     def summaries(seed, summary):
