@@ -514,6 +514,7 @@ class Budget:
             state.err_last = err
             for k in range(step - steps + 1, step + 1):  # the steps since the last probe share the increment
                 state.increments[k] = err
-                state.spans[k] = (total, steps)
+                if steps > 1:  # (over one step the increment is the error at any span_power)
+                    state.spans[k] = (total, steps)
         state.acc_host = acc
         state.probe_step = step

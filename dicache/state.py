@@ -69,8 +69,8 @@ class BranchState:
         self.err_n = 0
         self.err_last = 0.0  # the last measured per-step increment of the accumulated error
         self.increments: Dict[int, float] = {}  # budget mode: step -> the per-step error increment measured
-        # where runs are planned: step -> (the error its measurement read, over how many steps), to read the
-        # increments again at the trajectory's span_power when it ends
+        # step -> (the error its measurement read, over how many steps, more than one), to read the increments
+        # again at the trajectory's span_power when it ends (where runs are planned)
         self.spans: Dict[int, Tuple[float, int]] = {}
         self.probe_step: Optional[int] = None  # the step of the last probe that measured the error
         self.span_powers: List[float] = []  # span_power="measured": the α each computed call read (span_power_sample)
