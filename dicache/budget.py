@@ -67,6 +67,16 @@ ONLINE_DELTA_POSITION = 0.0
 #: to +1.5 on the DDIM-trained models at 50 steps (benchmarks/RESULTS.md, thirty-second round).
 AHEAD_LIMIT = 2.0
 
+#: Where runs are planned at a ``span_power`` under 1 (a probe that takes a random walk: a sampler that adds noise at
+#: every step), the run of skips that ends at the forced final steps skips at most this many calls
+#: (:meth:`Budget.plan_skip`; the simulations δ is solved on plan with it, so δ spends the budget around it). A run's
+#: error read as ``e·j^α`` with α under 1 grows slowly with its length, so even runs leave the last one, whose error no
+#: later step corrects, as long as any: on CogVideoX-5b's ``CogVideoXDPMScheduler`` at 20 steps and 2.5× the replay
+#: ran ``FF__F__F__F__F__F__F`` at 11.7 dB pooled where ``FF___F__F__F__F__F_F`` scores 15.6. On the deterministic
+#: samplers (α = 1) the bound gained and lost (−3.6 to +6.5 dB pooled; the lead at Wan 50 3× fell under 1 dB), so it
+#: is not used there (benchmarks/RESULTS.md, thirty-fourth round).
+FINAL_RUN = 1
+
 
 class Budget:
     """``target_speedup`` mode: spend a budget of computed calls where the probe error grows fastest.
@@ -118,7 +128,9 @@ class Budget:
     Either way the budget is a hard bound: when it is spent every call left reuses (the final steps
     excepted), and when the calls left are no more than the budget left (rounded to the nearest call)
     every one is computed. Where runs are planned, a call right after a computed one is skipped when computing it
-    would put the trajectory :data:`AHEAD_LIMIT` calls ahead of spending the budget evenly (:meth:`ahead`).
+    would put the trajectory :data:`AHEAD_LIMIT` calls ahead of spending the budget evenly (:meth:`ahead`), and the
+    run that ends at the forced final steps skips at most :data:`FINAL_RUN` calls (:meth:`at_final_run`; both rules'
+    simulations plan with it).
     """
 
     def __init__(self, config: DiCacheConfig, num_blocks: int, replay: bool = True):
@@ -237,7 +249,7 @@ class Budget:
         return self.simulate_calls(incs, n, delta)[0]
 
     def simulate_calls(self, incs: List[float], n: int, delta: float, begin: Optional[tuple] = None,
-                       power: float = 1.0) -> Tuple[int, int]:
+                       power: float = 1.0, final_run: Optional[int] = None) -> Tuple[int, int]:
         """(computed calls, skips without a probe) of the fixed-δ rule on increments ``incs``; where runs are
         planned, ``begin = (t2, t1, e, last_run, shorten_to)`` simulates the calls after the computed call at step
         ``t2`` only (``t1`` the computed call before it, ``e`` the per-step error ``t2`` measured, the last two
@@ -247,11 +259,13 @@ class Budget:
         was a probed skip; ``stored``: the entries stored before ``k``).
 
         With ``predictive_skip`` a skip right after a probed skip (two entries stored) runs no probe when the
-        accumulated error plus the last increment stays under δ; the next probe measures the error since."""
+        accumulated error plus the last increment stays under δ; the next probe measures the error since.
+        ``final_run``: where runs are planned, the most skips in the run that ends at the forced final steps (the
+        budget's :data:`FINAL_RUN`; None: no bound, the fixed-δ rule)."""
         warm, p = self.config.warmup_calls(n), self.config.run_power_at(n)
         last = self.config.last_calls(n)
         if self.config.plans_runs(n):
-            return self._simulate_plan(incs, n, delta, warm, last, p, begin, power), 0
+            return self._simulate_plan(incs, n, delta, warm, last, p, begin, power, final_run), 0
         predict = bool(self.config.predictive_skip)
         full, acc, run, unprobed, probed_skip = 0, 0.0, 0, 0, False
         first, stored = 0, 0
@@ -274,7 +288,7 @@ class Budget:
         return full, unprobed
 
     def _simulate_plan(self, incs: List[float], n: int, delta: float, warm: int, last: int, p: float,
-                       begin: Optional[tuple] = None, power: float = 1.0) -> int:
+                       begin: Optional[tuple] = None, power: float = 1.0, final_run: Optional[int] = None) -> int:
         """Computed calls of the fixed-δ plan (``plan_runs``): each computed call measures the mean increment
         since the last one, the ``j``-th call after it skips while ``j·e < δ/j^p`` (``plan_error``), within
         ``max_extrapolation`` and ``monotone_runs``. ``begin``: see :meth:`simulate_calls`."""
@@ -293,6 +307,8 @@ class Budget:
             if not forced and reach is not None and k - t2 > reach * (t2 - t1):
                 forced = True
             if not forced and monotone and shorten_to is not None and run >= shorten_to:
+                forced = True
+            if not forced and final_run is not None and k == n - last - 1 and run >= final_run:
                 forced = True
             if not forced and planned_error(e, t1, t2, k, sizes, power) < delta / (run + 1) ** p:
                 run += 1
@@ -318,7 +334,8 @@ class Budget:
         incs = [v if math.isfinite(v) and v >= 0 else fill for v in incs]
         scale = max(max(incs), 1e-12)
         grid = [scale * 10 ** (i / 40.0) for i in range(-160, 121)]  # 1e-4 … 1e3 times the largest increment
-        sims = [self.simulate_calls(incs, n, d, begin, power) for d in grid]
+        final_run = FINAL_RUN if power < 1 else None  # (a random walk's probe: :meth:`at_final_run`)
+        sims = [self.simulate_calls(incs, n, d, begin, power, final_run) for d in grid]
         miss: Dict[int, float] = {}  # count -> how near it comes to the budget its δ values earn
         for full, unprobed in sims:
             miss[full] = min(miss.get(full, math.inf), abs(full - budget - credit * unprobed))
@@ -397,16 +414,16 @@ class Budget:
         left spread evenly over the calls left when the run started, ``S/F − 1``
         reuses, rounded up: the runs shorten by one when the budget left catches up, so their length
         changes once instead of alternating run by run. When the budget is spent every call skips; when the
-        calls left are no more than the budget left (to the nearest call) every one is computed; right after a
-        computed call, a call that would put the trajectory :data:`AHEAD_LIMIT` calls ahead of spending the budget
-        evenly skips."""
+        calls left are no more than the budget left (to the nearest call) every one is computed, and so is the call
+        that would make the run ending at the final steps longer than :data:`FINAL_RUN`; right after a computed call,
+        a call that would put the trajectory :data:`AHEAD_LIMIT` calls ahead of spending the budget evenly skips."""
         _need_steps(n)
         start = state.probe_step if state.probe_step is not None else step - 1
         left, steps_left = self._left(state, start + 1, n, 1, planned=True)
         if left <= 0:
             return True
         if self._compute_all(left, self._left(state, step, n, 1, planned=True)[1]) or \
-                at_shorten_bound(self.config, state, n):
+                at_shorten_bound(self.config, state, n) or self.at_final_run(state, step, n):
             return False
         if start == step - 1 and self.ahead(state.full_calls + 1, step + 1, n, planned=True) >= AHEAD_LIMIT:
             return True  # computing call after call, far ahead of the budget: the plan's errors read high
@@ -417,6 +434,12 @@ class Budget:
             limit = delta / (state.run + 1) ** self.config.run_power_at(n)
             return state.err_last * (step - start) ** self.power(state, n) < limit
         return state.run < math.ceil(steps_left / left - 1.0 - 1e-9)  # runs of ⌈S/F − 1⌉ reuses
+
+    def at_final_run(self, state: BranchState, step: int, n: int) -> bool:
+        """Whether the call at ``step`` would make the run that ends at the forced final steps longer than
+        :data:`FINAL_RUN`, where runs are planned at a ``span_power`` under 1 (a probe that takes a random walk)."""
+        return (step == n - self.config.last_calls(n) - 1 and state.run >= FINAL_RUN
+                and self.power(state, n) < 1)
 
     @staticmethod
     def growth(increments: Dict[int, float], after: int, upto: int, n: int) -> Optional[float]:

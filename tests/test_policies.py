@@ -12,7 +12,7 @@ import torch
 
 import dicache
 from dicache.config import REACH_MIN_STEPS, SPAN_POWER_MIN, STEPS_GAMMA_MIN_STEPS, DiCacheConfig
-from dicache.budget import ONLINE_MAX_GROWTH, Budget
+from dicache.budget import FINAL_RUN, ONLINE_MAX_GROWTH, Budget
 from dicache.engine import DiCacheEngine
 from dicache.state import BranchState, next_shortening, planned_error, span_power, span_power_sample
 from dicache.summary import summarize
@@ -1166,6 +1166,32 @@ def test_measured_span_power_spreads_a_planned_budget_on_a_random_walk():
     linear = walk_twice(fixed, n)[1].branches["c"].pattern
     assert walk_twice(fixed.replace(span_power="measured"), n)[1].branches["c"].pattern == linear
     assert walk_twice(fixed.replace(span_power=0.5), n)[1].branches["c"].pattern == "FF" + "___F" * 7, linear
+
+
+def test_final_run_bounds_the_planned_run_that_ends_at_the_final_steps_on_a_random_walk():
+    # read as e·j^α with α under 1 (a probe that takes a random walk) a run's error grows slowly with its length, and
+    # even runs leave the last one, whose error no later step corrects, as long as any: the budget plans it at
+    # FINAL_RUN skips and spends the skip it takes from it on an earlier run
+    assert FINAL_RUN == 1
+    n, target = 20, 2.5
+    cfg = DiCacheConfig(target_speedup=target, warmup=2, plan_runs=True, force_last_step=True, span_power="measured")
+    engine, s = walk_twice(cfg, n)
+    b = s.branches["c"]
+    assert b.pattern == "FF___F__F__F__F__F_F", b.pattern  # without the bound: FF__F__F__F__F__F__F
+    assert b.pattern.count("F") == round(n / target)
+    assert engine._budget.power(engine.branches["c"], n) < 1
+    assert walk_twice(cfg.replace(span_power=0.5), n)[1].branches["c"].pattern == b.pattern
+    # at α = 1 (a drift, the deterministic samplers) the run that ends at the final step is not bounded
+    assert walk_twice(cfg.replace(span_power=1), n)[1].branches["c"].pattern == "FF_F__F__F__F__F___F"
+    # the simulation the budget solves δ on plans with it: on flat increments the δ of runs of two computes the
+    # call before the final step; without the bound (the fixed-δ rule) it does not
+    bud, flat = Budget(cfg, M), [0.1] * n
+    assert bud.simulate_calls(flat, n, 0.25) == (8, 0)  # FF__F__F__F__F__F__F
+    assert bud.simulate_calls(flat, n, 0.25, final_run=FINAL_RUN) == (9, 0)  # FF__F__F__F__F__F_FF
+    assert bud.simulate_calls(flat, n, 0.25, final_run=2) == (8, 0)
+    # a fixed δ is not bounded
+    fixed = DiCacheConfig(threshold=0.25, warmup=2, plan_runs=True, force_last_step=True)
+    assert drive(fixed, {"c": scales([0.1] * (n - 1))}, num_steps=n).branches["c"].pattern.endswith("F__F")
 
 
 def test_plan_error_step_sizes_shortens_the_runs_where_the_steps_grow():
