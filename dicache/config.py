@@ -187,7 +187,9 @@ class DiCacheConfig:
             random walk's (α ≈ 0.4 on CogVideoX-5b's ``CogVideoXDPMScheduler``; 0.7–1 on the shipped models'
             deterministic samplers: ``benchmarks/probe_spans.py``), and a replay planned at ``j·e`` after a call
             measured over one step reads a long run too costly: at 20 steps and 2× it computed one call in two,
-            then left the final steps to skip in a row (``benchmarks/RESULTS.md``, thirty-third round).
+            then left the final steps to skip in a row (``benchmarks/RESULTS.md``, thirty-third round). In budget
+            mode runs planned at an α under 1 end with a run of at most one skip before the forced final steps
+            (``dicache.budget.FINAL_RUN``, thirty-fourth round).
         threshold_end: δ at the last step; δ moves linearly from ``threshold``
             at the first step (None: constant). Needs the step count.
         target_speedup: compute-budget mode (> 1): no δ to tune. The number of
