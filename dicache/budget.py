@@ -69,13 +69,20 @@ AHEAD_LIMIT = 2.0
 
 #: Where runs are planned at a ``span_power`` under 1 (a probe that takes a random walk: a sampler that adds noise at
 #: every step), the run of skips that ends at the forced final steps skips at most this many calls
-#: (:meth:`Budget.plan_skip`; the simulations δ is solved on plan with it, so δ spends the budget around it). A run's
-#: error read as ``e·j^α`` with α under 1 grows slowly with its length, so even runs leave the last one, whose error no
-#: later step corrects, as long as any: on CogVideoX-5b's ``CogVideoXDPMScheduler`` at 20 steps and 2.5× the replay
-#: ran ``FF__F__F__F__F__F__F`` at 11.7 dB pooled where ``FF___F__F__F__F__F_F`` scores 15.6. On the deterministic
-#: samplers (α = 1) the bound gained and lost (−3.6 to +6.5 dB pooled; the lead at Wan 50 3× fell under 1 dB), so it
-#: is not used there (benchmarks/RESULTS.md, thirty-fourth round).
+#: (:meth:`Budget.plan_skip`; the simulations δ is solved on plan with it too, so δ spends the budget around it). A
+#: run's error read as ``e·j^α`` with α under 1 grows slowly with its length, so even runs leave the last one, whose
+#: error no later step corrects, as long as any: on CogVideoX-5b's ``CogVideoXDPMScheduler`` at 20 steps and 2.5× the
+#: replay ran ``FF__F__F__F__F__F__F`` at 11.7 dB pooled where ``FF___F__F__F__F__F_F`` scores 15.6; with the bound
+#: it scores 15.0 / 14.8 on the two seed sets, at 3× 14.1 / 14.2 (was 11.6 / 12.2). On the deterministic samplers
+#: (α = 1) the bound gained and lost (−3.6 to +6.5 dB pooled; the lead at Wan 50 3× fell under 1 dB), so it is not
+#: used there (benchmarks/RESULTS.md, thirty-fourth round).
 FINAL_RUN = 1
+
+
+def overruns_final(k: int, n: int, last: int, run: int, final_run: int) -> bool:
+    """Whether skipping the call at step ``k``, ``run`` calls into a run, would make the run that ends at the ``last``
+    forced final steps of ``n`` skip more than ``final_run`` calls."""
+    return k == n - last - 1 and run >= final_run
 
 
 class Budget:
@@ -308,7 +315,7 @@ class Budget:
                 forced = True
             if not forced and monotone and shorten_to is not None and run >= shorten_to:
                 forced = True
-            if not forced and final_run is not None and k == n - last - 1 and run >= final_run:
+            if not forced and final_run is not None and overruns_final(k, n, last, run, final_run):
                 forced = True
             if not forced and planned_error(e, t1, t2, k, sizes, power) < delta / (run + 1) ** p:
                 run += 1
@@ -438,8 +445,7 @@ class Budget:
     def at_final_run(self, state: BranchState, step: int, n: int) -> bool:
         """Whether the call at ``step`` would make the run that ends at the forced final steps longer than
         :data:`FINAL_RUN`, where runs are planned at a ``span_power`` under 1 (a probe that takes a random walk)."""
-        return (step == n - self.config.last_calls(n) - 1 and state.run >= FINAL_RUN
-                and self.power(state, n) < 1)
+        return overruns_final(step, n, self.config.last_calls(n), state.run, FINAL_RUN) and self.power(state, n) < 1
 
     @staticmethod
     def growth(increments: Dict[int, float], after: int, upto: int, n: int) -> Optional[float]:
