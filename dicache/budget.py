@@ -80,9 +80,12 @@ FINAL_RUN = 1
 
 
 def overruns_final(k: int, n: int, last: int, run: int, final_run: int) -> bool:
-    """Whether skipping the call at step ``k``, ``run`` calls into a run, would make the run that ends at the ``last``
-    forced final steps of ``n`` skip more than ``final_run`` calls."""
-    return k == n - last - 1 and run >= final_run
+    """Whether the call at step ``k``, ``run`` calls into a run, is computed to keep the run that ends at the ``last``
+    forced final steps of ``n`` within ``final_run`` skips: at the call before those steps, when the run is that
+    long already; ``final_run`` calls earlier, when the run is longer than ``final_run`` (skipped, that call would
+    lengthen it only for the bound to cut it before the final steps: ``F___FF`` where ``F__F_F`` computes as many;
+    ``F__FF`` stays, the shorter of its two runs the final one)."""
+    return (k == n - last - 1 and run >= final_run) or (k == n - last - 1 - final_run and run > final_run)
 
 
 class Budget:

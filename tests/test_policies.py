@@ -12,7 +12,7 @@ import torch
 
 import dicache
 from dicache.config import REACH_MIN_STEPS, SPAN_POWER_MIN, STEPS_GAMMA_MIN_STEPS, DiCacheConfig
-from dicache.budget import FINAL_RUN, ONLINE_MAX_GROWTH, Budget
+from dicache.budget import FINAL_RUN, ONLINE_MAX_GROWTH, Budget, overruns_final
 from dicache.engine import DiCacheEngine
 from dicache.state import BranchState, next_shortening, planned_error, span_power, span_power_sample
 from dicache.summary import summarize
@@ -1181,6 +1181,10 @@ def test_final_run_bounds_the_planned_run_that_ends_at_the_final_steps_on_a_rand
     assert b.pattern.count("F") == round(n / target)
     assert engine._budget.power(engine.branches["c"], n) < 1
     assert walk_twice(cfg.replace(span_power=0.5), n)[1].branches["c"].pattern == b.pattern
+    # a run that would reach the call before the final steps longer than FINAL_RUN + 1 is cut a call earlier, as
+    # many calls computed: F____F_F, not F_____FF (a run of FINAL_RUN + 1 is left to the bound: F__FF above)
+    long_runs = walk_twice(cfg.replace(span_power=0.5, target_speedup=3.5), n)[1].branches["c"].pattern
+    assert long_runs == "FF_____F____F____F_F", long_runs
     # at α = 1 (a drift, the deterministic samplers) the run that ends at the final step is not bounded
     assert walk_twice(cfg.replace(span_power=1), n)[1].branches["c"].pattern == "FF_F__F__F__F__F___F"
     # the simulation the budget solves δ on plans with it: on flat increments the δ of runs of two computes the
@@ -1189,6 +1193,11 @@ def test_final_run_bounds_the_planned_run_that_ends_at_the_final_steps_on_a_rand
     assert bud.simulate_calls(flat, n, 0.25) == (8, 0)  # FF__F__F__F__F__F__F
     assert bud.simulate_calls(flat, n, 0.25, final_run=FINAL_RUN) == (9, 0)  # FF__F__F__F__F__F_FF
     assert bud.simulate_calls(flat, n, 0.25, final_run=2) == (8, 0)
+    # the call before the final step is computed after a skip; the call before it after two
+    assert overruns_final(18, n, 1, 1, FINAL_RUN) and overruns_final(18, n, 1, 4, FINAL_RUN)
+    assert not overruns_final(18, n, 1, 0, FINAL_RUN)
+    assert overruns_final(17, n, 1, 2, FINAL_RUN) and not overruns_final(17, n, 1, 1, FINAL_RUN)
+    assert not overruns_final(16, n, 1, 5, FINAL_RUN)
     # a fixed δ is not bounded
     fixed = DiCacheConfig(threshold=0.25, warmup=2, plan_runs=True, force_last_step=True)
     assert drive(fixed, {"c": scales([0.1] * (n - 1))}, num_steps=n).branches["c"].pattern.endswith("F__F")
