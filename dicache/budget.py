@@ -10,7 +10,7 @@ it runs no kernel.
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 from .config import DiCacheConfig
 from .state import (FOLLOW, PLANNED, PREDICTED, REFRESH, REUSE, REUSE_ONE, BranchState, at_shorten_bound,
@@ -80,12 +80,18 @@ FINAL_RUN = 1
 
 
 def overruns_final(k: int, n: int, last: int, run: int, final_run: int) -> bool:
-    """Whether the call at step ``k``, ``run`` calls into a run, is computed to keep the run that ends at the ``last``
-    forced final steps of ``n`` within ``final_run`` skips: at the call before those steps, when the run is that
-    long already; ``final_run`` calls earlier, when the run is longer than ``final_run`` (skipped, that call would
-    lengthen it only for the bound to cut it before the final steps: ``F___FF`` where ``F__F_F`` computes as many;
-    ``F__FF`` stays, the shorter of its two runs the final one)."""
-    return (k == n - last - 1 and run >= final_run) or (k == n - last - 1 - final_run and run > final_run)
+    """Whether skipping the call at step ``k``, ``run`` calls into a run, would make the run that ends at the ``last``
+    forced final steps of ``n`` skip more than ``final_run`` calls."""
+    return k == n - last - 1 and run >= final_run
+
+
+def cut_before_final(k: int, n: int, last: int, run: int, next_computed: Callable[[], bool]) -> bool:
+    """Whether the call at step ``k``, ``run`` calls into a run of more than :data:`FINAL_RUN` skips, is computed
+    rather than skipped because skipping it would lengthen the run only for the call before the ``last`` forced final
+    steps of ``n`` to be computed (``next_computed``: whether it would be, the run one call longer): ``F___FF`` where
+    ``F__F_F`` computes as many calls and leaves the shorter run for the end (``F__FF`` stays: its runs are no longer
+    than ``F_F_F``'s)."""
+    return k == n - last - 2 and run > FINAL_RUN and next_computed()
 
 
 class Budget:
@@ -259,7 +265,8 @@ class Budget:
         return self.simulate_calls(incs, n, delta)[0]
 
     def simulate_calls(self, incs: List[float], n: int, delta: float, begin: Optional[tuple] = None,
-                       power: float = 1.0, final_run: Optional[int] = None) -> Tuple[int, int]:
+                       power: float = 1.0, final_run: Optional[int] = None, cut_tail: bool = False
+                       ) -> Tuple[int, int]:
         """(computed calls, skips without a probe) of the fixed-δ rule on increments ``incs``; where runs are
         planned, ``begin = (t2, t1, e, last_run, shorten_to)`` simulates the calls after the computed call at step
         ``t2`` only (``t1`` the computed call before it, ``e`` the per-step error ``t2`` measured, the last two
@@ -271,11 +278,12 @@ class Budget:
         With ``predictive_skip`` a skip right after a probed skip (two entries stored) runs no probe when the
         accumulated error plus the last increment stays under δ; the next probe measures the error since.
         ``final_run``: where runs are planned, the most skips in the run that ends at the forced final steps (the
-        budget's :data:`FINAL_RUN`; None: no bound, the fixed-δ rule)."""
+        budget's :data:`FINAL_RUN`; None: no bound, the fixed-δ rule); ``cut_tail``: the budget's plan cuts a run
+        that would end at a computed call before the final steps a call earlier (:func:`cut_before_final`)."""
         warm, p = self.config.warmup_calls(n), self.config.run_power_at(n)
         last = self.config.last_calls(n)
         if self.config.plans_runs(n):
-            return self._simulate_plan(incs, n, delta, warm, last, p, begin, power, final_run), 0
+            return self._simulate_plan(incs, n, delta, warm, last, p, begin, power, final_run, cut_tail), 0
         predict = bool(self.config.predictive_skip)
         full, acc, run, unprobed, probed_skip = 0, 0.0, 0, 0, False
         first, stored = 0, 0
@@ -298,7 +306,8 @@ class Budget:
         return full, unprobed
 
     def _simulate_plan(self, incs: List[float], n: int, delta: float, warm: int, last: int, p: float,
-                       begin: Optional[tuple] = None, power: float = 1.0, final_run: Optional[int] = None) -> int:
+                       begin: Optional[tuple] = None, power: float = 1.0, final_run: Optional[int] = None,
+                       cut_tail: bool = False) -> int:
         """Computed calls of the fixed-δ plan (``plan_runs``): each computed call measures the mean increment
         since the last one, the ``j``-th call after it skips while ``j·e < δ/j^p`` (``plan_error``), within
         ``max_extrapolation`` and ``monotone_runs``. ``begin``: see :meth:`simulate_calls`."""
@@ -320,7 +329,10 @@ class Budget:
                 forced = True
             if not forced and final_run is not None and overruns_final(k, n, last, run, final_run):
                 forced = True
-            if not forced and planned_error(e, t1, t2, k, sizes, power) < delta / (run + 1) ** p:
+            if not forced and planned_error(e, t1, t2, k, sizes, power) < delta / (run + 1) ** p and not (
+                    cut_tail and cut_before_final(k, n, last, run, lambda: (
+                        final_run is not None and overruns_final(k + 1, n, last, run + 1, final_run))
+                        or planned_error(e, t1, t2, k + 1, sizes, power) >= delta / (run + 2) ** p)):
                 run += 1
                 continue
             if t2 is not None:
@@ -345,7 +357,7 @@ class Budget:
         scale = max(max(incs), 1e-12)
         grid = [scale * 10 ** (i / 40.0) for i in range(-160, 121)]  # 1e-4 … 1e3 times the largest increment
         final_run = FINAL_RUN if power < 1 else None  # (a random walk's probe: :meth:`at_final_run`)
-        sims = [self.simulate_calls(incs, n, d, begin, power, final_run) for d in grid]
+        sims = [self.simulate_calls(incs, n, d, begin, power, final_run, cut_tail=True) for d in grid]
         miss: Dict[int, float] = {}  # count -> how near it comes to the budget its δ values earn
         for full, unprobed in sims:
             miss[full] = min(miss.get(full, math.inf), abs(full - budget - credit * unprobed))
@@ -426,7 +438,9 @@ class Budget:
         changes once instead of alternating run by run. When the budget is spent every call skips; when the
         calls left are no more than the budget left (to the nearest call) every one is computed, and so is the call
         that would make the run ending at the final steps longer than :data:`FINAL_RUN`; right after a computed call,
-        a call that would put the trajectory :data:`AHEAD_LIMIT` calls ahead of spending the budget evenly skips."""
+        a call that would put the trajectory :data:`AHEAD_LIMIT` calls ahead of spending the budget evenly skips; a
+        run of more than :data:`FINAL_RUN` skips that would end at a computed call right before the final steps ends a
+        call earlier (:func:`cut_before_final`)."""
         _need_steps(n)
         start = state.probe_step if state.probe_step is not None else step - 1
         left, steps_left = self._left(state, start + 1, n, 1, planned=True)
@@ -440,15 +454,22 @@ class Budget:
         delta = self._replay_delta(state, n, 1)
         if delta is None:
             delta = self._online_delta(state, start, n)
-        if delta is not None:
-            limit = delta / (state.run + 1) ** self.config.run_power_at(n)
-            return state.err_last * (step - start) ** self.power(state, n) < limit
-        return state.run < math.ceil(steps_left / left - 1.0 - 1e-9)  # runs of ⌈S/F − 1⌉ reuses
+        if delta is None:
+            return state.run < math.ceil(steps_left / left - 1.0 - 1e-9)  # runs of ⌈S/F − 1⌉ reuses
+        p, alpha, last = self.config.run_power_at(n), self.power(state, n), self.config.last_calls(n)
 
-    def at_final_run(self, state: BranchState, step: int, n: int) -> bool:
-        """Whether the call at ``step`` would make the run that ends at the forced final steps longer than
-        :data:`FINAL_RUN`, where runs are planned at a ``span_power`` under 1 (a probe that takes a random walk)."""
-        return overruns_final(step, n, self.config.last_calls(n), state.run, FINAL_RUN) and self.power(state, n) < 1
+        def skips(k: int, run: int) -> bool:  # the plan's error for the call at k, ``run`` calls into the run
+            return state.err_last * (k - start) ** alpha < delta / (run + 1) ** p
+
+        return skips(step, state.run) and not cut_before_final(step, n, last, state.run, lambda: self.at_final_run(
+            state, step + 1, n, state.run + 1) or not skips(step + 1, state.run + 1))
+
+    def at_final_run(self, state: BranchState, step: int, n: int, run: Optional[int] = None) -> bool:
+        """Whether the call at ``step`` (``run`` calls into a run; default the branch's) would make the run that ends
+        at the forced final steps longer than :data:`FINAL_RUN`, where runs are planned at a ``span_power`` under 1
+        (a probe that takes a random walk)."""
+        run = state.run if run is None else run
+        return overruns_final(step, n, self.config.last_calls(n), run, FINAL_RUN) and self.power(state, n) < 1
 
     @staticmethod
     def growth(increments: Dict[int, float], after: int, upto: int, n: int) -> Optional[float]:

@@ -11,8 +11,9 @@ import pytest
 import torch
 
 import dicache
+import dicache.budget as budget_mod
 from dicache.config import REACH_MIN_STEPS, SPAN_POWER_MIN, STEPS_GAMMA_MIN_STEPS, DiCacheConfig
-from dicache.budget import FINAL_RUN, ONLINE_MAX_GROWTH, Budget, overruns_final
+from dicache.budget import FINAL_RUN, ONLINE_MAX_GROWTH, Budget, cut_before_final, overruns_final
 from dicache.engine import DiCacheEngine
 from dicache.state import BranchState, next_shortening, planned_error, span_power, span_power_sample
 from dicache.summary import summarize
@@ -1193,14 +1194,28 @@ def test_final_run_bounds_the_planned_run_that_ends_at_the_final_steps_on_a_rand
     assert bud.simulate_calls(flat, n, 0.25) == (8, 0)  # FF__F__F__F__F__F__F
     assert bud.simulate_calls(flat, n, 0.25, final_run=FINAL_RUN) == (9, 0)  # FF__F__F__F__F__F_FF
     assert bud.simulate_calls(flat, n, 0.25, final_run=2) == (8, 0)
-    # the call before the final step is computed after a skip; the call before it after two
-    assert overruns_final(18, n, 1, 1, FINAL_RUN) and overruns_final(18, n, 1, 4, FINAL_RUN)
-    assert not overruns_final(18, n, 1, 0, FINAL_RUN)
-    assert overruns_final(17, n, 1, 2, FINAL_RUN) and not overruns_final(17, n, 1, 1, FINAL_RUN)
-    assert not overruns_final(16, n, 1, 5, FINAL_RUN)
+    # the bound computes the call before the final step after a skip; a run of more than FINAL_RUN skips that would
+    # end there is cut a call earlier
+    assert overruns_final(18, n, 1, 1, FINAL_RUN) and not overruns_final(18, n, 1, 0, FINAL_RUN)
+    assert not overruns_final(17, n, 1, 3, FINAL_RUN)
+    assert cut_before_final(17, n, 1, 2, lambda: True) and not cut_before_final(17, n, 1, 1, lambda: True)
+    assert not cut_before_final(17, n, 1, 2, lambda: False) and not cut_before_final(16, n, 1, 4, lambda: True)
     # a fixed δ is not bounded
     fixed = DiCacheConfig(threshold=0.25, warmup=2, plan_runs=True, force_last_step=True)
     assert drive(fixed, {"c": scales([0.1] * (n - 1))}, num_steps=n).branches["c"].pattern.endswith("F__F")
+
+
+def test_budget_plan_cuts_a_run_that_would_end_at_a_computed_call_before_the_final_steps(monkeypatch):
+    # at α = 1 the plan's own error may compute the call right before the forced final steps after a long run
+    # (F___FF): the call before it is computed instead, as many calls, the shorter run left for the end (F__F_F)
+    n = 28
+    cfg = DiCacheConfig(target_speedup=3, warmup=2, plan_runs=True, force_last_step=True, span_power=1)
+    b = walk_twice(cfg, n)[1].branches["c"]
+    assert b.pattern == "FF_F__F___F___F___F___F__F_F", b.pattern
+    monkeypatch.setattr(budget_mod, "cut_before_final", lambda *args: False)
+    uncut = walk_twice(cfg, n)[1].branches["c"].pattern
+    assert uncut == "FF_F__F___F___F___F___F___FF", uncut
+    assert b.pattern.count("F") == uncut.count("F") == 10
 
 
 def test_plan_error_step_sizes_shortens_the_runs_where_the_steps_grow():
