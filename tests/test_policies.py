@@ -1129,22 +1129,30 @@ def test_span_power_sample_and_its_median():
     assert span_power(DiCacheConfig(span_power=0.6), state) == 0.6
 
 
-def walk_twice(cfg, n, spread=0.1):
+def walk_twice(cfg, n, spread=0.1, outputs=None):
     """Two trajectories on one engine whose probe output takes a random walk (each step adds fresh noise, as a
     sampler that adds noise at every step does): its change over ``j`` steps grows as ``√j``. Returns the engine
-    and the summary of the second."""
+    and the summary of the second; ``outputs``, a dict, receives the second's skipped calls' outputs by step and
+    the walk."""
     g = torch.Generator().manual_seed(0)
     walk = [torch.rand(2, 64, 16, generator=g) + 2.0]
     for _ in range(1, n):
         walk.append(walk[-1] + spread * torch.randn(2, 64, 16, generator=g))
     x = torch.zeros(2, 64, 16)
     engine = DiCacheEngine(cfg, M, "torch")
-    for _ in range(2):
+    for second in (False, True):
         engine.reset()
         for k in range(n):
             engine.begin_call("c", k, n)
-            if engine.before_probe(x) is None and engine.after_probe(x, walk[k]) is None:
+            h = engine.before_probe(x)
+            if h is None:
+                h = engine.after_probe(x, walk[k])
+            if h is None:
                 engine.after_full(walk[k] * 3 + x)
+            elif outputs is not None and second:
+                outputs[k] = h.clone()
+    if outputs is not None:
+        outputs["walk"] = walk
     return engine, summarize(engine, "toy")
 
 
@@ -1167,6 +1175,22 @@ def test_measured_span_power_spreads_a_planned_budget_on_a_random_walk():
     linear = walk_twice(fixed, n)[1].branches["c"].pattern
     assert walk_twice(fixed.replace(span_power="measured"), n)[1].branches["c"].pattern == linear
     assert walk_twice(fixed.replace(span_power=0.5), n)[1].branches["c"].pattern == "FF" + "___F" * 7, linear
+
+
+def test_a_planned_skip_on_a_random_walk_reuses_the_newest_entry():
+    # the best estimate of a random walk's next value is its newest: a replay planned at a span_power under 1 skips
+    # with γ = 1 (the newest computed call's output, here 3·walk), where a drift (α = 1) extrapolates along the steps
+    n = 20
+    cfg = DiCacheConfig(target_speedup=2.5, warmup=2, plan_runs=True, force_last_step=True, span_power="measured",
+                        gamma_source="steps", alignment_order="auto")
+    for alpha, reuses in (("measured", True), (0.5, True), (1, False)):
+        out = {}
+        b = walk_twice(cfg.replace(span_power=alpha), n, outputs=out)[1].branches["c"]
+        walk = out.pop("walk")
+        assert out and set(out) == {k for k, c in enumerate(b.pattern) if c == "_"}, b.pattern
+        for k, h in out.items():
+            newest = 3 * walk[b.pattern.rindex("F", 0, k)]
+            assert torch.allclose(h, newest, atol=1e-5) == reuses, (alpha, k, b.pattern)
 
 
 def test_final_run_bounds_the_planned_run_that_ends_at_the_final_steps_on_a_random_walk():
