@@ -277,17 +277,15 @@ class DiCacheEngine:
             self._forced = SHORTEN if at_shorten_bound(cfg, state, self._num_steps) else REFRESH
             return None
         self._x = x
-        if self._budget.power(state, self._num_steps) < 1:
-            # planned as a random walk (``span_power``): the best estimate of a random walk's next value is its
-            # newest, so the skip reuses the newest entry (γ = 1: the line, or the quadratic, at its newest point)
-            state.gamma.fill_(1.0)
-            state.quad_weight = None
-        elif not self._step_gamma(state):
+        if not self._step_gamma(state):
             t2, t1 = state.slot_step[state.newest(1)], state.slot_step[state.newest(2)]
             lo, hi = (float(g) for g in cfg.gamma_clip)
             state.gamma.fill_(min(max((self._cur_step - t1) / (t2 - t1), lo), hi))
         elif cfg.alignment_order == "auto":
-            state.quad_weight = self._whole_quadratic(state)  # the step is known exactly
+            # the step is known exactly: the quadratic whole; where the run is planned as a random walk
+            # (``span_power`` under 1) the line: a curvature read off three noisy entries is mostly their noise
+            walk = self._budget.power(state, self._num_steps) < 1
+            state.quad_weight = None if walk else self._whole_quadratic(state)
         return self._unprobed_skip(state, x, PLANNED)
 
     def _run_error(self, state: BranchState) -> float:
