@@ -73,7 +73,9 @@ class DiCacheConfig:
             towards the quadratic by a weight w in [0, 1] that each probed reuse
             fits (least squares) to the probe residual it measured, so a
             trajectory that bends gets the quadratic and a straight one the line
-            (followers and predicted skips take the step's weight).
+            (followers and predicted skips take the step's weight); with γ from the
+            steps (``gamma_source``) the quadratic whole, except where the budget plans
+            the run as a random walk (``span_power`` under 1): the line.
         gamma_source: where a reused call sits on the stored trajectory. ``"probe"`` (the
             method): γ is read off how far the probe residual moved along its own line, clipped
             to ``gamma_clip``. ``"steps"``: γ is the call's distance in steps from the stored
@@ -189,7 +191,10 @@ class DiCacheConfig:
             measured over one step reads a long run too costly: at 20 steps and 2× it computed one call in two,
             then left the final steps to skip in a row (``benchmarks/RESULTS.md``, thirty-third round). In budget
             mode runs planned at an α under 1 end with a run of at most one skip before the forced final steps
-            (``dicache.budget.FINAL_RUN``, thirty-fourth round).
+            (``dicache.budget.FINAL_RUN``, thirty-fourth round), and with ``alignment_order="auto"`` their skips take
+            the line through the two newest entries, not the quadratic: the best estimate of a random walk's next
+            value is its newest, and a curvature read off three noisy entries is mostly their noise (thirty-fifth
+            round).
         threshold_end: δ at the last step; δ moves linearly from ``threshold``
             at the first step (None: constant). Needs the step count.
         target_speedup: compute-budget mode (> 1): no δ to tune. The number of
