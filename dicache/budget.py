@@ -321,18 +321,21 @@ class Budget:
         if begin is not None:
             t2, t1, e, last_run, shorten_to = begin
             first = t2 + 1
+
+        def bounded(k: int, run: int) -> bool:  # the final-run bound computes the call at k, ``run`` into the run
+            return final_run is not None and overruns_final(k, n, last, run, final_run)
+
+        def skips(k: int, run: int) -> bool:  # the plan's error lets the call at k skip, ``run`` into the run
+            return planned_error(e, t1, t2, k, sizes, power) < delta / (run + 1) ** p
+
         for k in range(first, n):
             forced = k < warm or k >= n - last or t1 is None or e is None
             if not forced and reach is not None and k - t2 > reach * (t2 - t1):
                 forced = True
             if not forced and monotone and shorten_to is not None and run >= shorten_to:
                 forced = True
-            if not forced and final_run is not None and overruns_final(k, n, last, run, final_run):
-                forced = True
-            if not forced and planned_error(e, t1, t2, k, sizes, power) < delta / (run + 1) ** p and not (
-                    cut_tail and cut_before_final(k, n, last, run, lambda: (
-                        final_run is not None and overruns_final(k + 1, n, last, run + 1, final_run))
-                        or planned_error(e, t1, t2, k + 1, sizes, power) >= delta / (run + 2) ** p)):
+            if not forced and not bounded(k, run) and skips(k, run) and not (cut_tail and cut_before_final(
+                    k, n, last, run, lambda: bounded(k + 1, run + 1) or not skips(k + 1, run + 1))):
                 run += 1
                 continue
             if t2 is not None:
