@@ -21,6 +21,12 @@ SPAN_POWER_MIN = 0.25
 #: (``benchmarks/probe_spans.py``).
 SPAN_POWER_SAMPLES = 5
 SPAN_POWER_DRIFT = 0.55
+#: Where runs are planned, the engine reads at a trajectory's first three calls whether its sampler adds noise at every
+#: step: the cosine of the two increments of the blocks' input under this (``dicache.state.BranchState.read_walk``).
+#: An ODE sampler moves the latents along a smooth path (cosines 0.98–1.00 over every step of the shipped models at
+#: 20 steps); fresh noise at every step makes the increments nearly independent (−0.37 to −0.02 on CogVideoX-5b's
+#: ``CogVideoXDPMScheduler``).
+WALK_COSINE = 0.5
 CFG_DECISIONS = ("separate", "shared")
 GAMMA_SOURCES = ("probe", "steps", "auto")
 RECONSTRUCT_AT = ("blocks", "output", "auto")
@@ -74,8 +80,10 @@ class DiCacheConfig:
             fits (least squares) to the probe residual it measured, so a
             trajectory that bends gets the quadratic and a straight one the line
             (followers and predicted skips take the step's weight); with γ from the
-            steps (``gamma_source``) the quadratic whole, except where the budget plans
-            the run as a random walk (``span_power`` under 1): the line.
+            steps (``gamma_source``) the quadratic whole, except on a random walk: where the
+            blocks' input reads one at the trajectory's first three calls (``WALK_COSINE``: a sampler
+            that adds noise at every step), or the budget plans the run at a ``span_power`` under 1,
+            the line (benchmarks/RESULTS.md, thirty-fifth and thirty-sixth rounds).
         gamma_source: where a reused call sits on the stored trajectory. ``"probe"`` (the
             method): γ is read off how far the probe residual moved along its own line, clipped
             to ``gamma_clip``. ``"steps"``: γ is the call's distance in steps from the stored

@@ -182,9 +182,11 @@ class DiCacheEngine:
         whenever its own cache cannot serve) returns None.
         """
         state = self._cur
+        planning = self._planning()
+        if state is not None and planning and state.walk is None and self.config.alignment_order == "auto":
+            state.read_walk(x, self._cur_step)  # (for _planned: the line on a random walk)
         if state is None or self._forced is not None:
             return None
-        planning = self._planning()
         if planning and self._leads.get(self._cur_step) is None:
             return self._planned(state, x)
         if self.config.predictive_skip and not planning and self._leads.get(self._cur_step) is None:
@@ -282,9 +284,10 @@ class DiCacheEngine:
             lo, hi = (float(g) for g in cfg.gamma_clip)
             state.gamma.fill_(min(max((self._cur_step - t1) / (t2 - t1), lo), hi))
         elif cfg.alignment_order == "auto":
-            # the step is known exactly: the quadratic whole; where the run is planned as a random walk
-            # (``span_power`` under 1) the line: a curvature read off three noisy entries is mostly their noise
-            walk = self._budget.power(state, self._num_steps) < 1
+            # the step is known exactly: the quadratic whole; on a random walk (the blocks' input reads one, or the
+            # run is planned at a ``span_power`` under 1) the line: a curvature read off three noisy entries is mostly
+            # their noise
+            walk = state.walk or self._budget.power(state, self._num_steps) < 1
             state.quad_weight = None if walk else self._whole_quadratic(state)
         return self._unprobed_skip(state, x, PLANNED)
 

@@ -15,7 +15,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from .config import SPAN_POWER_DRIFT, SPAN_POWER_MIN, SPAN_POWER_SAMPLES, DiCacheConfig
+from .config import SPAN_POWER_DRIFT, SPAN_POWER_MIN, SPAN_POWER_SAMPLES, WALK_COSINE, DiCacheConfig
 from .ops import reference
 
 
@@ -74,6 +74,9 @@ class BranchState:
         self.spans: Dict[int, Tuple[float, int]] = {}
         self.probe_step: Optional[int] = None  # the step of the last probe that measured the error
         self.span_powers: List[float] = []  # span_power="measured": the α each computed call read (span_power_sample)
+        # whether the trajectory's sampler adds noise at every step (read_walk; None: not read)
+        self.walk: Optional[bool] = None
+        self._walk_inputs: List[Tuple[int, torch.Tensor]] = []  # (step, the blocks' input) until walk is read
         # budget mode, online rule: (run start where runs are planned, else the call's step, δ solved there)
         self.online_delta: Optional[Tuple[int, float]] = None
         # alignment_order="auto": the weight w ([B] fp32, on the device) of the quadratic against the line that
@@ -150,6 +153,19 @@ class BranchState:
     def matches(self, x: torch.Tensor) -> bool:
         return self.shape == (x.shape, x.dtype, x.device)
 
+    def read_walk(self, x: torch.Tensor, step: int) -> None:
+        """Read ``walk`` from the blocks' input ``x`` at the trajectory's first three calls: whether its sampler adds
+        noise at every step, the cosine of the input's two increments under :data:`~dicache.config.WALK_COSINE`
+        (two copies of ``x`` are kept until the third call reads it)."""
+        seen = self._walk_inputs
+        if seen and (seen[-1][0] >= step or seen[-1][1].shape != x.shape or seen[-1][1].device != x.device):
+            seen.clear()  # a new trajectory, or another input
+        if len(seen) < 2:
+            seen.append((step, x.detach().clone()))
+            return
+        self.walk = increments_cosine(seen[0][1], seen[1][1], x) < WALK_COSINE
+        seen.clear()
+
 
 def next_shortening(last_run: Optional[int], bound: Optional[int], run: int) -> Tuple[Optional[int], Optional[int]]:
     """``monotone_runs``: (the last run, the bound on runs) after a run of ``run`` reuses ended. A run shorter
@@ -185,6 +201,17 @@ def planned_error(e: float, t1: Optional[int], t2: int, k: int, sizes: Optional[
         if measured > 0:
             span = sum(sizes[t2 + 1:k + 1]) / measured
     return e * span ** power
+
+
+def increments_cosine(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> float:
+    """The cosine of the increments ``b − a`` and ``c − b`` over all their elements (fp32, a batch row at a time);
+    1 where either is zero."""
+    sums = torch.zeros(3, dtype=torch.float32, device=a.device)
+    for i in range(a.shape[0]):
+        u, v = b[i].float() - a[i].float(), c[i].float() - b[i].float()
+        sums += torch.stack([(u * v).sum(), (u * u).sum(), (v * v).sum()])
+    dot, uu, vv = sums.tolist()
+    return dot / math.sqrt(uu * vv) if uu > 0 and vv > 0 else 1.0
 
 
 def span_power_sample(align: float, den: float, k: int, t1: int, t2: int) -> Optional[float]:

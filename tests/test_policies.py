@@ -12,10 +12,11 @@ import torch
 
 import dicache
 import dicache.budget as budget_mod
-from dicache.config import REACH_MIN_STEPS, SPAN_POWER_MIN, STEPS_GAMMA_MIN_STEPS, DiCacheConfig
+from dicache.config import REACH_MIN_STEPS, SPAN_POWER_MIN, STEPS_GAMMA_MIN_STEPS, WALK_COSINE, DiCacheConfig
 from dicache.budget import FINAL_RUN, ONLINE_MAX_GROWTH, Budget, cut_before_final, overruns_final
 from dicache.engine import DiCacheEngine
-from dicache.state import BranchState, next_shortening, planned_error, span_power, span_power_sample
+from dicache.state import (BranchState, increments_cosine, next_shortening, planned_error, span_power,
+                           span_power_sample)
 from dicache.summary import summarize
 
 import tiny
@@ -1129,28 +1130,84 @@ def test_span_power_sample_and_its_median():
     assert span_power(DiCacheConfig(span_power=0.6), state) == 0.6
 
 
-def walk_twice(cfg, n, spread=0.1, outputs=None):
-    """Two trajectories on one engine whose probe output takes a random walk (each step adds fresh noise, as a
-    sampler that adds noise at every step does): its change over ``j`` steps grows as ``√j``. Returns the engine
-    and the summary of the second; ``outputs``, a dict, receives the second's skipped calls' outputs by step and
-    the walk."""
-    g = torch.Generator().manual_seed(0)
+def test_increments_cosine_against_torch_on_odd_shapes():
+    g = torch.Generator().manual_seed(3)
+    for shape, dtype in (((3, 37, 5), torch.float32), ((1, 129), torch.bfloat16), ((2, 7, 11, 3), torch.float16)):
+        a, b, c = (torch.randn(*shape, generator=g).to(dtype) for _ in range(3))
+        u, v = (b.float() - a.float()).flatten(), (c.float() - b.float()).flatten()
+        want = torch.nn.functional.cosine_similarity(u, v, dim=0)
+        assert increments_cosine(a, b, c) == pytest.approx(float(want), abs=1e-5), (shape, dtype)
+    a = torch.randn(2, 9, generator=g)
+    assert increments_cosine(a, a, a + 1) == 1.0  # a zero increment reads no walk
+
+
+def test_the_engine_reads_a_sampler_that_adds_noise_from_the_blocks_input():
+    # an ODE sampler moves the latents along a smooth path: the increments of the blocks' input point the same way;
+    # fresh noise at every step makes them nearly independent (a random walk's increments: cosine about 0)
+    g = torch.Generator().manual_seed(4)
+    x0, d = torch.randn(2, 33, 8, generator=g), torch.randn(2, 33, 8, generator=g)
+    smooth = [x0 + k * d + 0.02 * k * k * torch.randn(2, 33, 8, generator=g) for k in range(4)]
+    noisy = [x0]
+    for _ in range(3):
+        noisy.append(noisy[-1] + 0.3 * torch.randn(2, 33, 8, generator=g))
+    assert increments_cosine(*smooth[:3]) > 0.9 and abs(increments_cosine(*noisy[:3])) < WALK_COSINE
+    for xs, walk in ((smooth, False), (noisy, True)):
+        s = BranchState("c")
+        s.read_walk(xs[0], 0)
+        s.read_walk(xs[1], 1)
+        assert s.walk is None and len(s._walk_inputs) == 2
+        s.read_walk(xs[2], 2)
+        assert s.walk is walk and not s._walk_inputs  # the copies are dropped once read
+        # a restart (a step not after the last seen) or another shape starts over
+        s = BranchState("c")
+        s.read_walk(xs[0], 0)
+        s.read_walk(xs[1], 1)
+        s.read_walk(xs[2], 1)
+        assert s.walk is None and len(s._walk_inputs) == 1
+        s.read_walk(xs[3][:1], 2)
+        assert s.walk is None and len(s._walk_inputs) == 1
+    # the engine reads it where runs are planned with alignment_order="auto" only (what takes the line on a walk;
+    # nothing kept elsewhere), at the first three calls
+    for plan, order, read in ((True, "auto", True), (False, "auto", False), (True, 1, False)):
+        cfg = DiCacheConfig(threshold=0.2, warmup=1, plan_runs=plan, alignment_order=order)
+        engine = DiCacheEngine(cfg, M, "torch")
+        for k, x in enumerate(noisy):
+            engine.begin_call("c", k, len(noisy))
+            state = engine.branches["c"]
+            h = engine.before_probe(x)
+            if h is None and engine.after_probe(x, x * 2) is None:
+                engine.after_full(x * 3)
+        assert state.walk is (True if read else None) and not state._walk_inputs
+
+
+def random_walk(n, spread, seed=0):
+    g = torch.Generator().manual_seed(seed)
     walk = [torch.rand(2, 64, 16, generator=g) + 2.0]
     for _ in range(1, n):
         walk.append(walk[-1] + spread * torch.randn(2, 64, 16, generator=g))
-    x = torch.zeros(2, 64, 16)
+    return walk
+
+
+def walk_twice(cfg, n, spread=0.1, outputs=None, noisy_input=False):
+    """Two trajectories on one engine whose probe output takes a random walk (each step adds fresh noise, as a
+    sampler that adds noise at every step does): its change over ``j`` steps grows as ``√j``. The blocks' input is
+    zero (``noisy_input``: a random walk of its own). Returns the engine and the summary of the second; ``outputs``,
+    a dict, receives the second's skipped calls' outputs by step and the walk (the residuals are ``3·walk``)."""
+    walk = random_walk(n, spread)
+    xs = random_walk(n, spread, seed=1) if noisy_input else [torch.zeros(2, 64, 16)] * n
     engine = DiCacheEngine(cfg, M, "torch")
     for second in (False, True):
         engine.reset()
         for k in range(n):
             engine.begin_call("c", k, n)
+            x = xs[k]
             h = engine.before_probe(x)
             if h is None:
                 h = engine.after_probe(x, walk[k])
             if h is None:
                 engine.after_full(walk[k] * 3 + x)
             elif outputs is not None and second:
-                outputs[k] = h.clone()
+                outputs[k] = h - x
     if outputs is not None:
         outputs["walk"] = walk
     return engine, summarize(engine, "toy")
@@ -1196,6 +1253,20 @@ def test_a_planned_skip_on_a_random_walk_takes_the_line():
             along = 3 * (walk[t1] + (k - t1) / (t2 - t1) * (walk[t2] - walk[t1]))
             # (with two entries stored, after the warm-up, the line either way)
             assert torch.allclose(h, along, atol=1e-4) == (line or len(before) < 3), (alpha, k, b.pattern)
+    # the first call, or a fixed δ, knows no measured α: the engine reads the walk off the blocks' input (the
+    # cosine of its increments at the first three calls, BranchState.read_walk) and takes the line where it is one
+    fixed = cfg.replace(target_speedup=None, threshold=0.5, span_power=1)
+    for c, noisy in ((fixed, True), (fixed, False), (cfg.replace(span_power=1), True)):
+        out = {}
+        engine, s = walk_twice(c, n, outputs=out, noisy_input=noisy)
+        walk, b = out.pop("walk"), s.branches["c"]
+        assert engine.branches["c"].walk is noisy and b.pattern.count("_") >= 5, b.pattern
+        computed = [k for k, ch in enumerate(b.pattern) if ch == "F"]
+        for k, h in out.items():
+            t1, t2 = [t for t in computed if t < k][-2:]
+            along = 3 * (walk[t1] + (k - t1) / (t2 - t1) * (walk[t2] - walk[t1]))
+            assert torch.allclose(h, along, atol=1e-4) == (noisy or len(computed) < 3 or k < computed[2]), (k,
+                                                                                                          b.pattern)
 
 
 def test_final_run_bounds_the_planned_run_that_ends_at_the_final_steps_on_a_random_walk():
