@@ -294,6 +294,9 @@ def sample(pipe, name: str, labels: Sequence[int], seed: int, steps: int, path: 
 
     kw = zoo.pipeline_call_kwargs(name, labels, seed=seed, num_inference_steps=steps, embeddings_path=path)
     counter.reset()
+    # a scheduler that draws its noise in step() from the global generator (FluxPipeline and WanPipeline pass it no
+    # generator: FlowMatchEulerDiscreteScheduler with stochastic_sampling) draws the same noise in every run of a seed
+    torch.manual_seed(int(seed))
     flops = 0
     if count_flops:
         _register_cpu_attention_flops()
@@ -427,19 +430,20 @@ def run_benchmark(args) -> List[Dict]:
 
         mag_cache: Dict[str, List[float]] = {}
 
+        def calibration_kwargs():  # a generator of its own each time: every calibration call draws the same noise
+            return zoo.pipeline_call_kwargs(name, args.labels, seed=args.calibration_seed, num_inference_steps=steps,
+                                            embeddings_path=path)
+
         def calibrate_mag():
             if "ratios" not in mag_cache:
                 p, c = fresh()
-                kw = zoo.pipeline_call_kwargs(name, args.labels, seed=args.calibration_seed, num_inference_steps=steps,
-                                              embeddings_path=path)
-                mag_cache["ratios"] = qm.calibrate_mag(p, kw, steps)
+                mag_cache["ratios"] = qm.calibrate_mag(p, calibration_kwargs(), steps)
                 c.remove()
                 bar.update(1)
             return mag_cache["ratios"]
 
         ctx = qm.Context(model=name, steps=steps, backend=args.backend, calibrate_mag=calibrate_mag,
-                         calibration_kwargs=zoo.pipeline_call_kwargs(name, args.labels, seed=args.calibration_seed,
-                                                                     num_inference_steps=steps, embeddings_path=path))
+                         calibration_kwargs=calibration_kwargs)
         results = []  # (method, status, runs, note)
         for method in methods:
             bar.set_postfix_str(f"{name} {steps} steps: {method.family} {method.setting}")

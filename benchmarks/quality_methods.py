@@ -106,7 +106,8 @@ class Context:
     steps: int
     backend: str
     calibrate_mag: Callable[[], List[float]]  # MagCache ratios for this model and step count (cached)
-    calibration_kwargs: Dict[str, Any] = field(default_factory=dict)  # a pipeline call on the calibration seed
+    # the keyword arguments of a pipeline call on the calibration seed, with a generator of their own at each call
+    calibration_kwargs: Optional[Callable[[], Dict[str, Any]]] = None
 
 
 @dataclass
@@ -580,7 +581,7 @@ def dicache_method(family: str, value: float) -> Method:
             # one call on the calibration seed (as MagCache's calibration): the counted calls replay its profile
             if not ctx.calibration_kwargs:
                 raise Unsupported("the budget's calibration call needs Context.calibration_kwargs")
-            pipe(**ctx.calibration_kwargs)
+            pipe(**ctx.calibration_kwargs())
 
     text = ", ".join(f"{k}={v}" for k, v in opts.items()).replace("threshold_end", "δ_end").replace(
         "threshold", "δ").replace("gamma_clip", "γ")

@@ -69,7 +69,7 @@ def bench(model: str, steps: int, seeds, labels, weights=None):
     if not torch.equal(again.images, ref[seeds[0]].images):
         raise NotDeterministicError(
             f"{model}: two uncached runs of seed {seeds[0]} differ, so no cache can be compared with them (a scheduler "
-            "that draws noise in step() from the global generator: WanPipeline and FluxPipeline do not pass theirs)")
+            "that draws noise in step() from a generator the run does not seed)")
 
     def measure(pipe, counter, after_each=None):
         runs = sample_all(pipe, counter, after_each)

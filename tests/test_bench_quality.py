@@ -1190,9 +1190,9 @@ def test_probe_spans_reads_a_drift_and_a_random_walk(capsys):
         probe_spans.main(["cogvideox_digits", "--targets", "1,x"])
 
 
-def test_run_options_refuses_a_pipeline_that_is_not_deterministic(monkeypatch, capsys):
-    """A sampler that draws its noise in ``step()`` from the global generator (FluxPipeline does not pass its own):
-    two uncached runs of a seed differ, and no cache can be compared with either; ``run_options.py`` says so."""
+def test_run_options_compares_a_sampler_that_draws_its_noise_from_the_global_generator(monkeypatch, capsys):
+    """FluxPipeline passes no generator to ``step()``: a sampler that adds noise there draws it from the global
+    generator, which each run seeds with its seed, so the uncached and cached runs of a seed see the same noise."""
     import run_options as ro
 
     from dicache.zoo import _specs
@@ -1200,5 +1200,53 @@ def test_run_options_refuses_a_pipeline_that_is_not_deterministic(monkeypatch, c
     monkeypatch.setitem(_specs.SPECS, "flux_digits", _specs.SPECS["flux_digits"])  # restored after
     argv = ["flux_digits", "6", '{"threshold": 0.4}', "--seeds", "0", "--labels", "0,1",
             "--scheduler", "FlowMatchEulerDiscreteScheduler", "--scheduler-config", '{"stochastic_sampling": true}']
-    assert ro.main(argv) == 2 and torch.is_grad_enabled()
+    assert ro.main(argv) == 0 and torch.is_grad_enabled()
+    assert "stochastic_sampling=True" in capsys.readouterr().out
+
+
+def test_run_options_refuses_a_pipeline_that_is_not_deterministic(monkeypatch, capsys):
+    """Two uncached runs of a seed that differ (noise from a generator the run does not seed): no cache can be
+    compared with either; ``run_options.py`` says so."""
+    import quality as Q
+    import run_options as ro
+
+    real = Q.sample
+
+    def unseeded(*args, **kwargs):
+        res = real(*args, **kwargs)
+        g = torch.Generator()
+        g.seed()  # a seed of its own every run
+        res.images = res.images + torch.randn(res.images.shape, generator=g)
+        return res
+
+    monkeypatch.setattr(Q, "sample", unseeded)
+    assert ro.main(["flux_digits", "4", '{"threshold": 0.4}', "--seeds", "0", "--labels", "0,1"]) == 2
     assert "two uncached runs of seed 0 differ" in capsys.readouterr().err
+
+
+def test_every_budget_calibration_call_draws_the_calibration_seeds_noise(monkeypatch, tmp_path):
+    """Each setting of the replayed budget family calibrates on one call of the calibration seed: a generator of its
+    own each time (one shared generator would hand each later setting the noise the earlier ones left)."""
+    import quality as Q
+    import quality_methods as qm
+
+    states = []
+
+    class Recording(qm.Context):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            factory = self.calibration_kwargs
+
+            def recorded():
+                kw = factory()
+                states.append(kw["generator"].get_state().clone())
+                return kw
+
+            self.calibration_kwargs = recorded
+
+    monkeypatch.setattr(qm, "Context", Recording)
+    argv = ["--models", "cogvideox_digits", "--steps", "6", "--seeds", "0", "--labels", "0,1", "--families",
+            "DiCache budget", "--values", "DiCache budget=2,3", "--no-plot", "--out", str(tmp_path / "q")]
+    assert Q.main(argv) == 0
+    fresh = torch.Generator("cpu").manual_seed(1000).get_state()
+    assert len(states) == 2 and all(torch.equal(s, fresh) for s in states)
