@@ -295,8 +295,10 @@ def sample(pipe, name: str, labels: Sequence[int], seed: int, steps: int, path: 
     kw = zoo.pipeline_call_kwargs(name, labels, seed=seed, num_inference_steps=steps, embeddings_path=path)
     counter.reset()
     # a scheduler that draws its noise in step() from the global generator (FluxPipeline and WanPipeline pass it no
-    # generator: FlowMatchEulerDiscreteScheduler with stochastic_sampling) draws the same noise in every run of a seed
-    torch.manual_seed(int(seed))
+    # generator: FlowMatchEulerDiscreteScheduler with stochastic_sampling) draws the same noise in every run of a seed:
+    # seeded from it, not with it (the initial noise comes from a generator seeded with the seed itself, and a step
+    # seeded alike would draw that noise again)
+    torch.manual_seed(int(torch.randint(2**62, (1,), generator=torch.Generator().manual_seed(int(seed)))))
     flops = 0
     if count_flops:
         _register_cpu_attention_flops()
