@@ -32,6 +32,7 @@ import torch  # noqa: E402
 
 import dicache  # noqa: E402
 from dicache import hooks, zoo  # noqa: E402
+from dicache.config import WALK_COSINE  # noqa: E402
 from dicache.state import span_power  # noqa: E402
 
 SPANS = (2, 3, 4)
@@ -79,14 +80,15 @@ def span_table(seen, steps: int):
 
 
 def engine_samples(name: str, steps: int, target: float = 2.0):
-    """(α samples the engine read, the α its rule takes) over one call on the preset at the budget ``target``."""
+    """(α samples the engine read, the α its rule takes, the cosine of the blocks' input increments it read at the
+    first three calls or None) over one call on the preset at the budget ``target``."""
     pipe = zoo.pipeline(name, zoo.load(name))
     dicache.enable(pipe, target_speedup=target)
     try:
         pipe(**zoo.pipeline_call_kwargs(name, list(range(10)), seed=0, num_inference_steps=steps))
         engine = hooks.session_of(pipe.transformer).engine
         state = next(iter(engine.branches.values()))
-        return list(state.span_powers), span_power(engine.config, state)
+        return list(state.span_powers), span_power(engine.config, state), state.walk_cosine
     finally:
         dicache.disable(pipe)
 
@@ -130,11 +132,14 @@ def report(name: str, args, targets, sampled_with: str) -> None:
         print(f"| {k} | {e1:.4f} | " + " | ".join(cells) + " |")
     print(f"\nmedian α over steps {args.steps // 5}–{args.steps - 3}: " + ("–" if median is None else f"{median:.2f}"))
     for target in targets:
-        samples, alpha = engine_samples(name, args.steps, target)
+        samples, alpha, cosine = engine_samples(name, args.steps, target)
         middle = f"median {statistics.median(samples):.2f}, " if samples else ""
         print(f"engine's samples at target_speedup={target:g}: "
               + (" ".join(f"{a:.2f}" for a in samples) or "none (no runs planned at this step count)")
               + f"; {middle}the replay's α: {alpha:.2f}")
+        walk = "not read" if cosine is None else (
+            f"{cosine:.3f}, " + ("a random walk (the line)" if cosine < WALK_COSINE else "a smooth path"))
+        print(f"  the cosine of the blocks' input increments at the first three calls: {walk}")
 
 
 if __name__ == "__main__":

@@ -74,8 +74,10 @@ class BranchState:
         self.spans: Dict[int, Tuple[float, int]] = {}
         self.probe_step: Optional[int] = None  # the step of the last probe that measured the error
         self.span_powers: List[float] = []  # span_power="measured": the α each computed call read (span_power_sample)
-        # whether the trajectory's sampler adds noise at every step (read_walk; None: not read)
+        # whether the trajectory's sampler adds noise at every step, and the cosine it was read from (read_walk;
+        # None: not read)
         self.walk: Optional[bool] = None
+        self.walk_cosine: Optional[float] = None
         self._walk_inputs: List[Tuple[int, torch.Tensor]] = []  # (step, the blocks' input) until walk is read
         # budget mode, online rule: (run start where runs are planned, else the call's step, δ solved there)
         self.online_delta: Optional[Tuple[int, float]] = None
@@ -163,7 +165,8 @@ class BranchState:
         if len(seen) < 2:
             seen.append((step, x.detach().clone()))
             return
-        self.walk = increments_cosine(seen[0][1], seen[1][1], x) < WALK_COSINE
+        self.walk_cosine = increments_cosine(seen[0][1], seen[1][1], x)
+        self.walk = self.walk_cosine < WALK_COSINE
         seen.clear()
 
 

@@ -1184,8 +1184,11 @@ def test_probe_spans_reads_a_drift_and_a_random_walk(capsys):
     assert torch.is_grad_enabled() == grad  # left as it found it
     out = capsys.readouterr().out
     assert "| 7 |" in out and "median α over steps 1–5" in out and "the replay's α: " in out
-    assert probe_spans.main(["cogvideox_digits", "--steps", "8", "--targets", "2,3"]) == 0
-    assert capsys.readouterr().out.count("the replay's α: ") == 2
+    assert "first three calls: 0.99" in out and "a smooth path" in out  # DDIM: the latents move along a smooth path
+    assert probe_spans.main(["cogvideox_digits", "--steps", "8", "--targets", "2,3", "--scheduler",
+                             "CogVideoXDPMScheduler"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("the replay's α: ") == 2 and out.count("a random walk (the line)") == 2  # noise at every step
     with pytest.raises(SystemExit):
         probe_spans.main(["cogvideox_digits", "--targets", "1,x"])
 

@@ -1158,6 +1158,7 @@ def test_the_engine_reads_a_sampler_that_adds_noise_from_the_blocks_input():
         assert s.walk is None and len(s._walk_inputs) == 2
         s.read_walk(xs[2], 2)
         assert s.walk is walk and not s._walk_inputs  # the copies are dropped once read
+        assert s.walk_cosine == pytest.approx(increments_cosine(*xs[:3]))
         # a restart (a step not after the last seen) or another shape starts over
         s = BranchState("c")
         s.read_walk(xs[0], 0)
