@@ -23,9 +23,10 @@ SPAN_POWER_SAMPLES = 5
 SPAN_POWER_DRIFT = 0.55
 #: Where runs are planned, the engine reads at a trajectory's first three calls whether its sampler adds noise at every
 #: step: the cosine of the two increments of the blocks' input under this (``dicache.state.BranchState.read_walk``).
-#: An ODE sampler moves the latents along a smooth path (cosines 0.98–1.00 over every step of the shipped models at
-#: 20 steps); fresh noise at every step makes the increments nearly independent (−0.37 to −0.02 on CogVideoX-5b's
-#: ``CogVideoXDPMScheduler``).
+#: An ODE sampler moves the latents along a smooth path (0.99–1.00 on the shipped models' own samplers); fresh noise
+#: at every step makes the increments nearly independent, slightly opposed (−0.36 to −0.37 on CogVideoX-5b's
+#: ``CogVideoXDPMScheduler`` and on ``DDPMScheduler``, −0.50 to −0.51 on ``FlowMatchEulerDiscreteScheduler`` with
+#: ``stochastic_sampling``; ``benchmarks/probe_spans.py``, benchmarks/RESULTS.md, thirty-sixth round).
 WALK_COSINE = 0.5
 CFG_DECISIONS = ("separate", "shared")
 GAMMA_SOURCES = ("probe", "steps", "auto")

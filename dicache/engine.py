@@ -6,8 +6,10 @@ branch, the image tokens entering block 0 (``x``) and leaving the probe
 ``None`` (compute the deep blocks, then call :meth:`DiCacheEngine.after_full`
 with their output). Where the config rebuilds the model's output instead (``reconstruct_at``), the hook on the
 model's output module then stores a computed call's output (:meth:`DiCacheEngine.computed_output`) or takes a
-skipped call's from the stored ones (:meth:`DiCacheEngine.skipped_output`). All arithmetic goes through a backend of
-:mod:`dicache.ops`; per decided call the host reads one flag. What it keeps per
+skipped call's from the stored ones (:meth:`DiCacheEngine.skipped_output`). All per-call arithmetic goes through a
+backend of :mod:`dicache.ops`; per decided call the host reads one flag (and, where runs are planned, once per
+trajectory, a cosine of plain PyTorch ops: whether its sampler adds noise,
+:meth:`~dicache.state.BranchState.read_walk`). What it keeps per
 branch is :mod:`dicache.state`; where the compute budget (``target_speedup``)
 spends its computed calls, :mod:`dicache.budget`.
 """
