@@ -25,7 +25,7 @@ SPAN_POWER_DRIFT = 0.55
 #: step: the cosine of the two increments of the blocks' input under this (``dicache.state.BranchState.read_walk``).
 #: An ODE sampler moves the latents along a smooth path (0.99–1.00 on the shipped models' own samplers); fresh noise
 #: at every step makes the increments nearly independent, slightly opposed (−0.36 to −0.37 on CogVideoX-5b's
-#: ``CogVideoXDPMScheduler`` and on ``DDPMScheduler``, −0.50 to −0.51 on ``FlowMatchEulerDiscreteScheduler`` with
+#: ``CogVideoXDPMScheduler`` and on ``DDPMScheduler``, −0.495 to −0.50 on ``FlowMatchEulerDiscreteScheduler`` with
 #: ``stochastic_sampling``; ``benchmarks/probe_spans.py``, benchmarks/RESULTS.md, thirty-sixth round).
 WALK_COSINE = 0.5
 CFG_DECISIONS = ("separate", "shared")
