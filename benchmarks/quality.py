@@ -377,11 +377,11 @@ def row_for(model, steps, method_family, setting, status, runs: List[RunResult],
     return row
 
 
+@torch.no_grad()  # (restored on return: main also runs in-process)
 def run_benchmark(args) -> List[Dict]:
     from tqdm import tqdm
 
     torch.set_num_threads(args.threads)
-    torch.set_grad_enabled(False)
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=UserWarning)
     from diffusers.utils import logging as dlog

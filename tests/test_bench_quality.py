@@ -229,9 +229,26 @@ def test_fixed_patterns_runs_the_given_pattern():
     assert row["ran"] == pat.replace(".", "_")  # a planned skip runs no probe
 
 
+def _add_noise_it_cannot_repeat(monkeypatch):
+    """Each benchmark run's images get noise from a generator seeded anew: two uncached runs of a seed differ."""
+    import quality as Q
+
+    real = Q.sample
+
+    def unseeded(*args, **kwargs):
+        res = real(*args, **kwargs)
+        g = torch.Generator()
+        g.seed()  # a seed of its own every run
+        res.images = res.images + torch.randn(res.images.shape, generator=g)
+        return res
+
+    monkeypatch.setattr(Q, "sample", unseeded)
+
+
 def test_fixed_patterns_takes_another_scheduler_and_refuses_noise_it_cannot_repeat(monkeypatch, capsys):
-    """``--scheduler`` / ``--scheduler-config`` as ``quality.py``'s; a sampler whose uncached runs of a seed differ
-    (FluxPipeline passes no generator to the scheduler's step) is refused, as ``run_options.py`` refuses it."""
+    """``--scheduler`` / ``--scheduler-config`` as ``quality.py``'s (a sampler that draws its noise from the global
+    generator, which each run seeds, included); a pipeline whose uncached runs of a seed differ is refused, as
+    ``run_options.py`` refuses it."""
     import fixed_patterns as fp
 
     from dicache.zoo import _specs
@@ -242,9 +259,11 @@ def test_fixed_patterns_takes_another_scheduler_and_refuses_noise_it_cannot_repe
                     "--scheduler", "CogVideoXDPMScheduler"]) == 0
     out = capsys.readouterr().out
     assert "6 steps, sampled with CogVideoXDPMScheduler, seeds [0]" in out and "FF_F_F" in out
-    noisy = '{"stochastic_sampling": true}'
-    assert fp.main(["flux_digits", "6", "FF_F_F", "--seeds", "0", "--labels", "0", "--scheduler",
-                    "FlowMatchEulerDiscreteScheduler", "--scheduler-config", noisy]) == 2
+    noisy = ["--scheduler", "FlowMatchEulerDiscreteScheduler", "--scheduler-config", '{"stochastic_sampling": true}']
+    assert fp.main(["flux_digits", "6", "FF_F_F", "--seeds", "0", "--labels", "0"] + noisy) == 0
+    assert "stochastic_sampling=True" in capsys.readouterr().out
+    _add_noise_it_cannot_repeat(monkeypatch)
+    assert fp.main(["flux_digits", "6", "FF_F_F", "--seeds", "0", "--labels", "0"]) == 2
     assert "differ" in capsys.readouterr().err
 
 
@@ -1210,19 +1229,9 @@ def test_run_options_compares_a_sampler_that_draws_its_noise_from_the_global_gen
 def test_run_options_refuses_a_pipeline_that_is_not_deterministic(monkeypatch, capsys):
     """Two uncached runs of a seed that differ (noise from a generator the run does not seed): no cache can be
     compared with either; ``run_options.py`` says so."""
-    import quality as Q
     import run_options as ro
 
-    real = Q.sample
-
-    def unseeded(*args, **kwargs):
-        res = real(*args, **kwargs)
-        g = torch.Generator()
-        g.seed()  # a seed of its own every run
-        res.images = res.images + torch.randn(res.images.shape, generator=g)
-        return res
-
-    monkeypatch.setattr(Q, "sample", unseeded)
+    _add_noise_it_cannot_repeat(monkeypatch)
     assert ro.main(["flux_digits", "4", '{"threshold": 0.4}', "--seeds", "0", "--labels", "0,1"]) == 2
     assert "two uncached runs of seed 0 differ" in capsys.readouterr().err
 
@@ -1250,6 +1259,6 @@ def test_every_budget_calibration_call_draws_the_calibration_seeds_noise(monkeyp
     monkeypatch.setattr(qm, "Context", Recording)
     argv = ["--models", "cogvideox_digits", "--steps", "6", "--seeds", "0", "--labels", "0,1", "--families",
             "DiCache budget", "--values", "DiCache budget=2,3", "--no-plot", "--out", str(tmp_path / "q")]
-    assert Q.main(argv) == 0
+    assert Q.main(argv) == 0 and torch.is_grad_enabled()  # left as it found it
     fresh = torch.Generator("cpu").manual_seed(1000).get_state()
     assert len(states) == 2 and all(torch.equal(s, fresh) for s in states)
