@@ -7,9 +7,9 @@ branch, the image tokens entering block 0 (``x``) and leaving the probe
 with their output). Where the config rebuilds the model's output instead (``reconstruct_at``), the hook on the
 model's output module then stores a computed call's output (:meth:`DiCacheEngine.computed_output`) or takes a
 skipped call's from the stored ones (:meth:`DiCacheEngine.skipped_output`). All per-call arithmetic goes through a
-backend of :mod:`dicache.ops`; per decided call the host reads one flag (and, where runs are planned, once per
-trajectory, a cosine of plain PyTorch ops: whether its sampler adds noise,
-:meth:`~dicache.state.BranchState.read_walk`). What it keeps per
+backend of :mod:`dicache.ops` (where runs are planned, once per trajectory, three sums of plain PyTorch ops tell
+whether its sampler adds noise: :meth:`~dicache.state.BranchState.read_walk`); per decided call the host reads one
+flag. What it keeps per
 branch is :mod:`dicache.state`; where the compute budget (``target_speedup``)
 spends its computed calls, :mod:`dicache.budget`.
 """
@@ -548,18 +548,24 @@ class DiCacheEngine:
         """Budget mode, computed call: measure the probe error (never reuse) to learn its rate."""
         self._probe(state, p, x, -math.inf)
         cfg = self.config
-        if cfg.span_power != "measured" or cfg.target_speedup is None or state.n_stored < 2 or not self._planning():
-            self._budget.observe(state, float(state.acc.max()), self._cur_step)
-            return
         # span_power="measured" (read for the budget's replay): the residual's change since the entry before the
-        # newest against the stored entries' change, read back with the error (one transfer)
-        acc, align, den = torch.stack([state.acc.max(), state.sums[:, reference.SUM_ALIGN].sum(), state.den.sum()
-                                       ]).tolist()
-        t2, t1 = state.slot_step[state.newest(1)], state.slot_step[state.newest(2)]
-        alpha = span_power_sample(align, den, self._cur_step, t1, t2)
-        if alpha is not None:
-            state.span_powers.append(alpha)
-        self._budget.observe(state, acc, self._cur_step)
+        # newest against the stored entries' change; and the sums the sampler's walk is read from, where taken
+        # (BranchState.read_walk): all read back with the error, one transfer
+        measured = (cfg.span_power == "measured" and cfg.target_speedup is not None and state.n_stored >= 2
+                    and self._planning())
+        values = [state.acc.max()]
+        if measured:
+            values += [state.sums[:, reference.SUM_ALIGN].sum(), state.den.sum()]
+        walk = state.walk_sums
+        host = torch.cat([torch.stack(values)] + ([walk] if walk is not None else [])).tolist()
+        if walk is not None:
+            state.settle_walk(*host[-3:])
+        if measured:
+            t2, t1 = state.slot_step[state.newest(1)], state.slot_step[state.newest(2)]
+            alpha = span_power_sample(host[1], host[2], self._cur_step, t1, t2)
+            if alpha is not None:
+                state.span_powers.append(alpha)
+        self._budget.observe(state, host[0], self._cur_step)
 
     @torch.no_grad()
     def after_full(self, h: torch.Tensor) -> None:

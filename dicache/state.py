@@ -74,11 +74,12 @@ class BranchState:
         self.spans: Dict[int, Tuple[float, int]] = {}
         self.probe_step: Optional[int] = None  # the step of the last probe that measured the error
         self.span_powers: List[float] = []  # span_power="measured": the α each computed call read (span_power_sample)
-        # whether the trajectory's sampler adds noise at every step, and the cosine it was read from (read_walk;
-        # None: not read)
+        # whether the trajectory's sampler adds noise at every step, and the cosine it was read from (read_walk,
+        # settle_walk; None: not read)
         self.walk: Optional[bool] = None
         self.walk_cosine: Optional[float] = None
-        self._walk_inputs: List[Tuple[int, torch.Tensor]] = []  # (step, the blocks' input) until walk is read
+        self._walk_inputs: List[Tuple[int, torch.Tensor]] = []  # (step, the blocks' input) until the sums are taken
+        self.walk_sums: Optional[torch.Tensor] = None  # increments_sums on the device, until a computed call reads them
         # budget mode, online rule: (run start where runs are planned, else the call's step, δ solved there)
         self.online_delta: Optional[Tuple[int, float]] = None
         # alignment_order="auto": the weight w ([B] fp32, on the device) of the quadratic against the line that
@@ -156,18 +157,24 @@ class BranchState:
         return self.shape == (x.shape, x.dtype, x.device)
 
     def read_walk(self, x: torch.Tensor, step: int) -> None:
-        """Read ``walk`` from the blocks' input ``x`` at the trajectory's first three calls: whether its sampler adds
-        noise at every step, the cosine of the input's two increments under :data:`~dicache.config.WALK_COSINE`
-        (two copies of ``x`` are kept until the third call reads it)."""
+        """Take the sums ``walk`` is read from off the blocks' input ``x`` at the trajectory's first three calls (two
+        copies of ``x`` are kept until the third takes them, on the device: ``walk_sums``); the next computed call
+        reads them back with its error (:meth:`settle_walk`), no transfer of their own."""
         seen = self._walk_inputs
         if seen and (seen[-1][0] >= step or seen[-1][1].shape != x.shape or seen[-1][1].device != x.device):
             seen.clear()  # a new trajectory, or another input
         if len(seen) < 2:
             seen.append((step, x.detach().clone()))
             return
-        self.walk_cosine = increments_cosine(seen[0][1], seen[1][1], x)
-        self.walk = self.walk_cosine < WALK_COSINE
+        self.walk_sums = increments_sums(seen[0][1], seen[1][1], x)
         seen.clear()
+
+    def settle_walk(self, dot: float, uu: float, vv: float) -> None:
+        """``walk`` from the read-back ``walk_sums``: whether the trajectory's sampler adds noise at every step, the
+        cosine of the input's two increments under :data:`~dicache.config.WALK_COSINE`."""
+        self.walk_cosine = cosine_of(dot, uu, vv)
+        self.walk = self.walk_cosine < WALK_COSINE
+        self.walk_sums = None
 
 
 def next_shortening(last_run: Optional[int], bound: Optional[int], run: int) -> Tuple[Optional[int], Optional[int]]:
@@ -206,15 +213,24 @@ def planned_error(e: float, t1: Optional[int], t2: int, k: int, sizes: Optional[
     return e * span ** power
 
 
-def increments_cosine(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> float:
-    """The cosine of the increments ``b − a`` and ``c − b`` over all their elements (fp32, a batch row at a time);
-    1 where either is zero."""
+def increments_sums(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """``[⟨u, v⟩, |u|², |v|²]`` of the increments ``u = b − a`` and ``v = c − b`` over all their elements (fp32, a
+    batch row at a time), on the device."""
     sums = torch.zeros(3, dtype=torch.float32, device=a.device)
     for i in range(a.shape[0]):
         u, v = b[i].float() - a[i].float(), c[i].float() - b[i].float()
         sums += torch.stack([(u * v).sum(), (u * u).sum(), (v * v).sum()])
-    dot, uu, vv = sums.tolist()
+    return sums
+
+
+def cosine_of(dot: float, uu: float, vv: float) -> float:
+    """The cosine from :func:`increments_sums`; 1 where either increment is zero."""
     return dot / math.sqrt(uu * vv) if uu > 0 and vv > 0 else 1.0
+
+
+def increments_cosine(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> float:
+    """The cosine of the increments ``b − a`` and ``c − b`` over all their elements."""
+    return cosine_of(*increments_sums(a, b, c).tolist())
 
 
 def span_power_sample(align: float, den: float, k: int, t1: int, t2: int) -> Optional[float]:

@@ -1157,7 +1157,10 @@ def test_the_engine_reads_a_sampler_that_adds_noise_from_the_blocks_input():
         s.read_walk(xs[1], 1)
         assert s.walk is None and len(s._walk_inputs) == 2
         s.read_walk(xs[2], 2)
-        assert s.walk is walk and not s._walk_inputs  # the copies are dropped once read
+        # the copies are dropped once the sums are taken; they stay on the device until a computed call reads them
+        assert s.walk is None and not s._walk_inputs and s.walk_sums is not None
+        s.settle_walk(*s.walk_sums.tolist())
+        assert s.walk is walk and s.walk_sums is None
         assert s.walk_cosine == pytest.approx(increments_cosine(*xs[:3]))
         # a restart (a step not after the last seen) or another shape starts over
         s = BranchState("c")
