@@ -1214,7 +1214,7 @@ def test_probe_spans_reads_a_drift_and_a_random_walk(capsys):
 
 def test_run_options_compares_a_sampler_that_draws_its_noise_from_the_global_generator(monkeypatch, capsys):
     """FluxPipeline passes no generator to ``step()``: a sampler that adds noise there draws it from the global
-    generator, which each run seeds with its seed, so the uncached and cached runs of a seed see the same noise."""
+    generator, which each run seeds from its seed, so the uncached and cached runs of a seed see the same noise."""
     import run_options as ro
 
     from dicache.zoo import _specs
