@@ -228,11 +228,6 @@ def cosine_of(dot: float, uu: float, vv: float) -> float:
     return dot / math.sqrt(uu * vv) if uu > 0 and vv > 0 else 1.0
 
 
-def increments_cosine(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> float:
-    """The cosine of the increments ``b − a`` and ``c − b`` over all their elements."""
-    return cosine_of(*increments_sums(a, b, c).tolist())
-
-
 def span_power_sample(align: float, den: float, k: int, t1: int, t2: int) -> Optional[float]:
     """``span_power="measured"``: the α one computed call at step ``k`` reads from its probe residual's change over
     ``k − t1`` steps (``align``) against the stored entries' change over ``t2 − t1`` (``den``), as

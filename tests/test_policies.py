@@ -15,7 +15,7 @@ import dicache.budget as budget_mod
 from dicache.config import REACH_MIN_STEPS, SPAN_POWER_MIN, STEPS_GAMMA_MIN_STEPS, WALK_COSINE, DiCacheConfig
 from dicache.budget import FINAL_RUN, ONLINE_MAX_GROWTH, Budget, cut_before_final, overruns_final
 from dicache.engine import DiCacheEngine
-from dicache.state import (BranchState, increments_cosine, next_shortening, planned_error, span_power,
+from dicache.state import (BranchState, cosine_of, increments_sums, next_shortening, planned_error, span_power,
                            span_power_sample)
 from dicache.summary import summarize
 
@@ -1128,6 +1128,10 @@ def test_span_power_sample_and_its_median():
     state.span_powers = [0.5, 0.6, 0.7, 0.3, 1.4]
     assert span_power(measured, state) == 1.0  # a median of SPAN_POWER_DRIFT or more: a drift
     assert span_power(DiCacheConfig(span_power=0.6), state) == 0.6
+
+
+def increments_cosine(a, b, c):
+    return cosine_of(*increments_sums(a, b, c).tolist())
 
 
 def test_increments_cosine_against_torch_on_odd_shapes():
