@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
 
-from .config import STEPS_GAMMA_MIN_STEPS, DiCacheConfig
+from .config import STEPS_GAMMA_MIN_STEPS, WALK_COSINE, DiCacheConfig
 from .engine import DiCacheEngine
 
 
@@ -48,6 +48,21 @@ class BranchSummary:
     #: skipped calls whose model output was rebuilt from the stored outputs (``reconstruct_at``); the others
     #: rebuilt the deep blocks' output
     outputs_rebuilt: int = 0
+    #: where runs are planned with ``alignment_order="auto"``: the cosine of two consecutive increments of the blocks'
+    #: input over the trajectory's first three calls (near 1: an ODE sampler's smooth path; under
+    #: :data:`~dicache.config.WALK_COSINE`: a sampler that adds noise at every step, whose planned skips take the line
+    #: through the two newest stored entries); None where it was not read
+    sampler_cosine: Optional[float] = None
+
+    @property
+    def sampler(self) -> Optional[str]:
+        """What :attr:`sampler_cosine` says of the sampler, in words (None where it was not read)."""
+        c = self.sampler_cosine
+        if c is None:
+            return None
+        if c < WALK_COSINE:
+            return f"input increments' cosine {c:.3g}: adds noise at every step (planned skips take the line)"
+        return f"input increments' cosine {c:.3g}: a smooth path"
 
     @property
     def saved_fraction(self) -> float:
@@ -129,6 +144,8 @@ class Summary:
                 + (f" (budget: {b.budget})" if b.budget else "")
                 + (f"; {b.outputs_rebuilt} skipped outputs rebuilt at the model's output" if b.outputs_rebuilt else "")
             )
+            if b.sampler is not None:
+                lines.append(f"    sampler  {b.sampler}")
             lines.append(f"    pattern  {b.pattern}")
             errs = " ".join("-" if s.error is None else f"{s.error:.3g}" for s in b.steps)
             gammas = " ".join("-" if s.gamma is None else f"{s.gamma:.3g}" for s in b.steps)
@@ -164,6 +181,7 @@ def summarize(engine: DiCacheEngine, model: str, prefix: str = "") -> Summary:
             steps=steps,
             budget=engine.budget_rule(name),
             outputs_rebuilt=state.outputs_rebuilt,
+            sampler_cosine=state.walk_cosine,
         )
     backend = ",".join(sorted({b.name for b in engine._backends.values()})) or engine.backend_name
     base = getattr(engine, "base_config", engine.config)  # (an engine of an older engine_factory has none)

@@ -17,7 +17,7 @@ from dicache.budget import FINAL_RUN, ONLINE_MAX_GROWTH, Budget, cut_before_fina
 from dicache.engine import DiCacheEngine
 from dicache.state import (BranchState, cosine_of, increments_sums, next_shortening, planned_error, span_power,
                            span_power_sample)
-from dicache.summary import summarize
+from dicache.summary import BranchSummary, summarize
 
 import tiny
 
@@ -1186,6 +1186,14 @@ def test_the_engine_reads_a_sampler_that_adds_noise_from_the_blocks_input():
             if h is None and engine.after_probe(x, x * 2) is None:
                 engine.after_full(x * 3)
         assert state.walk is (True if read else None) and not state._walk_inputs
+        # dicache.summary says what was read, in words
+        branch = summarize(engine, "m").branches["c"]
+        assert branch.sampler_cosine == (pytest.approx(state.walk_cosine) if read else None)
+        assert ("sampler  input increments' cosine" in str(summarize(engine, "m"))) is read
+        if read:
+            assert branch.sampler_cosine < WALK_COSINE and "adds noise at every step" in branch.sampler
+    smooth_branch = BranchSummary("c", 0, 0, 0, 0, 0, (), sampler_cosine=0.999)
+    assert smooth_branch.sampler.endswith("a smooth path")
 
 
 def random_walk(n, spread, seed=0):
