@@ -1558,10 +1558,10 @@ def test_online_growth_of_the_measured_errors():
     # falling after the warm-up, then rising: read from the smallest increment on (the fall hides the growth)
     trough = {k: 0.02 * (1.1 ** (10 - k) if k < 10 else 1.03 ** (k - 10)) for k in range(3, 20)}
     assert growth(trough, 2, 19, n) == pytest.approx(1.03, rel=1e-9)
-    # a trough among the newest: at least ONLINE_MIN_INCREMENTS of them are read (here falling, then level: held flat)
+    # a trough among the newest: at least ONLINE_MIN_INCREMENTS of them are read (here still falling: held flat)
     assert growth(trough, 2, 11, n) == 1.0
     late = {**{k: 0.01 for k in range(3, 15)}, **{k: 0.01 * 1.05 ** (k - 14) for k in range(15, 20)}}
-    # level, then rising: the first of the smallest (step 3) on, all of them; the level part halves the read growth
+    # level, then rising: the first of the smallest (step 3) on, all of them; the level part dilutes the growth
     assert 1.0 < growth(late, 2, 19, n) < 1.05
     # too few increments after the warm-up (and none that is not finite or not positive counted)
     assert growth({1: 0.1, 2: 0.1, 3: 0.1, 4: 0.2, 5: float("nan"), 6: 0.0}, 2, 19, n) is None
