@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
 
@@ -60,6 +61,8 @@ class BranchSummary:
         c = self.sampler_cosine
         if c is None:
             return None
+        if not math.isfinite(c):  # (a non-finite input: the engine reads no walk, as on a smooth path)
+            return f"input increments' cosine {c}: not finite, read as a smooth path"
         if c < WALK_COSINE:
             return f"input increments' cosine {c:.3g}: adds noise at every step (planned skips take the line)"
         return f"input increments' cosine {c:.3g}: a smooth path"

@@ -1194,6 +1194,12 @@ def test_the_engine_reads_a_sampler_that_adds_noise_from_the_blocks_input():
             assert branch.sampler_cosine < WALK_COSINE and "adds noise at every step" in branch.sampler
     smooth_branch = BranchSummary("c", 0, 0, 0, 0, 0, (), sampler_cosine=0.999)
     assert smooth_branch.sampler.endswith("a smooth path")
+    # a non-finite input reads no walk (nan < WALK_COSINE is False): the summary says so rather than print a number
+    state = BranchState("c")
+    state.settle_walk(float("nan"), 1.0, 1.0)
+    assert state.walk is False
+    nan_branch = BranchSummary("c", 0, 0, 0, 0, 0, (), sampler_cosine=state.walk_cosine)
+    assert "not finite, read as a smooth path" in nan_branch.sampler
 
 
 def random_walk(n, spread, seed=0):
