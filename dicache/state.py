@@ -173,8 +173,14 @@ class BranchState:
         """``walk`` from the read-back ``walk_sums``: whether the trajectory's sampler adds noise at every step, the
         cosine of the input's two increments under :data:`~dicache.config.WALK_COSINE`."""
         self.walk_cosine = cosine_of(dot, uu, vv)
-        self.walk = self.walk_cosine < WALK_COSINE
+        self.walk = reads_walk(self.walk_cosine)
         self.walk_sums = None
+
+
+def reads_walk(cosine: float) -> bool:
+    """Whether the cosine of the blocks' input's two increments says the sampler adds noise at every step (under
+    :data:`~dicache.config.WALK_COSINE`; a non-finite one does not)."""
+    return cosine < WALK_COSINE
 
 
 def next_shortening(last_run: Optional[int], bound: Optional[int], run: int) -> Tuple[Optional[int], Optional[int]]:

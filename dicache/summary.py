@@ -6,8 +6,9 @@ import math
 from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
 
-from .config import STEPS_GAMMA_MIN_STEPS, WALK_COSINE, DiCacheConfig
+from .config import STEPS_GAMMA_MIN_STEPS, DiCacheConfig
 from .engine import DiCacheEngine
+from .state import reads_walk
 
 
 @dataclass(frozen=True)
@@ -61,10 +62,10 @@ class BranchSummary:
         c = self.sampler_cosine
         if c is None:
             return None
-        if not math.isfinite(c):  # (a non-finite input: the engine reads no walk, as on a smooth path)
-            return f"input increments' cosine {c}: not finite, read as a smooth path"
-        if c < WALK_COSINE:
+        if reads_walk(c):
             return f"input increments' cosine {c:.3g}: adds noise at every step (planned skips take the line)"
+        if not math.isfinite(c):  # (a non-finite input: the engine reads no walk there)
+            return f"input increments' cosine {c}: not finite, read as a smooth path"
         return f"input increments' cosine {c:.3g}: a smooth path"
 
     @property
