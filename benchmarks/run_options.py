@@ -12,6 +12,10 @@ PSNR) / SSIM against the uncached output over
     .venv/bin/python benchmarks/run_options.py flux_digits 20 '{"threshold": 0.6, "run_power": 2}'
     .venv/bin/python benchmarks/run_options.py cogvideox_digits 20 '{"target_speedup": 1.5}' --seeds 1000,0 \
         --scheduler CogVideoXDPMScheduler --summaries     # another sampler; each call's summary (a replayed budget)
+    .venv/bin/python benchmarks/run_options.py wan_digits 50 '{"target_speedup": 2}' --seeds 1000 \
+        --save-profiles /tmp/wan50.json                   # the budget's error profiles after the last seed, as JSON
+    .venv/bin/python benchmarks/run_options.py wan_digits 50 '{"target_speedup": 2}' --seeds 0,1,2,3 \
+        --budget-profiles /tmp/wan50.json                 # another process: its first call replays them
 """
 
 from __future__ import annotations
@@ -82,19 +86,22 @@ def bench(model: str, steps: int, seeds, labels, weights=None):
     return fresh, measure
 
 
-def run(model: str, steps: int, option_sets, seeds, labels, weights=None, summaries=None):
-    """Each option set's run: its options, fewer flops, pooled PSNR, mean of the samples' PSNR, SSIM and the leading
-    branch's pattern (first seed). ``weights``: as :func:`bench`'s. ``summaries(seed, summary)``: called with
-    ``dicache.summary`` after each seed's call (a budget's second call replays the first's errors)."""
+def run(model: str, steps: int, option_sets, seeds, labels, weights=None, summaries=None, budget_profiles=None):
+    """Each option set's run: its options, fewer flops, pooled PSNR, mean of the samples' PSNR, SSIM, the leading
+    branch's pattern (first seed) and the budget's error profiles after the last seed (``dicache.summary``'s
+    ``budget_profiles``). ``weights``: as :func:`bench`'s. ``summaries(seed, summary)``: called with
+    ``dicache.summary`` after each seed's call (a budget's second call replays the first's errors).
+    ``budget_profiles``: passed to each ``dicache.enable`` (profiles saved from another run)."""
     fresh, measure = bench(model, steps, seeds, labels, weights)
     for options in option_sets:
         pipe, counter = fresh()
-        dicache.enable(pipe, **options)
+        dicache.enable(pipe, budget_profiles=budget_profiles, **options)
         m = measure(pipe, counter, None if summaries is None else lambda seed: summaries(seed, dicache.summary(pipe)))
+        profiles = list(dicache.summary(pipe).budget_profiles)
         dicache.disable(pipe)
         runs = m.pop("runs")
         yield dict(options=options, pattern=runs[0].pattern.get("cond") or next(iter(runs[0].pattern.values()), ""),
-                   **m)
+                   budget_profiles=profiles, **m)
 
 
 def parse_option_sets(ap: argparse.ArgumentParser, texts):
@@ -113,11 +120,15 @@ def parse_option_sets(ap: argparse.ArgumentParser, texts):
     return option_sets
 
 
-def print_rows(rows) -> None:
+def print_rows(rows) -> list:
+    """Print each row as it comes (``rows`` may be :func:`run`'s generator); returns them."""
     print(f"{'options':<44} fewer flops  PSNR dB  mean dB    SSIM  pattern (first seed)")
+    done = []
     for r in rows:
+        done.append(r)
         print(f"{json.dumps(r['options']):<44} {r['fewer_flops']:10.3f}×  {r['psnr']:7.2f}  {r['psnr_mean']:7.2f}  "
               f"{r['ssim']:.4f}  {r['pattern']}", flush=True)
+    return done
 
 
 def main(argv=None) -> int:
@@ -133,10 +144,23 @@ def main(argv=None) -> int:
     Q.add_scheduler_arguments(ap)
     ap.add_argument("--summaries", action="store_true",
                     help="print dicache.summary after each seed's call: the pattern, each call's error and γ")
+    ap.add_argument("--save-profiles", metavar="FILE",
+                    help="write the budget's error profiles after the last seed (one option set) to FILE as JSON")
+    ap.add_argument("--budget-profiles", metavar="FILE",
+                    help="a JSON file of --save-profiles: passed to dicache.enable as budget_profiles")
     args = ap.parse_args(argv)
     if args.steps < 2:
         ap.error("steps must be >= 2")
     option_sets = parse_option_sets(ap, args.options)
+    if args.save_profiles and len(option_sets) != 1:
+        ap.error("--save-profiles writes the profiles of one option set; give one")
+    profiles = None
+    if args.budget_profiles:
+        try:
+            with open(args.budget_profiles) as f:
+                profiles = json.load(f)
+        except (OSError, json.JSONDecodeError) as e:
+            ap.error(f"--budget-profiles: {e}")
     warnings.filterwarnings("ignore")
     from diffusers.utils import logging as dlog
 
@@ -157,8 +181,12 @@ def main(argv=None) -> int:
     try:
         print(f"{args.model}, {args.steps} steps{Q.sampled_with(args)}, seeds {seeds}, {len(labels)} labels, "
               "on the preset")
-        print_rows(run(args.model, args.steps, option_sets, seeds, labels,
-                       summaries=summaries if args.summaries else None))
+        rows = print_rows(run(args.model, args.steps, option_sets, seeds, labels,
+                              summaries=summaries if args.summaries else None, budget_profiles=profiles))
+        if args.save_profiles:
+            with open(args.save_profiles, "w") as f:
+                json.dump(rows[0]["budget_profiles"], f)
+            print(f"wrote {len(rows[0]['budget_profiles'])} budget profile(s) to {args.save_profiles}")
     except NotDeterministicError as e:
         print(f"run_options.py: error: {e}", file=sys.stderr)
         return 2

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
 from . import adapters
+from .budget import check_profiles
 from .config import DiCacheConfig, resolve, validate
 from .engine import DiCacheEngine
 from .hooks import Session, session_of
@@ -238,6 +239,7 @@ def enable(
     backend: str = "auto",
     config: Optional[DiCacheConfig] = None,
     engine_factory: Optional[Callable[..., DiCacheEngine]] = None,
+    budget_profiles: Optional[Sequence[Mapping[str, Any]]] = None,
     **options: Any,
 ) -> Any:
     """Enable DiCache on a diffusers pipeline or on its transformer; returns ``target``.
@@ -256,6 +258,10 @@ def enable(
             and kernels: called as ``engine_factory(config, num_blocks, backend)`` per
             transformer, it returns a :class:`dicache.engine.DiCacheEngine` (usually a
             subclass overriding the decision). Default: ``DiCacheEngine``.
+        budget_profiles: with ``target_speedup``, error profiles a budget measured before
+            (``dicache.summary(pipe).budget_profiles`` after a call, saved as JSON in another process, on the
+            same model and settings): the first call of their step counts replays them as a second call would,
+            instead of predicting the errors online.
         **options: fields of :class:`DiCacheConfig` overriding ``config``/the preset.
 
     Nothing is changed on ``target`` when an error is raised.
@@ -266,7 +272,8 @@ def enable(
         raise TypeError(f"engine_factory must be a callable (config, num_blocks, backend) -> DiCacheEngine, "
                         f"got {type(engine_factory).__name__}")
     models, pipeline = _transformers_of(target)
-    linked = _link_another_pipeline(pipeline, models, backend, config, engine_factory, options)
+    given = options if budget_profiles is None else dict(options, budget_profiles=budget_profiles)
+    linked = _link_another_pipeline(pipeline, models, backend, config, engine_factory, given)
     if linked:
         return target
 
@@ -296,13 +303,15 @@ def enable(
             raise ValueError(f"DiCache needs a model with at least 2 blocks; {type(model).__name__} has {num_blocks}")
         validate(cfg, num_blocks)
         select_backend(backend, _device_of(model))  # raises now, with the reason, if it cannot run
-        plans.append((model, adapter, cfg))
+        plans.append((model, adapter, cfg, num_blocks))
+    profiles = _profiles_per_model(budget_profiles, plans)
 
     sessions: List[Session] = []
     link = None
     try:
-        for model, adapter, cfg in plans:
+        for (model, adapter, cfg, _), records in zip(plans, profiles):
             session = Session(model, adapter, cfg, backend, engine_factory)
+            session.engine.load_budget_profiles(records)
             session.install()
             sessions.append(session)
         if pipeline is not None:
@@ -317,6 +326,28 @@ def enable(
             s.uninstall()
         raise
     return target
+
+
+def _profiles_per_model(records: Any, plans: List[tuple]) -> List[List[Dict[str, Any]]]:
+    """``budget_profiles`` split per transformer as ``summary`` names their branches (``"1:cond"`` for the second
+    of several), each checked against its model (:func:`dicache.budget.check_profiles`)."""
+    per: List[List[Dict[str, Any]]] = [[] for _ in plans]
+    if records is None:
+        return per
+    for r in check_profiles(records, None):
+        i, name = 0, r["branch"]
+        head, sep, rest = name.partition(":")
+        if len(plans) > 1 and sep and head.isdigit():
+            i, name = int(head), rest
+            if i >= len(plans):
+                raise ValueError(f"budget_profiles: branch {r['branch']!r} names transformer {i}; this target has "
+                                 f"{len(plans)} (their branches are named as dicache.summary names them)")
+        per[i].append(dict(r, branch=name))
+    for (_, _, cfg, blocks), records_i in zip(plans, per):
+        if records_i and cfg.target_speedup is None:
+            raise ValueError("budget_profiles are replayed by the compute budget: pass target_speedup=… too")
+        check_profiles(records_i, blocks)
+    return per
 
 
 def _sessions(target: Any) -> List[Session]:

@@ -10,11 +10,56 @@ it runs no kernel.
 from __future__ import annotations
 
 import math
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from .config import DiCacheConfig
+from .config import SPAN_POWER_MIN, DiCacheConfig
 from .state import (FOLLOW, PLANNED, PREDICTED, REFRESH, REUSE, REUSE_ONE, BranchState, at_shorten_bound,
                     next_shortening, planned_error, span_power)
+
+
+def check_profiles(records: Any, blocks: Optional[int]) -> List[Dict[str, Any]]:
+    """``budget_profiles`` as :meth:`Budget.export_profiles` writes them (after a JSON round trip too), normalised:
+    ``[{"branch", "steps", "blocks", "trajectories", "power", "increments": [[step, increment], …]}, …]``.
+    Raises TypeError or ValueError naming what is wrong; ``blocks``: the model's block count they must have been
+    measured on (None: any)."""
+    what = "budget_profiles (the records of dicache.summary(pipe).budget_profiles)"
+    if isinstance(records, (str, bytes, Mapping)) or not isinstance(records, Sequence):
+        raise TypeError(f"{what} must be a list of dicts, got {type(records).__name__}")
+    out, seen = [], set()
+    for i, r in enumerate(records):
+        if not isinstance(r, Mapping):
+            raise TypeError(f"{what}: record {i} must be a dict, got {type(r).__name__}")
+        missing = {"branch", "steps", "blocks", "trajectories", "power", "increments"} - set(r)
+        if missing:
+            raise ValueError(f"{what}: record {i} lacks {sorted(missing)}")
+        branch, n, m, k, power = r["branch"], r["steps"], r["blocks"], r["trajectories"], r["power"]
+        if not isinstance(branch, str) or not branch:
+            raise ValueError(f"{what}: record {i}: branch must be a non-empty str, got {branch!r}")
+        for name, v, lo in (("steps", n, 2), ("blocks", m, 2), ("trajectories", k, 1)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+                raise ValueError(f"{what}: record {i}: {name} must be an int >= {lo}, got {v!r}")
+        if blocks is not None and m != blocks:
+            raise ValueError(f"{what}: record {i} was measured on a model of {m} blocks; this one has {blocks}")
+        if isinstance(power, bool) or not isinstance(power, (int, float)) or not SPAN_POWER_MIN <= power <= 1:
+            raise ValueError(f"{what}: record {i}: power must be a number in [{SPAN_POWER_MIN}, 1], got {power!r}")
+        incs = {}
+        for pair in r["increments"] if isinstance(r["increments"], Sequence) else [None]:
+            ok = isinstance(pair, Sequence) and len(pair) == 2 and isinstance(pair[0], int) and \
+                not isinstance(pair[0], bool) and 0 <= pair[0] < n and isinstance(pair[1], (int, float)) and \
+                math.isfinite(pair[1]) and pair[1] >= 0
+            if not ok or pair[0] in incs:
+                raise ValueError(f"{what}: record {i}: increments must be distinct [step, increment] pairs, "
+                                 f"0 <= step < {n}, increment finite and >= 0; got {pair!r}")
+            incs[pair[0]] = float(pair[1])
+        if len(incs) < n // 2:  # as a trajectory's profile is kept (Budget.remember)
+            raise ValueError(f"{what}: record {i} has {len(incs)} increments; a profile of {n} steps has at "
+                             f"least {n // 2}")
+        if (branch, n) in seen:
+            raise ValueError(f"{what}: two records of branch {branch!r} at {n} steps")
+        seen.add((branch, n))
+        out.append({"branch": branch, "steps": n, "blocks": m, "trajectories": k, "power": float(power),
+                    "increments": sorted(incs.items())})
+    return out
 
 
 def _need_steps(n: Optional[int]) -> None:
@@ -206,20 +251,51 @@ class Budget:
     def remember(self, state: BranchState) -> None:
         """A trajectory of ``state`` ends: fold its error profile into the branch's mean if it ran to its
         last step."""
+        self._solved.pop((state.name, state.num_steps), None)
+        folded = self._folded(state)
+        if folded is not None:
+            key, self.profiles[key], self.powers[key], self._seen[key] = folded
+
+    def _folded(self, state: BranchState) -> Optional[Tuple[Tuple[str, int], Dict[int, float], float, int]]:
+        """(key, profile, span power, trajectories) of the branch's mean with the trajectory of ``state`` folded in;
+        None where it is not kept (no budget or no replay, a trajectory that did not run to its last step)."""
         n = state.num_steps
         key = (state.name, n)
-        self._solved.pop(key, None)
         if (not self.replay or self.config.target_speedup is None or n is None or state.calls < n
                 or len(state.increments) < n // 2):
-            return
+            return None
         mean, k = self.profiles.get(key, {}), self._seen.get(key, 0)
         incs = dict(state.increments)
         alpha = span_power(self.config, state) if self.config.plans_runs(n) else 1.0
         if alpha != 1.0:  # the increments at the power the trajectory ends with (it read the first ones at 1)
             incs.update({step: err / steps ** alpha for step, (err, steps) in state.spans.items()})
-        self.profiles[key] = {step: (mean[step] * k + v) / (k + 1) if step in mean else v for step, v in incs.items()}
-        self.powers[key] = (self.powers.get(key, 1.0) * k + alpha) / (k + 1)
-        self._seen[key] = k + 1
+        profile = {step: (mean[step] * k + v) / (k + 1) if step in mean else v for step, v in incs.items()}
+        return key, profile, (self.powers.get(key, 1.0) * k + alpha) / (k + 1), k + 1
+
+    def export_profiles(self, current: Sequence[BranchState] = ()) -> List[Dict[str, Any]]:
+        """The replay's error profiles as JSON-ready records, one per branch and step count, with the trajectories
+        of ``current`` that ran to their last step folded in as the next call will fold them (:meth:`remember`):
+        the mean per-step increments (``[[step, increment], …]``), the span power of their runs, how many
+        trajectories they average and the model's block count (:func:`check_profiles` reads them back)."""
+        kept = {key: (prof, self.powers.get(key, 1.0), self._seen.get(key, 1)) for key, prof in self.profiles.items()}
+        for state in current:
+            folded = self._folded(state)
+            if folded is not None:
+                kept[folded[0]] = folded[1:]
+        return [{"branch": name, "steps": n, "blocks": self.M, "trajectories": seen, "power": power,
+                 "increments": [[k, v] for k, v in sorted(prof.items())]}
+                for (name, n), (prof, power, seen) in sorted(kept.items())]
+
+    def load_profiles(self, records: Sequence[Mapping[str, Any]]) -> None:
+        """Take error profiles exported by :meth:`export_profiles` (checked by :func:`check_profiles`): the first
+        trajectory of each of their branches and step counts replays them, as a later trajectory of the process
+        that measured them would."""
+        for r in check_profiles(records, self.M):
+            key = (r["branch"], r["steps"])
+            self.profiles[key] = dict(r["increments"])
+            self.powers[key] = r["power"]
+            self._seen[key] = r["trajectories"]
+            self._solved.pop(key, None)
 
     def replays(self, state: BranchState, n: Optional[int]) -> bool:
         """Whether this trajectory of ``state`` is decided by the replay rule (a profile of its step count)."""

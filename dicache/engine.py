@@ -17,7 +17,7 @@ spends its computed calls, :mod:`dicache.budget`.
 from __future__ import annotations
 
 import math
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
@@ -119,6 +119,17 @@ class DiCacheEngine:
             return None
         rule = self._budget.rule(state)
         return f"planned, {rule}" if self.config.plans_runs(state.num_steps) else rule
+
+    def budget_profiles(self) -> List[Dict[str, Any]]:
+        """``target_speedup``: the error profiles the replay rule has kept, per branch and step count, as JSON-ready
+        records, the current trajectories included once they ran to their last step
+        (:meth:`~dicache.budget.Budget.export_profiles`); empty before one has."""
+        return self._budget.export_profiles(list(self.branches.values()))
+
+    def load_budget_profiles(self, records: Sequence[Mapping[str, Any]]) -> None:
+        """Replay ``records`` (from :meth:`budget_profiles`, in this process or another) from the first trajectory
+        of their step counts on (:meth:`~dicache.budget.Budget.load_profiles`)."""
+        self._budget.load_profiles(records)
 
     def backend_for(self, device: torch.device) -> Backend:
         key = device.type

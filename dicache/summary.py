@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 from .config import STEPS_GAMMA_MIN_STEPS, DiCacheConfig
 from .engine import DiCacheEngine
@@ -93,6 +93,10 @@ class Summary:
     branches: Dict[str, BranchSummary]
     #: the config DiCache was enabled with, where the last trajectory ran on another (``config``)
     enabled_config: Optional[DiCacheConfig] = None
+    #: ``target_speedup``: the error profiles the replay rule keeps (they survive ``reset``), one JSON-ready record
+    #: per branch and step count; ``dicache.enable(pipe, target_speedup=…, budget_profiles=…)`` in another process
+    #: replays them from its first call (empty before a trajectory of the budget ends)
+    budget_profiles: Tuple[Dict[str, Any], ...] = ()
 
     @property
     def calls(self) -> int:
@@ -190,8 +194,10 @@ def summarize(engine: DiCacheEngine, model: str, prefix: str = "") -> Summary:
     backend = ",".join(sorted({b.name for b in engine._backends.values()})) or engine.backend_name
     base = getattr(engine, "base_config", engine.config)  # (an engine of an older engine_factory has none)
     enabled = None if base is engine.config else base
+    profiles = getattr(engine, "budget_profiles", list)()
     return Summary(model=model, backend=backend, config=engine.config, num_blocks=M, branches=branches,
-                   enabled_config=enabled)
+                   enabled_config=enabled,
+                   budget_profiles=tuple(dict(r, branch=prefix + r["branch"]) for r in profiles))
 
 
 def merge(parts: Tuple[Summary, ...]) -> Summary:
@@ -209,4 +215,5 @@ def merge(parts: Tuple[Summary, ...]) -> Summary:
         num_blocks=first.num_blocks,
         branches=branches,
         enabled_config=first.enabled_config,
+        budget_profiles=tuple(r for p in parts for r in p.budget_profiles),
     )

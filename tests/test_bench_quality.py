@@ -307,6 +307,28 @@ def test_run_options_prints_each_call_s_summary_and_takes_another_scheduler(monk
     assert all(len(part.split("pattern  ")[1].split()[0]) == 10 for part in (first, second))
 
 
+def test_run_options_saves_the_budget_profiles_and_another_run_replays_them(tmp_path, capsys):
+    """``--save-profiles``: the budget's error profiles after the last seed, as JSON; ``--budget-profiles``: another
+    run (process) takes them, and its first call replays; bad uses refused naming the argument."""
+    import run_options as ro
+
+    path = tmp_path / "profiles.json"
+    argv = ["wan_digits", "10", '{"target_speedup": 2}', "--seeds", "3", "--labels", "0,1", "--summaries"]
+    assert ro.main(argv + ["--save-profiles", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "budget: online" in out and f"to {path}" in out
+    saved = json.loads(path.read_text())
+    assert "cond" in [r["branch"] for r in saved] and all(r["steps"] == 10 for r in saved)
+    assert ro.main(argv + ["--budget-profiles", str(path)]) == 0
+    assert "budget: replay, δ=" in capsys.readouterr().out.split("seed 3: ")[1]
+    with pytest.raises(SystemExit):
+        ro.main(argv[:3] + ['{"target_speedup": 3}'] + argv[3:] + ["--save-profiles", str(path)])
+    assert "--save-profiles writes the profiles of one option set" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        ro.main(argv + ["--budget-profiles", str(tmp_path / "missing.json")])
+    assert "--budget-profiles:" in capsys.readouterr().err
+
+
 def test_front_reads_the_best_setting_saving_at_least_that_much():
     import quality as Q
     import quality_methods as qm

@@ -5,6 +5,7 @@ change ``|s_k / s_{k-1} − 1|`` exactly, so each trace below fixes the per-call
 error and the expected decisions can be written down by hand.
 """
 
+import json
 import math
 
 import pytest
@@ -454,6 +455,106 @@ def test_budget_mode_on_a_pipeline():
     tiny.flux_pipeline_call(pipe, steps=6)
     assert f", runs planned (skips unprobed) on ≥ {STEPS_GAMMA_MIN_STEPS} steps)" in str(dicache.summary(pipe))
     dicache.disable(pipe)
+
+
+@pytest.mark.parametrize("steps", [20, 40])  # every call probed; runs planned
+def test_budget_profiles_replay_from_the_first_call_of_another_process(steps):
+    # a first call predicts the errors online; the profile it measured, saved as JSON and given to a fresh enable,
+    # makes the first call there replay as the second call of the measuring process does
+    pipe = tiny.flux_pipeline()
+    dicache.enable(pipe, backend="torch", target_speedup=2.5)
+    assert dicache.summary(pipe).budget_profiles == ()  # no trajectory yet
+    tiny.flux_pipeline_call(pipe, steps=steps)
+    first = dicache.summary(pipe)
+    saved = json.loads(json.dumps(first.budget_profiles))
+    tiny.flux_pipeline_call(pipe, steps=steps)
+    second = dicache.summary(pipe).branches["cond"]
+    dicache.disable(pipe)
+    assert "online" in first.branches["cond"].budget and "replay" in second.budget
+    (record,) = saved
+    assert record["branch"] == "cond" and record["steps"] == steps and record["trajectories"] == 1
+    assert record["blocks"] == first.num_blocks and len(record["increments"]) >= steps // 2
+    dicache.enable(pipe, backend="torch", target_speedup=2.5, budget_profiles=saved)
+    tiny.flux_pipeline_call(pipe, steps=steps)
+    again = dicache.summary(pipe)
+    dicache.disable(pipe)
+    assert again.branches["cond"].budget == second.budget and again.branches["cond"].pattern == second.pattern
+    assert again.budget_profiles[0]["trajectories"] == 2  # folded in as the measuring process's second call
+    # another step count has no profile: its first call is online
+    dicache.enable(pipe, backend="torch", target_speedup=2.5, budget_profiles=saved)
+    tiny.flux_pipeline_call(pipe, steps=steps + 2)
+    assert "online" in dicache.summary(pipe).branches["cond"].budget
+    dicache.disable(pipe)
+    # without a budget no profile is kept
+    dicache.enable(pipe, backend="torch", threshold=0.3)
+    tiny.flux_pipeline_call(pipe, steps=steps)
+    assert dicache.summary(pipe).budget_profiles == ()
+    dicache.disable(pipe)
+
+
+def _profile_record(**change):
+    cfg = tiny.flux_transformer().config
+    record = {"branch": "cond", "steps": 6, "blocks": cfg.num_layers + cfg.num_single_layers, "trajectories": 1,
+              "power": 1.0, "increments": [[k, 0.01 * (k + 1)] for k in range(1, 6)]}
+    record.update(change)
+    return record
+
+
+@pytest.mark.parametrize(
+    "profiles, error, word",
+    [
+        ({"branch": "cond"}, TypeError, "list of dicts"),
+        ("cond", TypeError, "list of dicts"),
+        ([3], TypeError, "record 0 must be a dict"),
+        ([{"branch": "cond"}], ValueError, "lacks"),
+        ([_profile_record(branch="")], ValueError, "branch"),
+        ([_profile_record(steps=1.5)], ValueError, "steps"),
+        ([_profile_record(trajectories=0)], ValueError, "trajectories"),
+        ([_profile_record(blocks=3)], ValueError, "model of 3 blocks"),
+        ([_profile_record(power=0.1)], ValueError, "power"),
+        ([_profile_record(power=float("nan"))], ValueError, "power"),
+        ([_profile_record(increments=[[1, float("nan")]] + [[k, 0.1] for k in range(2, 6)])], ValueError, "finite"),
+        ([_profile_record(increments=[[6, 0.1]] + [[k, 0.1] for k in range(1, 5)])], ValueError, "0 <= step < 6"),
+        ([_profile_record(increments=[[1, 0.1], [1, 0.2], [2, 0.1]])], ValueError, "distinct"),
+        ([_profile_record(increments=[[1, 0.1], [2, 0.1]])], ValueError, "at least 3"),
+        ([_profile_record(), _profile_record()], ValueError, "two records"),
+        ([_profile_record(branch="1:cond")], ValueError, None),  # one transformer: a branch of that name, fine
+    ],
+)
+def test_bad_budget_profiles(profiles, error, word):
+    pipe = tiny.flux_pipeline()
+    if word is None:  # (the last case is accepted)
+        dicache.enable(pipe, backend="torch", target_speedup=2.0, budget_profiles=profiles)
+        dicache.disable(pipe)
+        return
+    with pytest.raises(error, match="budget_profiles") as e:
+        dicache.enable(pipe, backend="torch", target_speedup=2.0, budget_profiles=profiles)
+    assert word in str(e.value)
+    assert not dicache.is_enabled(pipe)
+    with pytest.raises(ValueError, match="target_speedup"):  # a profile without a budget to replay it
+        dicache.enable(pipe, backend="torch", threshold=0.3, budget_profiles=[_profile_record()])
+    assert not dicache.is_enabled(pipe)
+
+
+def test_budget_profiles_of_a_pipeline_with_two_transformers():
+    # Wan 2.2's experts: summary names the second's branches "1:cond", and budget_profiles routes them back to it
+    from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline
+
+    vae = AutoencoderKLWan(base_dim=3, z_dim=4, dim_mult=[1, 1, 1, 1], num_res_blocks=1).eval()
+    pipe = WanPipeline(tokenizer=None, text_encoder=None, vae=vae, transformer=tiny.wan_transformer(0),
+                       transformer_2=tiny.wan_transformer(1), scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+                       boundary_ratio=0.5)
+    blocks = len(pipe.transformer.blocks)
+    record = dict(_profile_record(), blocks=blocks)
+    dicache.enable(pipe, backend="torch", target_speedup=2.0,
+                   budget_profiles=[record, dict(record, branch="1:uncond", steps=8)])
+    engines = [dicache.hooks.session_of(m).engine for m in (pipe.transformer, pipe.transformer_2)]
+    assert [[(r["branch"], r["steps"]) for r in e.budget_profiles()] for e in engines] == [[("cond", 6)],
+                                                                                            [("uncond", 8)]]
+    dicache.disable(pipe)
+    with pytest.raises(ValueError, match="names transformer 2"):
+        dicache.enable(pipe, backend="torch", target_speedup=2.0, budget_profiles=[dict(record, branch="2:cond")])
+    assert not dicache.is_enabled(pipe)
 
 
 def _engine_with_stored(cfg, residuals, probes, x):
