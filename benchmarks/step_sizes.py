@@ -20,6 +20,7 @@ import math
 import os
 import statistics
 import sys
+from typing import Optional
 
 import torch
 
@@ -82,6 +83,17 @@ def scaling_spread(rows, first: int = 2):
     return {name: statistics.pstdev([math.log(v / f(s, d)) for s, d, v in pts]) for name, f in SCALINGS.items()}
 
 
+def size_exponent(rows, first: int = 3) -> Optional[float]:
+    """The least-squares slope of log(increment) on log(step size) over the steps from ``first`` on: the power p of a
+    prediction ``c · size^p`` (1: the online rule's), None with fewer than two distinct step sizes."""
+    pts = [(math.log(d), math.log(v)) for k, s, d, v in rows if k >= first and v is not None and v > 0 and d > 0]
+    if len(pts) < 2:
+        return None
+    mx, my = statistics.fmean(x for x, _ in pts), statistics.fmean(y for _, y in pts)
+    sxx = sum((x - mx) ** 2 for x, _ in pts)
+    return None if sxx <= 0 else sum((x - mx) * (y - my) for x, y in pts) / sxx
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=20)
@@ -106,6 +118,9 @@ def main(argv=None) -> int:
         incs = [v for *_, v in rows if v is not None]
         print(f"\nstep sizes span {max(sizes) / min(sizes):.1f}×, increments {max(incs) / min(incs):.1f}×, "
               f"their ratio {min(ratios):.2f}–{max(ratios):.2f}")
+        p = size_exponent(rows)
+        if p is not None:
+            print(f"increments ∝ step size^p from step 3 on, least squares: p = {p:.2f}")
         spread = scaling_spread(rows)
         if spread:
             print("spread of log(increment / x) from step 2 on (smaller: a constant times x predicts better): "

@@ -838,7 +838,7 @@ def test_step_sizes_script_prints_each_step_s_error_beside_its_size(capsys):
         assert all(float(r.split(" | ")[2]) > 0 for r in rows)  # the step sizes the scheduler told
         sigmas = [float(r.split(" | ")[1]) for r in rows]
         assert sigmas == sorted(sigmas, reverse=True) and 0 < sigmas[-1] and sigmas[0] <= 1
-        assert "their ratio" in out and "x = step size / σ:" in out
+        assert "their ratio" in out and "x = step size / σ:" in out and "step size^p from step 3 on" in out
     with pytest.raises(SystemExit):
         step_sizes.main(["--models", "sdxl_digits"])
     # increments exactly proportional to the step size: that scaling has no spread, the others some
@@ -847,6 +847,10 @@ def test_step_sizes_script_prints_each_step_s_error_beside_its_size(capsys):
     assert spread["step size"] == pytest.approx(0.0, abs=1e-12)
     assert spread["step size / σ"] > 0.1 and spread["step size / √σ"] > 0.05
     assert step_sizes.scaling_spread(rows[:3]) == {}  # one step from step 2 on: nothing to spread
+    # the power of the step size the increments follow, from step 3 on
+    assert step_sizes.size_exponent(rows) == pytest.approx(1.0)
+    assert step_sizes.size_exponent([(k, s, d, 0.5 * d ** 1.5) for k, s, d, _ in rows]) == pytest.approx(1.5)
+    assert step_sizes.size_exponent(rows[:4]) is None  # one step from step 3 on
 
 
 @pytest.mark.parametrize("steps", [7, 20])
