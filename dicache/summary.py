@@ -161,6 +161,10 @@ class Summary:
             lines.append(f"    gamma    {gammas}")
         if len(self.branches) > 1:
             lines.append(f"  total: {100 * self.saved_fraction:.1f}% of block evaluations saved")
+        if self.budget_profiles:
+            kept = ", ".join(f"{r['branch']} at {r['steps']} steps ({r['trajectories']} "
+                             f"trajector{'y' if r['trajectories'] == 1 else 'ies'})" for r in self.budget_profiles)
+            lines.append(f"  budget profiles: {kept}; another process replays them from budget_profiles=")
         return "\n".join(lines)
 
 

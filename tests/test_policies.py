@@ -471,6 +471,7 @@ def test_budget_profiles_replay_from_the_first_call_of_another_process(steps):
     second = dicache.summary(pipe).branches["cond"]
     dicache.disable(pipe)
     assert "online" in first.branches["cond"].budget and "replay" in second.budget
+    assert f"budget profiles: cond at {steps} steps (1 trajectory); another process" in str(first)
     (record,) = saved
     assert record["branch"] == "cond" and record["steps"] == steps and record["trajectories"] == 1
     assert record["blocks"] == first.num_blocks and len(record["increments"]) >= steps // 2
