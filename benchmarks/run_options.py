@@ -35,6 +35,7 @@ import torch  # noqa: E402
 
 import dicache  # noqa: E402
 from dicache import zoo  # noqa: E402
+from dicache.budget import check_profiles  # noqa: E402
 from dicache.metrics import psnr, psnr_per_sample, ssim  # noqa: E402
 
 from block_counter import BlockCounter  # noqa: E402
@@ -159,7 +160,8 @@ def main(argv=None) -> int:
         try:
             with open(args.budget_profiles) as f:
                 profiles = json.load(f)
-        except (OSError, json.JSONDecodeError) as e:
+            check_profiles(profiles, None)
+        except (OSError, json.JSONDecodeError, TypeError, ValueError) as e:
             ap.error(f"--budget-profiles: {e}")
     warnings.filterwarnings("ignore")
     from diffusers.utils import logging as dlog

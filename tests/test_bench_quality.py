@@ -327,6 +327,11 @@ def test_run_options_saves_the_budget_profiles_and_another_run_replays_them(tmp_
     with pytest.raises(SystemExit):
         ro.main(argv + ["--budget-profiles", str(tmp_path / "missing.json")])
     assert "--budget-profiles:" in capsys.readouterr().err
+    (tmp_path / "bad.json").write_text(json.dumps([dict(saved[0], steps=0)]))
+    with pytest.raises(SystemExit):
+        ro.main(argv + ["--budget-profiles", str(tmp_path / "bad.json")])
+    err = capsys.readouterr().err
+    assert "--budget-profiles: budget_profiles" in err and "steps must be an int >= 2" in err
 
 
 def test_front_reads_the_best_setting_saving_at_least_that_much():
