@@ -217,7 +217,8 @@ class DiCacheConfig:
             of the even spacing the budget left allows (planned: even runs until
             a few errors are measured, then δ solved on the errors extrapolated
             at their growth). Later calls of that step count replay the mean
-            error profile of the earlier ones. The last step is always computed.
+            error profile of the earlier ones (another process too, given them:
+            ``dicache.enable(…, budget_profiles=…)``). The last step is always computed.
             Overrides
             ``threshold`` and ``max_consecutive_reuse``. Needs the step count, and
             reads the accumulated error back with the flag (one transfer).
