@@ -290,7 +290,11 @@ class Budget:
         """Take error profiles exported by :meth:`export_profiles` (checked by :func:`check_profiles`): the first
         trajectory of each of their branches and step counts replays them, as a later trajectory of the process
         that measured them would."""
-        for r in check_profiles(records, self.M):
+        records = check_profiles(records, self.M)
+        if records and not self.replay:
+            raise ValueError("budget_profiles: this engine decides every call online (replay_budget = False), "
+                             "so it would not replay them")
+        for r in records:
             key = (r["branch"], r["steps"])
             self.profiles[key] = dict(r["increments"])
             self.powers[key] = r["power"]

@@ -553,6 +553,12 @@ def test_budget_profiles_of_a_pipeline_with_two_transformers():
     assert [[(r["branch"], r["steps"]) for r in e.budget_profiles()] for e in engines] == [[("cond", 6)],
                                                                                             [("uncond", 8)]]
     dicache.disable(pipe)
+    class Online(DiCacheEngine):
+        replay_budget = False
+
+    with pytest.raises(ValueError, match="replay_budget = False"):  # an engine that never replays refuses them
+        dicache.enable(pipe, backend="torch", target_speedup=2.0, budget_profiles=[record], engine_factory=Online)
+    assert not dicache.is_enabled(pipe)
     with pytest.raises(ValueError, match="names transformer 2"):
         dicache.enable(pipe, backend="torch", target_speedup=2.0, budget_profiles=[dict(record, branch="2:cond")])
     assert not dicache.is_enabled(pipe)
