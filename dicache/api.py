@@ -346,7 +346,7 @@ def _profiles_per_model(records: Any, plans: List[tuple]) -> List[List[Dict[str,
     for (_, _, cfg, blocks), records_i in zip(plans, per):
         if records_i and cfg.target_speedup is None:
             raise ValueError("budget_profiles are replayed by the compute budget: pass target_speedup=… too")
-        check_profiles(records_i, blocks)
+        check_profiles(records_i, blocks, cfg)
     return per
 
 

@@ -17,11 +17,12 @@ from .state import (FOLLOW, PLANNED, PREDICTED, REFRESH, REUSE, REUSE_ONE, Branc
                     next_shortening, planned_error, span_power)
 
 
-def check_profiles(records: Any, blocks: Optional[int]) -> List[Dict[str, Any]]:
+def check_profiles(records: Any, blocks: Optional[int], config: Optional[DiCacheConfig] = None
+                   ) -> List[Dict[str, Any]]:
     """``budget_profiles`` as :meth:`Budget.export_profiles` writes them (after a JSON round trip too), normalised:
-    ``[{"branch", "steps", "blocks", "trajectories", "power", "increments": [[step, increment], …]}, …]``.
-    Raises TypeError or ValueError naming what is wrong; ``blocks``: the model's block count they must have been
-    measured on (None: any)."""
+    ``[{"branch", "steps", "blocks", "probe_depth", "error", "trajectories", "power", "increments": [[step,
+    increment], …]}, …]``. Raises TypeError or ValueError naming what is wrong; ``blocks``, ``config``: the model's
+    block count and the settings whose probe error they must have been measured with (None: any)."""
     what = "budget_profiles (the records of dicache.summary(pipe).budget_profiles)"
     if isinstance(records, (str, bytes, Mapping)) or not isinstance(records, Sequence):
         raise TypeError(f"{what} must be a list of dicts, got {type(records).__name__}")
@@ -29,17 +30,22 @@ def check_profiles(records: Any, blocks: Optional[int]) -> List[Dict[str, Any]]:
     for i, r in enumerate(records):
         if not isinstance(r, Mapping):
             raise TypeError(f"{what}: record {i} must be a dict, got {type(r).__name__}")
-        missing = {"branch", "steps", "blocks", "trajectories", "power", "increments"} - set(r)
+        missing = {"branch", "steps", "blocks", "probe_depth", "error", "trajectories", "power", "increments"} - set(r)
         if missing:
             raise ValueError(f"{what}: record {i} lacks {sorted(missing)}")
         branch, n, m, k, power = r["branch"], r["steps"], r["blocks"], r["trajectories"], r["power"]
         if not isinstance(branch, str) or not branch:
             raise ValueError(f"{what}: record {i}: branch must be a non-empty str, got {branch!r}")
-        for name, v, lo in (("steps", n, 2), ("blocks", m, 2), ("trajectories", k, 1)):
+        for name, v, lo in (("steps", n, 2), ("blocks", m, 2), ("probe_depth", r["probe_depth"], 1),
+                            ("trajectories", k, 1)):
             if isinstance(v, bool) or not isinstance(v, int) or v < lo:
                 raise ValueError(f"{what}: record {i}: {name} must be an int >= {lo}, got {v!r}")
         if blocks is not None and m != blocks:
             raise ValueError(f"{what}: record {i} was measured on a model of {m} blocks; this one has {blocks}")
+        if config is not None and (r["probe_depth"], r["error"]) != (config.probe_depth, config.error):
+            raise ValueError(f"{what}: record {i} was measured with probe_depth={r['probe_depth']!r}, "
+                             f"error={r['error']!r}; this cache runs probe_depth={config.probe_depth}, "
+                             f"error={config.error!r}, whose probe errors are another measure")
         if isinstance(power, bool) or not isinstance(power, (int, float)) or not SPAN_POWER_MIN <= power <= 1:
             raise ValueError(f"{what}: record {i}: power must be a number in [{SPAN_POWER_MIN}, 1], got {power!r}")
         incs = {}
@@ -57,8 +63,8 @@ def check_profiles(records: Any, blocks: Optional[int]) -> List[Dict[str, Any]]:
         if (branch, n) in seen:
             raise ValueError(f"{what}: two records of branch {branch!r} at {n} steps")
         seen.add((branch, n))
-        out.append({"branch": branch, "steps": n, "blocks": m, "trajectories": k, "power": float(power),
-                    "increments": sorted(incs.items())})
+        out.append({"branch": branch, "steps": n, "blocks": m, "probe_depth": r["probe_depth"], "error": r["error"],
+                    "trajectories": k, "power": float(power), "increments": sorted(incs.items())})
     return out
 
 
@@ -276,21 +282,23 @@ class Budget:
         """The replay's error profiles as JSON-ready records, one per branch and step count, with the trajectories
         of ``current`` that ran to their last step folded in as the next call will fold them (:meth:`remember`):
         the mean per-step increments (``[[step, increment], …]``), the span power of their runs, how many
-        trajectories they average and the model's block count (:func:`check_profiles` reads them back)."""
+        trajectories they average, the model's block count and the probe error's settings (:func:`check_profiles`
+        reads them back)."""
         kept = {key: (prof, self.powers.get(key, 1.0), self._seen.get(key, 1)) for key, prof in self.profiles.items()}
         for state in current:
             folded = self._folded(state)
             if folded is not None:
                 kept[folded[0]] = folded[1:]
-        return [{"branch": name, "steps": n, "blocks": self.M, "trajectories": seen, "power": power,
-                 "increments": [[k, v] for k, v in sorted(prof.items())]}
+        c = self.config
+        return [{"branch": name, "steps": n, "blocks": self.M, "probe_depth": c.probe_depth, "error": c.error,
+                 "trajectories": seen, "power": power, "increments": [[k, v] for k, v in sorted(prof.items())]}
                 for (name, n), (prof, power, seen) in sorted(kept.items())]
 
     def load_profiles(self, records: Sequence[Mapping[str, Any]]) -> None:
         """Take error profiles exported by :meth:`export_profiles` (checked by :func:`check_profiles`): the first
         trajectory of each of their branches and step counts replays them, as a later trajectory of the process
         that measured them would."""
-        records = check_profiles(records, self.M)
+        records = check_profiles(records, self.M, self.config)
         if records and not self.replay:
             raise ValueError("budget_profiles: this engine decides every call online (replay_budget = False), "
                              "so it would not replay them")

@@ -475,6 +475,7 @@ def test_budget_profiles_replay_from_the_first_call_of_another_process(steps):
     (record,) = saved
     assert record["branch"] == "cond" and record["steps"] == steps and record["trajectories"] == 1
     assert record["blocks"] == first.num_blocks and len(record["increments"]) >= steps // 2
+    assert (record["probe_depth"], record["error"]) == (first.config.probe_depth, first.config.error)
     dicache.enable(pipe, backend="torch", target_speedup=2.5, budget_profiles=saved)
     tiny.flux_pipeline_call(pipe, steps=steps)
     again = dicache.summary(pipe)
@@ -495,8 +496,9 @@ def test_budget_profiles_replay_from_the_first_call_of_another_process(steps):
 
 def _profile_record(**change):
     cfg = tiny.flux_transformer().config
-    record = {"branch": "cond", "steps": 6, "blocks": cfg.num_layers + cfg.num_single_layers, "trajectories": 1,
-              "power": 1.0, "increments": [[k, 0.01 * (k + 1)] for k in range(1, 6)]}
+    record = {"branch": "cond", "steps": 6, "blocks": cfg.num_layers + cfg.num_single_layers, "probe_depth": 1,
+              "error": "probe", "trajectories": 1, "power": 1.0,
+              "increments": [[k, 0.01 * (k + 1)] for k in range(1, 6)]}
     record.update(change)
     return record
 
@@ -512,6 +514,9 @@ def _profile_record(**change):
         ([_profile_record(steps=1.5)], ValueError, "steps"),
         ([_profile_record(trajectories=0)], ValueError, "trajectories"),
         ([_profile_record(blocks=3)], ValueError, "model of 3 blocks"),
+        ([_profile_record(probe_depth=0)], ValueError, "probe_depth must be"),
+        ([_profile_record(probe_depth=2)], ValueError, "measured with probe_depth=2"),  # another probe: another error
+        ([_profile_record(error="probe_minus_input")], ValueError, "error='probe_minus_input'"),
         ([_profile_record(power=0.1)], ValueError, "power"),
         ([_profile_record(power=float("nan"))], ValueError, "power"),
         ([_profile_record(increments=[[1, float("nan")]] + [[k, 0.1] for k in range(2, 6)])], ValueError, "finite"),
