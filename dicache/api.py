@@ -303,15 +303,17 @@ def enable(
             raise ValueError(f"DiCache needs a model with at least 2 blocks; {type(model).__name__} has {num_blocks}")
         validate(cfg, num_blocks)
         select_backend(backend, _device_of(model))  # raises now, with the reason, if it cannot run
-        plans.append((model, adapter, cfg, num_blocks))
-    profiles = _profiles_per_model(budget_profiles, plans)
+        plans.append((model, adapter, cfg))
+    built = []
+    for (model, adapter, cfg), records in zip(plans, _profiles_per_model(budget_profiles, len(plans))):
+        session = Session(model, adapter, cfg, backend, engine_factory)  # (hooks nothing until install)
+        session.engine.load_budget_profiles(records)  # checked against this model and its settings
+        built.append(session)
 
     sessions: List[Session] = []
     link = None
     try:
-        for (model, adapter, cfg, _), records in zip(plans, profiles):
-            session = Session(model, adapter, cfg, backend, engine_factory)
-            session.engine.load_budget_profiles(records)
+        for session in built:
             session.install()
             sessions.append(session)
         if pipeline is not None:
@@ -328,25 +330,20 @@ def enable(
     return target
 
 
-def _profiles_per_model(records: Any, plans: List[tuple]) -> List[List[Dict[str, Any]]]:
-    """``budget_profiles`` split per transformer as ``summary`` names their branches (``"1:cond"`` for the second
-    of several), each checked against its model (:func:`dicache.budget.check_profiles`)."""
-    per: List[List[Dict[str, Any]]] = [[] for _ in plans]
-    if records is None:
-        return per
-    for r in check_profiles(records, None):
+def _profiles_per_model(records: Any, count: int) -> List[List[Dict[str, Any]]]:
+    """``budget_profiles`` split over ``count`` transformers as ``summary`` names their branches (``"1:cond"`` for
+    the second of several); each engine checks its own against its model and settings
+    (:meth:`DiCacheEngine.load_budget_profiles`)."""
+    per: List[List[Dict[str, Any]]] = [[] for _ in range(count)]
+    for r in [] if records is None else check_profiles(records, None):
         i, name = 0, r["branch"]
         head, sep, rest = name.partition(":")
-        if len(plans) > 1 and sep and head.isdigit():
+        if count > 1 and sep and head.isdigit():
             i, name = int(head), rest
-            if i >= len(plans):
+            if i >= count:
                 raise ValueError(f"budget_profiles: branch {r['branch']!r} names transformer {i}; this target has "
-                                 f"{len(plans)} (their branches are named as dicache.summary names them)")
+                                 f"{count} (their branches are named as dicache.summary names them)")
         per[i].append(dict(r, branch=name))
-    for (_, _, cfg, blocks), records_i in zip(plans, per):
-        if records_i and cfg.target_speedup is None:
-            raise ValueError("budget_profiles are replayed by the compute budget: pass target_speedup=… too")
-        check_profiles(records_i, blocks, cfg)
     return per
 
 

@@ -299,6 +299,8 @@ class Budget:
         trajectory of each of their branches and step counts replays them, as a later trajectory of the process
         that measured them would."""
         records = check_profiles(records, self.M, self.config)
+        if records and self.config.target_speedup is None:
+            raise ValueError("budget_profiles are replayed by the compute budget: pass target_speedup=… too")
         if records and not self.replay:
             raise ValueError("budget_profiles: this engine decides every call online (replay_budget = False), "
                              "so it would not replay them")
