@@ -16,6 +16,8 @@ PSNR) / SSIM against the uncached output over
         --save-profiles /tmp/wan50.json                   # the budget's error profiles after the last seed, as JSON
     .venv/bin/python benchmarks/run_options.py wan_digits 50 '{"target_speedup": 2}' --seeds 0,1,2,3 \
         --budget-profiles /tmp/wan50.json                 # another process: its first call replays them
+    .venv/bin/python benchmarks/run_options.py wan_digits 50 '{"target_speedup": 2}' --seeds 0,1,2,3 \
+        --first-calls                                     # every seed a first call (the reports' online family)
 """
 
 from __future__ import annotations
@@ -87,18 +89,30 @@ def bench(model: str, steps: int, seeds, labels, weights=None):
     return fresh, measure
 
 
-def run(model: str, steps: int, option_sets, seeds, labels, weights=None, summaries=None, budget_profiles=None):
+def run(model: str, steps: int, option_sets, seeds, labels, weights=None, summaries=None, budget_profiles=None,
+        first_calls=False):
     """Each option set's run: its options, fewer flops, pooled PSNR, mean of the samples' PSNR, SSIM, the leading
     branch's pattern (first seed) and the budget's error profiles after the last seed (``dicache.summary``'s
     ``budget_profiles``). ``weights``: as :func:`bench`'s. ``summaries(seed, summary)``: called with
     ``dicache.summary`` after each seed's call (a budget's second call replays the first's errors).
-    ``budget_profiles``: passed to each ``dicache.enable`` (profiles saved from another run)."""
+    ``budget_profiles``: passed to each ``dicache.enable`` (profiles saved from another run). ``first_calls``: every
+    seed's call the first of a fresh ``dicache.enable`` (a budget keeps nothing from one seed to the next)."""
     fresh, measure = bench(model, steps, seeds, labels, weights)
     for options in option_sets:
         pipe, counter = fresh()
         dicache.enable(pipe, budget_profiles=budget_profiles, **options)
-        m = measure(pipe, counter, None if summaries is None else lambda seed: summaries(seed, dicache.summary(pipe)))
-        profiles = list(dicache.summary(pipe).budget_profiles)
+        profiles = []
+
+        def after_each(seed):
+            if summaries is not None:
+                summaries(seed, dicache.summary(pipe))
+            if first_calls:
+                profiles[:] = dicache.summary(pipe).budget_profiles
+                dicache.disable(pipe)
+                dicache.enable(pipe, budget_profiles=budget_profiles, **options)
+
+        m = measure(pipe, counter, after_each)
+        profiles = profiles if first_calls else list(dicache.summary(pipe).budget_profiles)
         dicache.disable(pipe)
         runs = m.pop("runs")
         yield dict(options=options, pattern=runs[0].pattern.get("cond") or next(iter(runs[0].pattern.values()), ""),
@@ -149,6 +163,9 @@ def main(argv=None) -> int:
                     help="write the budget's error profiles after the last seed (one option set) to FILE as JSON")
     ap.add_argument("--budget-profiles", metavar="FILE",
                     help="a JSON file of --save-profiles: passed to dicache.enable as budget_profiles")
+    ap.add_argument("--first-calls", action="store_true",
+                    help="enable again before each seed: every seed's call is a first call (with --budget-profiles if "
+                         "given); --save-profiles then writes the last seed's")
     args = ap.parse_args(argv)
     if args.steps < 2:
         ap.error("steps must be >= 2")
@@ -184,7 +201,8 @@ def main(argv=None) -> int:
         print(f"{args.model}, {args.steps} steps{Q.sampled_with(args)}, seeds {seeds}, {len(labels)} labels, "
               "on the preset")
         rows = print_rows(run(args.model, args.steps, option_sets, seeds, labels,
-                              summaries=summaries if args.summaries else None, budget_profiles=profiles))
+                              summaries=summaries if args.summaries else None, budget_profiles=profiles,
+                              first_calls=args.first_calls))
         if args.save_profiles:
             with open(args.save_profiles, "w") as f:
                 json.dump(rows[0]["budget_profiles"], f)

@@ -334,6 +334,24 @@ def test_run_options_saves_the_budget_profiles_and_another_run_replays_them(tmp_
     assert "--budget-profiles: budget_profiles" in err and "steps must be an int >= 2" in err
 
 
+def test_run_options_first_calls_makes_every_seed_a_first_call(tmp_path, capsys):
+    """``--first-calls``: each seed's call is the first of a fresh ``dicache.enable`` (the reports' online family),
+    with ``--budget-profiles`` replaying from each; ``--save-profiles`` writes the last seed's."""
+    import run_options as ro
+
+    path = tmp_path / "profiles.json"
+    argv = ["wan_digits", "10", '{"target_speedup": 2}', "--seeds", "3,4", "--labels", "0,1", "--summaries"]
+    assert ro.main(argv + ["--first-calls", "--save-profiles", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "budget: online" in out.split("seed 4: ")[1] and "budget: replay" not in out
+    assert {r["trajectories"] for r in json.loads(path.read_text())} == {1}
+    assert ro.main(argv + ["--first-calls", "--budget-profiles", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "budget: replay, δ=" in out.split("seed 4: ")[0] and "budget: replay, δ=" in out.split("seed 4: ")[1]
+    assert ro.main(argv) == 0  # without it the second seed replays the first's errors
+    assert "budget: replay, δ=" in capsys.readouterr().out.split("seed 4: ")[1]
+
+
 def test_front_reads_the_best_setting_saving_at_least_that_much():
     import quality as Q
     import quality_methods as qm
