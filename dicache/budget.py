@@ -68,28 +68,6 @@ def check_profiles(records: Any, blocks: Optional[int], config: Optional[DiCache
     return out
 
 
-def resample_profile(profile: Mapping[int, float], m: int, n: int) -> Optional[List[float]]:
-    """The per-step increments of an ``m``-step error profile as a trajectory of ``n`` steps would measure them: each
-    measured step's increment spread evenly over its share of the trajectory (step ``j`` of ``m`` covers the fraction
-    ``[j/m, (j+1)/m]``, as the scheduler's steps do at any count) and summed over each of the ``n`` steps; a step whose
-    share holds no measured one (the first: no increment is measured there) takes its nearest neighbour's. None
-    without a measured increment."""
-    density = {j: v * m for j, v in profile.items() if 0 <= j < m and math.isfinite(v) and v >= 0}
-    if not density:
-        return None
-    out: List[Optional[float]] = []
-    for k in range(n):
-        a, b = k / n, (k + 1) / n
-        total = covered = 0.0
-        for j in range(int(a * m), min(m, math.ceil(b * m))):
-            width = min(b, (j + 1) / m) - max(a, j / m)
-            if width > 0 and j in density:
-                total, covered = total + density[j] * width, covered + width
-        out.append(total / covered / n if covered > 0 else None)
-    known = [k for k, v in enumerate(out) if v is not None]
-    return [v if v is not None else out[min(known, key=lambda i: (abs(i - k), -i))] for k, v in enumerate(out)]
-
-
 def _need_steps(n: Optional[int]) -> None:
     """The compute budget is counted in calls of the trajectory: without its step count there is none."""
     if n is None:
@@ -232,7 +210,6 @@ class Budget:
         self._solved: Dict[Tuple[str, int], float] = {}  # (branch, N) -> δ of the replay, per trajectory
         self.powers: Dict[Tuple[str, int], float] = {}  # (branch, N) -> the mean span_power of the profile's runs
         self.step_sizes: Optional[List[float]] = None  # |σ_k − σ_(k+1)| of the trajectory, when the pipeline tells
-        self._shapes: Dict[Tuple[str, int, int], Optional[List[float]]] = {}  # (branch, N, M) -> :meth:`transferred`
 
     def _skip_blocks(self, branches: int) -> float:
         """Blocks a probed skip costs a branch: the probe, shared by the branches with ``cfg_decision="shared"``
@@ -284,7 +261,6 @@ class Budget:
         folded = self._folded(state)
         if folded is not None:
             key, self.profiles[key], self.powers[key], self._seen[key] = folded
-            self._shapes.clear()
 
     def _folded(self, state: BranchState) -> Optional[Tuple[Tuple[str, int], Dict[int, float], float, int]]:
         """(key, profile, span power, trajectories) of the branch's mean with the trajectory of ``state`` folded in;
@@ -334,7 +310,6 @@ class Budget:
             self.powers[key] = r["power"]
             self._seen[key] = r["trajectories"]
             self._solved.pop(key, None)
-        self._shapes.clear()
 
     def replays(self, state: BranchState, n: Optional[int]) -> bool:
         """Whether this trajectory of ``state`` is decided by the replay rule (a profile of its step count)."""
@@ -352,8 +327,7 @@ class Budget:
 
     def rule(self, state: BranchState) -> str:
         """How this trajectory of ``state`` spends the budget: ``"replay, δ=…"``, ``"online"`` (``"online, step
-        sizes"`` or ``"online, profile of M steps"`` where it predicts the errors from them: :meth:`predictor`) or
-        ``"follows"``."""
+        sizes"`` where it predicts the errors from them) or ``"follows"``."""
         delta = self._solved.get((state.name, state.num_steps))
         if delta is not None:
             return f"replay, δ={delta:.3g}"
@@ -362,8 +336,7 @@ class Budget:
             r.reason in (REUSE, REUSE_ONE, PLANNED, PREDICTED, REFRESH) for r in state.records)
         if follower:
             return "follows"
-        source = self.predictor(state, state.num_steps)[1] if state.num_steps else ""
-        return f"online, {source}" if source else "online"
+        return "online, step sizes" if state.num_steps and self.sizes_for(state.num_steps) else "online"
 
     def _replay_delta(self, state: BranchState, n: int, branches: int) -> Optional[float]:
         """δ of the replay rule for this trajectory of ``state``, or None without a profile."""
@@ -514,38 +487,13 @@ class Budget:
             return None
         return sizes
 
-    def transferred(self, state: BranchState, n: int) -> Optional[Tuple[int, List[float]]]:
-        """``(m, shape)``: the branch's error profile of the nearest other step count ``m`` (the larger of two as near)
-        resampled to ``n`` steps (:func:`resample_profile`), or None where the branch has no profile of another step
-        count. A first trajectory of ``n`` steps predicts its errors from it (:meth:`predictor`)."""
-        others = [m for name, m in self.profiles if name == state.name and m != n]
-        if not others:
-            return None
-        m = min(others, key=lambda v: (abs(v - n), -v))
-        key = (state.name, n, m)
-        if key not in self._shapes:
-            self._shapes[key] = resample_profile(self.profiles[(state.name, m)], m, n)
-        shape = self._shapes[key]
-        return None if shape is None else (m, shape)
-
-    def predictor(self, state: BranchState, n: int) -> Tuple[Optional[List[float]], str]:
-        """``(shape, source)``: what the online rule predicts the errors to come in proportion to, on a trajectory of
-        ``n`` steps of ``state``: the branch's profile of another step count resampled to ``n`` (:meth:`transferred`:
-        the errors this model measured, at the other count), else the scheduler's step sizes where it told them (a
-        model of the errors); ``(None, "")`` with neither."""
-        moved = self.transferred(state, n)
-        if moved is not None:
-            return moved[1], f"profile of {moved[0]} steps"
-        sizes = self.sizes_for(n)
-        return sizes, "step sizes" if sizes is not None else ""
-
     def _sizes_rule(self, state: BranchState, n: int) -> Optional[List[float]]:
-        """The online rule's predictor (:meth:`predictor`), where it decides call by call by it: every call probed,
-        a predictor, an error measured; else None (where runs are planned it decides by it at each run start:
+        """The step sizes, where the online rule decides call by call by them: every call probed, the sizes
+        told, an error measured; else None (where runs are planned it decides by them at each run start:
         :meth:`_online_delta`)."""
         if self.config.plans_runs(n) or state.probe_step is None or state.err_n == 0:
             return None
-        return self.predictor(state, n)[0]
+        return self.sizes_for(n)
 
     def _online_delta_probed(self, state: BranchState, step: int, n: int, branches: int) -> Optional[float]:
         """δ of the online rule where every call is probed, for the call at ``step``, when the step sizes are
@@ -673,7 +621,7 @@ class Budget:
     def _online_delta(self, state: BranchState, start: int, n: int) -> Optional[float]:
         """δ of the online rule for the run that starts at ``start`` (solved once per run), or None."""
         if state.online_delta is None or state.online_delta[0] != start:
-            profile = self.online_profile(state, start, n, self.predictor(state, n)[0])
+            profile = self.online_profile(state, start, n, self.sizes_for(n))
             if profile is None:
                 return None
             # the calls after ``start`` only: those before it are decided, the budget left is what they spend
