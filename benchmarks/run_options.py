@@ -101,18 +101,18 @@ def run(model: str, steps: int, option_sets, seeds, labels, weights=None, summar
     for options in option_sets:
         pipe, counter = fresh()
         dicache.enable(pipe, budget_profiles=budget_profiles, **options)
-        profiles = []
+        last_seeds = []  # with first_calls: the profiles of the seed just sampled (the next enable starts afresh)
 
         def after_each(seed):
             if summaries is not None:
                 summaries(seed, dicache.summary(pipe))
             if first_calls:
-                profiles[:] = dicache.summary(pipe).budget_profiles
+                last_seeds[:] = dicache.summary(pipe).budget_profiles
                 dicache.disable(pipe)
                 dicache.enable(pipe, budget_profiles=budget_profiles, **options)
 
         m = measure(pipe, counter, after_each)
-        profiles = profiles if first_calls else list(dicache.summary(pipe).budget_profiles)
+        profiles = last_seeds if first_calls else list(dicache.summary(pipe).budget_profiles)
         dicache.disable(pipe)
         runs = m.pop("runs")
         yield dict(options=options, pattern=runs[0].pattern.get("cond") or next(iter(runs[0].pattern.values()), ""),
