@@ -1311,3 +1311,41 @@ def test_every_budget_calibration_call_draws_the_calibration_seeds_noise(monkeyp
     assert Q.main(argv) == 0 and torch.is_grad_enabled()  # left as it found it
     fresh = torch.Generator("cpu").manual_seed(1000).get_state()
     assert len(states) == 2 and all(torch.equal(s, fresh) for s in states)
+
+
+def test_extrapolation_errors_sums_the_misses_of_the_line_and_the_quadratic():
+    """``benchmarks/extrapolation_errors.py``: on a trajectory quadratic in the step the quadratic misses nothing and
+    the line does; the step-weighted sums over the skipped and the computed steps, by hand on a scalar trajectory."""
+    import extrapolation_errors as xe
+
+    g = torch.Generator().manual_seed(7)
+    a, b, c = (torch.randn(2, 5, 3, generator=g) for _ in range(3))
+    quadratic = {t: a + b * t + c * t * t for t in range(11)}
+    e = xe.extrapolation_errors(quadratic, "FFF__F_F__F")
+    assert e["quad_rel"] < 1e-5 and e["line_rel"] > 1e-2
+    assert e["skipped"][-1] < 1e-3 and e["computed"][-1] < 1e-3 and e["skipped"][0] > 1e-2
+    line = {t: a + b * t for t in range(11)}
+    assert max(xe.extrapolation_errors(line, "FFF__F_F__F")["computed"]) < 1e-4
+
+    # R(t) = t²: at step 3 (skipped) the line through steps 1, 2 says 7 for 9; at step 4 (computed) 10 for 16
+    square = {t: torch.tensor([float(t * t)]) for t in range(5)}
+    e = xe.extrapolation_errors(square, "FFF_F", sizes=[1, 1, 1, 2, 3], blends=(0.0, 0.5, 1.0))
+    assert e["skipped"] == pytest.approx([4.0, 2.0, 0.0]) and e["computed"] == pytest.approx([18.0, 9.0, 0.0])
+    assert e["line_rel"] == pytest.approx(2 / 9) and e["quad_rel"] == pytest.approx(0.0)
+    assert xe.extrapolation_errors(square, "FF_FF")["line_rel"] is None  # no skip after three computed steps
+    for pattern, sizes in (("FFX_F", None), ("_FF_F", None), ("FFF_F_", None), ("FFF_F", [1, 1])):
+        with pytest.raises(ValueError):
+            xe.extrapolation_errors(square, pattern, sizes)
+
+
+def test_extrapolation_errors_records_the_uncached_trajectory(capsys):
+    """The command line: every step of one uncached run recorded, a line per pattern; bad patterns refused."""
+    import extrapolation_errors as xe
+
+    assert xe.main(["flux_digits", "8", "FFF_F__F", "FFF_F_FF", "--labels", "0,1"]) == 0
+    out = capsys.readouterr().out
+    assert "steps weighted by their size" in out and out.count("per skip: line") == 2
+    for bad in (["flux_digits", "8", "FFF_F"], ["flux_digits", "8", "_FFFFFFF"], ["flux_digits", "8", "FFF_F__F",
+                                                                                  "--ddpm-wan", "/nowhere"]):
+        with pytest.raises(SystemExit):
+            xe.main(bad)

@@ -1,0 +1,178 @@
+#!/usr/bin/env python
+"""How far the line and the quadratic through the stored residuals miss, along the uncached trajectory.
+
+The model runs uncached (one seed, every call computed), and the leading branch's deep residual ``R(t) = h − x`` is
+kept at every step. For each skip pattern given (``F`` computed, anything else skipped), every step after three
+computed ones is extrapolated from the three newest computed steps before it, as a skipped call's reconstruction is
+(γ the step distance): the line through the two newest, the quadratic through all three, and blends
+``line + w·(quadratic − line)``. It prints, per pattern:
+
+* the mean relative error ``‖pred − R‖ / ‖R‖`` of the line and of the quadratic over the skipped steps;
+* the norm of the signed errors summed over the skipped steps, each weighted by its step size ``|σ_k − σ_(k+1)|``
+  (where the pipeline's scheduler tells them, else 1): to first order, what the sampler adds up into the output;
+* the same sum over the computed steps after the first three, where a cache has the residual it would have missed.
+
+No feedback: every extrapolation is of the uncached trajectory's own residuals, so the rows compare the
+reconstructions, not the calls a cache would make after its own skips (``fixed_patterns.py`` runs those).
+
+    .venv/bin/python benchmarks/extrapolation_errors.py flux_digits 50 FFF_F__F__F__F__F__F__F__F__F__F__F__F__F__F__F_FF
+    .venv/bin/python benchmarks/extrapolation_errors.py wan_digits 50 FFF_F__F --ddpm-wan /tmp/x/wan_v   # the DDIM variant
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+import warnings
+from typing import Dict, List, Optional, Sequence
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, _HERE)
+sys.path.insert(1, os.path.dirname(_HERE))
+
+import torch  # noqa: E402
+
+from dicache.engine import DiCacheEngine  # noqa: E402
+from dicache.ops.reference import lagrange_weights  # noqa: E402
+
+#: the blends of the quadratic against the line the sums are printed for (0: the line, 1: the quadratic)
+BLENDS = (0.0, 0.5, 1.0)
+
+
+class RecordingEngine(DiCacheEngine):
+    """Computes every call (δ = 0) and keeps each branch's deep residual per step, and the step sizes told."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.residuals: Dict[str, Dict[int, torch.Tensor]] = {}
+        self.sizes: Optional[List[float]] = None
+
+    def set_step_sizes(self, sizes):
+        super().set_step_sizes(sizes)
+        self.sizes = None if sizes is None else [float(v) for v in sizes]
+
+    def after_full(self, h):
+        self.residuals.setdefault(self._cur.name, {})[self._cur_step] = (h.float() - self._x.float()).cpu()
+        super().after_full(h)
+
+
+def extrapolation_errors(residuals: Dict[int, torch.Tensor], pattern: str, sizes: Optional[Sequence[float]] = None,
+                         blends: Sequence[float] = BLENDS) -> dict:
+    """The misses of the extrapolations of ``residuals`` (step → tensor, every step of ``pattern``) at the steps of
+    ``pattern``: ``line_rel`` / ``quad_rel``, the mean relative error over the skipped steps (None where none has
+    three computed steps before it); ``skipped`` / ``computed``, the norm of the step-weighted signed errors summed
+    over the skipped steps / over the computed steps after the first three, one per blend ``w`` (``line + w·(quadratic
+    − line)``). ``sizes``: per step (None: 1 each)."""
+    if set(pattern) - set("F._") or not pattern.startswith("F"):
+        raise ValueError(f"a pattern is made of F, '.' and '_' and starts with F, got {pattern!r}")
+    missing = [k for k in range(len(pattern)) if k not in residuals]
+    if missing:
+        raise ValueError(f"no residual at steps {missing[:5]}{'…' if len(missing) > 5 else ''}")
+    if sizes is not None and len(sizes) < len(pattern):
+        raise ValueError(f"sizes: one per step, {len(pattern)}, got {len(sizes)}")
+    computed: List[int] = []
+    rel: Dict[str, List[float]] = {"line": [], "quad": []}
+    sums = {kind: [torch.zeros(()) for _ in blends] for kind in ("skipped", "computed")}
+    for t, c in enumerate(pattern):
+        if len(computed) >= 3:
+            t0, t1, t2 = computed[-3:]
+            r0, r1, r2, r = residuals[t0], residuals[t1], residuals[t2], residuals[t]
+            g = (t - t1) / (t2 - t1)
+            c0, c2 = lagrange_weights(g, t0, t1, t2)
+            line = r1 + g * (r2 - r1)
+            quad = c0 * r0 + (1 - c0 - c2) * r1 + c2 * r2
+            weight = 1.0 if sizes is None else float(sizes[t])
+            kind = "computed" if c == "F" else "skipped"
+            for i, w in enumerate(blends):
+                sums[kind][i] = sums[kind][i] + weight * (line + w * (quad - line) - r)
+            if c != "F":
+                norm = float(r.norm())
+                rel["line"].append(float((line - r).norm()) / norm)
+                rel["quad"].append(float((quad - r).norm()) / norm)
+        if c == "F":
+            computed.append(t)
+    mean = lambda v: sum(v) / len(v) if v else None  # noqa: E731
+    return dict(line_rel=mean(rel["line"]), quad_rel=mean(rel["quad"]),
+                skipped=[float(s.norm()) for s in sums["skipped"]], computed=[float(s.norm()) for s in sums["computed"]])
+
+
+def record(model: str, steps: int, seed: int, labels: Sequence[int], weights: Optional[str] = None):
+    """The leading branch's deep residual at every step of one uncached run, and its step sizes (None: untold)."""
+    import dicache
+    import run_options as ro
+
+    fresh, measure = ro.bench(model, steps, [seed], labels, weights)
+    pipe, counter = fresh()
+    engines: List[RecordingEngine] = []
+
+    def factory(config, num_blocks, backend):
+        engines.append(RecordingEngine(config, num_blocks, backend))
+        return engines[-1]
+
+    dicache.enable(pipe, threshold=0.0, engine_factory=factory)
+    measure(pipe, counter)
+    dicache.disable(pipe)
+    eng = engines[0]
+    branch = next(iter(eng.residuals))  # the first branch to run: the one that leads each step
+    return eng.residuals[branch], eng.sizes
+
+
+def main(argv=None) -> int:
+    from dicache import zoo
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("model", choices=zoo.NAMES)
+    ap.add_argument("steps", type=int)
+    ap.add_argument("patterns", nargs="+", help="skip patterns, one character per step (F computed)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--labels", default="0-9")
+    ap.add_argument("--weights", help="a directory of scripts/train_zoo.py --out instead of the shipped weights")
+    ap.add_argument("--ddpm-wan", metavar="DIR",
+                    help="wan_digits only: the DDIM variant trained by benchmarks/ddpm_wan.py train --dir DIR")
+    ap.add_argument("--unweighted", action="store_true", help="weight every step 1, not by its step size")
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args(argv)
+    if args.steps < 4:
+        ap.error("steps must be >= 4")
+    bad = [p for p in args.patterns if len(p) != args.steps or set(p) - set("F._") or not p.startswith("F")]
+    if bad:
+        ap.error(f"each pattern: {args.steps} characters of F, '.' and '_', starting with F; got {bad}")
+    if args.ddpm_wan and (args.model != "wan_digits" or args.weights):
+        ap.error("--ddpm-wan runs wan_digits on its own weights (no --weights)")
+    import quality as Q
+
+    warnings.filterwarnings("ignore")
+    from diffusers.utils import logging as dlog
+
+    dlog.set_verbosity_error()
+    dlog.disable_progress_bar()
+    torch.set_num_threads(args.threads)
+    torch.set_grad_enabled(False)
+    ctx = contextlib.nullcontext()
+    if args.ddpm_wan:
+        import ddpm_wan
+
+        ctx = ddpm_wan.ddpm_variant()
+    with ctx:
+        residuals, sizes = record(args.model, args.steps, args.seed, Q._int_list(args.labels),
+                                  args.ddpm_wan or args.weights)
+    if args.unweighted or sizes is None or not any(sizes):
+        sizes = None
+    blends = " / ".join(f"{w:g}" for w in BLENDS)
+    print(f"{args.model}{' (DDIM variant)' if args.ddpm_wan else ''}, {args.steps} steps, seed {args.seed}; "
+          f"steps weighted by {'their size' if sizes else '1'}; sums for w = {blends}")
+    for p in args.patterns:
+        e = extrapolation_errors(residuals, p, sizes)
+        if e["line_rel"] is None:
+            print(f"{p}  no skip after three computed steps")
+            continue
+        print(f"{p}  per skip: line {e['line_rel']:.4f} quad {e['quad_rel']:.4f}   summed at the skips: "
+              + " / ".join(f"{v:.4g}" for v in e["skipped"]) + "   at the computed calls: "
+              + " / ".join(f"{v:.4g}" for v in e["computed"]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
