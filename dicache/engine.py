@@ -35,10 +35,6 @@ _POLICY = {"global": reference.POLICY_GLOBAL, "max": reference.POLICY_MAX}
 _ERROR = {"probe": reference.ERROR_PROBE, "probe_minus_input": reference.ERROR_PROBE_MINUS_INPUT}
 
 
-import os as _os
-_HINDSIGHT = _os.environ.get("DICACHE_HINDSIGHT") == "1"
-
-
 class DiCacheEngine:
     """The per-model cache: one :class:`BranchState` per branch name.
 
@@ -509,27 +505,12 @@ class DiCacheEngine:
                        stride, self._policy)
         return c0, c2
 
-    def _fit_hindsight(self, state: BranchState, h: torch.Tensor) -> None:
-        s0, s1, s2 = state.newest(3), state.newest(2), state.newest(1)
-        t0, t1, t2 = (state.slot_step[i] for i in (s0, s1, s2))
-        if not t0 < t1 < t2 < self._cur_step:
-            return
-        x = self._x
-        g = torch.full_like(state.gamma, (self._cur_step - t1) / (t2 - t1))
-        w, c0, c2 = (torch.empty_like(state.gamma) for _ in range(3))
-        stride = max(1, -(-x.shape[1] // ORDER_TOKENS)) if x.dim() >= 2 else 1
-        self.backend_for(x.device).quad_blend(g, w, c0, c2, float(t0), float(t1), float(t2), h, x,
-                                              state.R[s0], state.R[s1], state.R[s2], stride, self._policy)
-        state.hind_weight = w
-
     def _whole_quadratic(self, state: BranchState) -> Optional[torch.Tensor]:
         """The quadratic's weight where the step is known exactly: 1 (whole), or None (the line through the two
         newest) where the three entries' spacings are unbalanced (``quad_balance``)."""
         if state.n_stored >= 3 and not balanced(*(state.slot_step[state.newest(i)] for i in (3, 2, 1)),
                                                 self.config.quad_balance_at(self.flow_matching)):
             return None
-        if _HINDSIGHT and getattr(state, "hind_weight", None) is not None:
-            return state.hind_weight
         return torch.ones_like(state.gamma)
 
     def _fit_quad_weight(self, state: BranchState, p: torch.Tensor, x: torch.Tensor
@@ -604,8 +585,6 @@ class DiCacheEngine:
         if state is None or self._x is None:
             raise RuntimeError("after_full() called outside a computed call")
         ops = self.backend_for(h.device)
-        if _HINDSIGHT and self.config.alignment_order == "auto" and state.n_stored >= 3 and self._gamma_from_steps():
-            self._fit_hindsight(state, h)
         slot = state.next_slot()
         other = state.P[state.newest()] if state.n_stored >= 1 else None
         # p_prev holds a copy of this call's probe output (written by probe_decide or the forced path).

@@ -123,7 +123,6 @@ class BranchState:
         self.slot_step = {}
         self.has_prev = False
         self.quad_weight = None
-        self.hind_weight = None
         self.O, self.o_slots, self.o_zero = None, set(), None
 
     def next_slot(self) -> int:
