@@ -35,12 +35,6 @@ _POLICY = {"global": reference.POLICY_GLOBAL, "max": reference.POLICY_MAX}
 _ERROR = {"probe": reference.ERROR_PROBE, "probe_minus_input": reference.ERROR_PROBE_MINUS_INPUT}
 
 
-import os as _os
-_HINDSIGHT = _os.environ.get("DICACHE_HINDSIGHT") == "1"
-_HW_SIZES = _os.environ.get("DICACHE_HW_SIZES", "1") == "1"
-_HW_LOG = _os.environ.get("DICACHE_HW_LOG") == "1"
-
-
 class DiCacheEngine:
     """The per-model cache: one :class:`BranchState` per branch name.
 
@@ -511,47 +505,12 @@ class DiCacheEngine:
                        stride, self._policy)
         return c0, c2
 
-    def _fit_hindsight(self, state: BranchState, h: torch.Tensor) -> None:
-        s0, s1, s2 = state.newest(3), state.newest(2), state.newest(1)
-        t0, t1, t2 = (state.slot_step[i] for i in (s0, s1, s2))
-        t = self._cur_step
-        if not t0 < t1 < t2 < t:
-            return
-        x = self._x
-        stride = max(1, -(-x.shape[1] // ORDER_TOKENS)) if x.dim() >= 2 else 1
-        sub = lambda v: v[:, ::stride].float() if v.dim() >= 2 else v.float()
-        r0, r1, r2, rt = sub(state.R[s0]), sub(state.R[s1]), sub(state.R[s2]), sub(h) - sub(x)
-        g = (t - t1) / (t2 - t1)
-        tau = t
-        c0 = (tau - t1) * (tau - t2) / ((t0 - t1) * (t0 - t2))
-        c1 = (tau - t0) * (tau - t2) / ((t1 - t0) * (t1 - t2))
-        c2 = (tau - t0) * (tau - t1) / ((t2 - t0) * (t2 - t1))
-        line = r1 + g * (r2 - r1)
-        quad = c0 * r0 + c1 * r1 + c2 * r2
-        sizes = self._budget.step_sizes
-        wt = float(sizes[t]) if (_HW_SIZES and sizes is not None and t < len(sizes)) else 1.0
-        if state.hind_sums is None or state.hind_sums[0].shape != line.shape:
-            state.hind_sums = [torch.zeros_like(line), torch.zeros_like(line)]
-        state.hind_sums[0].add_(line - rt, alpha=wt)
-        state.hind_sums[1].add_(quad - line, alpha=wt)
-        sl, sb = state.hind_sums
-        B = sl.shape[0]
-        num, den = -(sl * sb).reshape(B, -1).sum(1), (sb * sb).reshape(B, -1).sum(1)
-        if self._policy == reference.POLICY_GLOBAL:
-            num, den = num.sum().expand_as(num), den.sum().expand_as(den)
-        w = torch.where(den > 0, num / torch.where(den > 0, den, torch.ones_like(den)), torch.zeros_like(den))
-        state.hind_weight = torch.nan_to_num(w, nan=0.0).clamp(0.0, 1.0).contiguous()
-        if _HW_LOG:
-            print("HW", state.name, t, round(float(state.hind_weight[0]), 3))
-
     def _whole_quadratic(self, state: BranchState) -> Optional[torch.Tensor]:
         """The quadratic's weight where the step is known exactly: 1 (whole), or None (the line through the two
         newest) where the three entries' spacings are unbalanced (``quad_balance``)."""
         if state.n_stored >= 3 and not balanced(*(state.slot_step[state.newest(i)] for i in (3, 2, 1)),
                                                 self.config.quad_balance_at(self.flow_matching)):
             return None
-        if _HINDSIGHT and state.hind_weight is not None and state.hind_weight.shape == state.gamma.shape:
-            return state.hind_weight
         return torch.ones_like(state.gamma)
 
     def _fit_quad_weight(self, state: BranchState, p: torch.Tensor, x: torch.Tensor
@@ -626,8 +585,6 @@ class DiCacheEngine:
         if state is None or self._x is None:
             raise RuntimeError("after_full() called outside a computed call")
         ops = self.backend_for(h.device)
-        if _HINDSIGHT and self.config.alignment_order == "auto" and state.n_stored >= 3 and self._gamma_from_steps():
-            self._fit_hindsight(state, h)
         slot = state.next_slot()
         other = state.P[state.newest()] if state.n_stored >= 1 else None
         # p_prev holds a copy of this call's probe output (written by probe_decide or the forced path).

@@ -85,8 +85,6 @@ class BranchState:
         # alignment_order="auto": the weight w ([B] fp32, on the device) of the quadratic against the line that
         # the last probe fitted (None: the line)
         self.quad_weight: Optional[torch.Tensor] = None
-        self.hind_weight = None
-        self.hind_sums = None
         self.records: List[CallRecord] = []
         self.shape: Optional[Tuple[torch.Size, torch.dtype, torch.device]] = None
         self.ring: List[int] = []  # slot indices of the stored entries, oldest first (R[-1] is R[ring[-1]])
@@ -125,8 +123,6 @@ class BranchState:
         self.slot_step = {}
         self.has_prev = False
         self.quad_weight = None
-        self.hind_weight = None
-        self.hind_sums = None
         self.O, self.o_slots, self.o_zero = None, set(), None
 
     def next_slot(self) -> int:
