@@ -148,16 +148,19 @@ def main(argv=None) -> int:
 
     dlog.set_verbosity_error()
     dlog.disable_progress_bar()
-    torch.set_num_threads(args.threads)
-    torch.set_grad_enabled(False)
     ctx = contextlib.nullcontext()
     if args.ddpm_wan:
         import ddpm_wan
 
         ctx = ddpm_wan.ddpm_variant()
-    with ctx:
-        residuals, sizes = record(args.model, args.steps, args.seed, Q._int_list(args.labels),
-                                  args.ddpm_wan or args.weights)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
+    try:
+        with ctx, torch.no_grad():
+            residuals, sizes = record(args.model, args.steps, args.seed, Q._int_list(args.labels),
+                                      args.ddpm_wan or args.weights)
+    finally:
+        torch.set_num_threads(threads)  # (a caller's settings, as a test's, stay as they were)
     if args.unweighted or sizes is None or not any(sizes):
         sizes = None
     blends = " / ".join(f"{w:g}" for w in BLENDS)

@@ -1342,7 +1342,9 @@ def test_extrapolation_errors_records_the_uncached_trajectory(capsys):
     """The command line: every step of one uncached run recorded, a line per pattern; bad patterns refused."""
     import extrapolation_errors as xe
 
-    assert xe.main(["flux_digits", "8", "FFF_F__F", "FFF_F_FF", "--labels", "0,1"]) == 0
+    threads = torch.get_num_threads()
+    assert xe.main(["flux_digits", "8", "FFF_F__F", "FFF_F_FF", "--labels", "0,1", "--threads", "1"]) == 0
+    assert torch.is_grad_enabled() and torch.get_num_threads() == threads  # left as they were
     out = capsys.readouterr().out
     assert "steps weighted by their size" in out and out.count("per skip: line") == 2
     for bad in (["flux_digits", "8", "FFF_F"], ["flux_digits", "8", "_FFFFFFF"], ["flux_digits", "8", "FFF_F__F",
