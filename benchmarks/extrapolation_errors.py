@@ -12,11 +12,14 @@ computed ones is extrapolated from the three newest computed steps before it, as
   (where the pipeline's scheduler tells them, else 1): to first order, what the sampler adds up into the output;
 * the same sum over the computed steps after the first three, where a cache has the residual it would have missed.
 
+A pattern shorter than the step count is repeated (as ``fixed_patterns.py`` does).
+
 No feedback: every extrapolation is of the uncached trajectory's own residuals, so the rows compare the
 reconstructions, not the calls a cache would make after its own skips (``fixed_patterns.py`` runs those).
 
-    .venv/bin/python benchmarks/extrapolation_errors.py flux_digits 50 FFF_F__F__F__F__F__F__F__F__F__F__F__F__F__F__F_FF
-    .venv/bin/python benchmarks/extrapolation_errors.py wan_digits 50 FFF_F__F --ddpm-wan /tmp/x/wan_v   # the DDIM variant
+    .venv/bin/python benchmarks/extrapolation_errors.py flux_digits 50 FFF_F__F___F FF_F_F   # repeated to 50 steps
+    .venv/bin/python benchmarks/extrapolation_errors.py wan_digits 50 FFF_F__F --ddpm-wan DIR  # the DDIM variant,
+                                                          # trained by benchmarks/ddpm_wan.py train --dir DIR
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ import torch  # noqa: E402
 
 from dicache.engine import DiCacheEngine  # noqa: E402
 from dicache.ops.reference import lagrange_weights  # noqa: E402
+from fixed_patterns import check_pattern  # noqa: E402
 
 #: the blends of the quadratic against the line the sums are printed for (0: the line, 1: the quadratic)
 BLENDS = (0.0, 0.5, 1.0)
@@ -65,8 +69,7 @@ def extrapolation_errors(residuals: Dict[int, torch.Tensor], pattern: str, sizes
     three computed steps before it); ``skipped`` / ``computed``, the norm of the step-weighted signed errors summed
     over the skipped steps / over the computed steps after the first three, one per blend ``w`` (``line + w·(quadratic
     − line)``). ``sizes``: per step (None: 1 each)."""
-    if set(pattern) - set("F._") or not pattern.startswith("F"):
-        raise ValueError(f"a pattern is made of F, '.' and '_' and starts with F, got {pattern!r}")
+    check_pattern(pattern, len(pattern))
     missing = [k for k in range(len(pattern)) if k not in residuals]
     if missing:
         raise ValueError(f"no residual at steps {missing[:5]}{'…' if len(missing) > 5 else ''}")
@@ -94,8 +97,8 @@ def extrapolation_errors(residuals: Dict[int, torch.Tensor], pattern: str, sizes
         if c == "F":
             computed.append(t)
     mean = lambda v: sum(v) / len(v) if v else None  # noqa: E731
-    return dict(line_rel=mean(rel["line"]), quad_rel=mean(rel["quad"]),
-                skipped=[float(s.norm()) for s in sums["skipped"]], computed=[float(s.norm()) for s in sums["computed"]])
+    norms = {kind: [float(s.norm()) for s in sums[kind]] for kind in sums}
+    return dict(line_rel=mean(rel["line"]), quad_rel=mean(rel["quad"]), **norms)
 
 
 def record(model: str, steps: int, seed: int, labels: Sequence[int], weights: Optional[str] = None):
@@ -136,9 +139,10 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.steps < 4:
         ap.error("steps must be >= 4")
-    bad = [p for p in args.patterns if len(p) != args.steps or set(p) - set("F._") or not p.startswith("F")]
-    if bad:
-        ap.error(f"each pattern: {args.steps} characters of F, '.' and '_', starting with F; got {bad}")
+    try:
+        patterns = [check_pattern(p, args.steps) for p in args.patterns]
+    except ValueError as e:
+        ap.error(str(e))
     if args.ddpm_wan and (args.model != "wan_digits" or args.weights):
         ap.error("--ddpm-wan runs wan_digits on its own weights (no --weights)")
     import quality as Q
@@ -166,7 +170,7 @@ def main(argv=None) -> int:
     blends = " / ".join(f"{w:g}" for w in BLENDS)
     print(f"{args.model}{' (DDIM variant)' if args.ddpm_wan else ''}, {args.steps} steps, seed {args.seed}; "
           f"steps weighted by {'their size' if sizes else '1'}; sums for w = {blends}")
-    for p in args.patterns:
+    for p in patterns:
         e = extrapolation_errors(residuals, p, sizes)
         if e["line_rel"] is None:
             print(f"{p}  no skip after three computed steps")

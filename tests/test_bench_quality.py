@@ -1347,7 +1347,9 @@ def test_extrapolation_errors_records_the_uncached_trajectory(capsys):
     assert torch.is_grad_enabled() and torch.get_num_threads() == threads  # left as they were
     out = capsys.readouterr().out
     assert "steps weighted by their size" in out and out.count("per skip: line") == 2
-    for bad in (["flux_digits", "8", "FFF_F"], ["flux_digits", "8", "_FFFFFFF"], ["flux_digits", "8", "FFF_F__F",
-                                                                                  "--ddpm-wan", "/nowhere"]):
+    assert xe.main(["flux_digits", "8", "FFF_", "--labels", "0"]) == 0  # repeated: FFF_FFF_
+    assert "FFF_FFF_  per skip" in capsys.readouterr().out
+    for bad in (["flux_digits", "8", "FFX_F"], ["flux_digits", "8", "_FFFFFFF"], ["flux_digits", "3", "FFF"],
+                ["flux_digits", "8", "FFF_F__F", "--ddpm-wan", "/nowhere"]):
         with pytest.raises(SystemExit):
             xe.main(bad)
