@@ -17,7 +17,6 @@ spends its computed calls, :mod:`dicache.budget`.
 from __future__ import annotations
 
 import math
-import os
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
@@ -31,9 +30,6 @@ from .state import (CAP, FOLLOW, LAST_STEP, PLANNED, PREDICTED, REACH, REFRESH, 
 
 #: alignment_order="auto" fits the quadratic's weight on at most about this many tokens.
 ORDER_TOKENS = 512
-
-_HC = os.environ.get("DICACHE_HC", "")
-_HC_SCALE = float(os.environ.get("DICACHE_HC_SCALE", "1"))
 
 _POLICY = {"global": reference.POLICY_GLOBAL, "max": reference.POLICY_MAX}
 _ERROR = {"probe": reference.ERROR_PROBE, "probe_minus_input": reference.ERROR_PROBE_MINUS_INPUT}
@@ -340,41 +336,7 @@ class DiCacheEngine:
         state.run += 1
         self._cur = None
         h, self._h = self._h, None
-        if h is None and _HC and self._x is not None and state.n_stored >= 2:
-            sizes = self._budget.sizes_for(self._num_steps) if self._num_steps is not None else None
-            wk = sizes[self._cur_step] if sizes else 1.0
-            r = (state.out.float() - self._x.float()).mul_(wk)
-            if getattr(state, "hc_sum", None) is None or state.hc_sum.shape != r.shape:
-                state.hc_sum, state.hc_steps = r, []
-            else:
-                state.hc_sum.add_(r)
-            state.hc_steps.append((self._cur_step, wk))
         return state.out if h is None else h
-
-    def _hindsight(self, state: BranchState, h: torch.Tensor) -> Optional[torch.Tensor]:
-        steps, total = getattr(state, "hc_steps", None), getattr(state, "hc_sum", None)
-        state.hc_steps, state.hc_sum = [], None
-        if not steps or total is None or state.n_stored < 2 or total.shape != h.shape:
-            return None
-        n = self._cur_step
-        s2, s1 = state.newest(1), state.newest(2)
-        t2, t1 = state.slot_step[s2], state.slot_step[s1]
-        sizes = self._budget.sizes_for(self._num_steps) if self._num_steps is not None else None
-        wn = sizes[n] if sizes else 1.0
-        if not wn > 0 or not t1 < t2 < n:
-            return None
-        a1 = a2 = an = 0.0
-        for k, wk in steps:
-            if _HC == "quad":
-                l1 = (k - t2) * (k - n) / ((t1 - t2) * (t1 - n))
-                l2 = (k - t1) * (k - n) / ((t2 - t1) * (t2 - n))
-                ln = (k - t1) * (k - t2) / ((n - t1) * (n - t2))
-            else:
-                l1, l2, ln = 0.0, (n - k) / (n - t2), (k - t2) / (n - t2)
-            a1, a2, an = a1 + wk * l1, a2 + wk * l2, an + wk * ln
-        x = self._x.float()
-        c = state.R[s1].float() * a1 + state.R[s2].float() * a2 + (h.float() - x) * an - total
-        return c.mul_(_HC_SCALE / wn)
 
     @torch.no_grad()
     def after_probe(self, x: torch.Tensor, p: torch.Tensor) -> Optional[torch.Tensor]:
@@ -623,14 +585,11 @@ class DiCacheEngine:
         if state is None or self._x is None:
             raise RuntimeError("after_full() called outside a computed call")
         ops = self.backend_for(h.device)
-        corr = self._hindsight(state, h) if _HC else None
         slot = state.next_slot()
         other = state.P[state.newest()] if state.n_stored >= 1 else None
         # p_prev holds a copy of this call's probe output (written by probe_decide or the forced path).
         ops.refresh(h, state.p_prev, self._x, state.R[slot], state.P[slot], other, state.den, state.acc)
         state.store(slot, self._cur_step)
-        if corr is not None:
-            h.add_(corr.to(h.dtype))
         if self.config.reconstructs_output(self._num_steps, self.flow_matching):
             self._out_store = (state, slot)
         state.last_run, state.shorten_to = next_shortening(state.last_run, state.shorten_to, state.run)
