@@ -17,7 +17,6 @@ spends its computed calls, :mod:`dicache.budget`.
 from __future__ import annotations
 
 import math
-import os
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
@@ -31,9 +30,6 @@ from .state import (CAP, FOLLOW, LAST_STEP, PLANNED, PREDICTED, REACH, REFRESH, 
 
 #: alignment_order="auto" fits the quadratic's weight on at most about this many tokens.
 ORDER_TOKENS = 512
-
-_HC = os.environ.get("DICACHE_HC", "")
-_HC_SCALE = float(os.environ.get("DICACHE_HC_SCALE", "1"))
 
 _POLICY = {"global": reference.POLICY_GLOBAL, "max": reference.POLICY_MAX}
 _ERROR = {"probe": reference.ERROR_PROBE, "probe_minus_input": reference.ERROR_PROBE_MINUS_INPUT}
@@ -340,41 +336,7 @@ class DiCacheEngine:
         state.run += 1
         self._cur = None
         h, self._h = self._h, None
-        if h is None and _HC and self._x is not None and state.n_stored >= 2:
-            sizes = self._budget.sizes_for(self._num_steps) if self._num_steps is not None else None
-            wk = sizes[self._cur_step] if sizes else 1.0
-            r = (state.out.float() - self._x.float()).mul_(wk)
-            if getattr(state, "hc_sum", None) is None or state.hc_sum.shape != r.shape:
-                state.hc_sum, state.hc_steps = r, []
-            else:
-                state.hc_sum.add_(r)
-            state.hc_steps.append((self._cur_step, wk))
         return state.out if h is None else h
-
-    def _hindsight(self, state: BranchState, h: torch.Tensor) -> Optional[torch.Tensor]:
-        steps, total = getattr(state, "hc_steps", None), getattr(state, "hc_sum", None)
-        state.hc_steps, state.hc_sum = [], None
-        if not steps or total is None or state.n_stored < 2 or total.shape != h.shape:
-            return None
-        n = self._cur_step
-        s2, s1 = state.newest(1), state.newest(2)
-        t2, t1 = state.slot_step[s2], state.slot_step[s1]
-        sizes = self._budget.sizes_for(self._num_steps) if self._num_steps is not None else None
-        wn = sizes[n] if sizes else 1.0
-        if not wn > 0 or not t1 < t2 < n:
-            return None
-        a1 = a2 = an = 0.0
-        for k, wk in steps:
-            if _HC == "quad":
-                l1 = (k - t2) * (k - n) / ((t1 - t2) * (t1 - n))
-                l2 = (k - t1) * (k - n) / ((t2 - t1) * (t2 - n))
-                ln = (k - t1) * (k - t2) / ((n - t1) * (n - t2))
-            else:
-                l1, l2, ln = 0.0, (n - k) / (n - t2), (k - t2) / (n - t2)
-            a1, a2, an = a1 + wk * l1, a2 + wk * l2, an + wk * ln
-        x = self._x.float()
-        c = state.R[s1].float() * a1 + state.R[s2].float() * a2 + (h.float() - x) * an - total
-        return c.mul_(_HC_SCALE / wn)
 
     @torch.no_grad()
     def after_probe(self, x: torch.Tensor, p: torch.Tensor) -> Optional[torch.Tensor]:
@@ -496,15 +458,6 @@ class DiCacheEngine:
         self.backend_for(out.device).reconstruct(state.o_zero, state.O[s2], state.O[s1], c2, out,
                                                  None if s0 is None else state.O[s0], c0)
         state.outputs_rebuilt += 1
-        if _HC:
-            k = state.records[-1].index
-            sizes = self._budget.sizes_for(state.num_steps) if state.num_steps is not None else None
-            wk = sizes[k] if sizes else 1.0
-            if getattr(state, "hco_sum", None) is None or state.hco_sum.shape != out.shape:
-                state.hco_sum, state.hco_steps = out.float() * wk, []
-            else:
-                state.hco_sum.add_(out.float(), alpha=wk)
-            state.hco_steps.append((k, wk))
         return out
 
     @torch.no_grad()
@@ -514,33 +467,6 @@ class DiCacheEngine:
         pending, self._out_store = self._out_store, None
         if pending is not None:
             pending[0].store_output(pending[1], o)
-            if _HC:
-                self._hindsight_output(pending[0], o)
-
-    def _hindsight_output(self, state: BranchState, o: torch.Tensor) -> None:
-        steps, total = getattr(state, "hco_steps", None), getattr(state, "hco_sum", None)
-        state.hco_steps, state.hco_sum = [], None
-        if not steps or total is None or state.n_stored < 3 or total.shape != o.shape:
-            return
-        sn, s2, s1 = state.newest(1), state.newest(2), state.newest(3)
-        if not {s1, s2} <= state.o_slots:
-            return
-        n, t2, t1 = state.slot_step[sn], state.slot_step[s2], state.slot_step[s1]
-        sizes = self._budget.sizes_for(state.num_steps) if state.num_steps is not None else None
-        wn = sizes[n] if sizes else 1.0
-        if not wn > 0 or not t1 < t2 < n:
-            return
-        a1 = a2 = an = 0.0
-        for k, wk in steps:
-            if _HC == "quad":
-                l1 = (k - t2) * (k - n) / ((t1 - t2) * (t1 - n))
-                l2 = (k - t1) * (k - n) / ((t2 - t1) * (t2 - n))
-                ln = (k - t1) * (k - t2) / ((n - t1) * (n - t2))
-            else:
-                l1, l2, ln = 0.0, (n - k) / (n - t2), (k - t2) / (n - t2)
-            a1, a2, an = a1 + wk * l1, a2 + wk * l2, an + wk * ln
-        c = state.O[s1].float() * a1 + state.O[s2].float() * a2 + o.float() * an - total
-        o.add_(c.mul_(_HC_SCALE / wn).to(o.dtype))
 
     def _gamma_from_steps(self) -> bool:
         """Whether γ is the step distance in this call (``gamma_source`` ``"steps"``, or ``"auto"`` on a
@@ -659,14 +585,11 @@ class DiCacheEngine:
         if state is None or self._x is None:
             raise RuntimeError("after_full() called outside a computed call")
         ops = self.backend_for(h.device)
-        corr = self._hindsight(state, h) if _HC else None
         slot = state.next_slot()
         other = state.P[state.newest()] if state.n_stored >= 1 else None
         # p_prev holds a copy of this call's probe output (written by probe_decide or the forced path).
         ops.refresh(h, state.p_prev, self._x, state.R[slot], state.P[slot], other, state.den, state.acc)
         state.store(slot, self._cur_step)
-        if corr is not None:
-            h.add_(corr.to(h.dtype))
         if self.config.reconstructs_output(self._num_steps, self.flow_matching):
             self._out_store = (state, slot)
         state.last_run, state.shorten_to = next_shortening(state.last_run, state.shorten_to, state.run)
