@@ -1336,6 +1336,51 @@ def test_extrapolation_errors_sums_the_misses_of_the_line_and_the_quadratic():
     for pattern, sizes in (("FFX_F", None), ("_FF_F", None), ("FFF_F_", None), ("FFF_F", [1, 1])):
         with pytest.raises(ValueError):
             xe.extrapolation_errors(square, pattern, sizes)
+    for positions in ([0, 1, 2], [0, 1, 1, 2, 3]):
+        with pytest.raises(ValueError, match="positions"):
+            xe.extrapolation_errors(square, "FFF_F", positions=positions)
+
+
+def test_extrapolation_errors_in_hindsight_and_along_the_sigmas():
+    """The hindsight sum interpolates each run between the two computed steps before it and the one after it (by hand
+    on t³); positions move the polynomials off the step index (an affine change of them moves nothing)."""
+    import extrapolation_errors as xe
+
+    # R(t) = t³, step 3 skipped: in hindsight the quadratic through steps 1, 2, 4 says 29 for 27, weighted by step 3's 2
+    cube = {t: torch.tensor([float(t ** 3)]) for t in range(5)}
+    e = xe.extrapolation_errors(cube, "FFF_F", sizes=[1, 1, 1, 2, 3])
+    assert e["hindsight"] == pytest.approx(4.0)
+    assert e["skipped"][-1] == pytest.approx(2 * 6.0)  # the quadratic through steps 0, 1, 2 says 21 at step 3
+    g = torch.Generator().manual_seed(3)
+    a, b, c = (torch.randn(4, 6, generator=g) for _ in range(3))
+    quadratic = {t: a + b * t + c * t * t for t in range(12)}
+    assert xe.extrapolation_errors(quadratic, "FFF__F_F___F")["hindsight"] < 1e-3
+    assert xe.extrapolation_errors(quadratic, "FFF_FFFFFFFF")["hindsight"] < 1e-3  # (runs of one only)
+    noisy = {t: v + 0.05 * torch.randn(4, 6, generator=g) for t, v in quadratic.items()}
+    plain = xe.extrapolation_errors(noisy, "FFF__F_F___F")
+    moved = xe.extrapolation_errors(noisy, "FFF__F_F___F", positions=[3 + 0.5 * t for t in range(12)])
+    for key in ("line_rel", "quad_rel", "hindsight"):
+        assert moved[key] == pytest.approx(plain[key], rel=1e-4)
+    # linear in the positions, not in the steps: the line along them misses nothing, the line along the steps does
+    u = [0, 1, 3, 4, 7, 8, 9, 12]
+    along = {t: a + b * u[t] for t in range(8)}
+    assert xe.extrapolation_errors(along, "FFF__F_F", positions=u)["skipped"][0] < 1e-4
+    assert xe.extrapolation_errors(along, "FFF__F_F")["skipped"][0] > 1e-2
+
+
+def test_jitter_tells_white_noise_from_a_smooth_residual():
+    import extrapolation_errors as xe
+
+    g = torch.Generator().manual_seed(5)
+    noise = {t: torch.randn(2000, generator=g) for t in range(15)}
+    j = xe.jitter(noise)
+    assert j["cosine"] == pytest.approx(-2 / 3, abs=0.05) and j["second"] == pytest.approx(6 ** 0.5, rel=0.05)
+    a, b, c = (torch.randn(50, generator=g) for _ in range(3))
+    smooth = xe.jitter({t: a + b * t + c * t * t for t in range(8)})
+    assert smooth["cosine"] == pytest.approx(1.0, abs=1e-6) and smooth["second"] > 0
+    for bad in ({t: a for t in range(4)}, {t: a for t in (0, 1, 2, 3, 5)}):
+        with pytest.raises(ValueError, match="every step"):
+            xe.jitter(bad)
 
 
 def test_extrapolation_errors_records_the_uncached_trajectory(capsys):
@@ -1347,6 +1392,9 @@ def test_extrapolation_errors_records_the_uncached_trajectory(capsys):
     assert torch.is_grad_enabled() and torch.get_num_threads() == threads  # left as they were
     out = capsys.readouterr().out
     assert "steps weighted by their size" in out and out.count("per skip: line") == 2
+    assert out.count("in hindsight") == 2 and "step to step: first difference" in out
+    assert xe.main(["flux_digits", "8", "FFF_F__F", "--labels", "0", "--positions", "sigmas"]) == 0
+    assert "placed at their sigmas" in capsys.readouterr().out
     assert xe.main(["flux_digits", "8", "FFF_", "--labels", "0"]) == 0  # repeated: FFF_FFF_
     assert "FFF_FFF_  per skip" in capsys.readouterr().out
     for bad in (["flux_digits", "8", "FFX_F"], ["flux_digits", "8", "_FFFFFFF"], ["flux_digits", "3", "FFF"],
