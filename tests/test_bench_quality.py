@@ -1401,3 +1401,61 @@ def test_extrapolation_errors_records_the_uncached_trajectory(capsys):
                 ["flux_digits", "8", "FFF_F__F", "--ddpm-wan", "/nowhere"]):
         with pytest.raises(SystemExit):
             xe.main(bad)
+
+
+def test_smooth_time_holds_the_fast_time_columns_at_zero(tmp_path):
+    """``benchmarks/smooth_time.py``: the columns of the timestep embedding's fast frequencies (by hand: a period of
+    2π·10000^(j/128) under 200 units for j ≤ 48) start at zero and stay there through training; the rest moves."""
+    import diffusers
+    import smooth_time as st
+
+    from dicache import zoo
+
+    assert st.fast_columns(128, 200.0) == list(range(49)) + list(range(128, 177))
+    assert st.fast_columns(4, 1.0) == [] and len(st.fast_columns(4, 1e9)) == 8
+    with pytest.raises(ValueError):
+        st.fast_columns(0, 200.0)
+    model = zoo.load("flux_digits")
+    layer = st.time_inputs(model)["time_text_embed.timestep_embedder.linear_1"]
+    assert "guidance" not in " ".join(st.time_inputs(model))
+    before = layer.weight.detach().clone()
+    held = st.hold_fast_columns_at_zero(model, 200.0)
+    cols = held["time_text_embed.timestep_embedder.linear_1"]
+    assert cols == st.fast_columns(128, 200.0) and layer.weight[:, cols].abs().max() == 0
+    opt = torch.optim.AdamW([layer.weight], lr=1e-2, weight_decay=0.0)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(2):
+        x = torch.randn(3, 256, generator=g)
+        opt.zero_grad()
+        layer(x).square().sum().backward()
+        opt.step()
+    keep = [c for c in range(256) if c not in cols]
+    assert layer.weight[:, cols].abs().max() == 0 and not torch.equal(layer.weight[:, keep], before[:, keep])
+    with pytest.raises(ValueError, match="no timestep embedder"):
+        st.time_inputs(torch.nn.Linear(2, 2))
+
+    cls = diffusers.FluxTransformer2DModel
+    with st.smooth_variant("flux_digits", 200.0):
+        assert diffusers.FluxTransformer2DModel is not cls
+    assert diffusers.FluxTransformer2DModel is cls  # restored
+    threads = torch.get_num_threads()
+    out = str(tmp_path / "flux_digits")
+    assert st.main(["train", "--dir", out, "--steps", "2"]) == 0
+    assert torch.is_grad_enabled() and torch.get_num_threads() == threads
+    trained = zoo.load("flux_digits", path=out)
+    w = trained.time_text_embed.timestep_embedder.linear_1.weight
+    assert w[:, cols].abs().max() == 0 and w[:, keep].abs().max() > 0
+
+
+def test_smooth_time_roughness_reads_the_output_against_the_timestep(capsys):
+    import smooth_time as st
+
+    r = st.roughness("flux_digits", steps=6, at=2)
+    assert all(r[k] > 0 for k in ("first", "second", "step", "latent"))
+    assert r["first"] < r["step"]  # an eighth of the step moves the output less than the step
+    assert st.main(["roughness", "flux_digits", "--steps", "6", "--at", "2"]) == 0
+    assert "per eighth of the step" in capsys.readouterr().out
+    with pytest.raises(ValueError):
+        st.roughness("flux_digits", steps=6, at=5)
+    with pytest.raises(SystemExit):
+        st.main(["train", "--dir", "/tmp/nowhere", "--min-period", "0"])
