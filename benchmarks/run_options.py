@@ -156,6 +156,9 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", default="0,1")
     ap.add_argument("--labels", default="0-9")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--weights", metavar="DIR",
+                    help="the model's own directory written by scripts/train_zoo.py --out or benchmarks/smooth_time.py "
+                         "train, instead of the shipped weights")
     Q.add_scheduler_arguments(ap)
     ap.add_argument("--summaries", action="store_true",
                     help="print dicache.summary after each seed's call: the pattern, each call's error and γ")
@@ -169,6 +172,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.steps < 2:
         ap.error("steps must be >= 2")
+    if args.weights and not os.path.isfile(os.path.join(args.weights, "config.json")):
+        ap.error(f"--weights: no config.json in {args.weights}")
     option_sets = parse_option_sets(ap, args.options)
     if args.save_profiles and len(option_sets) != 1:
         ap.error("--save-profiles writes the profiles of one option set; give one")
@@ -198,9 +203,9 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     torch.set_grad_enabled(False)
     try:
-        print(f"{args.model}, {args.steps} steps{Q.sampled_with(args)}, seeds {seeds}, {len(labels)} labels, "
-              "on the preset")
-        rows = print_rows(run(args.model, args.steps, option_sets, seeds, labels,
+        print(f"{args.model}{f' ({args.weights})' if args.weights else ''}, {args.steps} steps{Q.sampled_with(args)}, "
+              f"seeds {seeds}, {len(labels)} labels, on the preset")
+        rows = print_rows(run(args.model, args.steps, option_sets, seeds, labels, weights=args.weights,
                               summaries=summaries if args.summaries else None, budget_profiles=profiles,
                               first_calls=args.first_calls))
         if args.save_profiles:

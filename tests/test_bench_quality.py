@@ -1403,7 +1403,7 @@ def test_extrapolation_errors_records_the_uncached_trajectory(capsys):
             xe.main(bad)
 
 
-def test_smooth_time_holds_the_fast_time_columns_at_zero(tmp_path):
+def test_smooth_time_holds_the_fast_time_columns_at_zero(tmp_path, capsys):
     """``benchmarks/smooth_time.py``: the columns of the timestep embedding's fast frequencies (by hand: a period of
     2π·10000^(j/128) under 200 units for j ≤ 48) start at zero and stay there through training; the rest moves."""
     import diffusers
@@ -1445,6 +1445,12 @@ def test_smooth_time_holds_the_fast_time_columns_at_zero(tmp_path):
     trained = zoo.load("flux_digits", path=out)
     w = trained.time_text_embed.timestep_embedder.linear_1.weight
     assert w[:, cols].abs().max() == 0 and w[:, keep].abs().max() > 0
+    import run_options as ro  # its --weights samples the model written there
+
+    assert ro.main(["flux_digits", "6", '{"threshold": 0.1}', "--seeds", "0", "--labels", "0", "--weights", out]) == 0
+    assert f"flux_digits ({out}), 6 steps" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        ro.main(["flux_digits", "6", "{}", "--weights", str(tmp_path / "nowhere")])
 
 
 def test_smooth_time_roughness_reads_the_output_against_the_timestep(capsys):
