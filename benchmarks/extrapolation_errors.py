@@ -218,9 +218,11 @@ def main(argv=None) -> int:
     blends = " / ".join(f"{w:g}" for w in BLENDS)
     print(f"{args.model}{' (DDIM variant)' if args.ddpm_wan else ''}, {args.steps} steps, seed {args.seed}; "
           f"steps weighted by {'their size' if sizes else '1'}; placed at their {args.positions}; sums for w = {blends}")
-    j = jitter(residuals)
-    print(f"step to step: first difference {j['first']:.4f}, second {j['second']:.4f} of the residual's norm "
-          f"(medians); successive second differences at cosine {j['cosine']:+.3f} (white noise −0.667)")
+    if args.steps >= 5:
+        j = jitter(residuals)
+        cos = "none (no second difference)" if j["cosine"] is None else f"{j['cosine']:+.3f}"
+        print(f"step to step: first difference {j['first']:.4f}, second {j['second']:.4f} of the residual's norm "
+              f"(medians); successive second differences at cosine {cos} (white noise −0.667)")
     for p in patterns:
         e = extrapolation_errors(residuals, p, sizes, positions=positions)
         if e["line_rel"] is None:

@@ -1378,6 +1378,8 @@ def test_jitter_tells_white_noise_from_a_smooth_residual():
     a, b, c = (torch.randn(50, generator=g) for _ in range(3))
     smooth = xe.jitter({t: a + b * t + c * t * t for t in range(8)})
     assert smooth["cosine"] == pytest.approx(1.0, abs=1e-6) and smooth["second"] > 0
+    straight = xe.jitter({t: torch.tensor([3.0, -1.0]) + t * torch.tensor([2.0, 5.0]) for t in range(6)})  # (exact)
+    assert straight["cosine"] is None and straight["second"] == pytest.approx(0.0, abs=1e-12)
     for bad in ({t: a for t in range(4)}, {t: a for t in (0, 1, 2, 3, 5)}):
         with pytest.raises(ValueError, match="every step"):
             xe.jitter(bad)
