@@ -127,7 +127,9 @@ def extrapolation_errors(residuals: Dict[int, torch.Tensor], pattern: str, sizes
 def jitter(residuals: Dict[int, torch.Tensor]) -> dict:
     """How the residual moves from step to step: ``second`` and ``first``, the medians over the steps of the norms of
     its second and first differences against its own norm; ``cosine``, the median cosine between successive second
-    differences (over the whole tensor): −2/3 for white noise, near +1 for a smooth curve. Needs five steps."""
+    differences (over the whole tensor): −2/3 for white noise, near +1 for a smooth curve; ``warmup``, the norm of the
+    second difference over steps 0–2 against the larger of its two first differences (what a cache whose first three
+    calls are computed can read: about 1 or more for white noise, near 0 for a smooth curve). Needs five steps."""
     steps = sorted(residuals)
     if len(steps) < 5 or steps != list(range(len(steps))):
         raise ValueError("jitter needs the residual at every step from 0, five steps at least")
@@ -136,9 +138,10 @@ def jitter(residuals: Dict[int, torch.Tensor]) -> dict:
     d2 = [b - a for a, b in zip(d1, d1[1:])]
     median = lambda v: float(torch.tensor(v).median())  # noqa: E731
     cos = [float(a @ b / (a.norm() * b.norm())) for a, b in zip(d2, d2[1:]) if a.norm() > 0 and b.norm() > 0]
+    big = max(float(d1[0].norm()), float(d1[1].norm()))
     return dict(second=median([float(d.norm() / r[k + 1].norm()) for k, d in enumerate(d2)]),
                 first=median([float(d.norm() / r[k].norm()) for k, d in enumerate(d1)]),
-                cosine=median(cos) if cos else None)
+                cosine=median(cos) if cos else None, warmup=float(d2[0].norm()) / big if big > 0 else None)
 
 
 def record(model: str, steps: int, seed: int, labels: Sequence[int], weights: Optional[str] = None):
@@ -221,8 +224,10 @@ def main(argv=None) -> int:
     if args.steps >= 5:
         j = jitter(residuals)
         cos = "none (no second difference)" if j["cosine"] is None else f"{j['cosine']:+.3f}"
+        warm = "none" if j["warmup"] is None else f"{j['warmup']:.3f}"
         print(f"step to step: first difference {j['first']:.4f}, second {j['second']:.4f} of the residual's norm "
-              f"(medians); successive second differences at cosine {cos} (white noise −0.667)")
+              f"(medians); successive second differences at cosine {cos} (white noise −0.667); over steps 0–2 the "
+              f"second difference is {warm} of the larger first")
     for p in patterns:
         e = extrapolation_errors(residuals, p, sizes, positions=positions)
         if e["line_rel"] is None:

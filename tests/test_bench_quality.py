@@ -1375,11 +1375,16 @@ def test_jitter_tells_white_noise_from_a_smooth_residual():
     noise = {t: torch.randn(2000, generator=g) for t in range(15)}
     j = xe.jitter(noise)
     assert j["cosine"] == pytest.approx(-2 / 3, abs=0.05) and j["second"] == pytest.approx(6 ** 0.5, rel=0.05)
+    assert 1.0 < j["warmup"] < 2.0  # |e2 − 2e1 + e0| against |e1 − e0|: about √6/√2 for white noise
     a, b, c = (torch.randn(50, generator=g) for _ in range(3))
     smooth = xe.jitter({t: a + b * t + c * t * t for t in range(8)})
     assert smooth["cosine"] == pytest.approx(1.0, abs=1e-6) and smooth["second"] > 0
     straight = xe.jitter({t: torch.tensor([3.0, -1.0]) + t * torch.tensor([2.0, 5.0]) for t in range(6)})  # (exact)
     assert straight["cosine"] is None and straight["second"] == pytest.approx(0.0, abs=1e-12)
+    assert straight["warmup"] == 0.0
+    # by hand: R = 0, 2, 3 over steps 0–2 (then anything): second difference −1 against the larger first, 2
+    assert xe.jitter({t: torch.tensor([float(v)]) for t, v in enumerate([0, 2, 3, 5, 4])})["warmup"] == 0.5
+    assert xe.jitter({t: torch.zeros(2) for t in range(5)})["warmup"] is None
     for bad in ({t: a for t in range(4)}, {t: a for t in (0, 1, 2, 3, 5)}):
         with pytest.raises(ValueError, match="every step"):
             xe.jitter(bad)
