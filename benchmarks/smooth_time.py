@@ -69,11 +69,23 @@ def time_inputs(model: torch.nn.Module) -> Dict[str, torch.nn.Linear]:
     return found
 
 
+def frequency_shift(model: torch.nn.Module, channels: int) -> float:
+    """The ``downscale_freq_shift`` of the model's sinusoidal projections (``Timesteps``) of ``channels`` channels, the
+    ones a time embedder of that width reads (0, diffusers' default for these models, where there is none)."""
+    from diffusers.models.embeddings import Timesteps
+
+    shifts = {float(m.downscale_freq_shift) for m in model.modules()
+              if isinstance(m, Timesteps) and m.num_channels == channels}
+    if len(shifts) > 1:
+        raise ValueError(f"{type(model).__name__}: projections of {channels} channels disagree on their shift {shifts}")
+    return shifts.pop() if shifts else 0.0
+
+
 def hold_fast_columns_at_zero(model: torch.nn.Module, min_period: float) -> Dict[str, List[int]]:
     """Zero the fast columns of every time embedder's first layer and zero their gradients from then on."""
     held = {}
     for name, linear in time_inputs(model).items():
-        cols = fast_columns(linear.in_features // 2, min_period)
+        cols = fast_columns(linear.in_features // 2, min_period, frequency_shift(model, linear.in_features))
         mask = torch.ones_like(linear.weight)
         mask[:, cols] = 0
         with torch.no_grad():

@@ -1420,9 +1420,12 @@ def test_smooth_time_holds_the_fast_time_columns_at_zero(tmp_path, capsys):
 
     assert st.fast_columns(128, 200.0) == list(range(49)) + list(range(128, 177))
     assert st.fast_columns(4, 1.0) == [] and len(st.fast_columns(4, 1e9)) == 8
+    # with diffusers' shift of 1 the frequencies are spaced over half − 1: period 2π·10000^(j/127), j ≤ 47 under 200
+    assert st.fast_columns(128, 200.0, shift=1.0) == list(range(48)) + list(range(128, 176))
     with pytest.raises(ValueError):
         st.fast_columns(0, 200.0)
     model = zoo.load("flux_digits")
+    assert st.frequency_shift(model, 256) == 0.0 and st.frequency_shift(model, 3) == 0.0  # (none of 3 channels)
     layer = st.time_inputs(model)["time_text_embed.timestep_embedder.linear_1"]
     assert "guidance" not in " ".join(st.time_inputs(model))
     before = layer.weight.detach().clone()
