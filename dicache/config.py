@@ -40,6 +40,12 @@ REACH_MIN_STEPS = 45
 # scheduler is not known); none on a DDPM-family scheduler's, where the quadratic through any three entries scored
 # higher at 20 and 30 steps on three DDIM-trained models (benchmarks/RESULTS.md, thirty-first round)
 QUAD_BALANCE_AUTO = 0.5
+# hindsight="auto": the share of a run's miss added back where the residual reads smooth, and the reading under which
+# it does: the line through the first two computed calls' residuals misses the third's by this fraction of the larger
+# change between them (white noise: about 1.5; 0.99–1.78 on the five shipped models, 0.10–0.63 on siblings trained
+# smooth in the timestep; benchmarks/RESULTS.md, forty-first and forty-second rounds)
+HINDSIGHT_SHARE = 0.5
+HINDSIGHT_SMOOTH = 0.8
 
 
 @dataclass(frozen=True)
@@ -204,6 +210,22 @@ class DiCacheConfig:
             the line through the two newest entries, not the quadratic: the best estimate of a random walk's next
             value is its newest, and a curvature read off three noisy entries is mostly their noise (thirty-fifth
             round).
+        hindsight: where γ comes from the steps (``gamma_source``) and the deep blocks' output is rebuilt
+            (``reconstruct_at``), the computed call that ends a run of skips adds back this share of what the run
+            missed, as the computed call now tells it (0: nothing, the method). Each skip rebuilt the residual on the
+            polynomial through the stored entries at its step; the polynomial one degree higher through the new entry
+            too, known only after the run, differs from it at step ``k`` by ``φ(k)·(R_n − P(n))`` (``φ`` the new
+            Newton basis term: 0 at the stored entries, 1 at the computed step ``n``; ``P(n)`` the skips' rule at
+            ``n``). Summed over the run's skips with the scheduler's step sizes ``w`` (1 without them) and spread over
+            the computed call's step, the output becomes ``h + β·(h − x − P(n))``, ``β = share·Σ_k w_k·φ(k)/w_n``:
+            one rebuild and one ``lerp`` on the computed call, nothing on the skips, the stored entry the call's
+            own. A number in [0, 1]; ``"auto"``: ``HINDSIGHT_SHARE`` (0.5) where the residual reads smooth at the
+            first three computed calls (the line through the first two misses the third by less than
+            ``HINDSIGHT_SMOOTH``, 0.8, of the larger change between them; read back with a later computed call's
+            error, or once when first needed), 0 where it moves as white noise (the zoo's shipped models: every
+            reconstruction meets that floor, and the correction mixed there). On siblings of the zoo models trained
+            smooth in the timestep half the run's miss gained at every point measured at 50 steps
+            (``benchmarks/RESULTS.md``, forty-first and forty-second rounds).
         threshold_end: δ at the last step; δ moves linearly from ``threshold``
             at the first step (None: constant). Needs the step count.
         target_speedup: compute-budget mode (> 1): no δ to tune. The number of
@@ -256,6 +278,7 @@ class DiCacheConfig:
     max_extrapolation: Union[None, float, str] = None
     monotone_runs: bool = False
     span_power: Union[float, str] = 1.0
+    hindsight: Union[float, str] = 0.0
     threshold_end: Optional[float] = None
     target_speedup: Optional[float] = None
     target_min_steps: Optional[int] = None
@@ -352,6 +375,16 @@ class DiCacheConfig:
         are planned)."""
         return self.monotone_runs and self.plans_runs(num_steps)
 
+    def hindsight_share(self, num_steps: Optional[int], flow_matching: Optional[bool], smooth: Optional[bool]) -> float:
+        """The share of a run's miss its closing computed call adds back on a trajectory of ``num_steps``
+        (``hindsight``): 0 unless γ comes from the steps and the blocks' output is rebuilt; ``"auto"``:
+        ``HINDSIGHT_SHARE`` where ``smooth`` (the residual read smooth at the first computed calls), else 0."""
+        if not self.gamma_from_steps(num_steps, flow_matching) or self.reconstructs_output(num_steps, flow_matching):
+            return 0.0
+        if self.hindsight == "auto":
+            return HINDSIGHT_SHARE if smooth else 0.0
+        return float(self.hindsight)
+
     def warmup_calls(self, num_steps: Optional[int]) -> int:
         """How many leading calls of a branch are always computed (at least 1)."""
         if isinstance(self.warmup, int) and not isinstance(self.warmup, bool):
@@ -445,6 +478,9 @@ def validate(cfg: DiCacheConfig, num_blocks: Optional[int] = None) -> None:
     sp = cfg.span_power
     if sp != "measured" and (not _is_real(sp) or not SPAN_POWER_MIN <= sp <= 1):
         raise ValueError(f"span_power must be a number in [{SPAN_POWER_MIN}, 1] or 'measured', got {sp!r}")
+    hs = cfg.hindsight
+    if hs != "auto" and (not _is_real(hs) or not 0 <= hs <= 1):
+        raise ValueError(f"hindsight must be a share in [0, 1] or 'auto', got {hs!r}")
     te = cfg.threshold_end
     if te is not None and (not _is_real(te) or not math.isfinite(te) or te < 0):
         raise ValueError(f"threshold_end must be None or a finite number >= 0, got {te!r}")

@@ -25,8 +25,8 @@ from .budget import Budget
 from .config import DiCacheConfig
 from .ops import Backend, reference, select_backend
 from .state import (CAP, FOLLOW, LAST_STEP, PLANNED, PREDICTED, REACH, REFRESH, REUSE, REUSE_ONE, SHORTEN,
-                    WARMUP, BranchState, CallRecord, at_shorten_bound, balanced, next_shortening, planned_error,
-                    span_power_sample)
+                    WARMUP, BranchState, CallRecord, at_shorten_bound, balanced, hindsight_weight, next_shortening,
+                    planned_error, span_power_sample)
 
 #: alignment_order="auto" fits the quadratic's weight on at most about this many tokens.
 ORDER_TOKENS = 512
@@ -222,7 +222,7 @@ class DiCacheEngine:
         if two and lead_gamma.shape != state.gamma.shape:
             return None  # a different batch: measure our own γ
         self._x = x
-        if two:
+        if two and not self._step_gamma(state):  # (γ from the steps: the branch's own step distance)
             state.gamma.copy_(lead_gamma)
         state.quad_weight = lead_weight
         self._reconstruct(state, x)
@@ -410,12 +410,14 @@ class DiCacheEngine:
         ops = self.backend_for(x.device)
         if state.n_stored < 2:
             ops.reconstruct(x, state.R[state.newest()], None, state.gamma, state.out)
+            self._note_skip(state, 1)
             return  # one entry: no line through the outputs either (reconstruct_at rebuilds the blocks' output)
         s2, s1 = state.newest(1), state.newest(2)
         order = self.config.alignment_order
         if order == 1 or state.n_stored < 3 or (order == "auto" and weights is None and state.quad_weight is None):
             if not self._plan_output(state, x, (s2, s1, None), state.gamma, None):
                 ops.reconstruct(x, state.R[s2], state.R[s1], state.gamma, state.out)
+            self._note_skip(state, 2)
             return
         if weights is None:  # order 2: the quadratic whole; "auto": the weight fitted (or led) for this call
             w = state.quad_weight if order == "auto" else torch.ones_like(state.gamma)
@@ -424,6 +426,52 @@ class DiCacheEngine:
         s0 = state.newest(3)
         if not self._plan_output(state, x, (s2, s1, s0), c2, c0):
             ops.reconstruct(x, state.R[s2], state.R[s1], c2, state.out, state.R[s0], c0)
+        self._note_skip(state, 3)
+
+    # -- hindsight ----------------------------------------------------------
+    def _step_size(self, step: int) -> float:
+        """The scheduler's step size at ``step`` (1 where the pipeline told none)."""
+        sizes = self._budget.sizes_for(self._num_steps) if self._num_steps is not None else None
+        return sizes[step] if sizes is not None and 0 <= step < len(sizes) else 1.0
+
+    def _note_skip(self, state: BranchState, order: int) -> None:
+        """``hindsight``: record a skip of the run and how many entries its reconstruction used (a polynomial at the
+        call's own step only where γ comes from the steps; any other γ leaves the run uncorrected)."""
+        if self.config.hindsight != 0:
+            state.note_skip(self._cur_step, self._step_size(self._cur_step), order if self._gamma_from_steps() else 0)
+
+    def _hindsight_beta(self, state: BranchState) -> float:
+        """``hindsight``, at the computed call that ends a run: β of ``h + β·(h − x − P(n))`` (0: no correction)."""
+        order, skips, n = state.run_order, state.run_skips, self._cur_step
+        if not skips or order < 1 or state.n_stored < order:
+            return 0.0
+        cfg = self.config
+        share = cfg.hindsight_share(self._num_steps, self.flow_matching,
+                                    state.read_smoothness() if cfg.hindsight == "auto" else None)
+        entries = [state.slot_step[state.newest(i)] for i in range(order, 0, -1)]
+        size = self._step_size(n)
+        if not share or not size > 0 or not all(entries[-1] < k < n for k, _ in skips):
+            return 0.0
+        return share * sum(w * hindsight_weight(k, entries, n) for k, w in skips) / size
+
+    def _rebuild_at_step(self, state: BranchState, x: torch.Tensor, order: int) -> None:
+        """``state.out`` = the skips' rule of the current run at this call's step: ``x + P(n)`` on the ``order``
+        newest entries (before the refresh replaces the oldest)."""
+        ops = self.backend_for(x.device)
+        s2 = state.newest(1)
+        if order == 1:
+            ops.reconstruct(x, state.R[s2], None, state.gamma, state.out)
+            return
+        s1 = state.newest(2)
+        t1, t2 = state.slot_step[s1], state.slot_step[s2]
+        gamma = (self._cur_step - t1) / (t2 - t1)
+        if order == 2:
+            ops.reconstruct(x, state.R[s2], state.R[s1], torch.full_like(state.gamma, gamma), state.out)
+            return
+        s0 = state.newest(3)
+        c0, c2 = reference.lagrange_weights(gamma, float(state.slot_step[s0]), float(t1), float(t2))
+        ops.reconstruct(x, state.R[s2], state.R[s1], torch.full_like(state.gamma, c2), state.out, state.R[s0],
+                        torch.full_like(state.gamma, c0))
 
     # -- the model's output (reconstruct_at="output") ----------------------
     def _plan_output(self, state: BranchState, x: torch.Tensor, slots: Tuple[int, int, Optional[int]],
@@ -567,8 +615,11 @@ class DiCacheEngine:
         values = [state.acc.max()]
         if measured:
             values += [state.sums[:, reference.SUM_ALIGN].sum(), state.den.sum()]
-        walk = state.walk_sums
-        host = torch.cat([torch.stack(values)] + ([walk] if walk is not None else [])).tolist()
+        walk, smooth = state.walk_sums, state.smoothness_sums  # (hindsight="auto": the residual's reading too)
+        host = torch.cat([torch.stack(values)] + [t for t in (walk, smooth) if t is not None]).tolist()
+        if smooth is not None:
+            state.settle_smoothness(*host[-4:])
+            host = host[:-4]
         if walk is not None:
             state.settle_walk(*host[-3:])
         if measured:
@@ -585,10 +636,23 @@ class DiCacheEngine:
         if state is None or self._x is None:
             raise RuntimeError("after_full() called outside a computed call")
         ops = self.backend_for(h.device)
+        # hindsight: the run's rule at this step (before the refresh replaces the oldest entry); the residual's reading
+        beta = self._hindsight_beta(state)
+        if beta:
+            self._rebuild_at_step(state, self._x, state.run_order)
+        if (self.config.hindsight == "auto" and state.n_stored == 2 and state.smoothness is None
+                and state.smoothness_sums is None):
+            t0, t1 = state.slot_step[state.newest(2)], state.slot_step[state.newest(1)]
+            state.take_smoothness_sums(state.R[state.newest(2)], state.R[state.newest(1)], h, self._x,
+                                       (self._cur_step - t1) / (t1 - t0))
         slot = state.next_slot()
         other = state.P[state.newest()] if state.n_stored >= 1 else None
         # p_prev holds a copy of this call's probe output (written by probe_decide or the forced path).
         ops.refresh(h, state.p_prev, self._x, state.R[slot], state.P[slot], other, state.den, state.acc)
+        if beta:  # the entry stored is the call's own; its output takes back β times the run's miss
+            h.lerp_(state.out, -beta)
+            state.hindsight_runs += 1
+        state.run_skips, state.run_order = [], 0
         state.store(slot, self._cur_step)
         if self.config.reconstructs_output(self._num_steps, self.flow_matching):
             self._out_store = (state, slot)

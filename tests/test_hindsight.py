@@ -1,0 +1,191 @@
+"""``hindsight``: the computed call that ends a run of skips adds back a share of what the run missed.
+
+The engine is driven straight (no model) with a residual that is a known polynomial of the step, so the skips'
+reconstruction, the computed call's correction and the entry it stores can be written down by hand.
+"""
+
+import math
+
+import pytest
+import torch
+
+import dicache
+from dicache.config import HINDSIGHT_SHARE, HINDSIGHT_SMOOTH, DiCacheConfig
+from dicache.engine import DiCacheEngine
+from dicache.ops.reference import lagrange_weights
+from dicache.state import hindsight_weight, increments_sums, smoothness_of
+from dicache.summary import summarize
+
+import tiny
+
+M = 10
+N = 12
+# warm-up of three, then runs of two planned skips: F F F _ _ F _ _ F _ _ F
+PATTERN = "FFF__F__F__F"
+BASE = dict(threshold=100.0, warmup=3, gamma_source="steps", plan_runs=True, max_consecutive_reuse=2)
+
+
+def _coefficients(seed=0, shape=(2, 6, 8)):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(*shape, generator=g) for _ in range(5)]
+
+
+def polynomial(degree, seed=0):
+    """A residual ``R(k)`` of the step, a polynomial of ``degree`` with random tensor coefficients."""
+    coef = _coefficients(seed)
+
+    def R(k):
+        return sum(coef[i] * (k / 10) ** i for i in range(degree + 1))
+
+    return R
+
+
+def white_noise(seed=0):
+    """A residual that moves by fresh noise at every step around a line (the zoo's shipped models)."""
+    coef = _coefficients(seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    noise = [0.5 * torch.randn(*coef[0].shape, generator=g) for _ in range(N)]
+    return lambda k: coef[0] + coef[1] * k / 10 + noise[k]
+
+
+def run(cfg, R, n=N, sizes=None):
+    """Drive one branch over ``n`` steps whose deep blocks output ``x + R(k)``; the probe's error is constant.
+    Returns (the output handed on per step, the engine)."""
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(2, 6, 8, generator=g)
+    base = torch.rand(2, 6, 8, generator=g) + 0.5
+    engine = DiCacheEngine(cfg, M, "torch")
+    engine.set_step_sizes(sizes)
+    outs, stored = [], {}
+    for k in range(n):
+        engine.begin_call("c", k, n)
+        h = engine.before_probe(x)
+        if h is None:
+            h = engine.after_probe(x, base * 1.01 ** k)
+        if h is None:
+            h = x + R(k)
+            engine.after_full(h)
+            st = engine.branches["c"]
+            stored[k] = st.R[st.newest()].clone()
+        outs.append(h.clone() - x)
+    engine.stored = stored
+    return outs, engine
+
+
+def test_hindsight_weight_and_smoothness_by_hand():
+    # φ raises the polynomial through the entries by one degree to pass through n: 0 at each entry, 1 at n
+    assert hindsight_weight(3, [2], 5) == pytest.approx(1 / 3)
+    assert hindsight_weight(3, [1, 2], 5) == pytest.approx(2 * 1 / (4 * 3))
+    assert hindsight_weight(4, [0, 1, 2], 5) == pytest.approx(4 * 3 * 2 / (5 * 4 * 3))
+    assert hindsight_weight(2, [0, 1, 2], 5) == 0 and hindsight_weight(5, [0, 1, 2], 5) == 1
+    # evenly spaced: the second difference against the larger first one
+    r0, r1, r2 = (torch.tensor([[v, 0.0]]) for v in (0.0, 1.0, 3.0))  # u = 1, v = 2: |v − u| / |v| = 0.5
+    assert smoothness_of(*increments_sums(r0, r1, r2).tolist()) == pytest.approx(0.5)
+    # a line through unevenly spaced entries (steps 0, 1, 3): v = 2·u, spacing 2, no miss
+    r2 = torch.tensor([[3.0, 0.0]])
+    assert smoothness_of(*increments_sums(r0, r1, r2).tolist(), 2.0) == pytest.approx(0.0, abs=1e-6)
+    # v = −u (a zigzag): |−2u| / |u| = 2
+    assert smoothness_of(*increments_sums(r0, r1, r0).tolist()) == pytest.approx(2.0)
+    assert smoothness_of(0.0, 0.0, 0.0) == math.inf and smoothness_of(float("nan"), 1.0, 1.0) == math.inf
+
+
+@pytest.mark.parametrize("share", [1.0, 0.5])
+def test_the_quadratics_run_takes_back_its_miss_on_a_cubic_residual(share):
+    R = polynomial(3)
+    off, _ = run(DiCacheConfig(**BASE, alignment_order=2), R)
+    outs, engine = run(DiCacheConfig(**BASE, alignment_order=2, hindsight=share), R)
+    assert summarize(engine, "toy").branches["c"].pattern == PATTERN
+    # the skips at 3 and 4 took the quadratic through steps 0, 1, 2 (γ = 2 at step 5 along t1 → t2)
+    c0, c2 = lagrange_weights(4.0, 0.0, 1.0, 2.0)
+    p5 = c0 * R(0) + (1 - c0 - c2) * R(1) + c2 * R(2)
+    beta = share * (hindsight_weight(3, [0, 1, 2], 5) + hindsight_weight(4, [0, 1, 2], 5))
+    assert beta == pytest.approx(share * (0.1 + 0.4))
+    torch.testing.assert_close(outs[5], R(5) + beta * (R(5) - p5), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(off[5], R(5), rtol=1e-5, atol=1e-5)
+    # the skips themselves and the entry the computed call stored are unchanged: the call's own residual
+    for k in (3, 4):
+        torch.testing.assert_close(outs[k], off[k])
+    torch.testing.assert_close(engine.stored[5], R(5), rtol=1e-5, atol=1e-5)
+    assert engine.branches["c"].hindsight_runs == 3
+
+
+def test_a_residual_the_rule_fits_needs_no_correction():
+    R = polynomial(2)
+    outs, _ = run(DiCacheConfig(**BASE, alignment_order=2, hindsight=1.0), R)
+    for k, o in enumerate(outs):
+        torch.testing.assert_close(o, R(k), rtol=1e-4, atol=1e-4)
+
+
+def test_the_lines_run_with_step_sizes():
+    R = polynomial(3)
+    sizes = [0.5 + 0.1 * k for k in range(N)]
+    outs, _ = run(DiCacheConfig(**BASE, alignment_order=1, hindsight=0.5), R, sizes=sizes)
+    # skips at 3 and 4 took the line through steps 1 and 2
+    p5 = R(1) + 4.0 * (R(2) - R(1))
+    beta = 0.5 * (sizes[3] * hindsight_weight(3, [1, 2], 5) + sizes[4] * hindsight_weight(4, [1, 2], 5)) / sizes[5]
+    torch.testing.assert_close(outs[5], R(5) + beta * (R(5) - p5), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("changes", [dict(hindsight=0.0), dict(gamma_source="probe"),
+                                     dict(alignment_order="auto", gamma_source="auto")])
+def test_no_correction_without_a_share_or_where_the_probe_sets_gamma(changes):
+    # gamma_source="auto" at 12 steps: the probe's γ (under STEPS_GAMMA_MIN_STEPS on flow matching)
+    R = polynomial(3)
+    cfg = DiCacheConfig(**BASE, alignment_order=2, hindsight=1.0).replace(**changes)
+    outs, engine = run(cfg, R)
+    assert engine.branches["c"].hindsight_runs == 0
+    for k in (5, 8, 11):
+        torch.testing.assert_close(outs[k], R(k), rtol=1e-5, atol=1e-5)
+
+
+def test_share_follows_gamma_and_the_rebuilt_output():
+    cfg = DiCacheConfig(gamma_source="steps", hindsight=0.75)
+    assert cfg.hindsight_share(50, True, None) == 0.75
+    assert cfg.replace(gamma_source="probe").hindsight_share(50, True, None) == 0
+    assert cfg.replace(reconstruct_at="output").hindsight_share(50, True, None) == 0
+    auto = cfg.replace(hindsight="auto")
+    assert auto.hindsight_share(50, True, True) == HINDSIGHT_SHARE
+    assert auto.hindsight_share(50, True, False) == 0 and auto.hindsight_share(50, True, None) == 0
+
+
+def test_auto_corrects_a_smooth_residual_and_leaves_white_noise_alone():
+    smooth, rough = polynomial(3), white_noise()
+    cfg = DiCacheConfig(**BASE, alignment_order=2, hindsight="auto")
+    outs, engine = run(cfg, smooth)
+    half, _ = run(cfg.replace(hindsight=HINDSIGHT_SHARE), smooth)
+    b = summarize(engine, "toy").branches["c"]
+    assert b.smoothness < HINDSIGHT_SMOOTH and b.hindsight_runs == 3
+    for got, want in zip(outs, half):
+        torch.testing.assert_close(got, want)
+    assert "hindsight  residual smooth" in str(summarize(engine, "toy"))
+
+    outs, engine = run(cfg, rough)
+    off, _ = run(cfg.replace(hindsight=0.0), rough)
+    b = summarize(engine, "toy").branches["c"]
+    assert b.smoothness >= HINDSIGHT_SMOOTH and b.hindsight_runs == 0
+    for got, want in zip(outs, off):
+        torch.testing.assert_close(got, want)
+    assert "residual rough" in str(summarize(engine, "toy"))
+
+
+@pytest.mark.parametrize("value", [-0.1, 1.5, True, "yes", None, float("nan")])
+def test_bad_hindsight_values(value):
+    with pytest.raises(ValueError, match="hindsight"):
+        DiCacheConfig(hindsight=value)
+
+
+def test_hindsight_on_a_pipeline_with_shared_cfg_decisions():
+    # both CFG branches correct their own runs; the output stays finite and differs from the uncorrected one
+    results = {}
+    for hs in (0.0, 1.0):
+        pipe = tiny.wan_pipeline()
+        dicache.enable(pipe, backend="torch", threshold=100.0, warmup=3, gamma_source="steps", plan_runs=True,
+                       max_consecutive_reuse=2, alignment_order="auto", cfg_decision="shared", hindsight=hs)
+        out = tiny.wan_pipeline_call(pipe, steps=12)
+        s = dicache.summary(pipe)
+        dicache.disable(pipe)
+        results[hs] = out
+        runs = sum(b.hindsight_runs for b in s.branches.values())
+        assert runs == (0 if hs == 0 else 3 * len(s.branches)), str(s)
+        assert torch.isfinite(out).all()
+    assert not torch.equal(results[0.0], results[1.0])
