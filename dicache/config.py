@@ -40,12 +40,6 @@ REACH_MIN_STEPS = 45
 # scheduler is not known); none on a DDPM-family scheduler's, where the quadratic through any three entries scored
 # higher at 20 and 30 steps on three DDIM-trained models (benchmarks/RESULTS.md, thirty-first round)
 QUAD_BALANCE_AUTO = 0.5
-# hindsight="auto": the share of a run's miss added back where the residual reads smooth, and the reading under which
-# it does: the line through the first two computed calls' residuals misses the third's by this fraction of the larger
-# change between them (white noise: about 1.5; 0.99–1.78 on the five shipped models, 0.10–0.63 on siblings trained
-# smooth in the timestep; benchmarks/RESULTS.md, forty-first and forty-second rounds)
-HINDSIGHT_SHARE = 0.5
-HINDSIGHT_SMOOTH = 0.8
 
 
 @dataclass(frozen=True)
@@ -219,13 +213,10 @@ class DiCacheConfig:
             ``n``). Summed over the run's skips with the scheduler's step sizes ``w`` (1 without them) and spread over
             the computed call's step, the output becomes ``h + β·(h − x − P(n))``, ``β = share·Σ_k w_k·φ(k)/w_n``:
             one rebuild and one ``lerp`` on the computed call, nothing on the skips, the stored entry the call's
-            own. A number in [0, 1]; ``"auto"``: ``HINDSIGHT_SHARE`` (0.5) where the residual reads smooth at the
-            first three computed calls (the line through the first two misses the third by less than
-            ``HINDSIGHT_SMOOTH``, 0.8, of the larger change between them; read back with a later computed call's
-            error, or once when first needed), 0 where it moves as white noise (the zoo's shipped models: every
-            reconstruction meets that floor, and the correction mixed there). On siblings of the zoo models trained
-            smooth in the timestep half the run's miss gained at every point measured at 50 steps
-            (``benchmarks/RESULTS.md``, forty-first and forty-second rounds).
+            own. A number in [0, 1]. The model's own output at the drifted latents pulls part of the drift back, by a
+            share that depends on the model: the whole run's miss overshot on some models, half of it gained at every
+            point measured on the shipped models and on siblings of four of them trained smooth in the timestep, at 30
+            and 50 steps (``benchmarks/RESULTS.md``, forty-first and forty-second rounds).
         threshold_end: δ at the last step; δ moves linearly from ``threshold``
             at the first step (None: constant). Needs the step count.
         target_speedup: compute-budget mode (> 1): no δ to tune. The number of
@@ -278,7 +269,7 @@ class DiCacheConfig:
     max_extrapolation: Union[None, float, str] = None
     monotone_runs: bool = False
     span_power: Union[float, str] = 1.0
-    hindsight: Union[float, str] = 0.0
+    hindsight: float = 0.0
     threshold_end: Optional[float] = None
     target_speedup: Optional[float] = None
     target_min_steps: Optional[int] = None
@@ -375,14 +366,11 @@ class DiCacheConfig:
         are planned)."""
         return self.monotone_runs and self.plans_runs(num_steps)
 
-    def hindsight_share(self, num_steps: Optional[int], flow_matching: Optional[bool], smooth: Optional[bool]) -> float:
+    def hindsight_share(self, num_steps: Optional[int], flow_matching: Optional[bool] = None) -> float:
         """The share of a run's miss its closing computed call adds back on a trajectory of ``num_steps``
-        (``hindsight``): 0 unless γ comes from the steps and the blocks' output is rebuilt; ``"auto"``:
-        ``HINDSIGHT_SHARE`` where ``smooth`` (the residual read smooth at the first computed calls), else 0."""
+        (``hindsight``): 0 unless γ comes from the steps and the blocks' output is rebuilt."""
         if not self.gamma_from_steps(num_steps, flow_matching) or self.reconstructs_output(num_steps, flow_matching):
             return 0.0
-        if self.hindsight == "auto":
-            return HINDSIGHT_SHARE if smooth else 0.0
         return float(self.hindsight)
 
     def warmup_calls(self, num_steps: Optional[int]) -> int:
@@ -479,8 +467,8 @@ def validate(cfg: DiCacheConfig, num_blocks: Optional[int] = None) -> None:
     if sp != "measured" and (not _is_real(sp) or not SPAN_POWER_MIN <= sp <= 1):
         raise ValueError(f"span_power must be a number in [{SPAN_POWER_MIN}, 1] or 'measured', got {sp!r}")
     hs = cfg.hindsight
-    if hs != "auto" and (not _is_real(hs) or not 0 <= hs <= 1):
-        raise ValueError(f"hindsight must be a share in [0, 1] or 'auto', got {hs!r}")
+    if not _is_real(hs) or not 0 <= hs <= 1:
+        raise ValueError(f"hindsight must be a share in [0, 1], got {hs!r}")
     te = cfg.threshold_end
     if te is not None and (not _is_real(te) or not math.isfinite(te) or te < 0):
         raise ValueError(f"threshold_end must be None or a finite number >= 0, got {te!r}")
@@ -584,9 +572,16 @@ PAPER_PRESETS: Dict[str, DiCacheConfig] = {
 #   steps, FLUX.1's own step counts, under the front at 30, where 0.4 saves 2.15× and 2.30×, at 30 steps 2.2 dB
 #   higher pooled; at 50 steps 2.49× at the PSNR 0.3 gives at 2.38×, at 40 steps 2.49× 1.0 dB under 0.3's 2.35×;
 #   at 20 steps 2.36× for 2.35×, 1.0 dB lower on seeds 0–3; benchmarks/RESULTS.md, twenty-second round).
+# * ``hindsight=0.5``: where γ comes from the steps, the computed call that ends a run adds back half of what the run
+#   missed. At 50 steps, seeds 0–3, against the same δ without it: +0.35 to +2.1 dB pooled at all 12 points measured
+#   on the shipped Flux, Wan, HunyuanVideo and SD3 models at 2–2.9× fewer flops, and +1.7 to +6.5 at all 12 on siblings
+#   of them trained smooth in the timestep (``benchmarks/smooth_time.py``), where the whole miss lost up to 3.9 dB on
+#   SD3 and three quarters of it 1.1; at 30 steps +0.4 to +2.2 at all 8 shipped points and +3.5 to +6.1 at the 4
+#   smooth ones (benchmarks/RESULTS.md, forty-second round).
 _RULE = dict(warmup=0.05, run_power="auto", force_last_step=0.04, cfg_decision="shared", alignment_order="auto",
              gamma_source="auto", quad_balance="auto", reconstruct_at="auto", plan_runs="auto", plan_error="auto",
-             max_extrapolation="auto", monotone_runs=True, predictive_skip=True, span_power="measured")
+             max_extrapolation="auto", monotone_runs=True, predictive_skip=True, span_power="measured",
+             hindsight=0.5)
 PRESETS: Dict[str, DiCacheConfig] = {
     "flux": PAPER_PRESETS["flux"].replace(threshold=0.4, **_RULE),
     "hunyuan_video": PAPER_PRESETS["hunyuan_video"].replace(threshold=0.2, **_RULE),

@@ -445,9 +445,7 @@ class DiCacheEngine:
         order, skips, n = state.run_order, state.run_skips, self._cur_step
         if not skips or order < 1 or state.n_stored < order:
             return 0.0
-        cfg = self.config
-        share = cfg.hindsight_share(self._num_steps, self.flow_matching,
-                                    state.read_smoothness() if cfg.hindsight == "auto" else None)
+        share = self.config.hindsight_share(self._num_steps, self.flow_matching)
         entries = [state.slot_step[state.newest(i)] for i in range(order, 0, -1)]
         size = self._step_size(n)
         if not share or not size > 0 or not all(entries[-1] < k < n for k, _ in skips):
@@ -615,11 +613,8 @@ class DiCacheEngine:
         values = [state.acc.max()]
         if measured:
             values += [state.sums[:, reference.SUM_ALIGN].sum(), state.den.sum()]
-        walk, smooth = state.walk_sums, state.smoothness_sums  # (hindsight="auto": the residual's reading too)
-        host = torch.cat([torch.stack(values)] + [t for t in (walk, smooth) if t is not None]).tolist()
-        if smooth is not None:
-            state.settle_smoothness(*host[-4:])
-            host = host[:-4]
+        walk = state.walk_sums
+        host = torch.cat([torch.stack(values)] + ([walk] if walk is not None else [])).tolist()
         if walk is not None:
             state.settle_walk(*host[-3:])
         if measured:
@@ -636,15 +631,10 @@ class DiCacheEngine:
         if state is None or self._x is None:
             raise RuntimeError("after_full() called outside a computed call")
         ops = self.backend_for(h.device)
-        # hindsight: the run's rule at this step (before the refresh replaces the oldest entry); the residual's reading
+        # hindsight: the run's rule at this step (before the refresh replaces the oldest entry)
         beta = self._hindsight_beta(state)
         if beta:
             self._rebuild_at_step(state, self._x, state.run_order)
-        if (self.config.hindsight == "auto" and state.n_stored == 2 and state.smoothness is None
-                and state.smoothness_sums is None):
-            t0, t1 = state.slot_step[state.newest(2)], state.slot_step[state.newest(1)]
-            state.take_smoothness_sums(state.R[state.newest(2)], state.R[state.newest(1)], h, self._x,
-                                       (self._cur_step - t1) / (t1 - t0))
         slot = state.next_slot()
         other = state.P[state.newest()] if state.n_stored >= 1 else None
         # p_prev holds a copy of this call's probe output (written by probe_decide or the forced path).

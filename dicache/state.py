@@ -15,7 +15,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from .config import HINDSIGHT_SMOOTH, SPAN_POWER_DRIFT, SPAN_POWER_MIN, SPAN_POWER_SAMPLES, WALK_COSINE, DiCacheConfig
+from .config import SPAN_POWER_DRIFT, SPAN_POWER_MIN, SPAN_POWER_SAMPLES, WALK_COSINE, DiCacheConfig
 from .ops import reference
 
 
@@ -90,10 +90,6 @@ class BranchState:
         self.run_skips: List[Tuple[int, float]] = []
         self.run_order = 0
         self.hindsight_runs = 0
-        # hindsight="auto": the residual's reading at the first computed calls (smoothness_sums; None until read) and
-        # its sums on the device until read back
-        self.smoothness: Optional[float] = None
-        self.smoothness_sums: Optional[torch.Tensor] = None
         self.records: List[CallRecord] = []
         self.shape: Optional[Tuple[torch.Size, torch.dtype, torch.device]] = None
         self.ring: List[int] = []  # slot indices of the stored entries, oldest first (R[-1] is R[ring[-1]])
@@ -186,25 +182,6 @@ class BranchState:
         self.run_skips.append((step, size))
         self.run_order = order
 
-    def take_smoothness_sums(self, older: torch.Tensor, newer: torch.Tensor, h: torch.Tensor, x: torch.Tensor,
-                             spacing: float) -> None:
-        """hindsight="auto": keep the sums :func:`smoothness_of` reads, of the two stored entries (``older``,
-        ``newer``) and this computed call's residual ``h − x`` (one temporary of its size, once per trajectory);
-        ``spacing``: this call's distance from ``newer`` over theirs."""
-        sums = increments_sums(older, newer, h.float() - x.float())
-        self.smoothness_sums = torch.cat([sums, sums.new_tensor([spacing])])
-
-    def settle_smoothness(self, dot: float, uu: float, vv: float, spacing: float) -> None:
-        self.smoothness = smoothness_of(dot, uu, vv, spacing)
-        self.smoothness_sums = None
-
-    def read_smoothness(self) -> Optional[bool]:
-        """Whether the residual read smooth (under ``HINDSIGHT_SMOOTH``); its sums read back here where no computed
-        call's error took them (one transfer); None where nothing was read."""
-        if self.smoothness is None and self.smoothness_sums is not None:
-            self.settle_smoothness(*self.smoothness_sums.tolist())
-        return None if self.smoothness is None else self.smoothness < HINDSIGHT_SMOOTH
-
     def settle_walk(self, dot: float, uu: float, vv: float) -> None:
         """``walk`` from the read-back ``walk_sums``: whether the trajectory's sampler adds noise at every step, the
         cosine of the input's two increments under :data:`~dicache.config.WALK_COSINE`."""
@@ -268,20 +245,6 @@ def increments_sums(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.
 def cosine_of(dot: float, uu: float, vv: float) -> float:
     """The cosine from :func:`increments_sums`; 1 where either increment is zero."""
     return dot / math.sqrt(uu * vv) if uu > 0 and vv > 0 else 1.0
-
-
-def smoothness_of(dot: float, uu: float, vv: float, spacing: float = 1.0) -> float:
-    """How far the line through two residuals ``R0, R1`` misses a third ``R2`` against the larger change between them,
-    from :func:`increments_sums` of the three (``u = R1 − R0``, ``v = R2 − R1``) and ``spacing``, the steps from ``R1``
-    to ``R2`` over those from ``R0`` to ``R1``: ``|v − s·u| / max(|v|, s·|u|)``. Evenly spaced, the second difference
-    against the larger first one: near 0 on a smooth curve, about 1.5 on white noise (inf where nothing moved or a sum
-    is not finite)."""
-    s = spacing
-    miss = vv - 2 * s * dot + s * s * uu
-    scale = max(vv, s * s * uu)
-    if not (scale > 0 and math.isfinite(miss) and math.isfinite(scale)):
-        return math.inf
-    return math.sqrt(max(miss, 0.0) / scale)
 
 
 def hindsight_weight(k: int, entries: Sequence[int], n: int) -> float:

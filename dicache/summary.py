@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Dict, Optional, Tuple
 
-from .config import HINDSIGHT_SMOOTH, STEPS_GAMMA_MIN_STEPS, DiCacheConfig
+from .config import STEPS_GAMMA_MIN_STEPS, DiCacheConfig
 from .engine import DiCacheEngine
 from .state import reads_walk
 
@@ -55,11 +55,8 @@ class BranchSummary:
     #: :data:`~dicache.config.WALK_COSINE`: a sampler that adds noise at every step, whose planned skips take the line
     #: through the two newest stored entries); None where it was not read
     sampler_cosine: Optional[float] = None
-    #: ``hindsight``: the runs of skips whose closing computed call added back a share of their miss, and (``"auto"``)
-    #: the residual's reading at the first computed calls (under :data:`~dicache.config.HINDSIGHT_SMOOTH`: smooth);
-    #: None where it was not read
+    #: ``hindsight``: the runs of skips whose closing computed call added back a share of their miss
     hindsight_runs: int = 0
-    smoothness: Optional[float] = None
 
     @property
     def sampler(self) -> Optional[str]:
@@ -156,13 +153,10 @@ class Summary:
                 f"{100 * b.saved_fraction:.1f}% of block evaluations saved"
                 + (f" (budget: {b.budget})" if b.budget else "")
                 + (f"; {b.outputs_rebuilt} skipped outputs rebuilt at the model's output" if b.outputs_rebuilt else "")
+                + (f"; {b.hindsight_runs} runs' miss taken back in part (hindsight)" if b.hindsight_runs else "")
             )
             if b.sampler is not None:
                 lines.append(f"    sampler  {b.sampler}")
-            if b.smoothness is not None or b.hindsight_runs:
-                read = "" if b.smoothness is None else (
-                    f"residual {'smooth' if b.smoothness < HINDSIGHT_SMOOTH else 'rough'} ({b.smoothness:.3g}); ")
-                lines.append(f"    hindsight  {read}{b.hindsight_runs} runs corrected")
             lines.append(f"    pattern  {b.pattern}")
             errs = " ".join("-" if s.error is None else f"{s.error:.3g}" for s in b.steps)
             gammas = " ".join("-" if s.gamma is None else f"{s.gamma:.3g}" for s in b.steps)
@@ -204,7 +198,6 @@ def summarize(engine: DiCacheEngine, model: str, prefix: str = "") -> Summary:
             outputs_rebuilt=state.outputs_rebuilt,
             sampler_cosine=state.walk_cosine,
             hindsight_runs=state.hindsight_runs,
-            smoothness=state.smoothness,
         )
     backend = ",".join(sorted({b.name for b in engine._backends.values()})) or engine.backend_name
     base = getattr(engine, "base_config", engine.config)  # (an engine of an older engine_factory has none)

@@ -98,16 +98,13 @@ def test_only_the_flag_is_read_back(family, backend):
             assert got - base == int(decided), (st, base, got)
 
 
-# hindsight: the residual's reading rides with a computed call's error, the correction reads nothing
-@pytest.mark.parametrize("options", [{}, dict(gamma_source="steps", alignment_order="auto", hindsight="auto"),
-                                     dict(gamma_source="steps", hindsight=1.0)])
+# hindsight: the correction reads nothing
+@pytest.mark.parametrize("options", [{}, dict(gamma_source="steps", alignment_order="auto", hindsight=0.5)])
 @pytest.mark.parametrize("family", ["flux", "wan"])
 def test_planned_runs_read_one_value_per_computed_call_and_none_when_skipping(family, options):
     baseline, cached, order, s = _reads_with_dicache(family, 12, backend="torch", threshold=100.0, warmup=2,
                                                      plan_runs=True, max_extrapolation=1.0, **options)
-    if options.get("hindsight") == "auto":
-        assert all(b.smoothness is not None for b in s.branches.values())
-    if options.get("hindsight") == 1.0:
+    if options:
         assert all(b.hindsight_runs > 0 for b in s.branches.values())
     assert {st.reason for st in order if not st.computed} <= {"planned", "follow"}
     assert any(st.reason == "planned" for st in order)
