@@ -640,7 +640,7 @@ class DiCacheEngine:
         # p_prev holds a copy of this call's probe output (written by probe_decide or the forced path).
         ops.refresh(h, state.p_prev, self._x, state.R[slot], state.P[slot], other, state.den, state.acc)
         if beta:  # the entry stored is the call's own; its output takes back β times the run's miss
-            h.lerp_(state.out, -beta)
+            h.lerp_(state.out.to(h.dtype), -beta)
             state.hindsight_runs += 1
         state.run_skips, state.run_order = [], 0
         state.store(slot, self._cur_step)

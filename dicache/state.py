@@ -85,8 +85,8 @@ class BranchState:
         # alignment_order="auto": the weight w ([B] fp32, on the device) of the quadratic against the line that
         # the last probe fitted (None: the line)
         self.quad_weight: Optional[torch.Tensor] = None
-        # hindsight: the skips of the current run, (step, step size), and how many stored entries their rule used (1: the
-        # newest, 2: the line, 3: the quadratic; 0: mixed or unknown, no correction); the runs corrected so far
+        # hindsight: the skips of the current run, (step, step size), and how many stored entries their rule used
+        # (1: the newest, 2: the line, 3: the quadratic; 0: mixed or unknown, no correction); the runs corrected so far
         self.run_skips: List[Tuple[int, float]] = []
         self.run_order = 0
         self.hindsight_runs = 0

@@ -153,7 +153,7 @@ class Summary:
                 f"{100 * b.saved_fraction:.1f}% of block evaluations saved"
                 + (f" (budget: {b.budget})" if b.budget else "")
                 + (f"; {b.outputs_rebuilt} skipped outputs rebuilt at the model's output" if b.outputs_rebuilt else "")
-                + (f"; {b.hindsight_runs} runs' miss taken back in part (hindsight)" if b.hindsight_runs else "")
+                + (f"; hindsight corrected {b.hindsight_runs} runs" if b.hindsight_runs else "")
             )
             if b.sampler is not None:
                 lines.append(f"    sampler  {b.sampler}")

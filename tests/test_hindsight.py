@@ -88,7 +88,7 @@ def test_the_quadratics_run_takes_back_its_miss_on_a_cubic_residual(share):
         torch.testing.assert_close(outs[k], off[k])
     torch.testing.assert_close(engine.stored[5], R(5), rtol=1e-5, atol=1e-5)
     assert engine.branches["c"].hindsight_runs == 3
-    assert "3 runs' miss taken back in part (hindsight)" in str(summarize(engine, "toy"))
+    assert "hindsight corrected 3 runs" in str(summarize(engine, "toy"))
 
 
 def test_a_run_is_corrected_only_where_every_skip_took_one_rule_from_the_steps():
