@@ -368,10 +368,9 @@ class DiCacheConfig:
 
     def hindsight_share(self, num_steps: Optional[int], flow_matching: Optional[bool] = None) -> float:
         """The share of a run's miss its closing computed call adds back on a trajectory of ``num_steps``
-        (``hindsight``): 0 unless γ comes from the steps and the blocks' output is rebuilt."""
-        if not self.gamma_from_steps(num_steps, flow_matching) or self.reconstructs_output(num_steps, flow_matching):
-            return 0.0
-        return float(self.hindsight)
+        (``hindsight``): 0 unless γ comes from the steps (the engine also leaves a run whose skips rebuilt the model's
+        output, ``reconstruct_at``, as is)."""
+        return float(self.hindsight) if self.gamma_from_steps(num_steps, flow_matching) else 0.0
 
     def warmup_calls(self, num_steps: Optional[int]) -> int:
         """How many leading calls of a branch are always computed (at least 1)."""

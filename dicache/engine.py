@@ -415,18 +415,20 @@ class DiCacheEngine:
         s2, s1 = state.newest(1), state.newest(2)
         order = self.config.alignment_order
         if order == 1 or state.n_stored < 3 or (order == "auto" and weights is None and state.quad_weight is None):
-            if not self._plan_output(state, x, (s2, s1, None), state.gamma, None):
+            output = self._plan_output(state, x, (s2, s1, None), state.gamma, None)
+            if not output:
                 ops.reconstruct(x, state.R[s2], state.R[s1], state.gamma, state.out)
-            self._note_skip(state, 2)
+            self._note_skip(state, 0 if output else 2)
             return
         if weights is None:  # order 2: the quadratic whole; "auto": the weight fitted (or led) for this call
             w = state.quad_weight if order == "auto" else torch.ones_like(state.gamma)
             weights = self._quad_weights(state, w)
         c0, c2 = weights
         s0 = state.newest(3)
-        if not self._plan_output(state, x, (s2, s1, s0), c2, c0):
+        output = self._plan_output(state, x, (s2, s1, s0), c2, c0)
+        if not output:
             ops.reconstruct(x, state.R[s2], state.R[s1], c2, state.out, state.R[s0], c0)
-        self._note_skip(state, 3)
+        self._note_skip(state, 0 if output else 3)
 
     # -- hindsight ----------------------------------------------------------
     def _step_size(self, step: int) -> float:
@@ -435,8 +437,9 @@ class DiCacheEngine:
         return sizes[step] if sizes is not None and 0 <= step < len(sizes) else 1.0
 
     def _note_skip(self, state: BranchState, order: int) -> None:
-        """``hindsight``: record a skip of the run and how many entries its reconstruction used (a polynomial at the
-        call's own step only where γ comes from the steps; any other γ leaves the run uncorrected)."""
+        """``hindsight``: record a skip of the run and how many entries its rebuilt blocks' output used (0: the model's
+        output was rebuilt instead; a polynomial at the call's own step only where γ comes from the steps, any other γ
+        leaves the run uncorrected)."""
         if self.config.hindsight != 0:
             state.note_skip(self._cur_step, self._step_size(self._cur_step), order if self._gamma_from_steps() else 0)
 

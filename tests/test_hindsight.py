@@ -38,9 +38,10 @@ def polynomial(degree, seed=0):
     return R
 
 
-def run(cfg, R, n=N, sizes=None):
-    """Drive one branch over ``n`` steps whose deep blocks output ``x + R(k)``; the probe's error is constant.
-    Returns (the output handed on per step, the engine)."""
+def run(cfg, R, n=N, sizes=None, outputs=False):
+    """Drive one branch over ``n`` steps whose deep blocks output ``x + R(k)``; the probe's error is constant;
+    ``outputs``: the model's output module runs too (``reconstruct_at``). Returns (the output handed on per step,
+    the engine)."""
     g = torch.Generator().manual_seed(7)
     x = torch.randn(2, 6, 8, generator=g)
     base = torch.rand(2, 6, 8, generator=g) + 0.5
@@ -57,6 +58,10 @@ def run(cfg, R, n=N, sizes=None):
             engine.after_full(h)
             st = engine.branches["c"]
             stored[k] = st.R[st.newest()].clone()
+            if outputs:
+                engine.computed_output(h.mean(dim=1))
+        elif outputs and engine.output_pending():
+            engine.skipped_output()
         outs.append(h.clone() - x)
     engine.stored = stored
     return outs, engine
@@ -133,15 +138,26 @@ def test_no_correction_without_a_share_or_where_the_probe_sets_gamma(changes):
         torch.testing.assert_close(outs[k], R(k), rtol=1e-5, atol=1e-5)
 
 
-def test_share_follows_gamma_and_the_rebuilt_output():
+def test_no_correction_where_the_skips_rebuilt_the_models_output():
+    R = polynomial(3)
+    cfg = DiCacheConfig(**BASE, alignment_order=2, hindsight=1.0, reconstruct_at="output")
+    outs, engine = run(cfg, R, outputs=True)
+    assert engine.branches["c"].outputs_rebuilt == 6 and engine.branches["c"].hindsight_runs == 0
+    for k in (5, 8, 11):
+        torch.testing.assert_close(outs[k], R(k), rtol=1e-5, atol=1e-5)
+    # the blocks' output rebuilt (no output module ran): corrected
+    _, engine = run(cfg, R)
+    assert engine.branches["c"].hindsight_runs == 3
+
+
+def test_share_follows_gamma():
     cfg = DiCacheConfig(gamma_source="steps", hindsight=0.75)
     assert cfg.hindsight_share(50, True) == 0.75
     assert cfg.replace(gamma_source="probe").hindsight_share(50, True) == 0
-    assert cfg.replace(reconstruct_at="output").hindsight_share(50, True) == 0
-    auto = cfg.replace(gamma_source="auto", reconstruct_at="auto")
-    # the probe's γ under 25 flow-matching steps; a DDPM-family trajectory rebuilds the model's output
+    auto = cfg.replace(gamma_source="auto")
+    # the probe's γ under 25 flow-matching steps, the steps' on a DDPM-family trajectory at any count
     assert auto.hindsight_share(50, True) == 0.75 and auto.hindsight_share(20, True) == 0
-    assert auto.hindsight_share(50, False) == 0
+    assert auto.hindsight_share(20, False) == 0.75
 
 
 @pytest.mark.parametrize("value", [-0.1, 1.5, True, "auto", None, float("nan")])
