@@ -40,6 +40,11 @@ REACH_MIN_STEPS = 45
 # scheduler is not known); none on a DDPM-family scheduler's, where the quadratic through any three entries scored
 # higher at 20 and 30 steps on three DDIM-trained models (benchmarks/RESULTS.md, thirty-first round)
 QUAD_BALANCE_AUTO = 0.5
+# hindsight where the probe set γ: the share of the run's miss (read on the line through the two newest entries at the
+# skips' own steps) taken back is this fraction of ``hindsight``; the probe's γ already moved each skip part of the way
+# (at 20 steps, of the presets' 0.5: half gained +0.3 to +2.1 dB pooled on Flux, Wan and HunyuanVideo and lost up to
+# 0.3 on SD3; the whole gained up to +3.9 but lost up to 1.0 on SD3; benchmarks/RESULTS.md, forty-third round)
+HINDSIGHT_PROBE_FACTOR = 0.5
 
 
 @dataclass(frozen=True)
@@ -365,12 +370,6 @@ class DiCacheConfig:
         """Whether runs of reuses only shorten on a trajectory of ``num_steps`` (``monotone_runs``, where runs
         are planned)."""
         return self.monotone_runs and self.plans_runs(num_steps)
-
-    def hindsight_share(self, num_steps: Optional[int], flow_matching: Optional[bool] = None) -> float:
-        """The share of a run's miss its closing computed call adds back on a trajectory of ``num_steps``
-        (``hindsight``): 0 unless γ comes from the steps (the engine also leaves a run whose skips rebuilt the model's
-        output, ``reconstruct_at``, as is)."""
-        return float(self.hindsight) if self.gamma_from_steps(num_steps, flow_matching) else 0.0
 
     def warmup_calls(self, num_steps: Optional[int]) -> int:
         """How many leading calls of a branch are always computed (at least 1)."""

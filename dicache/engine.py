@@ -22,7 +22,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 
 from .budget import Budget
-from .config import DiCacheConfig
+from .config import HINDSIGHT_PROBE_FACTOR, DiCacheConfig
 from .ops import Backend, reference, select_backend
 from .state import (CAP, FOLLOW, LAST_STEP, PLANNED, PREDICTED, REACH, REFRESH, REUSE, REUSE_ONE, SHORTEN,
                     WARMUP, BranchState, CallRecord, at_shorten_bound, balanced, hindsight_weight, next_shortening,
@@ -438,17 +438,19 @@ class DiCacheEngine:
 
     def _note_skip(self, state: BranchState, order: int) -> None:
         """``hindsight``: record a skip of the run and how many entries its rebuilt blocks' output used (0: the model's
-        output was rebuilt instead; a polynomial at the call's own step only where γ comes from the steps, any other γ
-        leaves the run uncorrected)."""
+        output was rebuilt instead). Where the probe set γ, the skip counts at its own step on the line through the
+        two newest entries (the line the probe's γ and fitted bend moved along)."""
         if self.config.hindsight != 0:
-            state.note_skip(self._cur_step, self._step_size(self._cur_step), order if self._gamma_from_steps() else 0)
+            if order > 2 and not self._gamma_from_steps():
+                order = 2
+            state.note_skip(self._cur_step, self._step_size(self._cur_step), order)
 
     def _hindsight_beta(self, state: BranchState) -> float:
         """``hindsight``, at the computed call that ends a run: β of ``h + β·(h − x − P(n))`` (0: no correction)."""
         order, skips, n = state.run_order, state.run_skips, self._cur_step
         if not skips or order < 1 or state.n_stored < order:
             return 0.0
-        share = self.config.hindsight_share(self._num_steps, self.flow_matching)
+        share = float(self.config.hindsight) * (1.0 if self._gamma_from_steps() else HINDSIGHT_PROBE_FACTOR)
         entries = [state.slot_step[state.newest(i)] for i in range(order, 0, -1)]
         size = self._step_size(n)
         if not share or not size > 0 or not all(entries[-1] < k < n for k, _ in skips):

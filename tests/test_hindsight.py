@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import dicache
-from dicache.config import DiCacheConfig
+from dicache.config import HINDSIGHT_PROBE_FACTOR, DiCacheConfig
 from dicache.engine import DiCacheEngine
 from dicache.ops.reference import lagrange_weights
 from dicache.state import BranchState, hindsight_weight
@@ -96,7 +96,7 @@ def test_the_quadratics_run_takes_back_its_miss_on_a_cubic_residual(share):
     assert "hindsight corrected 3 runs" in str(summarize(engine, "toy"))
 
 
-def test_a_run_is_corrected_only_where_every_skip_took_one_rule_from_the_steps():
+def test_a_run_is_corrected_only_where_every_skip_took_one_rule():
     st = BranchState("c")
     st.note_skip(3, 1.0, 3)
     st.note_skip(4, 0.5, 3)
@@ -104,7 +104,7 @@ def test_a_run_is_corrected_only_where_every_skip_took_one_rule_from_the_steps()
     st.note_skip(5, 1.0, 2)  # another rule within the run
     assert st.run_order == 0
     st = BranchState("c")
-    st.note_skip(3, 1.0, 0)  # γ not from the steps
+    st.note_skip(3, 1.0, 0)  # the model's output rebuilt
     st.note_skip(4, 1.0, 0)
     assert st.run_order == 0
 
@@ -126,16 +126,28 @@ def test_the_lines_run_with_step_sizes():
     torch.testing.assert_close(outs[5], R(5) + beta * (R(5) - p5), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("changes", [dict(hindsight=0.0), dict(gamma_source="probe"),
-                                     dict(alignment_order="auto", gamma_source="auto")])
-def test_no_correction_without_a_share_or_where_the_probe_sets_gamma(changes):
-    # gamma_source="auto" at 12 steps: the probe's γ (under STEPS_GAMMA_MIN_STEPS on flow matching)
+def test_no_correction_without_a_share():
     R = polynomial(3)
-    cfg = DiCacheConfig(**BASE, alignment_order=2, hindsight=1.0).replace(**changes)
-    outs, engine = run(cfg, R)
+    outs, engine = run(DiCacheConfig(**BASE, alignment_order=2, hindsight=0.0), R)
     assert engine.branches["c"].hindsight_runs == 0
     for k in (5, 8, 11):
         torch.testing.assert_close(outs[k], R(k), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("changes", [dict(gamma_source="probe"), dict(alignment_order="auto", gamma_source="auto")])
+def test_where_the_probe_sets_gamma_the_run_counts_on_the_line_at_its_steps(changes):
+    # gamma_source="auto" at 12 steps: the probe's γ (under STEPS_GAMMA_MIN_STEPS on flow matching); the skips
+    # rebuilt on the quadratic (or the bent line) at the probe's γ, clipped; the correction reads them as the line
+    # through the two newest entries at their own steps, and takes back HINDSIGHT_PROBE_FACTOR of the share
+    R = polynomial(3)
+    cfg = DiCacheConfig(**BASE, alignment_order=2, hindsight=0.5).replace(**changes)
+    outs, engine = run(cfg, R)
+    assert summarize(engine, "toy").branches["c"].pattern == PATTERN
+    assert engine.branches["c"].hindsight_runs == 3
+    line5 = R(1) + 4.0 * (R(2) - R(1))
+    beta = 0.5 * HINDSIGHT_PROBE_FACTOR * (hindsight_weight(3, [1, 2], 5) + hindsight_weight(4, [1, 2], 5))
+    torch.testing.assert_close(outs[5], R(5) + beta * (R(5) - line5), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(engine.stored[5], R(5), rtol=1e-5, atol=1e-5)
 
 
 def test_no_correction_where_the_skips_rebuilt_the_models_output():
@@ -148,16 +160,6 @@ def test_no_correction_where_the_skips_rebuilt_the_models_output():
     # the blocks' output rebuilt (no output module ran): corrected
     _, engine = run(cfg, R)
     assert engine.branches["c"].hindsight_runs == 3
-
-
-def test_share_follows_gamma():
-    cfg = DiCacheConfig(gamma_source="steps", hindsight=0.75)
-    assert cfg.hindsight_share(50, True) == 0.75
-    assert cfg.replace(gamma_source="probe").hindsight_share(50, True) == 0
-    auto = cfg.replace(gamma_source="auto")
-    # the probe's γ under 25 flow-matching steps, the steps' on a DDPM-family trajectory at any count
-    assert auto.hindsight_share(50, True) == 0.75 and auto.hindsight_share(20, True) == 0
-    assert auto.hindsight_share(20, False) == 0.75
 
 
 @pytest.mark.parametrize("value", [-0.1, 1.5, True, "auto", None, float("nan")])
