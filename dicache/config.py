@@ -209,16 +209,18 @@ class DiCacheConfig:
             the line through the two newest entries, not the quadratic: the best estimate of a random walk's next
             value is its newest, and a curvature read off three noisy entries is mostly their noise (thirty-fifth
             round).
-        hindsight: where γ comes from the steps (``gamma_source``) and the deep blocks' output is rebuilt
-            (``reconstruct_at``), the computed call that ends a run of skips adds back this share of what the run
-            missed, as the computed call now tells it (0: nothing, the method). Each skip rebuilt the residual on the
-            polynomial through the stored entries at its step; the polynomial one degree higher through the new entry
-            too, known only after the run, differs from it at step ``k`` by ``φ(k)·(R_n − P(n))`` (``φ`` the new
-            Newton basis term: 0 at the stored entries, 1 at the computed step ``n``; ``P(n)`` the skips' rule at
-            ``n``). Summed over the run's skips with the scheduler's step sizes ``w`` (1 without them) and spread over
-            the computed call's step, the output becomes ``h + β·(h − x − P(n))``, ``β = share·Σ_k w_k·φ(k)/w_n``:
-            one rebuild and one ``lerp`` on the computed call, nothing on the skips, the stored entry the call's
-            own. A number in [0, 1]. The model's own output at the drifted latents pulls part of the drift back, by a
+        hindsight: where the deep blocks' output is rebuilt (``reconstruct_at``), the computed call that ends a run
+            of skips adds back this share of what the run missed, as the computed call now tells it (0: nothing, the
+            method). Each skip rebuilt the residual on the polynomial through the stored entries at its step; the
+            polynomial one degree higher through the new entry too, known only after the run, differs from it at step
+            ``k`` by ``φ(k)·(R_n − P(n))`` (``φ`` the new Newton basis term: 0 at the stored entries, 1 at the
+            computed step ``n``; ``P(n)`` the skips' rule at ``n``). Summed over the run's skips with the scheduler's
+            step sizes ``w`` (1 without them) and spread over the computed call's step, the output becomes
+            ``h + β·(h − x − P(n))``, ``β = share·Σ_k w_k·φ(k)/w_n``: one rebuild and one ``lerp`` on the computed
+            call, nothing on the skips, the stored entry the call's own. Where the probe sets γ (``gamma_source``),
+            the skips count at their own steps on the line through the two newest entries, and the share taken back
+            is ``HINDSIGHT_PROBE_FACTOR`` (a half) of this one: the probe's γ already moved each skip part of the
+            way. A number in [0, 1]. The model's own output at the drifted latents pulls part of the drift back, by a
             share that depends on the model: the whole run's miss overshot on some models, half of it gained at every
             point measured on the shipped models and on siblings of four of them trained smooth in the timestep, at 30
             and 50 steps (``benchmarks/RESULTS.md``, forty-first and forty-second rounds).
@@ -570,12 +572,14 @@ PAPER_PRESETS: Dict[str, DiCacheConfig] = {
 #   steps, FLUX.1's own step counts, under the front at 30, where 0.4 saves 2.15× and 2.30×, at 30 steps 2.2 dB
 #   higher pooled; at 50 steps 2.49× at the PSNR 0.3 gives at 2.38×, at 40 steps 2.49× 1.0 dB under 0.3's 2.35×;
 #   at 20 steps 2.36× for 2.35×, 1.0 dB lower on seeds 0–3; benchmarks/RESULTS.md, twenty-second round).
-# * ``hindsight=0.5``: where γ comes from the steps, the computed call that ends a run adds back half of what the run
-#   missed. At 50 steps, seeds 0–3, against the same δ without it: +0.35 to +2.1 dB pooled at all 12 points measured
-#   on the shipped Flux, Wan, HunyuanVideo and SD3 models at 2–2.9× fewer flops, and +1.7 to +6.5 at all 12 on siblings
-#   of them trained smooth in the timestep (``benchmarks/smooth_time.py``), where the whole miss lost up to 3.9 dB on
-#   SD3 and three quarters of it 1.1; at 30 steps +0.4 to +2.2 at all 8 shipped points and +3.5 to +6.1 at the 4
-#   smooth ones (benchmarks/RESULTS.md, forty-second round).
+# * ``hindsight=0.5``: the computed call that ends a run adds back half of what the run missed (where the probe sets
+#   γ, a quarter: ``HINDSIGHT_PROBE_FACTOR``). At 50 steps, seeds 0–3, against the same δ without it: +0.35 to +2.1 dB
+#   pooled at all 12 points measured on the shipped Flux, Wan, HunyuanVideo and SD3 models at 2–2.9× fewer flops, and
+#   +1.7 to +6.5 at all 12 on siblings of them trained smooth in the timestep (``benchmarks/smooth_time.py``), where
+#   the whole miss lost up to 3.9 dB on SD3 and three quarters of it 1.1; at 30 steps +0.4 to +2.2 at all 8 shipped
+#   points and +3.5 to +6.1 at the 4 smooth ones (benchmarks/RESULTS.md, forty-second round). At 20 steps (the
+#   probe's γ), a quarter: Flux +1.9 to +2.1, Wan +0.2 to +0.4, HunyuanVideo +0.55 to +0.9, SD3 −0.0 to −0.3 at three
+#   δ each from 1.7× to 2.9×; a half: up to +3.9 on Flux, −0.5 to −1.0 on SD3 (forty-third round).
 _RULE = dict(warmup=0.05, run_power="auto", force_last_step=0.04, cfg_decision="shared", alignment_order="auto",
              gamma_source="auto", quad_balance="auto", reconstruct_at="auto", plan_runs="auto", plan_error="auto",
              max_extrapolation="auto", monotone_runs=True, predictive_skip=True, span_power="measured",
