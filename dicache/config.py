@@ -42,7 +42,7 @@ REACH_MIN_STEPS = 45
 QUAD_BALANCE_AUTO = 0.5
 # hindsight where the probe set γ: the share of the run's miss (read on the line through the two newest entries at the
 # skips' own steps) taken back is this fraction of ``hindsight``; the probe's γ already moved each skip part of the way
-# (at 20 steps, of the presets' 0.5: half gained +0.3 to +2.1 dB pooled on Flux, Wan and HunyuanVideo and lost up to
+# (at 20 steps, of the presets' 0.5: half gained +0.2 to +2.1 dB pooled on Flux, Wan and HunyuanVideo and lost up to
 # 0.3 on SD3; the whole gained up to +3.9 but lost up to 1.0 on SD3; benchmarks/RESULTS.md, forty-third round)
 HINDSIGHT_PROBE_FACTOR = 0.5
 
