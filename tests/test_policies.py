@@ -973,7 +973,7 @@ def test_presets_are_the_studied_rule_and_the_paper_settings_stay_available():
         assert [cfg.quad_balance_at(f) for f in (True, None, False)] == [0.5, 0.5, None], family
         assert cfg.plan_runs == "auto" and cfg.max_extrapolation == "auto" and cfg.monotone_runs is True, family
         assert cfg.plan_error == "auto" and cfg.plan_on_step_sizes(), family
-        assert cfg.hindsight == 0.5, family  # half the run's miss, at every step count
+        assert cfg.hindsight == 0.5, family  # half the run's miss (the engine halves it where the probe sets γ)
         assert not cfg.replace(target_speedup=2.5).plan_on_step_sizes(), family  # budget mode: the count of steps
         # 20 steps: the probe decides every call, as before; 50: planned runs, the quadratic's run power
         # both forced phases scale with the steps: 1 + 1 calls at 20 steps, 2 + 2 at 30, 3 + 2 at 50
