@@ -18,6 +18,13 @@ PSNR) / SSIM against the uncached output over
         --budget-profiles /tmp/wan50.json                 # another process: its first call replays them
     .venv/bin/python benchmarks/run_options.py wan_digits 50 '{"target_speedup": 2}' --seeds 0,1,2,3 \
         --first-calls                                     # every seed a first call (the reports' online family)
+    .venv/bin/python benchmarks/run_options.py sd3_digits 20 '{}' '{"force_last_step": 2}' --seeds 0,1,2,3 \
+        --thresholds 0.1,0.2,0.3,0.5,0.8                  # each set at each δ, then its PSNR at 2-3x fewer flops
+
+With ``--thresholds`` each option set runs at every δ of the list, and a last table gives each set's PSNR
+interpolated linearly in flop fraction at the savings of ``--at`` (pooled / mean of the samples, and in brackets
+the best δ that saves at least that much), as ``quality.py`` reads its families: option sets compared on their
+Pareto curves, not at one δ.
 """
 
 from __future__ import annotations
@@ -146,6 +153,39 @@ def print_rows(rows) -> list:
     return done
 
 
+AT_SAVINGS = (2.0, 2.25, 2.5, 2.75, 3.0)
+
+
+def with_thresholds(option_sets, thresholds):
+    """Each option set at each δ of ``thresholds`` (``threshold`` set), in order; the sets as given without."""
+    if not thresholds:
+        return list(option_sets)
+    return [dict(o, threshold=d) for o in option_sets for d in thresholds]
+
+
+def curves_table(rows, option_sets, savings=AT_SAVINGS) -> list:
+    """Markdown lines: each option set's rows (its δ values, :func:`with_thresholds`) read at each of ``savings``×
+    fewer flops: pooled PSNR / mean of the samples' PSNR interpolated in flop fraction, and in brackets the best
+    pooled PSNR of a δ saving at least that much (``quality.py``'s ``psnr_at`` and ``front_at``); – outside."""
+    import quality as Q
+
+    def cell(v):
+        return "–" if v is None else f"{v:.1f}"
+
+    out = ["| options | " + " | ".join(f"{x:g}×" for x in savings) + " |",
+           "| --- |" + " ---: |" * len(savings)]
+    for o in option_sets:
+        mine = [dict(status="ok", flop_fraction=1.0 / r["fewer_flops"], psnr=r["psnr"], psnr_mean=r["psnr_mean"])
+                for r in rows if {k: v for k, v in r["options"].items() if k != "threshold"} == o]
+        cells = []
+        for x in savings:
+            front = Q.front_at(mine, x)
+            cells.append(f"{cell(Q.psnr_at(mine, x))} / {cell(Q.psnr_at(mine, x, 'psnr_mean'))} "
+                         f"[{cell(front[0] if front else None)}]")
+        out.append(f"| `{json.dumps(o)}` | " + " | ".join(cells) + " |")
+    return out
+
+
 def main(argv=None) -> int:
     import quality as Q
 
@@ -169,14 +209,31 @@ def main(argv=None) -> int:
     ap.add_argument("--first-calls", action="store_true",
                     help="enable again before each seed: every seed's call is a first call (with --budget-profiles if "
                          "given); --save-profiles then writes the last seed's")
+    ap.add_argument("--thresholds", metavar="LIST",
+                    help="run each option set at each of these δ values (comma-separated) and end with its PSNR "
+                         "read at the savings of --at")
+    ap.add_argument("--at", metavar="LIST", default=",".join(f"{x:g}" for x in AT_SAVINGS),
+                    help="with --thresholds: the savings (× fewer flops, each > 1) to read each set at "
+                         "(default %(default)s)")
     args = ap.parse_args(argv)
     if args.steps < 2:
         ap.error("steps must be >= 2")
     if args.weights and not os.path.isfile(os.path.join(args.weights, "config.json")):
         ap.error(f"--weights: no config.json in {args.weights}")
     option_sets = parse_option_sets(ap, args.options)
-    if args.save_profiles and len(option_sets) != 1:
-        ap.error("--save-profiles writes the profiles of one option set; give one")
+    thresholds, at = [], []
+    if args.thresholds:
+        try:
+            thresholds = [float(v) for v in args.thresholds.split(",")]
+            at = [float(v) for v in args.at.split(",")]
+        except ValueError:
+            ap.error(f"--thresholds and --at take comma-separated numbers, got {args.thresholds!r} and {args.at!r}")
+        if not all(d >= 0 for d in thresholds) or not all(x > 1 for x in at):
+            ap.error(f"--thresholds takes δ values ≥ 0 and --at savings > 1, got {args.thresholds!r} and {args.at!r}")
+        if any("threshold" in o or "target_speedup" in o for o in option_sets):
+            ap.error("--thresholds sets each option set's threshold: leave threshold and target_speedup out of them")
+    if args.save_profiles and (len(option_sets) != 1 or args.thresholds):
+        ap.error("--save-profiles writes the profiles of one option set; give one (without --thresholds)")
     profiles = None
     if args.budget_profiles:
         try:
@@ -205,9 +262,12 @@ def main(argv=None) -> int:
     try:
         print(f"{args.model}{f' ({args.weights})' if args.weights else ''}, {args.steps} steps{Q.sampled_with(args)}, "
               f"seeds {seeds}, {len(labels)} labels, on the preset")
-        rows = print_rows(run(args.model, args.steps, option_sets, seeds, labels, weights=args.weights,
-                              summaries=summaries if args.summaries else None, budget_profiles=profiles,
-                              first_calls=args.first_calls))
+        rows = print_rows(run(args.model, args.steps, with_thresholds(option_sets, thresholds), seeds, labels,
+                              weights=args.weights, summaries=summaries if args.summaries else None,
+                              budget_profiles=profiles, first_calls=args.first_calls))
+        if thresholds:
+            print("\nPSNR at matched savings, pooled / mean of the samples [best δ saving at least that much]:")
+            print("\n".join(curves_table(rows, option_sets, at)))
         if args.save_profiles:
             with open(args.save_profiles, "w") as f:
                 json.dump(rows[0]["budget_profiles"], f)

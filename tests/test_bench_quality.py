@@ -8,6 +8,7 @@ import csv
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 
@@ -350,6 +351,37 @@ def test_run_options_first_calls_makes_every_seed_a_first_call(tmp_path, capsys)
     assert "budget: replay, δ=" in out.split("seed 4: ")[0] and "budget: replay, δ=" in out.split("seed 4: ")[1]
     assert ro.main(argv) == 0  # without it the second seed replays the first's errors
     assert "budget: replay, δ=" in capsys.readouterr().out.split("seed 4: ")[1]
+
+
+def test_run_options_thresholds_reads_each_option_set_on_its_curve(capsys):
+    """``--thresholds``: each option set at each δ, then its PSNR interpolated at the ``--at`` savings (pooled /
+    mean of the samples [the best δ saving at least that much]); bad values refused naming the argument."""
+    import run_options as ro
+
+    rows = [dict(options=dict(o, threshold=d), fewer_flops=f, psnr=p, psnr_mean=m)
+            for o, d, f, p, m in [({}, 0.1, 1.5, 40.0, 42.0), ({}, 0.3, 2.5, 30.0, 34.0),
+                                  ({"hindsight": 0}, 0.1, 2.0, 36.0, 37.0), ({"hindsight": 0}, 0.3, 3.0, 20.0, 21.0)]]
+    assert ro.with_thresholds([{}, {"hindsight": 0}], [0.1, 0.3]) == [
+        {"threshold": 0.1}, {"threshold": 0.3}, {"hindsight": 0, "threshold": 0.1}, {"hindsight": 0, "threshold": 0.3}]
+    head, rule, plain, off = ro.curves_table(rows, [{}, {"hindsight": 0}], [2.0, 2.5, 3.0])
+    assert head == "| options | 2× | 2.5× | 3× |" and rule.count("---:") == 3
+    # at 2× the flop fraction 0.5 lies between 1/1.5 and 1/2.5, a share (1/1.5 − 0.5) / (1/1.5 − 0.4) = 0.625 along
+    assert plain == "| `{}` | 33.8 / 37.0 [30.0] | 30.0 / 34.0 [30.0] | – / – [–] |"
+    assert off == '| `{"hindsight": 0}` | 36.0 / 37.0 [36.0] | 26.4 / 27.4 [20.0] | 20.0 / 21.0 [20.0] |'
+    argv = ["wan_digits", "8", '{"hindsight": 0}', "--seeds", "0", "--labels", "0,1", "--thresholds", "0,100"]
+    assert ro.main(argv + ["--at", "1.2"]) == 0
+    out = capsys.readouterr().out
+    assert '{"hindsight": 0, "threshold": 0.0}' in out and '{"hindsight": 0, "threshold": 100.0}' in out
+    # δ = 0 computes every call (an infinite PSNR, read by neither); δ = 100 saves more than 1.2×: the front's point
+    assert out.splitlines()[-2] == "| --- | ---: |"
+    assert re.fullmatch(r'\| `\{"hindsight": 0\}` \| – / – \[\d+\.\d\] \|', out.splitlines()[-1])
+    for bad, says in ((["--at", "1"], "--at savings > 1"), (["--at", "x"], "comma-separated numbers")):
+        with pytest.raises(SystemExit):
+            ro.main(argv + bad)
+        assert says in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        ro.main(["wan_digits", "8", '{"threshold": 0.2}', "--thresholds", "0.1"])
+    assert "leave threshold and target_speedup out" in capsys.readouterr().err
 
 
 def test_front_reads_the_best_setting_saving_at_least_that_much():
