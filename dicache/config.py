@@ -226,6 +226,11 @@ class DiCacheConfig:
             and 50 steps (``benchmarks/RESULTS.md``, forty-first and forty-second rounds).
         threshold_end: δ at the last step; δ moves linearly from ``threshold``
             at the first step (None: constant). Needs the step count.
+        step_size_power: where the probe decides each call (runs not planned, ``plan_runs``, and no budget), δ at
+            a call is scaled by ``(s̄/s_k)^p``, ``s_k`` the scheduler's step size at the call and ``s̄`` the median
+            over the trajectory (no change where the pipeline tells no step sizes; 0: δ the same at every step, the
+            method). A skip's error enters the latents times its step's size: a call on a large step must have
+            moved less to be skipped, one on a small step may have moved more. A number in [0, 2].
         target_speedup: compute-budget mode (> 1): no δ to tune. The number of
             computed calls is set so that block evaluations fall by this factor.
             A first call of a step count spends them online: where the pipeline's
@@ -278,6 +283,7 @@ class DiCacheConfig:
     span_power: Union[float, str] = 1.0
     hindsight: float = 0.0
     threshold_end: Optional[float] = None
+    step_size_power: float = 0.0
     target_speedup: Optional[float] = None
     target_min_steps: Optional[int] = None
     num_inference_steps: Optional[int] = None
@@ -472,6 +478,9 @@ def validate(cfg: DiCacheConfig, num_blocks: Optional[int] = None) -> None:
     te = cfg.threshold_end
     if te is not None and (not _is_real(te) or not math.isfinite(te) or te < 0):
         raise ValueError(f"threshold_end must be None or a finite number >= 0, got {te!r}")
+    sz = cfg.step_size_power
+    if not _is_real(sz) or not 0 <= sz <= 2:
+        raise ValueError(f"step_size_power must be a number in [0, 2], got {sz!r}")
     ts = cfg.target_speedup
     if ts is not None and (not _is_real(ts) or not math.isfinite(ts) or ts <= 1):
         raise ValueError(f"target_speedup must be None or a finite number > 1, got {ts!r}")
@@ -580,10 +589,15 @@ PAPER_PRESETS: Dict[str, DiCacheConfig] = {
 #   points and +3.5 to +6.1 at the 4 smooth ones (benchmarks/RESULTS.md, forty-second round). At 20 steps (the
 #   probe's γ), a quarter: Flux +1.9 to +2.1, Wan +0.2 to +0.4, HunyuanVideo +0.55 to +0.9, SD3 −0.0 to −0.3 at three
 #   δ each from 1.7× to 2.9×; a half: up to +3.9 on Flux, −0.5 to −1.0 on SD3 (forty-third round).
+# * ``step_size_power=0.5``: where the probe decides each call (below 25 steps on flow-matching schedules), δ at a
+#   call times √(median step size / its step size). At 20 steps, against 0 on the same δ lists (seeds 0–3, pooled,
+#   interpolated at 2–3×): Flux −0.4 to +2.3 dB, SD3 +0.1 to +5.4, HunyuanVideo −0.1 to +1.3, Wan −0.4 to +0.4
+#   (+0.0 to +3.3 on the mean of the samples); a power of 1 lost up to 1.7 on Wan (benchmarks/RESULTS.md, forty-fourth
+#   round).
 _RULE = dict(warmup=0.05, run_power="auto", force_last_step=0.04, cfg_decision="shared", alignment_order="auto",
              gamma_source="auto", quad_balance="auto", reconstruct_at="auto", plan_runs="auto", plan_error="auto",
              max_extrapolation="auto", monotone_runs=True, predictive_skip=True, span_power="measured",
-             hindsight=0.5)
+             hindsight=0.5, step_size_power=0.5)
 PRESETS: Dict[str, DiCacheConfig] = {
     "flux": PAPER_PRESETS["flux"].replace(threshold=0.4, **_RULE),
     "hunyuan_video": PAPER_PRESETS["hunyuan_video"].replace(threshold=0.2, **_RULE),

@@ -113,6 +113,31 @@ def test_threshold_schedule_over_the_steps():
     assert flat.pattern == "F.F.F.F.F."
 
 
+def test_step_size_power_scales_the_threshold_by_the_step_sizes():
+    # constant error 0.1, δ = 0.25, step sizes 1 for steps 0-5 and 4 from 6 on (median 1): with p = 0.5 δ halves on the
+    # large steps, where one skip (0.1 < 0.125) is all a run may take; without it two skips as everywhere
+    sizes = [1.0] * 6 + [4.0] * 4
+    errors = scales([0.1] * 9)
+    flat = drive(DiCacheConfig(threshold=0.25, warmup=1), {"c": errors}, num_steps=10, step_sizes=sizes)
+    assert flat.branches["c"].pattern == "F..F..F..F"
+    cfg = DiCacheConfig(threshold=0.25, warmup=1, step_size_power=0.5)
+    b = drive(cfg, {"c": errors}, num_steps=10, step_sizes=sizes).branches["c"]
+    # k1 .1 k2 .2 skip; k3 .3 F; k4, k5 skip; k6 .3 ≥ .125 F; k7 .1 < .125 skip; k8 .2 F; k9 .1 skip
+    assert b.pattern == "F..F..F.F."
+    # the step sizes' median, not their mean: sizes 1, 1, 1, 2, 9, … scale δ by √(1/9) on the step of size 9
+    engine = DiCacheEngine(cfg, M, "torch")
+    engine.set_step_sizes([1.0, 1.0, 1.0, 2.0, 9.0])
+    engine.begin_call("c", 4, 5)
+    assert engine._threshold(engine._cur) == pytest.approx(0.25 / 3)
+    engine.abort_call()
+    # nothing changes without step sizes or where runs are planned
+    assert drive(cfg, {"c": errors}, num_steps=10).branches["c"].pattern == "F..F..F..F"
+    planned = dict(threshold=0.25, warmup=1, plan_runs=True)
+    assert (drive(DiCacheConfig(**planned, step_size_power=0.5), {"c": errors}, num_steps=10, step_sizes=sizes)
+            .branches["c"].pattern
+            == drive(DiCacheConfig(**planned), {"c": errors}, num_steps=10, step_sizes=sizes).branches["c"].pattern)
+
+
 @pytest.mark.parametrize("target", [1.5, 2.0, 2.2, 3.0])
 def test_budget_mode_spends_the_target_evenly(target):
     n = 30
@@ -379,6 +404,10 @@ def test_budget_from_a_step_count_on():
         (dict(max_consecutive_reuse=1.5), "max_consecutive_reuse"),
         (dict(cfg_decision="cond"), "cfg_decision"),
         (dict(threshold_end=-1.0), "threshold_end"),
+        (dict(step_size_power=-0.5), "step_size_power"),
+        (dict(step_size_power=2.5), "step_size_power"),
+        (dict(step_size_power="0.5"), "step_size_power"),
+        (dict(step_size_power=float("nan")), "step_size_power"),
         (dict(target_speedup=1.0), "target_speedup"),
         (dict(target_speedup=float("inf")), "target_speedup"),
         (dict(target_min_steps=0), "target_min_steps"),
