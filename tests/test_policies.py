@@ -486,6 +486,39 @@ def test_budget_mode_on_a_pipeline():
     dicache.disable(pipe)
 
 
+def test_step_size_power_reads_the_pipeline_s_step_sizes():
+    """Through a pipeline: the scheduler's step sizes scale the preset's δ where the probe decides (20 steps), the
+    header says so, and the decisions change with it; where runs are planned (40 steps) nothing changes."""
+    import statistics
+
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    pipe = tiny.flux_pipeline()
+    pipe.scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)  # steps growing towards the end, as FLUX.1's
+    patterns = {}
+    for power in (0.5, 0.0):
+        dicache.enable(pipe, backend="torch", threshold=0.2, step_size_power=power)
+        tiny.flux_pipeline_call(pipe, steps=20)
+        engine = dicache.hooks.session_of(pipe.transformer).engine
+        sizes = engine._budget.step_sizes
+        engine.begin_call("probe", 19, 20)
+        scaled = engine._threshold(engine._cur)
+        engine.abort_call()
+        s = dicache.summary(pipe)
+        patterns[power] = s.branches["cond"].pattern
+        tiny.flux_pipeline_call(pipe, steps=40)
+        patterns[power, 40] = dicache.summary(pipe).branches["cond"].pattern
+        dicache.disable(pipe)
+        assert scaled == pytest.approx(0.2 * (statistics.median(sizes) / sizes[19]) ** power)
+        said = "δ=0.2 × (median step size / the call's)^0.5 where the probe decides, γ" in str(s)
+        assert said == (power == 0.5)
+    assert sizes[19] > statistics.median(sizes)  # the flow-matching schedule's steps grow towards the end
+    # the call before the forced last one, on the second largest step: skipped at the same δ everywhere, computed
+    # with δ scaled down there
+    assert patterns[0.0][-3:] == "F.F" and patterns[0.5][-3:] == ".FF"
+    assert patterns[0.5, 40] == patterns[0.0, 40]
+
+
 @pytest.mark.parametrize("steps", [20, 40])  # every call probed; runs planned
 def test_budget_profiles_replay_from_the_first_call_of_another_process(steps):
     # a first call predicts the errors online; the profile it measured, saved as JSON and given to a fresh enable,
