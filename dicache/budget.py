@@ -10,6 +10,7 @@ it runs no kernel.
 from __future__ import annotations
 
 import math
+import statistics
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .config import SPAN_POWER_MIN, DiCacheConfig
@@ -210,6 +211,7 @@ class Budget:
         self._solved: Dict[Tuple[str, int], float] = {}  # (branch, N) -> δ of the replay, per trajectory
         self.powers: Dict[Tuple[str, int], float] = {}  # (branch, N) -> the mean span_power of the profile's runs
         self.step_sizes: Optional[List[float]] = None  # |σ_k − σ_(k+1)| of the trajectory, when the pipeline tells
+        self._scales: Optional[Tuple[List[float], List[float]]] = None  # (step_sizes, size_scales) last computed
 
     def _skip_blocks(self, branches: int) -> float:
         """Blocks a probed skip costs a branch: the probe, shared by the branches with ``cfg_decision="shared"``
@@ -351,7 +353,8 @@ class Budget:
         return self._solved[key]
 
     def simulate(self, incs: List[float], n: int, delta: float) -> int:
-        """Computed calls of the fixed-δ rule (warm-up, run_power, final steps computed) on increments ``incs``."""
+        """Computed calls of the fixed-δ rule (warm-up, run_power, final steps computed, δ scaled by the step sizes
+        where the probe decides: ``step_size_power``) on increments ``incs``."""
         return self.simulate_calls(incs, n, delta)[0]
 
     def simulate_calls(self, incs: List[float], n: int, delta: float, begin: Optional[tuple] = None,
@@ -375,6 +378,7 @@ class Budget:
         if self.config.plans_runs(n):
             return self._simulate_plan(incs, n, delta, warm, last, p, begin, power, final_run, cut_tail), 0
         predict = bool(self.config.predictive_skip)
+        scales = self.size_scales(n) or [1.0] * n  # step_size_power
         full, acc, run, unprobed, probed_skip = 0, 0.0, 0, 0, False
         first, stored = 0, 0
         if begin is not None:  # (step, accumulated error, run, last call a probed skip, entries stored)
@@ -383,7 +387,7 @@ class Budget:
             if k < warm or k >= n - last:
                 full, acc, run, probed_skip = full + 1, 0.0, 0, False
                 continue
-            limit = delta / (run + 1) ** p
+            limit = delta * scales[k] / (run + 1) ** p
             if predict and probed_skip and stored + full >= 2 and acc + incs[k - 1] < limit:
                 acc += incs[k]  # skipped without a probe: the next probe measures this step's error too
                 run, unprobed, probed_skip = run + 1, unprobed + 1, False
@@ -469,14 +473,14 @@ class Budget:
             return 0.0
         delta = self._replay_delta(state, n, branches)
         if delta is not None:
-            return delta / (state.run + 1) ** self.config.run_power_at(n)
+            return delta * self.size_scale(step, n) / (state.run + 1) ** self.config.run_power_at(n)
         if state.err_n == 0:
             # no error measured yet (a warm-up of one call): the budget must skip somewhere, and a refresh
             # now would be spent on no information; skip unless this call's own probe error is not finite
             return math.inf
         delta = self._online_delta_probed(state, step, n, branches)
         if delta is not None:
-            return delta / (state.run + 1) ** self.config.run_power_at(n)
+            return delta * self.size_scale(step, n) / (state.run + 1) ** self.config.run_power_at(n)
         rate = max(state.err_sum / state.err_n, state.err_last)
         return rate * steps_left / left
 
@@ -486,6 +490,26 @@ class Budget:
         if sizes is None or len(sizes) != n or not all(math.isfinite(v) and v >= 0 for v in sizes) or not any(sizes):
             return None
         return sizes
+
+    def size_scales(self, n: Optional[int]) -> Optional[List[float]]:
+        """``step_size_power``: δ's factor at each call of a trajectory of ``n`` calls, ``(s̄/s_k)^p`` (``s̄`` the
+        median step size; 1 on a step of size 0), where the probe decides each call (runs not planned) and the
+        pipeline told the step sizes; else None."""
+        p = self.config.step_size_power
+        if not p or n is None or self.config.plans_runs(n):
+            return None
+        sizes = self.sizes_for(n)
+        if sizes is None:
+            return None
+        if self._scales is None or self._scales[0] is not sizes:
+            median = statistics.median(sizes)
+            self._scales = (sizes, [(median / v) ** p if v > 0 else 1.0 for v in sizes])
+        return self._scales[1]
+
+    def size_scale(self, step: Optional[int], n: Optional[int]) -> float:
+        """δ's factor at the call at ``step`` (:meth:`size_scales`; 1 where there is none)."""
+        scales = self.size_scales(n)
+        return scales[step] if scales is not None and step is not None and 0 <= step < len(scales) else 1.0
 
     def _sizes_rule(self, state: BranchState, n: int) -> Optional[List[float]]:
         """The step sizes, where the online rule decides call by call by them: every call probed, the sizes

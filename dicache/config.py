@@ -226,11 +226,12 @@ class DiCacheConfig:
             and 50 steps (``benchmarks/RESULTS.md``, forty-first and forty-second rounds).
         threshold_end: δ at the last step; δ moves linearly from ``threshold``
             at the first step (None: constant). Needs the step count.
-        step_size_power: where the probe decides each call (runs not planned, ``plan_runs``, and no budget), δ at
-            a call is scaled by ``(s̄/s_k)^p``, ``s_k`` the scheduler's step size at the call and ``s̄`` the median
-            over the trajectory (no change where the pipeline tells no step sizes; 0: δ the same at every step, the
-            method). A skip's error enters the latents times its step's size: a call on a large step must have
-            moved less to be skipped, one on a small step may have moved more. A number in [0, 2].
+        step_size_power: where the probe decides each call (runs not planned, ``plan_runs``), δ at a call is
+            scaled by ``(s̄/s_k)^p``, ``s_k`` the scheduler's step size at the call and ``s̄`` the median over the
+            trajectory (no change where the pipeline tells no step sizes; 0: δ the same at every step, the method).
+            A skip's error enters the latents times its step's size: a call on a large step must have moved less
+            to be skipped, one on a small step may have moved more. In budget mode the fixed-δ rule the budget
+            solves its δ on, and decides by, scales it the same way. A number in [0, 2].
         target_speedup: compute-budget mode (> 1): no δ to tune. The number of
             computed calls is set so that block evaluations fall by this factor.
             A first call of a step count spends them online: where the pipeline's

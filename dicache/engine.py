@@ -17,7 +17,6 @@ spends its computed calls, :mod:`dicache.budget`.
 from __future__ import annotations
 
 import math
-import statistics
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
@@ -178,23 +177,12 @@ class DiCacheEngine:
         if cfg.threshold_end is not None and n is not None and n > 1:
             frac = min(max(k / (n - 1), 0.0), 1.0)
             delta = float(cfg.threshold + (cfg.threshold_end - cfg.threshold) * frac)
-        delta *= self._size_scale()
+        delta *= self._budget.size_scale(k, n)  # step_size_power
         power = cfg.run_power_at(n)
         if power:
             # the j-th reuse in a row (j = run + 1) must stay under δ / j^run_power
             delta /= (state.run + 1) ** power
         return delta
-
-    def _size_scale(self) -> float:
-        """``step_size_power``: δ's factor at the current call, ``(s̄/s_k)^p`` (``s̄`` the median step size), where
-        the probe decides each call and the pipeline told the step sizes; else 1."""
-        p, n, k = self.config.step_size_power, self._num_steps, self._cur_step
-        if not p or n is None or self._planning():
-            return 1.0
-        sizes = self._budget.sizes_for(n)
-        if sizes is None or k is None or not 0 <= k < n or not sizes[k] > 0:
-            return 1.0
-        return (statistics.median(sizes) / sizes[k]) ** p
 
     @torch.no_grad()
     def before_probe(self, x: torch.Tensor) -> Optional[torch.Tensor]:

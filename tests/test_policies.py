@@ -130,6 +130,15 @@ def test_step_size_power_scales_the_threshold_by_the_step_sizes():
     engine.begin_call("c", 4, 5)
     assert engine._threshold(engine._cur) == pytest.approx(0.25 / 3)
     engine.abort_call()
+    # the budget's fixed-δ rule (what its replay solves δ on) scales δ the same way: at δ = 0.35 the engine computes
+    # the calls at 0, 4, 6 and 8, the simulation as many
+    wide = DiCacheConfig(threshold=0.35, warmup=1, step_size_power=0.5)
+    assert drive(wide, {"c": errors}, num_steps=10, step_sizes=sizes).branches["c"].pattern == "F...F.F.F."
+    sim = Budget(wide, M)
+    sim.step_sizes = sizes
+    assert sim.simulate_calls([0.1] * 10, 10, 0.35) == (4, 0)
+    sim.step_sizes = None
+    assert sim.simulate_calls([0.1] * 10, 10, 0.35) == (3, 0)  # F...F...F.
     # nothing changes without step sizes or where runs are planned
     assert drive(cfg, {"c": errors}, num_steps=10).branches["c"].pattern == "F..F..F..F"
     planned = dict(threshold=0.25, warmup=1, plan_runs=True)
