@@ -593,8 +593,8 @@ PAPER_PRESETS: Dict[str, DiCacheConfig] = {
 # * ``step_size_power=0.5``: where the probe decides each call (below 25 steps on flow-matching schedules), δ at a
 #   call times √(median step size / its step size). At 20 steps, against 0 on the same δ lists (seeds 0–3, pooled,
 #   interpolated at 2–3×): Flux −0.4 to +2.3 dB, SD3 +0.1 to +5.4, HunyuanVideo −0.1 to +1.3, Wan −0.4 to +0.4
-#   (+0.0 to +3.3 on the mean of the samples); a power of 1 lost up to 1.7 on Wan (benchmarks/RESULTS.md, forty-fourth
-#   round).
+#   (+0.0 to +3.3 on the mean of the samples); a power of 1 lost 3.3 and 1.9 dB against it on Wan at 2.5× and 2.75×
+#   (benchmarks/RESULTS.md, forty-fourth round).
 _RULE = dict(warmup=0.05, run_power="auto", force_last_step=0.04, cfg_decision="shared", alignment_order="auto",
              gamma_source="auto", quad_balance="auto", reconstruct_at="auto", plan_runs="auto", plan_error="auto",
              max_extrapolation="auto", monotone_runs=True, predictive_skip=True, span_power="measured",
