@@ -132,8 +132,8 @@ class Summary:
     def __str__(self) -> str:
         c = self.config
         rule = self.rule
-        if c.target_speedup is None and c.step_size_power:
-            rule += f" × (median step size / the call's)^{c.step_size_power:g} where the probe decides"
+        if c.step_size_power:
+            rule += f", δ × (median step size / the call's)^{c.step_size_power:g} where the probe decides"
         clip = f"γ∈[{c.gamma_clip[0]:g}, {c.gamma_clip[1]:g}]"
         gamma = {"probe": clip, "steps": "γ from the steps",
                  "auto": f"γ from the steps on ≥ {STEPS_GAMMA_MIN_STEPS} steps, else {clip}"}[c.gamma_source]

@@ -519,7 +519,7 @@ def test_step_size_power_reads_the_pipeline_s_step_sizes():
         patterns[power, 40] = dicache.summary(pipe).branches["cond"].pattern
         dicache.disable(pipe)
         assert scaled == pytest.approx(0.2 * (statistics.median(sizes) / sizes[19]) ** power)
-        said = "δ=0.2 × (median step size / the call's)^0.5 where the probe decides, γ" in str(s)
+        said = "δ=0.2, δ × (median step size / the call's)^0.5 where the probe decides, γ" in str(s)
         assert said == (power == 0.5)
     assert sizes[19] > statistics.median(sizes)  # the flow-matching schedule's steps grow towards the end
     # the call before the forced last one, on the second largest step: skipped at the same δ everywhere, computed
