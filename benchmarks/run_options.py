@@ -212,20 +212,22 @@ def main(argv=None) -> int:
     ap.add_argument("--thresholds", metavar="LIST",
                     help="run each option set at each of these δ values (comma-separated) and end with its PSNR "
                          "read at the savings of --at")
-    ap.add_argument("--at", metavar="LIST", default=",".join(f"{x:g}" for x in AT_SAVINGS),
+    ap.add_argument("--at", metavar="LIST",
                     help="with --thresholds: the savings (× fewer flops, each > 1) to read each set at "
-                         "(default %(default)s)")
+                         f"(default {','.join(f'{x:g}' for x in AT_SAVINGS)})")
     args = ap.parse_args(argv)
     if args.steps < 2:
         ap.error("steps must be >= 2")
     if args.weights and not os.path.isfile(os.path.join(args.weights, "config.json")):
         ap.error(f"--weights: no config.json in {args.weights}")
     option_sets = parse_option_sets(ap, args.options)
-    thresholds, at = [], []
+    thresholds, at = [], list(AT_SAVINGS)
+    if args.at and not args.thresholds:
+        ap.error("--at reads the option sets' curves over the δ values of --thresholds: give --thresholds")
     if args.thresholds:
         try:
             thresholds = [float(v) for v in args.thresholds.split(",")]
-            at = [float(v) for v in args.at.split(",")]
+            at = [float(v) for v in args.at.split(",")] if args.at else at
         except ValueError:
             ap.error(f"--thresholds and --at take comma-separated numbers, got {args.thresholds!r} and {args.at!r}")
         if not all(d >= 0 for d in thresholds) or not all(x > 1 for x in at):

@@ -382,6 +382,9 @@ def test_run_options_thresholds_reads_each_option_set_on_its_curve(capsys):
     with pytest.raises(SystemExit):
         ro.main(["wan_digits", "8", '{"threshold": 0.2}', "--thresholds", "0.1"])
     assert "leave threshold and target_speedup out" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        ro.main(["wan_digits", "8", "{}", "--at", "2"])
+    assert "give --thresholds" in capsys.readouterr().err
 
 
 def test_front_reads_the_best_setting_saving_at_least_that_much():
