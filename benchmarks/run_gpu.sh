@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every GPU check of the project in one go, for a short GPU lease (about 6-8 minutes on an H200):
+# Every GPU check of the project in one go, for a short GPU lease (about 6-10 minutes on an H200):
 #
 #   1. the machine: GPU, driver, torch, triton, nvcc;
 #   2. the CUDA extension (csrc/): built just in time by dicache.build, timed;
@@ -10,7 +10,8 @@
 #      then the same at two small shapes, where launch latency dominates;
 #   5. benchmarks/skip_cost.py on the GPU at Flux.1 size (width 3072, 19 + 38 blocks, 4096 image + 512
 #      text tokens, bf16, random weights): a skipped call against a full call, DiCache on the torch,
-#      triton and cuda backends and every peer.
+#      triton and cuda backends and every peer; and DiCache's computed call that ends a run of skips, with
+#      and without hindsight (its rebuild and lerp), against the uncached call.
 #
 # Usage, from the repository root:  OUT=dir benchmarks/run_gpu.sh   (default OUT: bench_out/gpu_<UTC time>)
 #                                   STEPS="build skip_cost" benchmarks/run_gpu.sh   (only those steps)
@@ -73,7 +74,7 @@ step tests 240 "$PY" -m pytest -q -p no:cacheprovider tests/test_cuda_kernels.py
 # shellcheck disable=SC2086  # the extra arguments are meant to split
 step bench_ops 240 "$PY" benchmarks/bench_triton.py --json "$OUT/bench_ops.json" ${BENCH_OPS_ARGS:-}
 step bench_ops_small 60 "$PY" benchmarks/bench_triton.py --shapes 1x256x3072 1x1000x1536
-step skip_cost 180 "$PY" benchmarks/skip_cost.py --device cuda --dtype bfloat16 --width 3072 --heads 24 --layers 19 \
+step skip_cost 300 "$PY" benchmarks/skip_cost.py --device cuda --dtype bfloat16 --width 3072 --heads 24 --layers 19 \
   --single-layers 38 --tokens 4096 --text-tokens 512 --repeats 3 --calls 8 --warmup 3 --backend torch triton cuda \
   --json "$OUT/skip_cost.json" ${SKIP_COST_ARGS:-}
 echo "done in $SECONDS s"

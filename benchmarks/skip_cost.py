@@ -42,6 +42,18 @@ design (``m`` of ``M``: DiCache/FirstBlockCache/cache-dit F1B0 run block 0; MagC
 TaylorSeer-Lite run none; TaylorSeer in attention mode runs every block but its attention, so its
 ideal is a full call less the attention time).
 
+**The computed call that ends a run** (with ``dicache`` among ``--methods``): a skip is not DiCache's only work.
+The call computed right after a run of skips also runs the probe statistics and stores its entries, and with
+``hindsight`` rebuilds the run's rule at its own step and adds back part of the run's miss (one ``reconstruct`` and
+one ``lerp`` over the image tokens). DiCache runs again at one skip between computed calls
+(``max_consecutive_reuse=1``), with ``hindsight`` 0 and at the model family's preset share, and each computed call
+that follows a skip is timed against the uncached full calls of a trajectory run on the same copy of the model right
+before it: *cache work* = that call − a full call (medians), per backend; and, as for the skipped call, the engine's
+own work on it timed directly around ``engine.after_probe`` and ``engine.after_full`` (*spied*: the probe's
+statistics and decision, the entries stored, hindsight's rebuild and lerp), which a machine whose speed drifts
+between trajectories reads far more precisely than a difference of two whole calls. The two rows' difference is
+what ``hindsight`` costs.
+
 Prints markdown (also ``--md``); ``--json`` writes every number. Medians over ``--repeats`` runs.
 """
 
@@ -259,22 +271,28 @@ def flux_raw_vision(module, args, kwargs) -> Optional[List[torch.Tensor]]:
     return [hs[b].transpose(0, 1).reshape(C, 1, side, side) for b in range(B)]
 
 
+def dicache_on(args, warm: int, backend: str, **options) -> Callable[[Any], None]:
+    """DiCache's ``enable`` for these runs: every call after ``warm`` skipped (δ 1e9, no cap on consecutive reuse,
+    no forced last step; ``options`` on top), on ``backend``, at ``--alignment-order`` where given."""
+    order = {} if args.alignment_order is None else {"alignment_order": args.alignment_order}
+    settings = dict(threshold=1e9, warmup=warm, probe_depth=1, max_consecutive_reuse=None, force_last_step=False,
+                    **order)
+    settings.update(options)
+
+    def enable(m):
+        dicache.enable(m, backend=backend, **settings)
+
+    return enable
+
+
 def build_methods(args, warm: int, n_calls: int) -> List[Method]:
     out: List[Method] = []
-
-    order = {} if args.alignment_order is None else {"alignment_order": args.alignment_order}
-
-    def dicache_on(backend: str):
-        def enable(m):
-            dicache.enable(m, backend=backend, threshold=1e9, warmup=warm, probe_depth=1,
-                           max_consecutive_reuse=None, force_last_step=False, **order)
-
-        return enable
 
     order_text = "" if args.alignment_order is None else f", alignment_order={args.alignment_order}"
     for backend in args.backend:  # one row per DiCache backend
         out.append(Method(
-            "dicache", f"DiCache (m=1, backend={backend}{order_text})", 1, dicache_on(backend), dicache.disable,
+            "dicache", f"DiCache (m=1, backend={backend}{order_text})", 1, dicache_on(args, warm, backend),
+            dicache.disable,
             lambda m: [(dicache.hooks.session_of(m).engine, "after_probe")],
             "threshold 1e9: the fused probe statistics and decision still run on every call"))
 
@@ -494,6 +512,78 @@ def measure_method(base, inputs, method: Method, n_calls: int, repeats: int) -> 
     return out
 
 
+def measure_computed(base, inputs, enable: Callable[[Any], None], n_calls: int, repeats: int) -> Dict[str, Any]:
+    """The calls DiCache computes right after a skipped one, over ``repeats`` trajectories with ``enable`` (set up
+    to skip one call in two after its warm-up): each one's time, the call patterns, how many runs ``hindsight``
+    corrected, and the uncached calls of a trajectory run right before each (calls 1.., the baseline paired with
+    them: the machine's speed moves between the phases of a run)."""
+    totals: List[float] = []
+    arith: List[float] = []
+    full: List[float] = []
+    pattern: List[str] = []
+    corrected = 0
+    for _ in range(repeats):
+        model = copy.deepcopy(base)
+        inst = Instrument(model)
+        try:
+            full += [r["total"] for r in run_calls(model, inst, inputs, n_calls)[1:]]
+            enable(model)
+            engine = dicache.hooks.session_of(model).engine
+            for name in ("after_probe", "after_full"):  # the probe's statistics and decision; the entries stored,
+                inst.spy(engine, name)                  # hindsight's rebuild and lerp
+            rows = run_calls(model, inst, inputs, n_calls)
+            inst.unspy()
+            corrected += sum(s.hindsight_runs for s in engine.branches.values())
+            dicache.disable(model)
+        finally:
+            inst.remove()
+        marks = ["F" if all(n > 0 for n in r["compute_n"]) else "." for r in rows]
+        ends = [r for k, r in enumerate(rows) if k > 0 and marks[k] == "F" and marks[k - 1] == "."]
+        totals += [r["total"] for r in ends]
+        arith += [r["arith_in"] + r["arith_out"] for r in ends]
+        pattern.append("".join(marks))
+        del model, inst
+        _free()
+    return dict(totals=totals, arith=arith, full=full, pattern=pattern, hindsight_runs=corrected)
+
+
+def computed_rows(args, base, inputs, full: Dict[str, Any], warm: int) -> List[Dict[str, Any]]:
+    """DiCache's computed call that ends a run, per backend, with ``hindsight`` 0 and at the preset's share: its
+    time against the uncached full call (:func:`measure_computed`)."""
+    preset_share = dicache.config.preset("flux").hindsight  # the model is Flux-class: its family's preset
+    rows = []
+    for backend in args.backend:
+        for h in (0.0, preset_share):
+            enable = dicache_on(args, warm, backend, max_consecutive_reuse=1, hindsight=h)  # one skip in two
+            r = measure_computed(base, inputs, enable, args.calls, args.repeats)
+            base_ms = med(r["full"])
+            work = [t - base_ms for t in r["totals"]]
+            rows.append(dict(backend=backend, hindsight=h, calls=len(r["totals"]), hindsight_runs=r["hindsight_runs"],
+                             pattern=" ".join(r["pattern"]), computed_ms=1e3 * med(r["totals"]),
+                             full_ms=1e3 * base_ms, computed_over_full=med(r["totals"]) / base_ms,
+                             work_ms=1e3 * med(work), work_iqr_ms=1e3 * iqr(work),
+                             work_of_block=med(work) / full["mean_block"], arith_ms=1e3 * med(r["arith"]),
+                             arith_iqr_ms=1e3 * iqr(r["arith"]), arith_of_block=med(r["arith"]) / full["mean_block"]))
+    return rows
+
+
+def computed_markdown(rows: List[Dict[str, Any]]) -> str:
+    """:func:`computed_rows` as a markdown table."""
+    lines = ["The computed call that ends a run (one skip between computed calls): its time against the uncached "
+             "full calls of a trajectory run right before each; cache work = that call − a full call; spied: the "
+             "engine's own work on it, timed around `after_probe` and `after_full` (medians)", "",
+             "| DiCache backend | hindsight | computed calls after a skip | runs corrected | ms | full call ms "
+             "| / full call | cache work ms (IQR) | spied cache arithmetic ms (IQR) | spied / one block "
+             "| call patterns |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+    for r in rows:
+        lines.append(f"| {r['backend']} | {r['hindsight']:g} | {r['calls']} | {r['hindsight_runs']} | "
+                     f"{r['computed_ms']:.1f} | {r['full_ms']:.1f} | {r['computed_over_full']:.3f} | "
+                     f"{r['work_ms']:.2f} ({r['work_iqr_ms']:.2f}) | {r['arith_ms']:.2f} ({r['arith_iqr_ms']:.2f}) | "
+                     f"{100 * r['arith_of_block']:.2f} % | `{r['pattern']}` |")
+    return "\n".join(lines)
+
+
 def summarize(name: str, method: Method, r: Dict[str, Any], full: Dict[str, Any]) -> Dict[str, Any]:
     """The derived columns of one method's row."""
     if r.get("status") != "ok":
@@ -597,6 +687,13 @@ def main(argv=None) -> int:
         rows.append(summarize(method.name, method, r, full))
         print(f"  {method.name}: {r.get('status')} ({time.perf_counter() - t0:.1f} s)", file=sys.stderr, flush=True)
 
+    computed = []
+    if "dicache" in args.methods:
+        t0 = time.perf_counter()
+        computed = computed_rows(args, base, inputs, full, args.warmup)
+        print(f"  DiCache computed calls: {len(computed)} rows ({time.perf_counter() - t0:.1f} s)", file=sys.stderr,
+              flush=True)
+
     nb, mb = full["nonblock"], full["mean_block"]
     head = "\n".join([
         f"machine: {platform.machine()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads, "
@@ -615,13 +712,16 @@ def main(argv=None) -> int:
         f"{peak_rss_gb():.2f} GB",
     ])
     text = markdown(rows, full, head)
+    if computed:
+        text += "\n\n" + computed_markdown(computed)
     print(text)
     if args.md:
         with open(args.md, "w") as f:
             f.write(text + "\n")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"args": vars(args), "full": full, "rows": rows, "raw": raw}, f, indent=1, default=str)
+            json.dump({"args": vars(args), "full": full, "rows": rows, "raw": raw, "computed_rows": computed}, f,
+                      indent=1, default=str)
     return 0
 
 

@@ -112,3 +112,15 @@ def test_skip_cost_all_peers_tiny(tmp_path):
     assert by_key["ts_attn"]["blocks_run"] == 3 and by_key["ts_attn"]["m_over_M"] is None
     assert by_key["dicache"]["arith_ms"] > 0  # the spy on the engine's after_probe saw the skipped calls
     assert "overhead / one block" in proc.stdout
+    # the computed call that ends a run: without hindsight and at the Flux preset's share, each timed against the
+    # uncached calls run right before it; hindsight corrected every run it ended, and only with a share
+    from dicache.config import preset
+
+    computed = data["computed_rows"]
+    assert [(r["backend"], r["hindsight"]) for r in computed] == [("auto", 0.0), ("auto", preset("flux").hindsight)]
+    for r in computed:
+        assert r["pattern"] == "FFF.F." and r["calls"] == 1, r  # 6 calls, warm-up 3, one skip between computed
+        assert r["computed_ms"] > 0 and r["full_ms"] > 0 and math.isfinite(r["work_of_block"]), r
+        assert r["arith_ms"] > 0, r  # the spies on the engine saw the computed call's own work
+    assert computed[0]["hindsight_runs"] == 0 and computed[1]["hindsight_runs"] == 1
+    assert "The computed call that ends a run" in proc.stdout
