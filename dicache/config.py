@@ -226,6 +226,13 @@ class DiCacheConfig:
             and 50 steps (``benchmarks/RESULTS.md``, forty-first and forty-second rounds).
         threshold_end: δ at the last step; δ moves linearly from ``threshold``
             at the first step (None: constant). Needs the step count.
+        probe_threshold: δ where the probe decides each call (runs not planned, ``plan_runs``: below 25 steps on a
+            flow-matching schedule with the presets), in place of ``threshold`` (None: ``threshold`` there too). The
+            two rules read δ on different errors (a measured accumulated change, each reuse in a row under δ/j; a
+            planned run's predicted change, under δ/j²), so one δ does not land both on DiCache's front: on Wan,
+            0.16 saves 2.07× at 50 steps on the front, but 1.71× at 20 steps, 1.8 dB under it, where 0.26 saves 2.04×
+            at the same PSNR (benchmarks/RESULTS.md, forty-sixth round). ``enable(…, threshold=…)`` (or
+            ``threshold_end``) without it sets it to None: a δ asked for applies everywhere.
         step_size_power: where the probe decides each call (runs not planned, ``plan_runs``), δ at a call is
             scaled by ``(s̄/s_k)^p``, ``s_k`` the scheduler's step size at the call and ``s̄`` the median over the
             trajectory (no change where the pipeline tells no step sizes; 0: δ the same at every step, the method).
@@ -284,6 +291,7 @@ class DiCacheConfig:
     span_power: Union[float, str] = 1.0
     hindsight: float = 0.0
     threshold_end: Optional[float] = None
+    probe_threshold: Optional[float] = None
     step_size_power: float = 0.0
     target_speedup: Optional[float] = None
     target_min_steps: Optional[int] = None
@@ -379,6 +387,14 @@ class DiCacheConfig:
         """Whether runs of reuses only shorten on a trajectory of ``num_steps`` (``monotone_runs``, where runs
         are planned)."""
         return self.monotone_runs and self.plans_runs(num_steps)
+
+    def threshold_at(self, num_steps: Optional[int]) -> float:
+        """δ at the start of a trajectory of ``num_steps`` (``threshold_end`` moves it from there): ``probe_threshold``
+        where it is set and the probe decides each call, ``threshold`` elsewhere. Call it on the trajectory's config
+        (:meth:`on_trajectory`), whose ``plan_runs`` follows γ's source."""
+        if self.probe_threshold is not None and not self.plans_runs(num_steps):
+            return float(self.probe_threshold)
+        return float(self.threshold)
 
     def warmup_calls(self, num_steps: Optional[int]) -> int:
         """How many leading calls of a branch are always computed (at least 1)."""
@@ -479,6 +495,9 @@ def validate(cfg: DiCacheConfig, num_blocks: Optional[int] = None) -> None:
     te = cfg.threshold_end
     if te is not None and (not _is_real(te) or not math.isfinite(te) or te < 0):
         raise ValueError(f"threshold_end must be None or a finite number >= 0, got {te!r}")
+    pt = cfg.probe_threshold
+    if pt is not None and (not _is_real(pt) or not math.isfinite(pt) or pt < 0):
+        raise ValueError(f"probe_threshold must be None or a finite number >= 0, got {pt!r}")
     sz = cfg.step_size_power
     if not _is_real(sz) or not 0 <= sz <= 2:
         raise ValueError(f"step_size_power must be a number in [0, 2], got {sz!r}")
@@ -581,7 +600,11 @@ PAPER_PRESETS: Dict[str, DiCacheConfig] = {
 #   DiCache setting measured. Flux: the authors' 0.4 (0.3 until the twenty-second round: 1.75–1.9× at 28 and 30
 #   steps, FLUX.1's own step counts, under the front at 30, where 0.4 saves 2.15× and 2.30×, at 30 steps 2.2 dB
 #   higher pooled; at 50 steps 2.49× at the PSNR 0.3 gives at 2.38×, at 40 steps 2.49× 1.0 dB under 0.3's 2.35×;
-#   at 20 steps 2.36× for 2.35×, 1.0 dB lower on seeds 0–3; benchmarks/RESULTS.md, twenty-second round).
+#   at 20 steps 2.36× for 2.35×, 1.0 dB lower on seeds 0–3; benchmarks/RESULTS.md, twenty-second round). Wan: 0.16
+#   where runs are planned (2.07× at 50 steps, 1.76× at 30, on the front at both), 0.26 where the probe decides
+#   (``probe_threshold``): at 20 steps 0.16 saved 1.71× at 35.1 dB pooled, 1.8 under the front, and 0.26 saves 2.04×
+#   at 34.8, on the front on the shipped Wan (seeds 0–3 and 0–5) and on the Wan trained from seed 1
+#   (benchmarks/RESULTS.md, forty-sixth round).
 # * ``hindsight=0.5``: the computed call that ends a run adds back half of what the run missed (where the probe sets
 #   γ, a quarter: ``HINDSIGHT_PROBE_FACTOR``). At 50 steps, seeds 0–3, against the same δ without it: +0.35 to +2.1 dB
 #   pooled at all 12 points measured on the shipped Flux, Wan, HunyuanVideo and SD3 models at 2–2.9× fewer flops, and
@@ -602,7 +625,7 @@ _RULE = dict(warmup=0.05, run_power="auto", force_last_step=0.04, cfg_decision="
 PRESETS: Dict[str, DiCacheConfig] = {
     "flux": PAPER_PRESETS["flux"].replace(threshold=0.4, **_RULE),
     "hunyuan_video": PAPER_PRESETS["hunyuan_video"].replace(threshold=0.2, **_RULE),
-    "wan": PAPER_PRESETS["wan"].replace(threshold=0.16, **_RULE),
+    "wan": PAPER_PRESETS["wan"].replace(threshold=0.16, probe_threshold=0.26, **_RULE),
 }
 #: ``DiCacheConfig()``: the method as published (m = 1, a 20 % warm-up, each CFG branch deciding alone, δ = 0.1).
 DEFAULT = DiCacheConfig()
@@ -622,6 +645,8 @@ GENERIC = PAPER_PRESETS["flux"].replace(threshold=0.2, **_RULE)
 GENERIC_BUDGET = GENERIC.replace(target_speedup=2.0, target_min_steps=20)
 #: Options that set a fixed δ: given with no config, a family without a preset takes :data:`GENERIC`, no budget.
 THRESHOLD_OPTIONS = frozenset({"threshold", "threshold_end", "max_consecutive_reuse"})
+#: Options that set δ itself: given without ``probe_threshold``, they clear the preset's.
+DELTA_OPTIONS = frozenset({"threshold", "threshold_end"})
 
 
 def preset(family: Optional[str], paper: bool = False, budget: bool = True) -> DiCacheConfig:
@@ -638,12 +663,14 @@ def preset(family: Optional[str], paper: bool = False, budget: bool = True) -> D
 
 def resolve(family: Optional[str], config: Optional[DiCacheConfig], options: Dict[str, Any]) -> DiCacheConfig:
     """Options override ``config``, which overrides the family preset (a family without one budgets its calls
-    unless ``options`` set a δ; a ``target_speedup`` among them applies at every step count unless they also set
-    ``target_min_steps``)."""
+    unless ``options`` set a δ, and a δ among them clears the preset's ``probe_threshold``; a ``target_speedup``
+    among them applies at every step count unless they also set ``target_min_steps``)."""
     if config is not None and not isinstance(config, DiCacheConfig):
         raise TypeError(f"config must be a dicache.DiCacheConfig, got {type(config).__name__}")
     budget = not THRESHOLD_OPTIONS.intersection(options)
     base = config if config is not None else preset(family, budget=budget)
+    if base.probe_threshold is not None and DELTA_OPTIONS.intersection(options) and "probe_threshold" not in options:
+        base = base.replace(probe_threshold=None)  # a δ asked for applies where the probe decides too
     if config is None and "target_speedup" in options and "target_min_steps" not in options:
         base = base.replace(target_min_steps=None)  # a budget asked for applies at every step count
     return base.replace(**options) if options else base

@@ -173,10 +173,10 @@ class DiCacheEngine:
         cfg, n, k = self.config, self._num_steps, self._cur_step
         if cfg.target_speedup is not None:
             return self._budget.threshold(state, k, n, len(self.branches))
-        delta = float(cfg.threshold)
+        delta = cfg.threshold_at(n)  # probe_threshold where the probe decides each call
         if cfg.threshold_end is not None and n is not None and n > 1:
             frac = min(max(k / (n - 1), 0.0), 1.0)
-            delta = float(cfg.threshold + (cfg.threshold_end - cfg.threshold) * frac)
+            delta += (cfg.threshold_end - delta) * frac
         delta *= self._budget.size_scale(k, n)  # step_size_power
         power = cfg.run_power_at(n)
         if power:

@@ -120,14 +120,18 @@ class Summary:
 
     @property
     def rule(self) -> str:
-        """How the calls were decided: ``"δ=0.4"`` or, in budget mode, ``"target_speedup=2"`` (``"δ=0.2, no budget
-        under 20 steps"`` where ``target_min_steps`` left the budget out)."""
+        """How the calls were decided: ``"δ=0.4"`` (``"δ=0.16 (0.26 where the probe decides)"`` with a
+        ``probe_threshold``) or, in budget mode, ``"target_speedup=2"`` (``"δ=0.2, no budget under 20 steps"`` where
+        ``target_min_steps`` left the budget out)."""
         c, e = self.config, self.enabled_config
         if c.target_speedup is not None:
             return f"target_speedup={c.target_speedup:g}"
+        delta = f"δ={c.threshold:g}"
+        if c.probe_threshold is not None:
+            delta += f" ({c.probe_threshold:g} where the probe decides)"
         if e is not None and e.target_speedup is not None:
-            return f"δ={c.threshold:g}, no budget under {e.target_min_steps} steps or without a step count"
-        return f"δ={c.threshold:g}"
+            return f"{delta}, no budget under {e.target_min_steps} steps or without a step count"
+        return delta
 
     def __str__(self) -> str:
         c = self.config

@@ -147,6 +147,56 @@ def test_step_size_power_scales_the_threshold_by_the_step_sizes():
             == drive(DiCacheConfig(**planned), {"c": errors}, num_steps=10, step_sizes=sizes).branches["c"].pattern)
 
 
+def test_probe_threshold_replaces_delta_where_the_probe_decides():
+    """``probe_threshold``: δ where the probe decides each call; where runs are planned ``threshold``; a δ schedule
+    starts from it; an ``enable(threshold=…)`` clears the preset's; the header says both."""
+    errors = {"c": scales([0.1] * 9)}
+
+    def pattern(cfg, **kw):
+        return drive(cfg, errors, num_steps=10, **kw).branches["c"].pattern
+
+    both = DiCacheConfig(threshold=0.15, probe_threshold=0.25, warmup=1)
+    assert pattern(both) == pattern(DiCacheConfig(threshold=0.25, warmup=1)) == "F..F..F..F"
+    assert pattern(DiCacheConfig(threshold=0.15, warmup=1)) == "F.F.F.F.F."
+    # runs planned: the probe of a computed call plans each run on threshold, probe_threshold left out
+    planned = dict(warmup=1, plan_runs=True)
+    assert pattern(both.replace(plan_runs=True)) == pattern(DiCacheConfig(threshold=0.15, **planned))
+    assert pattern(DiCacheConfig(threshold=0.15, **planned)) != pattern(DiCacheConfig(threshold=0.25, **planned))
+    # a δ schedule moves from the δ at the start, here the probe's (test_threshold_schedule_over_the_steps's pattern)
+    assert pattern(DiCacheConfig(threshold=9.0, probe_threshold=0.15, threshold_end=0.51, warmup=1)) == "F..F....F."
+    # the Wan preset: 0.26 where the probe decides (flow matching under 25 steps), 0.16 where runs are planned
+    wan = dicache.PRESETS["wan"]
+    got = [wan.on_trajectory(n, flow).threshold_at(n) for n, flow in ((20, True), (None, None), (30, True), (50, True),
+                                                                     (20, False))]
+    assert got == [0.26, 0.26, 0.16, 0.16, 0.16]  # a DDPM-family schedule takes γ from the steps: planned
+    assert all(cfg.probe_threshold is None for f, cfg in dicache.PRESETS.items() if f != "wan")
+    # resolve: a δ asked for applies everywhere, unless probe_threshold is asked for too
+    model = tiny.wan_transformer()
+    for options, expected in (({}, 0.26), ({"threshold": 0.3}, None), ({"threshold_end": 0.3}, None),
+                              ({"threshold": 0.3, "probe_threshold": 0.5}, 0.5), ({"max_consecutive_reuse": 3}, 0.26)):
+        dicache.enable(model, backend="torch", **options)
+        s = dicache.summary(model)
+        dicache.disable(model)
+        assert s.config.probe_threshold == expected, options
+        said = f"δ={s.config.threshold:g} ({expected:g} where the probe decides)" if expected else "probe decides)"
+        assert (said in str(s)) == (expected is not None), (options, str(s))
+
+
+def test_the_wan_preset_s_probe_threshold_through_a_pipeline():
+    """``dicache.enable(pipe)`` on a Wan pipeline decides as at δ = 0.26 at 20 steps (the probe decides each call)
+    and as at δ = 0.16 at 30 (runs planned); the two δ make different patterns at both step counts."""
+    pipe = tiny.wan_pipeline()
+    got = {}
+    for steps in (20, 30):
+        for delta in (None, 0.26, 0.16):
+            dicache.enable(pipe, backend="torch", **({} if delta is None else {"threshold": delta}))
+            tiny.wan_pipeline_call(pipe, steps=steps)
+            got[steps, delta] = dicache.summary(pipe).branches["cond"].pattern
+            dicache.disable(pipe)
+    assert got[20, None] == got[20, 0.26] != got[20, 0.16]
+    assert got[30, None] == got[30, 0.16] != got[30, 0.26]
+
+
 @pytest.mark.parametrize("target", [1.5, 2.0, 2.2, 3.0])
 def test_budget_mode_spends_the_target_evenly(target):
     n = 30
@@ -444,6 +494,10 @@ def test_budget_from_a_step_count_on():
         (dict(span_power=True), "span_power"),
         (dict(span_power="auto"), "span_power"),
         (dict(span_power=None), "span_power"),
+        (dict(probe_threshold=-0.1), "probe_threshold"),
+        (dict(probe_threshold=float("nan")), "probe_threshold"),
+        (dict(probe_threshold="0.2"), "probe_threshold"),
+        (dict(probe_threshold=True), "probe_threshold"),
     ],
 )
 def test_bad_policy_values(options, word):
