@@ -745,7 +745,8 @@ def _setting_value(family: str, setting: str) -> Optional[float]:
 
 def default_points(rows: List[Dict], metric: str = "psnr", default: Optional[Tuple[str, float]] = None) -> List[Dict]:
     """Per (model, steps): ``dicache.enable(pipe)`` with no options (:func:`quality_methods.default_of`: the
-    preset's family at the preset's own δ, or the first call of the budget where the model's family has no preset;
+    preset's family at the preset's own δ at that step count (``probe_threshold`` where the probe decides), or the
+    first call of the budget where the model's family has no preset;
     ``default``: another (family, δ or target) read as the default on every model): its savings and value; the best
     DiCache setting of any family that saves at least as much (the default sits on DiCache's front when nothing
     there scores higher); and the best peer's setting that does. Model and step counts whose rows lack the default
@@ -753,7 +754,7 @@ def default_points(rows: List[Dict], metric: str = "psnr", default: Optional[Tup
     _check_metric(metric)
     points = []
     for m, st in dict.fromkeys((r["model"], r["steps"]) for r in rows):
-        family, value = default or qm.default_of(m)
+        family, value = default or qm.default_of(m, st)
         rs = [r for r in rows if r["model"] == m and r["steps"] == st and r["status"] == "ok" and r.get("flop_fraction")
               and _number(r.get(metric))]
         own = [r for r in rs if r["family"] == family and _setting_value(family, r["setting"]) is not None
@@ -885,7 +886,8 @@ def markdown(rows: List[Dict], meta: Dict) -> str:
         "",
         *budget_table(rows),
         "",
-        "The default, `dicache.enable(pipe)` with no options (the preset at its own δ; on a model whose family has no "
+        "The default, `dicache.enable(pipe)` with no options (the preset at its own δ at that step count, "
+        "`probe_threshold` where the probe decides; on a model whose family has no "
         "preset, the first call of the budget at 2×), against the best setting of any DiCache family that saves at "
         "least as much (it sits on DiCache's Pareto front when none scores higher) and the best peer's that does.",
         "",

@@ -32,6 +32,7 @@ import dicache
 import dicache.adapters
 import dicache.config
 from dicache import zoo
+from dicache.api import _flow_sigmas
 from dicache.config import REACH_MIN_STEPS, STEPS_GAMMA_MIN_STEPS
 
 from uniform_cache import enable_uniform
@@ -293,25 +294,29 @@ def _family_preset(model: str) -> Optional[dicache.DiCacheConfig]:
     return dicache.PRESETS.get(adapter.family if adapter is not None else "")
 
 
-def default_threshold(model: str) -> float:
-    """δ of ``dicache.enable(pipe)`` with no options on a zoo model: its family preset's (a family without one: the
-    generic rule's δ, which the default decides on where it does not budget, :func:`default_of`)."""
-    return float((_family_preset(model) or dicache.config.GENERIC).threshold)
+def default_threshold(model: str, steps: int) -> float:
+    """δ of ``dicache.enable(pipe)`` with no options on a zoo model at ``steps``: its family preset's where that
+    preset's runs are planned, its ``probe_threshold`` (where set) where the probe decides each call; a family without
+    a preset: the generic rule's δ, which the default decides on where it does not budget (:func:`default_of`)."""
+    config = _family_preset(model) or dicache.config.GENERIC
+    flow_matching = _flow_sigmas(zoo.make_scheduler(model))
+    return config.on_trajectory(steps, flow_matching).threshold_at(steps)
 
 
-def default_of(model: str):
-    """``dicache.enable(pipe)`` with no options on a zoo model's pipeline, as a family of the report and its value:
-    (DICACHE, the preset's δ), or, for a family without a preset, its first call (DICACHE_BUDGET_ONLINE, 2.0)."""
+def default_of(model: str, steps: int):
+    """``dicache.enable(pipe)`` with no options on a zoo model's pipeline at ``steps``, as a family of the report and
+    its value: (DICACHE, the preset's δ there), or, for a family without a preset, its first call
+    (DICACHE_BUDGET_ONLINE, 2.0)."""
     if _family_preset(model) is not None:
-        return DICACHE, default_threshold(model)
+        return DICACHE, default_threshold(model, steps)
     return DICACHE_BUDGET_ONLINE, float(dicache.config.GENERIC_BUDGET.target_speedup)
 
 
-# The default (the preset's own δ) is a setting of the preset's family at every step count, added after the lists
+# The default (the preset's own δ there) is a setting of the preset's family at every step count, added after the lists
 # are made denser so that no other δ moves: the report reads where ``dicache.enable(pipe)`` sits on the front.
 for _m in SETTINGS:
     for _st in SETTINGS[_m]:
-        SETTINGS[_m][_st][DICACHE] = sorted(set(SETTINGS[_m][_st][DICACHE]) | {default_threshold(_m)})
+        SETTINGS[_m][_st][DICACHE] = sorted(set(SETTINGS[_m][_st][DICACHE]) | {default_threshold(_m, _st)})
 
 # --quick: one setting per family (the smoke test checks every family has a row).
 QUICK_FAMILIES = {fam: (lambda s: s[1:2] if len(s) > 1 else s[:1]) for fam in FAMILIES[1:]}

@@ -970,12 +970,16 @@ def test_default_points_read_the_default_against_the_front():
 
     import dicache
 
-    delta = qm.default_threshold("flux_digits")
-    assert delta == dicache.PRESETS["flux"].threshold and qm.default_threshold("wan_digits") == dicache.PRESETS["wan"].threshold
-    assert qm.default_threshold("hunyuan_digits") == dicache.PRESETS["hunyuan_video"].threshold
+    delta = qm.default_threshold("flux_digits", 30)
+    wan = dicache.PRESETS["wan"]
+    assert delta == dicache.PRESETS["flux"].threshold == qm.default_threshold("flux_digits", 20)
+    # Wan: its probe_threshold where the probe decides (20 steps), its threshold where runs are planned
+    assert qm.default_threshold("wan_digits", 30) == wan.threshold != qm.default_threshold("wan_digits", 20)
+    assert qm.default_threshold("wan_digits", 20) == wan.probe_threshold
+    assert qm.default_threshold("hunyuan_digits", 20) == dicache.PRESETS["hunyuan_video"].threshold
     for model in qm.SETTINGS:  # the default is a setting of the preset's family at every step count
         for steps in qm.SETTINGS[model]:
-            assert qm.default_threshold(model) in qm.SETTINGS[model][steps][qm.DICACHE]
+            assert qm.default_threshold(model, steps) in qm.SETTINGS[model][steps][qm.DICACHE]
 
     def row(family, setting, fewer, psnr, model="flux_digits", steps=30, status="ok"):
         return dict(model=model, steps=steps, family=family, setting=setting, status=status,
@@ -985,20 +989,27 @@ def test_default_points_read_the_default_against_the_front():
             row(qm.DICACHE, "δ=0.6", 2.5, 51.7), row(qm.DICACHE_SCHED, f"δ={delta}, δ_end=0.8", 2.2, 60.0),
             row(qm.TAYLORSEER_LITE, "interval=3", 2.49, 47.0), row(qm.UNIFORM, "k=2", 1.8, 70.0),
             # Wan: the default is dominated by a setting of another family that saves more and scores higher
-            row(qm.DICACHE, f"δ={qm.default_threshold('wan_digits')}", 1.76, 45.5, model="wan_digits"),
+            row(qm.DICACHE, f"δ={qm.default_threshold('wan_digits', 30)}", 1.76, 45.5, model="wan_digits"),
             row(qm.DICACHE_BUDGET_ONLINE, "target_speedup=2 (no δ)", 1.99, 46.7, model="wan_digits"),
+            # Wan at 20 steps: the default is the probe's δ, on the front; the planned runs' δ is another setting
+            row(qm.DICACHE, f"δ={wan.probe_threshold}", 2.04, 34.8, model="wan_digits", steps=20),
+            row(qm.DICACHE, f"δ={wan.threshold}", 1.71, 35.1, model="wan_digits", steps=20),
             # hunyuan: no row at its default δ, left out
             row(qm.DICACHE, "δ=0.123", 2.0, 40.0, model="hunyuan_digits"),
             # sd3 (no preset): the default is the budget's first call; its fixed δ = 0.2 is not the default
-            row(qm.DICACHE, f"δ={qm.default_threshold('sd3_digits')}", 2.1, 50.0, model="sd3_digits"),
+            row(qm.DICACHE, f"δ={qm.default_threshold('sd3_digits', 30)}", 2.1, 50.0, model="sd3_digits"),
             row(qm.DICACHE_BUDGET, "target_speedup=2 (no δ), after one call", 2.02, 44.0, model="sd3_digits"),
             row(qm.DICACHE_BUDGET_ONLINE, "target_speedup=2 (no δ), every call a first call", 2.03, 45.0,
                 model="sd3_digits"),
             row(qm.DICACHE_BUDGET_ONLINE, "target_speedup=2.5 (no δ), every call a first call", 2.5, 40.0,
                 model="sd3_digits")]
-    assert qm.default_of("sd3_digits") == (qm.DICACHE_BUDGET_ONLINE, 2.0)
-    assert qm.default_of("flux_digits") == (qm.DICACHE, delta)
-    pts = {p["model"]: p for p in Q.default_points(rows)}
+    assert qm.default_of("sd3_digits", 30) == (qm.DICACHE_BUDGET_ONLINE, 2.0)
+    assert qm.default_of("flux_digits", 30) == (qm.DICACHE, delta)
+    pts = {(p["model"], p["steps"]): p for p in Q.default_points(rows)}
+    w20 = pts.pop(("wan_digits", 20))
+    assert w20["default"] == f"δ={wan.probe_threshold:g}" and w20["fewer"] == pytest.approx(2.04)
+    assert w20["value"] == 34.8 and w20["best"][0] == 34.8  # nothing saving as much scores higher
+    pts = {m: p for (m, _), p in pts.items()}
     assert set(pts) == {"flux_digits", "wan_digits", "sd3_digits"}
     sd3 = pts["sd3_digits"]
     assert sd3["default"] == "target_speedup=2" and sd3["fewer"] == pytest.approx(2.03) and sd3["value"] == 45.0
@@ -1015,7 +1026,7 @@ def test_default_points_read_the_default_against_the_front():
                for ln in lines)
     crit = Q.criteria_table(rows)
     assert any(ln.startswith("| sd3_digits | 30 | target_speedup=2 | 2.03× | 45.0 |") and "-5.0 ✗" in ln for ln in lines)
-    assert crit[-1] == "| the default (no options) within 0.5 dB of DiCache's front at its savings | 1 of 3 | 1 of 3 |"
+    assert crit[-1] == "| the default (no options) within 0.5 dB of DiCache's front at its savings | 2 of 4 | 2 of 4 |"
     assert Q.default_points(rows, "psnr_mean")[0]["value"] == 53.8
     assert Q._delta_of("δ=0.25") == 0.25 and Q._delta_of("δ=0.2, δ_end=0.4") is None and Q._delta_of("k=2") is None
 
