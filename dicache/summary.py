@@ -99,6 +99,8 @@ class Summary:
     #: per branch and step count; ``dicache.enable(pipe, target_speedup=…, budget_profiles=…)`` in another process
     #: replays them from its first call (empty before a trajectory of the budget ends)
     budget_profiles: Tuple[Dict[str, Any], ...] = ()
+    #: the step count of the last trajectory (None: not known, or no call yet)
+    num_steps: Optional[int] = None
 
     @property
     def calls(self) -> int:
@@ -120,14 +122,18 @@ class Summary:
 
     @property
     def rule(self) -> str:
-        """How the calls were decided: ``"δ=0.4"`` (``"δ=0.16 (0.26 where the probe decides)"`` with a
-        ``probe_threshold``) or, in budget mode, ``"target_speedup=2"`` (``"δ=0.2, no budget under 20 steps"`` where
-        ``target_min_steps`` left the budget out)."""
+        """How the calls were decided: ``"δ=0.4"`` (with a ``probe_threshold``, the δ the last trajectory decided on:
+        ``"δ=0.26 (probe_threshold)"`` where the probe decided, ``"δ=0.16"`` where runs were planned; before any call
+        ``"δ=0.16 (0.26 where the probe decides)"``) or, in budget mode, ``"target_speedup=2"`` (``"δ=0.2, no budget
+        under 20 steps"`` where ``target_min_steps`` left the budget out)."""
         c, e = self.config, self.enabled_config
         if c.target_speedup is not None:
             return f"target_speedup={c.target_speedup:g}"
         delta = f"δ={c.threshold:g}"
-        if c.probe_threshold is not None:
+        if c.probe_threshold is not None and self.branches:  # the δ the last trajectory decided on
+            used = c.threshold_at(self.num_steps)
+            delta = f"δ={used:g}" + (" (probe_threshold)" if used != c.threshold else "")
+        elif c.probe_threshold is not None:
             delta += f" ({c.probe_threshold:g} where the probe decides)"
         if e is not None and e.target_speedup is not None:
             return f"{delta}, no budget under {e.target_min_steps} steps or without a step count"
@@ -211,7 +217,8 @@ def summarize(engine: DiCacheEngine, model: str, prefix: str = "") -> Summary:
     profiles = getattr(engine, "budget_profiles", list)()
     return Summary(model=model, backend=backend, config=engine.config, num_blocks=M, branches=branches,
                    enabled_config=enabled,
-                   budget_profiles=tuple(dict(r, branch=prefix + r["branch"]) for r in profiles))
+                   budget_profiles=tuple(dict(r, branch=prefix + r["branch"]) for r in profiles),
+                   num_steps=getattr(engine, "_num_steps", None))
 
 
 def merge(parts: Tuple[Summary, ...]) -> Summary:
@@ -230,4 +237,5 @@ def merge(parts: Tuple[Summary, ...]) -> Summary:
         branches=branches,
         enabled_config=first.enabled_config,
         budget_profiles=tuple(r for p in parts for r in p.budget_profiles),
+        num_steps=first.num_steps,
     )

@@ -184,17 +184,21 @@ def test_probe_threshold_replaces_delta_where_the_probe_decides():
 
 def test_the_wan_preset_s_probe_threshold_through_a_pipeline():
     """``dicache.enable(pipe)`` on a Wan pipeline decides as at δ = 0.26 at 20 steps (the probe decides each call)
-    and as at δ = 0.16 at 30 (runs planned); the two δ make different patterns at both step counts."""
+    and as at δ = 0.16 at 30 (runs planned); the two δ make different patterns at both step counts. The summary
+    names the δ the trajectory decided on."""
     pipe = tiny.wan_pipeline()
-    got = {}
+    got, rules = {}, {}
     for steps in (20, 30):
         for delta in (None, 0.26, 0.16):
             dicache.enable(pipe, backend="torch", **({} if delta is None else {"threshold": delta}))
             tiny.wan_pipeline_call(pipe, steps=steps)
-            got[steps, delta] = dicache.summary(pipe).branches["cond"].pattern
+            s = dicache.summary(pipe)
+            got[steps, delta], rules[steps, delta] = s.branches["cond"].pattern, s.rule
             dicache.disable(pipe)
     assert got[20, None] == got[20, 0.26] != got[20, 0.16]
     assert got[30, None] == got[30, 0.16] != got[30, 0.26]
+    assert rules[20, None] == "δ=0.26 (probe_threshold)" and rules[30, None] == "δ=0.16"
+    assert rules[20, 0.26] == "δ=0.26" and rules[20, 0.16] == "δ=0.16"  # a δ asked for: no probe_threshold
 
 
 @pytest.mark.parametrize("target", [1.5, 2.0, 2.2, 3.0])
