@@ -12,13 +12,14 @@ DDIM, each with the blocks' and with the output rebuilt (``benchmarks/fixed_patt
 PSNR / mean of the samples' PSNR against the uncached output; ``options`` runs DiCache's own decisions on it, JSON
 option sets on top of the Wan preset (``benchmarks/run_options.py``); ``report`` runs ``benchmarks/quality.py`` on it,
 every peer and DiCache family (its ``--weights`` takes the directory above the one ``train`` wrote, so train into a
-directory named ``wan_digits``).
+directory named ``wan_digits``); ``merge`` renders reports of ``report`` as one, as the variant samples.
 
     .venv/bin/python benchmarks/ddpm_wan.py train --dir /tmp/wan_v
     .venv/bin/python benchmarks/ddpm_wan.py patterns --dir /tmp/wan_v --steps 50 FFF_F__F__F__F__F__F__F_F_F_F_F_F_F_F_F_F_F_F_F_FF
     .venv/bin/python benchmarks/ddpm_wan.py options --dir /tmp/wan_v --steps 20 '{"threshold": 0.3}'
     .venv/bin/python benchmarks/ddpm_wan.py train --dir /tmp/ddpm/wan_digits
     .venv/bin/python benchmarks/ddpm_wan.py report --dir /tmp/ddpm/wan_digits -- --steps 20 --seeds 0,1 --out bench_out/ddpm
+    .venv/bin/python benchmarks/ddpm_wan.py merge bench_out/ddpm_all bench_out/ddpm bench_out/ddpm50
 
 The variant lives in this process only, and only while it trains or samples (:func:`ddpm_variant`).
 """
@@ -146,6 +147,17 @@ def run_report(weights: str, quality_args: Sequence[str]) -> int:
         torch.set_num_threads(threads)
 
 
+def merge_reports(dirs: Sequence[str], out: str) -> int:
+    """``quality.py merge`` of reports of :func:`run_report`, rendered as the variant samples (the default's δ is the
+    one of a DDPM-family schedule); rows from before the sampler columns record the variant's DDIM."""
+    import quality as Q
+
+    from dicache import zoo
+
+    with ddpm_variant():
+        return Q.merge(list(dirs), out, [NAME], sampler=zoo.make_scheduler(NAME))
+
+
 def main(argv=None) -> int:
     """The command line; the process's grad mode and thread count are as they were afterwards (the subcommands set
     both, and tests call this in one process)."""
@@ -180,6 +192,10 @@ def _main(argv=None) -> int:
     r.add_argument("--dir", required=True, help=f"the trained variant, a directory named {NAME}")
     r.add_argument("quality_args", nargs=argparse.REMAINDER,
                    help="quality.py's arguments after --: --out, --steps, --seeds, --families, --threads, --no-plot")
+    g = sub.add_parser("merge", help="quality.py merge of reports run on the variant: rows from before the sampler "
+                                     "columns record the variant's DDIM")
+    g.add_argument("out")
+    g.add_argument("dirs", nargs="+", help="report directories of `report`")
     f = sub.add_parser("fragile", help="fragile_samples.py on the variant: the samples a nudge already changes")
     f.add_argument("--dir", required=True)
     f.add_argument("--steps", type=int, default=50)
@@ -199,6 +215,8 @@ def _main(argv=None) -> int:
             return run_report(args.dir, [a for a in args.quality_args if a != "--"])
         except ValueError as e:
             ap.error(str(e))
+    if args.cmd == "merge":
+        return merge_reports(args.dirs, args.out)
     if args.cmd == "train":
         print(train_variant(args.dir, args.train_steps, args.threads))
         return 0

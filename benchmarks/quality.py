@@ -94,6 +94,7 @@ import torch  # noqa: E402
 
 import dicache  # noqa: E402
 from dicache import zoo  # noqa: E402
+from dicache.api import _flow_sigmas  # noqa: E402
 from dicache.hooks import session_of  # noqa: E402
 from dicache.config import STEPS_GAMMA_MIN_STEPS  # noqa: E402
 from dicache.state import balanced  # noqa: E402
@@ -329,12 +330,28 @@ CSV_FIELDS = [
     "model", "steps", "family", "setting", "status", "flop_fraction", "savings", "fewer_flops", "block_fraction",
     "mac_fraction", "calls", "wall_s", "speedup", "cpu_s", "speedup_cpu", "psnr", "psnr_mean", "ssim", "lpips", "seeds",
     "labels",
-    "weights", "note",
+    "weights", "sampler", "flow_sigmas", "note",
 ]
 
 
 def median(v):
     return statistics.median(v) if v else float("nan")
+
+
+def sampler_columns(scheduler) -> Dict:
+    """The columns a row records of the scheduler its pipeline sampled with: ``sampler`` (its class) and
+    ``flow_sigmas`` (whether it runs on flow-matching sigmas, which decides the default's δ:
+    :func:`default_points`)."""
+    return dict(sampler=type(scheduler).__name__, flow_sigmas=_flow_sigmas(scheduler))
+
+
+def row_flow_sigmas(rows: List[Dict]) -> Optional[bool]:
+    """Whether ``rows`` (of one model and step count) were sampled on flow-matching sigmas, as they recorded it;
+    None for rows from before the column (the model's scheduler in this process then decides)."""
+    got = {r["flow_sigmas"] for r in rows if isinstance(r.get("flow_sigmas"), bool)}
+    if len(got) > 1:
+        raise ValueError(f"rows of {rows[0]['model']} at {rows[0]['steps']} steps sampled with flow sigmas and without")
+    return got.pop() if got else None
 
 
 def row_for(model, steps, method_family, setting, status, runs: List[RunResult], ref_runs: List[RunResult],
@@ -428,6 +445,7 @@ def run_benchmark(args) -> List[Dict]:
             bar.update(1)
         ref_timed = [sample(pipe, name, args.labels, args.seeds[0], steps, path, counter, count_flops=False)]
         bar.update(1)
+        sampler = pipe.scheduler
         del pipe, counter
 
         mag_cache: Dict[str, List[float]] = {}
@@ -502,6 +520,7 @@ def run_benchmark(args) -> List[Dict]:
         ref_cpus = [r.cpu_s for r in ref_timed]
         del pipe, counter
         ref_wall, ref_cpu = median(ref_walls), median(ref_cpus)
+        first_row = len(rows)
         rows.append(row_for(name, steps, qm.NO_CACHE, "", "ok", ref_runs, ref_runs, ref_wall, args.seeds, args.labels,
                             weights, ref_note))
         rows[-1].update(wall_s=ref_wall, speedup=1.0, cpu_s=ref_cpu, speedup_cpu=1.0)
@@ -517,6 +536,8 @@ def run_benchmark(args) -> List[Dict]:
                                 runs=[dict(seed=r.seed, flops=r.flops, calls=r.calls, macs=r.macs, pattern=r.pattern,
                                            sample_psnr=[round(v, 3) for v in r.sample_psnr])
                                       for r in runs]))
+        for r in rows[first_row:]:
+            r.update(sampler_columns(sampler))
         if mag_cache:
             details.append(dict(model=name, steps=steps, family=qm.MAGCACHE, setting="calibration",
                                 ratios=mag_cache["ratios"]))
@@ -754,9 +775,9 @@ def default_points(rows: List[Dict], metric: str = "psnr", default: Optional[Tup
     _check_metric(metric)
     points = []
     for m, st in dict.fromkeys((r["model"], r["steps"]) for r in rows):
-        family, value = default or qm.default_of(m, st)
-        rs = [r for r in rows if r["model"] == m and r["steps"] == st and r["status"] == "ok" and r.get("flop_fraction")
-              and _number(r.get(metric))]
+        here = [r for r in rows if r["model"] == m and r["steps"] == st]
+        family, value = default or qm.default_of(m, st, row_flow_sigmas(here))
+        rs = [r for r in here if r["status"] == "ok" and r.get("flop_fraction") and _number(r.get(metric))]
         own = [r for r in rs if r["family"] == family and _setting_value(family, r["setting"]) is not None
                and math.isclose(_setting_value(family, r["setting"]), value)]
         if not own:
@@ -1116,6 +1137,8 @@ def read_csv(path: str) -> List[Dict]:
                 if r.get(k, "") != "":
                     r[k] = float(r[k])
             r["steps"] = int(r["steps"])
+            if r.get("flow_sigmas", "") != "":
+                r["flow_sigmas"] = r["flow_sigmas"] == "True"
             rows.append(r)
     return rows
 
@@ -1162,9 +1185,10 @@ def rows_from_report(path: str) -> Tuple[List[Dict], Dict]:
     return rows, meta
 
 
-def merge(dirs: List[str], out: str, models: Optional[Sequence[str]] = None) -> int:
+def merge(dirs: List[str], out: str, models: Optional[Sequence[str]] = None, sampler=None) -> int:
     """One report from runs split over processes (e.g. one model each, run side by side); ``models``: only
-    their rows (a run of several models split between reports)."""
+    their rows (a run of several models split between reports); ``sampler``: the scheduler that rows from before
+    the sampler columns (:func:`sampler_columns`) sampled with, recorded in them (None: left empty)."""
     rows, runs, metas = [], [], []
     for d in dirs:
         if d.endswith(".md"):
@@ -1176,6 +1200,10 @@ def merge(dirs: List[str], out: str, models: Optional[Sequence[str]] = None) -> 
                 det = json.load(f)
         if models:
             new = [r for r in new if r["model"] in models]
+        if sampler is not None:
+            for r in new:
+                if r.get("sampler", "") == "":
+                    r.update(sampler_columns(sampler))
         # a later run of a (model, steps, family) replaces an earlier one (a family re-run with more settings)
         # (the first run's "no cache" row stays: the speedups of its other rows were measured against it)
         have = {(r["model"], r["steps"], r["family"]) for r in rows}

@@ -294,21 +294,23 @@ def _family_preset(model: str) -> Optional[dicache.DiCacheConfig]:
     return dicache.PRESETS.get(adapter.family if adapter is not None else "")
 
 
-def default_threshold(model: str, steps: int) -> float:
+def default_threshold(model: str, steps: int, flow_sigmas: Optional[bool] = None) -> float:
     """δ of ``dicache.enable(pipe)`` with no options on a zoo model at ``steps``: its family preset's where that
     preset's runs are planned, its ``probe_threshold`` (where set) where the probe decides each call; a family without
-    a preset: the generic rule's δ, which the default decides on where it does not budget (:func:`default_of`)."""
+    a preset: the generic rule's δ, which the default decides on where it does not budget (:func:`default_of`).
+    ``flow_sigmas``: whether the pipeline samples on flow-matching sigmas (None: as the model's scheduler does)."""
     config = _family_preset(model) or dicache.config.GENERIC
-    flow_matching = _flow_sigmas(zoo.make_scheduler(model))
-    return config.on_trajectory(steps, flow_matching).threshold_at(steps)
+    if flow_sigmas is None:
+        flow_sigmas = _flow_sigmas(zoo.make_scheduler(model))
+    return config.on_trajectory(steps, flow_sigmas).threshold_at(steps)
 
 
-def default_of(model: str, steps: int):
-    """``dicache.enable(pipe)`` with no options on a zoo model's pipeline at ``steps``, as a family of the report and
-    its value: (DICACHE, the preset's δ there), or, for a family without a preset, its first call
-    (DICACHE_BUDGET_ONLINE, 2.0)."""
+def default_of(model: str, steps: int, flow_sigmas: Optional[bool] = None):
+    """``dicache.enable(pipe)`` with no options on a zoo model's pipeline at ``steps`` (``flow_sigmas``: as in
+    :func:`default_threshold`), as a family of the report and its value: (DICACHE, the preset's δ there), or, for a
+    family without a preset, its first call (DICACHE_BUDGET_ONLINE, 2.0)."""
     if _family_preset(model) is not None:
-        return DICACHE, default_threshold(model, steps)
+        return DICACHE, default_threshold(model, steps, flow_sigmas)
     return DICACHE_BUDGET_ONLINE, float(dicache.config.GENERIC_BUDGET.target_speedup)
 
 

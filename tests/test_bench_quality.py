@@ -9,6 +9,7 @@ import json
 import math
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -976,6 +977,9 @@ def test_default_points_read_the_default_against_the_front():
     # Wan: its probe_threshold where the probe decides (20 steps), its threshold where runs are planned
     assert qm.default_threshold("wan_digits", 30) == wan.threshold != qm.default_threshold("wan_digits", 20)
     assert qm.default_threshold("wan_digits", 20) == wan.probe_threshold
+    # rows sampled on a DDPM-family schedule (flow_sigmas=False) plan their runs at 20 steps too
+    assert qm.default_threshold("wan_digits", 20, flow_sigmas=False) == wan.threshold
+    assert qm.default_threshold("wan_digits", 20, flow_sigmas=True) == wan.probe_threshold
     assert qm.default_threshold("hunyuan_digits", 20) == dicache.PRESETS["hunyuan_video"].threshold
     for model in qm.SETTINGS:  # the default is a setting of the preset's family at every step count
         for steps in qm.SETTINGS[model]:
@@ -1028,6 +1032,12 @@ def test_default_points_read_the_default_against_the_front():
     assert any(ln.startswith("| sd3_digits | 30 | target_speedup=2 | 2.03× | 45.0 |") and "-5.0 ✗" in ln for ln in lines)
     assert crit[-1] == "| the default (no options) within 0.5 dB of DiCache's front at its savings | 2 of 4 | 2 of 4 |"
     assert Q.default_points(rows, "psnr_mean")[0]["value"] == 53.8
+    # the rows' own record of the sampler decides the default's δ, not this process's scheduler
+    ddim = [dict(r, sampler="DDIMScheduler", flow_sigmas=False) for r in rows if r["steps"] == 20]
+    (p,) = Q.default_points(ddim)
+    assert p["default"] == f"δ={wan.threshold:g}" and p["value"] == 35.1 and p["best"][0] == 35.1
+    with pytest.raises(ValueError, match="with flow sigmas and without"):
+        Q.default_points(ddim + [dict(ddim[0], flow_sigmas=True)])
     assert Q._delta_of("δ=0.25") == 0.25 and Q._delta_of("δ=0.2, δ_end=0.4") is None and Q._delta_of("k=2") is None
 
 
@@ -1091,7 +1101,24 @@ def test_ddpm_wan_trains_and_compares_the_two_reconstructions(tmp_path, capsys):
         rep = list(csv.DictReader(f))
     assert {r["family"] for r in rep} >= {"DiCache", "TaylorSeer-Lite"} and {r["model"] for r in rep} == {"wan_digits"}
     assert all(r["weights"] == f"trained weights from {weights}" for r in rep if r["status"] == "ok"), rep[0]
+    assert {(r["sampler"], r["flow_sigmas"]) for r in rep} == {("DDIMScheduler", "False")}
     assert any(r["family"] == "DiCache" and float(r["fewer_flops"]) > 1.0 for r in rep)
+    # ``merge``: a report from before the sampler columns, merged as the variant samples, records DDIM in its rows;
+    # quality.py's own merge leaves them empty
+    import quality as Q
+
+    old = tmp_path / "old"
+    old.mkdir()
+    for r in rep:
+        r["sampler"] = r["flow_sigmas"] = ""
+    Q.write_csv([dict(r, steps=int(r["steps"])) for r in rep], str(old / "quality.csv"))
+    shutil.copy(out / "quality_details.json", old / "quality_details.json")
+    assert Q.merge([str(old)], str(tmp_path / "plain")) == 0
+    assert {r["flow_sigmas"] for r in Q.read_csv(str(tmp_path / "plain" / "quality.csv"))} == {""}
+    assert dw.main(["merge", str(tmp_path / "merged"), str(old)]) == 0
+    merged = Q.read_csv(str(tmp_path / "merged" / "quality.csv"))
+    assert {(r["sampler"], r["flow_sigmas"]) for r in merged} == {("DDIMScheduler", False)}
+    assert zoo.get_spec("wan_digits") is before
     with pytest.raises(ValueError, match="named wan_digits"):
         dw.run_report(str(tmp_path), ["--quick", "--out", str(out)])
     # ``patterns --options``: more options for the fixed patterns (the line instead of the quadratic)
