@@ -811,6 +811,13 @@ def default_table(rows: List[Dict], metric: str = "psnr", default: Optional[Tupl
     return lines
 
 
+def _default_lines(rows: List[Dict], metric: str = "psnr") -> List[str]:
+    """:func:`default_table` in a report, or a line saying why there is none (no run at the default's setting)."""
+    if default_points(rows, metric):
+        return default_table(rows, metric)
+    return ["No run of this report is at the default's setting (its family at its δ or target): nothing to read."]
+
+
 def criteria_table(rows: List[Dict]) -> List[str]:
     """The issue's margins counted over the points from 2× to 3× (:func:`lead_points`, :func:`budget_points`), on
     the PSNR over all samples and, where the rows have it, on the mean of the samples' PSNR: the lead of DiCache's
@@ -912,7 +919,7 @@ def markdown(rows: List[Dict], meta: Dict) -> str:
         "preset, the first call of the budget at 2×), against the best setting of any DiCache family that saves at "
         "least as much (it sits on DiCache's Pareto front when none scores higher) and the best peer's that does.",
         "",
-        *default_table(rows),
+        *_default_lines(rows),
         "",
     ]
     if _has_sample_mean(rows):
@@ -931,7 +938,7 @@ def markdown(rows: List[Dict], meta: Dict) -> str:
             "",
             *budget_table(rows, "psnr_mean"),
             "",
-            *default_table(rows, "psnr_mean"),
+            *_default_lines(rows, "psnr_mean"),
             "",
         ]
     groups: Dict = {}

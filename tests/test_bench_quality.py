@@ -482,6 +482,10 @@ def test_reports_carry_the_per_sample_mean_and_older_ones_parse_without_it(tmp_p
                 labels=list(range(10)), backend="auto")
     md = Q.markdown(rows, meta)
     assert "#### The same on the mean of the samples' PSNR" in md
+    # no run at the default's setting (Flux at δ = 0.4): a line says so where its table would stand empty
+    assert md.count("| model | steps | default |") == 2 and "nothing to read" not in md
+    without = Q.markdown([r for r in rows if r["setting"] != "δ=0.4"], meta)
+    assert without.count("nothing to read") == 2 and "| model | steps | default |" not in without
     # the budget row on the per-sample mean: 52.0 against the preset's 51.75 − (0.02/0.14)·4.75 at 2×
     pre = 51.75 + (47.0 - 51.75) * (0.52 - 0.5) / (0.52 - 0.38)
     budget = [ln for ln in Q.budget_table(rows, "psnr_mean") if "| replay |" in ln]
