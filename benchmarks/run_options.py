@@ -18,6 +18,8 @@ PSNR) / SSIM against the uncached output over
         --budget-profiles /tmp/wan50.json                 # another process: its first call replays them
     .venv/bin/python benchmarks/run_options.py wan_digits 50 '{"target_speedup": 2}' --seeds 0,1,2,3 \
         --first-calls                                     # every seed a first call (the reports' online family)
+    .venv/bin/python benchmarks/run_options.py hunyuan_digits 20 '{"target_speedup": 2.5}' --seeds 0,1,2,3 \
+        --first-calls --online-size-power 1               # its errors to come predicted as c·size^p, p fitted
     .venv/bin/python benchmarks/run_options.py sd3_digits 20 '{}' '{"force_last_step": 2}' --seeds 0,1,2,3 \
         --thresholds 0.1,0.2,0.3,0.5,0.8                  # each set at each δ, then its PSNR at 2-3x fewer flops
 
@@ -30,11 +32,14 @@ Pareto curves, not at one δ.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
+import math
 import os
 import sys
 import warnings
+from typing import Optional
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, _HERE)
@@ -48,6 +53,56 @@ from dicache.budget import check_profiles  # noqa: E402
 from dicache.metrics import psnr, psnr_per_sample, ssim  # noqa: E402
 
 from block_counter import BlockCounter  # noqa: E402
+
+
+#: ``--online-size-power``: the most the fitted power may be (a larger one would read the last steps' errors as far
+#: above their sizes on a few measured points)
+SIZE_POWER_MAX = 1.5
+
+
+def fitted_size_power(measured, sizes, prior: float) -> float:
+    """``--online-size-power``: the power ``p`` of ``increment ∝ size^p`` fitted to ``measured`` (step → increment)
+    by least squares in log-log, pulled towards 1 by ``prior`` (the weight of a point p = 1 against the spread of
+    the sizes' logs: a few steps of nearly one size leave p near 1), within [0, :data:`SIZE_POWER_MAX`]."""
+    pts = [(math.log(sizes[k]), math.log(v)) for k, v in measured.items() if v > 0 and sizes[k] > 0]
+    if not pts:
+        return 1.0
+    mx, my = sum(x for x, _ in pts) / len(pts), sum(y for _, y in pts) / len(pts)
+    sxx = sum((x - mx) ** 2 for x, _ in pts)
+    sxy = sum((x - mx) * (y - my) for x, y in pts)
+    return min(SIZE_POWER_MAX, max(0.0, (sxy + prior) / (sxx + prior)))
+
+
+@contextlib.contextmanager
+def online_size_power(prior: Optional[float]):
+    """Within (``prior`` not None): the budget's first call predicts the errors to come as ``c · size^p`` rather
+    than ``c · size`` (:meth:`dicache.budget.Budget.online_profile`), ``p`` fitted to the errors measured after the
+    warm-up at each prediction (:func:`fitted_size_power`) and ``c`` so that the prediction sums to them. Tried and
+    not kept (benchmarks/RESULTS.md, forty-seventh round); here to repeat it."""
+    from dicache.budget import Budget
+
+    stock = Budget.online_profile
+    if prior is None:
+        yield
+        return
+
+    def online_profile(self, state, start, n, sizes=None):
+        profile = stock(self, state, start, n, sizes)
+        if profile is None or sizes is None:
+            return profile
+        warm = self.config.warmup_calls(n)
+        measured = {k: v for k, v in profile.items() if k <= start and math.isfinite(v) and v > 0}
+        measured = {k: v for k, v in measured.items() if k >= warm} or measured
+        p = fitted_size_power(measured, sizes, prior)
+        c = sum(measured.values()) / sum(sizes[k] ** p for k in measured)
+        profile.update({k: c * sizes[k] ** p for k in range(start + 1, n)})
+        return profile
+
+    Budget.online_profile = online_profile
+    try:
+        yield
+    finally:
+        Budget.online_profile = stock
 
 
 class NotDeterministicError(RuntimeError):
@@ -209,6 +264,9 @@ def main(argv=None) -> int:
     ap.add_argument("--first-calls", action="store_true",
                     help="enable again before each seed: every seed's call is a first call (with --budget-profiles if "
                          "given); --save-profiles then writes the last seed's")
+    ap.add_argument("--online-size-power", metavar="PRIOR", type=float,
+                    help="the budget's first call predicts the errors to come as c·size^p, p fitted to those measured "
+                         "(pulled towards 1 with this weight, ≥ 0), instead of c·size (tried, not kept)")
     ap.add_argument("--thresholds", metavar="LIST",
                     help="run each option set at each of these δ values (comma-separated) and end with its PSNR "
                          "read at the savings of --at")
@@ -220,6 +278,9 @@ def main(argv=None) -> int:
         ap.error("steps must be >= 2")
     if args.weights and not os.path.isfile(os.path.join(args.weights, "config.json")):
         ap.error(f"--weights: no config.json in {args.weights}")
+    if args.online_size_power is not None and not (math.isfinite(args.online_size_power)
+                                                   and args.online_size_power >= 0):
+        ap.error(f"--online-size-power must be a finite number >= 0, got {args.online_size_power}")
     option_sets = parse_option_sets(ap, args.options)
     thresholds, at = [], list(AT_SAVINGS)
     if args.at and not args.thresholds:
@@ -264,9 +325,10 @@ def main(argv=None) -> int:
     try:
         print(f"{args.model}{f' ({args.weights})' if args.weights else ''}, {args.steps} steps{Q.sampled_with(args)}, "
               f"seeds {seeds}, {len(labels)} labels, on the preset")
-        rows = print_rows(run(args.model, args.steps, with_thresholds(option_sets, thresholds), seeds, labels,
-                              weights=args.weights, summaries=summaries if args.summaries else None,
-                              budget_profiles=profiles, first_calls=args.first_calls))
+        with online_size_power(args.online_size_power):
+            rows = print_rows(run(args.model, args.steps, with_thresholds(option_sets, thresholds), seeds, labels,
+                                  weights=args.weights, summaries=summaries if args.summaries else None,
+                                  budget_profiles=profiles, first_calls=args.first_calls))
         if thresholds:
             print("\nPSNR at matched savings, pooled / mean of the samples [best δ saving at least that much]:")
             print("\n".join(curves_table(rows, option_sets, at)))

@@ -354,6 +354,37 @@ def test_run_options_first_calls_makes_every_seed_a_first_call(tmp_path, capsys)
     assert "budget: replay, δ=" in capsys.readouterr().out.split("seed 4: ")[1]
 
 
+def test_run_options_online_size_power_fits_the_first_call_s_prediction(monkeypatch, capsys):
+    """``--online-size-power PRIOR``: the first call predicts the errors to come as c·size^p, p fitted in log-log and
+    pulled towards 1 by the prior; the library's rule is back afterwards; bad values refused."""
+    import run_options as ro
+
+    from dicache.budget import Budget
+
+    sizes = [0.01 * 1.3 ** k for k in range(12)]
+    for p_true in (0.5, 1.2):
+        measured = {k: 2.0 * sizes[k] ** p_true for k in range(1, 9)}
+        assert ro.fitted_size_power(measured, sizes, 0.0) == pytest.approx(p_true)
+        assert ro.fitted_size_power(measured, sizes, 1e9) == pytest.approx(1.0, abs=1e-6)
+        between = ro.fitted_size_power(measured, sizes, 1.0)
+        assert min(p_true, 1.0) < between < max(p_true, 1.0)
+    assert ro.fitted_size_power({k: sizes[k] ** 3 for k in range(4)}, sizes, 0.0) == ro.SIZE_POWER_MAX
+    assert ro.fitted_size_power({k: 1.0 / sizes[k] for k in range(4)}, sizes, 0.0) == 0.0
+    stock, fit, fits = Budget.online_profile, ro.fitted_size_power, []
+
+    def counted(measured, sizes, prior):
+        fits.append(prior)
+        return fit(measured, sizes, prior)
+
+    monkeypatch.setattr(ro, "fitted_size_power", counted)
+    argv = ["wan_digits", "10", '{"target_speedup": 2}', "--seeds", "3", "--labels", "0,1", "--first-calls"]
+    assert ro.main(argv + ["--online-size-power", "0.5"]) == 0
+    assert fits and set(fits) == {0.5} and Budget.online_profile is stock
+    with pytest.raises(SystemExit):
+        ro.main(argv + ["--online-size-power", "-1"])
+    assert "--online-size-power must be a finite number >= 0" in capsys.readouterr().err
+
+
 def test_run_options_thresholds_reads_each_option_set_on_its_curve(capsys):
     """``--thresholds``: each option set at each δ, then its PSNR interpolated at the ``--at`` savings (pooled /
     mean of the samples [the best δ saving at least that much]); bad values refused naming the argument."""
