@@ -445,7 +445,7 @@ def run_benchmark(args) -> List[Dict]:
             bar.update(1)
         ref_timed = [sample(pipe, name, args.labels, args.seeds[0], steps, path, counter, count_flops=False)]
         bar.update(1)
-        sampler = pipe.scheduler
+        sampled_with_columns = sampler_columns(pipe.scheduler)
         del pipe, counter
 
         mag_cache: Dict[str, List[float]] = {}
@@ -537,7 +537,7 @@ def run_benchmark(args) -> List[Dict]:
                                            sample_psnr=[round(v, 3) for v in r.sample_psnr])
                                       for r in runs]))
         for r in rows[first_row:]:
-            r.update(sampler_columns(sampler))
+            r.update(sampled_with_columns)
         if mag_cache:
             details.append(dict(model=name, steps=steps, family=qm.MAGCACHE, setting="calibration",
                                 ratios=mag_cache["ratios"]))
@@ -1208,9 +1208,10 @@ def merge(dirs: List[str], out: str, models: Optional[Sequence[str]] = None, sam
         if models:
             new = [r for r in new if r["model"] in models]
         if sampler is not None:
+            columns = sampler_columns(sampler)
             for r in new:
                 if r.get("sampler", "") == "":
-                    r.update(sampler_columns(sampler))
+                    r.update(columns)
         # a later run of a (model, steps, family) replaces an earlier one (a family re-run with more settings)
         # (the first run's "no cache" row stays: the speedups of its other rows were measured against it)
         have = {(r["model"], r["steps"], r["family"]) for r in rows}
