@@ -1257,6 +1257,48 @@ def write_report(out: str, rows: List[Dict], runs: List[Dict], meta: Dict, what:
     return 0
 
 
+def stale_reports(dirs: Sequence[str], write: bool = False) -> List[str]:
+    """The report directories whose ``quality.md`` differs from what this code renders from their own rows and
+    header (``quality.csv``, ``quality_details.json``'s ``meta``); ``write``: render those again (the rows, the
+    details and the plot are left as they are)."""
+    stale = []
+    for d in dirs:
+        rows = read_csv(os.path.join(d, "quality.csv"))
+        with open(os.path.join(d, "quality_details.json")) as f:
+            meta = json.load(f)["meta"]
+        md = markdown(rows, meta) + "\n"
+        path = os.path.join(d, "quality.md")
+        with open(path) as f:
+            if f.read() == md:
+                continue
+        stale.append(d)
+        if write:
+            with open(path, "w") as f:
+                f.write(md)
+    return stale
+
+
+def render_main(argv: Sequence[str]) -> int:
+    """``quality.py render REPORT_DIR… [--check]``: render each report's ``quality.md`` again from its rows with
+    this code (tables added or changed since it was written), its numbers unchanged; ``--check``: only list the
+    reports whose file is out of date (exit 1 if any is)."""
+    ap = argparse.ArgumentParser(prog="quality.py render", description=render_main.__doc__)
+    ap.add_argument("reports", nargs="+", help="report directories (quality.csv, quality_details.json, quality.md)")
+    ap.add_argument("--check", action="store_true", help="list the out-of-date reports, write nothing")
+    a = ap.parse_args(argv)
+    names = ("quality.csv", "quality_details.json", "quality.md")
+    for d in a.reports:
+        missing = [n for n in names if not os.path.isfile(os.path.join(d, n))]
+        if missing:
+            ap.error(f"not a report directory: no {', '.join(missing)} in {d!r}")
+    stale = stale_reports(a.reports, write=not a.check)
+    for d in stale:
+        print(f"{d}: {'out of date' if a.check else 'rendered again'}")
+    if not stale:
+        print(f"{len(a.reports)} report(s) up to date")
+    return 1 if a.check and stale else 0
+
+
 def pool_rows(a: List[Dict], b: List[Dict], seeds_a: int = 1, seeds_b: int = 1) -> List[Dict]:
     """The rows of two runs of the same settings on different seeds, as one run over all their samples.
 
@@ -1821,6 +1863,8 @@ def main(argv=None) -> int:
         return spread_main(sys.argv[2:])
     if argv is None and len(sys.argv) > 1 and sys.argv[1] == "without":
         return without_main(sys.argv[2:])
+    if argv is None and len(sys.argv) > 1 and sys.argv[1] == "render":
+        return render_main(sys.argv[2:])
     if argv is None and len(sys.argv) > 1 and sys.argv[1] == "default":
         return default_main(sys.argv[2:])
     if argv is None and len(sys.argv) > 1 and sys.argv[1] == "entries":

@@ -1583,3 +1583,59 @@ def test_smooth_time_roughness_reads_the_output_against_the_timestep(capsys):
         st.roughness("flux_digits", steps=6, at=5)
     with pytest.raises(SystemExit):
         st.main(["train", "--dir", "/tmp/nowhere", "--min-period", "0"])
+
+
+def _shipped_reports():
+    """Every report directory shipped under benchmarks/results (the top level is the first rounds' report)."""
+    top = os.path.join(ROOT, "benchmarks", "results")
+    return [d for d in [top] + sorted(os.path.join(top, n) for n in os.listdir(top))
+            if os.path.isfile(os.path.join(d, "quality.csv"))]
+
+
+def test_shipped_reports_are_rendered_by_this_code():
+    """Each shipped ``quality.md`` is what this code renders from the report's own rows: a change to the report's
+    tables is rendered into every report (``quality.py render DIR…``) in the same commit, so no report reads on
+    tables of an older version; and each of its families is one the benchmark still knows."""
+    import quality as Q
+    import quality_methods as qm
+
+    dirs = _shipped_reports()
+    assert len(dirs) >= 25
+    for d in dirs:  # a family the benchmark no longer has would drop out of the comparisons: retire the report
+        unknown = {r["family"] for r in Q.read_csv(os.path.join(d, "quality.csv"))} - {*qm.FAMILIES, qm.NO_CACHE}
+        assert not unknown, f"{d}: families the benchmark no longer has: {sorted(unknown)}"
+    stale = Q.stale_reports(dirs)
+    assert not stale, f"render them again: .venv/bin/python benchmarks/quality.py render {' '.join(stale)}"
+
+
+def test_render_writes_only_the_reports_out_of_date(tmp_path, capsys):
+    """``quality.py render``: a report whose ``quality.md`` differs from this code's rendering is written again
+    (rows, details and plot untouched); ``--check`` lists it and writes nothing."""
+    import quality as Q
+
+    rows, runs, _ = _sampled_report()
+    meta = dict(command="quality.py --quick", date="2026-12-07 00:00", threads=1, seconds=1.0, seeds=[0, 1],
+                labels=list(range(10)), backend="cpu")
+    fresh, old = tmp_path / "fresh", tmp_path / "old"
+    for d in (fresh, old):
+        d.mkdir()
+        _write_report(Q, rows, runs, d)
+        details = json.loads((d / "quality_details.json").read_text())
+        (d / "quality_details.json").write_text(json.dumps(dict(details, meta=meta)))
+        (d / "quality.md").write_text(Q.markdown(Q.read_csv(str(d / "quality.csv")), meta) + "\n")
+    current = (old / "quality.md").read_text()
+    (old / "quality.md").write_text(current.replace("The margins at a glance", "Margins"))
+    csv_before = (old / "quality.csv").read_text()
+    assert Q.stale_reports([str(fresh), str(old)]) == [str(old)]
+    assert Q.render_main([str(fresh), str(old), "--check"]) == 1
+    assert f"{old}: out of date" in capsys.readouterr().out
+    assert "Margins" in (old / "quality.md").read_text()  # --check writes nothing
+    assert Q.render_main([str(fresh), str(old)]) == 0
+    assert f"{old}: rendered again" in capsys.readouterr().out
+    assert (old / "quality.md").read_text() == current and (old / "quality.csv").read_text() == csv_before
+    assert Q.render_main([str(fresh), str(old), "--check"]) == 0
+    assert "2 report(s) up to date" in capsys.readouterr().out
+    (fresh / "quality.md").unlink()
+    with pytest.raises(SystemExit):
+        Q.render_main([str(fresh)])
+    assert "no quality.md" in capsys.readouterr().err
