@@ -11,6 +11,8 @@
                                                                       # a quality.md instead of a DIR: its rows;
                                                                       # --models M1,M2: only theirs)
     .venv/bin/python benchmarks/quality.py pool OUT DIR_A DIR_B       # the settings both ran, on both runs' seeds
+    .venv/bin/python benchmarks/quality.py render DIR... [--check]    # each report's quality.md rendered again
+                                                                      # from its rows by this code
     .venv/bin/python benchmarks/quality.py at DIR... --families A,B   # their PSNR interpolated at chosen savings
     .venv/bin/python benchmarks/quality.py default DIR...             # `dicache.enable(pipe)` against DiCache's front
                                                                       # (--family F --value V: another setting)
@@ -1856,35 +1858,34 @@ def spread_summary(res: Dict[str, Dict[Tuple, Dict]]) -> List[str]:
     return lines
 
 
+def merge_main(argv: Sequence[str]) -> int:
+    """``quality.py merge OUT DIR… [--models M1,M2]``: one report of runs done in separate processes
+    (:func:`merge`)."""
+    ap = argparse.ArgumentParser(prog="quality.py merge", description=merge_main.__doc__)
+    ap.add_argument("out")
+    ap.add_argument("dirs", nargs="+", help="report directories (or a quality.md)")
+    ap.add_argument("--models", help="comma-separated: only these models' rows")
+    a = ap.parse_args(argv)
+    return merge(a.dirs, a.out, a.models.split(",") if a.models else None)
+
+
+def pool_main(argv: Sequence[str]) -> int:
+    """``quality.py pool OUT DIR_A DIR_B``: the settings both ran, on the seeds of both (:func:`pool`)."""
+    if len(argv) != 3:
+        print("usage: quality.py pool OUT DIR_A DIR_B", file=sys.stderr)
+        return 2
+    return pool(*argv)
+
+
+#: ``quality.py NAME …``: the commands that read or combine reports rather than run the benchmark
+SUBCOMMANDS = {"at": at_main, "spread": spread_main, "without": without_main, "render": render_main,
+               "default": default_main, "entries": entries_main, "patterns": patterns_main, "merge": merge_main,
+               "pool": pool_main}
+
+
 def main(argv=None) -> int:
-    if argv is None and len(sys.argv) > 1 and sys.argv[1] == "at":
-        return at_main(sys.argv[2:])
-    if argv is None and len(sys.argv) > 1 and sys.argv[1] == "spread":
-        return spread_main(sys.argv[2:])
-    if argv is None and len(sys.argv) > 1 and sys.argv[1] == "without":
-        return without_main(sys.argv[2:])
-    if argv is None and len(sys.argv) > 1 and sys.argv[1] == "render":
-        return render_main(sys.argv[2:])
-    if argv is None and len(sys.argv) > 1 and sys.argv[1] == "default":
-        return default_main(sys.argv[2:])
-    if argv is None and len(sys.argv) > 1 and sys.argv[1] == "entries":
-        return entries_main(sys.argv[2:])
-    if argv is None and len(sys.argv) > 1 and sys.argv[1] == "patterns":
-        return patterns_main(sys.argv[2:])
-    if argv is None and len(sys.argv) > 1 and sys.argv[1] == "merge":
-        # quality.py merge OUT DIR1 DIR2 ... [--models M1,M2]: one report of runs done in separate processes
-        ap = argparse.ArgumentParser(prog="quality.py merge")
-        ap.add_argument("out")
-        ap.add_argument("dirs", nargs="+", help="report directories (or a quality.md)")
-        ap.add_argument("--models", help="comma-separated: only these models' rows")
-        a = ap.parse_args(sys.argv[2:])
-        return merge(a.dirs, a.out, a.models.split(",") if a.models else None)
-    if argv is None and len(sys.argv) > 1 and sys.argv[1] == "pool":
-        # quality.py pool OUT DIR_A DIR_B: the settings both ran, on the seeds of both
-        if len(sys.argv) != 5:
-            print("usage: quality.py pool OUT DIR_A DIR_B", file=sys.stderr)
-            return 2
-        return pool(sys.argv[2], sys.argv[3], sys.argv[4])
+    if argv is None and len(sys.argv) > 1 and sys.argv[1] in SUBCOMMANDS:
+        return SUBCOMMANDS[sys.argv[1]](sys.argv[2:])
     args = parse_args(argv)
     try:
         apply_scheduler(args, args.models)
