@@ -6,7 +6,7 @@ import dataclasses
 import functools
 import math
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 ERRORS = ("probe", "probe_minus_input")
 BATCH_POLICIES = ("global", "max")
@@ -45,6 +45,13 @@ QUAD_BALANCE_AUTO = 0.5
 # (at 20 steps, of the presets' 0.5: half gained +0.2 to +2.1 dB pooled on Flux, Wan and HunyuanVideo and lost up to
 # 0.3 on SD3; the whole gained up to +3.9 but lost up to 1.0 on SD3; benchmarks/RESULTS.md, forty-third round)
 HINDSIGHT_PROBE_FACTOR = 0.5
+# force_last_step: a final step under this fraction of the step before it is not one of the final steps, the step
+# before it is forced too (:func:`negligible_final_steps`). FlowMatchEulerDiscreteScheduler with a fixed shift (SD3,
+# SD3.5) ends its schedule at σ = 0.0089 (the training schedule's smallest σ, shifted twice), so its last step, 0.0089 →
+# 0, is a sixteenth of the one before it at 20 steps (0.15 → 0.0089) and a sixth at 50; the step that denoises is the
+# one before it. Elsewhere a step is within 1.6× of the one before it (benchmarks/step_sizes.py; benchmarks/RESULTS.md,
+# forty-eighth round).
+FINAL_STEP_RATIO = 0.25
 
 
 @dataclass(frozen=True)
@@ -64,7 +71,10 @@ class DiCacheConfig:
         force_last_step: compute the last denoising step fully (``True``), the last
             ``n`` steps (an int ``n ≥ 0``; ``False`` = 0), or a ratio in (0, 1) of the
             number of steps (``ceil(r·N)`` calls, as ``warmup``): their errors are never
-            corrected by a later step, and a single skip costs most there.
+            corrected by a later step, and a single skip costs most there. Where the
+            pipeline tells the step sizes, a last step under a quarter of the one before
+            it (SD3's schedule ends on σ 0.0089 → 0) is not counted: one call more is forced
+            (``FINAL_STEP_RATIO``).
         error: ``"probe"`` accumulates the relative L1 change of the probe
             output; ``"probe_minus_input"`` accumulates
             ``|rel_l1(probe) − rel_l1(input)|`` (the reference code's Flux variant).
@@ -335,15 +345,24 @@ class DiCacheConfig:
             return num_steps is not None and (num_steps >= STEPS_GAMMA_MIN_STEPS or flow_matching is False)
         return self.gamma_source == "steps"
 
-    def on_trajectory(self, num_steps: Optional[int], flow_matching: Optional[bool]) -> "DiCacheConfig":
-        """This config on a trajectory of ``num_steps`` whose scheduler is (``flow_matching``) a flow-matching one:
-        itself, or, where ``gamma_source="auto"`` takes γ from the steps only because the scheduler is of the DDPM
-        family (under ``STEPS_GAMMA_MIN_STEPS`` steps), the same with ``gamma_source="steps"``, so that every rule
-        that follows γ's source (``plan_runs``, ``run_power``, ``alignment_order``, ``reconstruct_at``) follows it."""
-        if self.gamma_source != "auto" or self.gamma_from_steps(num_steps) == self.gamma_from_steps(
+    def on_trajectory(self, num_steps: Optional[int], flow_matching: Optional[bool],
+                      step_sizes: Optional[Sequence[float]] = None) -> "DiCacheConfig":
+        """This config on a trajectory of ``num_steps`` whose scheduler is (``flow_matching``) a flow-matching one and
+        takes steps of ``step_sizes`` (``|σ_k − σ_(k+1)|``, None: not told): itself, or
+        * where ``gamma_source="auto"`` takes γ from the steps only because the scheduler is of the DDPM family (under
+          ``STEPS_GAMMA_MIN_STEPS`` steps), the same with ``gamma_source="steps"``, so that every rule that follows
+          γ's source (``plan_runs``, ``run_power``, ``alignment_order``, ``reconstruct_at``) follows it;
+        * where final steps are forced and the last steps are negligible (:func:`negligible_final_steps`), the same
+          forcing as many more."""
+        cfg = self
+        if self.gamma_source == "auto" and self.gamma_from_steps(num_steps) != self.gamma_from_steps(
                 num_steps, flow_matching):
-            return self
-        return _steps_gamma(self)
+            cfg = _steps_gamma(self)
+        if num_steps is not None and step_sizes is not None and len(step_sizes) == num_steps:
+            extra, last = negligible_final_steps(step_sizes), cfg.last_calls(num_steps)
+            if extra and last:
+                cfg = _final_steps(cfg, min(num_steps, last + extra))
+        return cfg
 
     def reconstructs_output(self, num_steps: Optional[int], flow_matching: Optional[bool] = None) -> bool:
         """Whether a reused call on a trajectory of ``num_steps`` rebuilds the model's output (``reconstruct_at``);
@@ -410,6 +429,22 @@ def _steps_gamma(config: DiCacheConfig) -> DiCacheConfig:
     """``config`` with ``gamma_source="steps"`` (one copy per config: :meth:`DiCacheConfig.on_trajectory` runs at
     every call)."""
     return config.replace(gamma_source="steps")
+
+
+@functools.lru_cache(maxsize=16)
+def _final_steps(config: DiCacheConfig, calls: int) -> DiCacheConfig:
+    """``config`` forcing its last ``calls`` calls (one copy per config and count, as :func:`_steps_gamma`)."""
+    return config.replace(force_last_step=calls)
+
+
+def negligible_final_steps(step_sizes: Sequence[float]) -> int:
+    """How many of a trajectory's last steps each take under :data:`FINAL_STEP_RATIO` of the step before them, counted
+    back from the last: ``force_last_step`` forces as many more calls, so that the step that denoises last is forced
+    too (the last step of SD3's schedule, 0.0089 → 0, is a sixteenth of the one before it at 20 steps)."""
+    k = len(step_sizes) - 1
+    while k >= 1 and step_sizes[k] < FINAL_STEP_RATIO * step_sizes[k - 1]:
+        k -= 1
+    return len(step_sizes) - 1 - k
 
 
 def _ratio_calls(ratio: float, num_steps: int) -> int:

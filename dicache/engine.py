@@ -145,7 +145,8 @@ class DiCacheEngine:
             state = self.branches[branch] = BranchState(branch)
         self._cur = state
         cfg = self.base_config if self.base_config.budgets(num_steps) else self._no_budget
-        self.config = self._budget.config = cfg.on_trajectory(num_steps, self.flow_matching)
+        sizes = self._budget.sizes_for(num_steps) if num_steps is not None else None
+        self.config = self._budget.config = cfg.on_trajectory(num_steps, self.flow_matching, sizes)
         step = state.calls if step_index is None else step_index
         self._cur_step = step
         self._num_steps = num_steps

@@ -147,6 +147,50 @@ def test_step_size_power_scales_the_threshold_by_the_step_sizes():
             == drive(DiCacheConfig(**planned), {"c": errors}, num_steps=10, step_sizes=sizes).branches["c"].pattern)
 
 
+def test_a_negligible_last_step_forces_the_step_before_it():
+    # SD3's scheduler (FlowMatchEulerDiscreteScheduler, shift 3) ends its schedule on σ = 0.0089 → 0: the step that
+    # denoises last is the one before, forced too where final steps are forced and the pipeline tells the step sizes
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from dicache.config import FINAL_STEP_RATIO, negligible_final_steps
+
+    sd3 = FlowMatchEulerDiscreteScheduler(shift=3.0)
+    for n in (20, 28, 50):
+        sd3.set_timesteps(n)
+        sig = sd3.sigmas.tolist()
+        assert sig[-2] == pytest.approx(0.0089, abs=2e-4)
+        assert negligible_final_steps([a - b for a, b in zip(sig, sig[1:])]) == 1
+    assert negligible_final_steps([0.05] * 9) == 0
+    assert negligible_final_steps([0.02 * 1.5 ** k for k in range(9)]) == 0  # growing to the end
+    assert negligible_final_steps([0.1, 0.2, 0.2 * FINAL_STEP_RATIO]) == 0  # a quarter is not under a quarter
+    assert negligible_final_steps([0.1, 0.2, 0.04, 0.001]) == 2  # counted back from the last
+    assert negligible_final_steps([0.0, 0.0]) == 0 and negligible_final_steps([0.3]) == 0
+
+    errors = scales([0.1] * 9)  # δ 1e9: every decided call skips, so the pattern shows the forced calls
+    tail, even = [0.1] * 9 + [0.01], [0.1] * 10
+    cfg = DiCacheConfig(threshold=1e9, warmup=1, force_last_step=True)
+    b = drive(cfg, {"c": errors}, num_steps=10, step_sizes=tail).branches["c"]
+    assert b.pattern == "F.......FF" and [st.reason for st in b.steps[8:]] == ["last_step"] * 2
+    assert drive(cfg, {"c": errors}, num_steps=10, step_sizes=even).branches["c"].pattern == "F........F"
+    assert drive(cfg, {"c": errors}, num_steps=10).branches["c"].pattern == "F........F"  # sizes not told
+    assert drive(cfg.replace(force_last_step=0.2), {"c": errors}, num_steps=10,
+                 step_sizes=tail).branches["c"].pattern == "F......FFF"  # two final steps, one more
+    # no final step forced: none added
+    free = cfg.replace(force_last_step=False)
+    assert drive(free, {"c": errors}, num_steps=10, step_sizes=tail).branches["c"].pattern == "F........."
+    # the trajectory's config: one copy per config and count; sizes of another trajectory length are not read
+    assert cfg.on_trajectory(10, True, tail) is cfg.on_trajectory(10, True, tail)
+    assert cfg.on_trajectory(10, True, tail).last_calls(10) == 2
+    assert cfg.on_trajectory(10, True, even) is cfg and cfg.on_trajectory(12, True, tail) is cfg
+    # the budget (at least the last step computed) reserves the step before a negligible last one too
+    budgeted = free.replace(target_speedup=2.0)
+    assert budgeted.on_trajectory(10, True, tail).last_calls(10) == 2 and budgeted.last_calls(10) == 1
+    b = drive(budgeted, {"c": errors}, num_steps=10, step_sizes=tail).branches["c"]
+    assert [st.reason for st in b.steps[8:]] == ["last_step"] * 2
+    b = drive(budgeted, {"c": errors}, num_steps=10, step_sizes=even).branches["c"]
+    assert b.steps[8].reason != "last_step" and b.steps[9].reason == "last_step"
+
+
 def test_probe_threshold_replaces_delta_where_the_probe_decides():
     """``probe_threshold``: δ where the probe decides each call; where runs are planned ``threshold``; a δ schedule
     starts from it; an ``enable(threshold=…)`` clears the preset's; the header says both."""
