@@ -20,6 +20,8 @@ PSNR) / SSIM against the uncached output over
         --first-calls                                     # every seed a first call (the reports' online family)
     .venv/bin/python benchmarks/run_options.py hunyuan_digits 20 '{"target_speedup": 2.5}' --seeds 0,1,2,3 \
         --first-calls --online-size-power 1               # its errors to come predicted as c·size^p, p fitted
+    .venv/bin/python benchmarks/run_options.py hunyuan_digits 20 '{"target_speedup": 2.5}' --seeds 0,1,2,3 \
+        --first-calls --online-size-exponent 0.85         # …with p = 0.85 throughout
     .venv/bin/python benchmarks/run_options.py sd3_digits 20 '{}' '{"force_last_step": 2}' --seeds 0,1,2,3 \
         --thresholds 0.1,0.2,0.3,0.5,0.8                  # each set at each δ, then its PSNR at 2-3x fewer flops
 
@@ -74,15 +76,16 @@ def fitted_size_power(measured, sizes, prior: float) -> float:
 
 
 @contextlib.contextmanager
-def online_size_power(prior: Optional[float]):
-    """Within (``prior`` not None): the budget's first call predicts the errors to come as ``c · size^p`` rather
-    than ``c · size`` (:meth:`dicache.budget.Budget.online_profile`), ``p`` fitted to the errors measured after the
-    warm-up at each prediction (:func:`fitted_size_power`) and ``c`` so that the prediction sums to them. Tried and
-    not kept (benchmarks/RESULTS.md, forty-seventh round); here to repeat it."""
+def online_size_power(prior: Optional[float], exponent: Optional[float] = None):
+    """Within (``prior`` or ``exponent`` not None): the budget's first call predicts the errors to come as
+    ``c · size^p`` rather than ``c · size`` (:meth:`dicache.budget.Budget.online_profile`), ``p`` the ``exponent``
+    given or else fitted to the errors measured after the warm-up at each prediction (:func:`fitted_size_power`), and
+    ``c`` so that the prediction sums to them. Both tried and not kept (benchmarks/RESULTS.md, forty-seventh and
+    forty-eighth rounds); here to repeat them."""
     from dicache.budget import Budget
 
     stock = Budget.online_profile
-    if prior is None:
+    if prior is None and exponent is None:
         yield
         return
 
@@ -93,7 +96,7 @@ def online_size_power(prior: Optional[float]):
         warm = self.config.warmup_calls(n)
         measured = {k: v for k, v in profile.items() if k <= start and math.isfinite(v) and v > 0}
         measured = {k: v for k, v in measured.items() if k >= warm} or measured
-        p = fitted_size_power(measured, sizes, prior)
+        p = exponent if exponent is not None else fitted_size_power(measured, sizes, prior)
         c = sum(measured.values()) / sum(sizes[k] ** p for k in measured)
         profile.update({k: c * sizes[k] ** p for k in range(start + 1, n)})
         return profile
@@ -267,6 +270,8 @@ def main(argv=None) -> int:
     ap.add_argument("--online-size-power", metavar="PRIOR", type=float,
                     help="the budget's first call predicts the errors to come as c·size^p, p fitted to those measured "
                          "(pulled towards 1 with this weight, ≥ 0), instead of c·size (tried, not kept)")
+    ap.add_argument("--online-size-exponent", metavar="P", type=float,
+                    help=f"the same with p = P throughout, in (0, {SIZE_POWER_MAX:g}] (tried, not kept)")
     ap.add_argument("--thresholds", metavar="LIST",
                     help="run each option set at each of these δ values (comma-separated) and end with its PSNR "
                          "read at the savings of --at")
@@ -281,6 +286,10 @@ def main(argv=None) -> int:
     if args.online_size_power is not None and not (math.isfinite(args.online_size_power)
                                                    and args.online_size_power >= 0):
         ap.error(f"--online-size-power must be a finite number >= 0, got {args.online_size_power}")
+    p = args.online_size_exponent
+    if p is not None and (args.online_size_power is not None or not 0 < p <= SIZE_POWER_MAX):
+        ap.error(f"--online-size-exponent must be in (0, {SIZE_POWER_MAX:g}] and without --online-size-power, "
+                 f"got {p}")
     option_sets = parse_option_sets(ap, args.options)
     thresholds, at = [], list(AT_SAVINGS)
     if args.at and not args.thresholds:
@@ -325,7 +334,7 @@ def main(argv=None) -> int:
     try:
         print(f"{args.model}{f' ({args.weights})' if args.weights else ''}, {args.steps} steps{Q.sampled_with(args)}, "
               f"seeds {seeds}, {len(labels)} labels, on the preset")
-        with online_size_power(args.online_size_power):
+        with online_size_power(args.online_size_power, args.online_size_exponent):
             rows = print_rows(run(args.model, args.steps, with_thresholds(option_sets, thresholds), seeds, labels,
                                   weights=args.weights, summaries=summaries if args.summaries else None,
                                   budget_profiles=profiles, first_calls=args.first_calls))

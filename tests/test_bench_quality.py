@@ -383,6 +383,26 @@ def test_run_options_online_size_power_fits_the_first_call_s_prediction(monkeypa
     with pytest.raises(SystemExit):
         ro.main(argv + ["--online-size-power", "-1"])
     assert "--online-size-power must be a finite number >= 0" in capsys.readouterr().err
+    # a fixed exponent: no fit, the errors to come predicted as c·size^p, c so that they sum to those measured
+    from dicache.config import DiCacheConfig
+    from dicache.state import BranchState
+
+    budget, state = Budget(DiCacheConfig(target_speedup=2.0, warmup=1), 10), BranchState("c")
+    measured = {1: 0.2, 2: 0.3, 3: 0.25}
+    state.increments.update(measured)
+    fits.clear()
+    with ro.online_size_power(None, 0.5):
+        profile = Budget.online_profile(budget, state, 3, 12, sizes)
+    assert Budget.online_profile is stock and not fits
+    c = sum(measured.values()) / sum(sizes[k] ** 0.5 for k in measured)
+    assert {k: profile[k] for k in measured} == measured
+    assert [profile[k] for k in range(4, 12)] == pytest.approx([c * sizes[k] ** 0.5 for k in range(4, 12)])
+    assert ro.main(argv + ["--online-size-exponent", "0.5"]) == 0 and not fits
+    for bad in (["--online-size-exponent", "0"], ["--online-size-exponent", "2"],
+                ["--online-size-exponent", "0.8", "--online-size-power", "1"]):
+        with pytest.raises(SystemExit):
+            ro.main(argv + bad)
+        assert "--online-size-exponent must be in (0, 1.5]" in capsys.readouterr().err
 
 
 def test_run_options_thresholds_reads_each_option_set_on_its_curve(capsys):
