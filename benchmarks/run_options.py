@@ -78,10 +78,12 @@ def fitted_size_power(measured, sizes, prior: float) -> float:
 @contextlib.contextmanager
 def online_size_power(prior: Optional[float], exponent: Optional[float] = None):
     """Within (``prior`` or ``exponent`` not None): the budget's first call predicts the errors to come as
-    ``c · size^p`` rather than ``c · size`` (:meth:`dicache.budget.Budget.online_profile`), ``p`` the ``exponent``
-    given or else fitted to the errors measured after the warm-up at each prediction (:func:`fitted_size_power`), and
-    ``c`` so that the prediction sums to them. Both tried and not kept (benchmarks/RESULTS.md, forty-seventh and
-    forty-eighth rounds); here to repeat them."""
+    ``c · size^p`` (:meth:`dicache.budget.Budget.online_profile`; the library's p is
+    :data:`~dicache.budget.ONLINE_SIZE_EXPONENT` where the probe decides, 1 where runs are planned), ``p`` the
+    ``exponent`` given or else fitted to the errors measured after the warm-up at each prediction
+    (:func:`fitted_size_power`), and ``c`` so that the prediction sums to them. The fit was tried and not kept
+    (benchmarks/RESULTS.md, forty-seventh round), a fixed 0.85 kept where the probe decides (forty-eighth); here to
+    repeat them."""
     from dicache.budget import Budget
 
     stock = Budget.online_profile
@@ -89,8 +91,8 @@ def online_size_power(prior: Optional[float], exponent: Optional[float] = None):
         yield
         return
 
-    def online_profile(self, state, start, n, sizes=None):
-        profile = stock(self, state, start, n, sizes)
+    def online_profile(self, state, start, n, sizes=None, exponent=1.0):
+        profile = stock(self, state, start, n, sizes, exponent)
         if profile is None or sizes is None:
             return profile
         warm = self.config.warmup_calls(n)
@@ -269,9 +271,10 @@ def main(argv=None) -> int:
                          "given); --save-profiles then writes the last seed's")
     ap.add_argument("--online-size-power", metavar="PRIOR", type=float,
                     help="the budget's first call predicts the errors to come as c·size^p, p fitted to those measured "
-                         "(pulled towards 1 with this weight, ≥ 0), instead of c·size (tried, not kept)")
+                         "(pulled towards 1 with this weight, ≥ 0; tried, not kept)")
     ap.add_argument("--online-size-exponent", metavar="P", type=float,
-                    help=f"the same with p = P throughout, in (0, {SIZE_POWER_MAX:g}] (tried, not kept)")
+                    help=f"the same with p = P throughout, in (0, {SIZE_POWER_MAX:g}] (the library: 0.85 where the "
+                         "probe decides, 1 where runs are planned)")
     ap.add_argument("--thresholds", metavar="LIST",
                     help="run each option set at each of these δ values (comma-separated) and end with its PSNR "
                          "read at the savings of --at")

@@ -9,8 +9,8 @@ only the computed calls probe and the steps of a run share the mean increment me
 beside the scheduler's step size
 ``|σ_k − σ_(k+1)|`` (what the pipeline tells the engine; for a scheduler of the DDPM family such as CogVideoX's DDIM,
 which tells it none, the same steps with σ on the flow scale, :func:`noise_levels`) and their ratio. The online budget rule predicts the
-increments to come as ``c · |σ_k − σ_(k+1)|`` (``dicache.budget.Budget.online_profile``): the ratio column says
-how far that holds.
+increments to come as ``c · |σ_k − σ_(k+1)|^p`` (``dicache.budget.Budget.online_profile``; p = 0.85 where the probe
+decides, 1 where runs are planned): the ratio column and the fitted power say how far that holds.
 """
 
 from __future__ import annotations

@@ -106,6 +106,16 @@ ONLINE_MAX_GROWTH = 10.0
 #: 54.2 dB, Flux 3× 55.8 against 54.5, Wan 3× 47.7 against 47.2), where the quarter's δ put a run of three
 #: just before the final steps.
 ONLINE_DELTA_POSITION = 0.0
+#: Where the probe decides each call, the online rule on the step sizes predicts the errors to come as ``c·size^p``
+#: with this p (:meth:`Budget.online_profile`). A call's error grows more slowly than its step where the steps span
+#: much (on the shipped models at 20 steps the least-squares p is 1.04 on Flux and 1.10 on Wan, whose steps span 2.4×
+#: and 8.1×, 0.80 on HunyuanVideo and 0.12 on SD3, 36× and 16×: ``benchmarks/step_sizes.py``), and at p = 1 the first
+#: call kept too much of the budget for the last, largest steps: at 2.5× and 3× on HunyuanVideo it opened on seven or
+#: eight skips and missed the fixed δ by 2.6 and 1.8 dB pooled. With 0.85 the first call is within 0.5 dB of the fixed
+#: δ at 15 of the 15 targets of the four flow-matching models at 20 steps (was 12) and at 18 of 23 on six siblings
+#: trained again (was 15). Where runs are planned it stays 1: there 0.85 lost 3.0 and 3.9 dB at 2.5× and 3× on
+#: HunyuanVideo at 50 steps (benchmarks/RESULTS.md, forty-eighth round).
+ONLINE_SIZE_EXPONENT = 0.85
 
 
 #: Where runs are planned, a call right after a computed one is skipped when computing it would put the trajectory
@@ -170,11 +180,12 @@ class Budget:
       ``|σ_k − σ_(k+1)|``: :meth:`DiCacheEngine.set_step_sizes`): a call's probe error grows with the step its
       output takes (on the shipped models at 20 steps the measured increments stay within 1.07–2.4 times the step
       size while the step sizes span 2.4–36×: ``benchmarks/step_sizes.py``), so from the first measured error on
-      the rule predicts the calls to come as ``c · size_k`` (``c`` the errors measured over their steps' sizes)
-      and decides each call as the replay does, δ solved on that profile from the current call on
+      the rule predicts the calls to come as ``c · size_k^p`` (``c`` the errors measured over their steps' sizes
+      to that power, p = :data:`ONLINE_SIZE_EXPONENT`: the errors grow more slowly than steps that span much) and
+      decides each call as the replay does, δ solved on that profile from the current call on
       (:meth:`online_profile`). ``c`` is read off the calls after the warm-up once one is measured: the first
-      steps' errors run 2–4 times the middle's ratio to the size. Where runs are planned the same prediction
-      feeds the plan at each run start (below).
+      steps' errors run 2–4 times the middle's ratio to the size. Where runs are planned the same prediction,
+      at p = 1, feeds the plan at each run start (below).
     * **Online** (no profile yet, no step sizes): before each decided call ``δ = e · S / F_left``:
       ``e`` the per-call probe error expected from here on (the larger of the mean so far and the
       last one: the error of a denoising trajectory grows towards the end, and a budget spent at the
@@ -530,7 +541,7 @@ class Budget:
         # once per call: a predictive skip's check and the probe's decision ask at the same step and state
         if state.online_delta is not None and state.online_delta[0] == step:
             return state.online_delta[1]
-        profile = self.online_profile(state, state.probe_step, n, sizes)
+        profile = self.online_profile(state, state.probe_step, n, sizes, ONLINE_SIZE_EXPONENT)
         if profile is None:
             return None
         left, _ = self._left(state, step, n, branches)
@@ -614,27 +625,28 @@ class Budget:
         r = math.exp((l1 - l0) / (k1 - k0)) if k1 > k0 else 1.0
         return min(max(r, 1.0), ONLINE_MAX_GROWTH ** (1.0 / max(1, n)))
 
-    def online_profile(self, state: BranchState, start: int, n: int,
-                       sizes: Optional[List[float]] = None) -> Optional[Dict[int, float]]:
+    def online_profile(self, state: BranchState, start: int, n: int, sizes: Optional[List[float]] = None,
+                       exponent: float = 1.0) -> Optional[Dict[int, float]]:
         """The per-step error profile the online rule solves δ on at the run that starts at computed step
-        ``start``: the increments measured up to it; the steps after it ``c · sizes[k]`` given the step sizes
-        (``c`` = the measured increments over their steps' sizes, those after the warm-up once there are any),
-        else the last increment times the measured
-        growth (:meth:`growth`) per step; None before an increment (with the sizes) or enough of them (without)
-        is measured."""
+        ``start``: the increments measured up to it; the steps after it ``c · sizes[k]^exponent`` given the step
+        sizes (``c`` = the measured increments over their steps' sizes to that power, those after the warm-up once
+        there are any; :data:`ONLINE_SIZE_EXPONENT` where the probe decides), else the last increment times the
+        measured growth (:meth:`growth`) per step; None before an increment (with the sizes) or enough of them
+        (without) is measured."""
         profile = {k: v for k, v in state.increments.items() if k <= start}
         if sizes is not None:
-            # the probe error of a call grows with the step its output takes: c·|σ_k − σ_(k+1)|, c the ratio of
-            # the errors measured to their steps' sizes
+            # the probe error of a call grows with the step its output takes: c·|σ_k − σ_(k+1)|^exponent, c the
+            # ratio of the errors measured to their steps' sizes to that power
             seen = [(k, v) for k, v in profile.items() if math.isfinite(v) and v >= 0 and k < n]
             # the warm-up's errors run 2–4 times the middle's ratio to the size (the first steps of a trajectory:
             # benchmarks/step_sizes.py): c from the calls after it once one is measured
             warm = self.config.warmup_calls(n)
-            seen = [(v, sizes[k]) for k, v in seen if k >= warm] or [(v, sizes[k]) for k, v in seen]
+            scaled = [v ** exponent for v in sizes]
+            seen = [(v, scaled[k]) for k, v in seen if k >= warm] or [(v, scaled[k]) for k, v in seen]
             num, den = sum(v for v, _ in seen), sum(d for _, d in seen)
             if not seen or den <= 0 or num <= 0:
                 return None
-            profile.update({k: num / den * sizes[k] for k in range(start + 1, n)})
+            profile.update({k: num / den * scaled[k] for k in range(start + 1, n)})
             return profile
         r = self.growth(state.increments, self.config.warmup_calls(n), start, n)
         if r is None or not (math.isfinite(state.err_last) and state.err_last > 0):

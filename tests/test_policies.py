@@ -1936,6 +1936,34 @@ def test_online_profile_predicts_the_errors_from_the_step_sizes():
     assert planned.sizes_for(30) is not None and planned._sizes_rule(state, 30) is None
 
 
+def test_online_profile_to_a_power_of_the_step_size_where_the_probe_decides(monkeypatch):
+    # c·size^p: the errors grow more slowly than steps that span much; the probe's calls (20 steps) predict at
+    # ONLINE_SIZE_EXPONENT, the planned runs at 1
+    assert 0.0 < budget_mod.ONLINE_SIZE_EXPONENT < 1.0
+    cfg = DiCacheConfig(target_speedup=2.5, warmup=1, force_last_step=1)
+    budget = DiCacheEngine(cfg, M, "torch")._budget
+    sizes = [0.01 * 1.2 ** k for k in range(30)]
+    state = BranchState("c")
+    state.increments = {3: 0.03, 4: 0.05}
+    prof = budget.online_profile(state, 4, 30, sizes, 0.5)
+    c = 0.08 / (sizes[3] ** 0.5 + sizes[4] ** 0.5)
+    assert prof[4] == 0.05 and prof[29] == pytest.approx(c * sizes[29] ** 0.5)
+    assert prof[29] < budget.online_profile(state, 4, 30, sizes)[29]  # less of the budget kept for the end
+    asked, stock = [], Budget.online_profile
+
+    def spy(self, state, start, n, sizes=None, exponent=1.0):
+        asked.append(exponent)
+        return stock(self, state, start, n, sizes, exponent)
+
+    monkeypatch.setattr(Budget, "online_profile", spy)
+    errors = [2.0 * v ** 0.85 for v in sizes[1:20]]
+    b = drive_sized(cfg, errors, sizes[:20], 20)
+    assert b.budget == "online, step sizes" and set(asked) == {budget_mod.ONLINE_SIZE_EXPONENT}
+    asked.clear()
+    b = drive_sized(cfg.replace(plan_runs=True), [2.0 * v for v in sizes[1:]], sizes, 30)
+    assert b.budget == "planned, online, step sizes" and set(asked) == {1.0}
+
+
 def test_online_profile_reads_the_ratio_to_the_step_size_after_the_warm_up():
     # the first steps' errors run several times the middle's ratio to the size: c comes from the calls after the
     # warm-up once one is measured, from the warm-up's before that
