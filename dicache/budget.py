@@ -110,8 +110,8 @@ ONLINE_DELTA_POSITION = 0.0
 #: with this p (:meth:`Budget.online_profile`). A call's error grows more slowly than its step where the steps span
 #: much (on the shipped models at 20 steps the least-squares p is 1.04 on Flux and 1.10 on Wan, whose steps span 2.4×
 #: and 8.1×, 0.80 on HunyuanVideo and 0.12 on SD3, 36× and 16×: ``benchmarks/step_sizes.py``), and at p = 1 the first
-#: call kept too much of the budget for the last, largest steps: at 2.5× and 3× on HunyuanVideo it opened on seven or
-#: eight skips and missed the fixed δ by 2.6 and 1.8 dB pooled. With 0.85 the first call is within 0.5 dB of the fixed
+#: call kept too much of the budget for the last, largest steps: at 2.5× and 3× on HunyuanVideo it opened on six or
+#: seven skips and missed the fixed δ by 2.6 and 1.8 dB pooled. With 0.85 the first call is within 0.5 dB of the fixed
 #: δ at 15 of the 15 targets of the four flow-matching models at 20 steps (was 12) and at 18 of 23 on six siblings
 #: trained again (was 15). Where runs are planned it stays 1: there 0.85 lost 3.0 and 3.9 dB at 2.5× and 3× on
 #: HunyuanVideo at 50 steps (benchmarks/RESULTS.md, forty-eighth round).
