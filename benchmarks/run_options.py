@@ -91,8 +91,8 @@ def online_size_power(prior: Optional[float], exponent: Optional[float] = None):
         yield
         return
 
-    def online_profile(self, state, start, n, sizes=None, exponent=1.0):
-        profile = stock(self, state, start, n, sizes, exponent)
+    def online_profile(self, state, start, n, sizes=None, library_exponent=1.0):
+        profile = stock(self, state, start, n, sizes, library_exponent)
         if profile is None or sizes is None:
             return profile
         warm = self.config.warmup_calls(n)
