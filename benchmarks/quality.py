@@ -820,50 +820,190 @@ def _default_lines(rows: List[Dict], metric: str = "psnr") -> List[str]:
     return ["No run of this report is at the default's setting (its family at its δ or target): nothing to read."]
 
 
-def criteria_table(rows: List[Dict]) -> List[str]:
-    """The issue's margins counted over the points from 2× to 3× (:func:`lead_points`, :func:`budget_points`), on
-    the PSNR over all samples and, where the rows have it, on the mean of the samples' PSNR: the lead of DiCache's
-    best over the best peer ≥ 1 dB, the preset within 0.5 dB of DiCache's best, the budget within ±10 % of its
-    target and within 0.5 dB of the preset's fixed δ at the same savings."""
+def criteria_counts(rows: List[Dict]) -> Dict[str, Dict[str, Optional[Tuple[int, int]]]]:
+    """The issue's margins counted over the points from 2× to 3× (:func:`lead_points`, :func:`budget_points`), per
+    metric (``"psnr"`` and, where the rows have it, ``"psnr_mean"``): ``{metric: {criterion: (met, of)}}``, a
+    criterion with nothing to count None. Criteria: ``lead`` / ``lead_front`` (DiCache's best over the best peer by
+    ≥ 1 dB, interpolated / on the fronts), ``preset`` / ``preset_front`` (the preset within 0.5 dB of DiCache's
+    best), ``on_target`` (the budget within ±10 % of its target), ``replay`` / ``online`` and ``replay_front`` /
+    ``online_front`` (each budget rule within 0.5 dB of the preset's fixed δ at the same savings, interpolated / on
+    the preset's front), ``default`` (``dicache.enable(pipe)`` within 0.5 dB of DiCache's front at its savings);
+    and ``lead_range``: (smallest, largest) lead in dB, interpolated, or None."""
     metrics = ["psnr"] + (["psnr_mean"] if _has_sample_mean(rows) else [])
+
+    def count(flags):
+        flags = list(flags)
+        return (sum(bool(f) for f in flags), len(flags)) if flags else None
+
+    out: Dict[str, Dict] = {}
+    for m in metrics:
+        c: Dict = {}
+        for front, suffix in ((False, ""), (True, "_front")):
+            pts = lead_points(rows, front, m)
+            leads = [p["best"][0] - p["peer"][0] for p in pts if p["peer"] and p["best"]]
+            c["lead" + suffix] = count(v >= 1.0 for v in leads)
+            c["preset" + suffix] = count(p["preset"][0] - p["best"][0] >= -0.5 for p in pts
+                                         if p["preset"] and p["best"])
+            if not front:
+                c["lead_range"] = (min(leads), max(leads)) if leads else None
+        budget = budget_points(rows, m)
+        c["on_target"] = count(abs(p["fewer"] / p["target"] - 1.0) <= 0.10 for p in budget)
+        for rule in ("replay", "online"):
+            here = [p for p in budget if p["rule"] == rule]
+            c[rule] = count(p["value"] - p["preset"] >= -0.5 for p in here if p["preset"] is not None)
+            c[rule + "_front"] = count(p["value"] - p["front"][0] >= -0.5 for p in here if p["front"] is not None)
+        c["default"] = count(p["value"] - p["best"][0] >= -0.5 for p in default_points(rows, m))
+        out[m] = c
+    return out
+
+
+def criteria_table(rows: List[Dict]) -> List[str]:
+    """:func:`criteria_counts` as markdown, one column per metric."""
+    counts = criteria_counts(rows)
+    metrics = list(counts)
     names = {"psnr": "PSNR over all samples", "psnr_mean": "mean of the samples' PSNR"}
     lines = ["| criterion | " + " | ".join(names[m] for m in metrics) + " |", "| --- |" + " ---: |" * len(metrics)]
 
-    def count(pairs) -> str:
-        pairs = list(pairs)
-        return f"{sum(ok for ok in pairs)} of {len(pairs)}"
+    def cell(c) -> str:
+        return f"{c[0]} of {c[1]}" if c is not None else "0 of 0"
 
-    def lead_rows(front):
-        out = {}
-        for m in metrics:
-            pts = lead_points(rows, front, m)
-            out[m] = (count(p["best"][0] - p["peer"][0] >= 1.0 for p in pts if p["peer"] and p["best"]),
-                      count(p["preset"][0] - p["best"][0] >= -0.5 for p in pts if p["preset"] and p["best"]))
-        return out
-
-    for front, how in ((False, "interpolated"), (True, "on the fronts")):
-        got = lead_rows(front)
-        lines.append(f"| lead ≥ 1 dB over the best peer, {how} | " + " | ".join(got[m][0] for m in metrics) + " |")
-        lines.append(f"| preset within 0.5 dB of DiCache's best, {how} | "
-                     + " | ".join(got[m][1] for m in metrics) + " |")
-    budget = {m: budget_points(rows, m) for m in metrics}
-    lines.append("| budget within ±10 % of its target | "
-                 + " | ".join(count(abs(p["fewer"] / p["target"] - 1.0) <= 0.10 for p in budget[m]) for m in metrics)
-                 + " |")
-    for key, how in (("preset", "interpolated"), ("front", "on the preset's front")):
-        cells = []
-        for m in metrics:
-            pts = budget[m]
-            ref = {rule: [p for p in pts if p["rule"] == rule and p[key] is not None] for rule in ("replay", "online")}
-            cells.append(" / ".join(count(p["value"] - (p[key] if key == "preset" else p[key][0]) >= -0.5
-                                          for p in ref[rule]) for rule in ("replay", "online")))
-        lines.append(f"| budget within 0.5 dB of the fixed δ, {how}: replay / online | " + " | ".join(cells) + " |")
-    defaults = {m: default_points(rows, m) for m in metrics}
-    if any(defaults.values()):
-        lines.append("| the default (no options) within 0.5 dB of DiCache's front at its savings | "
-                     + " | ".join(count(p["value"] - p["best"][0] >= -0.5 for p in defaults[m]) for m in metrics)
+    def line(text, *keys):
+        lines.append(f"| {text} | " + " | ".join(" / ".join(cell(counts[m][k]) for k in keys) for m in metrics)
                      + " |")
+
+    for suffix, how in (("", "interpolated"), ("_front", "on the fronts")):
+        line(f"lead ≥ 1 dB over the best peer, {how}", "lead" + suffix)
+        line(f"preset within 0.5 dB of DiCache's best, {how}", "preset" + suffix)
+    line("budget within ±10 % of its target", "on_target")
+    line("budget within 0.5 dB of the fixed δ, interpolated: replay / online", "replay", "online")
+    line("budget within 0.5 dB of the fixed δ, on the preset's front: replay / online", "replay_front",
+         "online_front")
+    if any(counts[m]["default"] is not None for m in metrics):
+        line("the default (no options) within 0.5 dB of DiCache's front at its savings", "default")
     return lines
+
+
+#: The reports the README's overview table reads (:func:`overview_table`), each with what it measures.
+OVERVIEW_REPORTS = (
+    ("seeds4", "Flux and Wan, 20 and 50 steps, seeds 0–3"),
+    ("seeds6", "the same over six seeds"),
+    ("heldout_hunyuan", "held-out model `hunyuan_digits` on its family's preset, 20 and 50 steps, seeds 0–3"),
+    ("heldout_hunyuan6", "the same over six seeds"),
+    ("steps30", "Flux and Wan at 30 steps, where nothing was tuned, seeds 0–3"),
+    ("steps28", "Flux at 28 steps, FLUX.1's own default, seeds 0–3"),
+    ("heldout_hunyuan30", "held-out `hunyuan_digits` at 30 steps, seeds 0–3"),
+    ("heldout_sd3", "held-out `sd3_digits`, a family without a preset (the default budgets 2×), 20 and 50 steps, "
+                    "seeds 0–3"),
+    ("heldout_sd3_6", "the same over six seeds"),
+    ("heldout_cogvideox", "held-out `cogvideox_digits`, no preset and not flow matching (DDIM, v-prediction), 20 and "
+                          "50 steps, seeds 0–3"),
+    ("heldout_cogvideox6", "the same over six seeds"),
+    ("heldout_cogvideox_dpm", "held-out sampler: `cogvideox_digits` on CogVideoX-5b's `CogVideoXDPMScheduler`, which "
+                              "adds noise at every step, 20 and 50 steps, seeds 0–3"),
+    ("heldout_cogvideox_dpm6", "the same over six seeds"),
+    ("heldout_ddpm_wan", "not shipped: Wan's transformer trained on DDIM (`benchmarks/ddpm_wan.py`), 20 and 50 steps, "
+                         "seeds 0–3"),
+    ("retrained_seed1", "not shipped: Flux, Wan and CogVideoX trained again from seed 1, 20 and 50 steps, seeds 0–3"),
+    ("retrained_seed1_45", "the same on seeds 4–5"),
+    ("smooth_flux", "not shipped: Flux trained with a smooth timestep embedding (`benchmarks/smooth_time.py`), 20 and "
+                    "50 steps, seeds 0–3, the preset's δ list and the peers"),
+)
+#: The lines around the overview table in the README (``quality.py overview --write README.md``).
+OVERVIEW_BEGIN = "<!-- overview: written by `benchmarks/quality.py overview --write README.md` -->"
+OVERVIEW_END = "<!-- overview: end -->"
+
+
+def overview_row(rows: List[Dict]) -> List[str]:
+    """One report's cells of the README's overview table (:func:`criteria_counts`): each count pooled / on the mean
+    of the samples' PSNR (the budget's: replay / first call, pooled; the same on the mean), the fronts in brackets,
+    ``–`` where there is nothing to count; the lead's smallest and largest value, pooled, interpolated."""
+    counts = criteria_counts(rows)
+    p, m = counts["psnr"], counts.get("psnr_mean", {})
+
+    def one(c) -> str:
+        return "–" if c is None else f"{c[0]} of {c[1]}"
+
+    def pair(a, b) -> str:  # "3 / 2 of 4"; "3 of 4 / 2 of 5" on different denominators; "–" for nothing counted
+        if a is None and b is None:
+            return "–"
+        return f"{a[0]} / {b[0]} of {a[1]}" if a and b and a[1] == b[1] else f"{one(a)} / {one(b)}"
+
+    def signed(v: float) -> str:
+        return f"{v:+.1f}".replace("-", "−")
+
+    lead = pair(p["lead"], m.get("lead"))
+    if p["lead_range"] is not None:
+        lead += f", {signed(p['lead_range'][0])} to {signed(p['lead_range'][1])} dB"
+    if p["lead_front"] is not None:
+        lead += f" ({pair(p['lead_front'], m.get('lead_front'))})"
+    if {r["family"] for r in rows} & set(qm.DICACHES) == {qm.DICACHE}:
+        preset = "–"  # the preset is the only DiCache family: nothing to be within 0.5 dB of
+    else:
+        preset = pair(p["preset"], m.get("preset"))
+        if p["preset_front"] is not None:
+            preset += f" ({pair(p['preset_front'], m.get('preset_front'))})"
+    budget = pair(p["replay"], p["online"])
+    if m.get("replay") is not None or m.get("online") is not None:
+        budget += f"; {pair(m.get('replay'), m.get('online'))}"
+    return [lead, preset, one(p["on_target"]), budget, pair(p["default"], m.get("default"))]
+
+
+def overview_table(results: str = os.path.join(_HERE, "results")) -> List[str]:
+    """The README's overview of the reports (:data:`OVERVIEW_REPORTS`, under ``results``), rendered from their rows."""
+    lines = ["| report (`benchmarks/results/…`) | DiCache's best leads the best peer by ≥ 1 dB: points, pooled / "
+             "mean of the samples, the lead pooled (on the fronts) | the preset within 0.5 dB of DiCache's best "
+             "(on the fronts) | `target_speedup` on target (±10 %) | …and within 0.5 dB of the fixed δ, replay / "
+             "first call: pooled; mean of the samples | `dicache.enable(pipe)` with no options within 0.5 dB of "
+             "DiCache's front at its savings |",
+             "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    for name, what in OVERVIEW_REPORTS:
+        rows = read_csv(os.path.join(results, name, "quality.csv"))
+        lines.append(f"| {what} (`{name}/`) | " + " | ".join(overview_row(rows)) + " |")
+    return lines
+
+
+def overview_in(text: str, table: Sequence[str]) -> str:
+    """``text`` (the README) with the lines between :data:`OVERVIEW_BEGIN` and :data:`OVERVIEW_END` replaced by
+    ``table``; ValueError if the markers are missing or out of order."""
+    lines = text.split("\n")
+    try:
+        b, e = lines.index(OVERVIEW_BEGIN), lines.index(OVERVIEW_END)
+    except ValueError:
+        raise ValueError(f"the README has no overview markers: {OVERVIEW_BEGIN!r} … {OVERVIEW_END!r}") from None
+    if e < b:
+        raise ValueError("the README's overview markers are out of order")
+    return "\n".join(lines[:b + 1] + list(table) + lines[e:])
+
+
+def overview_main(argv: Sequence[str]) -> int:
+    """``quality.py overview [--write README | --check README]``: the overview of the shipped reports (the issue's
+    margins from 2× to 3×, :data:`OVERVIEW_REPORTS`) rendered from their rows; ``--write``: into the README between
+    its markers; ``--check``: exit 1 if the README's table differs."""
+    ap = argparse.ArgumentParser(prog="quality.py overview", description=overview_main.__doc__)
+    g = ap.add_mutually_exclusive_group()
+    g.add_argument("--write", metavar="README", help="write the table into this file between its markers")
+    g.add_argument("--check", metavar="README", help="exit 1 if this file's table is not the rendered one")
+    ap.add_argument("--results", default=os.path.join(_HERE, "results"), help="the reports' directory")
+    a = ap.parse_args(argv)
+    table = overview_table(a.results)
+    path = a.write or a.check
+    if path is None:
+        print("\n".join(table))
+        return 0
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    try:
+        new = overview_in(text, table)
+    except ValueError as e:
+        ap.error(str(e))
+    if a.check:
+        print(f"{path}: overview {'up to date' if new == text else 'out of date'}")
+        return 0 if new == text else 1
+    if new != text:
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(new)
+    print(f"{path}: overview {'written' if new != text else 'up to date'}")
+    return 0
 
 
 def markdown(rows: List[Dict], meta: Dict) -> str:
@@ -1880,7 +2020,7 @@ def pool_main(argv: Sequence[str]) -> int:
 #: ``quality.py NAME …``: the commands that read or combine reports rather than run the benchmark
 SUBCOMMANDS = {"at": at_main, "spread": spread_main, "without": without_main, "render": render_main,
                "default": default_main, "entries": entries_main, "patterns": patterns_main, "merge": merge_main,
-               "pool": pool_main}
+               "pool": pool_main, "overview": overview_main}
 
 
 def main(argv=None) -> int:

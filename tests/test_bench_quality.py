@@ -1662,3 +1662,81 @@ def test_render_writes_only_the_reports_out_of_date(tmp_path, capsys):
     with pytest.raises(SystemExit):
         Q.render_main([str(fresh)])
     assert "no quality.md" in capsys.readouterr().err
+
+
+def _overview_rows(with_mean=True):
+    """A report's rows for the overview: Flux at 20 steps, uniform caching as the peer, the preset at two δ, the
+    budget's replay at 2× (no first call), and without the per-sample mean where ``with_mean`` is False."""
+    import quality_methods as qm
+
+    def row(family, setting, frac, psnr, psnr_mean):
+        return dict(model="flux_digits", steps=20, family=family, setting=setting, status="ok", flop_fraction=frac,
+                    psnr=psnr, psnr_mean=psnr_mean if with_mean else "", ssim=0.99)
+
+    return [row(qm.NO_CACHE, "", 1.0, math.inf, math.inf), row(qm.UNIFORM, "k=2", 0.5, 38.25, 40.5),
+            row(qm.DICACHE, "δ=0.2", 0.52, 49.0, 51.75), row(qm.DICACHE, "δ=0.4", 0.38, 44.0, 47.0),
+            row(qm.DICACHE_BUDGET, "target_speedup=2 (no δ), after one call", 0.5, 46.0, 52.0)]
+
+
+def test_overview_row_counts_each_margin_pooled_and_per_sample():
+    """The README's overview cells of one report: the counts of :func:`criteria_counts` pooled / on the mean of the
+    samples, the fronts in brackets, the lead's range pooled; a rule with no run reads ``–``; a report whose only
+    DiCache family is the preset has no preset margin to count."""
+    import quality as Q
+    import quality_methods as qm
+
+    rows = _overview_rows()
+    # at 2× the preset interpolates 49 + (44 − 49)·0.02/0.14 = 48.29 dB pooled against uniform's 38.25: +10.0; at
+    # 2.25× and 2.5× no peer reaches; the budget at 2× (46.0) misses the preset's 48.29 pooled, beats its 51.07 on the
+    # mean of the samples; on the fronts the preset's δ = 0.4 (2.63×) is its best at 2× and beyond
+    lead, preset, on_target, budget, default = Q.overview_row(rows)
+    assert lead == "1 / 1 of 1, +10.0 to +10.0 dB (1 / 1 of 1)"
+    assert preset == "3 / 2 of 3 (2 / 2 of 3)"
+    assert on_target == "1 of 1"
+    assert budget == "0 of 1 / –; 1 of 1 / –"  # replay / first call, pooled; the same on the mean of the samples
+    assert default == "1 / 1 of 1"  # Flux's default at 20 steps, δ = 0.4: nothing saves more
+    assert Q.overview_row([r for r in rows if r["setting"] != "δ=0.4"])[4] == "–"  # no run at the default's δ
+    # without the per-sample mean: the pooled counts alone, marked as such
+    lead, preset, _, budget, _ = Q.overview_row(_overview_rows(with_mean=False))
+    assert lead == "1 of 1 / –, +10.0 to +10.0 dB (1 of 1 / –)" and budget == "0 of 1 / –"
+    # a lead under 1 dB is counted as a miss and shown with its sign
+    worse = [dict(r, psnr=r["psnr"] - 11.0) if r["family"] in qm.DICACHES else r for r in rows]
+    assert Q.overview_row(worse)[0].startswith("0 / 1 of 1, −1.0 to −1.0 dB")
+    only_preset = [r for r in rows if r["family"] != qm.DICACHE_BUDGET]
+    assert Q.overview_row(only_preset)[1:4] == ["–", "–", "–"]
+
+
+def test_overview_writes_and_checks_the_readme_between_its_markers(tmp_path, monkeypatch, capsys):
+    import quality as Q
+
+    (tmp_path / "one").mkdir()
+    Q.write_csv([dict(r, seeds=2, labels=10) for r in _overview_rows()], str(tmp_path / "one" / "quality.csv"))
+    monkeypatch.setattr(Q, "OVERVIEW_REPORTS", (("one", "a made-up report"),))
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n\nbefore\n{Q.OVERVIEW_BEGIN}\nold table\n{Q.OVERVIEW_END}\nafter\n")
+    args = ["--results", str(tmp_path)]
+    assert Q.overview_main(args + ["--check", str(readme)]) == 1
+    assert "out of date" in capsys.readouterr().out and "old table" in readme.read_text()  # --check writes nothing
+    assert Q.overview_main(args + ["--write", str(readme)]) == 0
+    text = readme.read_text()
+    assert "old table" not in text and text.startswith("# x\n\nbefore\n") and text.endswith(f"{Q.OVERVIEW_END}\nafter\n")
+    assert "| a made-up report (`one/`) | 1 / 1 of 1, +10.0 to +10.0 dB" in text
+    assert Q.overview_main(args + ["--check", str(readme)]) == 0
+    capsys.readouterr()
+    for broken in ("no markers\n", f"{Q.OVERVIEW_END}\n{Q.OVERVIEW_BEGIN}\n"):
+        readme.write_text(broken)
+        with pytest.raises(SystemExit):
+            Q.overview_main(args + ["--check", str(readme)])
+        assert "overview markers" in capsys.readouterr().err
+
+
+def test_readme_overview_is_rendered_from_the_shipped_reports():
+    """The README's table of where the reports stand is what ``quality.py overview`` renders from the shipped reports:
+    a report re-run, or a change to how the margins are counted, is written into the README in the same commit
+    (``quality.py overview --write README.md``)."""
+    import quality as Q
+
+    assert all(os.path.isfile(os.path.join(ROOT, "benchmarks", "results", name, "quality.csv"))
+               for name, _ in Q.OVERVIEW_REPORTS)
+    assert Q.overview_main(["--check", os.path.join(ROOT, "README.md")]) == 0, \
+        "write it again: .venv/bin/python benchmarks/quality.py overview --write README.md"
