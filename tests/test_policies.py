@@ -1490,6 +1490,20 @@ def test_the_engine_reads_a_sampler_that_adds_noise_from_the_blocks_input():
     assert "not finite, read as a smooth path" in nan_branch.sampler
 
 
+def test_summary_block_reduction_edges():
+    """``block_reduction``: uncached over executed block evaluations; 1 before any call, infinite where no block ran,
+    over all branches in total."""
+    from dicache.summary import BranchSummary, Summary
+
+    assert BranchSummary("c", 0, 0, 0, 0, 0, ()).block_reduction == 1.0
+    assert BranchSummary("c", 4, 0, 4, 0, 24, ()).block_reduction == math.inf
+    a, b = BranchSummary("a", 10, 5, 5, 30, 60, ()), BranchSummary("b", 10, 2, 8, 10, 60, ())
+    assert a.block_reduction == 2.0 and b.block_reduction == 6.0
+    s = Summary("m", "torch", DiCacheConfig(), 6, {"a": a, "b": b})
+    assert s.block_reduction == 3.0 and s.saved_fraction == pytest.approx(2 / 3)  # 120 / 40, not the mean of 2 and 6
+    assert "  total: 66.7% of block evaluations saved (3.00× fewer)" in str(s)
+
+
 def random_walk(n, spread, seed=0):
     g = torch.Generator().manual_seed(seed)
     walk = [torch.rand(2, 64, 16, generator=g) + 2.0]
