@@ -32,7 +32,7 @@ def test_demo_on_a_family_without_a_preset_budgets(tmp_path, capsys):
     """sd3_digits: SD3 has no preset, so the demo's ``dicache.enable(pipe)`` runs the generic rule on a 2× budget."""
     assert "target_speedup=2)" in _demo(tmp_path, "sd3_digits", 20)
     out = capsys.readouterr().out
-    assert "default:" in out and "(budget: online" in out  # one branch (CFG batched), its first call online
+    assert "default:" in out and "; budget: online" in out  # one branch (CFG batched), its first call online
 
 
 def test_demo_rejects_unknown_model(tmp_path, capsys):
