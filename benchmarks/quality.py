@@ -828,8 +828,11 @@ def criteria_counts(rows: List[Dict]) -> Dict[str, Dict[str, Optional[Tuple[int,
     best), ``on_target`` (the budget within ±10 % of its target), ``replay`` / ``online`` and ``replay_front`` /
     ``online_front`` (each budget rule within 0.5 dB of the preset's fixed δ at the same savings, interpolated / on
     the preset's front), ``default`` (``dicache.enable(pipe)`` within 0.5 dB of DiCache's front at its savings);
-    and ``lead_range``: (smallest, largest) lead in dB, interpolated, or None."""
+    and ``lead_range``: (smallest, largest) lead in dB, interpolated, or None. The preset's margins count nothing
+    where it is the rows' only DiCache family."""
     metrics = ["psnr"] + (["psnr_mean"] if _has_sample_mean(rows) else [])
+    # where the preset is the only DiCache family of the rows, it is DiCache's best by construction: nothing to count
+    rivals = bool({r["family"] for r in rows} & (set(qm.DICACHES) - {qm.DICACHE}))
 
     def count(flags):
         flags = list(flags)
@@ -843,7 +846,7 @@ def criteria_counts(rows: List[Dict]) -> Dict[str, Dict[str, Optional[Tuple[int,
             leads = [p["best"][0] - p["peer"][0] for p in pts if p["peer"] and p["best"]]
             c["lead" + suffix] = count(v >= 1.0 for v in leads)
             c["preset" + suffix] = count(p["preset"][0] - p["best"][0] >= -0.5 for p in pts
-                                         if p["preset"] and p["best"])
+                                         if rivals and p["preset"] and p["best"])
             if not front:
                 c["lead_range"] = (min(leads), max(leads)) if leads else None
         budget = budget_points(rows, m)
@@ -936,12 +939,9 @@ def overview_row(rows: List[Dict]) -> List[str]:
         lead += f", {signed(p['lead_range'][0])} to {signed(p['lead_range'][1])} dB"
     if p["lead_front"] is not None:
         lead += f" ({pair(p['lead_front'], m.get('lead_front'))})"
-    if {r["family"] for r in rows} & set(qm.DICACHES) == {qm.DICACHE}:
-        preset = "–"  # the preset is the only DiCache family: nothing to be within 0.5 dB of
-    else:
-        preset = pair(p["preset"], m.get("preset"))
-        if p["preset_front"] is not None:
-            preset += f" ({pair(p['preset_front'], m.get('preset_front'))})"
+    preset = pair(p["preset"], m.get("preset"))
+    if p["preset_front"] is not None:
+        preset += f" ({pair(p['preset_front'], m.get('preset_front'))})"
     budget = pair(p["replay"], p["online"])
     if m.get("replay") is not None or m.get("online") is not None:
         budget += f"; {pair(m.get('replay'), m.get('online'))}"

@@ -188,7 +188,7 @@ class Summary:
         for b in self.branches.values():
             lines.append(
                 f"  {b.name}: {b.calls} calls, {b.full_calls} computed, {b.skipped_calls} skipped, "
-                f"{_saved(b.saved_fraction, b.block_reduction)}"
+                + _saved(b.saved_fraction, b.block_reduction)
                 + (f"; budget: {b.budget}" if b.budget else "")
                 + (f"; {b.outputs_rebuilt} skipped outputs rebuilt at the model's output" if b.outputs_rebuilt else "")
                 + (f"; hindsight corrected {b.hindsight_runs} runs" if b.hindsight_runs else "")
