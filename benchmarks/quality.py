@@ -23,6 +23,8 @@
                                                                       # pattern: which patterns each δ list hits
     .venv/bin/python benchmarks/quality.py entries DIR...             # per family, the settings that skip after
                                                                       # unbalanced entries (quad_balance)
+    .venv/bin/python benchmarks/quality.py rivals [DIR...]           # each DiCache family against the best of the
+                                                                      # others: would one beat the preset's margin?
 
 For each shipped model (``flux_digits``: FluxPipeline with true CFG; ``wan_digits``: WanPipeline with
 CFG; ``hunyuan_digits``: HunyuanVideoPipeline with true CFG, the held-out model; ``sd3_digits``:
@@ -1998,6 +2000,69 @@ def spread_summary(res: Dict[str, Dict[Tuple, Dict]]) -> List[str]:
     return lines
 
 
+def rival_gaps(rows: List[Dict], metric: str = "psnr") -> Dict[str, List[float]]:
+    """What the preset's margin asks of one configuration, asked of every DiCache family of one report: at each point
+    of :data:`LEAD_AT` (per model and step count) that the family and another DiCache family reach, its value minus
+    the best of the others' (each interpolated: :func:`psnr_at`), by family. The margin compares the preset with the
+    best of every family, itself included: where the families' curves cross from point to point (one to three
+    samples set the pooled PSNR) that best lies above each of them. A family within 0.5 dB of the others' best more
+    often than the preset would make the better preset."""
+    _check_metric(metric)
+    out: Dict[str, List[float]] = {}
+    for m, st in dict.fromkeys((r["model"], r["steps"]) for r in rows):
+        rs = [r for r in rows if r["model"] == m and r["steps"] == st]
+        for x in LEAD_AT:
+            vals = {f: psnr_at([r for r in rs if r["family"] == f], x, metric) for f in qm.DICACHES}
+            vals = {f: v for f, v in vals.items() if v is not None}
+            for f, v in vals.items():
+                others = [w for g, w in vals.items() if g != f]
+                if others:
+                    out.setdefault(f, []).append(v - max(others))
+    return out
+
+
+def rivals_table(reports: Sequence[List[Dict]]) -> List[str]:
+    """Per DiCache family, over the points of several reports' rows (:func:`rival_gaps`, each report's points
+    apart): how often it is within 0.5 dB of the best of the other families there, and the median of its gap to
+    them, on PSNR over all samples and on the mean of the samples' PSNR (reports without the latter count on the
+    former only); families in the order of ``quality_methods.DICACHES`` (the preset first)."""
+    gaps: Dict[str, Dict[str, List[float]]] = {m: {} for m in ("psnr", "psnr_mean")}
+    for rows in reports:
+        for metric in gaps:
+            for f, g in rival_gaps(rows, metric).items():
+                gaps[metric].setdefault(f, []).extend(g)
+
+    def cells(g: Optional[List[float]]) -> List[str]:
+        if not g:
+            return ["–", "–"]
+        return [f"{sum(v >= MARGIN_GOALS['preset'] - 1e-9 for v in g)} of {len(g)}", f"{statistics.median(g):+.1f}"]
+
+    lines = ["| family | within 0.5 dB of the other families' best, pooled | median gap, pooled (dB) "
+             "| within 0.5 dB, mean of the samples | median gap, mean of the samples (dB) |",
+             "| --- | ---: | ---: | ---: | ---: |"]
+    for f in qm.DICACHES:
+        if f in gaps["psnr"] or f in gaps["psnr_mean"]:
+            lines.append(f"| {f} | " + " | ".join(cells(gaps["psnr"].get(f)) + cells(gaps["psnr_mean"].get(f)))
+                         + " |")
+    return lines
+
+
+def rivals_main(argv: Sequence[str]) -> int:
+    """``quality.py rivals [REPORT_DIR…] [--results DIR]``: whether one DiCache configuration would meet the preset's
+    margin (within 0.5 dB of DiCache's best, 2× to 3× fewer flops) more often than the preset does: each family
+    against the best of the others on each report's points, summed over the reports (none named: those of the
+    README's overview, :data:`OVERVIEW_REPORTS`, under ``--results``)."""
+    ap = argparse.ArgumentParser(prog="quality.py rivals", description=rivals_main.__doc__)
+    ap.add_argument("reports", nargs="*", help="report directories (quality.csv); none: the overview's")
+    ap.add_argument("--results", default=os.path.join(_HERE, "results"), help="where the overview's reports are")
+    a = ap.parse_args(argv)
+    dirs = a.reports or [os.path.join(a.results, name) for name, _ in OVERVIEW_REPORTS]
+    reports = [_read_reports(ap, [d], details=False)[0] for d in dirs]
+    print("\n".join([f"Each DiCache family against the best of the others at {', '.join(f'{x:g}×' for x in LEAD_AT)} "
+                      f"fewer flops, over {len(dirs)} report(s):", "", *rivals_table(reports), ""]))
+    return 0
+
+
 def merge_main(argv: Sequence[str]) -> int:
     """``quality.py merge OUT DIR… [--models M1,M2]``: one report of runs done in separate processes
     (:func:`merge`)."""
@@ -2020,7 +2085,7 @@ def pool_main(argv: Sequence[str]) -> int:
 #: ``quality.py NAME …``: the commands that read or combine reports rather than run the benchmark
 SUBCOMMANDS = {"at": at_main, "spread": spread_main, "without": without_main, "render": render_main,
                "default": default_main, "entries": entries_main, "patterns": patterns_main, "merge": merge_main,
-               "pool": pool_main, "overview": overview_main}
+               "pool": pool_main, "overview": overview_main, "rivals": rivals_main}
 
 
 def main(argv=None) -> int:

@@ -1740,3 +1740,61 @@ def test_readme_overview_is_rendered_from_the_shipped_reports():
                for name, _ in Q.OVERVIEW_REPORTS)
     assert Q.overview_main(["--check", os.path.join(ROOT, "README.md")]) == 0, \
         "write it again: .venv/bin/python benchmarks/quality.py overview --write README.md"
+
+
+def _rival_rows(shift=0.0):
+    """One report's rows at Wan 50: the preset reaches 2× to 3× (flop fractions 0.5 and 1/3), the budget and the δ
+    schedule 2× to 2.5× only (0.5 and 0.4), each family level across its savings; a peer above them all."""
+    import quality_methods as qm
+
+    def row(family, frac, psnr, psnr_mean):
+        return dict(model="wan_digits", steps=50, family=family, setting=f"{family} {frac}", status="ok",
+                    flop_fraction=frac, psnr=psnr + shift, psnr_mean=psnr_mean + shift, ssim=0.99)
+
+    return [row(qm.NO_CACHE, 1.0, math.inf, math.inf), row(qm.UNIFORM, 0.5, 60.0, 60.0),
+            row(qm.UNIFORM, 0.3, 60.0, 60.0), row(qm.DICACHE, 0.5, 40.0, 45.0), row(qm.DICACHE, 1 / 3, 40.0, 45.0),
+            row(qm.DICACHE_BUDGET, 0.5, 40.3, 46.0), row(qm.DICACHE_BUDGET, 0.4, 40.3, 46.0),
+            row(qm.DICACHE_SCHED, 0.5, 39.0, 44.0), row(qm.DICACHE_SCHED, 0.4, 39.0, 44.0)]
+
+
+def test_rival_gaps_set_each_family_against_the_best_of_the_others():
+    """Each DiCache family minus the best of the other DiCache families at the points of LEAD_AT where another one
+    reaches (the peers do not count): the preset at 2×, 2.25× and 2.5× only, where the budget and the schedule reach
+    too."""
+    import quality as Q
+    import quality_methods as qm
+
+    rows = _rival_rows()
+    gaps = Q.rival_gaps(rows)
+    assert set(gaps) == {qm.DICACHE, qm.DICACHE_BUDGET, qm.DICACHE_SCHED}
+    assert gaps[qm.DICACHE] == pytest.approx([-0.3] * 3)  # 40.0 − the budget's 40.3; not at 2.75× and 3×
+    assert gaps[qm.DICACHE_BUDGET] == pytest.approx([0.3] * 3)
+    assert gaps[qm.DICACHE_SCHED] == pytest.approx([-1.3] * 3)
+    assert Q.rival_gaps(rows, "psnr_mean")[qm.DICACHE] == pytest.approx([-1.0] * 3)
+    assert Q.rival_gaps([r for r in rows if r["family"] in (qm.DICACHE, qm.UNIFORM)]) == {}  # no other DiCache
+    with pytest.raises(ValueError, match="metric"):
+        Q.rival_gaps(rows, "ssim_mean")
+
+
+def test_rivals_sum_the_reports_points_apart(tmp_path, monkeypatch, capsys):
+    """``quality.py rivals``: the counts within 0.5 dB and the median gaps, over each report's points (two reports of
+    the same model and step count are not merged); no report named: the overview's."""
+    import quality as Q
+
+    for name, shift in (("a", 0.0), ("b", 2.0)):
+        (tmp_path / name).mkdir()
+        Q.write_csv([dict(r, seeds=2, labels=10) for r in _rival_rows(shift)], str(tmp_path / name / "quality.csv"))
+    assert Q.rivals_main([str(tmp_path / "a"), str(tmp_path / "b")]) == 0
+    out = capsys.readouterr().out
+    assert "over 2 report(s)" in out
+    assert "| DiCache | 6 of 6 | -0.3 | 0 of 6 | -1.0 |" in out
+    assert "| DiCache budget | 6 of 6 | +0.3 | 6 of 6 | +1.0 |" in out
+    assert "| DiCache δ schedule | 0 of 6 | -1.3 | 0 of 6 | -2.0 |" in out
+    assert out.index("| DiCache |") < out.index("| DiCache budget |")  # the preset first
+    assert "uniform" not in out
+    monkeypatch.setattr(Q, "OVERVIEW_REPORTS", (("a", "one report"),))
+    assert Q.rivals_main(["--results", str(tmp_path)]) == 0
+    assert "over 1 report(s)" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        Q.rivals_main([str(tmp_path / "none")])
+    assert "not a report directory" in capsys.readouterr().err
