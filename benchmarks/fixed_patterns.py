@@ -9,6 +9,9 @@ follower branch (uncond) follows each step as ``cfg_decision="shared"`` does.
 
     .venv/bin/python benchmarks/fixed_patterns.py wan_digits 20 FF._F._F.F.F.F.F.F.F FF._F._F._F.F.F.F.FF
     .venv/bin/python benchmarks/fixed_patterns.py wan_digits 50 --single-skips        # one skip at a time
+    .venv/bin/python benchmarks/fixed_patterns.py wan_digits 50 --one-more FFF_F__F__F_FF --every 3
+                                                   # the pattern, and it with one more step computed, at each
+                                                   # third skipped step and at the last (where a call is best spent)
     .venv/bin/python benchmarks/fixed_patterns.py wan_digits 20 FF..F..F --options '{"gamma_clip": [0, 10]}'
     .venv/bin/python benchmarks/fixed_patterns.py wan_digits 50 FFF_F__F --weights DIR   # DIR/wan_digits: weights
                                                                       # from scripts/train_zoo.py --out
@@ -85,6 +88,19 @@ def check_pattern(p: str, steps: int) -> str:
     return full
 
 
+def one_more(pattern: str, every: int = 1) -> List[str]:
+    """``pattern`` and, for every ``every``-th of its skipped steps (the first, then each ``every``-th after it) and
+    for its last skipped step, ``pattern`` with that step computed: where one call more than the pattern computes is
+    best spent."""
+    if every < 1:
+        raise ValueError(f"every must be an int >= 1, got {every!r}")
+    skipped = [i for i, c in enumerate(pattern) if c != "F"]
+    if not skipped:
+        raise ValueError(f"the pattern skips no step, so it has no call to add: {pattern!r}")
+    picked = sorted(set(skipped[::every]) | {skipped[-1]})
+    return [pattern] + [pattern[:i] + "F" + pattern[i + 1:] for i in picked]
+
+
 def run(model: str, steps: int, patterns: List[str], seeds: List[int], labels: List[int],
         options: Optional[dict] = None, weights: Optional[str] = None) -> List[dict]:
     """Each pattern's flops saved, PSNR, SSIM and per-sample PSNR against the uncached output (``run_options.bench``:
@@ -121,6 +137,10 @@ def main(argv=None) -> int:
     ap.add_argument("steps", type=int)
     ap.add_argument("patterns", nargs="*", help="skip patterns (F . _), one character per step")
     ap.add_argument("--single-skips", action="store_true", help="all computed but one skipped step, for each step")
+    ap.add_argument("--one-more", metavar="PATTERN",
+                    help="PATTERN, and PATTERN with one more step computed at each of its skipped steps (--every)")
+    ap.add_argument("--every", type=int, default=1,
+                    help="with --one-more: at every N-th skipped step only (and the last)")
     ap.add_argument("--seeds", default="0,1")
     ap.add_argument("--labels", default="0-9")
     ap.add_argument("--options", default=None, help="JSON options for dicache.enable (on top of the preset)")
@@ -136,9 +156,13 @@ def main(argv=None) -> int:
     pats = list(args.patterns)
     if args.single_skips:
         pats += ["".join("." if i == k else "F" for i in range(args.steps)) for k in range(2, args.steps)]
-    if not pats:
-        ap.error("give patterns or --single-skips")
+    if args.every != 1 and not args.one_more:
+        ap.error("--every goes with --one-more")
     try:
+        if args.one_more:
+            pats += one_more(check_pattern(args.one_more, args.steps), args.every)
+        if not pats:
+            ap.error("give patterns, --single-skips or --one-more")
         pats = [check_pattern(p, args.steps) for p in pats]
     except ValueError as e:
         ap.error(str(e))

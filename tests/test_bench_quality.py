@@ -231,6 +231,31 @@ def test_fixed_patterns_runs_the_given_pattern():
     assert row["ran"] == pat.replace(".", "_")  # a planned skip runs no probe
 
 
+def test_fixed_patterns_one_more_adds_a_call_at_each_chosen_skip(capsys):
+    """``--one-more PATTERN [--every N]``: the pattern, then it with one more step computed at each N-th of its
+    skipped steps (from the first) and at its last; misuse named."""
+    import fixed_patterns as fp
+
+    base = "FF._F._F.FF"
+    assert fp.one_more(base) == [base, "FFF_F._F.FF", "FF.FF._F.FF", "FF._FF_F.FF", "FF._F.FF.FF", "FF._F._FFFF"]
+    # every second skip (steps 2, 5, 8) and the last (8 already): each variant computes exactly one step more
+    got = fp.one_more(base, every=2)
+    assert got == [base, "FFF_F._F.FF", "FF._FF_F.FF", "FF._F._FFFF"]
+    assert all(p.count("F") == base.count("F") + 1 for p in got[1:])
+    assert fp.one_more("FF_F_F", every=3) == ["FF_F_F", "FFFF_F", "FF_FFF"]  # the last skip (4) joins step 2
+    with pytest.raises(ValueError, match="every"):
+        fp.one_more(base, every=0)
+    with pytest.raises(ValueError, match="no step"):
+        fp.one_more("FFFF")
+    for argv, msg in ((["FF_F", "--every", "2"], "--every goes with --one-more"),
+                      (["--one-more", "F_FX"], "made of F"),
+                      (["--one-more", "FFFF"], "skips no step"),
+                      ([], "give patterns")):
+        with pytest.raises(SystemExit):
+            fp.main(["wan_digits", "4", *argv])
+        assert msg in capsys.readouterr().err
+
+
 def _add_noise_it_cannot_repeat(monkeypatch):
     """Each benchmark run's images get noise from a generator seeded anew: two uncached runs of a seed differ."""
     import quality as Q
