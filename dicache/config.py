@@ -127,6 +127,14 @@ class DiCacheConfig:
             readings and at 30 steps at five of six points, ``benchmarks/RESULTS.md``, thirty-first round),
             ``QUAD_BALANCE_AUTO`` (0.5) on any other (flow matching, or no scheduler known).
             Needs ``alignment_order="auto"``; no effect where the probe sets γ.
+        quad_reach: where ``alignment_order="auto"`` takes the quadratic whole (γ from the steps), also take
+            the line through the two newest entries for a call further past the newest entry than the shorter of
+            the entries' two spacings (entries at steps 10, 12, 13: the quadratic at step 14, the line at step 15,
+            where the quadratic's Lagrange weights are 1, −5, 5). A call computed out of step leaves such close
+            entries, and the quadratic through them amplifies the residual's step-to-step jitter. Off in every
+            preset: at 50 steps it gained up to 1.9 dB on Wan and 0.5–0.7 on Flux and moved the held-out
+            HunyuanVideo by −0.2 to +0.0 (``benchmarks/RESULTS.md``, fifty-first round); the other held-out checks
+            are still to run.
         reconstruct_at: what a reused call rebuilds from the stored entries. ``"blocks"`` (the method): the
             deep blocks' output, ``x + R`` (``x`` the call's own input to them), which the model's last layers
             (the output norm and projection) then turn into its output. ``"output"``: the model's output itself,
@@ -291,6 +299,7 @@ class DiCacheConfig:
     alignment_order: Union[int, str] = 1
     gamma_source: str = "probe"
     quad_balance: Union[float, str, None] = None
+    quad_reach: bool = False
     reconstruct_at: str = "blocks"
     run_power: Union[float, str] = 0.0
     predictive_skip: bool = False
@@ -519,6 +528,8 @@ def validate(cfg: DiCacheConfig, num_blocks: Optional[int] = None) -> None:
     mx = cfg.max_extrapolation
     if mx is not None and mx != "auto" and (not _is_real(mx) or not math.isfinite(mx) or mx <= 0):
         raise ValueError(f"max_extrapolation must be None, 'auto' or a finite number > 0, got {mx!r}")
+    if not isinstance(cfg.quad_reach, bool):
+        raise ValueError(f"quad_reach must be True or False, got {cfg.quad_reach!r}")
     if not isinstance(cfg.monotone_runs, bool):
         raise ValueError(f"monotone_runs must be True or False, got {cfg.monotone_runs!r}")
     sp = cfg.span_power

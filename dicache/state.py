@@ -218,6 +218,13 @@ def balanced(t0: int, t1: int, t2: int, ratio: Optional[float]) -> bool:
     return ratio is None or min(t1 - t0, t2 - t1) >= ratio * max(t1 - t0, t2 - t1)
 
 
+def within_reach(t0: int, t1: int, t2: int, step: int) -> bool:
+    """``quad_reach``: whether a call at ``step`` lies no further past the newest of three entries stored at steps
+    ``t0 < t1 < t2`` than the shorter of their two spacings (beyond it the quadratic through them extrapolates their
+    jitter: its Lagrange weights at step 15 through steps 10, 12, 13 are 1, −5, 5)."""
+    return step - t2 <= min(t1 - t0, t2 - t1)
+
+
 def planned_error(e: float, t1: Optional[int], t2: int, k: int, sizes: Optional[Sequence[float]] = None,
                   power: float = 1.0) -> float:
     """The error a run planned at the computed call ``t2`` (``plan_runs``) predicts for the call at step ``k > t2``

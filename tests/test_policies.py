@@ -534,6 +534,9 @@ def test_budget_from_a_step_count_on():
         (dict(quad_balance=True), "quad_balance"),
         (dict(quad_balance="0.5"), "quad_balance"),
         (dict(quad_balance="Auto"), "quad_balance"),
+        (dict(quad_reach=1), "quad_reach"),
+        (dict(quad_reach="yes"), "quad_reach"),
+        (dict(quad_reach=None), "quad_reach"),
         (dict(reconstruct_at="proj_out"), "reconstruct_at"),
         (dict(reconstruct_at=None), "reconstruct_at"),
         (dict(span_power=0.1), "span_power"),
@@ -975,6 +978,60 @@ def test_quad_balance_takes_the_line_through_unbalanced_entries(planned):
         for k in (5, 7):
             torch.testing.assert_close(auto[k][0], same[k][0], rtol=1e-5, atol=1e-5)
             assert (auto[k][1] is None) == (same[k][1] is None), (flow_matching, k)
+
+
+@pytest.mark.parametrize("planned", [False, True])
+def test_quad_reach_takes_the_line_past_the_entries_shorter_spacing(planned):
+    # entries at steps 10, 12 and 13 (a call computed out of step among entries three apart) of a deep trajectory
+    # with jitter; balanced at quad_balance 0.5 (spacings 2 and 1), so the quadratic is taken whole, but at step 15
+    # its weights are 1, −5, 5: quad_reach takes the line through 12 and 13 there (2 steps past 13 > spacing 1) and
+    # keeps the quadratic at step 14 (1 step past); without it, the quadratic at both
+    from dicache.state import within_reach
+
+    assert within_reach(10, 12, 13, 14) and not within_reach(10, 12, 13, 15)
+    assert within_reach(4, 7, 10, 13) and not within_reach(4, 7, 10, 14)  # even spacing 3: three steps on
+    assert within_reach(1, 2, 4, 5) and not within_reach(1, 2, 4, 6)  # the presets' first run after the warm-up
+    g = torch.Generator().manual_seed(37)
+    A, B = (torch.randn(2, 5, 7, generator=g) for _ in range(2))
+    noise = {k: 0.3 * torch.randn(2, 5, 7, generator=g) for k in range(20)}
+    x = torch.randn(2, 5, 7, generator=g)
+
+    def R(k):
+        return A + B * k + noise[k]
+
+    def run(reach):
+        cfg = DiCacheConfig(threshold=1e9, warmup=0, alignment_order="auto", gamma_source="steps",
+                            quad_balance=0.5, quad_reach=reach, plan_runs=planned)
+        engine = DiCacheEngine(cfg, M, "torch")
+        outs = {}
+        for k in (10, 12, 13, 14, 15):
+            engine.begin_call("c", k, 30)
+            if k in (10, 12, 13):
+                engine._forced = "test"  # computed: store the entry of step k
+                assert engine.before_probe(x) is None
+                assert engine.after_probe(x, x + torch.randn(2, 5, 7, generator=g)) is None
+                engine.after_full(x + R(k))
+                continue
+            h = engine.before_probe(x)
+            if h is None:
+                h = engine.after_probe(x, x + torch.randn(2, 5, 7, generator=g))
+            assert h is not None, (k, reach)
+            outs[k] = (h.clone(), engine.branches["c"].quad_weight)
+        return outs
+
+    def quad(k, t0, t1, t2):
+        c = [(k - t1) * (k - t2) / ((t0 - t1) * (t0 - t2)), (k - t0) * (k - t2) / ((t1 - t0) * (t1 - t2)),
+             (k - t0) * (k - t1) / ((t2 - t0) * (t2 - t1))]
+        return x + c[0] * R(t0) + c[1] * R(t1) + c[2] * R(t2)
+
+    reach, whole = run(True), run(False)
+    for out in (reach, whole):  # step 14, one step past the newest: the quadratic either way
+        torch.testing.assert_close(out[14][0], quad(14, 10, 12, 13), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(whole[15][0], quad(15, 10, 12, 13), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(reach[15][0], x + R(12) + 3 * (R(13) - R(12)), rtol=1e-4, atol=1e-4)
+    assert reach[15][1] is None and whole[15][1] is not None
+    # the line's error on the jittering trajectory is the smaller one there
+    assert (reach[15][0] - (x + R(15))).abs().mean() < (whole[15][0] - (x + R(15))).abs().mean()
 
 
 @pytest.mark.parametrize("flow_matching", [None, True, False])
