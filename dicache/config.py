@@ -132,9 +132,9 @@ class DiCacheConfig:
             the entries' two spacings (entries at steps 10, 12, 13: the quadratic at step 14, the line at step 15,
             where the quadratic's Lagrange weights are 1, −5, 5). A call computed out of step leaves such close
             entries, and the quadratic through them amplifies the residual's step-to-step jitter. Off in every
-            preset: at 50 steps it gained up to 1.9 dB on Wan and 0.5–0.7 on Flux and moved the held-out
-            HunyuanVideo by −0.2 to +0.0 (``benchmarks/RESULTS.md``, fifty-first round); the other held-out checks
-            are still to run.
+            preset: on the preset's δ list at 50 steps and 2–3× it moved Flux by +0.5 to +0.7 dB, Wan by −0.3 to
+            +1.9 and the held-out HunyuanVideo by −0.2 to −0.1 (``benchmarks/RESULTS.md``, fifty-first round); the
+            other held-out checks are still to run.
         reconstruct_at: what a reused call rebuilds from the stored entries. ``"blocks"`` (the method): the
             deep blocks' output, ``x + R`` (``x`` the call's own input to them), which the model's last layers
             (the output norm and projection) then turn into its output. ``"output"``: the model's output itself,
