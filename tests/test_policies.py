@@ -916,48 +916,63 @@ def test_gamma_source_steps_places_the_call_at_its_step(order):
             torch.testing.assert_close(h, want, rtol=1e-4, atol=1e-4)
 
 
+def _jittered_trajectory(seed, steps):
+    """A deep trajectory with jitter: the generator (for the probes' draws after it), an input ``x`` and ``R(k) = A +
+    B·k`` plus noise of 0.3 per element at each of ``steps`` steps."""
+    g = torch.Generator().manual_seed(seed)
+    A, B = (torch.randn(2, 5, 7, generator=g) for _ in range(2))
+    noise = {k: 0.3 * torch.randn(2, 5, 7, generator=g) for k in range(steps)}
+    x = torch.randn(2, 5, 7, generator=g)
+    return g, x, lambda k: A + B * k + noise[k]
+
+
+def _calls_on_entries(engine, x, R, g, steps, computed):
+    """Run the calls at ``steps`` of branch ``c`` (30 steps in all): those in ``computed`` forced, storing the entry
+    ``x + R(k)``, the others skipped; returns ``{step: (output, quadratic weight)}`` of the skipped ones."""
+    outs = {}
+    for k in steps:
+        engine.begin_call("c", k, 30)
+        if k in computed:
+            engine._forced = "test"  # computed: store the entry of step k
+            assert engine.before_probe(x) is None
+            assert engine.after_probe(x, x + torch.randn(2, 5, 7, generator=g)) is None
+            engine.after_full(x + R(k))
+            continue
+        h = engine.before_probe(x)
+        if h is None:
+            h = engine.after_probe(x, x + torch.randn(2, 5, 7, generator=g))
+        assert h is not None, k
+        outs[k] = (h.clone(), engine.branches["c"].quad_weight)
+    return outs
+
+
+def _quad_through(x, R, k, t0, t1, t2):
+    """``x`` plus the quadratic through the residuals ``R`` at steps ``t0 < t1 < t2``, at step ``k``."""
+    c = [(k - t1) * (k - t2) / ((t0 - t1) * (t0 - t2)), (k - t0) * (k - t2) / ((t1 - t0) * (t1 - t2)),
+         (k - t0) * (k - t1) / ((t2 - t0) * (t2 - t1))]
+    return x + c[0] * R(t0) + c[1] * R(t1) + c[2] * R(t2)
+
+
 @pytest.mark.parametrize("planned", [False, True])
 def test_quad_balance_takes_the_line_through_unbalanced_entries(planned):
     # entries at steps 0, 1 and 4 (the warm-up's pair and one three steps on) of a deep trajectory with jitter:
     # with γ from the steps the quadratic through them weighs 4.5, −7, 3.5 at step 7 and amplifies the jitter;
     # quad_balance takes the line through the two newest there (spacings 1 and 3: 1 < 0.5·3), and the quadratic
     # again once the entries are balanced (steps 1, 4, 6: spacings 3 and 2)
-    g = torch.Generator().manual_seed(31)
-    A, B = (torch.randn(2, 5, 7, generator=g) for _ in range(2))
-    noise = {k: 0.3 * torch.randn(2, 5, 7, generator=g) for k in range(12)}
-    x = torch.randn(2, 5, 7, generator=g)
-
-    def R(k):
-        return A + B * k + noise[k]
+    g, x, R = _jittered_trajectory(31, 12)
 
     def run(balance, flow_matching=None):
         cfg = DiCacheConfig(threshold=1e9, warmup=0, alignment_order="auto", gamma_source="steps",
                             quad_balance=balance, plan_runs=planned)
         engine = DiCacheEngine(cfg, M, "torch")
         engine.flow_matching = flow_matching  # as a pipeline's scheduler tells it
-        outs = {}
-        for k in range(8):
-            engine.begin_call("c", k, 30)
-            if k in (0, 1, 4, 6):
-                engine._forced = "test"  # computed: store the entry of step k
-                assert engine.before_probe(x) is None
-                assert engine.after_probe(x, x + torch.randn(2, 5, 7, generator=g)) is None
-                engine.after_full(x + R(k))
-                continue
-            h = engine.before_probe(x)
-            if h is None:
-                h = engine.after_probe(x, x + torch.randn(2, 5, 7, generator=g))
-            assert h is not None, (k, balance)
-            outs[k] = (h.clone(), engine.branches["c"].quad_weight)
-        return outs
+        return _calls_on_entries(engine, x, R, g, range(8), (0, 1, 4, 6))
 
     def line(k, t1, t2):
         return x + R(t1) + (k - t1) / (t2 - t1) * (R(t2) - R(t1))
 
     def quad(k, t0, t1, t2):
-        c = [(k - t1) * (k - t2) / ((t0 - t1) * (t0 - t2)), (k - t0) * (k - t2) / ((t1 - t0) * (t1 - t2)),
-             (k - t0) * (k - t1) / ((t2 - t0) * (t2 - t1))]
-        return x + c[0] * R(t0) + c[1] * R(t1) + c[2] * R(t2)
+        return _quad_through(x, R, k, t0, t1, t2)
 
     balanced, whole = run(0.5), run(None)
     # after steps 0, 1, 4: unbalanced
@@ -991,38 +1006,15 @@ def test_quad_reach_takes_the_line_past_the_entries_shorter_spacing(planned):
     assert within_reach(10, 12, 13, 14) and not within_reach(10, 12, 13, 15)
     assert within_reach(4, 7, 10, 13) and not within_reach(4, 7, 10, 14)  # even spacing 3: three steps on
     assert within_reach(1, 2, 4, 5) and not within_reach(1, 2, 4, 6)  # the presets' first run after the warm-up
-    g = torch.Generator().manual_seed(37)
-    A, B = (torch.randn(2, 5, 7, generator=g) for _ in range(2))
-    noise = {k: 0.3 * torch.randn(2, 5, 7, generator=g) for k in range(20)}
-    x = torch.randn(2, 5, 7, generator=g)
-
-    def R(k):
-        return A + B * k + noise[k]
+    g, x, R = _jittered_trajectory(37, 20)
 
     def run(reach):
         cfg = DiCacheConfig(threshold=1e9, warmup=0, alignment_order="auto", gamma_source="steps",
                             quad_balance=0.5, quad_reach=reach, plan_runs=planned)
-        engine = DiCacheEngine(cfg, M, "torch")
-        outs = {}
-        for k in (10, 12, 13, 14, 15):
-            engine.begin_call("c", k, 30)
-            if k in (10, 12, 13):
-                engine._forced = "test"  # computed: store the entry of step k
-                assert engine.before_probe(x) is None
-                assert engine.after_probe(x, x + torch.randn(2, 5, 7, generator=g)) is None
-                engine.after_full(x + R(k))
-                continue
-            h = engine.before_probe(x)
-            if h is None:
-                h = engine.after_probe(x, x + torch.randn(2, 5, 7, generator=g))
-            assert h is not None, (k, reach)
-            outs[k] = (h.clone(), engine.branches["c"].quad_weight)
-        return outs
+        return _calls_on_entries(DiCacheEngine(cfg, M, "torch"), x, R, g, (10, 12, 13, 14, 15), (10, 12, 13))
 
     def quad(k, t0, t1, t2):
-        c = [(k - t1) * (k - t2) / ((t0 - t1) * (t0 - t2)), (k - t0) * (k - t2) / ((t1 - t0) * (t1 - t2)),
-             (k - t0) * (k - t1) / ((t2 - t0) * (t2 - t1))]
-        return x + c[0] * R(t0) + c[1] * R(t1) + c[2] * R(t2)
+        return _quad_through(x, R, k, t0, t1, t2)
 
     reach, whole = run(True), run(False)
     for out in (reach, whole):  # step 14, one step past the newest: the quadratic either way
