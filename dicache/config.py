@@ -131,10 +131,12 @@ class DiCacheConfig:
             the line through the two newest entries for a call further past the newest entry than the shorter of
             the entries' two spacings (entries at steps 10, 12, 13: the quadratic at step 14, the line at step 15,
             where the quadratic's Lagrange weights are 1, −5, 5). A call computed out of step leaves such close
-            entries, and the quadratic through them amplifies the residual's step-to-step jitter. Off in every
-            preset: on the preset's δ list at 50 steps and 2–3× it moved Flux by +0.5 to +0.7 dB, Wan by −0.3 to
-            +1.9 and the held-out HunyuanVideo by −0.2 to −0.1 (``benchmarks/RESULTS.md``, fifty-first round); the
-            other held-out checks are still to run.
+            entries, and the quadratic through them amplifies the residual's step-to-step jitter. In the presets'
+            own runs it acts where the newest spacing is the longer one: the first run after the warm-up and runs
+            that lengthen. Off in every preset: on their δ lists at 2–3× (66 points on five models, 20–50 steps,
+            held-out seeds and models trained again) it gained 0.5–2.9 dB at 21 points and lost 0.5–1.0 at 4, and
+            Wan's own δ at 50 steps loses 0.2–0.8 dB on three readings (``benchmarks/RESULTS.md``, fifty-second
+            round).
         reconstruct_at: what a reused call rebuilds from the stored entries. ``"blocks"`` (the method): the
             deep blocks' output, ``x + R`` (``x`` the call's own input to them), which the model's last layers
             (the output norm and projection) then turn into its output. ``"output"``: the model's output itself,
