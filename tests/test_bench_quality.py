@@ -256,6 +256,39 @@ def test_fixed_patterns_one_more_adds_a_call_at_each_chosen_skip(capsys):
         assert msg in capsys.readouterr().err
 
 
+def test_reach_variants_swap_the_engines_reach_test_for_the_run(capsys):
+    """``reach_variants.py VARIANT …``: each variant's reach on the entries the presets' runs leave (after the
+    warm-up 1, 2, 4; a lengthening run 4, 7, 11; a call out of step 10, 12, 13), the engine's test swapped only
+    inside the block (also on an error), misuse named."""
+    import dicache.engine
+    import reach_variants as rv
+    from dicache.state import within_reach
+
+    V = rv.VARIANTS
+    cases = {  # (t0, t1, t2, step): quadratic taken under shorter / newest / longer / after_warmup
+        (1, 2, 4, 5): (True, True, True, True), (1, 2, 4, 6): (False, True, True, True),
+        (4, 7, 11, 14): (True, True, True, True), (4, 7, 11, 15): (False, True, True, False),
+        (4, 7, 11, 16): (False, True, False, False),
+        (10, 12, 13, 14): (True, True, True, True), (10, 12, 13, 15): (False, False, True, False),
+        (10, 12, 13, 16): (False, False, False, False)}
+    for entries, want in cases.items():
+        got = tuple(V[n](*entries) for n in ("shorter", "newest", "longer", "after_warmup"))
+        assert got == want, (entries, got)
+    assert V["shorter"] is within_reach
+    for name in V:
+        with rv.reach_variant(name):
+            assert dicache.engine.within_reach is V[name]
+        assert dicache.engine.within_reach is within_reach
+    with pytest.raises(RuntimeError):
+        with rv.reach_variant("newest"):
+            raise RuntimeError("boom")
+    assert dicache.engine.within_reach is within_reach
+    with pytest.raises(ValueError, match="variant must be one of"):
+        with rv.reach_variant("widest"):
+            pass
+    assert rv.main([]) == 2 and "variants: shorter, newest, longer, after_warmup" in capsys.readouterr().out
+
+
 def _add_noise_it_cannot_repeat(monkeypatch):
     """Each benchmark run's images get noise from a generator seeded anew: two uncached runs of a seed differ."""
     import quality as Q
