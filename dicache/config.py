@@ -134,9 +134,9 @@ class DiCacheConfig:
             entries, and the quadratic through them amplifies the residual's step-to-step jitter. In the presets'
             own runs it acts where the newest spacing is the longer one: the first run after the warm-up and runs
             that lengthen. Off in every preset: on their δ lists at 2–3× (66 points on five models, 20–50 steps,
-            held-out seeds and models trained again) it gained 0.5–2.9 dB at 21 points and lost 0.5–1.0 at 4, and
-            Wan's own δ at 50 steps loses 0.2–0.8 dB on three readings (``benchmarks/RESULTS.md``, fifty-second
-            round).
+            held-out seeds and models trained again) it gained 0.5–2.9 dB at 22 points and lost 0.5–1.0 at 4, and
+            Wan's own δ at 50 steps loses 0.6 and 0.8 dB on the shipped Wan's two seed sets
+            (``benchmarks/RESULTS.md``, fifty-second round).
         reconstruct_at: what a reused call rebuilds from the stored entries. ``"blocks"`` (the method): the
             deep blocks' output, ``x + R`` (``x`` the call's own input to them), which the model's last layers
             (the output norm and projection) then turn into its output. ``"output"``: the model's output itself,
