@@ -25,7 +25,8 @@ sys.path.insert(0, _HERE)
 sys.path.insert(1, os.path.dirname(_HERE))
 
 import dicache.engine  # noqa: E402
-from dicache.state import within_reach  # noqa: E402
+from dicache.config import QUAD_REACH_SPACED  # noqa: E402
+from dicache.state import reach_tested, within_reach  # noqa: E402
 
 
 def _newest(t0: int, t1: int, t2: int, step: int) -> bool:
@@ -39,8 +40,9 @@ def _longer(t0: int, t1: int, t2: int, step: int) -> bool:
 
 
 def _after_warmup(t0: int, t1: int, t2: int, step: int) -> bool:
-    """The option's rule, except through two entries of neighbouring steps (the warm-up's: 1, 2, 4 or 0, 1, 4)."""
-    return t1 - t0 == 1 or within_reach(t0, t1, t2, step)
+    """The option's rule, except through two entries of neighbouring steps (the warm-up's: 1, 2, 4 or 0, 1, 4): the
+    rule of ``quad_reach="spaced"``."""
+    return not reach_tested(QUAD_REACH_SPACED, t0, t1) or within_reach(t0, t1, t2, step)
 
 
 #: name → the test ``(t0, t1, t2, step) -> True`` where the quadratic through the entries at ``t0 < t1 < t2`` is

@@ -40,6 +40,8 @@ REACH_MIN_STEPS = 45
 # scheduler is not known); none on a DDPM-family scheduler's, where the quadratic through any three entries scored
 # higher at 20 and 30 steps on three DDIM-trained models (benchmarks/RESULTS.md, thirty-first round)
 QUAD_BALANCE_AUTO = 0.5
+# quad_reach's value that leaves three entries whose two oldest are neighbouring steps to the quadratic
+QUAD_REACH_SPACED = "spaced"
 # hindsight where the probe set γ: the share of the run's miss (read on the line through the two newest entries at the
 # skips' own steps) taken back is this fraction of ``hindsight``; the probe's γ already moved each skip part of the way
 # (at 20 steps, of the presets' 0.5: half gained +0.2 to +2.1 dB pooled on Flux, Wan and HunyuanVideo and lost up to
@@ -133,8 +135,10 @@ class DiCacheConfig:
             where the quadratic's Lagrange weights are 1, −5, 5). A call computed out of step leaves such close
             entries, and the quadratic through them amplifies the residual's step-to-step jitter. In the presets'
             own runs it acts where the newest spacing is the longer one: the first run after the warm-up and runs
-            that lengthen. Off in every preset: on their δ lists at 2–3× (66 points on five models, 20–50 steps,
-            held-out seeds and models trained again) it gained 0.5–2.9 dB at 22 points and lost 0.5–1.0 at 4, and
+            that lengthen. ``"spaced"``: the same test, but not through entries whose two oldest are neighbouring
+            steps (the warm-up's 1, 2, 4 keep the quadratic for the first run after it; the gain and loss there were
+            model-dependent). Off in every preset: on their δ lists at 2–3× (66 points on five models, 20–50 steps,
+            held-out seeds and models trained again) True gained 0.5–2.9 dB at 22 points and lost 0.5–1.0 at 4, and
             Wan's own δ at 50 steps loses 0.6 and 0.8 dB on the shipped Wan's two seed sets
             (``benchmarks/RESULTS.md``, fifty-second round).
         reconstruct_at: what a reused call rebuilds from the stored entries. ``"blocks"`` (the method): the
@@ -301,7 +305,7 @@ class DiCacheConfig:
     alignment_order: Union[int, str] = 1
     gamma_source: str = "probe"
     quad_balance: Union[float, str, None] = None
-    quad_reach: bool = False
+    quad_reach: Union[bool, str] = False
     reconstruct_at: str = "blocks"
     run_power: Union[float, str] = 0.0
     predictive_skip: bool = False
@@ -530,8 +534,8 @@ def validate(cfg: DiCacheConfig, num_blocks: Optional[int] = None) -> None:
     mx = cfg.max_extrapolation
     if mx is not None and mx != "auto" and (not _is_real(mx) or not math.isfinite(mx) or mx <= 0):
         raise ValueError(f"max_extrapolation must be None, 'auto' or a finite number > 0, got {mx!r}")
-    if not isinstance(cfg.quad_reach, bool):
-        raise ValueError(f"quad_reach must be True or False, got {cfg.quad_reach!r}")
+    if not (isinstance(cfg.quad_reach, bool) or cfg.quad_reach == QUAD_REACH_SPACED):
+        raise ValueError(f"quad_reach must be True, False or {QUAD_REACH_SPACED!r}, got {cfg.quad_reach!r}")
     if not isinstance(cfg.monotone_runs, bool):
         raise ValueError(f"monotone_runs must be True or False, got {cfg.monotone_runs!r}")
     sp = cfg.span_power

@@ -26,7 +26,7 @@ from .config import HINDSIGHT_PROBE_FACTOR, DiCacheConfig
 from .ops import Backend, reference, select_backend
 from .state import (CAP, FOLLOW, LAST_STEP, PLANNED, PREDICTED, REACH, REFRESH, REUSE, REUSE_ONE, SHORTEN,
                     WARMUP, BranchState, CallRecord, at_shorten_bound, balanced, hindsight_weight, next_shortening,
-                    planned_error, span_power_sample, within_reach)
+                    planned_error, reach_tested, span_power_sample, within_reach)
 
 #: alignment_order="auto" fits the quadratic's weight on at most about this many tokens.
 ORDER_TOKENS = 512
@@ -560,13 +560,14 @@ class DiCacheEngine:
 
     def _whole_quadratic(self, state: BranchState) -> Optional[torch.Tensor]:
         """The quadratic's weight where the step is known exactly: 1 (whole), or None (the line through the two
-        newest) where the three entries' spacings are unbalanced (``quad_balance``) or, with ``quad_reach``, where
-        the call lies beyond the quadratic's reach (:func:`~dicache.state.within_reach`)."""
+        newest) where the three entries' spacings are unbalanced (``quad_balance``) or, with ``quad_reach`` (for
+        ``"spaced"``, through entries whose two oldest are not neighbouring steps: :func:`~dicache.state.reach_tested`),
+        where the call lies beyond the quadratic's reach (:func:`~dicache.state.within_reach`)."""
         if state.n_stored >= 3:
             t0, t1, t2 = (state.slot_step[state.newest(i)] for i in (3, 2, 1))
             if not balanced(t0, t1, t2, self.config.quad_balance_at(self.flow_matching)):
                 return None
-            if self.config.quad_reach and not within_reach(t0, t1, t2, self._cur_step):
+            if reach_tested(self.config.quad_reach, t0, t1) and not within_reach(t0, t1, t2, self._cur_step):
                 return None
         return torch.ones_like(state.gamma)
 

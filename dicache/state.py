@@ -11,11 +11,12 @@ from __future__ import annotations
 import math
 import statistics
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
-from .config import SPAN_POWER_DRIFT, SPAN_POWER_MIN, SPAN_POWER_SAMPLES, WALK_COSINE, DiCacheConfig
+from .config import (QUAD_REACH_SPACED, SPAN_POWER_DRIFT, SPAN_POWER_MIN, SPAN_POWER_SAMPLES, WALK_COSINE,
+                     DiCacheConfig)
 from .ops import reference
 
 
@@ -216,6 +217,13 @@ def balanced(t0: int, t1: int, t2: int, ratio: Optional[float]) -> bool:
     """``quad_balance``: whether three entries stored at steps ``t0 < t1 < t2`` are spaced evenly enough for the
     quadratic through them, the shorter spacing at least ``ratio`` times the longer (None: always)."""
     return ratio is None or min(t1 - t0, t2 - t1) >= ratio * max(t1 - t0, t2 - t1)
+
+
+def reach_tested(mode: Union[bool, str], t0: int, t1: int) -> bool:
+    """``quad_reach``: whether the reach test (:func:`within_reach`) applies to three entries whose two oldest are
+    stored at steps ``t0 < t1``: never (False), always (True), or with ``"spaced"`` unless those two are neighbouring
+    steps (the warm-up's entries 1, 2, 4 keep the quadratic for the first run after it)."""
+    return mode is True or (mode == QUAD_REACH_SPACED and t1 - t0 > 1)
 
 
 def within_reach(t0: int, t1: int, t2: int, step: int) -> bool:

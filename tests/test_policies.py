@@ -537,6 +537,8 @@ def test_budget_from_a_step_count_on():
         (dict(quad_reach=1), "quad_reach"),
         (dict(quad_reach="yes"), "quad_reach"),
         (dict(quad_reach=None), "quad_reach"),
+        (dict(quad_reach="Spaced"), "quad_reach"),
+        (dict(quad_reach="after_warmup"), "quad_reach"),
         (dict(reconstruct_at="proj_out"), "reconstruct_at"),
         (dict(reconstruct_at=None), "reconstruct_at"),
         (dict(span_power=0.1), "span_power"),
@@ -1024,6 +1026,40 @@ def test_quad_reach_takes_the_line_past_the_entries_shorter_spacing(planned):
     assert reach[15][1] is None and whole[15][1] is not None
     # the line's error on the jittering trajectory is the smaller one there
     assert (reach[15][0] - (x + R(15))).abs().mean() < (whole[15][0] - (x + R(15))).abs().mean()
+
+
+@pytest.mark.parametrize("planned", [False, True])
+def test_quad_reach_spaced_keeps_the_quadratic_through_neighbouring_entries(planned):
+    # the presets' first run after the warm-up stores entries at steps 1, 2 and 4: at step 6 (two steps past the newest,
+    # beyond the shorter spacing 1) quad_reach=True takes the line through 2 and 4; "spaced" keeps the quadratic there
+    # (its two oldest entries are neighbouring steps). Through entries 4, 7, 11 (a run that lengthens) both take the
+    # line at step 15 (four steps past 11, beyond spacing 3) and the quadratic at step 14
+    from dicache.state import reach_tested
+
+    assert reach_tested(True, 1, 2) and not reach_tested("spaced", 1, 2) and not reach_tested(False, 4, 7)
+    assert reach_tested("spaced", 4, 7) and reach_tested(True, 4, 7)
+    g, x, R = _jittered_trajectory(41, 20)
+
+    def run(reach, steps, computed):
+        cfg = DiCacheConfig(threshold=1e9, warmup=0, alignment_order="auto", gamma_source="steps",
+                            quad_balance=0.5, quad_reach=reach, plan_runs=planned)
+        return _calls_on_entries(DiCacheEngine(cfg, M, "torch"), x, R, g, steps, computed)
+
+    def line(k, t1, t2):
+        return x + R(t1) + (k - t1) / (t2 - t1) * (R(t2) - R(t1))
+
+    warm = {reach: run(reach, (1, 2, 4, 6), (1, 2, 4)) for reach in (False, True, "spaced")}
+    for reach in (False, "spaced"):
+        torch.testing.assert_close(warm[reach][6][0], _quad_through(x, R, 6, 1, 2, 4), rtol=1e-4, atol=1e-4)
+        assert warm[reach][6][1] is not None
+    torch.testing.assert_close(warm[True][6][0], line(6, 2, 4), rtol=1e-4, atol=1e-4)
+    assert warm[True][6][1] is None
+    longer = {reach: run(reach, (4, 7, 11, 14, 15), (4, 7, 11)) for reach in (False, True, "spaced")}
+    for reach, out in longer.items():
+        torch.testing.assert_close(out[14][0], _quad_through(x, R, 14, 4, 7, 11), rtol=1e-4, atol=1e-4)
+        want = _quad_through(x, R, 15, 4, 7, 11) if reach is False else line(15, 7, 11)
+        torch.testing.assert_close(out[15][0], want, rtol=1e-4, atol=1e-4)
+        assert (out[15][1] is None) == (reach is not False), reach
 
 
 @pytest.mark.parametrize("flow_matching", [None, True, False])
