@@ -139,8 +139,10 @@ class DiCacheConfig:
             steps (the warm-up's 1, 2, 4 keep the quadratic for the first run after it; the gain and loss there were
             model-dependent). Off in every preset: on their δ lists at 2–3× (66 points on five models, 20–50 steps,
             held-out seeds and models trained again) True gained 0.5–2.9 dB at 22 points and lost 0.5–1.0 at 4, and
-            Wan's own δ at 50 steps loses 0.6 and 0.8 dB on the shipped Wan's two seed sets
-            (``benchmarks/RESULTS.md``, fifty-second round).
+            Wan's own δ at 50 steps loses 0.6 and 0.8 dB on the shipped Wan's two seed sets (fifty-second round);
+            ``"spaced"`` left 43 of the 66 level and Wan's δ unmoved, gained 0.6–1.5 dB at 6 (Wan at 2.5–3×, 5 of
+            them), and lost 1.8 and 0.9 on Flux at 50 steps (seeds 4–5, 2.75–3×) and 0.7 in Wan's 3× budget replay
+            (``benchmarks/RESULTS.md``, fifty-third round).
         reconstruct_at: what a reused call rebuilds from the stored entries. ``"blocks"`` (the method): the
             deep blocks' output, ``x + R`` (``x`` the call's own input to them), which the model's last layers
             (the output norm and projection) then turn into its output. ``"output"``: the model's output itself,
