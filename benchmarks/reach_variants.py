@@ -9,13 +9,17 @@ script swaps that test (``dicache.engine.within_reach``, in this process only) f
     .venv/bin/python benchmarks/reach_variants.py newest wan_digits 50 '{"threshold": 0.16, "quad_reach": true}' \\
         --seeds 0,1,2,3 --threads 1
     .venv/bin/python benchmarks/reach_variants.py after_warmup cogvideox_digits 20 '{"threshold": 0.4, "quad_reach": true}'
+    .venv/bin/python benchmarks/reach_variants.py shorter --blend 0.5 flux_digits 50 '{"threshold": 0.79, "quad_reach": true}'
 
-A variant that scores the option's own PSNR on a run changed no call there that the option changes.
+A variant that scores the option's own PSNR on a run changed no call there that the option changes. ``--blend W``
+(after the variant): beyond the reach, the line plus ``W`` times the quadratic's correction (``line + W·(quadratic −
+line)``, the blend the engine's ``quad_blend`` computes) instead of the line: 0 is the option, 1 the preset.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import sys
 from typing import Callable, Dict, Iterator, List, Optional
@@ -24,9 +28,11 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, _HERE)
 sys.path.insert(1, os.path.dirname(_HERE))
 
+import torch  # noqa: E402
+
 import dicache.engine  # noqa: E402
 from dicache.config import QUAD_REACH_SPACED  # noqa: E402
-from dicache.state import reach_tested, within_reach  # noqa: E402
+from dicache.state import balanced, reach_tested, within_reach  # noqa: E402
 
 
 def _newest(t0: int, t1: int, t2: int, step: int) -> bool:
@@ -64,6 +70,31 @@ def reach_variant(name: str) -> Iterator[None]:
         dicache.engine.within_reach = saved
 
 
+@contextlib.contextmanager
+def reach_blend(weight: float) -> Iterator[None]:
+    """While the block runs, a call beyond the reach takes ``line + weight·(quadratic − line)`` through the three
+    newest entries, not the line (entries too unbalanced for ``quad_balance`` keep the line)."""
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 <= weight <= 1:
+        raise ValueError(f"--blend must be a number in [0, 1], got {weight!r}")
+    engine_cls = dicache.engine.DiCacheEngine
+    saved = engine_cls._whole_quadratic
+
+    def whole(self, state):
+        w = saved(self, state)
+        if w is not None or state.n_stored < 3:
+            return w
+        t0, t1, t2 = (state.slot_step[state.newest(i)] for i in (3, 2, 1))
+        if not balanced(t0, t1, t2, self.config.quad_balance_at(self.flow_matching)):
+            return w
+        return torch.full_like(state.gamma, float(weight))
+
+    engine_cls._whole_quadratic = whole
+    try:
+        yield
+    finally:
+        engine_cls._whole_quadratic = saved
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] in ("-h", "--help"):
@@ -71,7 +102,17 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 0 if argv else 2
     import run_options
 
-    with reach_variant(argv[0]):
+    blend = contextlib.nullcontext()
+    if len(argv) > 1 and argv[1] == "--blend":
+        try:
+            weight = float(argv[2])
+        except (IndexError, ValueError):
+            weight = math.nan
+        if not 0 <= weight <= 1:
+            raise SystemExit(f"--blend takes a number in [0, 1], got {' '.join(argv[2:3]) or 'nothing'}")
+        blend = reach_blend(weight)
+        del argv[1:3]
+    with reach_variant(argv[0]), blend:
         return run_options.main(argv[1:])
 
 
