@@ -19,7 +19,6 @@ line)``, the blend the engine's ``quad_blend`` computes) instead of the line: 0 
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import sys
 from typing import Callable, Dict, Iterator, List, Optional
@@ -32,7 +31,7 @@ import torch  # noqa: E402
 
 import dicache.engine  # noqa: E402
 from dicache.config import QUAD_REACH_SPACED  # noqa: E402
-from dicache.state import balanced, reach_tested, within_reach  # noqa: E402
+from dicache.state import reach_tested, within_reach  # noqa: E402
 
 
 def _newest(t0: int, t1: int, t2: int, step: int) -> bool:
@@ -70,23 +69,36 @@ def reach_variant(name: str) -> Iterator[None]:
         dicache.engine.within_reach = saved
 
 
-@contextlib.contextmanager
-def reach_blend(weight: float) -> Iterator[None]:
-    """While the block runs, a call beyond the reach takes ``line + weight·(quadratic − line)`` through the three
-    newest entries, not the line (entries too unbalanced for ``quad_balance`` keep the line)."""
+def _blend_weight(weight) -> float:
+    """``--blend``'s weight, checked: a number in [0, 1]."""
     if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 <= weight <= 1:
         raise ValueError(f"--blend must be a number in [0, 1], got {weight!r}")
+    return float(weight)
+
+
+@contextlib.contextmanager
+def reach_blend(weight: float) -> Iterator[None]:
+    """While the block runs, a call that the engine's reach test puts beyond the reach takes ``line +
+    weight·(quadratic − line)`` through the three newest entries, not the line (every other call, and entries too
+    unbalanced for ``quad_balance``, as the engine decides)."""
+    weight = _blend_weight(weight)
     engine_cls = dicache.engine.DiCacheEngine
     saved = engine_cls._whole_quadratic
 
     def whole(self, state):
-        w = saved(self, state)
-        if w is not None or state.n_stored < 3:
-            return w
-        t0, t1, t2 = (state.slot_step[state.newest(i)] for i in (3, 2, 1))
-        if not balanced(t0, t1, t2, self.config.quad_balance_at(self.flow_matching)):
-            return w
-        return torch.full_like(state.gamma, float(weight))
+        test, beyond = dicache.engine.within_reach, []
+
+        def tracked(*entries_and_step):
+            inside = test(*entries_and_step)
+            beyond.append(not inside)
+            return inside
+
+        dicache.engine.within_reach = tracked
+        try:
+            w = saved(self, state)
+        finally:
+            dicache.engine.within_reach = test
+        return torch.full_like(state.gamma, weight) if w is None and any(beyond) else w
 
     engine_cls._whole_quadratic = whole
     try:
@@ -105,12 +117,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     blend = contextlib.nullcontext()
     if len(argv) > 1 and argv[1] == "--blend":
         try:
-            weight = float(argv[2])
+            blend = reach_blend(_blend_weight(float(argv[2])))
         except (IndexError, ValueError):
-            weight = math.nan
-        if not 0 <= weight <= 1:
             raise SystemExit(f"--blend takes a number in [0, 1], got {' '.join(argv[2:3]) or 'nothing'}")
-        blend = reach_blend(weight)
         del argv[1:3]
     with reach_variant(argv[0]), blend:
         return run_options.main(argv[1:])
