@@ -9,11 +9,12 @@ script swaps that test (``dicache.engine.within_reach``, in this process only) f
     .venv/bin/python benchmarks/reach_variants.py newest wan_digits 50 '{"threshold": 0.16, "quad_reach": true}' \\
         --seeds 0,1,2,3 --threads 1
     .venv/bin/python benchmarks/reach_variants.py after_warmup cogvideox_digits 20 '{"threshold": 0.4, "quad_reach": true}'
-    .venv/bin/python benchmarks/reach_variants.py shorter --blend 0.5 flux_digits 50 '{"threshold": 0.79, "quad_reach": true}'
+    .venv/bin/python benchmarks/reach_variants.py newest flux_digits 50 \\
+        '{"threshold": 0.79, "quad_reach": true, "quad_reach_blend": 0.5}'
 
-A variant that scores the option's own PSNR on a run changed no call there that the option changes. ``--blend W``
-(after the variant): beyond the reach, the line plus ``W`` times the quadratic's correction (``line + W·(quadratic −
-line)``, the blend the engine's ``quad_blend`` computes) instead of the line: 0 is the option, 1 the preset.
+A variant that scores the option's own PSNR on a run changed no call there that the option changes. With
+``quad_reach_blend`` in the option sets, a call the variant puts beyond the reach takes that blend of the line and the
+quadratic, as under the option's own test.
 """
 
 from __future__ import annotations
@@ -26,8 +27,6 @@ from typing import Callable, Dict, Iterator, List, Optional
 _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, _HERE)
 sys.path.insert(1, os.path.dirname(_HERE))
-
-import torch  # noqa: E402
 
 import dicache.engine  # noqa: E402
 from dicache.config import QUAD_REACH_SPACED  # noqa: E402
@@ -69,44 +68,6 @@ def reach_variant(name: str) -> Iterator[None]:
         dicache.engine.within_reach = saved
 
 
-def _blend_weight(weight) -> float:
-    """``--blend``'s weight, checked: a number in [0, 1]."""
-    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 <= weight <= 1:
-        raise ValueError(f"--blend must be a number in [0, 1], got {weight!r}")
-    return float(weight)
-
-
-@contextlib.contextmanager
-def reach_blend(weight: float) -> Iterator[None]:
-    """While the block runs, a call that the engine's reach test puts beyond the reach takes ``line +
-    weight·(quadratic − line)`` through the three newest entries, not the line (every other call, and entries too
-    unbalanced for ``quad_balance``, as the engine decides)."""
-    weight = _blend_weight(weight)
-    engine_cls = dicache.engine.DiCacheEngine
-    saved = engine_cls._whole_quadratic
-
-    def whole(self, state):
-        test, beyond = dicache.engine.within_reach, []
-
-        def tracked(*entries_and_step):
-            inside = test(*entries_and_step)
-            beyond.append(not inside)
-            return inside
-
-        dicache.engine.within_reach = tracked
-        try:
-            w = saved(self, state)
-        finally:
-            dicache.engine.within_reach = test
-        return torch.full_like(state.gamma, weight) if w is None and any(beyond) else w
-
-    engine_cls._whole_quadratic = whole
-    try:
-        yield
-    finally:
-        engine_cls._whole_quadratic = saved
-
-
 def main(argv: Optional[List[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] in ("-h", "--help"):
@@ -114,14 +75,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 0 if argv else 2
     import run_options
 
-    blend = contextlib.nullcontext()
-    if len(argv) > 1 and argv[1] == "--blend":
-        try:
-            blend = reach_blend(_blend_weight(float(argv[2])))
-        except (IndexError, ValueError):
-            raise SystemExit(f"--blend takes a number in [0, 1], got {' '.join(argv[2:3]) or 'nothing'}")
-        del argv[1:3]
-    with reach_variant(argv[0]), blend:
+    with reach_variant(argv[0]):
         return run_options.main(argv[1:])
 
 

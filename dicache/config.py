@@ -143,6 +143,10 @@ class DiCacheConfig:
             ``"spaced"`` left 43 of the 66 level and Wan's δ unmoved, gained 0.6–1.5 dB at 6 (Wan at 2.5–3×, 5 of
             them), and lost 1.8 and 0.9 on Flux at 50 steps (seeds 4–5, 2.75–3×) and 0.7 in Wan's 3× budget replay
             (``benchmarks/RESULTS.md``, fifty-third round).
+        quad_reach_blend: with ``quad_reach``, what a call beyond the reach takes instead of the line: the line plus
+            this fraction of the quadratic's correction, ``line + w·(quadratic − line)`` (0: the line, 1: the quadratic,
+            as without ``quad_reach``). A number in [0, 1]; a value above 0 needs ``quad_reach`` True or
+            ``"spaced"``.
         reconstruct_at: what a reused call rebuilds from the stored entries. ``"blocks"`` (the method): the
             deep blocks' output, ``x + R`` (``x`` the call's own input to them), which the model's last layers
             (the output norm and projection) then turn into its output. ``"output"``: the model's output itself,
@@ -308,6 +312,7 @@ class DiCacheConfig:
     gamma_source: str = "probe"
     quad_balance: Union[float, str, None] = None
     quad_reach: Union[bool, str] = False
+    quad_reach_blend: float = 0.0
     reconstruct_at: str = "blocks"
     run_power: Union[float, str] = 0.0
     predictive_skip: bool = False
@@ -538,6 +543,12 @@ def validate(cfg: DiCacheConfig, num_blocks: Optional[int] = None) -> None:
         raise ValueError(f"max_extrapolation must be None, 'auto' or a finite number > 0, got {mx!r}")
     if not (isinstance(cfg.quad_reach, bool) or cfg.quad_reach == QUAD_REACH_SPACED):
         raise ValueError(f"quad_reach must be True, False or {QUAD_REACH_SPACED!r}, got {cfg.quad_reach!r}")
+    qb = cfg.quad_reach_blend
+    if not _is_real(qb) or not 0 <= qb <= 1:
+        raise ValueError(f"quad_reach_blend must be a number in [0, 1], got {qb!r}")
+    if qb > 0 and cfg.quad_reach is False:
+        raise ValueError(f"quad_reach_blend={qb!r} needs quad_reach=True or {QUAD_REACH_SPACED!r} (it weighs the "
+                         "quadratic beyond the reach that quad_reach tests), got quad_reach=False")
     if not isinstance(cfg.monotone_runs, bool):
         raise ValueError(f"monotone_runs must be True or False, got {cfg.monotone_runs!r}")
     sp = cfg.span_power

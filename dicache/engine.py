@@ -562,13 +562,15 @@ class DiCacheEngine:
         """The quadratic's weight where the step is known exactly: 1 (whole), or None (the line through the two
         newest) where the three entries' spacings are unbalanced (``quad_balance``) or, with ``quad_reach`` (for
         ``"spaced"``, through entries whose two oldest are not neighbouring steps: :func:`~dicache.state.reach_tested`),
-        where the call lies beyond the quadratic's reach (:func:`~dicache.state.within_reach`)."""
+        where the call lies beyond the quadratic's reach (:func:`~dicache.state.within_reach`): there
+        ``quad_reach_blend`` (None for 0: the line)."""
         if state.n_stored >= 3:
+            cfg = self.config
             t0, t1, t2 = (state.slot_step[state.newest(i)] for i in (3, 2, 1))
-            if not balanced(t0, t1, t2, self.config.quad_balance_at(self.flow_matching)):
+            if not balanced(t0, t1, t2, cfg.quad_balance_at(self.flow_matching)):
                 return None
-            if reach_tested(self.config.quad_reach, t0, t1) and not within_reach(t0, t1, t2, self._cur_step):
-                return None
+            if reach_tested(cfg.quad_reach, t0, t1) and not within_reach(t0, t1, t2, self._cur_step):
+                return torch.full_like(state.gamma, cfg.quad_reach_blend) if cfg.quad_reach_blend > 0 else None
         return torch.ones_like(state.gamma)
 
     def _fit_quad_weight(self, state: BranchState, p: torch.Tensor, x: torch.Tensor

@@ -289,49 +289,6 @@ def test_reach_variants_swap_the_engines_reach_test_for_the_run(capsys):
     assert rv.main([]) == 2 and "variants: shorter, newest, longer, after_warmup" in capsys.readouterr().out
 
 
-def test_reach_blend_hedges_between_the_line_and_the_quadratic_beyond_the_reach():
-    # entries at steps 10, 12, 13 of a jittering trajectory (as test_policies' quad_reach test): with quad_reach the
-    # call at step 15 lies beyond the reach and takes the line; under reach_blend(0.5) it takes the line plus half the
-    # quadratic's correction, and the call at step 14 (within the reach) keeps the quadratic whole
-    import reach_variants as rv
-    from test_policies import M, _calls_on_entries, _jittered_trajectory, _quad_through
-
-    from dicache.config import DiCacheConfig
-    from dicache.engine import DiCacheEngine
-
-    saved = DiCacheEngine._whole_quadratic
-
-    def run(reach=True):
-        g, x, R = _jittered_trajectory(43, 20)
-        cfg = DiCacheConfig(threshold=1e9, warmup=0, alignment_order="auto", gamma_source="steps",
-                            quad_balance=0.5, quad_reach=reach, plan_runs=False)
-        return x, R, _calls_on_entries(DiCacheEngine(cfg, M, "torch"), x, R, g, (10, 12, 13, 14, 15), (10, 12, 13))
-
-    x, R, line = run()
-    with rv.reach_blend(0.5):
-        _, _, half = run()
-        _, _, off = run(reach=False)  # without quad_reach nothing lies beyond the reach: the quadratic
-    assert DiCacheEngine._whole_quadratic is saved
-    quad15, line15 = _quad_through(x, R, 15, 10, 12, 13), x + R(12) + 3 * (R(13) - R(12))
-    torch.testing.assert_close(line[15][0], line15, rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(half[15][0], line15 + 0.5 * (quad15 - line15), rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(half[15][1], torch.full_like(half[15][1], 0.5))
-    torch.testing.assert_close(off[15][0], quad15, rtol=1e-4, atol=1e-4)
-    for out in (line, half, off):
-        torch.testing.assert_close(out[14][0], _quad_through(x, R, 14, 10, 12, 13), rtol=1e-4, atol=1e-4)
-    with pytest.raises(RuntimeError):
-        with rv.reach_blend(1.0):
-            raise RuntimeError("boom")
-    assert DiCacheEngine._whole_quadratic is saved
-    for bad in (1.5, -0.1, True, "0.5"):
-        with pytest.raises(ValueError, match="--blend must be a number in"):
-            with rv.reach_blend(bad):
-                pass
-    for argv in (["shorter", "--blend", "2"], ["shorter", "--blend", "x"], ["shorter", "--blend"]):
-        with pytest.raises(SystemExit, match="--blend takes a number in"):
-            rv.main(argv)
-
-
 def _add_noise_it_cannot_repeat(monkeypatch):
     """Each benchmark run's images get noise from a generator seeded anew: two uncached runs of a seed differ."""
     import quality as Q

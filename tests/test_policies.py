@@ -539,6 +539,12 @@ def test_budget_from_a_step_count_on():
         (dict(quad_reach=None), "quad_reach"),
         (dict(quad_reach="Spaced"), "quad_reach"),
         (dict(quad_reach="after_warmup"), "quad_reach"),
+        (dict(quad_reach=True, quad_reach_blend=1.5), "quad_reach_blend"),
+        (dict(quad_reach=True, quad_reach_blend=-0.1), "quad_reach_blend"),
+        (dict(quad_reach=True, quad_reach_blend=float("nan")), "quad_reach_blend"),
+        (dict(quad_reach=True, quad_reach_blend=True), "quad_reach_blend"),
+        (dict(quad_reach=True, quad_reach_blend="0.5"), "quad_reach_blend"),
+        (dict(quad_reach_blend=0.5), "needs quad_reach"),
         (dict(reconstruct_at="proj_out"), "reconstruct_at"),
         (dict(reconstruct_at=None), "reconstruct_at"),
         (dict(span_power=0.1), "span_power"),
@@ -1060,6 +1066,40 @@ def test_quad_reach_spaced_keeps_the_quadratic_through_neighbouring_entries(plan
         want = _quad_through(x, R, 15, 4, 7, 11) if reach is False else line(15, 7, 11)
         torch.testing.assert_close(out[15][0], want, rtol=1e-4, atol=1e-4)
         assert (out[15][1] is None) == (reach is not False), reach
+
+
+@pytest.mark.parametrize("planned", [False, True])
+def test_quad_reach_blend_hedges_between_the_line_and_the_quadratic_beyond_the_reach(planned):
+    # entries at steps 10, 12, 13 (a call computed out of step) and 1, 2, 4 (the warm-up's) of a jittering trajectory:
+    # beyond the reach (step 15; step 6 for True) quad_reach_blend=w takes line + w·(quadratic − line), within it (step
+    # 14) the quadratic whole; "spaced" leaves the warm-up's entries to the quadratic whatever w; 0 is the line
+    g, x, R = _jittered_trajectory(43, 20)
+
+    def run(reach, blend, steps, computed):
+        cfg = DiCacheConfig(threshold=1e9, warmup=0, alignment_order="auto", gamma_source="steps",
+                            quad_balance=0.5, quad_reach=reach, quad_reach_blend=blend, plan_runs=planned)
+        return _calls_on_entries(DiCacheEngine(cfg, M, "torch"), x, R, g, steps, computed)
+
+    def line(k, t1, t2):
+        return x + R(t1) + (k - t1) / (t2 - t1) * (R(t2) - R(t1))
+
+    quad15, line15 = _quad_through(x, R, 15, 10, 12, 13), line(15, 12, 13)
+    for reach in (True, "spaced"):
+        for blend in (0.0, 0.3, 1.0):
+            out = run(reach, blend, (10, 12, 13, 14, 15), (10, 12, 13))
+            torch.testing.assert_close(out[14][0], _quad_through(x, R, 14, 10, 12, 13), rtol=1e-4, atol=1e-4)
+            torch.testing.assert_close(out[15][0], line15 + blend * (quad15 - line15), rtol=1e-4, atol=1e-4)
+            if blend == 0:
+                assert out[15][1] is None
+            else:
+                torch.testing.assert_close(out[15][1], torch.full_like(out[15][1], blend))
+    quad6, line6 = _quad_through(x, R, 6, 1, 2, 4), line(6, 2, 4)
+    warm = {reach: run(reach, 0.3, (1, 2, 4, 6), (1, 2, 4)) for reach in (True, "spaced")}
+    torch.testing.assert_close(warm[True][6][0], line6 + 0.3 * (quad6 - line6), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(warm["spaced"][6][0], quad6, rtol=1e-4, atol=1e-4)
+    # on the jittering trajectory the half blend's error at step 15 is smaller than the quadratic's
+    err = {b: (run(True, b, (10, 12, 13, 15), (10, 12, 13))[15][0] - (x + R(15))).abs().mean() for b in (0.5, 1)}
+    assert err[0.5] < err[1], err
 
 
 @pytest.mark.parametrize("flow_matching", [None, True, False])
