@@ -1126,6 +1126,7 @@ _STYLE = {
     qm.DICACHE_STEP_RUNS: ("mediumvioletred", "^"), qm.DICACHE_REACH1: ("dimgray", "s"),
     qm.DICACHE_REACH2: ("black", "o"), qm.DICACHE_NOREACH: ("slategray", "D"), qm.DICACHE_PER_SAMPLE: ("purple", "<"),
     qm.DICACHE_QUAD_REACH: ("darkgoldenrod", "P"), qm.DICACHE_QUAD_SPACED: ("olive", "X"),
+    qm.DICACHE_QUAD_HALF: ("yellowgreen", "X"),
 }
 
 

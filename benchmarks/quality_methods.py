@@ -93,11 +93,13 @@ DICACHE_QUAD_REACH = "DiCache quad reach"
 # preset + quad_reach="spaced": the same, but the quadratic kept through entries whose two oldest are neighbouring
 # steps (the first run after the warm-up): the line only for runs that lengthen
 DICACHE_QUAD_SPACED = "DiCache quad reach spaced"
+# preset + quad_reach="spaced" + quad_reach_blend=0.5: beyond the reach half the quadratic's correction, not the line
+DICACHE_QUAD_HALF = "DiCache quad reach half"
 PEERS = (UNIFORM, FBC, TAYLORSEER, TAYLORSEER_LITE, MAGCACHE, SEACACHE, DBCACHE)
 DICACHES = (DICACHE, DICACHE_PAPER, DICACHE_BUDGET, DICACHE_BUDGET_ONLINE, DICACHE_ORDER1, DICACHE_ORDER2,
             DICACHE_STEPS, DICACHE_PROBE, DICACHE_PROBED, DICACHE_REACH1, DICACHE_REACH2, DICACHE_NOREACH,
             DICACHE_SEPARATE, DICACHE_CAP2, DICACHE_SCHED, DICACHE_LAST10, DICACHE_STEP_RUNS, DICACHE_PER_SAMPLE, DICACHE_NOALIGN, DICACHE_M2, DICACHE_M3, DICACHE_NO_PREDICTIVE,
-            DICACHE_NORUN, DICACHE_QUAD_REACH, DICACHE_QUAD_SPACED)
+            DICACHE_NORUN, DICACHE_QUAD_REACH, DICACHE_QUAD_SPACED, DICACHE_QUAD_HALF)
 FAMILIES = (NO_CACHE,) + PEERS + DICACHES
 
 
@@ -289,7 +291,8 @@ for _m in SETTINGS:
         # over 2–3× fewer flops on every model (δ 0.1 to 2.4), where the quadratic is taken whole
         if _planned or not _flow_sigmas(zoo.make_scheduler(_m)):
             SETTINGS[_m][_st][DICACHE_QUAD_REACH] = [d for d in _from_01 if d <= 2.4]
-            SETTINGS[_m][_st][DICACHE_QUAD_SPACED] = list(SETTINGS[_m][_st][DICACHE_QUAD_REACH])
+            for _f in (DICACHE_QUAD_SPACED, DICACHE_QUAD_HALF):
+                SETTINGS[_m][_st][_f] = list(SETTINGS[_m][_st][DICACHE_QUAD_REACH])
         if _planned:  # where runs are planned
             SETTINGS[_m][_st][DICACHE_STEP_RUNS] = list(_from_01)
             # the δ schedule's two values, run on runs read on the step sizes, stop short of 2.25× (Flux 50: 2.17×,
@@ -579,6 +582,8 @@ def dicache_method(family: str, value: float) -> Method:
         opts["quad_reach"] = True
     elif family == DICACHE_QUAD_SPACED:
         opts["quad_reach"] = "spaced"
+    elif family == DICACHE_QUAD_HALF:
+        opts["quad_reach"], opts["quad_reach_blend"] = "spaced", 0.5
     elif family == DICACHE_NO_PREDICTIVE:
         opts["predictive_skip"] = False
     elif family == DICACHE_NORUN:
