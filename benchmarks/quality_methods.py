@@ -87,13 +87,14 @@ DICACHE_M2 = "DiCache m=2"
 DICACHE_M3 = "DiCache m=3"
 DICACHE_NO_PREDICTIVE = "DiCache no predictive"  # preset + predictive_skip=False (the preset skips probes by prediction)
 DICACHE_NORUN = "DiCache run_power=0"  # preset + run_power=0 + cap 2: every reuse of a run under δ (the earlier rule)
-# preset + quad_reach=True: the line for a call past the reach of the quadratic through close entries (where γ comes
-# from the steps: 25 steps and more on flow matching, every step count on a DDPM-family trajectory)
+# preset + quad_reach=True (blend 0): the line for a call past the reach of the quadratic through close entries
+# (where γ comes from the steps: 25 steps and more on flow matching, every step count on a DDPM-family trajectory)
 DICACHE_QUAD_REACH = "DiCache quad reach"
-# preset + quad_reach="spaced": the same, but the quadratic kept through entries whose two oldest are neighbouring
-# steps (the first run after the warm-up): the line only for runs that lengthen
+# preset + quad_reach="spaced" (blend 0): the same, but the quadratic kept through entries whose two oldest are
+# neighbouring steps (the first run after the warm-up): the line only for runs that lengthen
 DICACHE_QUAD_SPACED = "DiCache quad reach spaced"
 # preset + quad_reach="spaced" + quad_reach_blend=0.5: beyond the reach half the quadratic's correction, not the line
+# (the presets' own since the fifty-fourth round: measured as a family before they took it)
 DICACHE_QUAD_HALF = "DiCache quad reach half"
 PEERS = (UNIFORM, FBC, TAYLORSEER, TAYLORSEER_LITE, MAGCACHE, SEACACHE, DBCACHE)
 DICACHES = (DICACHE, DICACHE_PAPER, DICACHE_BUDGET, DICACHE_BUDGET_ONLINE, DICACHE_ORDER1, DICACHE_ORDER2,
@@ -579,9 +580,9 @@ def dicache_method(family: str, value: float) -> Method:
     elif family == DICACHE_PER_SAMPLE:
         opts["batch_policy"] = "max"
     elif family == DICACHE_QUAD_REACH:
-        opts["quad_reach"] = True
+        opts["quad_reach"], opts["quad_reach_blend"] = True, 0.0
     elif family == DICACHE_QUAD_SPACED:
-        opts["quad_reach"] = "spaced"
+        opts["quad_reach"], opts["quad_reach_blend"] = "spaced", 0.0
     elif family == DICACHE_QUAD_HALF:
         opts["quad_reach"], opts["quad_reach_blend"] = "spaced", 0.5
     elif family == DICACHE_NO_PREDICTIVE:

@@ -137,16 +137,19 @@ class DiCacheConfig:
             own runs it acts where the newest spacing is the longer one: the first run after the warm-up and runs
             that lengthen. ``"spaced"``: the same test, but not through entries whose two oldest are neighbouring
             steps (the warm-up's 1, 2, 4 keep the quadratic for the first run after it; the gain and loss there were
-            model-dependent). Off in every preset: on their δ lists at 2–3× (66 points on five models, 20–50 steps,
-            held-out seeds and models trained again) True gained 0.5–2.9 dB at 22 points and lost 0.5–1.0 at 4, and
-            Wan's own δ at 50 steps loses 0.6 and 0.8 dB on the shipped Wan's two seed sets (fifty-second round);
-            ``"spaced"`` left 43 of the 66 level and Wan's δ unmoved, gained 0.6–1.5 dB at 6 (Wan at 2.5–3×, 5 of
-            them), and lost 1.8 and 0.9 on Flux at 50 steps (seeds 4–5, 2.75–3×) and 0.7 in Wan's 3× budget replay
-            (``benchmarks/RESULTS.md``, fifty-third round).
+            model-dependent). The presets take ``"spaced"`` with ``quad_reach_blend=0.5``. Alone, on their δ lists
+            at 2–3× (66 points on five models, 20–50 steps, held-out seeds and models trained again) True gained
+            0.5–2.9 dB at 22 points and lost 0.5–1.0 at 4, and Wan's own δ at 50 steps loses 0.6 and 0.8 dB on the
+            shipped Wan's two seed sets (fifty-second round); ``"spaced"`` left 43 of the 66 level and Wan's δ
+            unmoved, gained 0.6–1.5 dB at 6 (Wan at 2.5–3×, 5 of them), and lost 1.8 and 0.9 on Flux at 50 steps
+            (seeds 4–5, 2.75–3×) and 0.7 in Wan's 3× budget replay (``benchmarks/RESULTS.md``, fifty-third round).
         quad_reach_blend: with ``quad_reach``, what a call beyond the reach takes instead of the line: the line plus
             this fraction of the quadratic's correction, ``line + w·(quadratic − line)`` (0: the line, 1: the quadratic,
-            as without ``quad_reach``). A number in [0, 1]; a value above 0 needs ``quad_reach`` True or
-            ``"spaced"``.
+            as without ``quad_reach``). A number in [0, 1]; no effect with ``quad_reach=False`` (nothing lies beyond
+            the reach there, so ``quad_reach=False`` on a preset turns both off). The presets' 0.5 with ``"spaced"``: one call extrapolated early in a trajectory is worth
+            ±1–2 dB either way on the line and on the quadratic; half of each fell nowhere more than 0.1 dB under
+            the preset without it at the same 66 points but where the δ lists differ (``benchmarks/RESULTS.md``,
+            fifty-fourth round).
         reconstruct_at: what a reused call rebuilds from the stored entries. ``"blocks"`` (the method): the
             deep blocks' output, ``x + R`` (``x`` the call's own input to them), which the model's last layers
             (the output norm and projection) then turn into its output. ``"output"``: the model's output itself,
@@ -543,12 +546,9 @@ def validate(cfg: DiCacheConfig, num_blocks: Optional[int] = None) -> None:
         raise ValueError(f"max_extrapolation must be None, 'auto' or a finite number > 0, got {mx!r}")
     if not (isinstance(cfg.quad_reach, bool) or cfg.quad_reach == QUAD_REACH_SPACED):
         raise ValueError(f"quad_reach must be True, False or {QUAD_REACH_SPACED!r}, got {cfg.quad_reach!r}")
-    qb = cfg.quad_reach_blend
-    if not _is_real(qb) or not 0 <= qb <= 1:
-        raise ValueError(f"quad_reach_blend must be a number in [0, 1], got {qb!r}")
-    if qb > 0 and cfg.quad_reach is False:
-        raise ValueError(f"quad_reach_blend={qb!r} needs quad_reach=True or {QUAD_REACH_SPACED!r} (it weighs the "
-                         "quadratic beyond the reach that quad_reach tests), got quad_reach=False")
+    blend = cfg.quad_reach_blend
+    if not _is_real(blend) or not 0 <= blend <= 1:
+        raise ValueError(f"quad_reach_blend must be a number in [0, 1], got {blend!r}")
     if not isinstance(cfg.monotone_runs, bool):
         raise ValueError(f"monotone_runs must be True or False, got {cfg.monotone_runs!r}")
     sp = cfg.span_power
@@ -683,10 +683,19 @@ PAPER_PRESETS: Dict[str, DiCacheConfig] = {
 #   interpolated at 2–3×): Flux −0.4 to +2.3 dB, SD3 +0.1 to +5.4, HunyuanVideo −0.1 to +1.3, Wan −0.4 to +0.4
 #   (+0.0 to +3.3 on the mean of the samples); a power of 1 lost 3.3 and 1.9 dB against it on Wan at 2.5× and 2.75×
 #   (benchmarks/RESULTS.md, forty-fourth round).
+# * ``quad_reach="spaced"``, ``quad_reach_blend=0.5``: where the quadratic is taken whole, a call further past the
+#   newest of three entries than their shorter spacing (entries 4, 7, 11: from step 15; not through the warm-up's
+#   neighbouring pair) takes the line plus half the quadratic's correction. On the δ lists at 2–3× (66 points:
+#   Flux, Wan, HunyuanVideo, SD3 at 50 steps, Flux, Wan, HunyuanVideo at 30, CogVideoX at 20 and 50, held-out seeds
+#   and models trained again) against without: 45 level, 11 within 0.1–0.4 dB, 9 up 0.5–0.9 (Wan 50 at 2.5–3×, Flux
+#   50 seeds 4–5 at 2.75–3×), one −0.5 that the δ lists' difference makes (the same δ scores the same); at 30 steps
+#   and CogVideoX 20 nothing moves. The budgets (2, 2.5, 3× on Wan, Flux, SD3 and CogVideoX at 50 steps) compute the
+#   same calls and rise by up to 1.0 dB (Wan 2.5× first call; 3×: +0.6 replay, +0.7 first call) (benchmarks/RESULTS.md,
+#   fifty-fourth round).
 _RULE = dict(warmup=0.05, run_power="auto", force_last_step=0.04, cfg_decision="shared", alignment_order="auto",
-             gamma_source="auto", quad_balance="auto", reconstruct_at="auto", plan_runs="auto", plan_error="auto",
-             max_extrapolation="auto", monotone_runs=True, predictive_skip=True, span_power="measured",
-             hindsight=0.5, step_size_power=0.5)
+             gamma_source="auto", quad_balance="auto", quad_reach="spaced", quad_reach_blend=0.5,
+             reconstruct_at="auto", plan_runs="auto", plan_error="auto", max_extrapolation="auto",
+             monotone_runs=True, predictive_skip=True, span_power="measured", hindsight=0.5, step_size_power=0.5)
 PRESETS: Dict[str, DiCacheConfig] = {
     "flux": PAPER_PRESETS["flux"].replace(threshold=0.4, **_RULE),
     "hunyuan_video": PAPER_PRESETS["hunyuan_video"].replace(threshold=0.2, **_RULE),

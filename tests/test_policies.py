@@ -544,7 +544,6 @@ def test_budget_from_a_step_count_on():
         (dict(quad_reach=True, quad_reach_blend=float("nan")), "quad_reach_blend"),
         (dict(quad_reach=True, quad_reach_blend=True), "quad_reach_blend"),
         (dict(quad_reach=True, quad_reach_blend="0.5"), "quad_reach_blend"),
-        (dict(quad_reach_blend=0.5), "needs quad_reach"),
         (dict(reconstruct_at="proj_out"), "reconstruct_at"),
         (dict(reconstruct_at=None), "reconstruct_at"),
         (dict(span_power=0.1), "span_power"),
@@ -1093,6 +1092,9 @@ def test_quad_reach_blend_hedges_between_the_line_and_the_quadratic_beyond_the_r
                 assert out[15][1] is None
             else:
                 torch.testing.assert_close(out[15][1], torch.full_like(out[15][1], blend))
+    # without quad_reach nothing lies beyond the reach: the quadratic whatever the blend (a preset's blend with
+    # quad_reach=False is not an error)
+    torch.testing.assert_close(run(False, 0.5, (10, 12, 13, 15), (10, 12, 13))[15][0], quad15, rtol=1e-4, atol=1e-4)
     quad6, line6 = _quad_through(x, R, 6, 1, 2, 4), line(6, 2, 4)
     warm = {reach: run(reach, 0.3, (1, 2, 4, 6), (1, 2, 4)) for reach in (True, "spaced")}
     torch.testing.assert_close(warm[True][6][0], line6 + 0.3 * (quad6 - line6), rtol=1e-4, atol=1e-4)
