@@ -146,10 +146,10 @@ class DiCacheConfig:
         quad_reach_blend: with ``quad_reach``, what a call beyond the reach takes instead of the line: the line plus
             this fraction of the quadratic's correction, ``line + w·(quadratic − line)`` (0: the line, 1: the quadratic,
             as without ``quad_reach``). A number in [0, 1]; no effect with ``quad_reach=False`` (nothing lies beyond
-            the reach there, so ``quad_reach=False`` on a preset turns both off). The presets' 0.5 with ``"spaced"``: one call extrapolated early in a trajectory is worth
-            ±1–2 dB either way on the line and on the quadratic; half of each fell nowhere more than 0.1 dB under
-            the preset without it at the same 66 points but where the δ lists differ (``benchmarks/RESULTS.md``,
-            fifty-fourth round).
+            the reach there, so ``quad_reach=False`` on a preset turns both off). The presets' 0.5 with
+            ``"spaced"``: one call extrapolated early in a trajectory is worth ±1–2 dB either way on the line and on
+            the quadratic; half of each fell nowhere more than 0.1 dB under the preset without it at the same 66
+            points but where the δ lists differ (``benchmarks/RESULTS.md``, fifty-fourth round).
         reconstruct_at: what a reused call rebuilds from the stored entries. ``"blocks"`` (the method): the
             deep blocks' output, ``x + R`` (``x`` the call's own input to them), which the model's last layers
             (the output norm and projection) then turn into its output. ``"output"``: the model's output itself,
